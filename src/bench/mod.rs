@@ -1,0 +1,698 @@
+//! `corecast bench`: the fan-out load generator. It opens N subscriber WebSocket connections,
+//! publishes M events through the control-plane API, stamps every delivery on arrival and
+//! reports latency, fan-out completion, throughput, loss and the server's memory per connection.
+//!
+//! Owns the run's sequence: check the host (open-file limit, local ports), connect and await
+//! every `connected`, publish warm-up events and await them, publish the measured events and
+//! await them, close, report. It never shares a core with the server it measures: the receive
+//! side is one glommio executor (pinned with `--cpu`), one task per connection, and the
+//! publisher is one plain thread started from that executor, so it inherits the same CPU.
+//! It must never be the bottleneck it reports: its own code spends no allocation and no JSON
+//! parse on a delivery (see `conn` and `wire`), the orchestration only polls counters, and the
+//! report shows the bench's CPU time per delivery next to the server's (with `--server-pid`),
+//! with a warning when the bench's is the larger, so that a run says whether it measured itself.
+//!
+//! # Layout
+//! - `wire`: URL parsing, the upgrade exchange, masked control frames, the delivery field scan.
+//! - `buffer`: a connection's reused read buffer and the frame splitter over it.
+//! - `conn`: one subscriber connection's task and the state all of them share.
+//! - `recorder`: latency histogram, per-event counts and times, loss/duplicate/order counters.
+//! - `publish`: the publisher thread and the event body format.
+//! - `probe`: resident memory and CPU time of the server and of the bench, from `/proc`.
+//! - `report`: the result record and its table and JSON renderings.
+
+mod buffer;
+mod conn;
+mod probe;
+mod publish;
+mod recorder;
+mod report;
+mod wire;
+
+use std::cell::{Cell, RefCell};
+use std::io::IsTerminal;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::mpsc::TryRecvError;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use glommio::sync::Semaphore;
+use glommio::{LocalExecutorBuilder, Placement};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use conn::{Shared, Stop};
+use probe::Process;
+use publish::{Outcome, Phase, Plan, Publisher};
+use recorder::Recorder;
+use report::{Cost, Load, Report, ServerRss};
+use wire::Scanner;
+
+/// Most subscriber connections one bench process opens.
+const SUBSCRIBERS_MAX: u64 = 1_000_000;
+
+/// Most measured events in one run; the recorder keeps 24 bytes per event.
+const EVENTS_MAX: u64 = 1_000_000;
+
+/// Most warm-up events in one run.
+const WARMUP_EVENTS_MAX: u64 = 10_000;
+
+/// Smallest `data` size, in bytes: room for `seq`, `t_us` and an empty `pad` at any `seq`.
+const PAYLOAD_BYTES_MIN: usize = 64;
+
+/// Largest `data` size, in bytes.
+const PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
+
+/// Longest time between two publishes, in milliseconds.
+const INTERVAL_MS_MAX: u64 = 60_000;
+
+/// Most handshakes in flight at once.
+const CONNECT_CONCURRENCY_MAX: usize = 65_536;
+
+/// Longest watchdog, in seconds (one day).
+const TIMEOUT_S_MAX: u64 = 86_400;
+
+/// Longest channel name, in bytes (the wire contract's maximum).
+const CHANNEL_BYTES_MAX: usize = 255;
+
+/// File descriptors the process needs besides its subscribers: stdio, the io_uring rings and
+/// eventfds, the publisher's HTTP connection, `/proc` reads.
+const FDS_RESERVED: u64 = 64;
+
+/// Depth of the executor's io_uring rings. The kernel sizes a ring's table of pending polls
+/// from it (largest at 4,096 and up: 256 buckets), and glommio cancels a timer on every loop,
+/// which walks one bucket of that table: with glommio's default of 128 (8 buckets) and 10,000
+/// subscribers each cancel walked about 1,250 polls. Measured at 10,000 subscribers on the
+/// 2-core development machine, 4,096 cut the bench's CPU per delivery by 28% and its connect
+/// time by half; the rings cost a few hundred KiB.
+const RING_DEPTH: usize = 4_096;
+
+/// How often the orchestrating task checks the counters, in milliseconds. It only decides
+/// when a phase is over; delivery times are stamped by the connection tasks.
+const POLL_MS: u64 = 1;
+
+/// How long a phase may go without a single frame arriving, after its last publish was
+/// accepted, before the bench stops waiting and counts what is missing as lost, in
+/// milliseconds. A slow server still makes progress and is waited for until the watchdog.
+const DRAIN_STALL_MS: u64 = 2_000;
+
+/// How long the subscribers get to exchange Close frames at the end, in milliseconds.
+const CLOSE_WAIT_MS: u64 = 1_000;
+
+/// Options of `corecast bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// WebSocket URL of the server (plain ws://); `?channels=<channel>` is appended.
+    #[arg(long, value_name = "URL", default_value = "ws://127.0.0.1:8080/ws")]
+    pub ws: String,
+
+    /// Control-plane HTTP URL of the server (plain http://); events go to `{api}/v1/publish`.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8081")]
+    pub api: String,
+
+    /// Subscriber connections to open; each receives every event (1 to 1,000,000).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub subscribers: u64,
+
+    /// Measured events to publish (1 to 1,000,000).
+    #[arg(long, value_name = "M", default_value_t = 100)]
+    pub events: u64,
+
+    /// Size of each event's JSON `data` value in bytes, padded with `pad` (64 to 1,048,576).
+    #[arg(long, value_name = "S", default_value_t = 100)]
+    pub payload_bytes: usize,
+
+    /// Time between two publishes in milliseconds, on a fixed schedule (0 to 60,000).
+    #[arg(long, value_name = "I", default_value_t = 20)]
+    pub interval_ms: u64,
+
+    /// Channel every subscriber subscribes to and every event is published on.
+    #[arg(long, value_name = "NAME", default_value = "bench.fanout")]
+    pub channel: String,
+
+    /// Handshakes in flight at once while connecting; higher connects faster but can overflow
+    /// the server's accept backlog (1 to 65,536).
+    #[arg(long, value_name = "K", default_value_t = 256)]
+    pub connect_concurrency: usize,
+
+    /// CPU to pin the bench (receiver and publisher) to; unpinned when absent.
+    #[arg(long, value_name = "CORE")]
+    pub cpu: Option<usize>,
+
+    /// Server process id, to report its resident memory (before connecting, once idle) and its
+    /// CPU time per delivery next to the bench's.
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+
+    /// Watchdog for the whole run in seconds: on expiry the bench reports what arrived and
+    /// fails (1 to 86,400).
+    #[arg(long, value_name = "T", default_value_t = 60)]
+    pub timeout_s: u64,
+
+    /// Events published and awaited before the measured ones, and left out of the figures
+    /// (0 to 10,000).
+    #[arg(long, value_name = "W", default_value_t = 5)]
+    pub warmup_events: u64,
+}
+
+impl BenchArgs {
+    /// Refuses values outside their ranges, naming the flag, the value and the range.
+    pub fn validate(&self) -> Result<(), String> {
+        fn check<T: PartialOrd + std::fmt::Display>(
+            flag: &str,
+            value: T,
+            min: T,
+            max: T,
+        ) -> Result<(), String> {
+            if value < min || value > max {
+                return Err(format!("--{flag} {value} is outside {min}..={max}"));
+            }
+            Ok(())
+        }
+        check("subscribers", self.subscribers, 1, SUBSCRIBERS_MAX)?;
+        check("events", self.events, 1, EVENTS_MAX)?;
+        check("warmup-events", self.warmup_events, 0, WARMUP_EVENTS_MAX)?;
+        check(
+            "payload-bytes",
+            self.payload_bytes,
+            PAYLOAD_BYTES_MIN,
+            PAYLOAD_BYTES_MAX,
+        )?;
+        check("interval-ms", self.interval_ms, 0, INTERVAL_MS_MAX)?;
+        check(
+            "connect-concurrency",
+            self.connect_concurrency,
+            1,
+            CONNECT_CONCURRENCY_MAX,
+        )?;
+        check("timeout-s", self.timeout_s, 1, TIMEOUT_S_MAX)?;
+        check("channel length", self.channel.len(), 1, CHANNEL_BYTES_MAX)?;
+        Ok(())
+    }
+}
+
+/// Runs the bench, prints the report on stdout and writes it as JSON when asked. Exits 1 when
+/// a delivery was lost, duplicated or out of order, or when the run could not be set up or
+/// finished, with the reason on stderr.
+pub fn main(args: BenchArgs) -> ExitCode {
+    let finished = match run(&args) {
+        Ok(finished) => finished,
+        Err(message) => {
+            eprintln!("corecast bench: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = finished.failure.is_some() || !finished.report.is_clean();
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = finished.report.write_table(&mut stdout) {
+        eprintln!("corecast bench: cannot print the report: {error}");
+        failed = true;
+    }
+    if let Some(path) = &args.json {
+        if let Err(error) = finished.report.write_json(path) {
+            eprintln!("corecast bench: cannot write {}: {error}", path.display());
+            failed = true;
+        }
+    }
+    for warning in &finished.warnings {
+        eprintln!("corecast bench: {warning}");
+    }
+    if let Some(failure) = &finished.failure {
+        eprintln!("corecast bench: {failure}");
+    }
+    let report = &finished.report;
+    if !report.is_clean() {
+        eprintln!(
+            "corecast bench: FAILED: {} lost, {} duplicated, {} out of order",
+            report.lost, report.duplicated, report.out_of_order
+        );
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// A run that got as far as publishing: its report, and why it failed if it did.
+struct Finished {
+    report: Report,
+    /// Why the measured phase could not finish (watchdog, publish error).
+    failure: Option<String>,
+    /// What the operator should know even when nothing was lost.
+    warnings: Vec<String>,
+}
+
+/// Everything the executor needs, checked and resolved before it starts.
+struct Setup {
+    addr: SocketAddr,
+    request: Vec<u8>,
+    plan: Plan,
+    load: Load,
+    connect_concurrency: usize,
+    server_pid: Option<u32>,
+    rss_before_kib: Option<u64>,
+    deadline: Instant,
+    timeout_s: u64,
+}
+
+fn run(args: &BenchArgs) -> Result<Finished, String> {
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    args.validate()?;
+    let target = wire::parse_ws_url(&args.ws)?;
+    let addr = target
+        .authority
+        .to_socket_addrs()
+        .map_err(|error| format!("--ws {}: cannot resolve: {error}", args.ws))?
+        .next()
+        .ok_or_else(|| format!("--ws {}: the host has no address", args.ws))?;
+    let plan = Plan {
+        url: wire::publish_url(&args.api)?,
+        channel_json: serde_json::to_string(&args.channel).expect("a string serializes"),
+        payload_bytes: args.payload_bytes,
+        interval: Duration::from_millis(args.interval_ms),
+    };
+    raise_open_file_limit(args.subscribers)?;
+    check_local_ports(args.subscribers)?;
+    let rss_before_kib = args
+        .server_pid
+        .map(|pid| {
+            probe::rss_kib(Process::Pid(pid))
+                .map_err(|error| format!("--server-pid {pid}: {error}"))
+        })
+        .transpose()?;
+    let setup = Setup {
+        addr,
+        request: wire::upgrade_request(&target, &args.channel),
+        plan,
+        load: Load {
+            subscribers: args.subscribers,
+            events: args.events,
+            warmup_events: args.warmup_events,
+            payload_bytes: args.payload_bytes as u64,
+            interval_ms: args.interval_ms,
+            bench_cpu: args.cpu,
+        },
+        connect_concurrency: args.connect_concurrency,
+        server_pid: args.server_pid,
+        rss_before_kib,
+        deadline,
+        timeout_s: args.timeout_s,
+    };
+    let placement = args.cpu.map_or(Placement::Unbound, Placement::Fixed);
+    let placement_text = args
+        .cpu
+        .map_or_else(|| "unpinned".to_string(), |cpu| format!("on CPU {cpu}"));
+    LocalExecutorBuilder::new(placement)
+        .name("corecast-bench")
+        .ring_depth(RING_DEPTH)
+        .spawn(move || drive(setup))
+        .map_err(|error| format!("cannot start the bench executor {placement_text}: {error}"))?
+        .join()
+        .map_err(|error| format!("the bench executor failed: {error}"))?
+}
+
+/// Raises the open-file soft limit to the hard limit and checks that the subscribers fit.
+fn raise_open_file_limit(subscribers: u64) -> Result<(), String> {
+    let needed = subscribers + FDS_RESERVED;
+    let limit = rlimit::increase_nofile_limit(u64::MAX)
+        .map_err(|error| format!("cannot raise the open-file limit: {error}"))?;
+    if limit < needed {
+        return Err(format!(
+            "--subscribers {subscribers} needs {needed} open files but this process may open \
+             only {limit} (its hard limit): raise it (ulimit -Hn, or LimitNOFILE= for a service) \
+             or use fewer subscribers"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the subscribers fit in the local port range: every connection to the one
+/// server address needs its own local port.
+fn check_local_ports(subscribers: u64) -> Result<(), String> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+    // Without the file (not Linux, no /proc) the kernel will say so at connect time.
+    let Ok(text) = std::fs::read_to_string(PATH) else {
+        return Ok(());
+    };
+    let Some(ports) = local_port_count(&text) else {
+        return Ok(());
+    };
+    if subscribers > ports {
+        return Err(format!(
+            "--subscribers {subscribers} needs as many local ports but {PATH} allows {ports}: \
+             widen it (sysctl net.ipv4.ip_local_port_range) or use fewer subscribers"
+        ));
+    }
+    Ok(())
+}
+
+fn local_port_count(range: &str) -> Option<u64> {
+    let mut bounds = range.split_whitespace().map(str::parse::<u64>);
+    let low = bounds.next()?.ok()?;
+    let high = bounds.next()?.ok()?;
+    Some(high.checked_sub(low)? + 1)
+}
+
+/// Microseconds since the UNIX epoch by the wall clock: the publisher stamps `t_us` with it and
+/// the receivers stamp arrivals with it, on the same host.
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        })
+}
+
+/// How waiting for a phase's deliveries ended.
+enum PhaseEnd {
+    /// Every subscriber received every event of the phase.
+    Complete,
+    /// The phase was published but no frame arrived for `DRAIN_STALL_MS`.
+    Stalled,
+    /// The run's watchdog expired.
+    Watchdog,
+    /// The publisher failed; carries its message.
+    PublishFailed(String),
+}
+
+/// The run on the bench executor: from connecting to the report.
+async fn drive(setup: Setup) -> Result<Finished, String> {
+    let subscribers = setup.load.subscribers;
+    let publisher = publish::spawn(setup.plan.clone())
+        .map_err(|error| format!("cannot start the publisher thread: {error}"))?;
+    let shared = Rc::new(Shared {
+        addr: setup.addr,
+        request: setup.request.clone(),
+        scanner: Scanner::default(),
+        recorder: Recorder::new(subscribers, setup.load.warmup_events, setup.load.events),
+        handshakes: Rc::new(Semaphore::new(setup.connect_concurrency as u64)),
+        stop: Stop::new(usize::try_from(subscribers).expect("bounded by SUBSCRIBERS_MAX")),
+        connected: Cell::new(0),
+        live: Cell::new(subscribers),
+        setup_failed: Cell::new(0),
+        closed_early: Cell::new(0),
+        first_error: RefCell::new(None),
+    });
+
+    let connect_started = Instant::now();
+    for id in 0..subscribers {
+        let id = usize::try_from(id).expect("bounded by SUBSCRIBERS_MAX");
+        glommio::spawn_local(conn::subscriber(id, shared.clone())).detach();
+    }
+    let connecting = connect_progress(subscribers);
+    let connect_result = await_connected(&shared, &connecting, &setup).await;
+    connecting.finish_and_clear();
+    if let Err(message) = connect_result {
+        close_all(&shared).await;
+        return Err(message);
+    }
+    let connect_time_ms = u64::try_from(connect_started.elapsed().as_millis()).unwrap_or(u64::MAX);
+
+    let server = setup.server_pid.map(Process::Pid);
+    let rss = match (server, setup.rss_before_kib) {
+        (Some(server), Some(before_kib)) => Some(ServerRss {
+            before_kib,
+            idle_kib: probe::rss_kib(server)?,
+        }),
+        _ => None,
+    };
+    let mut warnings = Vec::new();
+
+    let warmup = Phase {
+        first_seq: 0,
+        count: setup.load.warmup_events,
+    };
+    if warmup.count > 0 {
+        let end = publish_and_await(
+            &shared,
+            &publisher,
+            warmup,
+            &setup,
+            Recorder::warmup_complete,
+        )
+        .await;
+        if let Some(failure) = phase_failure("warm-up", end, &shared, &setup) {
+            close_all(&shared).await;
+            let mut message = format!("{failure}; the measured events were not published");
+            if let Some(disconnections) = disconnections(&shared) {
+                message = format!("{message} ({disconnections})");
+            }
+            return Err(message);
+        }
+    }
+
+    let measured = Phase {
+        first_seq: setup.load.warmup_events,
+        count: setup.load.events,
+    };
+    let bench_before_ns = probe::cpu_time_ns(Process::Bench)?;
+    let server_before_ns = server.map(probe::cpu_time_ns).transpose()?;
+    let end = publish_and_await(
+        &shared,
+        &publisher,
+        measured,
+        &setup,
+        Recorder::measured_complete,
+    )
+    .await;
+    let failure = phase_failure("measured", end, &shared, &setup);
+    let bench_cpu_ns = probe::cpu_time_ns(Process::Bench)?.saturating_sub(bench_before_ns);
+    let server_cpu_ns = match (server, server_before_ns) {
+        (Some(server), Some(before_ns)) => match probe::cpu_time_ns(server) {
+            Ok(after_ns) => Some(after_ns.saturating_sub(before_ns)),
+            Err(error) => {
+                warnings.push(format!("cannot read the server's CPU time: {error}"));
+                None
+            }
+        },
+        _ => None,
+    };
+    let cost = Cost {
+        bench_cpu_ns,
+        server_cpu_ns,
+    };
+
+    close_all(&shared).await;
+    drop(publisher);
+
+    let summary = shared.recorder.summary();
+    let report = Report::new(setup.load, connect_time_ms, &summary, cost, rss);
+    if let Some(server_ns) = report.server_cpu_per_delivery_ns {
+        if report.bench_cpu_per_delivery_ns >= server_ns && summary.deliveries > 0 {
+            warnings.push(format!(
+                "the bench spent {} ns of CPU per delivery and the server {server_ns} ns: the \
+                 bench may be the bottleneck, and then the latency figures measure the bench",
+                report.bench_cpu_per_delivery_ns
+            ));
+        }
+    }
+    warnings.extend(disconnections(&shared));
+    if summary.foreign_frames > 0 {
+        warnings.push(format!(
+            "{} text frames were not deliveries of this run's events (another publisher on \
+             the channel, or data without seq/t_us)",
+            summary.foreign_frames
+        ));
+    }
+    Ok(Finished {
+        report,
+        failure,
+        warnings,
+    })
+}
+
+/// How many subscribers the server disconnected after they subscribed, and the first reason.
+fn disconnections(shared: &Shared) -> Option<String> {
+    let count = shared.closed_early.get();
+    (count > 0).then(|| {
+        format!(
+            "{count} subscribers were disconnected during the run; the first: {}",
+            shared.first_error.borrow().as_deref().unwrap_or("unknown")
+        )
+    })
+}
+
+fn connect_progress(subscribers: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let style =
+        ProgressStyle::with_template("connecting {bar:40} {pos}/{len} subscribers, {elapsed}")
+            .expect("the template is valid");
+    ProgressBar::new(subscribers).with_style(style)
+}
+
+/// Waits until every subscriber has received `connected`.
+async fn await_connected(
+    shared: &Shared,
+    progress: &ProgressBar,
+    setup: &Setup,
+) -> Result<(), String> {
+    let subscribers = setup.load.subscribers;
+    loop {
+        let connected = shared.connected.get();
+        progress.set_position(connected);
+        if connected == subscribers {
+            return Ok(());
+        }
+        if shared.setup_failed.get() > 0 || shared.closed_early.get() > 0 {
+            return Err(format!(
+                "{} of {subscribers} subscribers failed to connect; the first: {}",
+                shared.setup_failed.get() + shared.closed_early.get(),
+                shared.first_error.borrow().as_deref().unwrap_or("unknown")
+            ));
+        }
+        if Instant::now() >= setup.deadline {
+            return Err(format!(
+                "watchdog: only {connected} of {subscribers} subscribers were connected and \
+                 subscribed after --timeout-s {}",
+                setup.timeout_s
+            ));
+        }
+        glommio::timer::sleep(Duration::from_millis(POLL_MS)).await;
+    }
+}
+
+/// Publishes `phase` and waits until `complete` holds, the deliveries stall, the watchdog
+/// expires or the publisher fails.
+async fn publish_and_await(
+    shared: &Shared,
+    publisher: &Publisher,
+    phase: Phase,
+    setup: &Setup,
+    complete: fn(&Recorder) -> bool,
+) -> PhaseEnd {
+    if publisher.phases.send(phase).is_err() {
+        return PhaseEnd::PublishFailed("the publisher thread has ended".into());
+    }
+    let mut published = false;
+    let mut frames = shared.recorder.frames();
+    let mut progress_at = Instant::now();
+    loop {
+        // Wait for the publisher's answer too, so that its next phase starts in step.
+        if published && complete(&shared.recorder) {
+            return PhaseEnd::Complete;
+        }
+        match publisher.outcomes.try_recv() {
+            Ok(Outcome::Published(done)) => {
+                assert_eq!(done, phase, "the publisher answers the phase it was given");
+                published = true;
+                progress_at = Instant::now();
+            }
+            Ok(Outcome::Failed(message)) => return PhaseEnd::PublishFailed(message),
+            Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => {
+                return PhaseEnd::PublishFailed("the publisher thread has ended".into());
+            }
+        }
+        let now = Instant::now();
+        if now >= setup.deadline {
+            return PhaseEnd::Watchdog;
+        }
+        if shared.recorder.frames() != frames {
+            frames = shared.recorder.frames();
+            progress_at = now;
+        }
+        if published && now.duration_since(progress_at) >= Duration::from_millis(DRAIN_STALL_MS) {
+            return PhaseEnd::Stalled;
+        }
+        glommio::timer::sleep(Duration::from_millis(POLL_MS)).await;
+    }
+}
+
+/// Why a phase makes the run fail, if it does. A stalled measured phase is not a failure of
+/// its own: what is missing is reported as lost.
+fn phase_failure(name: &str, end: PhaseEnd, shared: &Shared, setup: &Setup) -> Option<String> {
+    match end {
+        PhaseEnd::Complete => None,
+        PhaseEnd::Stalled if name == "measured" => None,
+        PhaseEnd::Stalled => {
+            let (received, expected) = shared.recorder.warmup_progress();
+            Some(format!(
+                "warm-up: {received} of {expected} deliveries arrived, then none for \
+                 {DRAIN_STALL_MS} ms"
+            ))
+        }
+        PhaseEnd::Watchdog => Some(format!(
+            "watchdog: the {name} phase had not finished after --timeout-s {}",
+            setup.timeout_s
+        )),
+        PhaseEnd::PublishFailed(message) => Some(format!("{name} phase: {message}")),
+    }
+}
+
+/// Tells every subscriber to close and waits up to `CLOSE_WAIT_MS` for them to finish.
+async fn close_all(shared: &Shared) {
+    shared.stop.stop();
+    shared.handshakes.close();
+    let give_up = Instant::now() + Duration::from_millis(CLOSE_WAIT_MS);
+    while shared.live.get() > 0 && Instant::now() < give_up {
+        glommio::timer::sleep(Duration::from_millis(POLL_MS)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(flags: &[&str]) -> BenchArgs {
+        Cli::parse_from(std::iter::once("bench").chain(flags.iter().copied())).bench
+    }
+
+    #[test]
+    fn defaults_match_the_documented_run() {
+        let args = parse(&[]);
+        assert_eq!(args.ws, "ws://127.0.0.1:8080/ws");
+        assert_eq!(args.api, "http://127.0.0.1:8081");
+        assert_eq!(
+            (
+                args.subscribers,
+                args.events,
+                args.payload_bytes,
+                args.interval_ms
+            ),
+            (10_000, 100, 100, 20)
+        );
+        assert_eq!(args.channel, "bench.fanout");
+        assert_eq!(args.connect_concurrency, 256);
+        assert_eq!((args.timeout_s, args.warmup_events), (60, 5));
+        assert_eq!(
+            (args.cpu, args.server_pid, args.json.as_deref()),
+            (None, None, None)
+        );
+        assert_eq!(args.validate(), Ok(()));
+    }
+
+    #[test]
+    fn validation_names_the_flag_and_range() {
+        let args = parse(&["--subscribers", "0"]);
+        assert_eq!(
+            args.validate(),
+            Err("--subscribers 0 is outside 1..=1000000".into())
+        );
+        let args = parse(&["--payload-bytes", "10"]);
+        assert_eq!(
+            args.validate(),
+            Err("--payload-bytes 10 is outside 64..=1048576".into())
+        );
+    }
+
+    #[test]
+    fn local_port_range_counts_both_ends() {
+        assert_eq!(local_port_count("32768\t60999\n"), Some(28_232));
+        assert_eq!(local_port_count("garbage"), None);
+    }
+}

@@ -1,0 +1,179 @@
+//! The publisher: one plain thread that posts the bench's events to the control-plane API at
+//! fixed intervals.
+//!
+//! Owns the HTTP side of the run and the event body format. It never runs on the glommio
+//! executor, because a blocking HTTP round trip there would stall every subscriber's reads
+//! and show up as latency. It takes `t_us` right before each request is sent, so the measured
+//! latency starts when the server can first see the event. Ticks are scheduled from the phase's
+//! start (tick k at start + k * interval), so a slow request delays one event, not all later ones.
+
+use std::fmt::Write as _;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::time::{Duration, Instant};
+
+/// Longest one publish request may take, in milliseconds, before the run fails.
+const PUBLISH_TIMEOUT_MS: u64 = 5_000;
+
+/// Largest publish response the publisher reads, in bytes; an error body is quoted in the
+/// failure message up to this size.
+const RESPONSE_BYTES_MAX: u64 = 4_096;
+
+/// Commands queued to the publisher at once: the executor sends one per phase and waits for it.
+const COMMANDS_QUEUED_MAX: usize = 1;
+
+/// What to publish and where.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// `{api}/v1/publish`.
+    pub url: String,
+    /// The channel name as a JSON string, quotes included.
+    pub channel_json: String,
+    /// Size of the JSON `data` value, in bytes.
+    pub payload_bytes: usize,
+    /// Time between two publishes of a phase.
+    pub interval: Duration,
+}
+
+/// A phase for the publisher: events `first_seq..first_seq + count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phase {
+    pub first_seq: u64,
+    pub count: u64,
+}
+
+/// How a phase ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every event of the phase was accepted by the server.
+    Published(Phase),
+    /// A publish failed; the publisher has stopped. Carries what to tell the operator.
+    Failed(String),
+}
+
+/// The executor's handle on the publisher thread.
+pub struct Publisher {
+    pub phases: SyncSender<Phase>,
+    pub outcomes: Receiver<Outcome>,
+}
+
+/// Starts the publisher thread. It inherits the calling thread's CPU affinity, so starting it
+/// from the pinned executor keeps it off the server's core. It ends after its current phase
+/// once `phases` is dropped, or with the process: it is never joined, so that a request stuck
+/// on a dead server cannot hold the report back.
+pub fn spawn(plan: Plan) -> std::io::Result<Publisher> {
+    let (phases, phase_source) = mpsc::sync_channel(COMMANDS_QUEUED_MAX);
+    let (outcome_sink, outcomes) = mpsc::sync_channel(COMMANDS_QUEUED_MAX);
+    std::thread::Builder::new()
+        .name("bench-publish".into())
+        .spawn(move || run(&plan, &phase_source, &outcome_sink))?;
+    Ok(Publisher { phases, outcomes })
+}
+
+fn run(plan: &Plan, phases: &Receiver<Phase>, outcomes: &SyncSender<Outcome>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_millis(PUBLISH_TIMEOUT_MS)))
+        .build()
+        .into();
+    let mut body = String::new();
+    for phase in phases {
+        let outcome = publish_phase(plan, &agent, &mut body, phase);
+        let failed = matches!(outcome, Outcome::Failed(_));
+        if outcomes.send(outcome).is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn publish_phase(plan: &Plan, agent: &ureq::Agent, body: &mut String, phase: Phase) -> Outcome {
+    let start = Instant::now();
+    for index in 0..phase.count {
+        let tick = start + plan.interval * u32::try_from(index).unwrap_or(u32::MAX);
+        std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+        let seq = phase.first_seq + index;
+        let sent_us = super::unix_us();
+        write_body(body, &plan.channel_json, seq, sent_us, plan.payload_bytes);
+        let response = agent
+            .post(&plan.url)
+            .header("content-type", "application/json")
+            .send(body.as_str());
+        let mut response = match response {
+            Ok(response) => response,
+            Err(error) => {
+                return Outcome::Failed(format!("publish seq {seq} to {}: {error}", plan.url));
+            }
+        };
+        // Read the answer to the end so the agent can reuse the connection.
+        let answer = response
+            .body_mut()
+            .with_config()
+            .limit(RESPONSE_BYTES_MAX)
+            .read_to_string()
+            .unwrap_or_default();
+        if response.status() != 200 {
+            return Outcome::Failed(format!(
+                "publish seq {seq} to {}: HTTP {}: {answer}",
+                plan.url,
+                response.status()
+            ));
+        }
+    }
+    Outcome::Published(phase)
+}
+
+/// Writes the publish body for event `seq` into `body`, padding `data` to `payload_bytes`
+/// bytes (or leaving `pad` empty when the fields alone are longer).
+pub fn write_body(
+    body: &mut String,
+    channel_json: &str,
+    seq: u64,
+    sent_us: u64,
+    payload_bytes: usize,
+) {
+    body.clear();
+    body.push_str(r#"{"channel":"#);
+    body.push_str(channel_json);
+    body.push_str(r#","data":"#);
+    let data_start = body.len();
+    // Writing to a String cannot fail.
+    let _ = write!(body, r#"{{"seq":{seq},"t_us":{sent_us},"pad":""#);
+    let closing = r#""}}"#;
+    let unpadded = body.len() - data_start + closing.len() - 1;
+    body.extend(std::iter::repeat_n(
+        'x',
+        payload_bytes.saturating_sub(unpadded),
+    ));
+    body.push_str(closing);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_pads_data_to_the_payload_size() {
+        let mut body = String::new();
+        write_body(
+            &mut body,
+            r#""bench.fanout""#,
+            7,
+            1_700_000_000_000_000,
+            100,
+        );
+        let value: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(value["channel"], "bench.fanout");
+        assert_eq!(value["data"]["seq"], 7);
+        assert_eq!(value["data"]["t_us"], 1_700_000_000_000_000u64);
+        assert_eq!(value["data"].to_string().len(), 100);
+    }
+
+    #[test]
+    fn body_with_a_tiny_payload_has_an_empty_pad() {
+        let mut body = String::new();
+        write_body(&mut body, r#""c""#, 1, 2, 0);
+        assert_eq!(
+            body,
+            r#"{"channel":"c","data":{"seq":1,"t_us":2,"pad":""}}"#
+        );
+    }
+}

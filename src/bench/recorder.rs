@@ -1,0 +1,299 @@
+//! What the bench remembers about deliveries: the latency histogram, per-event receive counts
+//! and last receive times, and the loss/duplicate/order counters.
+//!
+//! Owns every figure the report is computed from. It lives on the bench's one executor and is
+//! shared by all connection tasks through an `Rc`, so it uses `Cell`/`RefCell` and never an
+//! atomic or a lock. Recording a delivery must never allocate: everything is sized at start
+//! (one slot per event, a histogram with fixed bounds), because a bench that is slower per
+//! received message than the server is per sent message measures itself.
+
+use std::cell::{Cell, RefCell};
+
+use hdrhistogram::Histogram;
+
+use super::wire::Delivery;
+
+/// Highest latency the histogram resolves, in microseconds (one hour); a larger value is
+/// recorded as this. Fixed bounds keep `record` from ever resizing the histogram.
+const LATENCY_US_MAX: u64 = 3_600_000_000;
+
+/// Significant decimal digits the histogram keeps: 3 means values within 0.1%.
+const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
+
+/// One published event as seen by the receivers.
+#[derive(Default)]
+struct EventSlot {
+    /// `t_us` carried by the event, microseconds since the UNIX epoch.
+    sent_us: Cell<u64>,
+    /// Receive time of the latest delivery so far, microseconds since the UNIX epoch.
+    last_receive_us: Cell<u64>,
+    /// Deliveries received, duplicates included.
+    receive_count: Cell<u64>,
+}
+
+/// Per-connection ordering state: the highest `seq` this connection has received.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConnOrder {
+    last_seq: Option<u64>,
+}
+
+/// Delivery figures of one run. Events `0..warmup_events` are warm-up: they are counted only
+/// to tell when warm-up is over and never appear in the summary.
+pub struct Recorder {
+    subscribers: u64,
+    warmup_events: u64,
+    latency_us: RefCell<Histogram<u64>>,
+    events: Box<[EventSlot]>,
+    /// Deliveries of measured events, duplicates included.
+    deliveries: Cell<u64>,
+    /// Measured deliveries whose `seq` equals the connection's previous one.
+    duplicated: Cell<u64>,
+    /// Measured deliveries whose `seq` is below the connection's previous one.
+    out_of_order: Cell<u64>,
+    /// Text frames that are not a delivery of one of this run's events.
+    foreign_frames: Cell<u64>,
+    /// Every frame handed to the recorder, to tell progress from a stall.
+    frames: Cell<u64>,
+}
+
+/// The delivery figures of a run, as reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub deliveries: u64,
+    pub deliveries_per_s: f64,
+    pub latency_us_p50: u64,
+    pub latency_us_p90: u64,
+    pub latency_us_p99: u64,
+    pub latency_us_p999: u64,
+    pub latency_us_max: u64,
+    pub fanout_completion_us_p50: u64,
+    pub fanout_completion_us_p99: u64,
+    pub fanout_completion_us_max: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub foreign_frames: u64,
+}
+
+impl Recorder {
+    /// A recorder for `subscribers` connections and `warmup_events + events` events.
+    pub fn new(subscribers: u64, warmup_events: u64, events: u64) -> Self {
+        let latency_us = Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGNIFICANT_DIGITS)
+            .expect("constant histogram bounds are valid");
+        let slots = usize::try_from(warmup_events + events).expect("event count fits in memory");
+        Self {
+            subscribers,
+            warmup_events,
+            latency_us: RefCell::new(latency_us),
+            events: (0..slots).map(|_| EventSlot::default()).collect(),
+            deliveries: Cell::new(0),
+            duplicated: Cell::new(0),
+            out_of_order: Cell::new(0),
+            foreign_frames: Cell::new(0),
+            frames: Cell::new(0),
+        }
+    }
+
+    /// Records one delivery received at `receive_us` (microseconds since the UNIX epoch) on the
+    /// connection whose ordering state is `order`.
+    pub fn record(&self, delivery: Delivery, receive_us: u64, order: &mut ConnOrder) {
+        self.frames.set(self.frames.get() + 1);
+        let Some(slot) = usize::try_from(delivery.seq)
+            .ok()
+            .and_then(|at| self.events.get(at))
+        else {
+            self.foreign_frames.set(self.foreign_frames.get() + 1);
+            return;
+        };
+        let measured = delivery.seq >= self.warmup_events;
+        match order.last_seq {
+            Some(last) if delivery.seq == last => {
+                if measured {
+                    self.duplicated.set(self.duplicated.get() + 1);
+                }
+            }
+            Some(last) if delivery.seq < last => {
+                if measured {
+                    self.out_of_order.set(self.out_of_order.get() + 1);
+                }
+            }
+            _ => order.last_seq = Some(delivery.seq),
+        }
+        slot.sent_us.set(delivery.sent_us);
+        slot.receive_count.set(slot.receive_count.get() + 1);
+        slot.last_receive_us
+            .set(slot.last_receive_us.get().max(receive_us));
+        if measured {
+            self.deliveries.set(self.deliveries.get() + 1);
+            self.latency_us
+                .borrow_mut()
+                .saturating_record(receive_us.saturating_sub(delivery.sent_us));
+        }
+    }
+
+    /// Counts a text frame that is not one of this run's deliveries.
+    pub fn record_foreign(&self) {
+        self.frames.set(self.frames.get() + 1);
+        self.foreign_frames.set(self.foreign_frames.get() + 1);
+    }
+
+    /// Frames seen so far, of any kind: it grows while the server is still delivering.
+    pub fn frames(&self) -> u64 {
+        self.frames.get()
+    }
+
+    /// Whether every subscriber has received every warm-up event.
+    pub fn warmup_complete(&self) -> bool {
+        let warmup = &self.events[..self.warmup_slots()];
+        warmup
+            .iter()
+            .all(|slot| slot.receive_count.get() >= self.subscribers)
+    }
+
+    /// Warm-up deliveries received so far, and how many are expected.
+    pub fn warmup_progress(&self) -> (u64, u64) {
+        let warmup = &self.events[..self.warmup_slots()];
+        let received = warmup.iter().map(|slot| slot.receive_count.get()).sum();
+        (received, self.subscribers * self.warmup_events)
+    }
+
+    /// Whether every subscriber has received every measured event.
+    pub fn measured_complete(&self) -> bool {
+        self.deliveries.get() - self.duplicated.get() >= self.expected()
+    }
+
+    fn warmup_slots(&self) -> usize {
+        usize::try_from(self.warmup_events).expect("warm-up slots were allocated")
+    }
+
+    fn expected(&self) -> u64 {
+        self.subscribers * (self.events.len() as u64 - self.warmup_events)
+    }
+
+    /// The figures of the measured events. `lost` is the expected count minus the deliveries
+    /// that were not duplicates; a late delivery below a connection's last `seq` counts as
+    /// delivered and as out of order (either fails the run).
+    pub fn summary(&self) -> Summary {
+        let latency = self.latency_us.borrow();
+        let measured = &self.events[self.warmup_slots()..];
+        let received = || measured.iter().filter(|slot| slot.receive_count.get() > 0);
+        let mut completion_us: Vec<u64> = received()
+            .map(|slot| {
+                slot.last_receive_us
+                    .get()
+                    .saturating_sub(slot.sent_us.get())
+            })
+            .collect();
+        completion_us.sort_unstable();
+        let first_sent_us = received().map(|slot| slot.sent_us.get()).min();
+        let last_receive_us = received().map(|slot| slot.last_receive_us.get()).max();
+        let span_us = match (first_sent_us, last_receive_us) {
+            (Some(first), Some(last)) => last.saturating_sub(first),
+            _ => 0,
+        };
+        let deliveries = self.deliveries.get();
+        let duplicated = self.duplicated.get();
+        Summary {
+            deliveries,
+            deliveries_per_s: if span_us == 0 {
+                0.0
+            } else {
+                deliveries as f64 * 1e6 / span_us as f64
+            },
+            latency_us_p50: latency.value_at_quantile(0.50),
+            latency_us_p90: latency.value_at_quantile(0.90),
+            latency_us_p99: latency.value_at_quantile(0.99),
+            latency_us_p999: latency.value_at_quantile(0.999),
+            latency_us_max: latency.max(),
+            fanout_completion_us_p50: nearest_rank(&completion_us, 0.50),
+            fanout_completion_us_p99: nearest_rank(&completion_us, 0.99),
+            fanout_completion_us_max: completion_us.last().copied().unwrap_or(0),
+            lost: self.expected().saturating_sub(deliveries - duplicated),
+            duplicated,
+            out_of_order: self.out_of_order.get(),
+            foreign_frames: self.foreign_frames.get(),
+        }
+    }
+}
+
+/// The `quantile` of ascending `sorted` by the nearest-rank method; 0 when empty.
+fn nearest_rank(sorted: &[u64], quantile: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (quantile * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(seq: u64, sent_us: u64) -> Delivery {
+        Delivery { seq, sent_us }
+    }
+
+    #[test]
+    fn complete_run_has_no_loss_and_exact_figures() {
+        let recorder = Recorder::new(2, 1, 2);
+        let (mut first, mut second) = (ConnOrder::default(), ConnOrder::default());
+        recorder.record(delivery(0, 100), 150, &mut first);
+        recorder.record(delivery(0, 100), 160, &mut second);
+        assert!(recorder.warmup_complete());
+        assert!(!recorder.measured_complete());
+        recorder.record(delivery(1, 1_000), 1_010, &mut first);
+        recorder.record(delivery(1, 1_000), 1_030, &mut second);
+        recorder.record(delivery(2, 2_000), 2_020, &mut first);
+        recorder.record(delivery(2, 2_000), 3_000, &mut second);
+        assert!(recorder.measured_complete());
+        let summary = recorder.summary();
+        assert_eq!(summary.deliveries, 4);
+        assert_eq!(summary.lost, 0);
+        assert_eq!((summary.duplicated, summary.out_of_order), (0, 0));
+        assert_eq!(summary.latency_us_p50, 20);
+        assert_eq!(summary.latency_us_max, 1_000);
+        assert_eq!(summary.fanout_completion_us_p50, 30);
+        assert_eq!(summary.fanout_completion_us_max, 1_000);
+        // 4 deliveries between the first send (1,000 us) and the last receive (3,000 us).
+        assert_eq!(summary.deliveries_per_s, 2_000.0);
+    }
+
+    #[test]
+    fn duplicates_reordering_and_loss_are_counted() {
+        let recorder = Recorder::new(2, 0, 3);
+        let mut order = ConnOrder::default();
+        recorder.record(delivery(1, 0), 1, &mut order);
+        recorder.record(delivery(1, 0), 1, &mut order);
+        recorder.record(delivery(0, 0), 1, &mut order);
+        recorder.record(delivery(2, 0), 1, &mut order);
+        recorder.record(delivery(9, 0), 1, &mut order);
+        let summary = recorder.summary();
+        assert_eq!(summary.deliveries, 4);
+        assert_eq!(summary.duplicated, 1);
+        assert_eq!(summary.out_of_order, 1);
+        assert_eq!(summary.foreign_frames, 1);
+        assert_eq!(summary.lost, 3);
+        assert_eq!(recorder.frames(), 5);
+    }
+
+    #[test]
+    fn warmup_events_stay_out_of_the_summary() {
+        let recorder = Recorder::new(1, 2, 1);
+        let mut order = ConnOrder::default();
+        recorder.record(delivery(0, 0), 5_000, &mut order);
+        assert_eq!(recorder.warmup_progress(), (1, 2));
+        assert!(!recorder.warmup_complete());
+        let summary = recorder.summary();
+        assert_eq!(summary.deliveries, 0);
+        assert_eq!(summary.latency_us_max, 0);
+        assert_eq!(summary.lost, 1);
+    }
+
+    #[test]
+    fn nearest_rank_picks_the_covering_sample() {
+        let sorted = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+        assert_eq!(nearest_rank(&sorted, 0.5), 5);
+        assert_eq!(nearest_rank(&sorted, 0.99), 10);
+        assert_eq!(nearest_rank(&[], 0.5), 0);
+    }
+}

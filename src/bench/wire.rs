@@ -1,0 +1,338 @@
+//! The bench's side of the wire: URL parsing, the HTTP upgrade exchange, client control frames
+//! and the field scan of a delivery.
+//!
+//! Owns every byte format the bench reads or writes on a WebSocket. It never touches a socket
+//! or a clock: each function is pure over bytes and reports "need more" on partial input, so
+//! the formats are pinned by byte-literal tests below and the connection task only moves bytes.
+//! A delivery is scanned, not parsed: the bench reads `seq` and `t_us` and nothing else, so a
+//! received message costs a few `memmem` searches and no allocation.
+
+use memchr::memmem::Finder;
+
+/// The `Sec-WebSocket-Key` every bench connection sends. RFC 6455 wants a random nonce to defeat
+/// caching proxies; the bench talks to the server directly, so a fixed one is enough.
+const HANDSHAKE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// Largest payload of a control frame (RFC 6455 section 5.5).
+pub const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
+
+/// Largest encoded client control frame: 2 header bytes, 4 mask bytes, the payload.
+pub const CONTROL_FRAME_BYTES_MAX: usize = 2 + 4 + CONTROL_PAYLOAD_BYTES_MAX;
+
+/// Opcode of a Pong frame.
+pub const OPCODE_PONG: u8 = 0xA;
+
+/// Opcode of a Close frame.
+pub const OPCODE_CLOSE: u8 = 0x8;
+
+/// Where a `ws://` URL points: what to connect to and what to ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsTarget {
+    /// `host:port`, for name resolution and the `Host` header.
+    pub authority: String,
+    /// Path and query as written in the URL, `/` when the URL has none.
+    pub path: String,
+}
+
+/// Splits `ws://host[:port][/path][?query]`; the port defaults to 80. `wss://` is refused: the
+/// bench speaks plain TCP only, so that TLS cost never shows up in the latency it measures.
+pub fn parse_ws_url(url: &str) -> Result<WsTarget, String> {
+    let rest = url.strip_prefix("ws://").ok_or_else(|| {
+        format!("--ws {url:?}: only plain ws:// URLs are supported (no TLS in the bench)")
+    })?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(format!("--ws {url:?}: the URL names no host"));
+    }
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
+    Ok(WsTarget {
+        authority: with_default_port(authority, 80),
+        path,
+    })
+}
+
+/// Checks `http://host[:port]` and returns the publish endpoint `{api}/v1/publish`.
+pub fn publish_url(api: &str) -> Result<String, String> {
+    let rest = api.strip_prefix("http://").ok_or_else(|| {
+        format!("--api {api:?}: only plain http:// URLs are supported (no TLS in the bench)")
+    })?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("--api {api:?}: the URL names no host"));
+    }
+    Ok(format!("{}/v1/publish", api.trim_end_matches('/')))
+}
+
+fn with_default_port(authority: &str, port: u16) -> String {
+    // A bracketed IPv6 literal has colons of its own: only a colon after `]` is a port.
+    let host_end = authority.rfind(']').map_or(0, |at| at + 1);
+    if authority[host_end..].contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:{port}")
+    }
+}
+
+/// The upgrade request for `target` subscribing at connect to `channel`. Built once and sent
+/// as is by every connection.
+pub fn upgrade_request(target: &WsTarget, channel: &str) -> Vec<u8> {
+    let separator = if target.path.contains('?') { '&' } else { '?' };
+    format!(
+        "GET {path}{separator}channels={channel} HTTP/1.1\r\n\
+         Host: {host}\r\n\
+         Upgrade: websocket\r\n\
+         Connection: Upgrade\r\n\
+         Sec-WebSocket-Key: {HANDSHAKE_KEY}\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        path = target.path,
+        channel = percent_encode(channel),
+        host = target.authority,
+    )
+    .into_bytes()
+}
+
+/// Percent-encodes everything outside RFC 3986's unreserved set, so that `+`, `:` or `@` in a
+/// channel name reach the server's query decoder unchanged (a bare `+` would decode to a space).
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Why the server's answer to the upgrade request is not a WebSocket.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UpgradeError {
+    /// The status was not 101; carries the status line. Caller: give up on this connection.
+    Refused(String),
+    /// The head did not look like HTTP. Caller: give up on this connection.
+    Malformed,
+}
+
+impl std::fmt::Display for UpgradeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(status) => write!(f, "upgrade refused: {status:?}"),
+            Self::Malformed => f.write_str("upgrade answer is not HTTP"),
+        }
+    }
+}
+
+/// Reads an HTTP upgrade response: `Ok(None)` until the head (through the blank line) is all
+/// in `input`, then the head's length once the status is `101`. Bytes past the head are the
+/// first WebSocket frames.
+pub fn parse_upgrade_response(input: &[u8]) -> Result<Option<usize>, UpgradeError> {
+    let Some(blank_line) = memchr::memmem::find(input, b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head_bytes = blank_line + 4;
+    let status_line = &input[..memchr::memmem::find(input, b"\r\n").unwrap_or(blank_line)];
+    let status_line = std::str::from_utf8(status_line).map_err(|_| UpgradeError::Malformed)?;
+    let mut words = status_line.split(' ');
+    let version = words.next().unwrap_or_default();
+    let status = words.next().unwrap_or_default();
+    if !version.starts_with("HTTP/1.") {
+        return Err(UpgradeError::Malformed);
+    }
+    if status != "101" {
+        return Err(UpgradeError::Refused(status_line.to_string()));
+    }
+    Ok(Some(head_bytes))
+}
+
+/// Writes one masked client frame (FIN set) carrying `payload` into `out` and returns its
+/// length. Only control frames are sent, so the payload fits the 7-bit length.
+pub fn encode_control_frame(
+    opcode: u8,
+    payload: &[u8],
+    mask: [u8; 4],
+    out: &mut [u8; CONTROL_FRAME_BYTES_MAX],
+) -> usize {
+    assert!(
+        opcode & 0x8 != 0,
+        "opcode {opcode:#x} is not a control opcode"
+    );
+    assert!(payload.len() <= CONTROL_PAYLOAD_BYTES_MAX);
+    out[0] = 0x80 | opcode;
+    // The length fits in 7 bits: asserted above.
+    out[1] = 0x80 | payload.len() as u8;
+    out[2..6].copy_from_slice(&mask);
+    for (at, byte) in payload.iter().enumerate() {
+        out[6 + at] = byte ^ mask[at % 4];
+    }
+    6 + payload.len()
+}
+
+/// The payload of a Close frame with status 1000 (normal closure) and no reason.
+pub const CLOSE_NORMAL_PAYLOAD: [u8; 2] = 1000u16.to_be_bytes();
+
+/// One event as the bench publishes it, read back from a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// The event's sequence number, 0-based across warm-up and measured events.
+    pub seq: u64,
+    /// When the publisher sent it, microseconds since the UNIX epoch.
+    pub sent_us: u64,
+}
+
+/// Searchers for the few fields the bench reads, built once and shared by every connection.
+pub struct Scanner {
+    connected: Finder<'static>,
+    message: Finder<'static>,
+    data: Finder<'static>,
+    seq: Finder<'static>,
+    sent_us: Finder<'static>,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self {
+            connected: Finder::new(br#""type":"connected""#),
+            message: Finder::new(br#""type":"message""#),
+            data: Finder::new(br#""data":"#),
+            seq: Finder::new(br#""seq":"#),
+            sent_us: Finder::new(br#""t_us":"#),
+        }
+    }
+}
+
+impl Scanner {
+    /// Whether a text frame is the server's `connected` greeting.
+    pub fn is_connected(&self, text: &[u8]) -> bool {
+        self.connected.find(text).is_some()
+    }
+
+    /// Reads `seq` and `t_us` out of a `message` frame; `None` for any other text frame or one
+    /// whose data is not the bench's. Fields are looked for inside `data` only, so a channel
+    /// name can never be mistaken for them.
+    pub fn delivery(&self, text: &[u8]) -> Option<Delivery> {
+        self.message.find(text)?;
+        let data = &text[self.data.find(text)?..];
+        let seq = unsigned_after(data, self.seq.find(data)? + self.seq.needle().len())?;
+        let sent_us = unsigned_after(data, self.sent_us.find(data)? + self.sent_us.needle().len())?;
+        Some(Delivery { seq, sent_us })
+    }
+}
+
+/// The unsigned decimal starting at `at` (after optional spaces), `None` if there is none or it
+/// overflows `u64`.
+fn unsigned_after(text: &[u8], at: usize) -> Option<u64> {
+    let digits = text.get(at..)?;
+    let digits = &digits[digits.iter().take_while(|b| **b == b' ').count()..];
+    let length = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    if length == 0 {
+        return None;
+    }
+    digits[..length].iter().try_fold(0u64, |value, digit| {
+        value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_url_splits_authority_and_path() {
+        let target = parse_ws_url("ws://127.0.0.1:8080/ws").unwrap();
+        assert_eq!(target.authority, "127.0.0.1:8080");
+        assert_eq!(target.path, "/ws");
+        let target = parse_ws_url("ws://example").unwrap();
+        assert_eq!(target.authority, "example:80");
+        assert_eq!(target.path, "/");
+        let target = parse_ws_url("ws://[::1]?token=t").unwrap();
+        assert_eq!(target.authority, "[::1]:80");
+        assert_eq!(target.path, "/?token=t");
+        assert!(parse_ws_url("wss://host/ws").is_err());
+        assert!(parse_ws_url("ws:///ws").is_err());
+    }
+
+    #[test]
+    fn publish_url_appends_the_endpoint() {
+        assert_eq!(
+            publish_url("http://127.0.0.1:8081/").unwrap(),
+            "http://127.0.0.1:8081/v1/publish"
+        );
+        assert!(publish_url("https://127.0.0.1:8081").is_err());
+        assert!(publish_url("http://").is_err());
+    }
+
+    #[test]
+    fn upgrade_request_subscribes_with_an_encoded_channel() {
+        let target = parse_ws_url("ws://127.0.0.1:8080/ws?x=1").unwrap();
+        let request = upgrade_request(&target, "a+b.c");
+        assert_eq!(
+            String::from_utf8(request).unwrap(),
+            "GET /ws?x=1&channels=a%2Bb.c HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn upgrade_response_needs_the_whole_head_and_status_101() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(parse_upgrade_response(&head[..20]), Ok(None));
+        assert_eq!(parse_upgrade_response(head), Ok(Some(head.len())));
+        let mut with_frame = head.to_vec();
+        with_frame.extend_from_slice(&[0x81, 0x00]);
+        assert_eq!(parse_upgrade_response(&with_frame), Ok(Some(head.len())));
+        assert_eq!(
+            parse_upgrade_response(b"HTTP/1.1 404 Not Found\r\n\r\n"),
+            Err(UpgradeError::Refused("HTTP/1.1 404 Not Found".into()))
+        );
+        assert_eq!(
+            parse_upgrade_response(b"SSH-2.0\r\n\r\n"),
+            Err(UpgradeError::Malformed)
+        );
+    }
+
+    #[test]
+    fn control_frames_are_masked() {
+        let mut out = [0u8; CONTROL_FRAME_BYTES_MAX];
+        let length = encode_control_frame(OPCODE_PONG, b"ab", [1, 2, 3, 4], &mut out);
+        assert_eq!(
+            &out[..length],
+            &[0x8A, 0x82, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2]
+        );
+        let length = encode_control_frame(OPCODE_CLOSE, &CLOSE_NORMAL_PAYLOAD, [0; 4], &mut out);
+        assert_eq!(&out[..length], &[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8]);
+    }
+
+    #[test]
+    fn delivery_reads_seq_and_sent_time_from_data_only() {
+        let scanner = Scanner::default();
+        let frame = br#"{"type":"message","channel":"bench.fanout","offset":7,"ts_ms":1,"data":{"seq":42,"t_us":1700000000123456,"pad":"xx"}}"#;
+        assert_eq!(
+            scanner.delivery(frame),
+            Some(Delivery {
+                seq: 42,
+                sent_us: 1_700_000_000_123_456
+            })
+        );
+        let reordered = br#"{"data":{"pad":"x","seq": 3,"t_us":9},"type":"message"}"#;
+        assert_eq!(
+            scanner.delivery(reordered),
+            Some(Delivery { seq: 3, sent_us: 9 })
+        );
+        let foreign = br#"{"type":"message","channel":"c","data":{"hello":1}}"#;
+        assert_eq!(scanner.delivery(foreign), None);
+        let overflow = br#"{"type":"message","data":{"seq":99999999999999999999,"t_us":1}}"#;
+        assert_eq!(scanner.delivery(overflow), None);
+        let connected = br#"{"type":"connected","conn_id":"a","shard":0}"#;
+        assert_eq!(scanner.delivery(connected), None);
+        assert!(scanner.is_connected(connected));
+        assert!(!scanner.is_connected(frame));
+    }
+}

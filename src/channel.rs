@@ -1,0 +1,406 @@
+//! Channel names and subscription patterns: the rules of the wire contract (PROTOCOL.md,
+//! "Channels") as pure functions over bytes.
+//!
+//! This module owns what a valid channel name and a valid pattern are, and what a pattern
+//! matches. It never allocates, never touches a socket or the registry, and never decides how
+//! an error reaches the client: it returns a small [`ChannelError`] and the caller turns it into
+//! an `invalid_channel` reply. Validation runs on every publish and every subscribe, so each
+//! check is a single pass over at most [`CHANNEL_BYTES_MAX`] bytes; [`pattern_matches`] is the
+//! reference matcher that the registry's trie is tested against.
+
+use std::fmt;
+
+/// The longest channel name or pattern, in bytes.
+pub const CHANNEL_BYTES_MAX: usize = 255;
+
+/// Why a channel name or pattern was refused. Every variant is the peer's mistake: answer with
+/// an `invalid_channel` error carrying the [`Display`](fmt::Display) text, keep the connection
+/// open, and change nothing for anyone else. Offsets are byte offsets into the refused name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelError {
+    /// The name has no bytes. Refuse the request; the client must send 1 to 255 bytes.
+    Empty,
+    /// The name is longer than [`CHANNEL_BYTES_MAX`]. Refuse the request; the client must
+    /// shorten it.
+    TooLong { len_bytes: usize },
+    /// A leading dot, a trailing dot or two dots in a row leave a token empty; `at` is where the
+    /// empty token starts. Refuse the request; the client must drop the extra dot.
+    EmptyToken { at: usize },
+    /// A byte outside `[A-Za-z0-9_:@=+-]` and the separator `.`. Refuse the request; the client
+    /// must rename the channel.
+    BadByte { byte: u8, at: usize },
+    /// A `*` or `>` in a name given to publish, which needs one concrete channel. Refuse the
+    /// publish; the client must publish to each concrete channel instead.
+    Wildcard { at: usize },
+    /// A `*` or `>` sharing its token with other bytes, as in `a*` or `>b`. Refuse the
+    /// subscribe; the client must make the wildcard a whole token.
+    PartialWildcard { at: usize },
+    /// A `>` token before the last token, as in `a.>.b`. Refuse the subscribe; the client must
+    /// end the pattern at the `>`.
+    MisplacedGreater { at: usize },
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ChannelError::Empty => {
+                write!(
+                    f,
+                    "channel is empty; it needs 1 to {CHANNEL_BYTES_MAX} bytes"
+                )
+            }
+            ChannelError::TooLong { len_bytes } => write!(
+                f,
+                "channel is {len_bytes} bytes; the limit is {CHANNEL_BYTES_MAX}"
+            ),
+            ChannelError::EmptyToken { at } => write!(
+                f,
+                "channel has an empty token at byte {at}; tokens are joined by single dots"
+            ),
+            ChannelError::BadByte { byte, at } => {
+                write!(f, "channel has byte 0x{byte:02X}")?;
+                if byte.is_ascii_graphic() {
+                    write!(f, " ('{}')", char::from(byte))?;
+                }
+                write!(
+                    f,
+                    " at byte {at}; a token allows only A-Z a-z 0-9 _ : @ = + -"
+                )
+            }
+            ChannelError::Wildcard { at } => write!(
+                f,
+                "channel has a wildcard at byte {at}; publish needs a concrete channel"
+            ),
+            ChannelError::PartialWildcard { at } => write!(
+                f,
+                "wildcard at byte {at} shares a token; '*' and '>' must be whole tokens"
+            ),
+            ChannelError::MisplacedGreater { at } => {
+                write!(f, "'>' at byte {at} is not the last token")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ChannelError {}
+
+/// Checks a concrete channel name, as given to publish: no wildcards.
+///
+/// # Errors
+/// The first rule the name breaks, scanning from its start (length is checked first).
+pub fn validate_channel(name: &str) -> Result<(), ChannelError> {
+    scan(name, Wildcards::Refused)
+}
+
+/// Checks a subscription pattern: a channel name whose tokens may also be `*` anywhere or `>`
+/// as the last token.
+///
+/// # Errors
+/// The first rule the pattern breaks, scanning from its start (length is checked first).
+pub fn validate_pattern(pattern: &str) -> Result<(), ChannelError> {
+    scan(pattern, Wildcards::Allowed)
+}
+
+/// Whether `pattern` has a `*` or `>` token, i.e. can match more than the one channel of the
+/// same name. Exact for any input; only meaningful for a pattern that passed
+/// [`validate_pattern`].
+#[must_use]
+pub fn is_pattern(pattern: &str) -> bool {
+    pattern.split('.').any(|token| token == "*" || token == ">")
+}
+
+/// Whether `pattern` matches the concrete `channel`. Both are expected to be valid; a `>` that
+/// is not the last token matches nothing. This is the reference for the registry's trie.
+#[must_use]
+pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
+    let mut pattern_tokens = pattern.split('.');
+    let mut channel_tokens = channel.split('.');
+    loop {
+        match (pattern_tokens.next(), channel_tokens.next()) {
+            (None, None) => return true,
+            // `>` swallows this token and every one after it, so at least one.
+            (Some(">"), Some(_)) => return pattern_tokens.next().is_none(),
+            (Some("*"), Some(_)) => {}
+            (Some(pattern_token), Some(channel_token)) => {
+                if pattern_token != channel_token {
+                    return false;
+                }
+            }
+            (Some(_), None) | (None, Some(_)) => return false,
+        }
+    }
+}
+
+/// Whether the scan accepts `*` and `>` tokens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wildcards {
+    Allowed,
+    Refused,
+}
+
+/// The one pass behind both validators: length first, then every byte once. A wildcard looks
+/// one byte ahead to tell a whole token (`*.` or `*` at the end) from a partial one (`*a`).
+fn scan(name: &str, wildcards: Wildcards) -> Result<(), ChannelError> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() {
+        return Err(ChannelError::Empty);
+    }
+    if bytes.len() > CHANNEL_BYTES_MAX {
+        return Err(ChannelError::TooLong {
+            len_bytes: bytes.len(),
+        });
+    }
+    let mut token_start = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        match byte {
+            b'.' => {
+                if at == token_start {
+                    return Err(ChannelError::EmptyToken { at });
+                }
+                token_start = at + 1;
+            }
+            b'*' | b'>' => {
+                if wildcards == Wildcards::Refused {
+                    return Err(ChannelError::Wildcard { at });
+                }
+                if at != token_start {
+                    return Err(ChannelError::PartialWildcard { at });
+                }
+                match bytes.get(at + 1) {
+                    Some(b'.') if byte == b'>' => {
+                        return Err(ChannelError::MisplacedGreater { at });
+                    }
+                    None | Some(b'.') => {}
+                    Some(_) => return Err(ChannelError::PartialWildcard { at }),
+                }
+            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b':' | b'@' | b'=' | b'+' | b'-' => {}
+            _ => return Err(ChannelError::BadByte { byte, at }),
+        }
+    }
+    if token_start == bytes.len() {
+        return Err(ChannelError::EmptyToken { at: token_start });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_every_token_byte() {
+        let name = "AZaz09_:@=+-.x";
+        assert_eq!(validate_channel(name), Ok(()));
+        assert_eq!(validate_pattern(name), Ok(()));
+        assert_eq!(validate_channel("leads.42.notes"), Ok(()));
+        assert_eq!(validate_channel("a"), Ok(()));
+    }
+
+    #[test]
+    fn empty_is_refused() {
+        assert_eq!(validate_channel(""), Err(ChannelError::Empty));
+        assert_eq!(validate_pattern(""), Err(ChannelError::Empty));
+    }
+
+    #[test]
+    fn length_boundary_is_255_bytes() {
+        let at_limit = "a".repeat(CHANNEL_BYTES_MAX);
+        assert_eq!(validate_channel(&at_limit), Ok(()));
+        assert_eq!(validate_pattern(&at_limit), Ok(()));
+
+        let over_limit = "a".repeat(CHANNEL_BYTES_MAX + 1);
+        let error = ChannelError::TooLong { len_bytes: 256 };
+        assert_eq!(validate_channel(&over_limit), Err(error));
+        assert_eq!(validate_pattern(&over_limit), Err(error));
+
+        // Length counts bytes, not chars: 128 two-byte chars are 256 bytes.
+        let wide = "é".repeat(128);
+        assert_eq!(validate_channel(&wide), Err(error));
+    }
+
+    #[test]
+    fn empty_tokens_are_refused() {
+        assert_eq!(
+            validate_channel(".a"),
+            Err(ChannelError::EmptyToken { at: 0 })
+        );
+        assert_eq!(
+            validate_channel("a."),
+            Err(ChannelError::EmptyToken { at: 2 })
+        );
+        assert_eq!(
+            validate_channel("a..b"),
+            Err(ChannelError::EmptyToken { at: 2 })
+        );
+        assert_eq!(
+            validate_channel("."),
+            Err(ChannelError::EmptyToken { at: 0 })
+        );
+        assert_eq!(
+            validate_pattern("a.*."),
+            Err(ChannelError::EmptyToken { at: 4 })
+        );
+    }
+
+    #[test]
+    fn bad_bytes_are_refused_with_their_offset() {
+        assert_eq!(
+            validate_channel("a/b"),
+            Err(ChannelError::BadByte { byte: b'/', at: 1 })
+        );
+        assert_eq!(
+            validate_channel("a b"),
+            Err(ChannelError::BadByte { byte: b' ', at: 1 })
+        );
+        assert_eq!(
+            validate_pattern("leads.é"),
+            Err(ChannelError::BadByte { byte: 0xC3, at: 6 })
+        );
+        assert_eq!(
+            validate_pattern("x#"),
+            Err(ChannelError::BadByte { byte: b'#', at: 1 })
+        );
+    }
+
+    #[test]
+    fn publish_names_refuse_wildcards() {
+        assert_eq!(validate_channel("*"), Err(ChannelError::Wildcard { at: 0 }));
+        assert_eq!(
+            validate_channel("leads.>"),
+            Err(ChannelError::Wildcard { at: 6 })
+        );
+        assert_eq!(
+            validate_channel("a*"),
+            Err(ChannelError::Wildcard { at: 1 })
+        );
+    }
+
+    #[test]
+    fn patterns_accept_whole_wildcard_tokens() {
+        for pattern in ["*", ">", "leads.*", "leads.>", "*.*", "*.x.>", "a.*.b"] {
+            assert_eq!(validate_pattern(pattern), Ok(()), "{pattern}");
+        }
+    }
+
+    #[test]
+    fn partial_wildcards_are_refused() {
+        assert_eq!(
+            validate_pattern("a*"),
+            Err(ChannelError::PartialWildcard { at: 1 })
+        );
+        assert_eq!(
+            validate_pattern("*a"),
+            Err(ChannelError::PartialWildcard { at: 0 })
+        );
+        assert_eq!(
+            validate_pattern(">b"),
+            Err(ChannelError::PartialWildcard { at: 0 })
+        );
+        assert_eq!(
+            validate_pattern("x.**"),
+            Err(ChannelError::PartialWildcard { at: 2 })
+        );
+        assert_eq!(
+            validate_pattern("x.*>"),
+            Err(ChannelError::PartialWildcard { at: 2 })
+        );
+    }
+
+    #[test]
+    fn greater_must_be_last() {
+        assert_eq!(
+            validate_pattern(">.a"),
+            Err(ChannelError::MisplacedGreater { at: 0 })
+        );
+        assert_eq!(
+            validate_pattern("a.>.b"),
+            Err(ChannelError::MisplacedGreater { at: 2 })
+        );
+        assert_eq!(
+            validate_pattern("a.>."),
+            Err(ChannelError::MisplacedGreater { at: 2 })
+        );
+    }
+
+    #[test]
+    fn messages_name_the_problem() {
+        assert_eq!(
+            ChannelError::TooLong { len_bytes: 300 }.to_string(),
+            "channel is 300 bytes; the limit is 255"
+        );
+        assert_eq!(
+            ChannelError::Empty.to_string(),
+            "channel is empty; it needs 1 to 255 bytes"
+        );
+        assert_eq!(
+            ChannelError::BadByte { byte: b'/', at: 1 }.to_string(),
+            "channel has byte 0x2F ('/') at byte 1; a token allows only A-Z a-z 0-9 _ : @ = + -"
+        );
+        assert_eq!(
+            ChannelError::BadByte { byte: 0xC3, at: 6 }.to_string(),
+            "channel has byte 0xC3 at byte 6; a token allows only A-Z a-z 0-9 _ : @ = + -"
+        );
+        assert_eq!(
+            ChannelError::EmptyToken { at: 2 }.to_string(),
+            "channel has an empty token at byte 2; tokens are joined by single dots"
+        );
+        assert_eq!(
+            ChannelError::Wildcard { at: 6 }.to_string(),
+            "channel has a wildcard at byte 6; publish needs a concrete channel"
+        );
+        assert_eq!(
+            ChannelError::PartialWildcard { at: 1 }.to_string(),
+            "wildcard at byte 1 shares a token; '*' and '>' must be whole tokens"
+        );
+        assert_eq!(
+            ChannelError::MisplacedGreater { at: 2 }.to_string(),
+            "'>' at byte 2 is not the last token"
+        );
+    }
+
+    #[test]
+    fn is_pattern_finds_wildcard_tokens() {
+        assert!(is_pattern("*"));
+        assert!(is_pattern(">"));
+        assert!(is_pattern("leads.*"));
+        assert!(is_pattern("a.*.b"));
+        assert!(is_pattern("leads.>"));
+        assert!(!is_pattern("leads.42"));
+        assert!(!is_pattern("a"));
+    }
+
+    #[test]
+    fn exact_patterns_match_only_themselves() {
+        assert!(pattern_matches("leads.42", "leads.42"));
+        assert!(!pattern_matches("leads.42", "leads.43"));
+        assert!(!pattern_matches("leads.42", "leads.42.notes"));
+        assert!(!pattern_matches("leads.42", "leads"));
+    }
+
+    #[test]
+    fn star_matches_exactly_one_token() {
+        assert!(pattern_matches("leads.*", "leads.42"));
+        assert!(!pattern_matches("leads.*", "leads.42.notes"));
+        assert!(!pattern_matches("leads.*", "leads"));
+        assert!(pattern_matches("*.42", "leads.42"));
+        assert!(pattern_matches("a.*.c", "a.b.c"));
+        assert!(!pattern_matches("a.*.c", "a.b.d"));
+        assert!(pattern_matches("*", "leads"));
+        assert!(!pattern_matches("*", "leads.42"));
+    }
+
+    #[test]
+    fn greater_matches_one_or_more_tokens() {
+        assert!(pattern_matches("leads.>", "leads.42"));
+        assert!(pattern_matches("leads.>", "leads.42.notes"));
+        assert!(!pattern_matches("leads.>", "leads"));
+        assert!(!pattern_matches("leads.>", "lead.42"));
+        assert!(pattern_matches(">", "a"));
+        assert!(pattern_matches(">", "a.b.c"));
+        assert!(pattern_matches("*.>", "a.b"));
+        assert!(!pattern_matches("*.>", "a"));
+        // An invalid `>` in the middle matches nothing rather than everything.
+        assert!(!pattern_matches("a.>.c", "a.b.c"));
+    }
+}

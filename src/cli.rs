@@ -1,0 +1,152 @@
+//! The command line: `corecast serve` and `corecast bench`, parsed with clap.
+//!
+//! `serve` takes every [`Config`] field as a flag and an optional TOML file; a flag given on the
+//! command line wins over the file, and the file wins over the defaults. This module only turns
+//! arguments into a validated `Config` (or a bench run) and reports errors; it holds no server
+//! logic.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, LogFormat};
+
+/// A thread-per-core WebSocket fan-out server on io_uring.
+#[derive(Debug, Parser)]
+#[command(name = "corecast", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: WebSocket clients on --listen, the publish API on --api.
+    Serve(Box<ServeArgs>),
+    /// Measure fan-out latency of a running server (see `corecast bench --help`).
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// A TOML file with any of the settings below (flags given here win over it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the effective configuration, every default included, and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[command(flatten)]
+    settings: Config,
+}
+
+/// Parses the command line and runs the chosen command.
+pub fn run() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    match cli.command {
+        Command::Bench(args) => crate::bench::main(args),
+        Command::Serve(args) => {
+            let serve_matches = matches
+                .subcommand_matches("serve")
+                .expect("the serve subcommand was parsed");
+            let config = match effective_config(&args, serve_matches) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("corecast: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            if args.print_config {
+                print!("{}", config.to_toml());
+                return ExitCode::SUCCESS;
+            }
+            init_logging(config.log_format);
+            match crate::runtime::serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("corecast: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Lays the flags given on the command line over the file's settings, then validates.
+fn effective_config(args: &ServeArgs, matches: &ArgMatches) -> Result<Config, ConfigError> {
+    let mut table = match &args.config {
+        Some(path) => Config::read_table(path)?,
+        None => toml::Table::new(),
+    };
+    let flags = toml::Table::try_from(&args.settings).expect("a Config always serializes");
+    for (key, value) in flags {
+        let from_command_line = matches.value_source(&key) == Some(ValueSource::CommandLine);
+        if from_command_line || !table.contains_key(&key) {
+            table.insert(key, value);
+        }
+    }
+    let config = Config::from_table(table)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Structured logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_from(args: &[&str], file: Option<&str>) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("corecast-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut argv = vec!["corecast", "serve"];
+        let path = dir.join(format!("{}.toml", args.len()));
+        let path_text = path.to_string_lossy().into_owned();
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+            argv.extend(["--config", &path_text]);
+        }
+        argv.extend_from_slice(args);
+        let matches = Cli::command().try_get_matches_from(argv).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("parsed serve")
+        };
+        effective_config(&serve, matches.subcommand_matches("serve").unwrap())
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_wins_over_defaults() {
+        let file = "heartbeat_s = 7\nidle_timeout_s = 30\n";
+        let config = config_from(&["--idle-timeout-s", "40"], Some(file)).unwrap();
+        assert_eq!((config.heartbeat_s, config.idle_timeout_s), (7, 40));
+        assert_eq!(
+            config.outbox_frames_max,
+            Config::default().outbox_frames_max
+        );
+    }
+
+    #[test]
+    fn invalid_combinations_are_refused_by_name() {
+        let err = config_from(&["--heartbeat-s", "90"], None).unwrap_err();
+        assert!(err.0.contains("idle_timeout_s"), "{err}");
+        let err = config_from(&[], Some("nonsense_key = 1")).unwrap_err();
+        assert!(err.0.contains("nonsense_key"), "{err}");
+    }
+}

@@ -1,0 +1,464 @@
+//! The effective configuration: every limit the server enforces, with its default and trade-off.
+//!
+//! One struct serves both faces: it is the TOML file (`--config FILE`) and the `serve` flags.
+//! Each default lives in one function of [`defaults`], named after its field, used by serde and by
+//! clap alike, so the two can never disagree. Flags win over the file (see `cli.rs`).
+//! [`Config::validate`] refuses bad combinations at start-up with a message that names the field,
+//! the value and the allowed range; nothing downstream re-checks them.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::channel;
+
+/// Every tunable of `corecast serve`. Units are last in every name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// WebSocket address every broadcast shard binds with SO_REUSEPORT.
+    #[arg(long, default_value_t = defaults::listen())]
+    pub listen: SocketAddr,
+
+    /// Control-plane HTTP address (publish API, health, stats), served by the ingest core.
+    /// Keep it on loopback or a private network: it has no authentication yet.
+    #[arg(long, default_value_t = defaults::api())]
+    pub api: SocketAddr,
+
+    /// Number of broadcast shards. Default: one per CPU in `cores`, or per online CPU.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
+
+    /// CPUs for the broadcast shards, e.g. `0,1,2` or `2-5`. Default: every online CPU.
+    /// With fewer CPUs than shards the list is reused round-robin.
+    #[arg(long, value_parser = parse_cpu_list)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cores: Option<CpuList>,
+
+    /// CPU for the ingest core (control plane, sequencer). Default: the first shard CPU, shared.
+    /// A dedicated CPU keeps publish latency steady under heavy fan-out.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest_core: Option<usize>,
+
+    /// Seconds between server pings on each connection. Lower finds dead peers sooner and costs
+    /// one small frame per connection per period.
+    #[arg(long, default_value_t = defaults::heartbeat_s())]
+    pub heartbeat_s: u64,
+
+    /// Seconds a connection may send nothing (no pong, no frame) before close 1000 "idle timeout".
+    /// Must exceed `heartbeat_s`, or healthy clients are dropped between pings.
+    #[arg(long, default_value_t = defaults::idle_timeout_s())]
+    pub idle_timeout_s: u64,
+
+    /// Milliseconds a client has to complete the HTTP upgrade; slowloris clients are cut here.
+    #[arg(long, default_value_t = defaults::handshake_timeout_ms())]
+    pub handshake_timeout_ms: u64,
+
+    /// Largest upgrade request (request line plus headers) in bytes; larger gets 431.
+    #[arg(long, default_value_t = defaults::handshake_bytes_max())]
+    pub handshake_bytes_max: usize,
+
+    /// Largest client frame payload in bytes; larger closes the connection with 1009.
+    #[arg(long, default_value_t = defaults::frame_bytes_max())]
+    pub frame_bytes_max: usize,
+
+    /// Largest reassembled client message in bytes (all fragments); larger closes with 1009.
+    /// Commands are small: a larger limit only lets clients make the server buffer more.
+    #[arg(long, default_value_t = defaults::message_bytes_max())]
+    pub message_bytes_max: usize,
+
+    /// Frames a connection may have queued for sending before it is closed with 4008.
+    /// Larger rides out longer client stalls and costs memory for every slow client.
+    #[arg(long, default_value_t = defaults::outbox_frames_max())]
+    pub outbox_frames_max: usize,
+
+    /// Bytes a connection may have queued for sending before it is closed with 4008.
+    #[arg(long, default_value_t = defaults::outbox_bytes_max())]
+    pub outbox_bytes_max: usize,
+
+    /// Subscriptions one connection may hold; one more gets `too_many_subscriptions`.
+    #[arg(long, default_value_t = defaults::subscriptions_per_conn_max())]
+    pub subscriptions_per_conn_max: usize,
+
+    /// Connections one broadcast shard accepts; past it new connections get HTTP 503.
+    #[arg(long, default_value_t = defaults::connections_per_shard_max())]
+    pub connections_per_shard_max: usize,
+
+    /// Largest control-plane request body in bytes; larger gets 413.
+    #[arg(long, default_value_t = defaults::publish_body_bytes_max())]
+    pub publish_body_bytes_max: usize,
+
+    /// Messages one `/v1/publish/batch` may carry; more gets 413.
+    #[arg(long, default_value_t = defaults::publish_batch_max())]
+    pub publish_batch_max: usize,
+
+    /// Distinct channels the sequencer tracks offsets for; a publish to a new channel past it
+    /// gets 503 `channels_full`. Each costs about 100 bytes on the ingest core.
+    #[arg(long, default_value_t = defaults::channels_max())]
+    pub channels_max: usize,
+
+    /// Channel patterns clients may publish to over the socket (repeat the flag). Empty: none.
+    #[arg(long = "client-publish")]
+    pub client_publish: Vec<String>,
+
+    /// Items each cross-core queue holds (one queue per direction per shard). When a shard's
+    /// queue is full the ingest core waits for it: a bigger queue absorbs longer bursts.
+    #[arg(long, default_value_t = defaults::queue_items_max())]
+    pub queue_items_max: usize,
+
+    /// Items a core takes from one queue before it yields to its sockets; smaller is fairer,
+    /// larger amortises the wake-up better.
+    #[arg(long, default_value_t = defaults::queue_batch_max())]
+    pub queue_batch_max: usize,
+
+    /// Milliseconds to wait for a client's close reply before dropping its socket.
+    #[arg(long, default_value_t = defaults::close_timeout_ms())]
+    pub close_timeout_ms: u64,
+
+    /// Milliseconds from SIGINT/SIGTERM to exit; clients get 1001 first.
+    #[arg(long, default_value_t = defaults::shutdown_timeout_ms())]
+    pub shutdown_timeout_ms: u64,
+
+    /// io_uring buffer memory per executor in bytes (glommio `io_memory`). corecast does its socket
+    /// I/O without registered buffers, so a small value is enough; it counts against memlock.
+    #[arg(long, default_value_t = defaults::io_memory_bytes())]
+    pub io_memory_bytes: usize,
+
+    /// Log output: `text` or `json`. The filter comes from `RUST_LOG` (default `info`).
+    #[arg(long, default_value_t = defaults::log_format())]
+    pub log_format: LogFormat,
+}
+
+/// A list of CPU ids, written `0,2,4-7` on the command line and `[0, 2, 4]` in TOML.
+pub type CpuList = Vec<usize>;
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// The default of every field, one function each, shared by serde and clap.
+pub mod defaults {
+    use std::net::SocketAddr;
+
+    use super::LogFormat;
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 8080))
+    }
+    pub fn api() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8081))
+    }
+    pub fn heartbeat_s() -> u64 {
+        25
+    }
+    pub fn idle_timeout_s() -> u64 {
+        60
+    }
+    pub fn handshake_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn handshake_bytes_max() -> usize {
+        8 * 1024
+    }
+    pub fn frame_bytes_max() -> usize {
+        64 * 1024
+    }
+    pub fn message_bytes_max() -> usize {
+        64 * 1024
+    }
+    pub fn outbox_frames_max() -> usize {
+        1024
+    }
+    pub fn outbox_bytes_max() -> usize {
+        1024 * 1024
+    }
+    pub fn subscriptions_per_conn_max() -> usize {
+        512
+    }
+    pub fn connections_per_shard_max() -> usize {
+        200_000
+    }
+    pub fn publish_body_bytes_max() -> usize {
+        1024 * 1024
+    }
+    pub fn publish_batch_max() -> usize {
+        1_000
+    }
+    pub fn channels_max() -> usize {
+        1_000_000
+    }
+    pub fn queue_items_max() -> usize {
+        65_536
+    }
+    pub fn queue_batch_max() -> usize {
+        256
+    }
+    pub fn close_timeout_ms() -> u64 {
+        1_000
+    }
+    pub fn shutdown_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn io_memory_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn log_format() -> LogFormat {
+        LogFormat::Text
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: defaults::listen(),
+            api: defaults::api(),
+            shards: None,
+            cores: None,
+            ingest_core: None,
+            heartbeat_s: defaults::heartbeat_s(),
+            idle_timeout_s: defaults::idle_timeout_s(),
+            handshake_timeout_ms: defaults::handshake_timeout_ms(),
+            handshake_bytes_max: defaults::handshake_bytes_max(),
+            frame_bytes_max: defaults::frame_bytes_max(),
+            message_bytes_max: defaults::message_bytes_max(),
+            outbox_frames_max: defaults::outbox_frames_max(),
+            outbox_bytes_max: defaults::outbox_bytes_max(),
+            subscriptions_per_conn_max: defaults::subscriptions_per_conn_max(),
+            connections_per_shard_max: defaults::connections_per_shard_max(),
+            publish_body_bytes_max: defaults::publish_body_bytes_max(),
+            publish_batch_max: defaults::publish_batch_max(),
+            channels_max: defaults::channels_max(),
+            client_publish: Vec::new(),
+            queue_items_max: defaults::queue_items_max(),
+            queue_batch_max: defaults::queue_batch_max(),
+            close_timeout_ms: defaults::close_timeout_ms(),
+            shutdown_timeout_ms: defaults::shutdown_timeout_ms(),
+            io_memory_bytes: defaults::io_memory_bytes(),
+            log_format: defaults::log_format(),
+        }
+    }
+}
+
+/// A configuration the server refuses to start with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn check_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError(format!(
+            "{field} = {value} is out of range: allowed {min} to {max}"
+        )));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Checks every field and every relationship between fields, naming the field at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_range("heartbeat_s", self.heartbeat_s, 1, 3_600)?;
+        check_range("idle_timeout_s", self.idle_timeout_s, 2, 86_400)?;
+        if self.idle_timeout_s <= self.heartbeat_s {
+            return Err(ConfigError(format!(
+                "idle_timeout_s = {} must be greater than heartbeat_s = {}, \
+                 or healthy clients are closed between two pings",
+                self.idle_timeout_s, self.heartbeat_s
+            )));
+        }
+        check_range(
+            "handshake_timeout_ms",
+            self.handshake_timeout_ms,
+            10,
+            120_000,
+        )?;
+        check_range(
+            "handshake_bytes_max",
+            self.handshake_bytes_max,
+            256,
+            1 << 20,
+        )?;
+        check_range("frame_bytes_max", self.frame_bytes_max, 125, 64 << 20)?;
+        check_range(
+            "message_bytes_max",
+            self.message_bytes_max,
+            self.frame_bytes_max,
+            256 << 20,
+        )?;
+        check_range("outbox_frames_max", self.outbox_frames_max, 2, 1 << 20)?;
+        check_range("outbox_bytes_max", self.outbox_bytes_max, 1024, 1 << 30)?;
+        check_range(
+            "subscriptions_per_conn_max",
+            self.subscriptions_per_conn_max,
+            1,
+            1 << 20,
+        )?;
+        check_range(
+            "connections_per_shard_max",
+            self.connections_per_shard_max,
+            1,
+            10_000_000,
+        )?;
+        check_range(
+            "publish_body_bytes_max",
+            self.publish_body_bytes_max,
+            64,
+            256 << 20,
+        )?;
+        check_range("publish_batch_max", self.publish_batch_max, 1, 1_000_000)?;
+        check_range("channels_max", self.channels_max, 1, 100_000_000)?;
+        check_range("queue_items_max", self.queue_items_max, 16, 1 << 24)?;
+        check_range(
+            "queue_batch_max",
+            self.queue_batch_max,
+            1,
+            self.queue_items_max,
+        )?;
+        check_range("close_timeout_ms", self.close_timeout_ms, 1, 60_000)?;
+        check_range("shutdown_timeout_ms", self.shutdown_timeout_ms, 1, 600_000)?;
+        check_range("io_memory_bytes", self.io_memory_bytes, 64 * 1024, 1 << 30)?;
+        if let Some(shards) = self.shards {
+            check_range("shards", shards, 1, 1_024)?;
+        }
+        if let Some(cores) = &self.cores {
+            if cores.is_empty() {
+                return Err(ConfigError("cores is empty: name at least one CPU".into()));
+            }
+        }
+        for pattern in &self.client_publish {
+            channel::validate_pattern(pattern).map_err(|err| {
+                ConfigError(format!(
+                    "client_publish pattern {pattern:?} is invalid: {err}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Reads a TOML file into a table (not yet a `Config`: flags are laid over it first).
+    pub fn read_table(path: &std::path::Path) -> Result<toml::Table, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| ConfigError(format!("cannot read config {}: {err}", path.display())))?;
+        text.parse::<toml::Table>()
+            .map_err(|err| ConfigError(format!("config {} is not TOML: {err}", path.display())))
+    }
+
+    /// Builds a `Config` from a table, refusing unknown keys and wrong types by name.
+    pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        Config::deserialize(table).map_err(|err| ConfigError(format!("config: {err}")))
+    }
+
+    /// The effective configuration as TOML, every default spelled out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a Config always serializes")
+    }
+}
+
+/// Parses `0,2,4-7` into `[0, 2, 4, 5, 6, 7]`.
+pub fn parse_cpu_list(text: &str) -> Result<CpuList, String> {
+    let mut cpus = Vec::new();
+    for part in text
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
+        let parse = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{s:?} in {text:?} is not a CPU id"))
+        };
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (parse(first)?, parse(last)?);
+                if first > last || last - first > 4_096 {
+                    return Err(format!("CPU range {part:?} is empty or too large"));
+                }
+                cpus.extend(first..=last);
+            }
+            None => cpus.push(parse(part)?),
+        }
+    }
+    if cpus.is_empty() {
+        return Err(format!("{text:?} names no CPU"));
+    }
+    Ok(cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_round_trip_through_toml() {
+        let config = Config::default();
+        config.validate().unwrap();
+        let table: toml::Table = config.to_toml().parse().unwrap();
+        assert_eq!(Config::from_table(table).unwrap(), config);
+    }
+
+    #[test]
+    fn idle_timeout_must_exceed_heartbeat() {
+        let config = Config {
+            heartbeat_s: 30,
+            idle_timeout_s: 30,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().0;
+        assert!(err.contains("idle_timeout_s = 30"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_names_field_value_and_range() {
+        let config = Config {
+            outbox_frames_max: 1,
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err().0,
+            "outbox_frames_max = 1 is out of range: allowed 2 to 1048576"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let table: toml::Table = "outbox_frame_max = 3".parse().unwrap();
+        let err = Config::from_table(table).unwrap_err().0;
+        assert!(err.contains("outbox_frame_max"), "{err}");
+    }
+
+    #[test]
+    fn cpu_lists_parse_ranges_and_reject_garbage() {
+        assert_eq!(parse_cpu_list("0,2,4-6").unwrap(), vec![0, 2, 4, 5, 6]);
+        assert!(parse_cpu_list("a").is_err());
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("").is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! Encode once: the complete WebSocket frame of a published message, built on the ingest core.
+//!
+//! The frame is a fixed envelope around parts that are already serialized: the channel name
+//! (validated to need no escaping), two integers, and the `data` value as the raw JSON text
+//! sonic-rs validated on the way in. Writing the envelope directly avoids re-encoding `data`;
+//! every shard then writes these same bytes to every subscriber, and nothing downstream copies
+//! or re-encodes them.
+
+use bytes::BufMut;
+
+use crate::ingest::Priority;
+use crate::queue::Delivery;
+use crate::ws::frame::text_frame_with;
+
+/// The start of every message's JSON; the channel name follows it directly.
+const PREFIX: &[u8] = br#"{"type":"message","channel":""#;
+
+/// Builds the `message` frame for one publish.
+pub fn message(channel: &str, offset: u64, ts_ms: u64, data: &str, priority: Priority) -> Delivery {
+    assert!(
+        channel.len() <= usize::from(u8::MAX) && channel.is_ascii(),
+        "channels are validated before sequencing"
+    );
+    let mut offset_text = itoa::Buffer::new();
+    let mut ts_text = itoa::Buffer::new();
+    let offset_text = offset_text.format(offset);
+    let ts_text = ts_text.format(ts_ms);
+    let payload_bytes =
+        PREFIX.len() + channel.len() + offset_text.len() + ts_text.len() + data.len() + 24;
+    let (frame, header_len) = text_frame_with(payload_bytes, |buf| {
+        buf.put_slice(PREFIX);
+        buf.put_slice(channel.as_bytes());
+        buf.put_slice(br#"","offset":"#);
+        buf.put_slice(offset_text.as_bytes());
+        buf.put_slice(br#","ts_ms":"#);
+        buf.put_slice(ts_text.as_bytes());
+        buf.put_slice(br#","data":"#);
+        buf.put_slice(data.as_bytes());
+        buf.put_u8(b'}');
+    });
+    let delivery = Delivery {
+        frame,
+        channel_start: u16::try_from(header_len + PREFIX.len())
+            .expect("a header is at most 10 bytes"),
+        channel_len: channel.len() as u8,
+        priority,
+    };
+    assert_eq!(
+        delivery.channel(),
+        channel,
+        "the shard finds the channel where it was written"
+    );
+    delivery
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_frame_is_exact_and_locates_its_channel() {
+        let delivery = message(
+            "leads.42",
+            7,
+            1_700_000_000_000,
+            r#"{"score":9}"#,
+            Priority::Normal,
+        );
+        let json = r#"{"type":"message","channel":"leads.42","offset":7,"ts_ms":1700000000000,"data":{"score":9}}"#;
+        assert_eq!(&delivery.frame[..2], &[0x81, json.len() as u8]);
+        assert_eq!(&delivery.frame[2..], json.as_bytes());
+        assert_eq!(delivery.channel(), "leads.42");
+        use sonic_rs::JsonValueTrait;
+        let parsed: sonic_rs::Value = sonic_rs::from_slice(&delivery.frame[2..]).unwrap();
+        assert_eq!(parsed["offset"].as_u64(), Some(7));
+    }
+
+    #[test]
+    fn large_data_gets_a_longer_header() {
+        let data = format!("\"{}\"", "x".repeat(70_000));
+        let delivery = message("a", 1, 2, &data, Priority::Critical);
+        assert_eq!(delivery.frame[1], 127);
+        assert_eq!(delivery.channel(), "a");
+    }
+}

@@ -1,0 +1,51 @@
+//! corecast: a thread-per-core WebSocket fan-out server on glommio (io_uring).
+//!
+//! Backends publish events over HTTP; every WebSocket client subscribed to a matching channel
+//! receives each one, in publish order, with a per-channel offset. The wire contract is
+//! `PROTOCOL.md` (shared with client authors); this crate is its server.
+//!
+//! # Layout
+//! The folders are the stages a message passes through, in order.
+//! - [`net`]: bind with `SO_REUSEPORT`, accept, read the HTTP upgrade under its limits.
+//! - [`ws`]: RFC 6455 frames, reassembled messages, JSON commands, and the connection task.
+//! - [`shard`]: a broadcast shard's connections, its subscription [`shard::registry`], fan-out.
+//! - [`ingest`]: the control-plane HTTP API, the sequencer of offsets, encode-once.
+//! - [`queue`]: the only link between cores, bounded lock-free queues with a wake-up.
+//! - [`channel`]: channel names and wildcard patterns, shared by every stage.
+//! - [`config`], [`cli`], [`runtime`]: settings, the command line, the core plan and start-up.
+//! - [`bench`]: the load generator behind `corecast bench`.
+//!
+//! # Data flow
+//! ```text
+//!  HTTP POST /v1/publish ─┐                       ┌─> shard 0 ─> outbox ─> socket, socket, ...
+//!                         ├─> ingest core ─ queue ┼─> shard 1 ─> outbox ─> socket, socket, ...
+//!  client "publish" ──────┘   lanes by priority,  └─> shard N ─> ...
+//!   (via its shard's queue)   offset, encode once
+//! ```
+//! A publish is sequenced on the ingest core (critical, then high, then normal), gets its
+//! channel's next offset, and becomes one complete WebSocket frame (`bytes::Bytes`). The frame
+//! crosses to every shard that announced a matching pattern; each shard looks the channel up in
+//! its registry and queues the same bytes on every matching connection, whose task coalesces
+//! its pending frames into one write. Subscriptions flow the other way: a shard announces a new
+//! pattern to the ingest core and answers `subscribed` once the ingest core routes it.
+//!
+//! # Glossary
+//! - **core**: a CPU id. Every executor is pinned to one.
+//! - **shard**: one pinned glommio executor owning a listener and its connections for life.
+//! - **ingest core**: the executor owning the publish API, the sequencer and the routes.
+//! - **conn**: one WebSocket connection, owned by one shard.
+//! - **channel**: a dotted name events are published to; a *pattern* may hold `*` and `>`.
+//! - **frame**: a complete RFC 6455 frame, encoded once and shared as `Bytes`.
+//! - **offset**: a channel's message number, +1 per publish, assigned by the ingest core.
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod channel;
+pub mod cli;
+pub mod config;
+pub mod ingest;
+pub mod net;
+pub mod queue;
+pub mod runtime;
+pub mod shard;
+pub mod ws;

@@ -1,0 +1,294 @@
+//! The HTTP upgrade on the WebSocket port, as a pure function over the request bytes.
+//!
+//! httparse reads the request; tungstenite's `create_response` checks the RFC 6455 headers and
+//! derives the accept key. This module decides what the contract answers (101, or 400, 404, 405,
+//! 426, 431 with a JSON body) and reads the `channels` query, and never touches a socket: the
+//! caller feeds it what has arrived so far and gets `Ok(None)` until the request is complete.
+
+use http::StatusCode;
+use serde::Serialize;
+
+use crate::channel;
+
+/// Headers an upgrade request may carry; more gets 431.
+const HEADERS_MAX: usize = 64;
+
+/// The contract's HTTP error body, `{"error":{"code":..,"message":..}}`, on both ports.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl<'a> ErrorBody<'a> {
+    pub fn new(code: &'a str, message: &'a str) -> Self {
+        ErrorBody {
+            error: ErrorDetail { code, message },
+        }
+    }
+}
+
+/// Limits the handshake enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request (line and headers) in bytes.
+    pub request_bytes_max: usize,
+    /// Most channels `?channels=` may name.
+    pub channels_max: usize,
+}
+
+/// A valid upgrade: the response to send and what the request asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Upgrade {
+    /// The complete `101 Switching Protocols` response.
+    pub response: Vec<u8>,
+    /// Patterns from `?channels=a,b`, validated.
+    pub channels: Vec<String>,
+    /// Bytes of the buffer the request used; any after it are the client's first frames.
+    pub request_bytes: usize,
+}
+
+/// A refused request: the status and the JSON error the response carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Reject {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Reject {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The complete HTTP response, closing the connection.
+    pub fn response(&self) -> Vec<u8> {
+        let body = sonic_rs::to_string(&ErrorBody::new(self.code, &self.message))
+            .expect("an error body serializes");
+        let extra = match self.status {
+            StatusCode::UPGRADE_REQUIRED => "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+            _ => "",
+        };
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\
+             {extra}Connection: close\r\n\r\n{body}",
+            status = self.status,
+            len = body.len(),
+        )
+        .into_bytes()
+    }
+}
+
+/// Reads an upgrade request from the start of `buf`.
+/// `Ok(None)`: incomplete, read more. `Err`: answer with [`Reject::response`] and close.
+pub fn parse_upgrade(buf: &[u8], limits: Limits) -> Result<Option<Upgrade>, Reject> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    let request_bytes = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= limits.request_bytes_max => len,
+        Ok(httparse::Status::Partial) if buf.len() < limits.request_bytes_max => return Ok(None),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(Reject::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!(
+                    "the upgrade request exceeds {} bytes or {HEADERS_MAX} headers",
+                    limits.request_bytes_max
+                ),
+            ))
+        }
+        Err(err) => {
+            return Err(Reject::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("malformed HTTP request: {err}"),
+            ))
+        }
+    };
+    let target = request.path.expect("a complete request has a path");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path != "/ws" && path != "/" {
+        return Err(Reject::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no WebSocket endpoint at {path:?}; use /ws"),
+        ));
+    }
+    let method = request.method.expect("a complete request has a method");
+    if method != "GET" {
+        return Err(Reject::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "the WebSocket endpoint takes GET with an upgrade",
+        ));
+    }
+    let wants_websocket = request.headers.iter().any(|header| {
+        header.name.eq_ignore_ascii_case("upgrade")
+            && std::str::from_utf8(header.value)
+                .is_ok_and(|value| value.trim().eq_ignore_ascii_case("websocket"))
+    });
+    if !wants_websocket {
+        return Err(Reject::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this port speaks WebSocket only: send an RFC 6455 upgrade",
+        ));
+    }
+    let response = accept(&request)?;
+    let channels = query_channels(query, limits.channels_max)?;
+    Ok(Some(Upgrade {
+        response,
+        channels,
+        request_bytes,
+    }))
+}
+
+/// Checks the RFC 6455 headers with tungstenite and builds the 101 response.
+fn accept(request: &httparse::Request) -> Result<Vec<u8>, Reject> {
+    let bad = |message: String| Reject::new(StatusCode::BAD_REQUEST, "bad_upgrade", message);
+    let mut builder = http::Request::builder()
+        .method("GET")
+        .uri(request.path.unwrap_or("/"))
+        .version(http::Version::HTTP_11);
+    for header in request.headers.iter() {
+        builder = builder.header(header.name, header.value);
+    }
+    let http_request = builder
+        .body(())
+        .map_err(|err| bad(format!("invalid request header: {err}")))?;
+    if request.version != Some(1) {
+        return Err(bad("WebSocket needs HTTP/1.1".into()));
+    }
+    let version_ok = http_request
+        .headers()
+        .get("Sec-WebSocket-Version")
+        .is_some_and(|value| value == "13");
+    if !version_ok {
+        return Err(Reject::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported_version",
+            "Sec-WebSocket-Version must be 13",
+        ));
+    }
+    let response = tungstenite::handshake::server::create_response(&http_request)
+        .map_err(|err| bad(format!("invalid WebSocket upgrade: {err}")))?;
+    let mut out = Vec::with_capacity(160);
+    tungstenite::handshake::server::write_response(&mut out, &response)
+        .map_err(|err| bad(format!("cannot build the upgrade response: {err}")))?;
+    Ok(out)
+}
+
+/// Reads `channels=a,b` (repeatable) from a query string.
+fn query_channels(query: &str, channels_max: usize) -> Result<Vec<String>, Reject> {
+    let mut channels = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key != "channels" {
+            continue;
+        }
+        for pattern in value.split(',').filter(|pattern| !pattern.is_empty()) {
+            if let Err(err) = channel::validate_pattern(pattern) {
+                let shown: String = pattern.chars().take(64).collect();
+                return Err(Reject::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_channel",
+                    format!("invalid channel {shown:?}: {err}"),
+                ));
+            }
+            if channels.len() == channels_max {
+                return Err(Reject::new(
+                    StatusCode::BAD_REQUEST,
+                    "too_many_subscriptions",
+                    format!("channels= names more than {channels_max} channels"),
+                ));
+            }
+            channels.push(pattern.to_owned());
+        }
+    }
+    Ok(channels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        request_bytes_max: 4096,
+        channels_max: 3,
+    };
+
+    fn request(target: &str, extra: &str) -> String {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    #[test]
+    fn rfc_key_gets_rfc_accept_and_query_channels() {
+        let text = request("/ws?channels=leads.*,chat.r1", "");
+        let upgrade = parse_upgrade(text.as_bytes(), LIMITS).unwrap().unwrap();
+        let response = String::from_utf8(upgrade.response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+        assert!(
+            response.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{response}"
+        );
+        assert_eq!(upgrade.channels, ["leads.*", "chat.r1"]);
+        assert_eq!(upgrade.request_bytes, text.len());
+    }
+
+    #[test]
+    fn partial_request_asks_for_more() {
+        let text = request("/ws", "");
+        assert_eq!(parse_upgrade(&text.as_bytes()[..20], LIMITS), Ok(None));
+    }
+
+    #[test]
+    fn refusals_carry_the_contract_status() {
+        let status = |text: &str| parse_upgrade(text.as_bytes(), LIMITS).unwrap_err().status;
+        assert_eq!(status(&request("/nope", "")), StatusCode::NOT_FOUND);
+        assert_eq!(
+            status("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"),
+            StatusCode::UPGRADE_REQUIRED
+        );
+        assert_eq!(
+            status("GARBAGE\x01 / HTTP/1.1\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(&request("/ws?channels=a..b", "")),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(&request("/ws?channels=a,b,c,d", "")),
+            StatusCode::BAD_REQUEST
+        );
+        let big = format!("X-Pad: {}\r\n", "p".repeat(5000));
+        assert_eq!(
+            status(&request("/ws", &big)),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        let bad_key = request("/ws", "").replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
+        assert_eq!(status(&bad_key), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn reject_response_is_complete_http_with_json() {
+        let reject = Reject::new(StatusCode::NOT_FOUND, "not_found", "no");
+        let text = String::from_utf8(reject.response()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+        assert!(
+            text.ends_with(r#"{"error":{"code":"not_found","message":"no"}}"#),
+            "{text}"
+        );
+    }
+}

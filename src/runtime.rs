@@ -1,0 +1,394 @@
+//! Start-up and shutdown: the core plan, the host checks, one pinned glommio executor per core.
+//!
+//! [`CorePlan`] decides which CPU runs the ingest core and each broadcast shard. [`preflight`]
+//! checks what glommio needs from the host (memlock, io_uring, file descriptors) and turns a
+//! shortfall into a message that says what to change. [`serve`] wires the queues, starts every
+//! executor, waits until each has bound its port, prints the plan and the `listening` line, and
+//! joins them after a signal. This module holds no per-message logic.
+
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::config::Config;
+use crate::ingest::{Ingest, IngestCore};
+use crate::queue::{self, ToIngest, ToShard};
+use crate::shard::{Shard, ShardCore};
+
+/// The memlock glommio refuses to start below (its `MIN_MEMLOCK_LIMIT`).
+const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
+
+/// How long start-up waits for every executor to bind before giving up.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the server could not start, worded for the operator.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Which CPU runs what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorePlan {
+    pub ingest_cpu: usize,
+    /// `shard_cpus[i]` runs broadcast shard `i`.
+    pub shard_cpus: Vec<usize>,
+}
+
+impl CorePlan {
+    /// Builds the plan from the config and the CPUs this process may run on.
+    pub fn new(config: &Config, allowed_cpus: &[usize]) -> Result<CorePlan, StartError> {
+        assert!(!allowed_cpus.is_empty(), "a running process has a CPU");
+        let cpus = config
+            .cores
+            .clone()
+            .unwrap_or_else(|| allowed_cpus.to_vec());
+        for cpu in cpus.iter().chain(config.ingest_core.as_ref()) {
+            if !allowed_cpus.contains(cpu) {
+                return Err(StartError(format!(
+                    "CPU {cpu} is not available to this process (allowed: {allowed_cpus:?}); \
+                     fix --cores/--ingest-core or the process's CPU affinity"
+                )));
+            }
+        }
+        let shards = config.shards.unwrap_or(cpus.len());
+        let shard_cpus = (0..shards).map(|shard| cpus[shard % cpus.len()]).collect();
+        Ok(CorePlan {
+            ingest_cpu: config.ingest_core.unwrap_or(cpus[0]),
+            shard_cpus,
+        })
+    }
+
+    /// One line per executor, as printed at start.
+    pub fn lines(&self) -> Vec<String> {
+        let sharing: Vec<String> = self
+            .shard_cpus
+            .iter()
+            .enumerate()
+            .filter(|(_, cpu)| **cpu == self.ingest_cpu)
+            .map(|(shard, _)| format!("shard {shard}"))
+            .collect();
+        let ingest = if sharing.is_empty() {
+            format!("core plan: ingest on cpu {} (dedicated)", self.ingest_cpu)
+        } else {
+            format!(
+                "core plan: ingest on cpu {} (shared with {})",
+                self.ingest_cpu,
+                sharing.join(", ")
+            )
+        };
+        std::iter::once(ingest)
+            .chain(
+                self.shard_cpus
+                    .iter()
+                    .enumerate()
+                    .map(|(shard, cpu)| format!("core plan: shard {shard} on cpu {cpu}")),
+            )
+            .collect()
+    }
+}
+
+/// CPUs this process may run on (its affinity mask).
+pub fn allowed_cpus() -> Vec<usize> {
+    let mut cpus: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|core| core.id)
+        .collect();
+    if cpus.is_empty() {
+        cpus.push(0);
+    }
+    cpus.sort_unstable();
+    cpus
+}
+
+/// Checks the host for what glommio and the configured load need, raising soft limits to the
+/// hard ones where that is all it takes.
+pub fn preflight(config: &Config, executors: usize) -> Result<(), StartError> {
+    let io_uring_disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()
+        .and_then(|text| text.trim().parse::<u8>().ok());
+    if io_uring_disabled == Some(2) {
+        return Err(StartError(
+            "io_uring is disabled on this host (kernel.io_uring_disabled = 2); corecast runs on \
+             io_uring: set `sysctl -w kernel.io_uring_disabled=0`"
+                .into(),
+        ));
+    }
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::MEMLOCK)
+        .map_err(|err| StartError(format!("cannot read RLIMIT_MEMLOCK: {err}")))?;
+    if soft < MEMLOCK_BYTES_MIN && hard >= MEMLOCK_BYTES_MIN {
+        rlimit::setrlimit(rlimit::Resource::MEMLOCK, hard, hard)
+            .map_err(|err| StartError(format!("cannot raise RLIMIT_MEMLOCK to {hard}: {err}")))?;
+    } else if soft < MEMLOCK_BYTES_MIN {
+        return Err(StartError(format!(
+            "RLIMIT_MEMLOCK is {} KiB; glommio needs at least {} KiB for io_uring. Raise it with \
+             `ulimit -l {}` (or LimitMEMLOCK= in the systemd unit, memlock in limits.conf: see \
+             tuning/)",
+            soft / 1024,
+            MEMLOCK_BYTES_MIN / 1024,
+            (executors * config.io_memory_bytes) / 1024 + 1024,
+        )));
+    }
+    let nofile = rlimit::increase_nofile_limit(u64::MAX)
+        .map_err(|err| StartError(format!("cannot raise RLIMIT_NOFILE: {err}")))?;
+    let wanted = (config.connections_per_shard_max as u64).min(1_000_000);
+    if nofile < wanted {
+        tracing::warn!(
+            nofile,
+            "RLIMIT_NOFILE caps connections at about {nofile}; raise it (ulimit -n, LimitNOFILE=) \
+             for more"
+        );
+    }
+    Ok(())
+}
+
+/// What an executor reports once it has bound its port (or failed to).
+type Bound = Result<(), String>;
+
+/// Runs the server until SIGINT or SIGTERM. Prints the core plan and then
+/// `listening ws=ADDR api=ADDR` on stdout once every executor is serving.
+pub fn serve(config: Config) -> Result<(), StartError> {
+    let plan = CorePlan::new(&config, &allowed_cpus())?;
+    preflight(&config, plan.shard_cpus.len() + 1)?;
+    let (reservation, ws_addr) = crate::net::reserve(config.listen).map_err(|err| {
+        StartError(format!(
+            "cannot bind the WebSocket port {}: {err}",
+            config.listen
+        ))
+    })?;
+    let config = Arc::new(config);
+    let shards = plan.shard_cpus.len();
+
+    let mut to_shards = Vec::with_capacity(shards);
+    let mut shard_inboxes = Vec::with_capacity(shards);
+    let mut to_ingest = Vec::with_capacity(shards);
+    let mut ingest_inboxes = Vec::with_capacity(shards + 1);
+    for _ in 0..shards {
+        let (tx, rx) = queue::bounded::<ToShard>(config.queue_items_max);
+        to_shards.push(tx);
+        shard_inboxes.push(rx);
+        let (tx, rx) = queue::bounded::<ToIngest>(config.queue_items_max);
+        to_ingest.push(tx);
+        ingest_inboxes.push(rx);
+    }
+    let (signal_tx, signal_rx) = queue::bounded::<ToIngest>(4);
+    ingest_inboxes.push(signal_rx);
+
+    let (bound_tx, bound_rx) = mpsc::channel::<(String, Bound)>();
+    let (api_tx, api_rx) = mpsc::channel::<SocketAddr>();
+    let mut executors = Vec::with_capacity(shards + 1);
+
+    let ingest_config = config.clone();
+    let ingest_bound = bound_tx.clone();
+    executors.push((
+        "ingest".to_owned(),
+        LocalExecutorBuilder::new(Placement::Fixed(plan.ingest_cpu))
+            .name("corecast-ingest")
+            .io_memory(config.io_memory_bytes)
+            .spawn(move || async move {
+                let listener = match glommio::net::TcpListener::bind(ingest_config.api) {
+                    Ok(listener) => listener,
+                    Err(err) => {
+                        let reason =
+                            format!("cannot bind the API port {}: {err}", ingest_config.api);
+                        let _ = ingest_bound.send(("ingest".into(), Err(reason)));
+                        return;
+                    }
+                };
+                let _ = api_tx.send(
+                    listener
+                        .local_addr()
+                        .expect("a bound listener has an address"),
+                );
+                let core = IngestCore::new(ingest_config, to_shards);
+                let ingest = Ingest::start(core, listener, ingest_inboxes);
+                let _ = ingest_bound.send(("ingest".into(), Ok(())));
+                ingest.run().await;
+            })
+            .map_err(|err| StartError(format!("cannot start the ingest executor: {err}")))?,
+    ));
+
+    for (shard, (cpu, (inbox, sender))) in plan
+        .shard_cpus
+        .iter()
+        .zip(shard_inboxes.into_iter().zip(to_ingest))
+        .enumerate()
+    {
+        let shard_config = config.clone();
+        let shard_bound = bound_tx.clone();
+        let name = format!("shard {shard}");
+        executors.push((
+            name.clone(),
+            LocalExecutorBuilder::new(Placement::Fixed(*cpu))
+                .name(&format!("corecast-shard{shard}"))
+                .io_memory(config.io_memory_bytes)
+                .spawn(move || async move {
+                    let listener = match glommio::net::TcpListener::bind(ws_addr) {
+                        Ok(listener) => listener,
+                        Err(err) => {
+                            let reason = format!("cannot bind {ws_addr}: {err}");
+                            let _ = shard_bound.send((name, Err(reason)));
+                            return;
+                        }
+                    };
+                    let core = ShardCore::new(shard, shard_config, sender);
+                    let running = Shard::start(core, listener, inbox);
+                    let _ = shard_bound.send((name, Ok(())));
+                    running.run().await;
+                })
+                .map_err(|err| StartError(format!("cannot start shard {shard}: {err}")))?,
+        ));
+    }
+    drop(bound_tx);
+
+    let mut failures = Vec::new();
+    for _ in 0..executors.len() {
+        match bound_rx.recv_timeout(START_TIMEOUT) {
+            Ok((_, Ok(()))) => {}
+            Ok((who, Err(reason))) => failures.push(format!("{who}: {reason}")),
+            Err(_) => break,
+        }
+    }
+    drop(reservation);
+    let api_addr = api_rx.recv_timeout(Duration::from_millis(100)).ok();
+    let started = failures.is_empty() && api_addr.is_some();
+    if !started {
+        let _ = signal_tx.try_push(ToIngest::Shutdown);
+        signal_tx.wake();
+        for (who, handle) in executors {
+            if let Err(err) = handle.join() {
+                failures.push(format!(
+                    "{who}: {}",
+                    explain_executor_error(&err.to_string())
+                ));
+            }
+        }
+        return Err(StartError(format!(
+            "corecast could not start: {}",
+            if failures.is_empty() {
+                "an executor stopped during start-up".to_owned()
+            } else {
+                failures.join("; ")
+            }
+        )));
+    }
+    let api_addr = api_addr.expect("checked above");
+    for line in plan.lines() {
+        println!("{line}");
+    }
+    println!("listening ws={ws_addr} api={api_addr}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tracing::info!(ws = %ws_addr, api = %api_addr, shards, "serving");
+
+    forward_signals(signal_tx)?;
+    let mut failed = Vec::new();
+    for (who, handle) in executors {
+        if let Err(err) = handle.join() {
+            failed.push(format!("{who}: {err}"));
+        }
+    }
+    if failed.is_empty() {
+        tracing::info!("stopped");
+        Ok(())
+    } else {
+        Err(StartError(format!(
+            "executors failed: {}",
+            failed.join("; ")
+        )))
+    }
+}
+
+/// Turns a glommio start-up error into what the operator should change.
+fn explain_executor_error(error: &str) -> String {
+    if error.contains("memlock") {
+        format!("{error}: raise the memlock limit (ulimit -l, LimitMEMLOCK=; see tuning/)")
+    } else if error.contains("Operation not permitted")
+        || error.contains("Function not implemented")
+    {
+        format!(
+            "{error}: io_uring is not available here (a seccomp profile, a container runtime or \
+             kernel.io_uring_disabled may block it)"
+        )
+    } else {
+        error.to_owned()
+    }
+}
+
+/// Sends the first SIGINT/SIGTERM to the ingest core as a graceful shutdown; a second one
+/// exits at once.
+fn forward_signals(signal_tx: queue::Sender<ToIngest>) -> Result<(), StartError> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|err| StartError(format!("cannot install signal handlers: {err}")))?;
+    std::thread::Builder::new()
+        .name("corecast-signals".into())
+        .spawn(move || {
+            let mut received = 0;
+            for signal in signals.forever() {
+                received += 1;
+                if received > 1 {
+                    eprintln!("corecast: second signal {signal}; exiting now");
+                    std::process::exit(130);
+                }
+                if signal_tx.try_push(ToIngest::Shutdown).is_ok() {
+                    signal_tx.wake();
+                }
+            }
+        })
+        .map_err(|err| StartError(format!("cannot start the signal thread: {err}")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_plan_is_one_shard_per_cpu_with_ingest_sharing_the_first() {
+        let plan = CorePlan::new(&Config::default(), &[0, 1]).unwrap();
+        assert_eq!(
+            plan,
+            CorePlan {
+                ingest_cpu: 0,
+                shard_cpus: vec![0, 1]
+            }
+        );
+        assert_eq!(
+            plan.lines(),
+            [
+                "core plan: ingest on cpu 0 (shared with shard 0)",
+                "core plan: shard 0 on cpu 0",
+                "core plan: shard 1 on cpu 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn shards_reuse_listed_cores_round_robin_and_unknown_cpus_are_refused() {
+        let config = Config {
+            shards: Some(3),
+            cores: Some(vec![1]),
+            ingest_core: Some(0),
+            ..Config::default()
+        };
+        let plan = CorePlan::new(&config, &[0, 1]).unwrap();
+        assert_eq!(plan.shard_cpus, [1, 1, 1]);
+        assert_eq!(plan.lines()[0], "core plan: ingest on cpu 0 (dedicated)");
+        let config = Config {
+            cores: Some(vec![7]),
+            ..Config::default()
+        };
+        let err = CorePlan::new(&config, &[0, 1]).unwrap_err().0;
+        assert!(err.contains("CPU 7 is not available"), "{err}");
+    }
+}

@@ -1,0 +1,647 @@
+//! A broadcast shard: one pinned executor that owns its listener, its connections and their
+//! subscriptions for their whole life, and fans published frames out to them.
+//!
+//! [`ShardCore`] is the shard's single-threaded state (`Rc`, `Cell`, `RefCell`; no atomics): the
+//! connection slab, the [`Registry`] from patterns to connections, and the shard's *interest*,
+//! the patterns it has told the ingest core about. A subscription to a pattern the shard has not
+//! announced yet waits for the ingest core's `InterestReady` before it is answered, so a client
+//! that has read `subscribed` is guaranteed every message published after that.
+//!
+//! The shard never blocks on a connection and never sends the ingest core anything from the task
+//! that drains the ingest core's queue; that one-way rule is what keeps the two queues of a
+//! shard from waiting on each other.
+
+pub mod registry;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::net::TcpStream;
+use hashbrown::HashMap;
+use serde::Serialize;
+use slab::Slab;
+use sonic_rs::Value;
+
+use crate::channel;
+use crate::config::Config;
+use crate::queue::{Answer, Delivery, QueryKind, Receiver, Sender, ShardId, ToIngest, ToShard};
+use crate::ws::command::{self, ErrorCode, ErrorReply};
+use crate::ws::conn::{self, CloseRequest, ConnHandle, ConnId};
+use crate::ws::frame;
+use registry::Registry;
+
+/// How often a shard checks heartbeats and idle timeouts.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Size of the per-shard read scratch buffer every connection reads into.
+const READ_BUF_BYTES: usize = 64 * 1024;
+
+/// A shard's counters, for `/v1/stats`. Plain numbers: only the shard writes them, and the
+/// ingest core asks for a copy through the queue.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ShardStats {
+    pub shard: ShardId,
+    pub connections: usize,
+    pub subscriptions: usize,
+    pub messages_out: u64,
+    pub bytes_out: u64,
+    pub drops: u64,
+    pub slow_consumer_closes: u64,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub ingest_queue_len: usize,
+}
+
+/// A pattern the shard has announced, or is announcing, to the ingest core.
+struct Interest {
+    /// Connections subscribed to the pattern, waiting ones included.
+    conns: u32,
+    /// The sequence number of the latest `add` sent for this pattern.
+    add_seq: u64,
+    /// True once the ingest core confirmed `add_seq`.
+    ready: bool,
+    /// Subscriptions waiting for that confirmation, with the reply to send then.
+    waiters: Vec<(ConnId, Option<Bytes>)>,
+}
+
+/// The shard's state, shared by its tasks on its one core.
+pub struct ShardCore {
+    pub id: ShardId,
+    pub config: Arc<Config>,
+    conns: RefCell<Slab<Rc<ConnHandle>>>,
+    registry: RefCell<Registry<ConnId>>,
+    interest: RefCell<HashMap<Box<str>, Interest>>,
+    interest_seq: Cell<u64>,
+    /// Messages for the ingest core that found its queue full, in order.
+    backlog: RefCell<VecDeque<ToIngest>>,
+    backlog_waker: RefCell<Option<Waker>>,
+    /// True while the forwarder holds a message taken from `backlog`: later messages must
+    /// queue behind it to keep their order.
+    forwarding: Cell<bool>,
+    to_ingest: Sender<ToIngest>,
+    next_seq: Cell<u32>,
+    stats: Cell<ShardStats>,
+    /// Every connection reads into this buffer; only partial frames are copied out.
+    pub read_buf: RefCell<Vec<u8>>,
+    /// Where a connection's pending frames are coalesced into one write.
+    pub write_buf: RefCell<Vec<u8>>,
+    matches: RefCell<Vec<ConnId>>,
+    ping: Bytes,
+    stopping: Cell<bool>,
+    stop_waker: RefCell<Option<Waker>>,
+}
+
+impl ShardCore {
+    pub fn new(id: ShardId, config: Arc<Config>, to_ingest: Sender<ToIngest>) -> Rc<Self> {
+        Rc::new(ShardCore {
+            id,
+            config,
+            conns: RefCell::new(Slab::new()),
+            registry: RefCell::new(Registry::new()),
+            interest: RefCell::new(HashMap::new()),
+            interest_seq: Cell::new(0),
+            backlog: RefCell::new(VecDeque::new()),
+            backlog_waker: RefCell::new(None),
+            forwarding: Cell::new(false),
+            to_ingest,
+            next_seq: Cell::new(0),
+            stats: Cell::new(ShardStats {
+                shard: id,
+                ..ShardStats::default()
+            }),
+            read_buf: RefCell::new(vec![0; READ_BUF_BYTES]),
+            write_buf: RefCell::new(Vec::with_capacity(64 * 1024)),
+            matches: RefCell::new(Vec::new()),
+            ping: frame::ping_frame(),
+            stopping: Cell::new(false),
+            stop_waker: RefCell::new(None),
+        })
+    }
+
+    fn update_stats(&self, change: impl FnOnce(&mut ShardStats)) {
+        let mut stats = self.stats.get();
+        change(&mut stats);
+        self.stats.set(stats);
+    }
+
+    pub fn count_written(&self, frames: usize, bytes: usize) {
+        self.update_stats(|stats| {
+            stats.messages_out += frames as u64;
+            stats.bytes_out += bytes as u64;
+        });
+    }
+
+    pub fn count_dropped(&self, frames: usize) {
+        self.update_stats(|stats| stats.drops += frames as u64);
+    }
+
+    /// The counters as of now.
+    pub fn stats(&self) -> ShardStats {
+        let mut stats = self.stats.get();
+        stats.connections = self.conns.borrow().len();
+        stats.subscriptions = self.registry.borrow().len();
+        stats.ingest_queue_len = self.to_ingest.len() + self.backlog.borrow().len();
+        stats
+    }
+
+    /// Every subscribed pattern and its live subscriber count.
+    pub fn patterns(&self) -> Vec<(Box<str>, usize)> {
+        let registry = self.registry.borrow();
+        registry
+            .patterns()
+            .map(|(pattern, count)| (Box::from(pattern), count))
+            .collect()
+    }
+
+    /// Whether a new connection may be accepted.
+    pub fn has_room(&self) -> bool {
+        !self.stopping.get() && self.conns.borrow().len() < self.config.connections_per_shard_max
+    }
+
+    pub fn count_refused(&self) {
+        self.update_stats(|stats| stats.connections_refused += 1);
+    }
+
+    /// Queues a frame for `handle`; an overflowing outbox closes the connection with 4008.
+    pub fn send_to(&self, handle: &ConnHandle, frame: Bytes) {
+        let config = &self.config;
+        if handle
+            .push(frame, config.outbox_frames_max, config.outbox_bytes_max)
+            .is_err()
+        {
+            self.slow_consumer(handle);
+        }
+    }
+
+    fn slow_consumer(&self, handle: &ConnHandle) {
+        tracing::debug!(conn = %handle.name, "slow consumer: outbox overflowed, closing with 4008");
+        self.update_stats(|stats| {
+            stats.slow_consumer_closes += 1;
+            stats.drops += 1;
+        });
+        handle.request_close(CloseRequest::SLOW_CONSUMER);
+    }
+
+    /// Registers an upgraded connection and starts its task. `channels` are the connect-time
+    /// subscriptions (already validated); `connected` is sent once they are all live.
+    pub fn open_conn(self: &Rc<Self>, stream: TcpStream, channels: Vec<String>, early: Vec<u8>) {
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq.wrapping_add(1));
+        let mut conns = self.conns.borrow_mut();
+        let entry = conns.vacant_entry();
+        let id = ConnId {
+            slot: u32::try_from(entry.key()).expect("connections_per_shard_max fits in u32"),
+            seq,
+        };
+        let name: Box<str> = format!("{}-{}", self.id, seq).into();
+        let hello =
+            command::connected_frame(&name, self.id, conn::unix_ms(), self.config.heartbeat_s);
+        let handle = Rc::new(ConnHandle::new(id, name, hello, Instant::now()));
+        entry.insert(handle.clone());
+        drop(conns);
+        self.update_stats(|stats| stats.connections_accepted += 1);
+        tracing::debug!(conn = %handle.name, shard = self.id, "connection open");
+
+        let mut waits = 0;
+        for pattern in channels {
+            if handle
+                .subscriptions
+                .borrow()
+                .iter()
+                .any(|p| **p == *pattern)
+            {
+                continue;
+            }
+            handle
+                .subscriptions
+                .borrow_mut()
+                .push(pattern.clone().into());
+            if !self.announce(&pattern, id, None) {
+                waits += 1;
+            }
+        }
+        handle.hello_waits.set(waits);
+        if waits == 0 {
+            self.go_live(&handle);
+        }
+        glommio::spawn_local(conn::serve(self.clone(), handle, stream, early)).detach();
+    }
+
+    /// Makes a connection's connect-time subscriptions live and sends `connected`.
+    fn go_live(&self, handle: &ConnHandle) {
+        let mut registry = self.registry.borrow_mut();
+        for pattern in handle.subscriptions.borrow().iter() {
+            registry.insert(pattern, handle.id);
+        }
+        drop(registry);
+        let config = &self.config;
+        if handle
+            .release_hello(config.outbox_frames_max, config.outbox_bytes_max)
+            .is_err()
+        {
+            self.slow_consumer(handle);
+        }
+    }
+
+    /// Counts one more subscriber of `pattern` on this shard, announcing the pattern to the
+    /// ingest core if it is new. Returns true if the pattern is already routed here; otherwise
+    /// `(conn, reply)` waits for the ingest core's confirmation.
+    fn announce(&self, pattern: &str, conn: ConnId, reply: Option<Bytes>) -> bool {
+        let mut interest = self.interest.borrow_mut();
+        if let Some(entry) = interest.get_mut(pattern) {
+            entry.conns += 1;
+            if !entry.ready {
+                entry.waiters.push((conn, reply));
+            }
+            return entry.ready;
+        }
+        let seq = self.interest_seq.get() + 1;
+        self.interest_seq.set(seq);
+        interest.insert(
+            pattern.into(),
+            Interest {
+                conns: 1,
+                add_seq: seq,
+                ready: false,
+                waiters: vec![(conn, reply)],
+            },
+        );
+        drop(interest);
+        self.send_ingest(ToIngest::Interest {
+            shard: self.id,
+            pattern: pattern.into(),
+            add: true,
+            seq,
+        });
+        false
+    }
+
+    /// Counts one subscriber of `pattern` less, withdrawing the pattern when it was the last.
+    fn withdraw(&self, pattern: &str) {
+        let mut interest = self.interest.borrow_mut();
+        let entry = interest
+            .get_mut(pattern)
+            .expect("a subscribed pattern is announced");
+        entry.conns -= 1;
+        if entry.conns > 0 {
+            return;
+        }
+        interest.remove(pattern);
+        drop(interest);
+        let seq = self.interest_seq.get() + 1;
+        self.interest_seq.set(seq);
+        self.send_ingest(ToIngest::Interest {
+            shard: self.id,
+            pattern: pattern.into(),
+            add: false,
+            seq,
+        });
+    }
+
+    /// The ingest core now routes `pattern` here: answer the subscriptions that waited for it.
+    fn interest_ready(&self, pattern: &str, seq: u64) {
+        let waiters = {
+            let mut interest = self.interest.borrow_mut();
+            let Some(entry) = interest.get_mut(pattern) else {
+                return;
+            };
+            if entry.add_seq != seq {
+                return;
+            }
+            entry.ready = true;
+            std::mem::take(&mut entry.waiters)
+        };
+        for (id, reply) in waiters {
+            let Some(handle) = self.handle(id) else {
+                continue;
+            };
+            if !handle
+                .subscriptions
+                .borrow()
+                .iter()
+                .any(|p| **p == *pattern)
+            {
+                continue;
+            }
+            match reply {
+                Some(reply) => {
+                    self.registry.borrow_mut().insert(pattern, id);
+                    self.send_to(&handle, reply);
+                }
+                None => {
+                    let waits = handle.hello_waits.get() - 1;
+                    handle.hello_waits.set(waits);
+                    if waits == 0 {
+                        self.go_live(&handle);
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&self, id: ConnId) -> Option<Rc<ConnHandle>> {
+        let conns = self.conns.borrow();
+        let handle = conns.get(id.slot as usize)?;
+        (handle.id == id).then(|| handle.clone())
+    }
+
+    /// The `subscribe` command.
+    pub fn subscribe(
+        &self,
+        handle: &ConnHandle,
+        pattern: &str,
+        id: Option<Value>,
+    ) -> Result<Option<Bytes>, ErrorReply> {
+        command::check_pattern(pattern, &id)?;
+        let reply = command::channel_reply_frame("subscribed", pattern, &id);
+        let mut subscriptions = handle.subscriptions.borrow_mut();
+        if subscriptions.iter().any(|p| **p == *pattern) {
+            return Ok(Some(reply));
+        }
+        if subscriptions.len() >= self.config.subscriptions_per_conn_max {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "this connection already has {} subscriptions, the limit",
+                    subscriptions.len()
+                ),
+            ));
+        }
+        subscriptions.push(pattern.into());
+        drop(subscriptions);
+        if self.announce(pattern, handle.id, Some(reply.clone())) {
+            self.registry.borrow_mut().insert(pattern, handle.id);
+            return Ok(Some(reply));
+        }
+        Ok(None)
+    }
+
+    /// The `unsubscribe` command.
+    pub fn unsubscribe(
+        &self,
+        handle: &ConnHandle,
+        pattern: &str,
+        id: Option<Value>,
+    ) -> Result<Option<Bytes>, ErrorReply> {
+        command::check_pattern(pattern, &id)?;
+        let mut subscriptions = handle.subscriptions.borrow_mut();
+        let Some(at) = subscriptions.iter().position(|p| **p == *pattern) else {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {pattern:?}"),
+            ));
+        };
+        subscriptions.swap_remove(at);
+        drop(subscriptions);
+        self.registry.borrow_mut().remove(pattern, handle.id);
+        self.withdraw(pattern);
+        Ok(Some(command::channel_reply_frame(
+            "unsubscribed",
+            pattern,
+            &id,
+        )))
+    }
+
+    /// The `publish` command: checked here, sequenced by the ingest core, which replies.
+    pub fn client_publish(
+        &self,
+        handle: &ConnHandle,
+        channel: &str,
+        data: &str,
+        id: Option<Value>,
+    ) -> Result<Option<Bytes>, ErrorReply> {
+        command::check_channel(channel, &id)?;
+        let allowed = self
+            .config
+            .client_publish
+            .iter()
+            .any(|pattern| channel::pattern_matches(pattern, channel));
+        if !allowed {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::Forbidden,
+                format!("client publishing is not enabled for {channel:?}"),
+            ));
+        }
+        if self.backlog.borrow().len() >= self.config.queue_items_max {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::Internal,
+                "the server is overloaded; retry later",
+            ));
+        }
+        self.send_ingest(ToIngest::Publish {
+            shard: self.id,
+            conn: handle.id,
+            id,
+            channel: channel.into(),
+            data: data.into(),
+        });
+        Ok(None)
+    }
+
+    /// Sends the ingest core a message, in order with every earlier one.
+    fn send_ingest(&self, message: ToIngest) {
+        let mut backlog = self.backlog.borrow_mut();
+        if backlog.is_empty() && !self.forwarding.get() {
+            match self.to_ingest.try_push(message) {
+                Ok(()) => {
+                    self.to_ingest.wake();
+                    return;
+                }
+                Err(message) => backlog.push_back(message),
+            }
+        } else {
+            backlog.push_back(message);
+        }
+        if let Some(waker) = self.backlog_waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Forgets a closed connection: its subscriptions, its interest, its slot.
+    pub fn remove_conn(&self, handle: &ConnHandle) {
+        let patterns = std::mem::take(&mut *handle.subscriptions.borrow_mut());
+        for pattern in patterns.iter() {
+            self.registry.borrow_mut().remove(pattern, handle.id);
+            self.withdraw(pattern);
+        }
+        let removed = self.conns.borrow_mut().remove(handle.id.slot as usize);
+        assert_eq!(
+            removed.id, handle.id,
+            "a slot holds the connection that owns it"
+        );
+        tracing::debug!(conn = %handle.name, "connection closed");
+    }
+
+    /// Writes a published frame to every local subscriber of its channel.
+    fn deliver(&self, delivery: &Delivery) {
+        let mut matches = self.matches.borrow_mut();
+        self.registry
+            .borrow()
+            .collect_matches(delivery.channel(), &mut matches);
+        let conns = self.conns.borrow();
+        for id in matches.iter() {
+            let handle = &conns[id.slot as usize];
+            assert_eq!(handle.id, *id, "the registry holds live connections only");
+            self.send_to(handle, delivery.frame.clone());
+        }
+    }
+
+    fn handle_ingest(&self, message: ToShard) {
+        match message {
+            ToShard::Deliver(delivery) => self.deliver(&delivery),
+            ToShard::Reply { conn, frame } => {
+                if let Some(handle) = self.handle(conn) {
+                    self.send_to(&handle, frame);
+                }
+            }
+            ToShard::InterestReady { pattern, seq } => self.interest_ready(&pattern, seq),
+            ToShard::Query { query, kind } => {
+                let answer = match kind {
+                    QueryKind::Stats => Answer::Stats(self.stats()),
+                    QueryKind::Channels => Answer::Channels(self.patterns()),
+                };
+                self.send_ingest(ToIngest::Answer {
+                    query,
+                    shard: self.id,
+                    answer,
+                });
+            }
+            ToShard::Shutdown => self.stop(),
+        }
+    }
+
+    /// Stops accepting and closes every connection with 1001.
+    fn stop(&self) {
+        self.stopping.set(true);
+        if let Some(waker) = self.stop_waker.borrow_mut().take() {
+            waker.wake();
+        }
+        for (_, handle) in self.conns.borrow().iter() {
+            handle.request_close(CloseRequest::GOING_AWAY);
+        }
+    }
+
+    /// Drains the ingest core's queue, a bounded batch per wake-up.
+    async fn run_inbox(self: Rc<Self>, inbox: Receiver<ToShard>) {
+        loop {
+            inbox.ready().await;
+            for _ in 0..self.config.queue_batch_max {
+                let Some(message) = inbox.pop() else { break };
+                self.handle_ingest(message);
+            }
+            inbox.release();
+            glommio::yield_if_needed().await;
+        }
+    }
+
+    /// Forwards what found the ingest core's queue full, waiting for space.
+    async fn run_backlog(self: Rc<Self>) {
+        loop {
+            poll_fn(|cx| {
+                if self.backlog.borrow().is_empty() {
+                    *self.backlog_waker.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await;
+            self.forwarding.set(true);
+            loop {
+                let next = self.backlog.borrow_mut().pop_front();
+                let Some(message) = next else { break };
+                self.to_ingest.push(message).await;
+                self.to_ingest.wake();
+            }
+            self.forwarding.set(false);
+        }
+    }
+
+    /// Pings connections every `heartbeat_s` and closes those silent for `idle_timeout_s`.
+    async fn run_ticker(self: Rc<Self>) {
+        let heartbeat = Duration::from_secs(self.config.heartbeat_s);
+        let idle_timeout = Duration::from_secs(self.config.idle_timeout_s);
+        loop {
+            glommio::timer::sleep(TICK).await;
+            let now = Instant::now();
+            for (_, handle) in self.conns.borrow().iter() {
+                if handle.is_closing() {
+                    continue;
+                }
+                if now.duration_since(handle.last_seen()) >= idle_timeout {
+                    handle.request_close(CloseRequest::IDLE);
+                } else if now.duration_since(handle.last_ping()) >= heartbeat {
+                    handle.set_last_ping(now);
+                    self.send_to(handle, self.ping.clone());
+                }
+            }
+        }
+    }
+}
+
+/// A shard's life: `start` its tasks, `run` until told to stop, then `stop` within the deadline.
+pub struct Shard {
+    core: Rc<ShardCore>,
+    tasks: Vec<glommio::task::JoinHandle<()>>,
+}
+
+impl Shard {
+    /// Starts the shard's tasks on the current executor: the listener, the ingest-queue drain,
+    /// the backlog forwarder and the ticker.
+    pub fn start(
+        core: Rc<ShardCore>,
+        listener: glommio::net::TcpListener,
+        inbox: Receiver<ToShard>,
+    ) -> Shard {
+        let tasks = vec![
+            glommio::spawn_local(crate::net::accept_loop(core.clone(), listener)).detach(),
+            glommio::spawn_local(core.clone().run_inbox(inbox)).detach(),
+            glommio::spawn_local(core.clone().run_backlog()).detach(),
+            glommio::spawn_local(core.clone().run_ticker()).detach(),
+        ];
+        Shard { core, tasks }
+    }
+
+    /// Runs until the ingest core says stop, then waits for connections to close (at most
+    /// `shutdown_timeout_ms`) and ends the shard's tasks.
+    pub async fn run(self) {
+        poll_fn(|cx| {
+            if self.core.stopping.get() {
+                Poll::Ready(())
+            } else {
+                *self.core.stop_waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        self.stop().await;
+    }
+
+    async fn stop(self) {
+        let deadline = Instant::now() + Duration::from_millis(self.core.config.shutdown_timeout_ms);
+        while !self.core.conns.borrow().is_empty() && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        let left = self.core.conns.borrow().len();
+        if left > 0 {
+            tracing::warn!(
+                shard = self.core.id,
+                left,
+                "shutdown deadline passed with connections open"
+            );
+        }
+        for task in self.tasks {
+            task.cancel();
+        }
+    }
+}

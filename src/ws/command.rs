@@ -1,0 +1,393 @@
+//! Client commands in, server replies out: the JSON of the wire contract, section 2.
+//!
+//! Parsing is a pure function from a text message to a [`Command`] or an [`ErrorReply`] that
+//! already carries the contract's error code and a human message; sonic-rs validates every byte
+//! (a `data` value is kept as its raw, validated JSON text, never re-encoded). Replies are built
+//! here as complete WebSocket frames, so a connection only ever queues `Bytes`.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sonic_rs::{JsonValueTrait, LazyValue, Value};
+
+use crate::channel::{self, ChannelError};
+use crate::ws::frame::text_frame_with;
+
+/// Largest `id` a client may attach, as JSON text. Ids are echoed, so this bounds what a
+/// client can make the server store and repeat.
+pub const ID_BYTES_MAX: usize = 128;
+
+/// A command a client sent, borrowed from its message.
+#[derive(Debug)]
+pub enum Command<'a> {
+    Subscribe {
+        channel: Cow<'a, str>,
+        id: Option<Value>,
+    },
+    Unsubscribe {
+        channel: Cow<'a, str>,
+        id: Option<Value>,
+    },
+    Ping {
+        id: Option<Value>,
+    },
+    Publish {
+        channel: Cow<'a, str>,
+        /// The `data` value as raw JSON text, validated.
+        data: &'a str,
+        id: Option<Value>,
+    },
+    GetStats {
+        id: Option<Value>,
+    },
+}
+
+/// The contract's error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    InvalidChannel,
+    Forbidden,
+    NotSubscribed,
+    TooManySubscriptions,
+    RateLimited,
+    Internal,
+}
+
+/// A recoverable error to send back; the connection stays open.
+#[derive(Debug)]
+pub struct ErrorReply {
+    pub id: Option<Value>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(id: Option<Value>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_channel(id: Option<Value>, name: &str, err: ChannelError) -> Self {
+        let shown: String = name.chars().take(64).collect();
+        ErrorReply::new(
+            id,
+            ErrorCode::InvalidChannel,
+            format!("invalid channel {shown:?}: {err}"),
+        )
+    }
+
+    /// The `error` frame.
+    pub fn frame(&self) -> Bytes {
+        #[derive(Serialize)]
+        struct Error<'a> {
+            r#type: &'static str,
+            id: &'a Option<Value>,
+            code: ErrorCode,
+            message: &'a str,
+        }
+        json_frame(&Error {
+            r#type: "error",
+            id: &self.id,
+            code: self.code,
+            message: &self.message,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct RawCommand<'a> {
+    #[serde(borrow)]
+    r#type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Option<LazyValue<'a>>,
+    id: Option<Value>,
+}
+
+/// The first line of a sonic-rs error: its later lines quote the input back.
+fn first_line(err: &sonic_rs::Error) -> String {
+    err.to_string().lines().next().unwrap_or("").to_owned()
+}
+
+/// Whether `id` may be echoed: a number or a short string.
+fn valid_id(id: &Value) -> bool {
+    let id_bytes = sonic_rs::to_string(id).map_or(usize::MAX, |text| text.len());
+    (id.is_number() || id.is_str()) && id_bytes <= ID_BYTES_MAX
+}
+
+/// The `id` of a command that failed to parse as a whole (a wrong type elsewhere), if the
+/// message is JSON with a valid `id`, so even that error reply can be matched to its request.
+fn salvage_id(text: &str) -> Option<Value> {
+    let raw = sonic_rs::get_from_str(text, ["id"]).ok()?;
+    let id: Value = sonic_rs::from_str(raw.as_raw_str()).ok()?;
+    valid_id(&id).then_some(id)
+}
+
+/// Parses one text message into a command, or the error to answer with.
+pub fn parse(text: &str) -> Result<Command<'_>, ErrorReply> {
+    let raw: RawCommand = sonic_rs::from_str(text).map_err(|err| {
+        ErrorReply::new(
+            salvage_id(text),
+            ErrorCode::BadRequest,
+            format!("not a valid command: {}", first_line(&err)),
+        )
+    })?;
+    let id = raw.id;
+    if id.as_ref().is_some_and(|id| !valid_id(id)) {
+        return Err(ErrorReply::new(
+            None,
+            ErrorCode::BadRequest,
+            format!("id must be a number or a string of at most {ID_BYTES_MAX} bytes"),
+        ));
+    }
+    let Some(kind) = raw.r#type else {
+        return Err(ErrorReply::new(
+            id,
+            ErrorCode::BadRequest,
+            "missing field `type`",
+        ));
+    };
+    let channel = |id: &Option<Value>| {
+        raw.channel.clone().ok_or_else(|| {
+            ErrorReply::new(id.clone(), ErrorCode::BadRequest, "missing field `channel`")
+        })
+    };
+    match kind.as_ref() {
+        "subscribe" => Ok(Command::Subscribe {
+            channel: channel(&id)?,
+            id,
+        }),
+        "unsubscribe" => Ok(Command::Unsubscribe {
+            channel: channel(&id)?,
+            id,
+        }),
+        "ping" => Ok(Command::Ping { id }),
+        "get_stats" => Ok(Command::GetStats { id }),
+        "publish" => {
+            let channel = channel(&id)?;
+            let Some(data) = raw.data else {
+                return Err(ErrorReply::new(
+                    id,
+                    ErrorCode::BadRequest,
+                    "missing field `data`",
+                ));
+            };
+            Ok(Command::Publish {
+                channel,
+                data: data_text(data, text),
+                id,
+            })
+        }
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            Err(ErrorReply::new(
+                id,
+                ErrorCode::BadRequest,
+                format!("unknown command type {shown:?}"),
+            ))
+        }
+    }
+}
+
+/// The raw text of a borrowed `data` value, as a slice of the message it came from.
+fn data_text<'a>(data: LazyValue<'a>, message: &'a str) -> &'a str {
+    match data.as_raw_cow() {
+        Cow::Borrowed(raw) => raw,
+        Cow::Owned(raw) => {
+            let at = message
+                .find(raw.as_str())
+                .expect("a lazy value's raw text is part of its input");
+            &message[at..at + raw.len()]
+        }
+    }
+}
+
+/// Validates a subscription pattern, as the error reply the contract asks for.
+pub fn check_pattern(pattern: &str, id: &Option<Value>) -> Result<(), ErrorReply> {
+    channel::validate_pattern(pattern)
+        .map_err(|err| ErrorReply::invalid_channel(id.clone(), pattern, err))
+}
+
+/// Validates a publish channel, as the error reply the contract asks for.
+pub fn check_channel(name: &str, id: &Option<Value>) -> Result<(), ErrorReply> {
+    channel::validate_channel(name)
+        .map_err(|err| ErrorReply::invalid_channel(id.clone(), name, err))
+}
+
+/// Serializes `value` with sonic-rs into a complete text frame.
+pub fn json_frame(value: &impl Serialize) -> Bytes {
+    text_frame_with(96, |buf| {
+        sonic_rs::to_writer(bytes::BufMut::writer(buf), value)
+            .expect("serializing reply structs to memory cannot fail")
+    })
+    .0
+}
+
+/// `{"type":"connected",...}`, the first frame of every connection.
+pub fn connected_frame(conn_id: &str, shard: usize, now_ms: u64, heartbeat_s: u64) -> Bytes {
+    #[derive(Serialize)]
+    struct Connected<'a> {
+        r#type: &'static str,
+        conn_id: &'a str,
+        shard: usize,
+        server_time_ms: u64,
+        heartbeat_s: u64,
+    }
+    json_frame(&Connected {
+        r#type: "connected",
+        conn_id,
+        shard,
+        server_time_ms: now_ms,
+        heartbeat_s,
+    })
+}
+
+/// `subscribed` or `unsubscribed`.
+pub fn channel_reply_frame(kind: &'static str, channel: &str, id: &Option<Value>) -> Bytes {
+    #[derive(Serialize)]
+    struct Reply<'a> {
+        r#type: &'static str,
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: &'a Option<Value>,
+    }
+    json_frame(&Reply {
+        r#type: kind,
+        channel,
+        id,
+    })
+}
+
+/// `{"type":"pong",...}`.
+pub fn pong_reply_frame(id: &Option<Value>, now_ms: u64) -> Bytes {
+    #[derive(Serialize)]
+    struct Pong<'a> {
+        r#type: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: &'a Option<Value>,
+        server_time_ms: u64,
+    }
+    json_frame(&Pong {
+        r#type: "pong",
+        id,
+        server_time_ms: now_ms,
+    })
+}
+
+/// `{"type":"published",...}`, sent once the ingest core has sequenced a client publish.
+pub fn published_frame(id: &Option<Value>, channel: &str, offset: u64) -> Bytes {
+    #[derive(Serialize)]
+    struct Published<'a> {
+        r#type: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: &'a Option<Value>,
+        channel: &'a str,
+        offset: u64,
+    }
+    json_frame(&Published {
+        r#type: "published",
+        id,
+        channel,
+        offset,
+    })
+}
+
+/// A connection's own counters, for `get_stats`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ConnStats {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_out: u64,
+    pub subscriptions: usize,
+    pub outbox_frames: usize,
+    pub outbox_bytes: usize,
+}
+
+/// `{"type":"stats","id":...,"conn_id":...,<counters>}`.
+pub fn stats_frame(id: &Option<Value>, conn_id: &str, shard: usize, stats: ConnStats) -> Bytes {
+    #[derive(Serialize)]
+    struct Stats<'a> {
+        r#type: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: &'a Option<Value>,
+        conn_id: &'a str,
+        shard: usize,
+        #[serde(flatten)]
+        stats: ConnStats,
+    }
+    json_frame(&Stats {
+        r#type: "stats",
+        id,
+        conn_id,
+        shard,
+        stats,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(frame: &Bytes) -> &str {
+        let header_len = if frame[1] == 126 { 4 } else { 2 };
+        std::str::from_utf8(&frame[header_len..]).unwrap()
+    }
+
+    #[test]
+    fn commands_parse_with_their_ids() {
+        match parse(r#"{"type":"subscribe","channel":"leads.*","id":1}"#).unwrap() {
+            Command::Subscribe { channel, id } => {
+                assert_eq!(channel, "leads.*");
+                assert_eq!(sonic_rs::to_string(&id).unwrap(), "1");
+            }
+            other => panic!("expected subscribe, got {other:?}"),
+        }
+        match parse(r#"{"type":"publish","channel":"c","data":{"x": [1, 2]},"id":"a"}"#).unwrap() {
+            Command::Publish { data, .. } => assert_eq!(data, r#"{"x": [1, 2]}"#),
+            other => panic!("expected publish, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_commands_get_bad_request_with_the_id_when_known() {
+        for (text, has_id) in [
+            ("nope", false),
+            (r#"{"type":"subscribe","id":7}"#, true),
+            (r#"{"type":"dance","id":7}"#, true),
+            (r#"{"channel":"a"}"#, false),
+            (r#"{"type":"publish","channel":"a","id":7}"#, true),
+            (r#"{"type":"ping","id":{"nested":true}}"#, false),
+            (r#"{"type":"publish","channel":"a","data":{bad}}"#, false),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{text}");
+            assert_eq!(err.id.is_some(), has_id, "{text}");
+            assert!(!err.message.contains('\n'), "{text}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn replies_are_exact_json() {
+        let id = Some(sonic_rs::from_str::<Value>("4").unwrap());
+        assert_eq!(
+            payload(&published_frame(&id, "chat.r1", 9)),
+            r#"{"type":"published","id":4,"channel":"chat.r1","offset":9}"#
+        );
+        assert_eq!(
+            payload(&channel_reply_frame("subscribed", "a.*", &None)),
+            r#"{"type":"subscribed","channel":"a.*"}"#
+        );
+        let err = ErrorReply::new(None, ErrorCode::NotSubscribed, "not \"subscribed\"");
+        assert_eq!(
+            payload(&err.frame()),
+            r#"{"type":"error","id":null,"code":"not_subscribed","message":"not \"subscribed\""}"#
+        );
+    }
+}

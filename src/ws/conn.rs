@@ -1,0 +1,494 @@
+//! One WebSocket connection after its handshake: the only code that reads and writes its socket.
+//!
+//! A connection is two halves. [`ConnHandle`] is what its shard sees: the outbox, the counters,
+//! the subscriptions, a waker, and a close request slot. [`serve`] is the glommio task that owns
+//! the `TcpStream`: it flushes the outbox (coalescing pending frames into one write), reads and
+//! parses client frames into the shard's scratch buffer, answers commands, and runs the close
+//! handshake. Both halves live on the shard's core for the connection's whole life.
+//!
+//! An idle connection holds no buffer: input is read into a per-shard scratch buffer and only a
+//! partial frame is kept per connection, until it completes. Nothing here waits on another
+//! connection, so one stalled peer costs nobody else anything.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::{AsyncRead, AsyncWrite, Future};
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+
+use crate::shard::ShardCore;
+use crate::ws::command::{self, Command, ConnStats, ErrorCode, ErrorReply};
+use crate::ws::frame::{self, ClosePayload, FrameError};
+use crate::ws::message::{Assembler, Event, MessageError};
+use crate::ws::outbox::{Outbox, Overflow};
+
+/// Bytes one write may coalesce from a connection's outbox. Larger frames go out alone, uncopied.
+const WRITE_COALESCE_BYTES_MAX: usize = 64 * 1024;
+
+/// Reads one connection may do per wake-up before it yields to the others on its shard.
+const READS_PER_POLL_MAX: usize = 16;
+
+/// A connection's identity on its shard: its slab slot and a sequence number that is never
+/// reused, so a late reply for a closed connection cannot reach the next one in that slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    pub slot: u32,
+    pub seq: u32,
+}
+
+/// Why and how a connection is to be closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseRequest {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl CloseRequest {
+    pub const GOING_AWAY: CloseRequest = CloseRequest {
+        code: 1001,
+        reason: "going away",
+    };
+    pub const IDLE: CloseRequest = CloseRequest {
+        code: 1000,
+        reason: "idle timeout",
+    };
+    pub const SLOW_CONSUMER: CloseRequest = CloseRequest {
+        code: 4008,
+        reason: "slow consumer: outbox overflowed",
+    };
+}
+
+/// The shard's view of a connection.
+pub struct ConnHandle {
+    pub id: ConnId,
+    /// `conn_id` as clients see it: `<shard>-<seq>`.
+    pub name: Box<str>,
+    outbox: RefCell<Outbox>,
+    waker: RefCell<Option<Waker>>,
+    close: Cell<Option<CloseRequest>>,
+    /// Set once the close frame is queued: nothing else is sent after it.
+    closing: Cell<bool>,
+    last_seen: Cell<Instant>,
+    last_ping: Cell<Instant>,
+    /// Every pattern this connection subscribed to, live or awaiting the ingest core.
+    pub subscriptions: RefCell<Vec<Box<str>>>,
+    /// The `connected` frame, held back until the connect-time subscriptions are live.
+    hello: RefCell<Option<Bytes>>,
+    /// Connect-time subscriptions still waiting for the ingest core.
+    pub hello_waits: Cell<u32>,
+    messages_in: Cell<u64>,
+    messages_out: Cell<u64>,
+    bytes_out: Cell<u64>,
+}
+
+impl ConnHandle {
+    pub fn new(id: ConnId, name: Box<str>, hello: Bytes, now: Instant) -> Self {
+        ConnHandle {
+            id,
+            name,
+            outbox: RefCell::new(Outbox::default()),
+            waker: RefCell::new(None),
+            close: Cell::new(None),
+            closing: Cell::new(false),
+            last_seen: Cell::new(now),
+            last_ping: Cell::new(now),
+            subscriptions: RefCell::new(Vec::new()),
+            hello: RefCell::new(Some(hello)),
+            hello_waits: Cell::new(0),
+            messages_in: Cell::new(0),
+            messages_out: Cell::new(0),
+            bytes_out: Cell::new(0),
+        }
+    }
+
+    /// Queues a frame. A closing connection takes nothing more (and that is not an overflow).
+    pub fn push(&self, frame: Bytes, frames_max: usize, bytes_max: usize) -> Result<(), Overflow> {
+        if self.closing.get() || self.close.get().is_some() {
+            return Ok(());
+        }
+        self.outbox
+            .borrow_mut()
+            .push(frame, frames_max, bytes_max)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Sends the held-back `connected` frame; the connection starts reading after it.
+    pub fn release_hello(&self, frames_max: usize, bytes_max: usize) -> Result<(), Overflow> {
+        let hello = self.hello.borrow_mut().take();
+        match hello {
+            Some(hello) => self.push(hello, frames_max, bytes_max),
+            None => Ok(()),
+        }
+    }
+
+    fn hello_sent(&self) -> bool {
+        self.hello.borrow().is_none()
+    }
+
+    /// Asks the connection's task to close it with `request`; the first request wins.
+    pub fn request_close(&self, request: CloseRequest) {
+        if self.close.get().is_none() && !self.closing.get() {
+            self.close.set(Some(request));
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    pub fn last_seen(&self) -> Instant {
+        self.last_seen.get()
+    }
+
+    pub fn last_ping(&self) -> Instant {
+        self.last_ping.get()
+    }
+
+    pub fn set_last_ping(&self, at: Instant) {
+        self.last_ping.set(at);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.get() || self.close.get().is_some()
+    }
+
+    pub fn stats(&self) -> ConnStats {
+        let outbox = self.outbox.borrow();
+        ConnStats {
+            messages_in: self.messages_in.get(),
+            messages_out: self.messages_out.get(),
+            bytes_out: self.bytes_out.get(),
+            subscriptions: self.subscriptions.borrow().len(),
+            outbox_frames: outbox.frames_len(),
+            outbox_bytes: outbox.bytes_len(),
+        }
+    }
+}
+
+/// Where a connection is in its life.
+enum State {
+    Open,
+    /// Our close frame is queued or sent; waiting for the peer's (or the deadline).
+    Closing {
+        deadline: Timer,
+        peer_closed: bool,
+    },
+    /// The peer closed first and our answer is queued: close the socket once it is written.
+    Answered,
+}
+
+/// The task half of a connection.
+struct Conn {
+    shard: Rc<ShardCore>,
+    handle: Rc<ConnHandle>,
+    stream: TcpStream,
+    /// Bytes of a frame that has not fully arrived yet; empty (unallocated) most of the time.
+    partial: Vec<u8>,
+    assembler: Assembler,
+    state: State,
+}
+
+/// Serves a connection until it closes, then removes it from its shard.
+/// `early` holds bytes that arrived with the handshake (a pipelining client's first frames).
+pub async fn serve(
+    shard: Rc<ShardCore>,
+    handle: Rc<ConnHandle>,
+    stream: TcpStream,
+    early: Vec<u8>,
+) {
+    let mut conn = Conn {
+        shard: shard.clone(),
+        handle: handle.clone(),
+        stream,
+        partial: early,
+        assembler: Assembler::default(),
+        state: State::Open,
+    };
+    poll_fn(|cx| conn.poll(cx)).await;
+    drop(conn);
+    shard.remove_conn(&handle);
+}
+
+/// What handling some input asks of the connection next.
+enum Flow {
+    Continue,
+    Close(u16, String),
+}
+
+impl Conn {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut waker = self.handle.waker.borrow_mut();
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        }
+        for _ in 0..READS_PER_POLL_MAX {
+            if let Some(request) = self.handle.close.take() {
+                self.start_close(request.code, request.reason);
+            }
+            match self.poll_flush(cx) {
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) if matches!(self.state, State::Answered) => {
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) => {
+                    if let State::Closing {
+                        peer_closed: true, ..
+                    } = self.state
+                    {
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Pending => {}
+            }
+            if let State::Closing { deadline, .. } = &mut self.state {
+                if Pin::new(deadline).poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+            }
+            if !self.handle.hello_sent() {
+                return Poll::Pending;
+            }
+            match self.poll_input(cx) {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(())) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes queued frames until the outbox is empty or the socket is full.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            let mut outbox = self.handle.outbox.borrow_mut();
+            let Some(front) = outbox.front() else {
+                return Poll::Ready(Ok(()));
+            };
+            let written = if outbox.frames_len() == 1 || front.len() >= WRITE_COALESCE_BYTES_MAX {
+                Pin::new(&mut self.stream).poll_write(cx, front)
+            } else {
+                let mut buf = self.shard.write_buf.borrow_mut();
+                buf.clear();
+                outbox.gather(&mut buf, WRITE_COALESCE_BYTES_MAX);
+                Pin::new(&mut self.stream).poll_write(cx, &buf)
+            };
+            match written {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(bytes)) => {
+                    let frames = outbox.advance(bytes);
+                    self.handle
+                        .bytes_out
+                        .set(self.handle.bytes_out.get() + bytes as u64);
+                    self.handle
+                        .messages_out
+                        .set(self.handle.messages_out.get() + frames as u64);
+                    self.shard.count_written(frames, bytes);
+                }
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Reads once and handles every complete frame. `Ready(Err)` means the socket is done.
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        let shard = self.shard.clone();
+        let mut scratch = shard.read_buf.borrow_mut();
+        let read_bytes = match Pin::new(&mut self.stream).poll_read(cx, &mut scratch) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+            Poll::Ready(Ok(bytes)) => bytes,
+            Poll::Pending => return Poll::Pending,
+        };
+        self.handle.last_seen.set(Instant::now());
+        let flow = if self.partial.is_empty() {
+            let (flow, used) = self.handle_frames(&mut scratch[..read_bytes]);
+            self.partial.extend_from_slice(&scratch[used..read_bytes]);
+            flow
+        } else {
+            let mut pending = std::mem::take(&mut self.partial);
+            pending.extend_from_slice(&scratch[..read_bytes]);
+            let (flow, used) = self.handle_frames(&mut pending);
+            pending.drain(..used);
+            self.partial = pending;
+            flow
+        };
+        if self.partial.is_empty() && self.partial.capacity() > 0 {
+            self.partial = Vec::new();
+        }
+        if let Flow::Close(code, reason) = flow {
+            self.fail(code, &reason);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Handles every complete frame at the start of `buf`; returns how many bytes it used.
+    fn handle_frames(&mut self, buf: &mut [u8]) -> (Flow, usize) {
+        let mut used = 0;
+        while used < buf.len() {
+            let rest = &mut buf[used..];
+            let frame = match frame::parse_client_frame(rest, self.shard.config.frame_bytes_max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(err) => return (frame_failure(err), buf.len()),
+            };
+            used += frame.frame_len;
+            if matches!(self.state, State::Answered) {
+                continue;
+            }
+            let payload = &rest[frame.payload_start..frame.payload_end];
+            let max = self.shard.config.message_bytes_max;
+            let event = match self.assembler.push(frame, payload, max) {
+                Ok(Some(event)) => event,
+                Ok(None) => continue,
+                Err(err) => return (message_failure(err), buf.len()),
+            };
+            let flow = match event {
+                Event::Text(text) => {
+                    let reassembled = frame.opcode == frame::Opcode::Continuation;
+                    let flow = if matches!(self.state, State::Open) {
+                        handle_command(&self.shard, &self.handle, text)
+                    } else {
+                        Flow::Continue
+                    };
+                    if reassembled {
+                        self.assembler.clear();
+                    }
+                    flow
+                }
+                Event::Binary => {
+                    if matches!(self.state, State::Open) {
+                        let reply = ErrorReply::new(
+                            None,
+                            ErrorCode::BadRequest,
+                            "commands are JSON text frames; binary frames are not accepted",
+                        );
+                        self.shard.send_to(&self.handle, reply.frame());
+                    }
+                    Flow::Continue
+                }
+                Event::Ping(payload) => {
+                    self.shard.send_to(&self.handle, frame::pong_frame(payload));
+                    Flow::Continue
+                }
+                Event::Pong => Flow::Continue,
+                Event::Close(payload) => {
+                    self.peer_close(payload);
+                    Flow::Continue
+                }
+            };
+            if let Flow::Close(..) = flow {
+                return (flow, buf.len());
+            }
+        }
+        (Flow::Continue, used)
+    }
+
+    /// The peer sent a close frame: answer it (if we had not closed first) and finish.
+    fn peer_close(&mut self, payload: ClosePayload) {
+        match &mut self.state {
+            State::Open => {
+                let code = match payload {
+                    ClosePayload::Empty => 1000,
+                    ClosePayload::Code(code) => code,
+                    ClosePayload::Invalid => 1002,
+                    ClosePayload::BadUtf8 => 1007,
+                };
+                self.queue_close_frame(code, "");
+                self.state = State::Answered;
+            }
+            State::Closing { peer_closed, .. } => *peer_closed = true,
+            State::Answered => {}
+        }
+    }
+
+    /// A protocol violation: close with `code` right away, dropping whatever was queued.
+    fn fail(&mut self, code: u16, reason: &str) {
+        tracing::debug!(conn = %self.handle.name, code, reason, "closing on protocol violation");
+        let dropped = self.handle.outbox.borrow_mut().clear();
+        self.shard.count_dropped(dropped);
+        self.start_close(code, reason);
+    }
+
+    /// Queues our close frame and waits (bounded) for the peer's.
+    fn start_close(&mut self, code: u16, reason: &str) {
+        if !matches!(self.state, State::Open) {
+            return;
+        }
+        if code == CloseRequest::SLOW_CONSUMER.code || code == CloseRequest::GOING_AWAY.code {
+            let dropped = self.handle.outbox.borrow_mut().clear();
+            self.shard.count_dropped(dropped);
+        }
+        self.queue_close_frame(code, reason);
+        let timeout = Duration::from_millis(self.shard.config.close_timeout_ms);
+        self.state = State::Closing {
+            deadline: Timer::new(timeout),
+            peer_closed: false,
+        };
+    }
+
+    /// Queues a close frame past the outbox limits: it is the last frame this connection sends.
+    fn queue_close_frame(&mut self, code: u16, reason: &str) {
+        self.handle.closing.set(true);
+        self.handle
+            .outbox
+            .borrow_mut()
+            .push(frame::close_frame(code, reason), usize::MAX, usize::MAX)
+            .expect("an unbounded push cannot overflow");
+    }
+}
+
+fn frame_failure(err: FrameError) -> Flow {
+    Flow::Close(err.close_code(), err.to_string())
+}
+
+fn message_failure(err: MessageError) -> Flow {
+    Flow::Close(err.close_code(), err.to_string())
+}
+
+/// Milliseconds since the UNIX epoch, as the contract's `*_ms` fields use.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// Answers one client command. Recoverable errors become `error` frames on this connection.
+fn handle_command(shard: &ShardCore, handle: &Rc<ConnHandle>, text: &str) -> Flow {
+    handle.messages_in.set(handle.messages_in.get() + 1);
+    let reply = match command::parse(text) {
+        Ok(Command::Subscribe { channel, id }) => shard.subscribe(handle, &channel, id),
+        Ok(Command::Unsubscribe { channel, id }) => shard.unsubscribe(handle, &channel, id),
+        Ok(Command::Publish { channel, data, id }) => {
+            shard.client_publish(handle, &channel, data, id)
+        }
+        Ok(Command::Ping { id }) => Ok(Some(command::pong_reply_frame(&id, unix_ms()))),
+        Ok(Command::GetStats { id }) => Ok(Some(command::stats_frame(
+            &id,
+            &handle.name,
+            shard.id,
+            handle.stats(),
+        ))),
+        Err(err) => Err(err),
+    };
+    match reply {
+        Ok(Some(frame)) => shard.send_to(handle, frame),
+        Ok(None) => {}
+        Err(err) => shard.send_to(handle, err.frame()),
+    }
+    Flow::Continue
+}

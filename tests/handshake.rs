@@ -1,0 +1,216 @@
+//! Pins down the WebSocket port's answers to anything that is not a good upgrade (PROTOCOL.md
+//! section 2): the exact HTTP status for each kind of bad request, that a response always arrives
+//! (never a hang), that oversized and slow handshakes are cut off, and that the port keeps
+//! accepting good clients afterwards. Requests are written byte by byte over raw TCP.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::raw::{
+    connect, http_exchange, read_until_closed, upgrade_request, HttpResponse, RawWs,
+};
+use common::{watchdog, Client, Server, STEP};
+use tokio::io::AsyncWriteExt;
+
+/// An HTTP error on this port comes with a short body.
+fn assert_short_error(response: &HttpResponse, status: u16, what: &str) {
+    assert_eq!(
+        response.status, status,
+        "expected {status} for {what}, got {}",
+        response.head
+    );
+    assert!(
+        !response.body.is_empty() && response.body.len() < 1024,
+        "expected a short body with the {status} for {what}, got {} bytes",
+        response.body.len()
+    );
+}
+
+#[tokio::test]
+async fn get_ws_without_upgrade_headers_is_426() {
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        let request = format!("GET /ws HTTP/1.1\r\nHost: {}\r\n\r\n", server.ws);
+        let (response, _) = http_exchange(server.ws, request.as_bytes()).await;
+        assert_short_error(&response, 426, "a plain GET /ws");
+        Client::connect(&server).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn unknown_path_with_upgrade_headers_is_404() {
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        let request = upgrade_request(server.ws, "/nope");
+        let (response, _) = http_exchange(server.ws, request.as_bytes()).await;
+        assert_short_error(&response, 404, "an upgrade to /nope");
+        Client::connect(&server).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn root_path_upgrades_like_ws() {
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        // Asserts 101 and the RFC 6455 accept value.
+        let mut raw = RawWs::connect(server.ws, "/").await;
+        let hello = raw.next_json().await;
+        common::assert_connected_shape(&hello);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn malformed_request_lines_are_400() {
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        for request in [
+            "GARBAGE\r\n\r\n",
+            "GET /ws\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nthis header has no colon\r\n\r\n",
+        ] {
+            let (response, _) = http_exchange(server.ws, request.as_bytes()).await;
+            assert_short_error(&response, 400, &format!("{request:?}"));
+        }
+        Client::connect(&server).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn upgrade_without_a_key_is_400() {
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            server.ws
+        );
+        let (response, _) = http_exchange(server.ws, request.as_bytes()).await;
+        assert_short_error(&response, 400, "an upgrade without Sec-WebSocket-Key");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn upgrade_with_an_unknown_version_is_refused() {
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        let request = upgrade_request(server.ws, "/ws")
+            .replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8");
+        let (response, _) = http_exchange(server.ws, request.as_bytes()).await;
+        // RFC 6455 4.2.2 suggests 426 with `Sec-WebSocket-Version: 13`; the contract's "400 bad
+        // upgrade" also fits. Anything but a switch is acceptable, a 101 is not.
+        assert!(
+            [400, 426].contains(&response.status),
+            "expected 400 or 426 for Sec-WebSocket-Version: 8, got {}",
+            response.head
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn headers_over_handshake_bytes_max_are_refused_and_closed() {
+    watchdog(async {
+        let server = Server::start(&["--handshake-bytes-max", "8192"]).await;
+        let pad = "p".repeat(9000);
+        let request = upgrade_request(server.ws, "/ws")
+            .replace("\r\n\r\n", &format!("\r\nX-Pad: {pad}\r\n\r\n"));
+        let mut stream = connect(server.ws).await;
+        // The server may answer and close before reading everything: a failed write is fine.
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut buf = Vec::new();
+        let response = common::raw::read_http_response(&mut stream, &mut buf).await;
+        assert!(
+            [400, 431].contains(&response.status),
+            "expected 431 (or 400) for 9 KB of headers over --handshake-bytes-max 8192, got {}",
+            response.head
+        );
+        read_until_closed(&mut stream, STEP).await;
+        Client::connect(&server).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn headers_just_under_handshake_bytes_max_upgrade() {
+    watchdog(async {
+        let server = Server::start(&["--handshake-bytes-max", "8192"]).await;
+        let base = upgrade_request(server.ws, "/ws");
+        let extra = "\r\nX-Pad: \r\n\r\n".len() - "\r\n\r\n".len();
+        let pad = "p".repeat(8000 - base.len() - extra);
+        let request = base.replace("\r\n\r\n", &format!("\r\nX-Pad: {pad}\r\n\r\n"));
+        assert_eq!(request.len(), 8000);
+        let (response, _) = http_exchange(server.ws, request.as_bytes()).await;
+        assert_eq!(
+            response.status, 101,
+            "expected an 8000-byte upgrade under --handshake-bytes-max 8192 to switch, got {}",
+            response.head
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn slowloris_half_request_line_is_cut_at_handshake_timeout() {
+    watchdog(async {
+        let server = Server::start(&["--handshake-timeout-ms", "500"]).await;
+        let started = Instant::now();
+        let mut stream = connect(server.ws).await;
+        stream.write_all(b"GET /ws HT").await.expect("write half a request line");
+        let bytes = read_until_closed(&mut stream, Duration::from_millis(500) + STEP).await;
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(400),
+            "expected the server to wait out --handshake-timeout-ms 500, it closed after {elapsed:?}"
+        );
+        // A 408 before closing is polite and allowed; anything else is not.
+        assert!(
+            bytes.is_empty() || bytes.starts_with(b"HTTP/1.1 4"),
+            "expected silence or a 4xx before the close, got {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        Client::connect(&server).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn slowloris_trickling_bytes_is_still_cut_at_handshake_timeout() {
+    watchdog(async {
+        let server = Server::start(&["--handshake-timeout-ms", "500"]).await;
+        let started = Instant::now();
+        let mut stream = connect(server.ws).await;
+        // One byte every 100 ms never completes the head; the timeout is for the whole handshake,
+        // not per read, so the server must cut it near 500 ms all the same.
+        let request = upgrade_request(server.ws, "/ws");
+        for byte in request.as_bytes() {
+            if started.elapsed() > Duration::from_millis(500) + STEP
+                || stream.write_all(&[*byte]).await.is_err()
+            {
+                break;
+            }
+            let mut probe = Vec::new();
+            if let Ok(Some(0) | None) = tokio::time::timeout(
+                Duration::from_millis(100),
+                common::raw::read_some_or_end(&mut stream, &mut probe),
+            )
+            .await
+            {
+                break;
+            }
+        }
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < Duration::from_millis(500) + Duration::from_secs(3),
+            "expected a trickling handshake to be cut near --handshake-timeout-ms 500, \
+             it lasted {elapsed:?}"
+        );
+        read_until_closed(&mut stream, STEP).await;
+    })
+    .await
+}
