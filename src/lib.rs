@@ -11,6 +11,7 @@
 //! - [`shard`]: a broadcast shard's connections, its subscription [`shard::registry`], fan-out.
 //! - [`ingest`]: the control-plane HTTP API, the sequencer of offsets, encode-once.
 //! - [`queue`]: the only link between cores, bounded lock-free queues with a wake-up.
+//! - [`notify`]: the wake-up between tasks of one core (the cross-core one is [`queue`]).
 //! - [`channel`]: channel names and wildcard patterns, shared by every stage.
 //! - [`config`], [`cli`], [`runtime`]: settings, the command line, the core plan and start-up.
 //! - [`bench`]: the load generator behind `corecast bench`.
@@ -45,6 +46,7 @@ pub mod cli;
 pub mod config;
 pub mod ingest;
 pub mod net;
+pub mod notify;
 pub mod queue;
 pub mod runtime;
 pub mod shard;

@@ -143,10 +143,10 @@ pub fn preflight(config: &Config, executors: usize) -> Result<(), StartError> {
         .map_err(|err| StartError(format!("cannot raise RLIMIT_NOFILE: {err}")))?;
     let wanted = (config.connections_per_shard_max as u64).min(1_000_000);
     if nofile < wanted {
-        tracing::warn!(
+        tracing::info!(
             nofile,
-            "RLIMIT_NOFILE caps connections at about {nofile}; raise it (ulimit -n, LimitNOFILE=) \
-             for more"
+            "RLIMIT_NOFILE allows about {nofile} connections in all; raise the hard limit \
+             (LimitNOFILE=, limits.conf) for more"
         );
     }
     Ok(())

@@ -15,10 +15,8 @@ pub mod encode;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures_channel::oneshot;
@@ -27,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use sonic_rs::Value;
 
 use crate::config::Config;
+use crate::notify::Notify;
 use crate::queue::{Answer, QueryKind, Receiver, Sender, ShardId, ToIngest, ToShard};
 use crate::shard::registry::Registry;
 use crate::ws::command::{self, ErrorCode, ErrorReply};
@@ -113,12 +112,12 @@ pub struct IngestCore {
     shards: Vec<Sender<ToShard>>,
     routes: RefCell<Registry<ShardId>>,
     lanes: RefCell<[VecDeque<Job>; 3]>,
-    lanes_waker: RefCell<Option<Waker>>,
+    lanes_ready: Notify,
     offsets: RefCell<HashMap<Box<str>, u64>>,
     queries: RefCell<HashMap<u64, PendingQuery>>,
     next_query: Cell<u64>,
     stopping: Cell<bool>,
-    stop_waker: RefCell<Option<Waker>>,
+    stopped: Notify,
     published_total: Cell<u64>,
     matched_shards: RefCell<Vec<ShardId>>,
 }
@@ -139,12 +138,12 @@ impl IngestCore {
             shards,
             routes: RefCell::new(Registry::new()),
             lanes: RefCell::new(Default::default()),
-            lanes_waker: RefCell::new(None),
+            lanes_ready: Notify::default(),
             offsets: RefCell::new(HashMap::new()),
             queries: RefCell::new(HashMap::new()),
             next_query: Cell::new(0),
             stopping: Cell::new(false),
-            stop_waker: RefCell::new(None),
+            stopped: Notify::default(),
             published_total: Cell::new(0),
             matched_shards: RefCell::new(Vec::new()),
         })
@@ -172,9 +171,7 @@ impl IngestCore {
         }
         lanes[job.priority.lane()].push_back(job);
         drop(lanes);
-        if let Some(waker) = self.lanes_waker.borrow_mut().take() {
-            waker.wake();
-        }
+        self.lanes_ready.notify();
         Ok(())
     }
 
@@ -305,15 +302,9 @@ impl IngestCore {
     async fn run_sequencer(self: Rc<Self>) {
         let mut touched = vec![false; self.shards.len()];
         loop {
-            poll_fn(|cx| {
-                if self.lanes.borrow().iter().all(VecDeque::is_empty) {
-                    *self.lanes_waker.borrow_mut() = Some(cx.waker().clone());
-                    Poll::Pending
-                } else {
-                    Poll::Ready(())
-                }
-            })
-            .await;
+            self.lanes_ready
+                .wait_until(|| !self.lanes.borrow().iter().all(VecDeque::is_empty))
+                .await;
             for _ in 0..self.config.queue_batch_max {
                 let job = self
                     .lanes
@@ -397,9 +388,7 @@ impl IngestCore {
             return;
         }
         tracing::info!("shutting down: closing every connection with 1001");
-        if let Some(waker) = self.stop_waker.borrow_mut().take() {
-            waker.wake();
-        }
+        self.stopped.notify();
     }
 
     /// Drains one inbound queue, a bounded batch per wake-up.
@@ -441,15 +430,10 @@ impl Ingest {
 
     /// Runs until SIGINT or SIGTERM, then stops.
     pub async fn run(self) {
-        poll_fn(|cx| {
-            if self.core.stopping.get() {
-                Poll::Ready(())
-            } else {
-                *self.core.stop_waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await;
+        self.core
+            .stopped
+            .wait_until(|| self.core.stopping.get())
+            .await;
         self.stop().await;
     }
 

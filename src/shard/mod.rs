@@ -15,10 +15,8 @@ pub mod registry;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,6 +28,7 @@ use sonic_rs::Value;
 
 use crate::channel;
 use crate::config::Config;
+use crate::notify::Notify;
 use crate::queue::{Answer, Delivery, QueryKind, Receiver, Sender, ShardId, ToIngest, ToShard};
 use crate::ws::command::{self, ErrorCode, ErrorReply};
 use crate::ws::conn::{self, CloseRequest, ConnHandle, ConnId};
@@ -80,7 +79,7 @@ pub struct ShardCore {
     interest_seq: Cell<u64>,
     /// Messages for the ingest core that found its queue full, in order.
     backlog: RefCell<VecDeque<ToIngest>>,
-    backlog_waker: RefCell<Option<Waker>>,
+    backlog_ready: Notify,
     /// True while the forwarder holds a message taken from `backlog`: later messages must
     /// queue behind it to keep their order.
     forwarding: Cell<bool>,
@@ -94,7 +93,7 @@ pub struct ShardCore {
     matches: RefCell<Vec<ConnId>>,
     ping: Bytes,
     stopping: Cell<bool>,
-    stop_waker: RefCell<Option<Waker>>,
+    stopped: Notify,
 }
 
 impl ShardCore {
@@ -107,7 +106,7 @@ impl ShardCore {
             interest: RefCell::new(HashMap::new()),
             interest_seq: Cell::new(0),
             backlog: RefCell::new(VecDeque::new()),
-            backlog_waker: RefCell::new(None),
+            backlog_ready: Notify::default(),
             forwarding: Cell::new(false),
             to_ingest,
             next_seq: Cell::new(0),
@@ -120,7 +119,7 @@ impl ShardCore {
             matches: RefCell::new(Vec::new()),
             ping: frame::ping_frame(),
             stopping: Cell::new(false),
-            stop_waker: RefCell::new(None),
+            stopped: Notify::default(),
         })
     }
 
@@ -462,9 +461,7 @@ impl ShardCore {
         } else {
             backlog.push_back(message);
         }
-        if let Some(waker) = self.backlog_waker.borrow_mut().take() {
-            waker.wake();
-        }
+        self.backlog_ready.notify();
     }
 
     /// Forgets a closed connection: its subscriptions, its interest, its slot.
@@ -523,9 +520,7 @@ impl ShardCore {
     /// Stops accepting and closes every connection with 1001.
     fn stop(&self) {
         self.stopping.set(true);
-        if let Some(waker) = self.stop_waker.borrow_mut().take() {
-            waker.wake();
-        }
+        self.stopped.notify();
         for (_, handle) in self.conns.borrow().iter() {
             handle.request_close(CloseRequest::GOING_AWAY);
         }
@@ -547,15 +542,9 @@ impl ShardCore {
     /// Forwards what found the ingest core's queue full, waiting for space.
     async fn run_backlog(self: Rc<Self>) {
         loop {
-            poll_fn(|cx| {
-                if self.backlog.borrow().is_empty() {
-                    *self.backlog_waker.borrow_mut() = Some(cx.waker().clone());
-                    Poll::Pending
-                } else {
-                    Poll::Ready(())
-                }
-            })
-            .await;
+            self.backlog_ready
+                .wait_until(|| !self.backlog.borrow().is_empty())
+                .await;
             self.forwarding.set(true);
             loop {
                 let next = self.backlog.borrow_mut().pop_front();
@@ -615,15 +604,10 @@ impl Shard {
     /// Runs until the ingest core says stop, then waits for connections to close (at most
     /// `shutdown_timeout_ms`) and ends the shard's tasks.
     pub async fn run(self) {
-        poll_fn(|cx| {
-            if self.core.stopping.get() {
-                Poll::Ready(())
-            } else {
-                *self.core.stop_waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await;
+        self.core
+            .stopped
+            .wait_until(|| self.core.stopping.get())
+            .await;
         self.stop().await;
     }
 
