@@ -1,8 +1,8 @@
 //! A connection's read buffer and the frame splitter over it.
 //!
 //! Owns the bytes a subscriber has read but not yet consumed. It never touches the socket: the
-//! connection task reads into `spare()` and then takes whole frames out with `next_frame()`,
-//! which says "need more" on partial input. The buffer is allocated once per connection and
+//! connection reads into `spare()` and then takes whole frames out with `next_frame()`, which
+//! says "need more" on partial input. The buffer is allocated once per connection and
 //! reused for every read; it grows only when one frame is larger than it, up to
 //! `FRAME_BYTES_MAX`, so steady-state receiving allocates nothing.
 
@@ -98,6 +98,11 @@ impl ReadBuffer {
     /// The bytes read and not yet consumed.
     pub fn unread(&self) -> &[u8] {
         &self.bytes[self.head..self.tail]
+    }
+
+    /// Whether the unread bytes fill the whole buffer, so that a read has no room left.
+    pub fn is_full(&self) -> bool {
+        self.tail - self.head == self.bytes.len()
     }
 
     /// Consumes `length` unread bytes (the upgrade response head).

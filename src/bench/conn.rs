@@ -1,22 +1,18 @@
-//! One subscriber connection: connect, upgrade, wait for `connected`, then receive deliveries
-//! until told to stop, and close.
+//! One subscriber connection: its socket, its protocol state machine and its pending output.
 //!
-//! Owns the socket of one subscriber and the task that drives it; the state every subscriber
-//! shares (`Shared`) is single-threaded and lives on the bench's one executor. The receive loop
-//! reads into the connection's reused buffer, takes the clock once per read, and hands each
-//! delivery's `seq` and `t_us` to the recorder: it never allocates per message and never parses
-//! more than those two fields. It sends nothing but the Pong a Ping asks for and a final Close.
+//! Owns one subscriber's nonblocking TCP stream, read buffer, ordering state and the control
+//! frame it is writing. A connection goes connect -> upgrade request written -> `101` read ->
+//! `connected` greeting -> receiving -> closing, one step per readiness event from the receive
+//! loop (`receiver`). The protocol half (`Session`) never touches the socket: bytes come in
+//! through the read buffer and bytes to send go out through `output`, so every step is pinned
+//! by byte-literal tests below; `Conn` only moves bytes between it and the socket. It never
+//! allocates per message, never parses more of a delivery than `seq` and `t_us`, and sends
+//! nothing but the upgrade request, the Pong a Ping asks for and a final Close.
 
-use std::cell::{Cell, RefCell};
-use std::future::Future;
+use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
-use glommio::sync::{Semaphore, StaticPermit};
+use mio::net::TcpStream;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::buffer::{FrameError, ReadBuffer};
@@ -26,7 +22,7 @@ use super::wire::{
     CONTROL_PAYLOAD_BYTES_MAX, OPCODE_CLOSE, OPCODE_PONG,
 };
 
-/// What every subscriber task of a run shares.
+/// What every connection of a run reads and never changes.
 pub struct Shared {
     /// The server's WebSocket address.
     pub addr: SocketAddr,
@@ -34,43 +30,10 @@ pub struct Shared {
     pub request: Vec<u8>,
     pub scanner: Scanner,
     pub recorder: Recorder,
-    /// Bounds the connections between TCP connect and the `connected` greeting.
-    pub handshakes: Rc<Semaphore>,
-    pub stop: Stop,
-    /// Connections that have received `connected`.
-    pub connected: Cell<u64>,
-    /// Subscriber tasks that have not ended.
-    pub live: Cell<u64>,
-    /// Connections that failed before `connected`.
-    pub setup_failed: Cell<u64>,
-    /// Connections that ended after `connected` and before the stop.
-    pub closed_early: Cell<u64>,
-    /// The first failure of either kind, for the operator.
-    pub first_error: RefCell<Option<String>>,
-}
-
-impl Shared {
-    fn fail(&self, id: usize, connected: bool, error: &ConnError) {
-        let count = if connected {
-            &self.closed_early
-        } else {
-            &self.setup_failed
-        };
-        count.set(count.get() + 1);
-        let mut first = self.first_error.borrow_mut();
-        if first.is_none() {
-            let when = if connected {
-                "after subscribing"
-            } else {
-                "while connecting"
-            };
-            *first = Some(format!("subscriber {id} failed {when}: {error}"));
-        }
-    }
 }
 
 /// Why a subscriber connection ended early. Every variant ends that connection only; the
-/// caller counts it and the run reports loss or a setup failure.
+/// receive loop counts it and the run reports loss or a setup failure.
 #[derive(Debug)]
 pub enum ConnError {
     /// A socket call failed (connect refused, reset, out of file descriptors).
@@ -117,194 +80,156 @@ impl From<std::io::Error> for ConnError {
     }
 }
 
-impl<T> From<glommio::GlommioError<T>> for ConnError {
-    fn from(error: glommio::GlommioError<T>) -> Self {
-        Self::Io(error.into())
-    }
-}
-
 impl From<FrameError> for ConnError {
     fn from(error: FrameError) -> Self {
         Self::Frame(error)
     }
 }
 
-/// Tells every subscriber task to close its connection. Waiting costs one stored `Waker` per
-/// connection, in a table sized at start, so the wait can be re-armed on every read for free.
-pub struct Stop {
-    stopped: Cell<bool>,
-    wakers: RefCell<Box<[Option<Waker>]>>,
+/// Where a connection is in its life, in order: a later phase never goes back to an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// The nonblocking TCP connect is in progress.
+    Connecting,
+    /// Connected: writing the upgrade request and reading the response head.
+    Upgrading,
+    /// Upgraded: waiting for the `connected` text frame.
+    Greeting,
+    /// Subscribed: every text frame is a delivery.
+    Receiving,
+    /// Close sent (or being sent): reading until the server's Close or end of stream.
+    Closing,
 }
 
-impl Stop {
-    /// A stop signal for connections `0..subscribers`.
-    pub fn new(subscribers: usize) -> Self {
-        Self {
-            stopped: Cell::new(false),
-            wakers: RefCell::new((0..subscribers).map(|_| None).collect()),
-        }
-    }
-
-    /// Stops every subscriber, now and for any that start later.
-    pub fn stop(&self) {
-        self.stopped.set(true);
-        for waker in self.wakers.borrow_mut().iter_mut() {
-            if let Some(waker) = waker.take() {
-                waker.wake();
-            }
-        }
-    }
-
-    fn wait(&self, id: usize) -> StopWait<'_> {
-        StopWait { stop: self, id }
-    }
+/// How far a Close frame has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseState {
+    NotQueued,
+    /// To be written once the control frame being written is out.
+    Queued,
+    /// In the control frame buffer (partly or wholly written).
+    Encoded,
 }
 
-struct StopWait<'a> {
-    stop: &'a Stop,
-    id: usize,
+/// What a batch of input did besides recording deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// Nothing that ends the connection.
+    Continue,
+    /// The server answered the bench's Close: the connection is done.
+    CloseAcknowledged,
 }
 
-impl Future for StopWait<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.stop.stopped.get() {
-            return Poll::Ready(());
-        }
-        let mut wakers = self.stop.wakers.borrow_mut();
-        let slot = &mut wakers[self.id];
-        if !slot
-            .as_ref()
-            .is_some_and(|waker| waker.will_wake(cx.waker()))
-        {
-            *slot = Some(cx.waker().clone());
-        }
-        Poll::Pending
-    }
-}
-
-/// Runs subscriber `id` to its end; its outcome is left in `shared`.
-pub async fn subscriber(id: usize, shared: Rc<Shared>) {
-    let mut conn = Conn {
-        mask: mask_for(id),
-        stream: None,
-        buffer: ReadBuffer::default(),
-        order: ConnOrder::default(),
-        permit: None,
-        connected: false,
-        pong: [0; CONTROL_PAYLOAD_BYTES_MAX],
-        pong_bytes: None,
-    };
-    let ended = futures_lite::future::or(conn.run(&shared), async {
-        shared.stop.wait(id).await;
-        Ok(())
-    })
-    .await;
-    let closed_by_server = matches!(ended, Err(ConnError::Closed(_)));
-    if let Err(error) = &ended {
-        shared.fail(id, conn.connected, error);
-    }
-    if conn.connected && (ended.is_ok() || closed_by_server) {
-        conn.close().await;
-    }
-    shared.live.set(shared.live.get() - 1);
-}
-
-struct Conn {
+/// One connection's protocol state, without the socket.
+pub struct Session {
+    phase: Phase,
     /// The masking key of every frame this connection sends.
     mask: [u8; 4],
-    stream: Option<TcpStream>,
     buffer: ReadBuffer,
     order: ConnOrder,
-    /// Held from TCP connect until `connected`: one of the handshakes in flight.
-    permit: Option<StaticPermit>,
-    connected: bool,
+    /// Length of the upgrade request, and how much of it is written.
+    request_bytes: usize,
+    request_written: usize,
+    /// The control frame being written: `control[control_written..control_bytes]` is unsent.
+    control: [u8; CONTROL_FRAME_BYTES_MAX],
+    control_bytes: usize,
+    control_written: usize,
     /// Payload of the latest Ping not yet answered; RFC 6455 lets a client answer only the
-    /// latest of several.
+    /// latest of several, so a newer Ping replaces it rather than queueing behind it.
     pong: [u8; CONTROL_PAYLOAD_BYTES_MAX],
     pong_bytes: Option<usize>,
+    close: CloseState,
 }
 
-impl Conn {
-    /// Connects, upgrades, waits for `connected` and receives until the server ends the
-    /// connection; it returns only with an error (stopping is done by dropping this future).
-    async fn run(&mut self, shared: &Shared) -> Result<(), ConnError> {
-        self.permit = Some(shared.handshakes.acquire_static_permit(1).await?);
-        let stream = TcpStream::connect(shared.addr).await?;
-        stream.set_nodelay(true)?;
-        let stream = self.stream.insert(stream);
-        stream.write_all(&shared.request).await?;
-        loop {
-            let spare = self.buffer.spare();
-            if spare.is_empty() {
-                return Err(ConnError::UpgradeTooLong);
-            }
-            let read = stream.read(spare).await?;
-            if read == 0 {
-                return Err(ConnError::Eof);
-            }
-            self.buffer.commit(read);
-            if let Some(head_bytes) =
-                wire::parse_upgrade_response(self.buffer.unread()).map_err(ConnError::Upgrade)?
-            {
-                self.buffer.consume(head_bytes);
-                break;
-            }
-        }
-        loop {
-            self.take_frames(shared)?;
-            let stream = self.stream.as_mut().expect("connected above");
-            if let Some(length) = self.pong_bytes.take() {
-                let mut frame = [0; CONTROL_FRAME_BYTES_MAX];
-                let frame_bytes = wire::encode_control_frame(
-                    OPCODE_PONG,
-                    &self.pong[..length],
-                    self.mask,
-                    &mut frame,
-                );
-                stream.write_all(&frame[..frame_bytes]).await?;
-            }
-            let read = stream.read(self.buffer.spare()).await?;
-            if read == 0 {
-                return Err(ConnError::Eof);
-            }
-            self.buffer.commit(read);
+impl Session {
+    /// A session for connection `id` that will send an upgrade request of `request_bytes`.
+    pub fn new(id: usize, request_bytes: usize) -> Self {
+        Self {
+            phase: Phase::Connecting,
+            mask: mask_for(id),
+            buffer: ReadBuffer::default(),
+            order: ConnOrder::default(),
+            request_bytes,
+            request_written: 0,
+            control: [0; CONTROL_FRAME_BYTES_MAX],
+            control_bytes: 0,
+            control_written: 0,
+            pong: [0; CONTROL_PAYLOAD_BYTES_MAX],
+            pong_bytes: None,
+            close: CloseState::NotQueued,
         }
     }
 
-    /// Handles every whole frame in the buffer, stamped with one clock reading.
-    fn take_frames(&mut self, shared: &Shared) -> Result<(), ConnError> {
-        let receive_us = super::unix_us();
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The TCP connect finished: the upgrade request is now the output.
+    pub fn tcp_connected(&mut self) {
+        assert_eq!(self.phase, Phase::Connecting);
+        self.phase = Phase::Upgrading;
+    }
+
+    /// Room to read into (see `ReadBuffer::spare`).
+    pub fn spare(&mut self) -> &mut [u8] {
+        self.buffer.spare()
+    }
+
+    /// Marks `length` bytes of `spare()` as read.
+    pub fn commit(&mut self, length: usize) {
+        self.buffer.commit(length);
+    }
+
+    /// Consumes every whole unit of input in the buffer: the response head while upgrading,
+    /// then frames. Deliveries go to `recorder`, stamped with `receive_us` (microseconds since
+    /// the UNIX epoch); a Ping leaves a Pong to write.
+    pub fn take_input(
+        &mut self,
+        scanner: &Scanner,
+        recorder: &Recorder,
+        receive_us: u64,
+    ) -> Result<Input, ConnError> {
+        assert!(self.phase > Phase::Connecting, "no input before connect");
+        if self.phase == Phase::Upgrading {
+            match wire::parse_upgrade_response(self.buffer.unread()).map_err(ConnError::Upgrade)? {
+                Some(head_bytes) => {
+                    self.buffer.consume(head_bytes);
+                    self.phase = Phase::Greeting;
+                }
+                None if self.buffer.is_full() => return Err(ConnError::UpgradeTooLong),
+                None => return Ok(Input::Continue),
+            }
+        }
         while let Some(frame) = self.buffer.next_frame()? {
             let payload = self.buffer.payload(&frame);
             match frame.opcode {
-                OpCode::Data(Data::Text) if self.connected => {
-                    match shared.scanner.delivery(payload) {
-                        Some(delivery) => {
-                            shared
-                                .recorder
-                                .record(delivery, receive_us, &mut self.order);
+                OpCode::Data(Data::Text) => match self.phase {
+                    Phase::Receiving => match scanner.delivery(payload) {
+                        Some(delivery) => recorder.record(delivery, receive_us, &mut self.order),
+                        None => recorder.record_foreign(),
+                    },
+                    Phase::Greeting => {
+                        if !scanner.is_connected(payload) {
+                            return Err(ConnError::NoGreeting);
                         }
-                        None => shared.recorder.record_foreign(),
+                        self.phase = Phase::Receiving;
                     }
-                }
-                OpCode::Data(Data::Text) => {
-                    if !shared.scanner.is_connected(payload) {
-                        return Err(ConnError::NoGreeting);
-                    }
-                    self.connected = true;
-                    self.permit = None;
-                    shared.connected.set(shared.connected.get() + 1);
-                }
+                    // Deliveries after the bench's Close are not part of the run.
+                    _ => {}
+                },
                 OpCode::Control(Control::Ping) => {
                     if payload.len() > CONTROL_PAYLOAD_BYTES_MAX {
                         return Err(ConnError::PingTooLong);
                     }
-                    self.pong[..payload.len()].copy_from_slice(payload);
-                    self.pong_bytes = Some(payload.len());
+                    if self.close == CloseState::NotQueued {
+                        self.pong[..payload.len()].copy_from_slice(payload);
+                        self.pong_bytes = Some(payload.len());
+                    }
                 }
                 OpCode::Control(Control::Close) => {
+                    if self.phase == Phase::Closing {
+                        return Ok(Input::CloseAcknowledged);
+                    }
                     let code = payload
                         .get(..2)
                         .map(|code| u16::from_be_bytes([code[0], code[1]]));
@@ -315,41 +240,417 @@ impl Conn {
                 _ => {}
             }
         }
-        Ok(())
+        Ok(Input::Continue)
     }
 
-    /// Sends Close 1000 and reads until the server closes too, so neither side sees a reset.
-    /// The caller bounds how long it waits for this.
-    async fn close(&mut self) {
-        let mut frame = [0; CONTROL_FRAME_BYTES_MAX];
-        let frame_bytes =
-            wire::encode_control_frame(OPCODE_CLOSE, &CLOSE_NORMAL_PAYLOAD, self.mask, &mut frame);
-        let Some(stream) = self.stream.as_mut() else {
-            return;
-        };
-        if stream.write_all(&frame[..frame_bytes]).await.is_err() {
-            return;
+    /// Sends Close 1000 after any control frame being written, and stops answering Pings.
+    /// Only a subscribed connection closes this way; the caller drops the others.
+    pub fn start_close(&mut self) {
+        assert_eq!(self.phase, Phase::Receiving);
+        self.phase = Phase::Closing;
+        self.close = CloseState::Queued;
+        self.pong_bytes = None;
+    }
+
+    /// The bytes to write next, empty when there are none: the rest of the upgrade request,
+    /// then the rest of the control frame being written, then the pending Pong, then Close.
+    pub fn output<'a>(&'a mut self, request: &'a [u8]) -> &'a [u8] {
+        assert_eq!(request.len(), self.request_bytes);
+        if self.phase == Phase::Connecting {
+            return &[];
         }
+        if self.request_written < self.request_bytes {
+            return &request[self.request_written..];
+        }
+        if self.control_written == self.control_bytes {
+            let (opcode, payload) = if let Some(length) = self.pong_bytes.take() {
+                (OPCODE_PONG, &self.pong[..length])
+            } else if self.close == CloseState::Queued {
+                self.close = CloseState::Encoded;
+                (OPCODE_CLOSE, &CLOSE_NORMAL_PAYLOAD[..])
+            } else {
+                return &[];
+            };
+            self.control_bytes =
+                wire::encode_control_frame(opcode, payload, self.mask, &mut self.control);
+            self.control_written = 0;
+        }
+        &self.control[self.control_written..self.control_bytes]
+    }
+
+    /// Marks `length` bytes of the latest `output` as written.
+    pub fn wrote(&mut self, length: usize) {
+        if self.request_written < self.request_bytes {
+            assert!(self.request_written + length <= self.request_bytes);
+            self.request_written += length;
+        } else {
+            assert!(self.control_written + length <= self.control_bytes);
+            self.control_written += length;
+        }
+    }
+}
+
+/// What one readiness event did to a connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The read bound was reached before the socket was drained: read it again soon, since an
+    /// edge-triggered poll will not report it again until more bytes arrive.
+    pub unread: bool,
+    /// The close exchange is over: drop the connection.
+    pub finished: bool,
+}
+
+/// One subscriber: its socket and its session.
+pub struct Conn {
+    /// The subscriber's number, `0..subscribers`, for messages and the masking key.
+    pub id: usize,
+    pub stream: TcpStream,
+    session: Session,
+    /// Whether the receive loop holds this connection in its list of sockets left unread.
+    pub queued: bool,
+    /// Whether a readiness event said the peer has shut down its side: then a short read no
+    /// longer means drained, since the end of stream raises no further edge.
+    read_closed: bool,
+}
+
+impl Conn {
+    /// Starts a nonblocking connect for subscriber `id`; the caller registers the stream.
+    pub fn open(id: usize, shared: &Shared) -> std::io::Result<Self> {
+        Ok(Self {
+            id,
+            stream: TcpStream::connect(shared.addr)?,
+            session: Session::new(id, shared.request.len()),
+            queued: false,
+            read_closed: false,
+        })
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.session.phase()
+    }
+
+    /// Handles a readiness event (or a revisit of an unread socket): finishes the connect,
+    /// writes what is pending, and reads at most `reads_max` times, handing every whole frame
+    /// to the session with the batch's `receive_us`. `read_closed` is the event's word that the
+    /// peer has shut down its side (false on a revisit).
+    pub fn on_ready(
+        &mut self,
+        shared: &Shared,
+        receive_us: u64,
+        reads_max: usize,
+        read_closed: bool,
+    ) -> Result<Progress, ConnError> {
+        self.read_closed |= read_closed;
+        if self.session.phase() == Phase::Connecting && !self.finish_connect()? {
+            return Ok(Progress::default());
+        }
+        self.flush(&shared.request)?;
+        let progress = self.read(shared, receive_us, reads_max)?;
+        if !progress.finished {
+            self.flush(&shared.request)?;
+        }
+        Ok(progress)
+    }
+
+    /// Starts the close, at the end of the run or to answer the server's Close so that neither
+    /// side sees a reset. Returns whether the connection should be kept to finish the exchange:
+    /// a subscribed connection sends Close 1000 and waits for the server's Close or end of
+    /// stream; one still connecting, or whose socket failed, is dropped.
+    pub fn close(&mut self, shared: &Shared) -> bool {
+        match self.session.phase() {
+            Phase::Receiving => {
+                self.session.start_close();
+                self.flush(&shared.request).is_ok()
+            }
+            Phase::Closing => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the nonblocking connect has finished, as mio's `TcpStream::connect` describes:
+    /// a pending socket error means it failed, and `peer_addr` fails until it is done.
+    fn finish_connect(&mut self) -> Result<bool, ConnError> {
+        if let Some(error) = self.stream.take_error()? {
+            return Err(ConnError::Io(error));
+        }
+        match self.stream.peer_addr() {
+            Ok(_) => {
+                self.stream.set_nodelay(true)?;
+                self.session.tcp_connected();
+                Ok(true)
+            }
+            // Linux's `getpeername` says ENOTCONN while the handshake is in flight (mio's other
+            // case, EINPROGRESS, is for other systems).
+            Err(error) if error.kind() == ErrorKind::NotConnected => Ok(false),
+            Err(error) => Err(ConnError::Io(error)),
+        }
+    }
+
+    /// Writes pending output until it is all out or the socket buffer is full; the rest goes
+    /// out on the next writable event, so nothing is ever dropped.
+    fn flush(&mut self, request: &[u8]) -> Result<(), ConnError> {
         loop {
-            match stream.read(self.buffer.spare()).await {
-                Ok(0) | Err(_) => return,
-                Ok(read) => self.buffer.commit(read),
+            let output = self.session.output(request);
+            if output.is_empty() {
+                return Ok(());
             }
-            loop {
-                match self.buffer.next_frame() {
-                    Ok(Some(frame)) if frame.opcode == OpCode::Control(Control::Close) => return,
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(_) => return,
-                }
+            match self.stream.write(output) {
+                Ok(0) => return Err(ConnError::Io(ErrorKind::WriteZero.into())),
+                Ok(written) => self.session.wrote(written),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) => return Err(error.into()),
             }
         }
+    }
+
+    /// Reads until the socket is drained or `reads_max` reads were made. A read shorter than
+    /// the room offered counts as drained: TCP's `recvmsg` stops short only when the receive
+    /// queue is empty or at the peer's FIN, and a segment arriving after that raises a new
+    /// edge (tokio clears readiness the same way), which saves the one `EAGAIN` read per
+    /// wake-up. Once the peer has shut down (`read_closed`), reads go on to the end of stream.
+    fn read(
+        &mut self,
+        shared: &Shared,
+        receive_us: u64,
+        reads_max: usize,
+    ) -> Result<Progress, ConnError> {
+        for _ in 0..reads_max {
+            let spare = self.session.spare();
+            let room = spare.len();
+            let read = match self.stream.read(spare) {
+                Ok(0) if self.session.phase() == Phase::Closing => {
+                    return Ok(Progress {
+                        unread: false,
+                        finished: true,
+                    });
+                }
+                Ok(0) => return Err(ConnError::Eof),
+                Ok(read) => read,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    return Ok(Progress::default());
+                }
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error.into()),
+            };
+            self.session.commit(read);
+            let input = self
+                .session
+                .take_input(&shared.scanner, &shared.recorder, receive_us)?;
+            if input == Input::CloseAcknowledged {
+                return Ok(Progress {
+                    unread: false,
+                    finished: true,
+                });
+            }
+            if read < room && !self.read_closed {
+                return Ok(Progress::default());
+            }
+        }
+        Ok(Progress {
+            unread: true,
+            finished: false,
+        })
     }
 }
 
 /// The masking key of connection `id`. RFC 6455 wants it unpredictable to defeat proxy cache
 /// poisoning; the bench talks to its server directly, so a key derived from the id will do.
-fn mask_for(id: usize) -> [u8; 4] {
+pub fn mask_for(id: usize) -> [u8; 4] {
     let id = u32::try_from(id).unwrap_or(u32::MAX);
     id.wrapping_mul(0x9E37_79B9).wrapping_add(1).to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUEST: &[u8] = b"GET /ws?channels=c HTTP/1.1\r\n\r\n";
+    const HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+    const GREETING: &[u8] = br#"{"type":"connected","conn_id":"a","shard":0}"#;
+
+    fn text_frame(payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mut frame = vec![0x81, payload.len() as u8];
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    fn delivery_frame(seq: u64, sent_us: u64) -> Vec<u8> {
+        let text = format!(
+            r#"{{"type":"message","channel":"c","data":{{"seq":{seq},"t_us":{sent_us}}}}}"#
+        );
+        text_frame(text.as_bytes())
+    }
+
+    /// A session past its TCP connect with the request written.
+    fn upgrading() -> Session {
+        let mut session = Session::new(0, REQUEST.len());
+        session.tcp_connected();
+        let length = session.output(REQUEST).len();
+        session.wrote(length);
+        session
+    }
+
+    /// Feeds `bytes` as one read and takes the input.
+    fn feed(
+        session: &mut Session,
+        recorder: &Recorder,
+        bytes: &[u8],
+        receive_us: u64,
+    ) -> Result<Input, ConnError> {
+        session.spare()[..bytes.len()].copy_from_slice(bytes);
+        session.commit(bytes.len());
+        session.take_input(&Scanner::default(), recorder, receive_us)
+    }
+
+    #[test]
+    fn the_request_is_written_after_connect_and_across_partial_writes() {
+        let mut session = Session::new(0, REQUEST.len());
+        assert!(session.output(REQUEST).is_empty(), "nothing before connect");
+        session.tcp_connected();
+        assert_eq!(session.output(REQUEST), REQUEST);
+        session.wrote(5);
+        assert_eq!(session.output(REQUEST), &REQUEST[5..]);
+        session.wrote(REQUEST.len() - 5);
+        assert!(session.output(REQUEST).is_empty());
+    }
+
+    #[test]
+    fn upgrade_and_greeting_split_at_every_byte_reach_receiving() {
+        let mut stream = HEAD.to_vec();
+        stream.extend(text_frame(GREETING));
+        stream.extend(delivery_frame(0, 100));
+        for split in 1..stream.len() {
+            let recorder = Recorder::new(1, 0, 1);
+            let mut session = upgrading();
+            feed(&mut session, &recorder, &stream[..split], 150).unwrap();
+            let expected = if split < HEAD.len() {
+                Phase::Upgrading
+            } else if split < HEAD.len() + 2 + GREETING.len() {
+                Phase::Greeting
+            } else {
+                Phase::Receiving
+            };
+            assert_eq!(session.phase(), expected, "split at {split}");
+            feed(&mut session, &recorder, &stream[split..], 150).unwrap();
+            assert_eq!(session.phase(), Phase::Receiving, "split at {split}");
+            assert!(recorder.measured_complete(), "split at {split}");
+            assert_eq!(recorder.summary().latency_us_max, 50);
+        }
+    }
+
+    #[test]
+    fn a_refused_upgrade_or_a_missing_greeting_fails_the_connection() {
+        let recorder = Recorder::new(1, 0, 1);
+        let mut session = upgrading();
+        let refused = feed(
+            &mut session,
+            &recorder,
+            b"HTTP/1.1 403 Forbidden\r\n\r\n",
+            0,
+        );
+        assert!(matches!(
+            refused,
+            Err(ConnError::Upgrade(UpgradeError::Refused(status))) if status == "HTTP/1.1 403 Forbidden"
+        ));
+        let mut session = upgrading();
+        let mut stream = HEAD.to_vec();
+        stream.extend(delivery_frame(0, 0));
+        assert!(matches!(
+            feed(&mut session, &recorder, &stream, 0),
+            Err(ConnError::NoGreeting)
+        ));
+        let mut session = upgrading();
+        let endless = vec![b'x'; crate::bench::buffer::READ_BUFFER_BYTES];
+        assert!(matches!(
+            feed(&mut session, &recorder, &endless, 0),
+            Err(ConnError::UpgradeTooLong)
+        ));
+    }
+
+    #[test]
+    fn a_ping_is_answered_with_a_masked_pong_of_the_latest_payload() {
+        let recorder = Recorder::new(1, 0, 1);
+        let mut session = upgrading();
+        let mut stream = HEAD.to_vec();
+        stream.extend(text_frame(GREETING));
+        stream.extend([0x89, 0x01, b'a', 0x89, 0x02, b'b', b'c']);
+        feed(&mut session, &recorder, &stream, 0).unwrap();
+        let mask = mask_for(0);
+        let pong = [
+            0x8A,
+            0x82,
+            mask[0],
+            mask[1],
+            mask[2],
+            mask[3],
+            b'b' ^ mask[0],
+            b'c' ^ mask[1],
+        ];
+        assert_eq!(session.output(REQUEST), pong);
+        session.wrote(3);
+        // A Ping arriving while a Pong is half written waits for it to finish.
+        feed(&mut session, &recorder, &[0x89, 0x00], 0).unwrap();
+        assert_eq!(session.output(REQUEST), &pong[3..]);
+        session.wrote(pong.len() - 3);
+        assert_eq!(
+            session.output(REQUEST),
+            [0x8A, 0x80, mask[0], mask[1], mask[2], mask[3]]
+        );
+        session.wrote(6);
+        assert!(session.output(REQUEST).is_empty());
+    }
+
+    #[test]
+    fn close_is_sent_once_and_ends_at_the_servers_close() {
+        let recorder = Recorder::new(1, 0, 1);
+        let mut session = upgrading();
+        let mut stream = HEAD.to_vec();
+        stream.extend(text_frame(GREETING));
+        feed(&mut session, &recorder, &stream, 0).unwrap();
+        session.start_close();
+        let mask = mask_for(0);
+        let close = [
+            0x88,
+            0x82,
+            mask[0],
+            mask[1],
+            mask[2],
+            mask[3],
+            0x03 ^ mask[0],
+            0xE8 ^ mask[1],
+        ];
+        assert_eq!(session.output(REQUEST), close);
+        session.wrote(close.len());
+        assert!(session.output(REQUEST).is_empty());
+        // Pings and deliveries after the bench's Close are neither answered nor recorded.
+        let mut late = vec![0x89, 0x00];
+        late.extend(delivery_frame(0, 0));
+        assert_eq!(
+            feed(&mut session, &recorder, &late, 0).unwrap(),
+            Input::Continue
+        );
+        assert!(session.output(REQUEST).is_empty());
+        assert_eq!(recorder.frames(), 0);
+        let answer = [0x88, 0x02, 0x03, 0xE8];
+        assert_eq!(
+            feed(&mut session, &recorder, &answer, 0).unwrap(),
+            Input::CloseAcknowledged
+        );
+    }
+
+    #[test]
+    fn a_server_close_carries_its_code() {
+        let recorder = Recorder::new(1, 0, 1);
+        let mut session = upgrading();
+        let mut stream = HEAD.to_vec();
+        stream.extend(text_frame(GREETING));
+        stream.extend([0x88, 0x02, 0x03, 0xF1]);
+        assert!(matches!(
+            feed(&mut session, &recorder, &stream, 0),
+            Err(ConnError::Closed(Some(1009)))
+        ));
+        assert_eq!(session.phase(), Phase::Receiving);
+    }
 }

@@ -2,20 +2,23 @@
 //! publishes M events through the control-plane API, stamps every delivery on arrival and
 //! reports latency, fan-out completion, throughput, loss and the server's memory per connection.
 //!
-//! Owns the run's sequence: check the host (open-file limit, local ports), connect and await
-//! every `connected`, publish warm-up events and await them, publish the measured events and
-//! await them, close, report. It never shares a core with the server it measures: the receive
-//! side is one glommio executor (pinned with `--cpu`), one task per connection, and the
-//! publisher is one plain thread started from that executor, so it inherits the same CPU.
+//! Owns the run's sequence: check the host (open-file limit, local ports, the `--cpu`), connect
+//! and await every `connected`, publish warm-up events and await them, publish the measured
+//! events and await them, close, report. It never shares a core with the server it measures:
+//! the receive side is one thread running a `mio` event loop over every connection, and the
+//! publisher is one plain thread, both pinned to `--cpu`. The orchestration runs between the
+//! loop's turns on the same thread, so nothing on the delivery path is shared across threads.
 //! It must never be the bottleneck it reports: its own code spends no allocation and no JSON
-//! parse on a delivery (see `conn` and `wire`), the orchestration only polls counters, and the
-//! report shows the bench's CPU time per delivery next to the server's (with `--server-pid`),
-//! with a warning when the bench's is the larger, so that a run says whether it measured itself.
+//! parse on a delivery (see `conn` and `wire`), reads the clock once per wake-up (see
+//! `receiver`), and the report shows the bench's CPU time per delivery next to the server's
+//! (with `--server-pid`), with a warning when the bench's is the larger, so that a run says
+//! whether it measured itself.
 //!
 //! # Layout
 //! - `wire`: URL parsing, the upgrade exchange, masked control frames, the delivery field scan.
 //! - `buffer`: a connection's reused read buffer and the frame splitter over it.
-//! - `conn`: one subscriber connection's task and the state all of them share.
+//! - `conn`: one subscriber connection: its socket and its protocol state machine.
+//! - `receiver`: the event loop that owns every connection, and their admission.
 //! - `recorder`: latency histogram, per-event counts and times, loss/duplicate/order counters.
 //! - `publish`: the publisher thread and the event body format.
 //! - `probe`: resident memory and CPU time of the server and of the bench, from `/proc`.
@@ -25,29 +28,25 @@ mod buffer;
 mod conn;
 mod probe;
 mod publish;
+mod receiver;
 mod recorder;
 mod report;
 mod wire;
 
-use std::cell::{Cell, RefCell};
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use glommio::sync::Semaphore;
-use glommio::{LocalExecutorBuilder, Placement};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use conn::{Shared, Stop};
 use probe::Process;
 use publish::{Outcome, Phase, Plan, Publisher};
+use receiver::Receiver;
 use recorder::Recorder;
 use report::{Cost, Load, Report, ServerRss};
-use wire::Scanner;
 
 /// Most subscriber connections one bench process opens.
 const SUBSCRIBERS_MAX: u64 = 1_000_000;
@@ -76,21 +75,14 @@ const TIMEOUT_S_MAX: u64 = 86_400;
 /// Longest channel name, in bytes (the wire contract's maximum).
 const CHANNEL_BYTES_MAX: usize = 255;
 
-/// File descriptors the process needs besides its subscribers: stdio, the io_uring rings and
-/// eventfds, the publisher's HTTP connection, `/proc` reads.
+/// File descriptors the process needs besides its subscribers: stdio, the epoll instance, the
+/// publisher's HTTP connection, `/proc` reads.
 const FDS_RESERVED: u64 = 64;
 
-/// Depth of the executor's io_uring rings. The kernel sizes a ring's table of pending polls
-/// from it (largest at 4,096 and up: 256 buckets), and glommio cancels a timer on every loop,
-/// which walks one bucket of that table: with glommio's default of 128 (8 buckets) and 10,000
-/// subscribers each cancel walked about 1,250 polls. Measured at 10,000 subscribers on the
-/// 2-core development machine, 4,096 cut the bench's CPU per delivery by 28% and its connect
-/// time by half; the rings cost a few hundred KiB.
-const RING_DEPTH: usize = 4_096;
-
-/// How often the orchestrating task checks the counters, in milliseconds. It only decides
-/// when a phase is over; delivery times are stamped by the connection tasks.
-const POLL_MS: u64 = 1;
+/// Longest the receive loop sleeps in `poll()` when nothing arrives, in milliseconds: how late
+/// the watchdog, a drain stall and the publisher's answer can be noticed. Receive times do not
+/// depend on it; a shorter tick costs more idle wake-ups during the measured phase.
+const TICK_MS: u64 = 10;
 
 /// How long a phase may go without a single frame arriving, after its last publish was
 /// accepted, before the bench stops waiting and counts what is missing as lost, in
@@ -248,7 +240,7 @@ struct Finished {
     warnings: Vec<String>,
 }
 
-/// Everything the executor needs, checked and resolved before it starts.
+/// Everything the receive thread needs, checked and resolved before it starts.
 struct Setup {
     addr: SocketAddr,
     request: Vec<u8>,
@@ -264,6 +256,9 @@ struct Setup {
 fn run(args: &BenchArgs) -> Result<Finished, String> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     args.validate()?;
+    if let Some(cpu) = args.cpu {
+        check_cpu(cpu)?;
+    }
     let target = wire::parse_ws_url(&args.ws)?;
     let addr = target
         .authority
@@ -304,17 +299,40 @@ fn run(args: &BenchArgs) -> Result<Finished, String> {
         deadline,
         timeout_s: args.timeout_s,
     };
-    let placement = args.cpu.map_or(Placement::Unbound, Placement::Fixed);
-    let placement_text = args
-        .cpu
-        .map_or_else(|| "unpinned".to_string(), |cpu| format!("on CPU {cpu}"));
-    LocalExecutorBuilder::new(placement)
-        .name("corecast-bench")
-        .ring_depth(RING_DEPTH)
-        .spawn(move || drive(setup))
-        .map_err(|error| format!("cannot start the bench executor {placement_text}: {error}"))?
+    std::thread::Builder::new()
+        .name("corecast-bench".into())
+        .spawn(move || {
+            if let Some(cpu) = setup.load.bench_cpu {
+                pin_current_thread(cpu)?;
+            }
+            drive(setup)
+        })
+        .map_err(|error| format!("cannot start the bench thread: {error}"))?
         .join()
-        .map_err(|error| format!("the bench executor failed: {error}"))?
+        .map_err(|_| "the bench thread panicked".to_string())?
+}
+
+/// Refuses a `--cpu` this process may not run on, listing the ones it may.
+fn check_cpu(cpu: usize) -> Result<(), String> {
+    let allowed = core_affinity::get_core_ids()
+        .ok_or_else(|| "--cpu: cannot list the CPUs this process may run on".to_string())?;
+    if allowed.iter().any(|core| core.id == cpu) {
+        return Ok(());
+    }
+    let list: Vec<String> = allowed.iter().map(|core| core.id.to_string()).collect();
+    Err(format!(
+        "--cpu {cpu} is not a CPU this process may run on; allowed: {}",
+        list.join(", ")
+    ))
+}
+
+/// Pins the calling thread to `cpu` (checked by `check_cpu` first).
+fn pin_current_thread(cpu: usize) -> Result<(), String> {
+    if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        Ok(())
+    } else {
+        Err(format!("--cpu {cpu}: cannot pin the bench's threads to it"))
+    }
 }
 
 /// Raises the open-file soft limit to the hard limit and checks that the subscribers fit.
@@ -381,35 +399,25 @@ enum PhaseEnd {
     PublishFailed(String),
 }
 
-/// The run on the bench executor: from connecting to the report.
-async fn drive(setup: Setup) -> Result<Finished, String> {
+/// The run on the receive thread: from connecting to the report.
+fn drive(setup: Setup) -> Result<Finished, String> {
     let subscribers = setup.load.subscribers;
-    let publisher = publish::spawn(setup.plan.clone())
-        .map_err(|error| format!("cannot start the publisher thread: {error}"))?;
-    let shared = Rc::new(Shared {
+    let publisher = publish::spawn(setup.plan.clone(), setup.load.bench_cpu)?;
+    let mut receiver = Receiver::start(receiver::Config {
         addr: setup.addr,
         request: setup.request.clone(),
-        scanner: Scanner::default(),
         recorder: Recorder::new(subscribers, setup.load.warmup_events, setup.load.events),
-        handshakes: Rc::new(Semaphore::new(setup.connect_concurrency as u64)),
-        stop: Stop::new(usize::try_from(subscribers).expect("bounded by SUBSCRIBERS_MAX")),
-        connected: Cell::new(0),
-        live: Cell::new(subscribers),
-        setup_failed: Cell::new(0),
-        closed_early: Cell::new(0),
-        first_error: RefCell::new(None),
-    });
+        subscribers: usize::try_from(subscribers).expect("bounded by SUBSCRIBERS_MAX"),
+        connect_concurrency: setup.connect_concurrency,
+    })
+    .map_err(|error| format!("cannot open the receive loop's poll: {error}"))?;
 
     let connect_started = Instant::now();
-    for id in 0..subscribers {
-        let id = usize::try_from(id).expect("bounded by SUBSCRIBERS_MAX");
-        glommio::spawn_local(conn::subscriber(id, shared.clone())).detach();
-    }
     let connecting = connect_progress(subscribers);
-    let connect_result = await_connected(&shared, &connecting, &setup).await;
+    let connect_result = await_connected(&mut receiver, &connecting, &setup);
     connecting.finish_and_clear();
     if let Err(message) = connect_result {
-        close_all(&shared).await;
+        close_all(&mut receiver);
         return Err(message);
     }
     let connect_time_ms = u64::try_from(connect_started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -430,17 +438,16 @@ async fn drive(setup: Setup) -> Result<Finished, String> {
     };
     if warmup.count > 0 {
         let end = publish_and_await(
-            &shared,
+            &mut receiver,
             &publisher,
             warmup,
             &setup,
             Recorder::warmup_complete,
-        )
-        .await;
-        if let Some(failure) = phase_failure("warm-up", end, &shared, &setup) {
-            close_all(&shared).await;
+        );
+        if let Some(failure) = phase_failure("warm-up", end, &receiver, &setup) {
+            close_all(&mut receiver);
             let mut message = format!("{failure}; the measured events were not published");
-            if let Some(disconnections) = disconnections(&shared) {
+            if let Some(disconnections) = disconnections(&receiver) {
                 message = format!("{message} ({disconnections})");
             }
             return Err(message);
@@ -454,14 +461,13 @@ async fn drive(setup: Setup) -> Result<Finished, String> {
     let bench_before_ns = probe::cpu_time_ns(Process::Bench)?;
     let server_before_ns = server.map(probe::cpu_time_ns).transpose()?;
     let end = publish_and_await(
-        &shared,
+        &mut receiver,
         &publisher,
         measured,
         &setup,
         Recorder::measured_complete,
-    )
-    .await;
-    let failure = phase_failure("measured", end, &shared, &setup);
+    );
+    let failure = phase_failure("measured", end, &receiver, &setup);
     let bench_cpu_ns = probe::cpu_time_ns(Process::Bench)?.saturating_sub(bench_before_ns);
     let server_cpu_ns = match (server, server_before_ns) {
         (Some(server), Some(before_ns)) => match probe::cpu_time_ns(server) {
@@ -478,10 +484,10 @@ async fn drive(setup: Setup) -> Result<Finished, String> {
         server_cpu_ns,
     };
 
-    close_all(&shared).await;
+    close_all(&mut receiver);
     drop(publisher);
 
-    let summary = shared.recorder.summary();
+    let summary = receiver.recorder().summary();
     let report = Report::new(setup.load, connect_time_ms, &summary, cost, rss);
     if let Some(server_ns) = report.server_cpu_per_delivery_ns {
         if report.bench_cpu_per_delivery_ns >= server_ns && summary.deliveries > 0 {
@@ -492,7 +498,7 @@ async fn drive(setup: Setup) -> Result<Finished, String> {
             ));
         }
     }
-    warnings.extend(disconnections(&shared));
+    warnings.extend(disconnections(&receiver));
     if summary.foreign_frames > 0 {
         warnings.push(format!(
             "{} text frames were not deliveries of this run's events (another publisher on \
@@ -508,12 +514,12 @@ async fn drive(setup: Setup) -> Result<Finished, String> {
 }
 
 /// How many subscribers the server disconnected after they subscribed, and the first reason.
-fn disconnections(shared: &Shared) -> Option<String> {
-    let count = shared.closed_early.get();
+fn disconnections(receiver: &Receiver) -> Option<String> {
+    let count = receiver.closed_early();
     (count > 0).then(|| {
         format!(
             "{count} subscribers were disconnected during the run; the first: {}",
-            shared.first_error.borrow().as_deref().unwrap_or("unknown")
+            receiver.first_error().unwrap_or("unknown")
         )
     })
 }
@@ -528,24 +534,28 @@ fn connect_progress(subscribers: u64) -> ProgressBar {
     ProgressBar::new(subscribers).with_style(style)
 }
 
-/// Waits until every subscriber has received `connected`.
-async fn await_connected(
-    shared: &Shared,
+fn tick() -> Duration {
+    Duration::from_millis(TICK_MS)
+}
+
+/// Turns the receive loop until every subscriber has received `connected`.
+fn await_connected(
+    receiver: &mut Receiver,
     progress: &ProgressBar,
     setup: &Setup,
 ) -> Result<(), String> {
     let subscribers = setup.load.subscribers;
     loop {
-        let connected = shared.connected.get();
+        let connected = receiver.connected();
         progress.set_position(connected);
         if connected == subscribers {
             return Ok(());
         }
-        if shared.setup_failed.get() > 0 || shared.closed_early.get() > 0 {
+        let failed = receiver.setup_failed() + receiver.closed_early();
+        if failed > 0 {
             return Err(format!(
-                "{} of {subscribers} subscribers failed to connect; the first: {}",
-                shared.setup_failed.get() + shared.closed_early.get(),
-                shared.first_error.borrow().as_deref().unwrap_or("unknown")
+                "{failed} of {subscribers} subscribers failed to connect; the first: {}",
+                receiver.first_error().unwrap_or("unknown")
             ));
         }
         if Instant::now() >= setup.deadline {
@@ -555,14 +565,14 @@ async fn await_connected(
                 setup.timeout_s
             ));
         }
-        glommio::timer::sleep(Duration::from_millis(POLL_MS)).await;
+        receiver.turn(tick());
     }
 }
 
-/// Publishes `phase` and waits until `complete` holds, the deliveries stall, the watchdog
-/// expires or the publisher fails.
-async fn publish_and_await(
-    shared: &Shared,
+/// Publishes `phase` and turns the receive loop until `complete` holds, the deliveries stall,
+/// the watchdog expires or the publisher fails.
+fn publish_and_await(
+    receiver: &mut Receiver,
     publisher: &Publisher,
     phase: Phase,
     setup: &Setup,
@@ -572,11 +582,11 @@ async fn publish_and_await(
         return PhaseEnd::PublishFailed("the publisher thread has ended".into());
     }
     let mut published = false;
-    let mut frames = shared.recorder.frames();
+    let mut frames = receiver.recorder().frames();
     let mut progress_at = Instant::now();
     loop {
         // Wait for the publisher's answer too, so that its next phase starts in step.
-        if published && complete(&shared.recorder) {
+        if published && complete(receiver.recorder()) {
             return PhaseEnd::Complete;
         }
         match publisher.outcomes.try_recv() {
@@ -595,25 +605,25 @@ async fn publish_and_await(
         if now >= setup.deadline {
             return PhaseEnd::Watchdog;
         }
-        if shared.recorder.frames() != frames {
-            frames = shared.recorder.frames();
+        if receiver.recorder().frames() != frames {
+            frames = receiver.recorder().frames();
             progress_at = now;
         }
         if published && now.duration_since(progress_at) >= Duration::from_millis(DRAIN_STALL_MS) {
             return PhaseEnd::Stalled;
         }
-        glommio::timer::sleep(Duration::from_millis(POLL_MS)).await;
+        receiver.turn(tick());
     }
 }
 
 /// Why a phase makes the run fail, if it does. A stalled measured phase is not a failure of
 /// its own: what is missing is reported as lost.
-fn phase_failure(name: &str, end: PhaseEnd, shared: &Shared, setup: &Setup) -> Option<String> {
+fn phase_failure(name: &str, end: PhaseEnd, receiver: &Receiver, setup: &Setup) -> Option<String> {
     match end {
         PhaseEnd::Complete => None,
         PhaseEnd::Stalled if name == "measured" => None,
         PhaseEnd::Stalled => {
-            let (received, expected) = shared.recorder.warmup_progress();
+            let (received, expected) = receiver.recorder().warmup_progress();
             Some(format!(
                 "warm-up: {received} of {expected} deliveries arrived, then none for \
                  {DRAIN_STALL_MS} ms"
@@ -627,13 +637,13 @@ fn phase_failure(name: &str, end: PhaseEnd, shared: &Shared, setup: &Setup) -> O
     }
 }
 
-/// Tells every subscriber to close and waits up to `CLOSE_WAIT_MS` for them to finish.
-async fn close_all(shared: &Shared) {
-    shared.stop.stop();
-    shared.handshakes.close();
+/// Tells every subscriber to close and turns the loop up to `CLOSE_WAIT_MS` for the close
+/// exchanges to finish; connections still open after that are dropped with the receiver.
+fn close_all(receiver: &mut Receiver) {
+    receiver.stop();
     let give_up = Instant::now() + Duration::from_millis(CLOSE_WAIT_MS);
-    while shared.live.get() > 0 && Instant::now() < give_up {
-        glommio::timer::sleep(Duration::from_millis(POLL_MS)).await;
+    while receiver.live() > 0 && Instant::now() < give_up {
+        receiver.turn(tick());
     }
 }
 

@@ -1,9 +1,10 @@
 //! The publisher: one plain thread that posts the bench's events to the control-plane API at
 //! fixed intervals.
 //!
-//! Owns the HTTP side of the run and the event body format. It never runs on the glommio
-//! executor, because a blocking HTTP round trip there would stall every subscriber's reads
-//! and show up as latency. It takes `t_us` right before each request is sent, so the measured
+//! Owns the HTTP side of the run and the event body format. It never runs on the receive
+//! thread, because a blocking HTTP round trip there would stall every subscriber's reads and
+//! show up as latency; it is pinned to the bench's CPU like the receive thread, so that it
+//! never takes time from the server it measures. It takes `t_us` right before each request is sent, so the measured
 //! latency starts when the server can first see the event. Ticks are scheduled from the phase's
 //! start (tick k at start + k * interval), so a slow request delays one event, not all later ones.
 
@@ -18,7 +19,8 @@ const PUBLISH_TIMEOUT_MS: u64 = 5_000;
 /// failure message up to this size.
 const RESPONSE_BYTES_MAX: u64 = 4_096;
 
-/// Commands queued to the publisher at once: the executor sends one per phase and waits for it.
+/// Commands queued to the publisher at once: the receive thread sends one per phase and waits
+/// for it.
 const COMMANDS_QUEUED_MAX: usize = 1;
 
 /// What to publish and where.
@@ -50,22 +52,33 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// The executor's handle on the publisher thread.
+/// The receive thread's handle on the publisher thread.
 pub struct Publisher {
     pub phases: SyncSender<Phase>,
     pub outcomes: Receiver<Outcome>,
 }
 
-/// Starts the publisher thread. It inherits the calling thread's CPU affinity, so starting it
-/// from the pinned executor keeps it off the server's core. It ends after its current phase
-/// once `phases` is dropped, or with the process: it is never joined, so that a request stuck
-/// on a dead server cannot hold the report back.
-pub fn spawn(plan: Plan) -> std::io::Result<Publisher> {
+/// Starts the publisher thread pinned to `cpu` (the bench's `--cpu`; unpinned when `None`),
+/// and returns once it is pinned. It ends after its current phase once `phases` is dropped, or
+/// with the process: it is never joined, so that a request stuck on a dead server cannot hold
+/// the report back.
+pub fn spawn(plan: Plan, cpu: Option<usize>) -> Result<Publisher, String> {
     let (phases, phase_source) = mpsc::sync_channel(COMMANDS_QUEUED_MAX);
     let (outcome_sink, outcomes) = mpsc::sync_channel(COMMANDS_QUEUED_MAX);
+    let (pinned_sink, pinned) = mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("bench-publish".into())
-        .spawn(move || run(&plan, &phase_source, &outcome_sink))?;
+        .spawn(move || {
+            let pin = cpu.map_or(Ok(()), super::pin_current_thread);
+            let pinned = pin.is_ok();
+            if pinned_sink.send(pin).is_ok() && pinned {
+                run(&plan, &phase_source, &outcome_sink);
+            }
+        })
+        .map_err(|error| format!("cannot start the publisher thread: {error}"))?;
+    pinned
+        .recv()
+        .map_err(|_| "the publisher thread ended before it started".to_string())??;
     Ok(Publisher { phases, outcomes })
 }
 

@@ -1,9 +1,9 @@
 //! What the bench remembers about deliveries: the latency histogram, per-event receive counts
 //! and last receive times, and the loss/duplicate/order counters.
 //!
-//! Owns every figure the report is computed from. It lives on the bench's one executor and is
-//! shared by all connection tasks through an `Rc`, so it uses `Cell`/`RefCell` and never an
-//! atomic or a lock. Recording a delivery must never allocate: everything is sized at start
+//! Owns every figure the report is computed from. It lives on the bench's receive thread and
+//! every connection reaches it through a shared reference, so it uses `Cell`/`RefCell` and
+//! never an atomic or a lock. Recording a delivery must never allocate: everything is sized at start
 //! (one slot per event, a histogram with fixed bounds), because a bench that is slower per
 //! received message than the server is per sent message measures itself.
 

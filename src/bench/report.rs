@@ -18,7 +18,7 @@ pub struct Report {
     pub warmup_events: u64,
     pub payload_bytes: u64,
     pub interval_ms: u64,
-    /// The CPU the bench executor was pinned to; absent when unbound.
+    /// The CPU the bench's threads were pinned to; absent when unbound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bench_cpu: Option<usize>,
     pub connect_time_ms: u64,

@@ -3,7 +3,7 @@
 //!
 //! Owns every byte format the bench reads or writes on a WebSocket. It never touches a socket
 //! or a clock: each function is pure over bytes and reports "need more" on partial input, so
-//! the formats are pinned by byte-literal tests below and the connection task only moves bytes.
+//! the formats are pinned by byte-literal tests below and the connection only moves bytes.
 //! A delivery is scanned, not parsed: the bench reads `seq` and `t_us` and nothing else, so a
 //! received message costs a few `memmem` searches and no allocation.
 
