@@ -160,6 +160,13 @@ type Bound = Result<(), String>;
 pub fn serve(config: Config) -> Result<(), StartError> {
     let plan = CorePlan::new(&config, &allowed_cpus())?;
     preflight(&config, plan.shard_cpus.len() + 1)?;
+    for (name, addr) in [("WebSocket", config.listen), ("API", config.api)] {
+        crate::net::ensure_unused(addr).map_err(|err| {
+            StartError(format!(
+                "cannot use the {name} port {addr}: {err} (is another corecast running?)"
+            ))
+        })?;
+    }
     let (reservation, ws_addr) = crate::net::reserve(config.listen).map_err(|err| {
         StartError(format!(
             "cannot bind the WebSocket port {}: {err}",

@@ -234,3 +234,39 @@ async fn sigterm_right_after_start_exits_0_in_time() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_second_server_on_a_busy_port_refuses_to_start() {
+    watchdog(async {
+        let first = Server::start(&[]).await;
+        for (ws, api, busy) in [
+            (first.ws.to_string(), "127.0.0.1:0".to_owned(), "WebSocket"),
+            ("127.0.0.1:0".to_owned(), first.api.to_string(), "API"),
+        ] {
+            let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_corecast"))
+                .args(["serve", "--listen", &ws, "--api", &api, "--shards", "2"])
+                .kill_on_drop(true)
+                .output();
+            let output = tokio::time::timeout(Duration::from_secs(10), second)
+                .await
+                .expect("a refused start exits promptly")
+                .expect("corecast runs");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(
+                output.status.code(),
+                Some(1),
+                "expected exit 1 when the {busy} port is taken; stderr: {stderr}"
+            );
+            assert!(
+                stderr.contains(&format!("cannot use the {busy} port")),
+                "expected the error to name the busy {busy} port; stderr: {stderr}"
+            );
+            assert!(
+                !String::from_utf8_lossy(&output.stdout).contains("listening"),
+                "expected no `listening` line from the refused server"
+            );
+        }
+        Client::connect(&first).await;
+    })
+    .await
+}

@@ -26,6 +26,23 @@ const HANDSHAKE_READ_BYTES: usize = 1024;
 /// Pause after a failed accept (out of file descriptors, say) before trying again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
+/// Fails if another process already listens on `addr`. The shards bind with `SO_REUSEPORT`,
+/// which would otherwise let a second server start on a busy port and silently take a share of
+/// its connections; a probe bound without `SO_REUSEPORT` is refused by any listener there.
+/// Port 0 asks for a fresh port, so it is never busy.
+pub fn ensure_unused(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())
+}
+
 /// Reserves the WebSocket port before the shards start, resolving port 0 to a real port that
 /// every shard then binds. The returned socket is bound but not listening, so it takes no
 /// connections; drop it once every shard has bound.
