@@ -214,3 +214,53 @@ async fn slowloris_trickling_bytes_is_still_cut_at_handshake_timeout() {
     })
     .await
 }
+
+#[tokio::test]
+async fn upgrade_past_connections_per_shard_max_is_503_until_one_leaves() {
+    watchdog(async {
+        let server = Server::start(&["--connections-per-shard-max", "2"]).await;
+        // Two shards of two connections each: the kernel spreads upgrades by hash, so a 503
+        // comes after two to four accepted ones, when one lands on a full shard.
+        let request = upgrade_request(server.ws, "/ws");
+        let mut open = Vec::new();
+        let refused = loop {
+            let (response, stream) = http_exchange(server.ws, request.as_bytes()).await;
+            if response.status != 101 {
+                break response;
+            }
+            open.push(stream);
+            assert!(
+                open.len() <= 4,
+                "expected at most 4 connections on 2 full shards"
+            );
+        };
+        assert_short_error(&refused, 503, "an upgrade past connections_per_shard_max");
+        assert!(
+            open.len() >= 2,
+            "expected each shard to take 2 before refusing"
+        );
+        let stats = server.get("/v1/stats").await;
+        let refused: u64 = stats.json()["shards"]
+            .as_array()
+            .expect("a shards array")
+            .iter()
+            .map(|shard| shard["connections_refused"].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(refused, 1, "expected the refusal to be counted once");
+        drop(open);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (response, _) = http_exchange(server.ws, request.as_bytes()).await;
+            if response.status == 101 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected room again once the clients left, still got {}",
+                response.head
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}

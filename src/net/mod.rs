@@ -90,13 +90,7 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
     let config = shard.config.clone();
     let timeout = Duration::from_millis(config.handshake_timeout_ms);
     if !shard.has_room() {
-        shard.count_refused();
-        let reject = Reject::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections",
-            "this shard is full or shutting down",
-        );
-        answer(&mut stream, &reject, timeout).await;
+        refuse_full(&shard, &mut stream, timeout).await;
         return;
     }
     let limits = Limits {
@@ -108,6 +102,7 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
     })
     .await;
     match outcome {
+        Ok(Ok((_, _))) if !shard.has_room() => refuse_full(&shard, &mut stream, timeout).await,
         Ok(Ok((upgrade, mut buf))) => {
             if stream.write_all(&upgrade.response).await.is_err() {
                 return;
@@ -133,6 +128,17 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
             answer(&mut stream, &reject, Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Answers 503: the shard is at `connections_per_shard_max` or stopping.
+async fn refuse_full(shard: &ShardCore, stream: &mut TcpStream, timeout: Duration) {
+    shard.count_refused();
+    let reject = Reject::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_connections",
+        "this shard is full or shutting down",
+    );
+    answer(stream, &reject, timeout).await;
 }
 
 /// Reads until a complete upgrade request, returning it with the bytes read so far.

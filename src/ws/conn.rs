@@ -417,7 +417,11 @@ impl Conn {
     }
 
     /// A protocol violation: close with `code` right away, dropping whatever was queued.
+    /// Once closing, the close frame is already queued and the deadline ends the connection.
     fn fail(&mut self, code: u16, reason: &str) {
+        if !matches!(self.state, State::Open) {
+            return;
+        }
         tracing::debug!(conn = %self.handle.name, code, reason, "closing on protocol violation");
         let dropped = self.handle.outbox.borrow_mut().clear();
         self.shard.count_dropped(dropped);
