@@ -15,7 +15,11 @@ use crate::ws::frame::text_frame_with;
 /// The start of every message's JSON; the channel name follows it directly.
 const PREFIX: &[u8] = br#"{"type":"message","channel":""#;
 
-/// Builds the `message` frame for one publish.
+const OFFSET_KEY: &[u8] = br#"","offset":"#;
+const TS_KEY: &[u8] = br#","ts_ms":"#;
+const DATA_KEY: &[u8] = br#","data":"#;
+
+/// Builds the `message` frame for one publish, in one allocation of exactly its size.
 pub fn message(channel: &str, offset: u64, ts_ms: u64, data: &str, priority: Priority) -> Delivery {
     assert!(
         channel.len() <= usize::from(u8::MAX) && channel.is_ascii(),
@@ -25,16 +29,23 @@ pub fn message(channel: &str, offset: u64, ts_ms: u64, data: &str, priority: Pri
     let mut ts_text = itoa::Buffer::new();
     let offset_text = offset_text.format(offset);
     let ts_text = ts_text.format(ts_ms);
-    let payload_bytes =
-        PREFIX.len() + channel.len() + offset_text.len() + ts_text.len() + data.len() + 24;
+    let payload_bytes = PREFIX.len()
+        + channel.len()
+        + OFFSET_KEY.len()
+        + offset_text.len()
+        + TS_KEY.len()
+        + ts_text.len()
+        + DATA_KEY.len()
+        + data.len()
+        + 1;
     let (frame, header_len) = text_frame_with(payload_bytes, |buf| {
         buf.put_slice(PREFIX);
         buf.put_slice(channel.as_bytes());
-        buf.put_slice(br#"","offset":"#);
+        buf.put_slice(OFFSET_KEY);
         buf.put_slice(offset_text.as_bytes());
-        buf.put_slice(br#","ts_ms":"#);
+        buf.put_slice(TS_KEY);
         buf.put_slice(ts_text.as_bytes());
-        buf.put_slice(br#","data":"#);
+        buf.put_slice(DATA_KEY);
         buf.put_slice(data.as_bytes());
         buf.put_u8(b'}');
     });
@@ -49,6 +60,11 @@ pub fn message(channel: &str, offset: u64, ts_ms: u64, data: &str, priority: Pri
         delivery.channel(),
         channel,
         "the shard finds the channel where it was written"
+    );
+    debug_assert_eq!(
+        delivery.frame.len(),
+        header_len + payload_bytes,
+        "the size computed up front is exact, so building the frame never reallocates"
     );
     delivery
 }

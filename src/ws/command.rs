@@ -221,9 +221,14 @@ pub fn check_channel(name: &str, id: &Option<Value>) -> Result<(), ErrorReply> {
         .map_err(|err| ErrorReply::invalid_channel(id.clone(), name, err))
 }
 
+/// Starting capacity of a reply frame's payload.
+const REPLY_BYTES_HINT: usize = 256;
+
 /// Serializes `value` with sonic-rs into a complete text frame.
 pub fn json_frame(value: &impl Serialize) -> Bytes {
-    text_frame_with(96, |buf| {
+    // sonic-rs reserves 6 bytes per string byte plus 35 before writing a string, so a smaller
+    // start than this reallocates on every reply (benches/codec.rs: 211-325 ns -> 158 ns).
+    text_frame_with(REPLY_BYTES_HINT, |buf| {
         sonic_rs::to_writer(bytes::BufMut::writer(buf), value)
             .expect("serializing reply structs to memory cannot fail")
     })
