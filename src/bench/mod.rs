@@ -1,36 +1,48 @@
 //! `corecast bench`: the fan-out load generator. It opens N subscriber WebSocket connections,
 //! publishes M events through the control-plane API, stamps every delivery on arrival and
 //! reports latency, fan-out completion, throughput, loss and the server's memory per connection.
+//! With `--baseline` it measures the floor instead of a server: a minimal server on a pinned
+//! thread of its own process that writes each event to every socket with a blocking loop, so
+//! that a server's figures can be read against what the kernel alone costs on the same host
+//! with the same receiver (see `floor`).
 //!
-//! Owns the run's sequence: check the host (open-file limit, local ports, the `--cpu`), connect
-//! and await every `connected`, publish warm-up events and await them, publish the measured
-//! events and await them, close, report. It never shares a core with the server it measures:
-//! the receive side is one thread running a `mio` event loop over every connection, and the
-//! publisher is one plain thread, both pinned to `--cpu`. The orchestration runs between the
-//! loop's turns on the same thread, so nothing on the delivery path is shared across threads.
+//! Owns the run's sequence: check the host (open-file limit, local ports, the CPUs), start the
+//! target (see `target`), connect and await every `connected`, publish warm-up events and
+//! await them, publish the measured events and await them, close, report. It never shares a
+//! core with the server it measures: the receive side is one thread running a `mio` event loop
+//! over every connection, and the publisher is one plain thread, both pinned to `--cpu`; the
+//! floor's thread is pinned to `--floor-cpu`. The orchestration runs between the loop's turns
+//! on the same thread, so nothing on the delivery path is shared across threads.
 //! It must never be the bottleneck it reports: its own code spends no allocation and no JSON
 //! parse on a delivery (see `conn` and `wire`), reads the clock once per wake-up (see
 //! `receiver`), and the report shows the bench's CPU time per delivery next to the server's
-//! (with `--server-pid`), with a warning when the bench's is the larger, so that a run says
-//! whether it measured itself.
+//! (with `--server-pid`, or the floor's thread), with a warning when the bench's is the larger,
+//! so that a run says whether it measured itself.
 //!
 //! # Layout
+//! - `target`: what a run measures, a server or the floor: how it is published to, and where
+//!   its CPU time comes from.
+//! - `floor`: the floor server of `--baseline`, its thread and its side of the wire.
 //! - `wire`: URL parsing, the upgrade exchange, masked control frames, the delivery field scan.
 //! - `buffer`: a connection's reused read buffer and the frame splitter over it.
 //! - `conn`: one subscriber connection: its socket and its protocol state machine.
 //! - `receiver`: the event loop that owns every connection, and their admission.
 //! - `recorder`: latency histogram, per-event counts and times, loss/duplicate/order counters.
-//! - `publish`: the publisher thread and the event body format.
-//! - `probe`: resident memory and CPU time of the server and of the bench, from `/proc`.
+//! - `publish`: the publisher thread, the event body format and the phase protocol every
+//!   target's publishing follows.
+//! - `probe`: resident memory and CPU time of the server, of the bench and of one of its
+//!   threads, from `/proc`.
 //! - `report`: the result record and its table and JSON renderings.
 
 mod buffer;
 mod conn;
+mod floor;
 mod probe;
 mod publish;
 mod receiver;
 mod recorder;
 mod report;
+mod target;
 mod wire;
 
 use std::io::IsTerminal;
@@ -42,11 +54,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use floor::Floor;
 use probe::Process;
-use publish::{Outcome, Phase, Plan, Publisher};
+use publish::{Outcome, Phase, Plan, Published, Publisher};
 use receiver::Receiver;
 use recorder::Recorder;
 use report::{Cost, Load, Report, ServerRss};
+use target::{Server, ServerCpu, Target};
+use wire::WsTarget;
 
 /// Most subscriber connections one bench process opens.
 const SUBSCRIBERS_MAX: u64 = 1_000_000;
@@ -75,8 +90,8 @@ const TIMEOUT_S_MAX: u64 = 86_400;
 /// Longest channel name, in bytes (the wire contract's maximum).
 const CHANNEL_BYTES_MAX: usize = 255;
 
-/// File descriptors the process needs besides its subscribers: stdio, the epoll instance, the
-/// publisher's HTTP connection, `/proc` reads.
+/// File descriptors the process needs besides its subscribers' sockets: stdio, the epoll
+/// instance, the publisher's HTTP connection or the floor's listener, `/proc` reads.
 const FDS_RESERVED: u64 = 64;
 
 /// Longest the receive loop sleeps in `poll()` when nothing arrives, in milliseconds: how late
@@ -150,6 +165,18 @@ pub struct BenchArgs {
     /// (0 to 10,000).
     #[arg(long, value_name = "W", default_value_t = 5)]
     pub warmup_events: u64,
+
+    /// Measure the floor instead of a server: a minimal server on a thread of this process,
+    /// pinned to --floor-cpu, that writes each event's frame to every subscriber with a plain
+    /// blocking write loop. The report's target is then `floor-write`; --ws and --api are not
+    /// used, and --server-pid is refused.
+    #[arg(long)]
+    pub baseline: bool,
+
+    /// CPU to pin the floor server's thread to, with --baseline; give the bench another one
+    /// with --cpu.
+    #[arg(long, value_name = "CORE", default_value_t = 0)]
+    pub floor_cpu: usize,
 }
 
 impl BenchArgs {
@@ -184,6 +211,12 @@ impl BenchArgs {
         )?;
         check("timeout-s", self.timeout_s, 1, TIMEOUT_S_MAX)?;
         check("channel length", self.channel.len(), 1, CHANNEL_BYTES_MAX)?;
+        if let (true, Some(pid)) = (self.baseline, self.server_pid) {
+            return Err(format!(
+                "--server-pid {pid} does not apply to --baseline: the floor server is a thread \
+                 of the bench, and its CPU time is read from that thread"
+            ));
+        }
         Ok(())
     }
 }
@@ -242,12 +275,11 @@ struct Finished {
 
 /// Everything the receive thread needs, checked and resolved before it starts.
 struct Setup {
+    target: Target,
     addr: SocketAddr,
     request: Vec<u8>,
-    plan: Plan,
     load: Load,
     connect_concurrency: usize,
-    server_pid: Option<u32>,
     rss_before_kib: Option<u64>,
     deadline: Instant,
     timeout_s: u64,
@@ -257,34 +289,41 @@ fn run(args: &BenchArgs) -> Result<Finished, String> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     args.validate()?;
     if let Some(cpu) = args.cpu {
-        check_cpu(cpu)?;
+        check_cpu("cpu", cpu)?;
     }
-    let target = wire::parse_ws_url(&args.ws)?;
-    let addr = target
+    if args.baseline {
+        check_cpu("floor-cpu", args.floor_cpu)?;
+    }
+    let channel_json = serde_json::to_string(&args.channel).expect("a string serializes");
+    // A server's URLs are checked before the host; the floor starts after, as it opens sockets.
+    let server = if args.baseline {
+        None
+    } else {
+        Some(server_target(args, channel_json.clone())?)
+    };
+    raise_open_file_limit(args.subscribers, args.baseline)?;
+    check_local_ports(args.subscribers)?;
+    let (target, endpoint) = match server {
+        Some((server, endpoint)) => (Target::Server(server), endpoint),
+        None => start_floor(args, channel_json)?,
+    };
+    let addr = endpoint
         .authority
         .to_socket_addrs()
         .map_err(|error| format!("--ws {}: cannot resolve: {error}", args.ws))?
         .next()
         .ok_or_else(|| format!("--ws {}: the host has no address", args.ws))?;
-    let plan = Plan {
-        url: wire::publish_url(&args.api)?,
-        channel_json: serde_json::to_string(&args.channel).expect("a string serializes"),
-        payload_bytes: args.payload_bytes,
-        interval: Duration::from_millis(args.interval_ms),
-    };
-    raise_open_file_limit(args.subscribers)?;
-    check_local_ports(args.subscribers)?;
-    let rss_before_kib = args
-        .server_pid
+    let rss_before_kib = target
+        .pid()
         .map(|pid| {
             probe::rss_kib(Process::Pid(pid))
                 .map_err(|error| format!("--server-pid {pid}: {error}"))
         })
         .transpose()?;
     let setup = Setup {
+        target,
         addr,
-        request: wire::upgrade_request(&target, &args.channel),
-        plan,
+        request: wire::upgrade_request(&endpoint, &args.channel),
         load: Load {
             subscribers: args.subscribers,
             events: args.events,
@@ -294,7 +333,6 @@ fn run(args: &BenchArgs) -> Result<Finished, String> {
             bench_cpu: args.cpu,
         },
         connect_concurrency: args.connect_concurrency,
-        server_pid: args.server_pid,
         rss_before_kib,
         deadline,
         timeout_s: args.timeout_s,
@@ -303,7 +341,7 @@ fn run(args: &BenchArgs) -> Result<Finished, String> {
         .name("corecast-bench".into())
         .spawn(move || {
             if let Some(cpu) = setup.load.bench_cpu {
-                pin_current_thread(cpu)?;
+                pin_current_thread("cpu", cpu)?;
             }
             drive(setup)
         })
@@ -312,39 +350,76 @@ fn run(args: &BenchArgs) -> Result<Finished, String> {
         .map_err(|_| "the bench thread panicked".to_string())?
 }
 
-/// Refuses a `--cpu` this process may not run on, listing the ones it may.
-fn check_cpu(cpu: usize) -> Result<(), String> {
+/// The server `--ws` and `--api` name, and where its subscribers connect.
+fn server_target(args: &BenchArgs, channel_json: String) -> Result<(Server, WsTarget), String> {
+    let server = Server {
+        name: args.ws.clone(),
+        plan: Plan {
+            url: wire::publish_url(&args.api)?,
+            channel_json,
+            payload_bytes: args.payload_bytes,
+            interval: Duration::from_millis(args.interval_ms),
+        },
+        pid: args.server_pid,
+    };
+    Ok((server, wire::parse_ws_url(&args.ws)?))
+}
+
+/// Starts the floor server of `--baseline` and returns it with the URL its subscribers use,
+/// shaped as corecast's: `ws://127.0.0.1:PORT/ws`.
+fn start_floor(args: &BenchArgs, channel_json: String) -> Result<(Target, WsTarget), String> {
+    let floor = Floor::start(floor::Config {
+        cpu: args.floor_cpu,
+        subscribers: usize::try_from(args.subscribers).expect("bounded by SUBSCRIBERS_MAX"),
+        channel_json,
+        payload_bytes: args.payload_bytes,
+        interval: Duration::from_millis(args.interval_ms),
+        connect_concurrency: args.connect_concurrency,
+    })?;
+    let endpoint = wire::parse_ws_url(&format!("ws://{}{}", floor.addr(), floor::PATH))?;
+    Ok((Target::Floor(floor), endpoint))
+}
+
+/// Refuses a CPU (given with `--{flag}`) this process may not run on, listing the ones it may.
+fn check_cpu(flag: &str, cpu: usize) -> Result<(), String> {
     let allowed = core_affinity::get_core_ids()
-        .ok_or_else(|| "--cpu: cannot list the CPUs this process may run on".to_string())?;
+        .ok_or_else(|| format!("--{flag}: cannot list the CPUs this process may run on"))?;
     if allowed.iter().any(|core| core.id == cpu) {
         return Ok(());
     }
     let list: Vec<String> = allowed.iter().map(|core| core.id.to_string()).collect();
     Err(format!(
-        "--cpu {cpu} is not a CPU this process may run on; allowed: {}",
+        "--{flag} {cpu} is not a CPU this process may run on; allowed: {}",
         list.join(", ")
     ))
 }
 
-/// Pins the calling thread to `cpu` (checked by `check_cpu` first).
-fn pin_current_thread(cpu: usize) -> Result<(), String> {
+/// Pins the calling thread to `cpu`, given with `--{flag}` and checked by `check_cpu` first.
+fn pin_current_thread(flag: &str, cpu: usize) -> Result<(), String> {
     if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
         Ok(())
     } else {
-        Err(format!("--cpu {cpu}: cannot pin the bench's threads to it"))
+        Err(format!("--{flag} {cpu}: cannot pin a thread to it"))
     }
 }
 
-/// Raises the open-file soft limit to the hard limit and checks that the subscribers fit.
-fn raise_open_file_limit(subscribers: u64) -> Result<(), String> {
-    let needed = subscribers + FDS_RESERVED;
+/// Raises the open-file soft limit to the hard limit and checks that the subscribers fit:
+/// one socket each, two with `--baseline`, where the floor's end is in this process too.
+fn raise_open_file_limit(subscribers: u64, baseline: bool) -> Result<(), String> {
+    let sockets_per_subscriber = if baseline { 2 } else { 1 };
+    let needed = subscribers * sockets_per_subscriber + FDS_RESERVED;
     let limit = rlimit::increase_nofile_limit(u64::MAX)
         .map_err(|error| format!("cannot raise the open-file limit: {error}"))?;
     if limit < needed {
+        let why = if baseline {
+            " (two sockets per subscriber with --baseline: the floor's end is in this process)"
+        } else {
+            ""
+        };
         return Err(format!(
-            "--subscribers {subscribers} needs {needed} open files but this process may open \
-             only {limit} (its hard limit): raise it (ulimit -Hn, or LimitNOFILE= for a service) \
-             or use fewer subscribers"
+            "--subscribers {subscribers} needs {needed} open files{why} but this process may \
+             open only {limit} (its hard limit): raise it (ulimit -Hn, or LimitNOFILE= for a \
+             service) or use fewer subscribers"
         ));
     }
     Ok(())
@@ -400,9 +475,9 @@ enum PhaseEnd {
 }
 
 /// The run on the receive thread: from connecting to the report.
-fn drive(setup: Setup) -> Result<Finished, String> {
+fn drive(mut setup: Setup) -> Result<Finished, String> {
     let subscribers = setup.load.subscribers;
-    let publisher = publish::spawn(setup.plan.clone(), setup.load.bench_cpu)?;
+    let publisher = setup.target.publisher(setup.load.bench_cpu)?;
     let mut receiver = Receiver::start(receiver::Config {
         addr: setup.addr,
         request: setup.request.clone(),
@@ -411,84 +486,20 @@ fn drive(setup: Setup) -> Result<Finished, String> {
         connect_concurrency: setup.connect_concurrency,
     })
     .map_err(|error| format!("cannot open the receive loop's poll: {error}"))?;
-
-    let connect_started = Instant::now();
-    let connecting = connect_progress(subscribers);
-    let connect_result = await_connected(&mut receiver, &connecting, &setup);
-    connecting.finish_and_clear();
-    if let Err(message) = connect_result {
-        close_all(&mut receiver);
-        return Err(message);
-    }
-    let connect_time_ms = u64::try_from(connect_started.elapsed().as_millis()).unwrap_or(u64::MAX);
-
-    let server = setup.server_pid.map(Process::Pid);
-    let rss = match (server, setup.rss_before_kib) {
-        (Some(server), Some(before_kib)) => Some(ServerRss {
-            before_kib,
-            idle_kib: probe::rss_kib(server)?,
-        }),
-        _ => None,
-    };
-    let mut warnings = Vec::new();
-
-    let warmup = Phase {
-        first_seq: 0,
-        count: setup.load.warmup_events,
-    };
-    if warmup.count > 0 {
-        let end = publish_and_await(
-            &mut receiver,
-            &publisher,
-            warmup,
-            &setup,
-            Recorder::warmup_complete,
-        );
-        if let Some(failure) = phase_failure("warm-up", end, &receiver, &setup) {
-            close_all(&mut receiver);
-            let mut message = format!("{failure}; the measured events were not published");
-            if let Some(disconnections) = disconnections(&receiver) {
-                message = format!("{message} ({disconnections})");
-            }
-            return Err(message);
-        }
-    }
-
-    let measured = Phase {
-        first_seq: setup.load.warmup_events,
-        count: setup.load.events,
-    };
-    let bench_before_ns = probe::cpu_time_ns(Process::Bench)?;
-    let server_before_ns = server.map(probe::cpu_time_ns).transpose()?;
-    let end = publish_and_await(
-        &mut receiver,
-        &publisher,
-        measured,
-        &setup,
-        Recorder::measured_complete,
-    );
-    let failure = phase_failure("measured", end, &receiver, &setup);
-    let bench_cpu_ns = probe::cpu_time_ns(Process::Bench)?.saturating_sub(bench_before_ns);
-    let server_cpu_ns = match (server, server_before_ns) {
-        (Some(server), Some(before_ns)) => match probe::cpu_time_ns(server) {
-            Ok(after_ns) => Some(after_ns.saturating_sub(before_ns)),
-            Err(error) => {
-                warnings.push(format!("cannot read the server's CPU time: {error}"));
-                None
-            }
-        },
-        _ => None,
-    };
-    let cost = Cost {
-        bench_cpu_ns,
-        server_cpu_ns,
-    };
-
-    close_all(&mut receiver);
-    drop(publisher);
+    let measured = measure(&mut receiver, &publisher, &setup);
+    close_all(&mut receiver, publisher);
+    setup.target.stop()?;
+    let Measured {
+        connect_time_ms,
+        rss,
+        cost,
+        failure,
+        mut warnings,
+    } = measured?;
 
     let summary = receiver.recorder().summary();
-    let report = Report::new(setup.load, connect_time_ms, &summary, cost, rss);
+    let name = setup.target.name().to_string();
+    let report = Report::new(name, setup.load, connect_time_ms, &summary, cost, rss);
     if let Some(server_ns) = report.server_cpu_per_delivery_ns {
         if report.bench_cpu_per_delivery_ns >= server_ns && summary.deliveries > 0 {
             warnings.push(format!(
@@ -508,6 +519,113 @@ fn drive(setup: Setup) -> Result<Finished, String> {
     }
     Ok(Finished {
         report,
+        failure,
+        warnings,
+    })
+}
+
+/// What a run measured besides the recorder's figures.
+struct Measured {
+    connect_time_ms: u64,
+    rss: Option<ServerRss>,
+    cost: Cost,
+    /// Why the measured phase could not finish.
+    failure: Option<String>,
+    warnings: Vec<String>,
+}
+
+/// Connects every subscriber, publishes and awaits the warm-up, then the measured phase, with
+/// the CPU time of the bench and of the server around it. Leaves the connections open.
+fn measure(
+    receiver: &mut Receiver,
+    publisher: &Publisher,
+    setup: &Setup,
+) -> Result<Measured, String> {
+    let connect_started = Instant::now();
+    let connecting = connect_progress(setup.load.subscribers);
+    let connect_result = await_connected(receiver, publisher, &connecting, setup);
+    connecting.finish_and_clear();
+    connect_result?;
+    let connect_time_ms = u64::try_from(connect_started.elapsed().as_millis()).unwrap_or(u64::MAX);
+
+    let rss = match (setup.target.pid(), setup.rss_before_kib) {
+        (Some(pid), Some(before_kib)) => Some(ServerRss {
+            before_kib,
+            idle_kib: probe::rss_kib(Process::Pid(pid))?,
+        }),
+        _ => None,
+    };
+    let mut warnings = Vec::new();
+    if let Target::Floor(floor) = &setup.target {
+        if setup.load.bench_cpu == Some(floor.cpu()) {
+            warnings.push(format!(
+                "--floor-cpu and --cpu are both {}: the floor and the bench took turns on one \
+                 CPU, so the figures are not the floor of a server on a CPU of its own",
+                floor.cpu()
+            ));
+        }
+    }
+
+    let warmup = Phase {
+        first_seq: 0,
+        count: setup.load.warmup_events,
+    };
+    if warmup.count > 0 {
+        let (end, _) = publish_and_await(
+            receiver,
+            publisher,
+            warmup,
+            setup,
+            Recorder::warmup_complete,
+        );
+        if let Some(failure) = phase_failure("warm-up", end, receiver, setup) {
+            let mut message = format!("{failure}; the measured events were not published");
+            if let Some(disconnections) = disconnections(receiver) {
+                message = format!("{message} ({disconnections})");
+            }
+            return Err(message);
+        }
+    }
+
+    let measured = Phase {
+        first_seq: setup.load.warmup_events,
+        count: setup.load.events,
+    };
+    let server_cpu = setup.target.server_cpu();
+    let bench_before_ns = probe::cpu_time_ns(Process::Bench)?;
+    let server_before_ns = match server_cpu {
+        ServerCpu::Process(pid) => Some(probe::cpu_time_ns(Process::Pid(pid))?),
+        ServerCpu::Unmeasured | ServerCpu::Reported => None,
+    };
+    let (end, published) = publish_and_await(
+        receiver,
+        publisher,
+        measured,
+        setup,
+        Recorder::measured_complete,
+    );
+    let failure = phase_failure("measured", end, receiver, setup);
+    let process_cpu_ns = probe::cpu_time_ns(Process::Bench)?.saturating_sub(bench_before_ns);
+    // Set only when the publishing thread is the server, running in this process.
+    let reported_ns = published.and_then(|published| published.cpu_ns);
+    let server_cpu_ns = match (server_cpu, server_before_ns) {
+        (ServerCpu::Process(pid), Some(before_ns)) => match probe::cpu_time_ns(Process::Pid(pid)) {
+            Ok(after_ns) => Some(after_ns.saturating_sub(before_ns)),
+            Err(error) => {
+                warnings.push(format!("cannot read the server's CPU time: {error}"));
+                None
+            }
+        },
+        (ServerCpu::Reported, _) => reported_ns,
+        _ => None,
+    };
+    Ok(Measured {
+        connect_time_ms,
+        rss,
+        cost: Cost {
+            bench_cpu_ns: process_cpu_ns.saturating_sub(reported_ns.unwrap_or(0)),
+            server_cpu_ns,
+        },
         failure,
         warnings,
     })
@@ -538,14 +656,26 @@ fn tick() -> Duration {
     Duration::from_millis(TICK_MS)
 }
 
-/// Turns the receive loop until every subscriber has received `connected`.
+/// Turns the receive loop until every subscriber has received `connected`, or a subscriber or
+/// the publishing side (the floor, which accepts the subscribers) fails.
 fn await_connected(
     receiver: &mut Receiver,
+    publisher: &Publisher,
     progress: &ProgressBar,
     setup: &Setup,
 ) -> Result<(), String> {
     let subscribers = setup.load.subscribers;
     loop {
+        match publisher.outcomes.try_recv() {
+            Ok(Outcome::Failed(message)) => return Err(message),
+            Ok(Outcome::Published(published)) => {
+                panic!("{published:?} answered before any phase was sent")
+            }
+            Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => {
+                return Err("the publisher thread has ended".into());
+            }
+        }
         let connected = receiver.connected();
         progress.set_position(connected);
         if connected == subscribers {
@@ -570,47 +700,55 @@ fn await_connected(
 }
 
 /// Publishes `phase` and turns the receive loop until `complete` holds, the deliveries stall,
-/// the watchdog expires or the publisher fails.
+/// the watchdog expires or the publisher fails. Returns how it ended, and the publisher's
+/// answer once it has given one.
 fn publish_and_await(
     receiver: &mut Receiver,
     publisher: &Publisher,
     phase: Phase,
     setup: &Setup,
     complete: fn(&Recorder) -> bool,
-) -> PhaseEnd {
+) -> (PhaseEnd, Option<Published>) {
     if publisher.phases.send(phase).is_err() {
-        return PhaseEnd::PublishFailed("the publisher thread has ended".into());
+        let end = PhaseEnd::PublishFailed("the publisher thread has ended".into());
+        return (end, None);
     }
-    let mut published = false;
+    let mut published = None;
     let mut frames = receiver.recorder().frames();
     let mut progress_at = Instant::now();
     loop {
         // Wait for the publisher's answer too, so that its next phase starts in step.
-        if published && complete(receiver.recorder()) {
-            return PhaseEnd::Complete;
+        if published.is_some() && complete(receiver.recorder()) {
+            return (PhaseEnd::Complete, published);
         }
         match publisher.outcomes.try_recv() {
             Ok(Outcome::Published(done)) => {
-                assert_eq!(done, phase, "the publisher answers the phase it was given");
-                published = true;
+                assert_eq!(
+                    done.phase, phase,
+                    "the publisher answers the phase it was given"
+                );
+                published = Some(done);
                 progress_at = Instant::now();
             }
-            Ok(Outcome::Failed(message)) => return PhaseEnd::PublishFailed(message),
+            Ok(Outcome::Failed(message)) => return (PhaseEnd::PublishFailed(message), None),
             Err(TryRecvError::Empty) => {}
             Err(TryRecvError::Disconnected) => {
-                return PhaseEnd::PublishFailed("the publisher thread has ended".into());
+                let end = PhaseEnd::PublishFailed("the publisher thread has ended".into());
+                return (end, None);
             }
         }
         let now = Instant::now();
         if now >= setup.deadline {
-            return PhaseEnd::Watchdog;
+            return (PhaseEnd::Watchdog, published);
         }
         if receiver.recorder().frames() != frames {
             frames = receiver.recorder().frames();
             progress_at = now;
         }
-        if published && now.duration_since(progress_at) >= Duration::from_millis(DRAIN_STALL_MS) {
-            return PhaseEnd::Stalled;
+        if published.is_some()
+            && now.duration_since(progress_at) >= Duration::from_millis(DRAIN_STALL_MS)
+        {
+            return (PhaseEnd::Stalled, published);
         }
         receiver.turn(tick());
     }
@@ -637,10 +775,14 @@ fn phase_failure(name: &str, end: PhaseEnd, receiver: &Receiver, setup: &Setup) 
     }
 }
 
-/// Tells every subscriber to close and turns the loop up to `CLOSE_WAIT_MS` for the close
-/// exchanges to finish; connections still open after that are dropped with the receiver.
-fn close_all(receiver: &mut Receiver) {
+/// Tells every subscriber to close, then ends the publisher, and turns the loop up to
+/// `CLOSE_WAIT_MS` for the close exchanges to finish; connections still open after that are
+/// dropped with the receiver. The order matters for the floor, which sends every subscriber
+/// Close once its publisher is gone: a subscriber that got it before sending its own would
+/// count it as a disconnection.
+fn close_all(receiver: &mut Receiver, publisher: Publisher) {
     receiver.stop();
+    drop(publisher);
     let give_up = Instant::now() + Duration::from_millis(CLOSE_WAIT_MS);
     while receiver.live() > 0 && Instant::now() < give_up {
         receiver.turn(tick());
@@ -683,6 +825,7 @@ mod tests {
             (args.cpu, args.server_pid, args.json.as_deref()),
             (None, None, None)
         );
+        assert_eq!((args.baseline, args.floor_cpu), (false, 0));
         assert_eq!(args.validate(), Ok(()));
     }
 
@@ -697,6 +840,93 @@ mod tests {
         assert_eq!(
             args.validate(),
             Err("--payload-bytes 10 is outside 64..=1048576".into())
+        );
+    }
+
+    #[test]
+    fn baseline_refuses_a_server_pid_and_a_cpu_it_may_not_use() {
+        let args = parse(&["--baseline", "--server-pid", "42"]);
+        assert_eq!(
+            args.validate(),
+            Err(
+                "--server-pid 42 does not apply to --baseline: the floor server is a thread of \
+                 the bench, and its CPU time is read from that thread"
+                    .into()
+            )
+        );
+        let args = parse(&["--baseline", "--floor-cpu", "100000"]);
+        let allowed: Vec<String> = core_affinity::get_core_ids()
+            .unwrap()
+            .iter()
+            .map(|core| core.id.to_string())
+            .collect();
+        let Err(message) = run(&args) else {
+            panic!("--floor-cpu 100000 was accepted");
+        };
+        assert_eq!(
+            message,
+            format!(
+                "--floor-cpu 100000 is not a CPU this process may run on; allowed: {}",
+                allowed.join(", ")
+            )
+        );
+    }
+
+    /// The whole `--baseline` path at small scale, CPUs as the host allows: every subscriber
+    /// gets every event once and in order, and the floor's CPU time is reported.
+    #[test]
+    fn baseline_run_delivers_every_event_to_every_subscriber() {
+        let cores = core_affinity::get_core_ids().unwrap();
+        let floor_cpu = cores[0].id.to_string();
+        let bench_cpu = cores[cores.len() - 1].id.to_string();
+        let args = parse(&[
+            "--baseline",
+            "--floor-cpu",
+            &floor_cpu,
+            "--cpu",
+            &bench_cpu,
+            "--subscribers",
+            "50",
+            "--events",
+            "5",
+            "--warmup-events",
+            "2",
+            "--interval-ms",
+            "10",
+            "--timeout-s",
+            "20",
+        ]);
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // The test is over when the watchdog expires: nothing receives then.
+            let _ = done.send(run(&args));
+        });
+        let finished = result
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the watchdog expired")
+            .expect("the run starts");
+        assert_eq!(finished.failure, None);
+        let report = &finished.report;
+        assert_eq!(report.target, "floor-write");
+        assert_eq!(report.deliveries, 50 * 5);
+        assert_eq!(
+            (report.lost, report.duplicated, report.out_of_order),
+            (0, 0, 0)
+        );
+        assert!(report.is_clean());
+        assert!(
+            report.server_cpu_per_delivery_ns.is_some_and(|ns| ns > 0),
+            "{:?}",
+            report.server_cpu_per_delivery_ns
+        );
+        assert!(
+            finished
+                .warnings
+                .iter()
+                .all(|warning| !warning.contains("disconnected")
+                    && !warning.contains("not deliveries")),
+            "{:?}",
+            finished.warnings
         );
     }
 

@@ -1,12 +1,14 @@
 //! The publisher: one plain thread that posts the bench's events to the control-plane API at
 //! fixed intervals.
 //!
-//! Owns the HTTP side of the run and the event body format. It never runs on the receive
-//! thread, because a blocking HTTP round trip there would stall every subscriber's reads and
-//! show up as latency; it is pinned to the bench's CPU like the receive thread, so that it
-//! never takes time from the server it measures. It takes `t_us` right before each request is sent, so the measured
-//! latency starts when the server can first see the event. Ticks are scheduled from the phase's
-//! start (tick k at start + k * interval), so a slow request delays one event, not all later ones.
+//! Owns the HTTP side of the run, the event body format, and the handle (`Publisher`) through
+//! which the run drives any target's publishing, this thread's or the floor's (see `floor`).
+//! It never runs on the receive thread, because a blocking HTTP round trip there would stall
+//! every subscriber's reads and show up as latency; it is pinned to the bench's CPU like the
+//! receive thread, so that it never takes time from the server it measures. It takes `t_us`
+//! right before each request is sent, so the measured latency starts when the server can first
+//! see the event. Ticks are scheduled from the phase's start (tick k at start + k * interval),
+//! so a slow request delays one event, not all later ones.
 
 use std::fmt::Write as _;
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -46,16 +48,41 @@ pub struct Phase {
 /// How a phase ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Every event of the phase was accepted by the server.
-    Published(Phase),
+    /// Every event of the phase was handed to the server.
+    Published(Published),
     /// A publish failed; the publisher has stopped. Carries what to tell the operator.
     Failed(String),
 }
 
-/// The receive thread's handle on the publisher thread.
+/// A phase every event of which was handed to the server: accepted by its API (this module),
+/// or written to every subscriber's socket (the floor, see `floor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub phase: Phase,
+    /// CPU time the publishing thread spent on the phase, in nanoseconds, when that thread is
+    /// the server (the floor); `None` here, where it is part of the bench.
+    pub cpu_ns: Option<u64>,
+}
+
+/// The receive thread's handle on whatever publishes the events: the publisher thread here,
+/// or the floor server's thread. Both take one phase at a time on `phases` and answer each
+/// on `outcomes`; both end once `phases` is dropped.
 pub struct Publisher {
     pub phases: SyncSender<Phase>,
     pub outcomes: Receiver<Outcome>,
+    /// Dropped after `phases`, since fields drop in declaration order: it wakes a thread that
+    /// may be blocked somewhere `phases` cannot reach (the floor in `accept`).
+    pub _wake: Option<WakeAccept>,
+}
+
+/// Connects once to its address when dropped, to wake a thread blocked in `accept` there.
+pub struct WakeAccept(pub std::net::SocketAddr);
+
+impl Drop for WakeAccept {
+    fn drop(&mut self) {
+        // Refused once the thread has stopped listening: then it did not need waking.
+        let _ = std::net::TcpStream::connect(self.0);
+    }
 }
 
 /// Starts the publisher thread pinned to `cpu` (the bench's `--cpu`; unpinned when `None`),
@@ -69,7 +96,7 @@ pub fn spawn(plan: Plan, cpu: Option<usize>) -> Result<Publisher, String> {
     std::thread::Builder::new()
         .name("bench-publish".into())
         .spawn(move || {
-            let pin = cpu.map_or(Ok(()), super::pin_current_thread);
+            let pin = cpu.map_or(Ok(()), |cpu| super::pin_current_thread("cpu", cpu));
             let pinned = pin.is_ok();
             if pinned_sink.send(pin).is_ok() && pinned {
                 run(&plan, &phase_source, &outcome_sink);
@@ -79,7 +106,11 @@ pub fn spawn(plan: Plan, cpu: Option<usize>) -> Result<Publisher, String> {
     pinned
         .recv()
         .map_err(|_| "the publisher thread ended before it started".to_string())??;
-    Ok(Publisher { phases, outcomes })
+    Ok(Publisher {
+        phases,
+        outcomes,
+        _wake: None,
+    })
 }
 
 fn run(plan: &Plan, phases: &Receiver<Phase>, outcomes: &SyncSender<Outcome>) {
@@ -101,8 +132,7 @@ fn run(plan: &Plan, phases: &Receiver<Phase>, outcomes: &SyncSender<Outcome>) {
 fn publish_phase(plan: &Plan, agent: &ureq::Agent, body: &mut String, phase: Phase) -> Outcome {
     let start = Instant::now();
     for index in 0..phase.count {
-        let tick = start + plan.interval * u32::try_from(index).unwrap_or(u32::MAX);
-        std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+        sleep_until_tick(start, plan.interval, index);
         let seq = phase.first_seq + index;
         let sent_us = super::unix_us();
         write_body(body, &plan.channel_json, seq, sent_us, plan.payload_bytes);
@@ -131,11 +161,21 @@ fn publish_phase(plan: &Plan, agent: &ureq::Agent, body: &mut String, phase: Pha
             ));
         }
     }
-    Outcome::Published(phase)
+    Outcome::Published(Published {
+        phase,
+        cpu_ns: None,
+    })
 }
 
-/// Writes the publish body for event `seq` into `body`, padding `data` to `payload_bytes`
-/// bytes (or leaving `pad` empty when the fields alone are longer).
+/// Sleeps until tick `index` of a phase started at `start`: start + index * interval. Shared by
+/// every target's publishing, so that all of them follow the same schedule.
+pub fn sleep_until_tick(start: Instant, interval: Duration, index: u64) {
+    let tick = start + interval * u32::try_from(index).unwrap_or(u32::MAX);
+    std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+}
+
+/// Writes the publish body for event `seq` into `body`: the channel, and `data` as
+/// `write_data` builds it.
 pub fn write_body(
     body: &mut String,
     channel_json: &str,
@@ -147,16 +187,24 @@ pub fn write_body(
     body.push_str(r#"{"channel":"#);
     body.push_str(channel_json);
     body.push_str(r#","data":"#);
-    let data_start = body.len();
+    write_data(body, seq, sent_us, payload_bytes);
+    body.push('}');
+}
+
+/// Appends event `seq`'s `data` value to `out`, `{"seq":..,"t_us":..,"pad":"xx.."}`, padded to
+/// `payload_bytes` bytes (or with an empty `pad` when the fields alone are longer). The HTTP
+/// publisher and the floor both build `data` here, so that both targets carry the same bytes.
+pub fn write_data(out: &mut String, seq: u64, sent_us: u64, payload_bytes: usize) {
+    let start = out.len();
     // Writing to a String cannot fail.
-    let _ = write!(body, r#"{{"seq":{seq},"t_us":{sent_us},"pad":""#);
-    let closing = r#""}}"#;
-    let unpadded = body.len() - data_start + closing.len() - 1;
-    body.extend(std::iter::repeat_n(
+    let _ = write!(out, r#"{{"seq":{seq},"t_us":{sent_us},"pad":""#);
+    let closing = r#""}"#;
+    let unpadded = out.len() - start + closing.len();
+    out.extend(std::iter::repeat_n(
         'x',
         payload_bytes.saturating_sub(unpadded),
     ));
-    body.push_str(closing);
+    out.push_str(closing);
 }
 
 #[cfg(test)]

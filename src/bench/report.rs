@@ -13,6 +13,9 @@ use super::recorder::Summary;
 /// Everything a run reports. Optional fields are left out of the JSON when not measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// What was measured: the server `--ws` names (its URL), or `floor-write` for the floor
+    /// server of `--baseline`.
+    pub target: String,
     pub subscribers: u64,
     pub events: u64,
     pub warmup_events: u64,
@@ -35,9 +38,11 @@ pub struct Report {
     pub lost: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
-    /// CPU time of the whole bench process during the measured phase, per delivery.
+    /// CPU time of the bench during the measured phase, per delivery: the whole process, less
+    /// the floor server's thread with `--baseline`.
     pub bench_cpu_per_delivery_ns: u64,
-    /// CPU time of the server during the measured phase, per delivery (`--server-pid` only).
+    /// CPU time of the server during the measured phase, per delivery: the process
+    /// `--server-pid` names, or the floor server's thread with `--baseline`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_per_delivery_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,7 +69,7 @@ pub struct Load {
 #[derive(Debug, Clone, Copy)]
 pub struct Cost {
     pub bench_cpu_ns: u64,
-    /// Absent without `--server-pid`.
+    /// Absent for a server without `--server-pid`.
     pub server_cpu_ns: Option<u64>,
 }
 
@@ -79,6 +84,7 @@ pub struct ServerRss {
 
 impl Report {
     pub fn new(
+        target: String,
         load: Load,
         connect_time_ms: u64,
         summary: &Summary,
@@ -92,6 +98,7 @@ impl Report {
             Some((idle - before) * 1024 / i64::try_from(load.subscribers).ok()?)
         });
         Self {
+            target,
             subscribers: load.subscribers,
             events: load.events,
             warmup_events: load.warmup_events,
@@ -128,6 +135,7 @@ impl Report {
     /// Every measured field as (JSON name, rendered value), in JSON field order.
     fn fields(&self) -> Vec<(&'static str, String)> {
         let mut fields = vec![
+            ("target", self.target.clone()),
             ("subscribers", self.subscribers.to_string()),
             ("events", self.events.to_string()),
             ("warmup_events", self.warmup_events.to_string()),
@@ -245,6 +253,8 @@ mod tests {
         }
     }
 
+    const TARGET: &str = "floor-write";
+
     const BENCH_ONLY: Cost = Cost {
         bench_cpu_ns: 50_000,
         server_cpu_ns: None,
@@ -257,19 +267,26 @@ mod tests {
 
     #[test]
     fn cpu_cost_is_per_delivery() {
-        let report = Report::new(load(), 7, &summary(), WITH_SERVER, None);
+        let report = Report::new(TARGET.into(), load(), 7, &summary(), WITH_SERVER, None);
         assert_eq!(report.bench_cpu_per_delivery_ns, 5_000);
         assert_eq!(report.server_cpu_per_delivery_ns, Some(3_000));
         let mut nothing = summary();
         nothing.deliveries = 0;
-        let report = Report::new(load(), 7, &nothing, WITH_SERVER, None);
+        let report = Report::new(TARGET.into(), load(), 7, &nothing, WITH_SERVER, None);
         assert_eq!(report.bench_cpu_per_delivery_ns, 0);
     }
 
     #[test]
     fn server_fields_appear_only_when_measured() {
-        let without =
-            serde_json::to_value(Report::new(load(), 7, &summary(), BENCH_ONLY, None)).unwrap();
+        let without = serde_json::to_value(Report::new(
+            TARGET.into(),
+            load(),
+            7,
+            &summary(),
+            BENCH_ONLY,
+            None,
+        ))
+        .unwrap();
         assert!(without.get("server_rss_kib_before").is_none());
         assert!(without.get("server_cpu_per_delivery_ns").is_none());
         assert!(without.get("bench_cpu").is_none());
@@ -278,8 +295,15 @@ mod tests {
             before_kib: 1_000,
             idle_kib: 1_010,
         };
-        let with = serde_json::to_value(Report::new(load(), 7, &summary(), WITH_SERVER, Some(rss)))
-            .unwrap();
+        let with = serde_json::to_value(Report::new(
+            TARGET.into(),
+            load(),
+            7,
+            &summary(),
+            WITH_SERVER,
+            Some(rss),
+        ))
+        .unwrap();
         assert_eq!(with["server_cpu_per_delivery_ns"], 3_000);
         assert_eq!(with["server_rss_kib_before"], 1_000);
         assert_eq!(with["server_rss_kib_idle"], 1_010);
@@ -289,21 +313,22 @@ mod tests {
     #[test]
     fn table_lists_every_field_in_order() {
         let mut table = Vec::new();
-        Report::new(load(), 7, &summary(), BENCH_ONLY, None)
+        Report::new(TARGET.into(), load(), 7, &summary(), BENCH_ONLY, None)
             .write_table(&mut table)
             .unwrap();
         let table = String::from_utf8(table).unwrap();
         let width = "bench_cpu_per_delivery_ns".len();
-        let first: Vec<&str> = table.lines().take(2).collect();
+        let first: Vec<&str> = table.lines().take(3).collect();
         assert_eq!(
             first,
             [
+                format!("{:<width$}  floor-write", "target"),
                 format!("{:<width$}  2", "subscribers"),
                 format!("{:<width$}  5", "events")
             ]
         );
         assert!(table.contains(&format!("\n{:<width$}  4\n", "latency_us_p999")));
-        assert_eq!(table.lines().count(), 20);
+        assert_eq!(table.lines().count(), 21);
     }
 
     #[test]
@@ -315,13 +340,19 @@ mod tests {
         let mut load = load();
         load.bench_cpu = Some(1);
         for report in [
-            Report::new(load, 7, &summary(), WITH_SERVER, Some(rss)),
-            Report::new(self::load(), 7, &summary(), BENCH_ONLY, None),
+            Report::new(TARGET.into(), load, 7, &summary(), WITH_SERVER, Some(rss)),
+            Report::new(TARGET.into(), self::load(), 7, &summary(), BENCH_ONLY, None),
         ] {
             let json = serde_json::to_string(&report).unwrap();
             let fields = report.fields();
             let mut at = 0;
             for (name, value) in &fields {
+                // The one text field is a JSON string; the others are numbers.
+                let value = if *name == "target" {
+                    serde_json::to_string(value).unwrap()
+                } else {
+                    value.clone()
+                };
                 let entry = format!("\"{name}\":{value}");
                 let found = json[at..]
                     .find(&entry)
