@@ -26,6 +26,15 @@ const HANDSHAKE_READ_BYTES: usize = 1024;
 /// Pause after a failed accept (out of file descriptors, say) before trying again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
+/// A new TCP socket of `addr`'s family, not yet bound.
+fn tcp_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+}
+
 /// Fails if another process already listens on `addr`. The shards bind with `SO_REUSEPORT`,
 /// which would otherwise let a second server start on a busy port and silently take a share of
 /// its connections; a probe bound without `SO_REUSEPORT` is refused by any listener there.
@@ -34,11 +43,7 @@ pub fn ensure_unused(addr: SocketAddr) -> std::io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let probe = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
+    let probe = tcp_socket(addr)?;
     probe.set_reuse_address(true)?;
     probe.bind(&addr.into())
 }
@@ -47,11 +52,7 @@ pub fn ensure_unused(addr: SocketAddr) -> std::io::Result<()> {
 /// every shard then binds. The returned socket is bound but not listening, so it takes no
 /// connections; drop it once every shard has bound.
 pub fn reserve(addr: SocketAddr) -> std::io::Result<(socket2::Socket, SocketAddr)> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
+    let socket = tcp_socket(addr)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     let bound = socket
