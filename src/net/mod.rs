@@ -26,33 +26,87 @@ const HANDSHAKE_READ_BYTES: usize = 1024;
 /// Pause after a failed accept (out of file descriptors, say) before trying again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
-/// A new TCP socket of `addr`'s family, not yet bound.
-fn tcp_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
-    socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-}
-
-/// Fails if another process already listens on `addr`. The shards bind with `SO_REUSEPORT`,
-/// which would otherwise let a second server start on a busy port and silently take a share of
-/// its connections; a probe bound without `SO_REUSEPORT` is refused by any listener there.
-/// Port 0 asks for a fresh port, so it is never busy.
+/// Fails if a socket of this network namespace already listens on `addr`'s port at an
+/// address that overlaps it (the same address, or either one the wildcard). The shards bind
+/// with `SO_REUSEPORT`, which would otherwise let a second server start on a busy port and
+/// silently take a share of its connections. The listeners are read from `/proc/net/tcp` and
+/// `/proc/net/tcp6` rather than probed with a bind: a bind probe is also refused by the
+/// TIME_WAIT connections a server that just stopped leaves on its port, and a restart must not
+/// wait a minute for them. Port 0 asks for a fresh port, so it is never busy.
 pub fn ensure_unused(addr: SocketAddr) -> std::io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let probe = tcp_socket(addr)?;
-    probe.set_reuse_address(true)?;
-    probe.bind(&addr.into())
+    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let table = match std::fs::read_to_string(path) {
+            Ok(table) => table,
+            // A kernel without IPv6 has no tcp6 table, and no IPv6 listener.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        };
+        let busy = listeners(&table).find(|listener| overlaps(*listener, addr));
+        if let Some(listener) = busy {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("a socket already listens on {listener}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The local addresses of the listening sockets in a `/proc/net/tcp` or `tcp6` table, whose
+/// lines read `sl local_address rem_address st ...` with addresses in hex and state `0A` for
+/// LISTEN.
+fn listeners(table: &str) -> impl Iterator<Item = SocketAddr> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1)?;
+        let state = fields.nth(1)?;
+        if state != "0A" {
+            return None;
+        }
+        parse_proc_addr(local)
+    })
+}
+
+/// Parses a `/proc/net/tcp{,6}` address, `IP:PORT` in hex: the IP as 32-bit words each printed
+/// in the host's byte order (one for IPv4, four for IPv6), the port as a number.
+fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip_hex, port_hex) = text.split_once(':')?;
+    let port = u16::from_str_radix(port_hex, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for at in (0..ip_hex.len()).step_by(8) {
+        let word = u32::from_str_radix(ip_hex.get(at..at + 8)?, 16).ok()?;
+        bytes.extend(word.to_ne_bytes());
+    }
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok()?.into(),
+        16 => <[u8; 16]>::try_from(bytes).ok()?.into(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Whether a listener on `listener` takes connections meant for `addr`: the same port, and
+/// the same address or either one a wildcard (an IPv6 wildcard takes IPv4 too, dual-stack).
+fn overlaps(listener: SocketAddr, addr: SocketAddr) -> bool {
+    let canonical = |ip: std::net::IpAddr| ip.to_canonical();
+    listener.port() == addr.port()
+        && (listener.ip().is_unspecified()
+            || addr.ip().is_unspecified()
+            || canonical(listener.ip()) == canonical(addr.ip()))
 }
 
 /// Reserves the WebSocket port before the shards start, resolving port 0 to a real port that
 /// every shard then binds. The returned socket is bound but not listening, so it takes no
 /// connections; drop it once every shard has bound.
 pub fn reserve(addr: SocketAddr) -> std::io::Result<(socket2::Socket, SocketAddr)> {
-    let socket = tcp_socket(addr)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     let bound = socket
@@ -174,5 +228,81 @@ async fn answer(stream: &mut TcpStream, reject: &Reject, timeout: Duration) {
     .await;
     if let Err(err) = sent {
         tracing::debug!(error = %err, "could not deliver the handshake refusal");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener as StdListener, TcpStream as StdStream};
+
+    #[test]
+    fn proc_tables_give_the_listeners_local_addresses() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt\n\
+            \x20  0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000\n\
+            \x20  1: 0100007F:1F90 0100007F:C350 06 00000000:00000000 03:00000DAC 00000000\n\
+            \x20  2: 00000000:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000\n";
+        let found: Vec<SocketAddr> = listeners(tcp).collect();
+        assert_eq!(
+            found,
+            [
+                "127.0.0.1:8080".parse().unwrap(),
+                "0.0.0.0:8081".parse().unwrap()
+            ],
+            "the TIME_WAIT (06) line is not a listener"
+        );
+        let tcp6 = "  sl  local_address                         remote_address                        st\n\
+            \x20  0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A\n";
+        assert_eq!(
+            listeners(tcp6).collect::<Vec<_>>(),
+            ["[::1]:8080".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(parse_proc_addr("zz:1F90"), None);
+        assert_eq!(parse_proc_addr("0100007F"), None);
+    }
+
+    #[test]
+    fn wildcards_overlap_every_address_of_the_port() {
+        let addr = |text: &str| text.parse::<SocketAddr>().unwrap();
+        assert!(overlaps(addr("127.0.0.1:80"), addr("127.0.0.1:80")));
+        assert!(overlaps(addr("0.0.0.0:80"), addr("127.0.0.1:80")));
+        assert!(overlaps(addr("127.0.0.1:80"), addr("0.0.0.0:80")));
+        assert!(overlaps(addr("[::]:80"), addr("10.0.0.1:80")));
+        assert!(overlaps(
+            addr("[::ffff:127.0.0.1]:80"),
+            addr("127.0.0.1:80")
+        ));
+        assert!(!overlaps(addr("127.0.0.1:80"), addr("127.0.0.2:80")));
+        assert!(!overlaps(addr("0.0.0.0:80"), addr("0.0.0.0:81")));
+    }
+
+    /// A live listener is found, and the TIME_WAIT connections it leaves on its port once it
+    /// has closed them (the server closes first, as corecast does) do not count: the port can
+    /// be checked and reserved again at once. The listener binds as the shards do, with
+    /// `SO_REUSEPORT`, which its TIME_WAIT connections keep.
+    #[test]
+    fn a_listener_is_busy_and_its_time_wait_connections_are_not() {
+        let (socket, addr) = reserve(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        socket.listen(8).unwrap();
+        let listener = StdListener::from(socket);
+        let error = ensure_unused(addr).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+        assert_eq!(
+            error.to_string(),
+            format!("a socket already listens on {addr}")
+        );
+        assert!(ensure_unused(SocketAddr::from(([0, 0, 0, 0], addr.port()))).is_err());
+        let mut client = StdStream::connect(addr).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        drop(accepted);
+        // The client reads the server's FIN, then closes: the server's end is in TIME_WAIT.
+        assert_eq!(client.read(&mut [0; 1]).unwrap(), 0);
+        drop(client);
+        drop(listener);
+        ensure_unused(addr).unwrap();
+        let (reservation, bound) = reserve(addr).unwrap();
+        assert_eq!(bound, addr);
+        drop(reservation);
     }
 }
