@@ -1,18 +1,12 @@
-//! The in-tree peer for `corecast bench`: the broadcast server a Rust developer would write first
-//! with tokio and tokio-tungstenite, to compare corecast against on the same machine.
+//! The tokio peer's server: one tokio runtime (a worker per CPU), one task per connection, a
+//! `tokio::sync::broadcast` channel for fan-out.
 //!
-//! One tokio runtime (a worker per CPU), one task per connection, a `tokio::sync::broadcast`
-//! channel for fan-out. A connection to `/publish` is the publisher: every text message it sends
-//! is relayed, as is, to every other connection. Every other path is a subscriber, greeted with
-//! the same `{"type":"connected",...}` frame corecast sends so the bench knows it is live. A
-//! subscriber that falls more than `BROADCAST_CAPACITY` messages behind loses messages (tokio's
-//! `Lagged`), which the bench counts as loss. There are no limits and no protocol checks beyond
+//! A connection to `/publish` is the publisher: every text message it sends is relayed, as is,
+//! to every other connection. Every other path is a subscriber, greeted with the same
+//! `{"type":"connected",...}` frame corecast sends so the bench knows it is live. A subscriber
+//! that falls more than `BROADCAST_CAPACITY` messages behind loses messages (tokio's `Lagged`),
+//! which the bench counts as loss. There are no limits and no protocol checks beyond
 //! tungstenite's: that is the point of the comparison.
-//!
-//! Run: `cargo bench --bench peer_tokio -- PORT` (0 picks a free port); it prints
-//! `listening ws=127.0.0.1:PORT` and serves until killed.
-
-use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,33 +17,21 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 /// Messages the broadcast channel keeps for slow subscribers.
 const BROADCAST_CAPACITY: usize = 65_536;
 
-#[tokio::main]
-async fn main() {
-    let port: u16 = std::env::args()
-        .skip(1)
-        .find(|arg| !arg.starts_with('-'))
-        .and_then(|arg| arg.parse().ok())
-        .unwrap_or(0);
-    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
-        .await
-        .expect("bind the peer's port");
-    let addr = listener
-        .local_addr()
-        .expect("a bound listener has an address");
-    println!("listening ws={addr}");
+/// Accepts and serves connections on `listener` until the process ends.
+pub async fn serve(listener: TcpListener) {
     let (messages, _) = broadcast::channel::<Utf8Bytes>(BROADCAST_CAPACITY);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve(stream, messages.clone()));
+        tokio::spawn(serve_connection(stream, messages.clone()));
     }
 }
 
 // tungstenite's handshake callback type fixes its error as a whole HTTP response.
 #[allow(clippy::result_large_err)]
-async fn serve(stream: TcpStream, messages: broadcast::Sender<Utf8Bytes>) {
+async fn serve_connection(stream: TcpStream, messages: broadcast::Sender<Utf8Bytes>) {
     let mut path = String::new();
     let upgrade =
         tokio_tungstenite::accept_hdr_async(stream, |request: &Request, response: Response| {
