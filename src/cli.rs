@@ -25,8 +25,9 @@ pub struct Cli {
 enum Command {
     /// Run the server: WebSocket clients on --listen, the publish API on --api.
     Serve(Box<ServeArgs>),
-    /// Measure fan-out latency of a running server (see `corecast bench --help`).
-    Bench(crate::bench::BenchArgs),
+    /// Measure fan-out latency: of a running server, of the kernel floors (--baseline), or of
+    /// corecast, the floors and peers side by side (--compare); see `corecast bench --help`.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,7 +50,7 @@ pub fn run() -> ExitCode {
         Err(err) => err.exit(),
     };
     match cli.command {
-        Command::Bench(args) => crate::bench::main(args),
+        Command::Bench(args) => crate::bench::main(*args),
         Command::Serve(args) => {
             let serve_matches = matches
                 .subcommand_matches("serve")

@@ -1,47 +1,59 @@
 //! `corecast bench`: the fan-out load generator. It opens N subscriber WebSocket connections,
-//! publishes M events through the control-plane API, stamps every delivery on arrival and
-//! reports latency, fan-out completion, throughput, loss and the server's memory per connection.
-//! With `--baseline` it measures the floor instead of a server: a minimal server on a pinned
-//! thread of its own process that writes each event to every socket with a blocking loop, so
-//! that a server's figures can be read against what the kernel alone costs on the same host
-//! with the same receiver (see `floor`).
+//! publishes M events through the control-plane API (or, for a server without one, through a
+//! publisher WebSocket the server relays), stamps every delivery on arrival and reports
+//! latency, fan-out completion, throughput, loss and the server's memory per connection, as a
+//! table, a JSON file and an SVG plot of the distributions. With `--baseline` it measures the
+//! floors instead of a server: a minimal server on a pinned thread of its own process that
+//! writes each event to every socket with a blocking write() loop, then with batched io_uring
+//! sends, so that a server's figures can be read against what the kernel alone costs on the same
+//! host with the same receiver (see `floor`). With `--compare` it measures the floors,
+//! corecast and any `--peer` in turn on the same CPUs and prints one table of ratios (see
+//! `compare`).
 //!
-//! Owns the run's sequence: check the host (open-file limit, local ports, the CPUs), start the
-//! target (see `target`), connect and await every `connected`, publish warm-up events and
-//! await them, publish the measured events and await them, close, report. It never shares a
-//! core with the server it measures: the receive side is one thread running a `mio` event loop
-//! over every connection, and the publisher is one plain thread, both pinned to `--cpu`; the
-//! floor's thread is pinned to `--floor-cpu`. The orchestration runs between the loop's turns
-//! on the same thread, so nothing on the delivery path is shared across threads.
+//! Owns one target's run: check the host (open-file limit, local ports, the CPUs), connect and
+//! await every `connected`, publish warm-up events and await them, publish the measured events
+//! and await them, close, report. It never shares a core with the server it measures: the
+//! receive side is one thread running a `mio` event loop over every connection, and the
+//! publisher is one plain thread, both pinned to `--cpu`; the servers run on `--server-cpus`.
+//! The orchestration runs between the loop's turns on the same thread, so nothing on the
+//! delivery path is shared across threads.
 //! It must never be the bottleneck it reports: its own code spends no allocation and no JSON
 //! parse on a delivery (see `conn` and `wire`), reads the clock once per wake-up (see
 //! `receiver`), and the report shows the bench's CPU time per delivery next to the server's
-//! (with `--server-pid`, or the floor's thread), with a warning when the bench's is the larger,
-//! so that a run says whether it measured itself.
+//! (with `--server-pid`, for a server the bench started, or for the floor's thread), with a
+//! warning when the bench's is the larger, so that a run says whether it measured itself.
 //!
 //! # Layout
-//! - `target`: what a run measures, a server or the floor: how it is published to, and where
-//!   its CPU time comes from.
-//! - `floor`: the floor server of `--baseline`, its thread and its side of the wire.
-//! - `wire`: URL parsing, the upgrade exchange, masked control frames, the delivery field scan.
+//! - `compare`: `--baseline` and `--compare`: the targets in turn, the table of ratios.
+//! - `target`: what a run measures, a server or a floor: how it is published to, where its
+//!   CPU time comes from, and how it is stopped.
+//! - `spawn`: the server processes `--compare` starts (corecast, the peers): CPUs, readiness,
+//!   output, stop.
+//! - `floor`: the floor servers, their thread and their side of the wire.
+//! - `wire`: URL parsing, the upgrade exchange, masked frames, the delivery field scan.
 //! - `buffer`: a connection's reused read buffer and the frame splitter over it.
 //! - `conn`: one subscriber connection: its socket and its protocol state machine.
 //! - `receiver`: the event loop that owns every connection, and their admission.
-//! - `recorder`: latency histogram, per-event counts and times, loss/duplicate/order counters.
-//! - `publish`: the publisher thread, the event body format and the phase protocol every
-//!   target's publishing follows.
-//! - `probe`: resident memory and CPU time of the server, of the bench and of one of its
-//!   threads, from `/proc`.
+//! - `recorder`: latency histogram, per-event counts and times, loss/duplicate/order counters,
+//!   and the distributions the plot draws.
+//! - `publish`: the publisher thread (HTTP or WebSocket), the event body format and the phase
+//!   protocol every target's publishing follows.
+//! - `probe`: resident memory and CPU time of the server (a process, or a process tree), of
+//!   the bench and of one of its threads, from `/proc`.
 //! - `report`: the result record and its table and JSON renderings.
+//! - `plot`: the SVG plot of the latency distributions, one curve per target.
 
 mod buffer;
+mod compare;
 mod conn;
 mod floor;
+mod plot;
 mod probe;
 mod publish;
 mod receiver;
 mod recorder;
 mod report;
+mod spawn;
 mod target;
 mod wire;
 
@@ -54,12 +66,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use floor::Floor;
 use probe::Process;
-use publish::{Outcome, Phase, Plan, Published, Publisher};
+use publish::{Outcome, Phase, Plan, Published, Publisher, Via};
 use receiver::Receiver;
 use recorder::Recorder;
 use report::{Cost, Load, Report, ServerRss};
+use spawn::PeerSpec;
 use target::{Server, ServerCpu, Target};
 use wire::WsTarget;
 
@@ -166,17 +178,53 @@ pub struct BenchArgs {
     #[arg(long, value_name = "W", default_value_t = 5)]
     pub warmup_events: u64,
 
-    /// Measure the floor instead of a server: a minimal server on a thread of this process,
-    /// pinned to --floor-cpu, that writes each event's frame to every subscriber with a plain
-    /// blocking write loop. The report's target is then `floor-write`; --ws and --api are not
-    /// used, and --server-pid is refused.
-    #[arg(long)]
+    /// Publish through a WebSocket connection to this URL instead of the API: the server must
+    /// relay every text message of that connection, unchanged, to every subscriber (the peer
+    /// contract; see `--peer`). --api is then not used.
+    #[arg(long, value_name = "URL", conflicts_with = "api")]
+    pub publish_ws: Option<String>,
+
+    /// Measure the floors instead of a server, in turn: a minimal server on a thread of this
+    /// process, pinned to the first of --server-cpus, that writes each event's frame to every
+    /// subscriber with a plain blocking write() loop (`floor-write`), then with batched io_uring
+    /// sends (`floor-uring`). --ws, --api and --server-pid are not used.
+    #[arg(long, conflicts_with = "compare")]
     pub baseline: bool,
 
-    /// CPU to pin the floor server's thread to, with --baseline; give the bench another one
-    /// with --cpu.
-    #[arg(long, value_name = "CORE", default_value_t = 0)]
-    pub floor_cpu: usize,
+    /// Measure, in turn and with the same load: both floors, corecast (this executable's
+    /// `serve`, started on --server-cpus with --corecast-args) and every --peer; then print one
+    /// table with each target's ratio to the floors. --ws, --api and --server-pid are not used.
+    #[arg(long)]
+    pub compare: bool,
+
+    /// CPUs the servers of --baseline and --compare run on (a list such as `0` or `0-1`): the
+    /// floors on the first, corecast and the peers on all. Give the bench others with --cpu.
+    #[arg(long, value_name = "LIST", default_value = "0")]
+    pub server_cpus: String,
+
+    /// Extra `corecast serve` options for --compare, split at spaces (for example
+    /// `--shards 2`). The bench sets --listen and --api, and --cores to --server-cpus unless
+    /// these options hold --cores.
+    #[arg(
+        long,
+        value_name = "OPTIONS",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    pub corecast_args: String,
+
+    /// A server to compare with --compare, as NAME=COMMAND: the bench starts `sh -c COMMAND`
+    /// on --server-cpus with `{port}` replaced by a free port. The peer must accept WebSocket
+    /// upgrades on that port, greet each subscriber (on `/ws`) with one text message once it
+    /// receives broadcasts, and relay every text message of the publisher connection (on
+    /// `/publish`) unchanged to every subscriber. Repeat for several peers.
+    #[arg(long, value_name = "NAME=COMMAND", value_parser = PeerSpec::parse)]
+    pub peer: Vec<PeerSpec>,
+
+    /// Also draw the latency distributions (per delivery, and per event's fan-out completion)
+    /// as CDFs into this SVG file, one curve per target.
+    #[arg(long, value_name = "PATH")]
+    pub svg: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -211,20 +259,96 @@ impl BenchArgs {
         )?;
         check("timeout-s", self.timeout_s, 1, TIMEOUT_S_MAX)?;
         check("channel length", self.channel.len(), 1, CHANNEL_BYTES_MAX)?;
-        if let (true, Some(pid)) = (self.baseline, self.server_pid) {
+        self.validate_modes()?;
+        self.server_cpu_list().map(|_| ())
+    }
+
+    /// Refuses flags that do not apply to the mode (one server, `--baseline`, `--compare`).
+    fn validate_modes(&self) -> Result<(), String> {
+        let mode = if self.compare {
+            "--compare"
+        } else {
+            "--baseline"
+        };
+        let starts_its_servers = self.baseline || self.compare;
+        if let (true, Some(pid)) = (starts_its_servers, self.server_pid) {
             return Err(format!(
-                "--server-pid {pid} does not apply to --baseline: the floor server is a thread \
-                 of the bench, and its CPU time is read from that thread"
+                "--server-pid {pid} does not apply to {mode}: the bench starts the servers it \
+                 measures and reads their memory and CPU time itself"
             ));
+        }
+        if let (true, Some(url)) = (starts_its_servers, &self.publish_ws) {
+            return Err(format!(
+                "--publish-ws {url} does not apply to {mode}: the bench publishes to corecast's \
+                 API and to each peer's /publish"
+            ));
+        }
+        if !self.compare {
+            if let Some(peer) = self.peer.first() {
+                return Err(format!("--peer {} needs --compare", peer.name));
+            }
+            if !self.corecast_args.trim().is_empty() {
+                return Err("--corecast-args needs --compare".into());
+            }
+        }
+        let mut names = vec![
+            floor::Kind::Write.name(),
+            floor::Kind::Uring.name(),
+            "corecast",
+        ];
+        for peer in &self.peer {
+            if names.contains(&peer.name.as_str()) {
+                return Err(format!(
+                    "--peer {}: another target of the comparison has that name",
+                    peer.name
+                ));
+            }
+            names.push(&peer.name);
         }
         Ok(())
     }
+
+    /// The CPUs of `--server-cpus`.
+    fn server_cpu_list(&self) -> Result<Vec<usize>, String> {
+        crate::config::parse_cpu_list(&self.server_cpus)
+            .map_err(|error| format!("--server-cpus: {error}"))
+    }
+
+    /// What every target of the run is asked to carry.
+    fn load(&self) -> Load {
+        Load {
+            subscribers: self.subscribers,
+            events: self.events,
+            warmup_events: self.warmup_events,
+            payload_bytes: self.payload_bytes as u64,
+            interval_ms: self.interval_ms,
+            bench_cpu: self.cpu,
+        }
+    }
+
+    /// How a server is to be published to through `via`.
+    fn plan(&self, via: Via) -> Plan {
+        Plan {
+            via,
+            channel_json: self.channel_json(),
+            payload_bytes: self.payload_bytes,
+            interval: Duration::from_millis(self.interval_ms),
+        }
+    }
+
+    /// The channel name as a JSON string, quotes included.
+    fn channel_json(&self) -> String {
+        serde_json::to_string(&self.channel).expect("a string serializes")
+    }
 }
 
-/// Runs the bench, prints the report on stdout and writes it as JSON when asked. Exits 1 when
-/// a delivery was lost, duplicated or out of order, or when the run could not be set up or
-/// finished, with the reason on stderr.
+/// Runs the bench, prints the report on stdout and writes it as JSON and SVG when asked.
+/// Exits 1 when a delivery was lost, duplicated or out of order, or when the run could not be
+/// set up or finished, with the reason on stderr. `--baseline` and `--compare` go to `compare`.
 pub fn main(args: BenchArgs) -> ExitCode {
+    if args.baseline || args.compare {
+        return compare::main(&args);
+    }
     let finished = match run(&args) {
         Ok(finished) => finished,
         Err(message) => {
@@ -232,7 +356,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut failed = finished.failure.is_some() || !finished.report.is_clean();
+    let mut failed = !finished.is_clean();
     let mut stdout = std::io::stdout().lock();
     if let Err(error) = finished.report.write_table(&mut stdout) {
         eprintln!("corecast bench: cannot print the report: {error}");
@@ -244,19 +368,13 @@ pub fn main(args: BenchArgs) -> ExitCode {
             failed = true;
         }
     }
-    for warning in &finished.warnings {
-        eprintln!("corecast bench: {warning}");
+    if let Some(path) = &args.svg {
+        if let Err(error) = write_svg(path, &args, &[&finished]) {
+            eprintln!("corecast bench: {error}");
+            failed = true;
+        }
     }
-    if let Some(failure) = &finished.failure {
-        eprintln!("corecast bench: {failure}");
-    }
-    let report = &finished.report;
-    if !report.is_clean() {
-        eprintln!(
-            "corecast bench: FAILED: {} lost, {} duplicated, {} out of order",
-            report.lost, report.duplicated, report.out_of_order
-        );
-    }
+    finished.print_notes();
     if failed {
         ExitCode::FAILURE
     } else {
@@ -267,10 +385,72 @@ pub fn main(args: BenchArgs) -> ExitCode {
 /// A run that got as far as publishing: its report, and why it failed if it did.
 struct Finished {
     report: Report,
+    /// The latency and fan-out completion distributions, for the plot.
+    latency_cdf: Vec<(u64, f64)>,
+    fanout_cdf: Vec<(u64, f64)>,
     /// Why the measured phase could not finish (watchdog, publish error).
     failure: Option<String>,
     /// What the operator should know even when nothing was lost.
     warnings: Vec<String>,
+}
+
+impl Finished {
+    /// Whether the run finished and every delivery arrived once and in order.
+    fn is_clean(&self) -> bool {
+        self.failure.is_none() && self.report.is_clean()
+    }
+
+    /// Prints the warnings, the failure and the loss on stderr, each naming the target.
+    fn print_notes(&self) {
+        let target = &self.report.target;
+        for warning in &self.warnings {
+            eprintln!("corecast bench: {target}: {warning}");
+        }
+        if let Some(failure) = &self.failure {
+            eprintln!("corecast bench: {target}: {failure}");
+        }
+        let report = &self.report;
+        if !report.is_clean() {
+            eprintln!(
+                "corecast bench: {target}: FAILED: {} lost, {} duplicated, {} out of order",
+                report.lost, report.duplicated, report.out_of_order
+            );
+        }
+    }
+}
+
+/// Draws the runs' latency distributions into the SVG file at `path`.
+fn write_svg(path: &std::path::Path, args: &BenchArgs, runs: &[&Finished]) -> Result<(), String> {
+    let curves = |cdf: fn(&Finished) -> &Vec<(u64, f64)>| -> Vec<plot::Curve> {
+        runs.iter()
+            .map(|run| plot::Curve {
+                name: run.report.target.clone(),
+                points: cdf(run).clone(),
+            })
+            .collect()
+    };
+    let latency = curves(|run| &run.latency_cdf);
+    let fanout = curves(|run| &run.fanout_cdf);
+    let caption = format!(
+        "{} subscribers, {} events of {} B every {} ms",
+        args.subscribers, args.events, args.payload_bytes, args.interval_ms
+    );
+    plot::write_svg(
+        path,
+        &caption,
+        &[
+            plot::Panel {
+                title: "latency per delivery",
+                counted: "deliveries",
+                curves: &latency,
+            },
+            plot::Panel {
+                title: "fan-out completion per event (publish to last subscriber)",
+                counted: "events",
+                curves: &fanout,
+            },
+        ],
+    )
 }
 
 /// Everything the receive thread needs, checked and resolved before it starts.
@@ -285,53 +465,59 @@ struct Setup {
     timeout_s: u64,
 }
 
+/// One server, the one `--ws` names, published to through `--api` or `--publish-ws`.
 fn run(args: &BenchArgs) -> Result<Finished, String> {
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     args.validate()?;
     if let Some(cpu) = args.cpu {
         check_cpu("cpu", cpu)?;
     }
-    if args.baseline {
-        check_cpu("floor-cpu", args.floor_cpu)?;
-    }
-    let channel_json = serde_json::to_string(&args.channel).expect("a string serializes");
-    // A server's URLs are checked before the host; the floor starts after, as it opens sockets.
-    let server = if args.baseline {
-        None
-    } else {
-        Some(server_target(args, channel_json.clone())?)
+    let via = match &args.publish_ws {
+        Some(url) => Via::WebSocket(wire::parse_ws_url(url)?),
+        None => Via::Http(wire::publish_url(&args.api)?),
     };
-    raise_open_file_limit(args.subscribers, args.baseline)?;
-    check_local_ports(args.subscribers)?;
-    let (target, endpoint) = match server {
-        Some((server, endpoint)) => (Target::Server(server), endpoint),
-        None => start_floor(args, channel_json)?,
+    let endpoint = wire::parse_ws_url(&args.ws)?;
+    prepare_host(args.subscribers, false)?;
+    let server = Server {
+        name: args.ws.clone(),
+        plan: args.plan(via),
+        process: args.server_pid.map(Process::Pid),
+        cpus: Vec::new(),
+        spawned: None,
     };
+    measure_target(args, Target::Server(server), &endpoint)
+}
+
+/// Raises the open-file limit and checks the local ports for `subscribers` connections, with
+/// the server's ends in this process too when `in_process_server`.
+fn prepare_host(subscribers: u64, in_process_server: bool) -> Result<(), String> {
+    raise_open_file_limit(subscribers, in_process_server)?;
+    check_local_ports(subscribers)
+}
+
+/// Measures one started target, whose subscribers connect to `endpoint`, with the load `args`
+/// describe, on a thread pinned to `--cpu`; stops the target at the end. Its watchdog,
+/// `--timeout-s`, starts here.
+fn measure_target(
+    args: &BenchArgs,
+    target: Target,
+    endpoint: &WsTarget,
+) -> Result<Finished, String> {
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     let addr = endpoint
         .authority
         .to_socket_addrs()
-        .map_err(|error| format!("--ws {}: cannot resolve: {error}", args.ws))?
+        .map_err(|error| format!("{}: cannot resolve: {error}", endpoint.authority))?
         .next()
-        .ok_or_else(|| format!("--ws {}: the host has no address", args.ws))?;
+        .ok_or_else(|| format!("{}: the host has no address", endpoint.authority))?;
     let rss_before_kib = target
-        .pid()
-        .map(|pid| {
-            probe::rss_kib(Process::Pid(pid))
-                .map_err(|error| format!("--server-pid {pid}: {error}"))
-        })
+        .process()
+        .map(|process| probe::rss_kib(process).map_err(|error| format!("the server: {error}")))
         .transpose()?;
     let setup = Setup {
         target,
         addr,
-        request: wire::upgrade_request(&endpoint, &args.channel),
-        load: Load {
-            subscribers: args.subscribers,
-            events: args.events,
-            warmup_events: args.warmup_events,
-            payload_bytes: args.payload_bytes as u64,
-            interval_ms: args.interval_ms,
-            bench_cpu: args.cpu,
-        },
+        request: wire::upgrade_request(endpoint, &args.channel),
+        load: args.load(),
         connect_concurrency: args.connect_concurrency,
         rss_before_kib,
         deadline,
@@ -348,36 +534,6 @@ fn run(args: &BenchArgs) -> Result<Finished, String> {
         .map_err(|error| format!("cannot start the bench thread: {error}"))?
         .join()
         .map_err(|_| "the bench thread panicked".to_string())?
-}
-
-/// The server `--ws` and `--api` name, and where its subscribers connect.
-fn server_target(args: &BenchArgs, channel_json: String) -> Result<(Server, WsTarget), String> {
-    let server = Server {
-        name: args.ws.clone(),
-        plan: Plan {
-            url: wire::publish_url(&args.api)?,
-            channel_json,
-            payload_bytes: args.payload_bytes,
-            interval: Duration::from_millis(args.interval_ms),
-        },
-        pid: args.server_pid,
-    };
-    Ok((server, wire::parse_ws_url(&args.ws)?))
-}
-
-/// Starts the floor server of `--baseline` and returns it with the URL its subscribers use,
-/// shaped as corecast's: `ws://127.0.0.1:PORT/ws`.
-fn start_floor(args: &BenchArgs, channel_json: String) -> Result<(Target, WsTarget), String> {
-    let floor = Floor::start(floor::Config {
-        cpu: args.floor_cpu,
-        subscribers: usize::try_from(args.subscribers).expect("bounded by SUBSCRIBERS_MAX"),
-        channel_json,
-        payload_bytes: args.payload_bytes,
-        interval: Duration::from_millis(args.interval_ms),
-        connect_concurrency: args.connect_concurrency,
-    })?;
-    let endpoint = wire::parse_ws_url(&format!("ws://{}{}", floor.addr(), floor::PATH))?;
-    Ok((Target::Floor(floor), endpoint))
 }
 
 /// Refuses a CPU (given with `--{flag}`) this process may not run on, listing the ones it may.
@@ -403,16 +559,22 @@ fn pin_current_thread(flag: &str, cpu: usize) -> Result<(), String> {
     }
 }
 
-/// Raises the open-file soft limit to the hard limit and checks that the subscribers fit:
-/// one socket each, two with `--baseline`, where the floor's end is in this process too.
-fn raise_open_file_limit(subscribers: u64, baseline: bool) -> Result<(), String> {
-    let sockets_per_subscriber = if baseline { 2 } else { 1 };
+/// Raises the open-file soft limit to the hard limit, and both to what is needed where the
+/// process may (root, or CAP_SYS_RESOURCE), and checks that the subscribers fit: one socket
+/// each, two when the server's end is in this process too (the floors). Servers the bench
+/// starts inherit the limit.
+fn raise_open_file_limit(subscribers: u64, in_process_server: bool) -> Result<(), String> {
+    let sockets_per_subscriber = if in_process_server { 2 } else { 1 };
     let needed = subscribers * sockets_per_subscriber + FDS_RESERVED;
-    let limit = rlimit::increase_nofile_limit(u64::MAX)
+    let mut limit = rlimit::increase_nofile_limit(u64::MAX)
         .map_err(|error| format!("cannot raise the open-file limit: {error}"))?;
+    // Refused without the privilege; then the check below says what to do.
+    if limit < needed && rlimit::setrlimit(rlimit::Resource::NOFILE, needed, needed).is_ok() {
+        limit = needed;
+    }
     if limit < needed {
-        let why = if baseline {
-            " (two sockets per subscriber with --baseline: the floor's end is in this process)"
+        let why = if in_process_server {
+            " (two sockets per subscriber for the floors: their end is in this process)"
         } else {
             ""
         };
@@ -488,7 +650,7 @@ fn drive(mut setup: Setup) -> Result<Finished, String> {
     .map_err(|error| format!("cannot open the receive loop's poll: {error}"))?;
     let measured = measure(&mut receiver, &publisher, &setup);
     close_all(&mut receiver, publisher);
-    setup.target.stop()?;
+    let stopped = setup.target.stop();
     let Measured {
         connect_time_ms,
         rss,
@@ -496,8 +658,10 @@ fn drive(mut setup: Setup) -> Result<Finished, String> {
         failure,
         mut warnings,
     } = measured?;
+    warnings.extend(stopped.err());
 
-    let summary = receiver.recorder().summary();
+    let recorder = receiver.recorder();
+    let summary = recorder.summary();
     let name = setup.target.name().to_string();
     let report = Report::new(name, setup.load, connect_time_ms, &summary, cost, rss);
     if let Some(server_ns) = report.server_cpu_per_delivery_ns {
@@ -519,6 +683,8 @@ fn drive(mut setup: Setup) -> Result<Finished, String> {
     }
     Ok(Finished {
         report,
+        latency_cdf: recorder.latency_cdf(),
+        fanout_cdf: recorder.fanout_cdf(),
         failure,
         warnings,
     })
@@ -548,20 +714,19 @@ fn measure(
     connect_result?;
     let connect_time_ms = u64::try_from(connect_started.elapsed().as_millis()).unwrap_or(u64::MAX);
 
-    let rss = match (setup.target.pid(), setup.rss_before_kib) {
-        (Some(pid), Some(before_kib)) => Some(ServerRss {
+    let rss = match (setup.target.process(), setup.rss_before_kib) {
+        (Some(process), Some(before_kib)) => Some(ServerRss {
             before_kib,
-            idle_kib: probe::rss_kib(Process::Pid(pid))?,
+            idle_kib: probe::rss_kib(process)?,
         }),
         _ => None,
     };
     let mut warnings = Vec::new();
-    if let Target::Floor(floor) = &setup.target {
-        if setup.load.bench_cpu == Some(floor.cpu()) {
+    if let Some(cpu) = setup.load.bench_cpu {
+        if setup.target.cpus().contains(&cpu) {
             warnings.push(format!(
-                "--floor-cpu and --cpu are both {}: the floor and the bench took turns on one \
-                 CPU, so the figures are not the floor of a server on a CPU of its own",
-                floor.cpu()
+                "the bench (--cpu) and the server (--server-cpus) share CPU {cpu}: they took \
+                 turns on it, so the figures are not those of a server on CPUs of its own"
             ));
         }
     }
@@ -594,7 +759,7 @@ fn measure(
     let server_cpu = setup.target.server_cpu();
     let bench_before_ns = probe::cpu_time_ns(Process::Bench)?;
     let server_before_ns = match server_cpu {
-        ServerCpu::Process(pid) => Some(probe::cpu_time_ns(Process::Pid(pid))?),
+        ServerCpu::Process(process) => Some(probe::cpu_time_ns(process)?),
         ServerCpu::Unmeasured | ServerCpu::Reported => None,
     };
     let (end, published) = publish_and_await(
@@ -609,7 +774,7 @@ fn measure(
     // Set only when the publishing thread is the server, running in this process.
     let reported_ns = published.and_then(|published| published.cpu_ns);
     let server_cpu_ns = match (server_cpu, server_before_ns) {
-        (ServerCpu::Process(pid), Some(before_ns)) => match probe::cpu_time_ns(Process::Pid(pid)) {
+        (ServerCpu::Process(process), Some(before_ns)) => match probe::cpu_time_ns(process) {
             Ok(after_ns) => Some(after_ns.saturating_sub(before_ns)),
             Err(error) => {
                 warnings.push(format!("cannot read the server's CPU time: {error}"));
@@ -791,8 +956,14 @@ fn close_all(receiver: &mut Receiver, publisher: Publisher) {
 
 #[cfg(test)]
 mod tests {
+    //! Also the helpers the bench's other tests share: the command line's parser and a
+    //! watchdog.
+
     use super::*;
     use clap::Parser;
+
+    /// How long a test's body may run before the watchdog fails it.
+    pub(super) const WATCHDOG: Duration = Duration::from_secs(10);
 
     #[derive(Parser)]
     struct Cli {
@@ -800,8 +971,28 @@ mod tests {
         bench: BenchArgs,
     }
 
-    fn parse(flags: &[&str]) -> BenchArgs {
+    /// `corecast bench` with `flags`, parsed as the command line does.
+    pub(super) fn parse(flags: &[&str]) -> BenchArgs {
         Cli::parse_from(std::iter::once("bench").chain(flags.iter().copied())).bench
+    }
+
+    /// Runs `body` on a thread and fails the test if it panics or takes longer than `within`.
+    pub(super) fn within_watchdog<T: Send + 'static>(
+        within: Duration,
+        body: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // After the watchdog has expired nothing receives: the test has failed already.
+            let _ = done.send(body());
+        });
+        match result.recv_timeout(within) {
+            Ok(value) => value,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("the watchdog expired"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the test body panicked")
+            }
+        }
     }
 
     #[test]
@@ -825,7 +1016,19 @@ mod tests {
             (args.cpu, args.server_pid, args.json.as_deref()),
             (None, None, None)
         );
-        assert_eq!((args.baseline, args.floor_cpu), (false, 0));
+        assert_eq!(
+            (args.baseline, args.compare, args.server_cpus.as_str()),
+            (false, false, "0")
+        );
+        assert_eq!(
+            (
+                args.publish_ws.as_deref(),
+                args.svg.as_deref(),
+                args.corecast_args.as_str()
+            ),
+            (None, None, "")
+        );
+        assert!(args.peer.is_empty());
         assert_eq!(args.validate(), Ok(()));
     }
 
@@ -844,90 +1047,53 @@ mod tests {
     }
 
     #[test]
-    fn baseline_refuses_a_server_pid_and_a_cpu_it_may_not_use() {
-        let args = parse(&["--baseline", "--server-pid", "42"]);
+    fn flags_that_do_not_apply_to_the_mode_are_refused() {
         assert_eq!(
-            args.validate(),
+            parse(&["--baseline", "--server-pid", "42"]).validate(),
             Err(
-                "--server-pid 42 does not apply to --baseline: the floor server is a thread of \
-                 the bench, and its CPU time is read from that thread"
+                "--server-pid 42 does not apply to --baseline: the bench starts the servers it \
+                 measures and reads their memory and CPU time itself"
                     .into()
             )
         );
-        let args = parse(&["--baseline", "--floor-cpu", "100000"]);
-        let allowed: Vec<String> = core_affinity::get_core_ids()
-            .unwrap()
-            .iter()
-            .map(|core| core.id.to_string())
-            .collect();
-        let Err(message) = run(&args) else {
-            panic!("--floor-cpu 100000 was accepted");
-        };
         assert_eq!(
-            message,
-            format!(
-                "--floor-cpu 100000 is not a CPU this process may run on; allowed: {}",
-                allowed.join(", ")
+            parse(&["--compare", "--publish-ws", "ws://h/publish"]).validate(),
+            Err(
+                "--publish-ws ws://h/publish does not apply to --compare: the bench publishes \
+                 to corecast's API and to each peer's /publish"
+                    .into()
             )
         );
-    }
-
-    /// The whole `--baseline` path at small scale, CPUs as the host allows: every subscriber
-    /// gets every event once and in order, and the floor's CPU time is reported.
-    #[test]
-    fn baseline_run_delivers_every_event_to_every_subscriber() {
-        let cores = core_affinity::get_core_ids().unwrap();
-        let floor_cpu = cores[0].id.to_string();
-        let bench_cpu = cores[cores.len() - 1].id.to_string();
-        let args = parse(&[
-            "--baseline",
-            "--floor-cpu",
-            &floor_cpu,
-            "--cpu",
-            &bench_cpu,
-            "--subscribers",
-            "50",
-            "--events",
-            "5",
-            "--warmup-events",
-            "2",
-            "--interval-ms",
-            "10",
-            "--timeout-s",
-            "20",
-        ]);
-        let (done, result) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // The test is over when the watchdog expires: nothing receives then.
-            let _ = done.send(run(&args));
-        });
-        let finished = result
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the watchdog expired")
-            .expect("the run starts");
-        assert_eq!(finished.failure, None);
-        let report = &finished.report;
-        assert_eq!(report.target, "floor-write");
-        assert_eq!(report.deliveries, 50 * 5);
         assert_eq!(
-            (report.lost, report.duplicated, report.out_of_order),
-            (0, 0, 0)
+            parse(&["--peer", "tokio=./peer {port}"]).validate(),
+            Err("--peer tokio needs --compare".into())
         );
-        assert!(report.is_clean());
-        assert!(
-            report.server_cpu_per_delivery_ns.is_some_and(|ns| ns > 0),
-            "{:?}",
-            report.server_cpu_per_delivery_ns
+        assert_eq!(
+            parse(&["--baseline", "--corecast-args", "--shards 1"]).validate(),
+            Err("--corecast-args needs --compare".into())
         );
-        assert!(
-            finished
-                .warnings
-                .iter()
-                .all(|warning| !warning.contains("disconnected")
-                    && !warning.contains("not deliveries")),
-            "{:?}",
-            finished.warnings
+        assert_eq!(
+            parse(&["--compare", "--peer", "corecast=./other {port}"]).validate(),
+            Err("--peer corecast: another target of the comparison has that name".into())
         );
+        assert_eq!(
+            parse(&["--compare", "--server-cpus", "1-0"]).validate(),
+            Err(r#"--server-cpus: CPU range "1-0" is empty or too large"#.into())
+        );
+        let args = parse(&[
+            "--compare",
+            "--server-cpus",
+            "0-1",
+            "--corecast-args",
+            "--shards 2",
+            "--peer",
+            "tokio=./peer {port}",
+            "--peer",
+            "node=node peer.js {port}",
+        ]);
+        assert_eq!(args.validate(), Ok(()));
+        assert_eq!(args.server_cpu_list(), Ok(vec![0, 1]));
+        assert_eq!(args.peer.len(), 2);
     }
 
     #[test]

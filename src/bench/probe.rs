@@ -1,5 +1,5 @@
-//! Host probes: a process's resident memory and the CPU time of all its threads, and the CPU
-//! time of the calling thread, from `/proc`.
+//! Host probes: a process's resident memory and the CPU time of all its threads (or of a
+//! process and every process it started), and the CPU time of the calling thread, from `/proc`.
 //!
 //! Owns the bench's only reads of another process. It never runs on the delivery path: it is
 //! read before connecting, once idle, and around the measured phase. The CPU probe exists so
@@ -15,28 +15,102 @@ pub enum Process {
     Bench,
     /// Another process, by id.
     Pid(u32),
+    /// A process the bench started and every live process below it: a server started through
+    /// a shell or a build tool is measured whole, whatever it runs as.
+    Tree(u32),
 }
 
 impl Process {
-    fn dir(self) -> String {
-        match self {
-            Self::Bench => "/proc/self".into(),
-            Self::Pid(pid) => format!("/proc/{pid}"),
-        }
+    /// The `/proc` directories of the processes it names.
+    fn dirs(self) -> Result<Vec<String>, String> {
+        Ok(match self {
+            Self::Bench => vec!["/proc/self".into()],
+            Self::Pid(pid) => vec![format!("/proc/{pid}")],
+            Self::Tree(root) => {
+                let mut dirs = vec![format!("/proc/{root}")];
+                dirs.extend(descendants(root)?.iter().map(|pid| format!("/proc/{pid}")));
+                dirs
+            }
+        })
     }
 }
 
-/// Resident memory of `process` in KiB, from the `VmRSS` line of `/proc/PID/status`.
+/// Resident memory of `process` in KiB, from the `VmRSS` line of `/proc/PID/status`, summed
+/// over a tree (pages two processes share count twice; a shell's are a few hundred KiB).
 pub fn rss_kib(process: Process) -> Result<u64, String> {
-    let path = format!("{}/status", process.dir());
-    let status = std::fs::read_to_string(&path).map_err(|error| format!("{path}: {error}"))?;
-    parse_vm_rss_kib(&status).ok_or_else(|| format!("{path}: no VmRSS line"))
+    let mut total_kib = 0;
+    for (index, dir) in process.dirs()?.iter().enumerate() {
+        let path = format!("{dir}/status");
+        let status = match std::fs::read_to_string(&path) {
+            Ok(status) => status,
+            // A descendant that ended since the listing no longer counts; the root must exist.
+            Err(_) if index > 0 => continue,
+            Err(error) => return Err(format!("{path}: {error}")),
+        };
+        // A zombie has no VmRSS line: it holds no memory.
+        match parse_vm_rss_kib(&status) {
+            Some(kib) => total_kib += kib,
+            None if index > 0 => {}
+            None => return Err(format!("{path}: no VmRSS line")),
+        }
+    }
+    Ok(total_kib)
 }
 
 /// CPU time `process`'s live threads have run, in nanoseconds, summed from
-/// `/proc/PID/task/TID/schedstat` (nanosecond resolution, unlike the tick counts of `stat`).
+/// `/proc/PID/task/TID/schedstat` (nanosecond resolution, unlike the tick counts of `stat`),
+/// and over a tree's processes.
 pub fn cpu_time_ns(process: Process) -> Result<u64, String> {
-    let path = format!("{}/task", process.dir());
+    let mut total_ns = 0;
+    for (index, dir) in process.dirs()?.iter().enumerate() {
+        match threads_cpu_time_ns(dir) {
+            Ok(ns) => total_ns += ns,
+            // A descendant that ended since the listing no longer counts.
+            Err(_) if index > 0 => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(total_ns)
+}
+
+/// The live processes below `root`, from the parent ids in `/proc/PID/stat`.
+fn descendants(root: u32) -> Result<Vec<u32>, String> {
+    let entries = std::fs::read_dir("/proc").map_err(|error| format!("/proc: {error}"))?;
+    let parents: Vec<(u32, u32)> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            // A process that ended since the listing has no file any more.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            Some((pid, parse_stat_ppid(&stat)?))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut next = 0;
+    while next < found.len() {
+        let parent = found[next];
+        found.extend(
+            parents
+                .iter()
+                .filter(|&&(_, ppid)| ppid == parent)
+                .map(|&(pid, _)| pid),
+        );
+        next += 1;
+    }
+    found.remove(0);
+    Ok(found)
+}
+
+/// The parent id in a `/proc/PID/stat` line: the second field after the command name, which
+/// is in parentheses and may itself hold spaces and parentheses.
+fn parse_stat_ppid(stat: &str) -> Option<u32> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU time of the live threads of the process whose `/proc` directory is `dir`.
+fn threads_cpu_time_ns(dir: &str) -> Result<u64, String> {
+    let path = format!("{dir}/task");
     let threads = std::fs::read_dir(&path).map_err(|error| format!("{path}: {error}"))?;
     let mut total_ns = 0;
     for thread in threads.flatten() {
@@ -91,6 +165,43 @@ mod tests {
             Some(1_069_536_801)
         );
         assert_eq!(parse_schedstat_ns(""), None);
+    }
+
+    #[test]
+    fn stat_ppid_skips_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (tokio (peer) x) S 4200 4242 4200 0 -1 4194560 100 0";
+        assert_eq!(parse_stat_ppid(stat), Some(4200));
+        assert_eq!(parse_stat_ppid("garbage"), None);
+    }
+
+    /// A shell that starts a `sleep`: the tree holds both, and its memory is at least the
+    /// shell's own.
+    #[test]
+    fn a_tree_holds_the_children_of_a_process() {
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let root = shell.id();
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let children = loop {
+            let children = descendants(root).unwrap();
+            if !children.is_empty() || std::time::Instant::now() > give_up {
+                break children;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let own = rss_kib(Process::Pid(root)).unwrap();
+        let tree = rss_kib(Process::Tree(root)).unwrap();
+        cpu_time_ns(Process::Tree(root)).unwrap();
+        for child in &children {
+            let _ = std::process::Command::new("kill")
+                .arg(child.to_string())
+                .status();
+        }
+        shell.wait().unwrap();
+        assert_eq!(children.len(), 1, "{children:?}");
+        assert!(tree > own, "tree {tree} KiB, shell alone {own} KiB");
     }
 
     #[test]

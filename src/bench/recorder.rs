@@ -20,6 +20,14 @@ const LATENCY_US_MAX: u64 = 3_600_000_000;
 /// Significant decimal digits the histogram keeps: 3 means values within 0.1%.
 const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
 
+/// Points per halving of the distance to the 100th percentile in the latency CDF: 8 gives
+/// about 8 points between p50 and p75, and as many between p99 and p99.5, so the tail is drawn
+/// as finely as the body (about 200 points for a million deliveries).
+const CDF_TICKS_PER_HALF_DISTANCE: u32 = 8;
+
+/// Most points in the fan-out completion CDF (one per event at most).
+const CDF_POINTS_MAX: usize = 1_000;
+
 /// One published event as seen by the receivers.
 #[derive(Default)]
 struct EventSlot {
@@ -177,14 +185,7 @@ impl Recorder {
         let latency = self.latency_us.borrow();
         let measured = &self.events[self.warmup_slots()..];
         let received = || measured.iter().filter(|slot| slot.receive_count.get() > 0);
-        let mut completion_us: Vec<u64> = received()
-            .map(|slot| {
-                slot.last_receive_us
-                    .get()
-                    .saturating_sub(slot.sent_us.get())
-            })
-            .collect();
-        completion_us.sort_unstable();
+        let completion_us = self.completion_us();
         let first_sent_us = received().map(|slot| slot.sent_us.get()).min();
         let last_receive_us = received().map(|slot| slot.last_receive_us.get()).max();
         let span_us = match (first_sent_us, last_receive_us) {
@@ -214,6 +215,73 @@ impl Recorder {
             foreign_frames: self.foreign_frames.get(),
         }
     }
+
+    /// The measured deliveries' latency distribution, as (microseconds, fraction of deliveries
+    /// at or below it) points in ascending order, ending at the maximum with 1; empty when
+    /// nothing was delivered.
+    pub fn latency_cdf(&self) -> Vec<(u64, f64)> {
+        let latency = self.latency_us.borrow();
+        if latency.is_empty() {
+            return Vec::new();
+        }
+        let mut points: Vec<(u64, f64)> = latency
+            .iter_quantiles(CDF_TICKS_PER_HALF_DISTANCE)
+            .map(|step| {
+                (
+                    latency.highest_equivalent(step.value_iterated_to()),
+                    step.percentile() / 100.0,
+                )
+            })
+            .collect();
+        points.push((latency.max(), 1.0));
+        keep_highest_fraction_per_value(&mut points);
+        points
+    }
+
+    /// The measured events' fan-out completion distribution (publish to the last delivery),
+    /// as (microseconds, fraction of events at or below it) points in ascending order, at most
+    /// `CDF_POINTS_MAX` of them, ending at the slowest event with 1; empty when no event arrived.
+    pub fn fanout_cdf(&self) -> Vec<(u64, f64)> {
+        let completion_us = self.completion_us();
+        let count = completion_us.len();
+        let step = count.div_ceil(CDF_POINTS_MAX).max(1);
+        let mut points: Vec<(u64, f64)> = (1..=count)
+            .filter(|rank| rank % step == 0 || *rank == count)
+            .map(|rank| (completion_us[rank - 1], rank as f64 / count as f64))
+            .collect();
+        keep_highest_fraction_per_value(&mut points);
+        points
+    }
+
+    /// Each measured event's fan-out completion time in microseconds, ascending; events no
+    /// subscriber received are left out (they count as lost).
+    fn completion_us(&self) -> Vec<u64> {
+        let measured = &self.events[self.warmup_slots()..];
+        let mut completion_us: Vec<u64> = measured
+            .iter()
+            .filter(|slot| slot.receive_count.get() > 0)
+            .map(|slot| {
+                slot.last_receive_us
+                    .get()
+                    .saturating_sub(slot.sent_us.get())
+            })
+            .collect();
+        completion_us.sort_unstable();
+        completion_us
+    }
+}
+
+/// Merges CDF points of equal value into one with the highest fraction, the later point's:
+/// the share of the distribution at or below that value.
+fn keep_highest_fraction_per_value(points: &mut Vec<(u64, f64)>) {
+    points.dedup_by(|later, earlier| {
+        if later.0 == earlier.0 {
+            earlier.1 = later.1;
+            true
+        } else {
+            false
+        }
+    });
 }
 
 /// The `quantile` of ascending `sorted` by the nearest-rank method; 0 when empty.
@@ -274,6 +342,46 @@ mod tests {
         assert_eq!(summary.foreign_frames, 1);
         assert_eq!(summary.lost, 3);
         assert_eq!(recorder.frames(), 5);
+    }
+
+    #[test]
+    fn cdfs_rise_to_one_at_the_slowest_value() {
+        let recorder = Recorder::new(1, 1, 4);
+        let mut order = ConnOrder::default();
+        assert_eq!(
+            (recorder.latency_cdf(), recorder.fanout_cdf()),
+            (vec![], vec![])
+        );
+        recorder.record(delivery(0, 0), 99_999, &mut order);
+        for (seq, latency_us) in [(1, 100), (2, 100), (3, 200), (4, 4_000)] {
+            recorder.record(delivery(seq, 1_000), 1_000 + latency_us, &mut order);
+        }
+        assert_eq!(
+            recorder.fanout_cdf(),
+            vec![(100, 0.5), (200, 0.75), (4_000, 1.0)],
+            "the warm-up event is left out, equal values keep the higher fraction"
+        );
+        let latency = recorder.latency_cdf();
+        // 4,000 and 4,001 share a histogram bucket (3 significant digits); its top is reported.
+        assert_eq!(latency.last(), Some(&(4_001, 1.0)));
+        assert!(latency
+            .windows(2)
+            .all(|pair| pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1));
+        let at_100 = latency.iter().find(|point| point.0 >= 100).unwrap();
+        assert_eq!(at_100.1, 0.5, "{latency:?}");
+    }
+
+    #[test]
+    fn fanout_cdf_keeps_at_most_its_point_budget() {
+        let events = 2_500;
+        let recorder = Recorder::new(1, 0, events);
+        let mut order = ConnOrder::default();
+        for seq in 0..events {
+            recorder.record(delivery(seq, 0), seq + 1, &mut order);
+        }
+        let cdf = recorder.fanout_cdf();
+        assert!(cdf.len() <= CDF_POINTS_MAX, "{}", cdf.len());
+        assert_eq!(cdf.last(), Some(&(events, 1.0)));
     }
 
     #[test]

@@ -52,6 +52,16 @@ pub struct Report {
     /// Signed: the server may hand memory back between the two readings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_rss_per_conn_bytes: Option<i64>,
+    /// Fan-out completion p50 over the plain-write floor's, measured in the same
+    /// `--baseline` or `--compare` run (see `set_ratios`); absent in a run of one target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout_p50_vs_floor_write: Option<f64>,
+    /// Fan-out completion p99 over the plain-write floor's, in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout_p99_vs_floor_write: Option<f64>,
+    /// Fan-out completion p50 over the io_uring floor's, in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout_p50_vs_floor_uring: Option<f64>,
 }
 
 /// What the run was asked to do, for the report's first fields.
@@ -124,7 +134,37 @@ impl Report {
             server_rss_kib_before: rss.map(|rss| rss.before_kib),
             server_rss_kib_idle: rss.map(|rss| rss.idle_kib),
             server_rss_per_conn_bytes: per_conn_bytes,
+            fanout_p50_vs_floor_write: None,
+            fanout_p99_vs_floor_write: None,
+            fanout_p50_vs_floor_uring: None,
         }
+    }
+
+    /// Sets the ratios of this report's fan-out completion to the floors' of the same run,
+    /// rounded to two decimals; a floor that was not measured, or measured as 0, leaves its
+    /// ratios out.
+    pub fn set_ratios(&mut self, floor_write: Option<&Report>, floor_uring: Option<&Report>) {
+        fn ratio(value: u64, floor: u64) -> Option<f64> {
+            (floor > 0).then(|| (value as f64 / floor as f64 * 100.0).round() / 100.0)
+        }
+        self.fanout_p50_vs_floor_write = floor_write.and_then(|floor| {
+            ratio(
+                self.fanout_completion_us_p50,
+                floor.fanout_completion_us_p50,
+            )
+        });
+        self.fanout_p99_vs_floor_write = floor_write.and_then(|floor| {
+            ratio(
+                self.fanout_completion_us_p99,
+                floor.fanout_completion_us_p99,
+            )
+        });
+        self.fanout_p50_vs_floor_uring = floor_uring.and_then(|floor| {
+            ratio(
+                self.fanout_completion_us_p50,
+                floor.fanout_completion_us_p50,
+            )
+        });
     }
 
     /// Whether every expected delivery arrived exactly once and in order.
@@ -191,6 +231,21 @@ impl Report {
                 "server_rss_per_conn_bytes",
                 self.server_rss_per_conn_bytes
                     .map(|bytes| bytes.to_string()),
+            ),
+            (
+                "fanout_p50_vs_floor_write",
+                self.fanout_p50_vs_floor_write
+                    .map(|ratio| ratio.to_string()),
+            ),
+            (
+                "fanout_p99_vs_floor_write",
+                self.fanout_p99_vs_floor_write
+                    .map(|ratio| ratio.to_string()),
+            ),
+            (
+                "fanout_p50_vs_floor_uring",
+                self.fanout_p50_vs_floor_uring
+                    .map(|ratio| ratio.to_string()),
             ),
         ];
         fields.extend(
@@ -329,6 +384,27 @@ mod tests {
         );
         assert!(table.contains(&format!("\n{:<width$}  4\n", "latency_us_p999")));
         assert_eq!(table.lines().count(), 21);
+    }
+
+    #[test]
+    fn ratios_are_to_the_floors_of_the_same_run() {
+        let floor = Report::new(TARGET.into(), load(), 7, &summary(), BENCH_ONLY, None);
+        let mut slower = summary();
+        slower.fanout_completion_us_p50 = 9;
+        slower.fanout_completion_us_p99 = 21;
+        let mut report = Report::new("corecast".into(), load(), 7, &slower, BENCH_ONLY, None);
+        report.set_ratios(Some(&floor), None);
+        assert_eq!(report.fanout_p50_vs_floor_write, Some(1.5));
+        assert_eq!(report.fanout_p99_vs_floor_write, Some(3.0));
+        assert_eq!(report.fanout_p50_vs_floor_uring, None);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["fanout_p50_vs_floor_write"], 1.5);
+        assert!(json.get("fanout_p50_vs_floor_uring").is_none());
+        let mut zero = floor.clone();
+        zero.fanout_completion_us_p50 = 0;
+        report.set_ratios(Some(&zero), Some(&floor));
+        assert_eq!(report.fanout_p50_vs_floor_write, None);
+        assert_eq!(report.fanout_p50_vs_floor_uring, Some(1.5));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! What a run measures: a server reached over the network, or the floor server in this
-//! process.
+//! What a run measures: a server reached over the network (one the operator started, or one
+//! the bench started for `--compare`), or a floor server in this process.
 //!
 //! Owns the two things that differ between targets: how the events are published, and where
 //! the server's CPU time comes from. Everything else (the receiver, the recorder, the loss and
@@ -7,35 +7,43 @@
 //! the target alone and a server's figures can be read against the floor's. It never measures
 //! anything itself: the run reads every figure the same way whatever the target.
 
-use super::floor::{self, Floor};
+use super::floor::Floor;
+use super::probe::Process;
 use super::publish::{self, Plan, Publisher};
+use super::spawn::Spawned;
 
 /// The system under measurement.
 pub enum Target {
-    /// A server (corecast, or whatever `--ws` names): the publisher thread posts the events
-    /// to its API, and its CPU time is read from `/proc` when `--server-pid` names it.
+    /// A server (corecast, a peer, or whatever `--ws` names): the publisher thread sends it
+    /// the events, and its CPU time and memory are read from `/proc` when its process is known.
     Server(Server),
-    /// The floor server (`--baseline`): its thread writes the events to the subscribers'
-    /// sockets itself and reads its own CPU time.
+    /// A floor server (`--baseline`, `--compare`): its thread writes the events to the
+    /// subscribers' sockets itself and reads its own CPU time.
     Floor(Floor),
 }
 
 /// A server reached over the network.
 pub struct Server {
-    /// What the report calls it: the `--ws` URL.
+    /// What the report calls it: the `--ws` URL, or the name it was started under.
     pub name: String,
     pub plan: Plan,
-    /// Its process id, from `--server-pid`.
-    pub pid: Option<u32>,
+    /// Where its memory and CPU time are read: `--server-pid`, or the processes the bench
+    /// started for it.
+    pub process: Option<Process>,
+    /// The CPUs it was started on, when the bench started it.
+    pub cpus: Vec<usize>,
+    /// The process the bench started for it, stopped with the target.
+    pub spawned: Option<Spawned>,
 }
 
 /// Where a target's CPU time over the measured phase comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum ServerCpu {
     /// Nowhere: a server without `--server-pid`.
     Unmeasured,
-    /// The process's threads in `/proc/PID/task`, read by the run before and after.
-    Process(u32),
+    /// The process's (or processes') threads in `/proc/PID/task`, read by the run before and
+    /// after.
+    Process(Process),
     /// The publishing thread itself, reported with the phase's outcome; it runs in the
     /// bench's process, so the run also takes it out of the bench's own CPU time.
     Reported,
@@ -46,7 +54,7 @@ impl Target {
     pub fn name(&self) -> &str {
         match self {
             Self::Server(server) => &server.name,
-            Self::Floor(_) => floor::NAME,
+            Self::Floor(floor) => floor.name(),
         }
     }
 
@@ -59,28 +67,38 @@ impl Target {
         }
     }
 
-    /// The server's process id, when it is another process and `--server-pid` names it: its
-    /// memory and CPU time are then read from `/proc`.
-    pub fn pid(&self) -> Option<u32> {
+    /// The server's processes, when they are known: its memory and CPU time are then read
+    /// from `/proc`.
+    pub fn process(&self) -> Option<Process> {
         match self {
-            Self::Server(server) => server.pid,
+            Self::Server(server) => server.process,
             Self::Floor(_) => None,
         }
     }
 
+    /// The CPUs the server runs on, when the bench placed it.
+    pub fn cpus(&self) -> Vec<usize> {
+        match self {
+            Self::Server(server) => server.cpus.clone(),
+            Self::Floor(floor) => vec![floor.cpu()],
+        }
+    }
+
     pub fn server_cpu(&self) -> ServerCpu {
-        match (self, self.pid()) {
+        match (self, self.process()) {
             (Self::Floor(_), _) => ServerCpu::Reported,
-            (Self::Server(_), Some(pid)) => ServerCpu::Process(pid),
+            (Self::Server(_), Some(process)) => ServerCpu::Process(process),
             (Self::Server(_), None) => ServerCpu::Unmeasured,
         }
     }
 
-    /// Waits for the target's threads in this process to end, once the run has dropped its
-    /// publisher; the HTTP publisher is never waited for (see `publish::spawn`).
+    /// Stops what the bench started for the target, once the run has dropped its publisher:
+    /// waits for the floor's thread to end, or stops the server process the bench started. A
+    /// server the operator started is left running, and the HTTP publisher is never waited
+    /// for (see `publish::spawn`).
     pub fn stop(&mut self) -> Result<(), String> {
         match self {
-            Self::Server(_) => Ok(()),
+            Self::Server(server) => server.spawned.take().map_or(Ok(()), Spawned::stop),
             Self::Floor(floor) => floor.stop(),
         }
     }

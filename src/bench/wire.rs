@@ -1,5 +1,6 @@
-//! The bench's side of the wire: URL parsing, the HTTP upgrade exchange, client control frames
-//! and the field scan of a delivery.
+//! The bench's side of the wire: URL parsing, the HTTP upgrade exchange, masked client frames
+//! (control frames, and the publisher connection's text frames) and the field scan of a
+//! delivery.
 //!
 //! Owns every byte format the bench reads or writes on a WebSocket. It never touches a socket
 //! or a clock: each function is pure over bytes and reports "need more" on partial input, so
@@ -25,6 +26,17 @@ pub const OPCODE_PONG: u8 = 0xA;
 /// Opcode of a Close frame.
 pub const OPCODE_CLOSE: u8 = 0x8;
 
+/// First byte of a final text frame: FIN set, opcode 1.
+const FIN_TEXT: u8 = 0x81;
+
+/// Set in a frame's second byte when a masking key follows the length; every client frame
+/// carries one (RFC 6455 section 5.3).
+const MASK_BIT: u8 = 0x80;
+
+/// Largest payload whose length fits the header's 7-bit field; 126 and 127 announce a 16-bit
+/// and a 64-bit extended length (RFC 6455 section 5.2).
+const PAYLOAD_BYTES_7BIT_MAX: usize = 125;
+
 /// Where a `ws://` URL points: what to connect to and what to ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsTarget {
@@ -32,6 +44,13 @@ pub struct WsTarget {
     pub authority: String,
     /// Path and query as written in the URL, `/` when the URL has none.
     pub path: String,
+}
+
+impl std::fmt::Display for WsTarget {
+    /// The URL again, with the default port written out: what failure messages name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ws://{}{}", self.authority, self.path)
+    }
 }
 
 /// Splits `ws://host[:port][/path][?query]`; the port defaults to 80. `wss://` is refused: the
@@ -83,16 +102,30 @@ fn with_default_port(authority: &str, port: u16) -> String {
 /// as is by every connection.
 pub fn upgrade_request(target: &WsTarget, channel: &str) -> Vec<u8> {
     let separator = if target.path.contains('?') { '&' } else { '?' };
+    let path = format!(
+        "{}{separator}channels={}",
+        target.path,
+        percent_encode(channel)
+    );
+    request_head(&path, &target.authority)
+}
+
+/// The upgrade request of the publisher connection to `target`: its path as written, with no
+/// `channels` query, since the publisher subscribes to nothing; what it sends is relayed to
+/// every subscriber.
+pub fn publisher_upgrade_request(target: &WsTarget) -> Vec<u8> {
+    request_head(&target.path, &target.authority)
+}
+
+/// The upgrade request head for `path` (query included) on `host`.
+fn request_head(path: &str, host: &str) -> Vec<u8> {
     format!(
-        "GET {path}{separator}channels={channel} HTTP/1.1\r\n\
+        "GET {path} HTTP/1.1\r\n\
          Host: {host}\r\n\
          Upgrade: websocket\r\n\
          Connection: Upgrade\r\n\
          Sec-WebSocket-Key: {HANDSHAKE_KEY}\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n",
-        path = target.path,
-        channel = percent_encode(channel),
-        host = target.authority,
+         Sec-WebSocket-Version: 13\r\n\r\n"
     )
     .into_bytes()
 }
@@ -152,7 +185,7 @@ pub fn parse_upgrade_response(input: &[u8]) -> Result<Option<usize>, UpgradeErro
 }
 
 /// Writes one masked client frame (FIN set) carrying `payload` into `out` and returns its
-/// length. Only control frames are sent, so the payload fits the 7-bit length.
+/// length. A control frame's payload is at most 125 bytes, so it fits the 7-bit length.
 pub fn encode_control_frame(
     opcode: u8,
     payload: &[u8],
@@ -172,6 +205,33 @@ pub fn encode_control_frame(
         out[6 + at] = byte ^ mask[at % 4];
     }
     6 + payload.len()
+}
+
+/// Replaces `out`'s contents with one masked final text frame whose payload is `parts` joined,
+/// masked with `mask`. The payload comes in pieces so that a caller need not join them first;
+/// once `out` has grown to the size of one frame, this never allocates.
+pub fn masked_text_frame(parts: &[&str], mask: [u8; 4], out: &mut Vec<u8>) {
+    let payload_bytes: usize = parts.iter().map(|part| part.len()).sum();
+    out.clear();
+    out.push(FIN_TEXT);
+    if payload_bytes <= PAYLOAD_BYTES_7BIT_MAX {
+        // At most 125: fits the 7-bit field.
+        out.push(MASK_BIT | payload_bytes as u8);
+    } else if let Ok(length) = u16::try_from(payload_bytes) {
+        out.push(MASK_BIT | 126);
+        out.extend_from_slice(&length.to_be_bytes());
+    } else {
+        out.push(MASK_BIT | 127);
+        out.extend_from_slice(&(payload_bytes as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    let payload_start = out.len();
+    for part in parts {
+        out.extend_from_slice(part.as_bytes());
+    }
+    for (at, byte) in out[payload_start..].iter_mut().enumerate() {
+        *byte ^= mask[at % 4];
+    }
 }
 
 /// The payload of a Close frame with status 1000 (normal closure) and no reason.
@@ -278,6 +338,62 @@ mod tests {
              Upgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn publisher_upgrade_request_keeps_the_path_and_adds_no_channels() {
+        let target = parse_ws_url("ws://127.0.0.1:8080/publish?token=t").unwrap();
+        assert_eq!(
+            String::from_utf8(publisher_upgrade_request(&target)).unwrap(),
+            "GET /publish?token=t HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        assert_eq!(target.to_string(), "ws://127.0.0.1:8080/publish?token=t");
+        let target = parse_ws_url("ws://example").unwrap();
+        assert_eq!(target.to_string(), "ws://example:80/");
+    }
+
+    #[test]
+    fn text_frames_are_masked_at_every_header_size() {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut frame = Vec::new();
+        masked_text_frame(&["ab", "", "c"], mask, &mut frame);
+        assert_eq!(
+            frame,
+            [
+                0x81,
+                0x83,
+                0x11,
+                0x22,
+                0x33,
+                0x44,
+                b'a' ^ 0x11,
+                b'b' ^ 0x22,
+                b'c' ^ 0x33
+            ]
+        );
+        // 7-bit, 16-bit and 64-bit payload lengths, each split unevenly against the mask.
+        for (payload_bytes, header) in [
+            (125, vec![0x81, 0x80 | 125]),
+            (126, vec![0x81, 0x80 | 126, 0, 126]),
+            (65_535, vec![0x81, 0x80 | 126, 0xFF, 0xFF]),
+            (65_536, vec![0x81, 0x80 | 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let text: String = (0..payload_bytes)
+                .map(|at| char::from(b'a' + (at % 26) as u8))
+                .collect();
+            let (head, tail) = text.split_at(3);
+            masked_text_frame(&[head, tail], mask, &mut frame);
+            assert_eq!(&frame[..header.len()], &header[..], "{payload_bytes} bytes");
+            assert_eq!(&frame[header.len()..header.len() + 4], &mask);
+            let unmasked: Vec<u8> = frame[header.len() + 4..]
+                .iter()
+                .enumerate()
+                .map(|(at, byte)| byte ^ mask[at % 4])
+                .collect();
+            assert_eq!(unmasked, text.as_bytes(), "{payload_bytes} bytes");
+        }
     }
 
     #[test]

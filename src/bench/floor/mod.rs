@@ -1,28 +1,38 @@
-//! The floor server of `corecast bench --baseline`: the least a server can do to fan one event
+//! The floor servers of `corecast bench --baseline`: the least a server can do to fan one event
 //! out to every subscriber on this host, on a pinned thread of the bench's own process.
 //!
 //! Owns a loopback listener, one blocking socket per subscriber and the thread that serves
 //! them. It accepts the subscribers one after another, answers each upgrade with `101` and the
 //! `connected` greeting corecast sends, and then, for every event of a phase, on the HTTP
 //! publisher's schedule: stamps `t_us`, builds once the frame corecast would build for the same
-//! publish, and writes it to every socket with a plain blocking `write_all` loop. That loop is
-//! the floor: one `send()` per subscriber, each paying the loopback path and the wake-up of the
-//! receiver on its CPU, with no event loop, queue, cross-core hop or allocation around it. A
+//! publish, and writes it to every socket. How it writes is the one thing its two kinds do
+//! differently:
+//! - `floor-write` ([`Kind::Write`]): a plain blocking `write_all` loop, one `send()` syscall
+//!   per subscriber, each paying the loopback path and the wake-up of the receiver on its CPU.
+//! - `floor-uring` ([`Kind::Uring`]): the same sends queued on an io_uring of its own and
+//!   submitted in batches, one `io_uring_enter` for up to 4,096 of them (see [`uring`]): the
+//!   kernel's send path without the cost of a syscall per subscriber, as an io_uring server
+//!   such as corecast (on glommio) could at best reach.
+//!
+//! Either is a floor: no event loop, queue, cross-core hop or allocation around the sends. A
 //! server's figures are read against it: on a small host the kernel's send path dominates, and
 //! a fan-out time means little until one knows how much of it the kernel alone costs.
 //!
-//! It must never do more than that loop, or the floor rises and flatters the server: it reads
+//! It must never do more than that, or the floor rises and flatters the server: it reads
 //! nothing after the upgrade (the subscribers' Pongs and Closes stay unread), never allocates
 //! per socket, and takes no lock on the write path. It runs in the bench's process so that the
 //! receiver, the recorder and the report are the same code for every target and two runs
 //! differ by the server alone; its CPU time is its own thread's, which it reads itself around
-//! each phase.
+//! each phase (io_uring runs the sends in the submitting thread; only a send that must block
+//! would go to the kernel's io-wq threads, which that time leaves out).
 //!
-//! Lifecycle: `start` binds and starts the pinned thread; the run takes its `Publisher` and
-//! drives phases through it as it drives the HTTP publisher's; dropping that handle (after the
-//! subscribers have sent Close) makes the thread answer every subscriber with Close and end,
-//! even from `accept` (the handle's `WakeAccept` connects once); `stop` joins the thread.
+//! Lifecycle: `start` binds, sets up the ring of `floor-uring` (and fails if the kernel refuses
+//! io_uring) and starts the pinned thread; the run takes its `Publisher` and drives phases
+//! through it as it drives the HTTP publisher's; dropping that handle (after the subscribers
+//! have sent Close) makes the thread answer every subscriber with Close and end, even from
+//! `accept` (the handle's `WakeAccept` connects once); `stop` joins the thread.
 
+mod uring;
 mod wire;
 
 use std::io::{ErrorKind, Read, Write};
@@ -34,8 +44,28 @@ use std::time::{Duration, Instant};
 use super::probe;
 use super::publish::{self, Outcome, Phase, Published, Publisher, WakeAccept};
 
-/// What the report calls this target: the floor that writes with a blocking loop.
-pub const NAME: &str = "floor-write";
+/// How a floor writes each event's frame to its subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A blocking `write_all` loop: one `send()` syscall per subscriber.
+    Write,
+    /// Sends queued on an io_uring in batches, one `io_uring_enter` per batch.
+    Uring,
+}
+
+impl Kind {
+    /// What the report calls a floor of this kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Write => "floor-write",
+            Self::Uring => "floor-uring",
+        }
+    }
+}
+
+/// What `start` says when the kernel refuses io_uring: the comparison then skips the io_uring
+/// floor instead of failing.
+pub const URING_UNAVAILABLE: &str = "cannot set up io_uring";
 
 /// The path subscribers ask for, as they would of corecast.
 pub const PATH: &str = "/ws";
@@ -48,9 +78,10 @@ const REQUEST_BYTES_MAX: usize = 4_096;
 /// then the floor drops it and the subscriber reports the failure.
 const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 
-/// Longest one write may block on a full socket, in milliseconds. The receiver drains every
-/// socket continuously, so a write that waits this long means it has stopped reading: the
-/// phase fails rather than hang the run.
+/// Longest one write may block on a full socket, in milliseconds (with `Kind::Uring`, one
+/// event's batched sends to every socket). The receiver drains every socket continuously, so a
+/// write that waits this long means it has stopped reading: the phase fails rather than hang
+/// the run.
 const WRITE_TIMEOUT_MS: u64 = 5_000;
 
 /// The heartbeat the greeting announces, in seconds: corecast's default. The floor never
@@ -63,7 +94,9 @@ const COMMANDS_QUEUED_MAX: usize = 1;
 /// What the floor needs to start.
 #[derive(Debug)]
 pub struct Config {
-    /// The CPU its thread is pinned to (`--floor-cpu`, checked by the caller).
+    /// How it writes the frames.
+    pub kind: Kind,
+    /// The CPU its thread is pinned to (the first of `--server-cpus`, checked by the caller).
     pub cpu: usize,
     /// Subscribers to accept before the first phase.
     pub subscribers: usize,
@@ -81,6 +114,7 @@ pub struct Config {
 
 /// The run's handle on the floor thread.
 pub struct Floor {
+    kind: Kind,
     addr: SocketAddr,
     cpu: usize,
     /// Taken once by the run; dropping it ends the thread.
@@ -89,9 +123,11 @@ pub struct Floor {
 }
 
 impl Floor {
-    /// Listens on `127.0.0.1:0` and starts the thread pinned to `config.cpu`; returns once it
-    /// is pinned.
+    /// Listens on `127.0.0.1:0`, sets up the ring of a `Kind::Uring` floor and starts the
+    /// thread pinned to `config.cpu`; returns once it is pinned.
     pub fn start(config: Config) -> Result<Self, String> {
+        let kind = config.kind;
+        let sender = Sender::new(kind, config.subscribers)?;
         let listener = listen(config.connect_concurrency)
             .map_err(|error| format!("--baseline: cannot listen on 127.0.0.1: {error}"))?;
         let addr = listener
@@ -104,10 +140,10 @@ impl Floor {
         let thread = std::thread::Builder::new()
             .name("bench-floor".into())
             .spawn(move || {
-                let pin = super::pin_current_thread("floor-cpu", config.cpu);
+                let pin = super::pin_current_thread("server-cpus", config.cpu);
                 let pinned = pin.is_ok();
                 if pinned_sink.send(pin).is_ok() && pinned {
-                    run(listener, &config, &phase_source, &outcome_sink);
+                    run(listener, sender, &config, &phase_source, &outcome_sink);
                 }
             })
             .map_err(|error| format!("cannot start the floor thread: {error}"))?;
@@ -115,6 +151,7 @@ impl Floor {
             .recv()
             .map_err(|_| "the floor thread ended before it started".to_string())??;
         Ok(Self {
+            kind,
             addr,
             cpu,
             publisher: Some(Publisher {
@@ -124,6 +161,11 @@ impl Floor {
             }),
             thread: Some(thread),
         })
+    }
+
+    /// What the report calls it: its kind's name.
+    pub fn name(&self) -> &'static str {
+        self.kind.name()
     }
 
     /// Where it listens.
@@ -174,11 +216,12 @@ fn listen(backlog: usize) -> std::io::Result<TcpListener> {
 /// subscriber with Close.
 fn run(
     listener: TcpListener,
+    sender: Sender,
     config: &Config,
     phases: &Receiver<Phase>,
     outcomes: &SyncSender<Outcome>,
 ) {
-    let accepted = accept_all(&listener, config.subscribers, phases);
+    let accepted = accept_all(&listener, sender, config.subscribers, phases);
     drop(listener);
     let mut sockets = match accepted {
         Ok(Some(sockets)) => sockets,
@@ -210,9 +253,37 @@ fn run(
     sockets.close();
 }
 
-/// The subscribers' sockets, and the buffers every event is built in.
+/// How the frame reaches every socket: the one part of the thread that differs by `Kind`.
+enum Sender {
+    /// A blocking `write_all` per socket.
+    Write,
+    /// Batched sends on the floor's own ring (boxed: the ring is some 300 bytes of
+    /// pointers, and this is the only variant that has any).
+    Uring(Box<uring::Ring>),
+}
+
+impl Sender {
+    /// The sender of a floor of `kind` for `subscribers` sockets; a `Kind::Uring` one fails
+    /// when the kernel refuses io_uring.
+    fn new(kind: Kind, subscribers: usize) -> Result<Self, String> {
+        match kind {
+            Kind::Write => Ok(Self::Write),
+            Kind::Uring => uring::Ring::new(subscribers)
+                .map(|ring| Self::Uring(Box::new(ring)))
+                .map_err(|error| {
+                    format!(
+                        "{}: {URING_UNAVAILABLE}: {error} (is kernel.io_uring_disabled set?)",
+                        kind.name()
+                    )
+                }),
+        }
+    }
+}
+
+/// The subscribers' sockets, how they are written, and the buffers every event is built in.
 struct Sockets {
     streams: Vec<TcpStream>,
+    sender: Sender,
     /// The event's `data` value.
     data: String,
     /// The event's complete frame, built once and written to every socket.
@@ -224,6 +295,7 @@ struct Sockets {
 /// floor goes on accepting.
 fn accept_all(
     listener: &TcpListener,
+    sender: Sender,
     subscribers: usize,
     phases: &Receiver<Phase>,
 ) -> Result<Option<Sockets>, String> {
@@ -250,6 +322,7 @@ fn accept_all(
     }
     Ok(Some(Sockets {
         streams,
+        sender,
         data: String::new(),
         frame: Vec::new(),
     }))
@@ -322,19 +395,36 @@ impl Sockets {
                 sent_us / 1_000,
                 &self.data,
             );
-            for (id, stream) in self.streams.iter_mut().enumerate() {
-                if let Err(error) = stream.write_all(&self.frame) {
-                    return Err(format!(
-                        "the floor cannot write event {seq} to floor-{id}: {error}"
-                    ));
-                }
-            }
+            self.send_frame()
+                .map_err(|error| format!("the floor cannot write event {seq} {error}"))?;
         }
         let cpu_ns = probe::thread_cpu_time_ns()?.saturating_sub(cpu_before_ns);
         Ok(Some(Published {
             phase,
             cpu_ns: Some(cpu_ns),
         }))
+    }
+
+    /// Writes the frame to every socket, each within `WRITE_TIMEOUT_MS`; the error names the
+    /// socket and reads after "cannot write event N".
+    fn send_frame(&mut self) -> Result<(), String> {
+        match &mut self.sender {
+            Sender::Write => {
+                for (id, stream) in self.streams.iter_mut().enumerate() {
+                    stream
+                        .write_all(&self.frame)
+                        .map_err(|error| format!("to floor-{id}: {error}"))?;
+                }
+                Ok(())
+            }
+            Sender::Uring(ring) => {
+                let timeout = Duration::from_millis(WRITE_TIMEOUT_MS);
+                // The count of `io_uring_enter` calls is for the tests; the report has no use for it.
+                ring.send_all(&self.streams, &self.frame, timeout)
+                    .map(|_enters| ())
+                    .map_err(|error| format!("with io_uring: {error}"))
+            }
+        }
     }
 
     /// Sends Close 1000 to every subscriber, then drops the sockets. A subscriber already
@@ -359,10 +449,11 @@ mod tests {
     use super::*;
     use crate::bench::wire::{self as client, Scanner};
 
-    const WATCHDOG: Duration = Duration::from_secs(10);
+    pub(super) use crate::bench::tests::WATCHDOG;
 
-    fn config(subscribers: usize) -> Config {
+    fn config(kind: Kind, subscribers: usize) -> Config {
         Config {
+            kind,
             cpu: core_affinity::get_core_ids().unwrap()[0].id,
             subscribers,
             channel_json: r#""bench.floor""#.into(),
@@ -372,19 +463,11 @@ mod tests {
         }
     }
 
-    /// Runs `body` on a thread and fails the test if it panics or takes longer than
-    /// `WATCHDOG`.
-    fn within_watchdog<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
-        let (done, result) = mpsc::channel();
-        std::thread::spawn(move || {
-            // After the watchdog has expired nothing receives: the test has failed already.
-            let _ = done.send(body());
-        });
-        match result.recv_timeout(WATCHDOG) {
-            Ok(value) => value,
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!("the watchdog expired"),
-            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the test body panicked"),
-        }
+    /// Runs `body` under the bench tests' watchdog. `uring`'s tests use it too.
+    pub(super) fn within_watchdog<T: Send + 'static>(
+        body: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        crate::bench::tests::within_watchdog(WATCHDOG, body)
     }
 
     fn read_exactly(stream: &mut TcpStream, bytes: usize) -> Vec<u8> {
@@ -408,9 +491,20 @@ mod tests {
     }
 
     #[test]
-    fn a_session_upgrades_publishes_one_frame_per_event_and_closes() {
-        within_watchdog(|| {
-            let mut floor = Floor::start(config(2)).unwrap();
+    fn a_write_session_upgrades_publishes_one_frame_per_event_and_closes() {
+        a_session_upgrades_publishes_one_frame_per_event_and_closes(Kind::Write);
+    }
+
+    #[test]
+    fn a_uring_session_upgrades_publishes_one_frame_per_event_and_closes() {
+        a_session_upgrades_publishes_one_frame_per_event_and_closes(Kind::Uring);
+    }
+
+    /// A whole session with a floor of `kind`: the same bytes whatever the kind.
+    fn a_session_upgrades_publishes_one_frame_per_event_and_closes(kind: Kind) {
+        within_watchdog(move || {
+            let mut floor = Floor::start(config(kind, 2)).unwrap();
+            assert_eq!(floor.name(), kind.name());
             let target = client::parse_ws_url(&format!("ws://{}{PATH}", floor.addr())).unwrap();
             let request = client::upgrade_request(&target, "bench.floor");
             let mut streams: Vec<TcpStream> = (0..2)
@@ -465,7 +559,7 @@ mod tests {
     #[test]
     fn dropping_the_publisher_ends_the_floor_while_it_accepts() {
         within_watchdog(|| {
-            let mut floor = Floor::start(config(3)).unwrap();
+            let mut floor = Floor::start(config(Kind::Write, 3)).unwrap();
             let addr = floor.addr();
             drop(floor.take_publisher());
             floor.stop().unwrap();
@@ -480,7 +574,7 @@ mod tests {
     #[test]
     fn a_request_that_is_not_an_upgrade_gets_400_and_the_floor_goes_on() {
         within_watchdog(|| {
-            let mut floor = Floor::start(config(1)).unwrap();
+            let mut floor = Floor::start(config(Kind::Write, 1)).unwrap();
             let mut bad = TcpStream::connect(floor.addr()).unwrap();
             bad.set_read_timeout(Some(WATCHDOG)).unwrap();
             bad.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
