@@ -26,8 +26,9 @@
 //! A publish is sequenced on the ingest core (critical, then high, then normal), gets its
 //! channel's next offset, and becomes one complete WebSocket frame (`bytes::Bytes`). The frame
 //! crosses to every shard that announced a matching pattern; each shard looks the channel up in
-//! its registry and queues the same bytes on every matching connection, whose task coalesces
-//! its pending frames into one write. Subscriptions flow the other way: a shard announces a new
+//! its registry and sends the same bytes to every matching connection: straight to the socket
+//! when nothing is queued for it, otherwise to its outbox, whose task coalesces the pending
+//! frames into one write. Subscriptions flow the other way: a shard announces a new
 //! pattern to the ingest core and answers `subscribed` once the ingest core routes it.
 //!
 //! # Glossary

@@ -133,3 +133,59 @@ fn slow_consumer_closes(stats: &Value) -> u64 {
         })
         .unwrap_or_default()
 }
+
+/// A subscriber that stops reading for a while and then catches up gets every message whole and
+/// in order: the server's direct writes fill its socket, the frame that does not fit is split
+/// between the socket and the outbox, and everything after it queues behind the rest. 8 MB is
+/// more than the loopback socket buffers hold (its receive buffer is pinned small, the server's
+/// send buffer grows to `net.ipv4.tcp_wmem`'s 4 MB at most), and the outbox is large enough that
+/// it is never taken for a slow consumer.
+#[tokio::test]
+async fn a_subscriber_that_catches_up_gets_split_frames_whole_and_in_order() {
+    const MESSAGES: usize = 200;
+    const BATCH: usize = 20;
+    watchdog(async {
+        let server = Server::start(&[
+            "--outbox-frames-max",
+            "4096",
+            "--outbox-bytes-max",
+            "16777216",
+            "--publish-body-bytes-max",
+            "1048576",
+            "--publish-batch-max",
+            "100",
+        ])
+        .await;
+        let mut late = RawWs::connect_ready_small_buffer(server.ws, 4096).await;
+        late.send_text(r#"{"type":"subscribe","channel":"late.1","id":1}"#)
+            .await;
+        assert_eq!(
+            late.next_json().await,
+            json!({"type": "subscribed", "channel": "late.1", "id": 1})
+        );
+        let data = |i: usize| json!({"i": i, "pad": "y".repeat(40_000 + i)});
+        let mut first_offset = None;
+        for start in (0..MESSAGES).step_by(BATCH) {
+            let batch: Vec<(&str, Value)> = (start..start + BATCH)
+                .map(|i| ("late.1", data(i)))
+                .collect();
+            let offsets = server.publish_batch(&batch).await;
+            first_offset.get_or_insert(offsets[0]);
+        }
+        // Answered after the messages, with the outbox as it was when the command arrived.
+        late.send_text(r#"{"type":"get_stats","id":2}"#).await;
+        let first = first_offset.unwrap();
+        for i in 0..MESSAGES {
+            let got = late.next_json().await;
+            assert_message(&got, "late.1", first + i as u64, &data(i));
+        }
+        let stats = late.next_json().await;
+        assert_eq!(stats["type"], "stats", "{stats}");
+        assert!(
+            stats["outbox_bytes"].as_u64().unwrap() > 0,
+            "expected part of the 8 MB to wait in the outbox behind a full socket: {stats}"
+        );
+        assert_eq!(slow_consumer_closes(&server.stats().await), 0);
+    })
+    .await
+}

@@ -168,10 +168,23 @@ impl ShardCore {
     }
 
     /// Queues a frame for `handle`; an overflowing outbox closes the connection with 4008.
+    /// Sends `frame` to a connection: at once where its socket takes it (see
+    /// `ConnHandle::write_now`), the rest through its outbox and task. A full outbox closes it
+    /// as a slow consumer.
     pub fn send_to(&self, handle: &ConnHandle, frame: Bytes) {
+        let written = handle.write_now(&frame);
+        let frames = usize::from(written == frame.len());
+        if written > 0 {
+            handle.count_written(frames, written);
+            self.count_written(frames, written);
+        }
+        if frames == 1 {
+            return;
+        }
+        let rest = frame.slice(written..);
         let config = &self.config;
         if handle
-            .push(frame, config.outbox_frames_max, config.outbox_bytes_max)
+            .push(rest, config.outbox_frames_max, config.outbox_bytes_max)
             .is_err()
         {
             self.slow_consumer(handle);
