@@ -290,6 +290,8 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         )));
     }
     let api_addr = api_addr.expect("checked above");
+    // Before `listening`: whoever starts the server may signal it as soon as it reads that line.
+    forward_signals(signal_tx)?;
     for line in plan.lines() {
         println!("{line}");
     }
@@ -298,7 +300,6 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let _ = std::io::stdout().flush();
     tracing::info!(ws = %ws_addr, api = %api_addr, shards, "serving");
 
-    forward_signals(signal_tx)?;
     let mut failed = Vec::new();
     for (who, handle) in executors {
         if let Err(err) = handle.join() {
