@@ -185,6 +185,11 @@ async fn a_subscriber_that_catches_up_gets_split_frames_whole_and_in_order() {
             stats["outbox_bytes"].as_u64().unwrap() > 0,
             "expected part of the 8 MB to wait in the outbox behind a full socket: {stats}"
         );
+        // Every frame counted once, whichever way it went: connected, subscribed, the messages
+        // (split ones included) and the first stats reply.
+        late.send_text(r#"{"type":"get_stats","id":3}"#).await;
+        let stats = late.next_json().await;
+        assert_eq!(stats["messages_out"], MESSAGES + 3, "{stats}");
         assert_eq!(slow_consumer_closes(&server.stats().await), 0);
     })
     .await

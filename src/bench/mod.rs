@@ -215,9 +215,10 @@ pub struct BenchArgs {
 
     /// A server to compare with --compare, as NAME=COMMAND: the bench starts `sh -c COMMAND`
     /// on --server-cpus with `{port}` replaced by a free port. The peer must accept WebSocket
-    /// upgrades on that port, greet each subscriber (on `/ws`) with one text message once it
-    /// receives broadcasts, and relay every text message of the publisher connection (on
-    /// `/publish`) unchanged to every subscriber. Repeat for several peers.
+    /// upgrades on that port, greet each subscriber (on `/ws`) with a text message holding
+    /// `"type":"connected"` once it receives broadcasts, and relay every text message of the
+    /// publisher connection (on `/publish`) unchanged to every subscriber. Repeat for several
+    /// peers.
     #[arg(long, value_name = "NAME=COMMAND", value_parser = PeerSpec::parse)]
     pub peer: Vec<PeerSpec>,
 

@@ -172,23 +172,29 @@ impl ShardCore {
     /// `ConnHandle::write_now`), the rest through its outbox and task. A full outbox closes it
     /// as a slow consumer.
     pub fn send_to(&self, handle: &ConnHandle, frame: Bytes) {
+        let (frames, bytes) = self.write_or_queue(handle, frame);
+        self.count_written(frames, bytes);
+    }
+
+    /// `send_to` but for the shard's counters, which the caller updates (once per fan-out):
+    /// returns the frames and bytes written at once.
+    fn write_or_queue(&self, handle: &ConnHandle, frame: Bytes) -> (usize, usize) {
         let written = handle.write_now(&frame);
         let frames = usize::from(written == frame.len());
         if written > 0 {
             handle.count_written(frames, written);
-            self.count_written(frames, written);
         }
-        if frames == 1 {
-            return;
+        if frames == 0 {
+            let config = &self.config;
+            let rest = frame.slice(written..);
+            if handle
+                .push(rest, config.outbox_frames_max, config.outbox_bytes_max)
+                .is_err()
+            {
+                self.slow_consumer(handle);
+            }
         }
-        let rest = frame.slice(written..);
-        let config = &self.config;
-        if handle
-            .push(rest, config.outbox_frames_max, config.outbox_bytes_max)
-            .is_err()
-        {
-            self.slow_consumer(handle);
-        }
+        (frames, written)
     }
 
     fn slow_consumer(&self, handle: &ConnHandle) {
@@ -499,11 +505,15 @@ impl ShardCore {
             .borrow()
             .collect_matches(delivery.channel(), &mut matches);
         let conns = self.conns.borrow();
+        let (mut frames, mut bytes) = (0, 0);
         for id in matches.iter() {
             let handle = &conns[id.slot as usize];
             assert_eq!(handle.id, *id, "the registry holds live connections only");
-            self.send_to(handle, delivery.frame.clone());
+            let (sent_frames, sent_bytes) = self.write_or_queue(handle, delivery.frame.clone());
+            frames += sent_frames;
+            bytes += sent_bytes;
         }
+        self.count_written(frames, bytes);
     }
 
     fn handle_ingest(&self, message: ToShard) {
