@@ -1,4 +1,4 @@
-//! The command line: `corecast serve` and `corecast bench`, parsed with clap.
+//! The command line: `corecast serve`, `corecast bench` and `corecast tune`, parsed with clap.
 //!
 //! `serve` takes every [`Config`] field as a flag and an optional TOML file; a flag given on the
 //! command line wins over the file, and the file wins over the defaults. This module only turns
@@ -28,6 +28,11 @@ enum Command {
     /// Measure fan-out latency: of a running server, of the kernel floors (--baseline), or of
     /// corecast, the floors and peers side by side (--compare); see `corecast bench --help`.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Audit the host against tuning/'s recommendations (`corecast tune check`).
+    Tune {
+        #[command(subcommand)]
+        command: crate::tune::TuneCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,6 +56,7 @@ pub fn run() -> ExitCode {
     };
     match cli.command {
         Command::Bench(args) => crate::bench::main(*args),
+        Command::Tune { command } => crate::tune::main(command),
         Command::Serve(args) => {
             let serve_matches = matches
                 .subcommand_matches("serve")

@@ -15,6 +15,7 @@
 //! - [`channel`]: channel names and wildcard patterns, shared by every stage.
 //! - [`config`], [`cli`], [`runtime`]: settings, the command line, the core plan and start-up.
 //! - [`bench`]: the load generator behind `corecast bench`.
+//! - [`tune`]: `corecast tune check`, the host audit against `tuning/`'s recommendations.
 //!
 //! # Data flow
 //! ```text
@@ -53,4 +54,5 @@ pub mod notify;
 pub mod queue;
 pub mod runtime;
 pub mod shard;
+pub mod tune;
 pub mod ws;

@@ -2,7 +2,8 @@
 //!
 //! [`CorePlan`] decides which CPU runs the ingest core and each broadcast shard. [`preflight`]
 //! checks what glommio needs from the host (memlock, io_uring, file descriptors) and turns a
-//! shortfall into a message that says what to change. [`serve`] wires the queues, starts every
+//! shortfall into a message that says what to change (the thresholds and host reads are
+//! [`crate::tune`]'s, shared with `corecast tune check`). [`serve`] wires the queues, starts every
 //! executor, waits until each has bound its port, prints the plan and the `listening` line, and
 //! joins them after a signal. This module holds no per-message logic.
 
@@ -17,9 +18,7 @@ use crate::config::Config;
 use crate::ingest::{Ingest, IngestCore};
 use crate::queue::{self, ToIngest, ToShard};
 use crate::shard::{Shard, ShardCore};
-
-/// The memlock glommio refuses to start below (its `MIN_MEMLOCK_LIMIT`).
-const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
+use crate::tune::{self, MEMLOCK_BYTES_MIN};
 
 /// How long start-up waits for every executor to bind before giving up.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,10 +113,7 @@ pub fn allowed_cpus() -> Vec<usize> {
 /// Checks the host for what glommio and the configured load need, raising soft limits to the
 /// hard ones where that is all it takes.
 pub fn preflight(config: &Config, executors: usize) -> Result<(), StartError> {
-    let io_uring_disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-        .ok()
-        .and_then(|text| text.trim().parse::<u8>().ok());
-    if io_uring_disabled == Some(2) {
+    if tune::host::io_uring_disabled() == Some(2) {
         return Err(StartError(
             "io_uring is disabled on this host (kernel.io_uring_disabled = 2); corecast runs on \
              io_uring: set `sysctl -w kernel.io_uring_disabled=0`"
@@ -136,7 +132,7 @@ pub fn preflight(config: &Config, executors: usize) -> Result<(), StartError> {
              tuning/)",
             soft / 1024,
             MEMLOCK_BYTES_MIN / 1024,
-            (executors * config.io_memory_bytes) / 1024 + 1024,
+            tune::memlock_bytes_wanted(executors, config.io_memory_bytes) / 1024,
         )));
     }
     let nofile = rlimit::increase_nofile_limit(u64::MAX)

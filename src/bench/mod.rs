@@ -596,7 +596,7 @@ fn check_local_ports(subscribers: u64) -> Result<(), String> {
     let Ok(text) = std::fs::read_to_string(PATH) else {
         return Ok(());
     };
-    let Some(ports) = local_port_count(&text) else {
+    let Some(ports) = crate::tune::local_port_count(&text) else {
         return Ok(());
     };
     if subscribers > ports {
@@ -606,13 +606,6 @@ fn check_local_ports(subscribers: u64) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn local_port_count(range: &str) -> Option<u64> {
-    let mut bounds = range.split_whitespace().map(str::parse::<u64>);
-    let low = bounds.next()?.ok()?;
-    let high = bounds.next()?.ok()?;
-    Some(high.checked_sub(low)? + 1)
 }
 
 /// Microseconds since the UNIX epoch by the wall clock: the publisher stamps `t_us` with it and
@@ -1095,11 +1088,5 @@ mod tests {
         assert_eq!(args.validate(), Ok(()));
         assert_eq!(args.server_cpu_list(), Ok(vec![0, 1]));
         assert_eq!(args.peer.len(), 2);
-    }
-
-    #[test]
-    fn local_port_range_counts_both_ends() {
-        assert_eq!(local_port_count("32768\t60999\n"), Some(28_232));
-        assert_eq!(local_port_count("garbage"), None);
     }
 }
