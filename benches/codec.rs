@@ -32,6 +32,7 @@
 //!   `-C target-cpu=native` (AVX2) it took 165 ns.
 
 use std::hint::black_box;
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde::Serialize;
@@ -39,6 +40,7 @@ use serde::Serialize;
 use corecast::config::defaults;
 use corecast::ingest::encode;
 use corecast::ingest::Priority;
+use corecast::queue::Stamp;
 use corecast::ws::command;
 use corecast::ws::frame::{self, Opcode};
 
@@ -95,7 +97,11 @@ fn encode_frames(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode");
     for data_bytes in [100usize, 4096] {
         let data = json_object(data_bytes);
-        let delivery = encode::message("leads.42", 1, 2, &data, Priority::Normal);
+        let stamp = Stamp {
+            publish: 1,
+            accepted: Instant::now(),
+        };
+        let delivery = encode::message("leads.42", 1, 2, &data, Priority::Normal, stamp);
         assert!(delivery.frame.ends_with(format!("{data}}}").as_bytes()));
         group.throughput(Throughput::Bytes(data_bytes as u64));
         group.bench_function(format!("message/{data_bytes}"), |b| {
@@ -106,6 +112,7 @@ fn encode_frames(c: &mut Criterion) {
                     black_box(1_700_000_000_000),
                     black_box(&data),
                     Priority::Normal,
+                    stamp,
                 )
             })
         });

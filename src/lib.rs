@@ -9,7 +9,8 @@
 //! - [`net`]: bind with `SO_REUSEPORT`, accept, read the HTTP upgrade under its limits.
 //! - [`ws`]: RFC 6455 frames, reassembled messages, JSON commands, and the connection task.
 //! - [`shard`]: a broadcast shard's connections, its subscription [`shard::registry`], fan-out.
-//! - [`ingest`]: the control-plane HTTP API, the sequencer of offsets, encode-once.
+//! - [`ingest`]: the control-plane HTTP API, the sequencer of offsets, encode-once, and
+//!   [`ingest::metrics`]: fan-out latency histograms and the Prometheus `/metrics` exposition.
 //! - [`queue`]: the only link between cores, bounded lock-free queues with a wake-up.
 //! - [`notify`]: the wake-up between tasks of one core (the cross-core one is [`queue`]).
 //! - [`channel`]: channel names and wildcard patterns, shared by every stage.
@@ -31,6 +32,8 @@
 //! when nothing is queued for it, otherwise to its outbox, whose task coalesces the pending
 //! frames into one write. Subscriptions flow the other way: a shard announces a new
 //! pattern to the ingest core and answers `subscribed` once the ingest core routes it.
+//! Each delivery carries the `Instant` the ingest core accepted its publish; each shard records
+//! its fan-out time and reports it back, and the ingest core keeps the slowest per publish.
 //!
 //! # Glossary
 //! - **core**: a CPU id. Every executor is pinned to one.

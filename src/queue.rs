@@ -13,6 +13,7 @@
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
@@ -42,14 +43,32 @@ pub enum ToShard {
     Shutdown,
 }
 
-/// A published message as it crosses to a shard: the complete WebSocket frame, and where in it
-/// the channel name sits, so the shard matches without a second copy of the name.
+/// A published message as it crosses to a shard: the complete WebSocket frame, where in it
+/// the channel name sits (so the shard matches without a second copy of the name), and the
+/// stamp its fan-out latency is measured from.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub frame: Bytes,
     pub channel_start: u16,
     pub channel_len: u8,
     pub priority: Priority,
+    pub stamp: Stamp,
+}
+
+/// Which publish a delivery is and when the ingest core accepted it, for fan-out latency.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    /// The publish's number on the ingest core (its `published_total` once sequenced).
+    pub publish: u64,
+    /// When the ingest core accepted the publish, before it waited in a lane.
+    pub accepted: Instant,
+}
+
+/// One shard's fan-out time for one publish, reported back to the ingest core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutReport {
+    pub publish: u64,
+    pub elapsed: Duration,
 }
 
 impl Delivery {
@@ -81,6 +100,11 @@ pub enum ToIngest {
         pattern: Box<str>,
         add: bool,
         seq: u64,
+    },
+    /// Fan-out times of the deliveries the shard handled in one batch from its queue, in order.
+    Fanout {
+        shard: ShardId,
+        reports: Vec<FanoutReport>,
     },
     /// The answer to [`ToShard::Query`].
     Answer {

@@ -543,6 +543,7 @@ mod tests {
     use super::*;
     use crate::bench::wire::Scanner;
     use crate::ingest::{encode, Priority};
+    use crate::queue::Stamp;
 
     use crate::bench::tests::WATCHDOG;
 
@@ -631,6 +632,10 @@ mod tests {
                 1_700_000_000_123,
                 &data,
                 Priority::Normal,
+                Stamp {
+                    publish: 1,
+                    accepted: std::time::Instant::now(),
+                },
             );
             let header_bytes = corecast.frame.len() - text.len();
             assert!([2, 4, 10].contains(&header_bytes), "{payload_bytes} bytes");

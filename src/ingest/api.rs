@@ -1,7 +1,7 @@
 //! The control-plane HTTP API, served by hyper on the ingest core's glommio executor.
 //!
 //! Routes: `POST /v1/publish`, `POST /v1/publish/batch`, `GET /healthz`, `GET /v1/stats`,
-//! `GET /v1/channels`. Bodies are read under `publish_body_bytes_max` and validated with sonic-rs
+//! `GET /v1/channels`, and `GET /metrics` (Prometheus; see [`super::metrics`]). Bodies are read under `publish_body_bytes_max` and validated with sonic-rs
 //! before anything is queued, so a bad request never reaches the sequencer. Every error is a
 //! JSON body `{"error":{"code":..,"message":..}}` with the contract's status.
 
@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use sonic_rs::LazyValue;
 
+use super::metrics::{self, Snapshot};
 use super::{IngestCore, Priority, PublishError};
 use crate::channel;
 use crate::net::handshake::ErrorBody;
@@ -76,7 +77,7 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
     let method = request.method().clone();
     let allowed = match path.as_str() {
         "/v1/publish" | "/v1/publish/batch" => Method::POST,
-        "/healthz" | "/v1/stats" | "/v1/channels" => Method::GET,
+        "/healthz" | "/v1/stats" | "/v1/channels" | "/metrics" => Method::GET,
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -108,6 +109,7 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
         ),
         "/healthz" => json(StatusCode::OK, &sonic_rs::json!({"status": "ok"})),
         "/v1/stats" => stats(core).await,
+        "/metrics" => prometheus(core).await,
         "/v1/channels" => channels(core).await,
         "/v1/publish" => match read_body(core, request).await {
             Ok(body) => publish(core, &body).await,
@@ -294,21 +296,27 @@ async fn publish_batch(core: &IngestCore, body: &[u8]) -> HttpResponse {
     json(StatusCode::OK, &Results { results })
 }
 
-async fn stats(core: &IngestCore) -> HttpResponse {
+/// Every shard's counters that answered within the query timeout, in shard order.
+async fn shard_stats(core: &IngestCore) -> Vec<crate::shard::ShardStats> {
     let answers = core.query(QueryKind::Stats).await;
-    let shards: Vec<_> = answers
+    answers
         .into_iter()
         .filter_map(|(_, answer)| match answer {
             Answer::Stats(stats) => Some(stats),
             Answer::Channels(_) => None,
         })
-        .collect();
+        .collect()
+}
+
+async fn stats(core: &IngestCore) -> HttpResponse {
+    let shards = shard_stats(core).await;
     #[derive(Serialize)]
     struct Stats<'a> {
         shards: &'a [crate::shard::ShardStats],
         shards_answered: usize,
         connections: usize,
         ingest: super::IngestStats,
+        fanout_latency_us: metrics::LatencySummary,
     }
     json(
         StatusCode::OK,
@@ -317,8 +325,23 @@ async fn stats(core: &IngestCore) -> HttpResponse {
             shards_answered: shards.len(),
             connections: shards.iter().map(|shard| shard.connections).sum(),
             ingest: core.stats(),
+            fanout_latency_us: core.fanout_summary(),
         },
     )
+}
+
+/// `GET /metrics`: the same figures as `/v1/stats`, in the OpenMetrics text format.
+async fn prometheus(core: &IngestCore) -> HttpResponse {
+    let snapshot = Snapshot {
+        shards: shard_stats(core).await,
+        ingest: core.stats(),
+        fanout: core.fanout_buckets(),
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, metrics::CONTENT_TYPE)
+        .body(Full::new(Bytes::from(metrics::exposition(snapshot))))
+        .expect("a static response is valid")
 }
 
 async fn channels(core: &IngestCore) -> HttpResponse {

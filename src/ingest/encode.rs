@@ -9,7 +9,7 @@
 use bytes::BufMut;
 
 use crate::ingest::Priority;
-use crate::queue::Delivery;
+use crate::queue::{Delivery, Stamp};
 use crate::ws::frame::text_frame_with;
 
 /// The start of every message's JSON; the channel name follows it directly.
@@ -20,7 +20,14 @@ const TS_KEY: &[u8] = br#","ts_ms":"#;
 const DATA_KEY: &[u8] = br#","data":"#;
 
 /// Builds the `message` frame for one publish, in one allocation of exactly its size.
-pub fn message(channel: &str, offset: u64, ts_ms: u64, data: &str, priority: Priority) -> Delivery {
+pub fn message(
+    channel: &str,
+    offset: u64,
+    ts_ms: u64,
+    data: &str,
+    priority: Priority,
+    stamp: Stamp,
+) -> Delivery {
     assert!(
         channel.len() <= usize::from(u8::MAX) && channel.is_ascii(),
         "channels are validated before sequencing"
@@ -55,6 +62,7 @@ pub fn message(channel: &str, offset: u64, ts_ms: u64, data: &str, priority: Pri
             .expect("a header is at most 10 bytes"),
         channel_len: channel.len() as u8,
         priority,
+        stamp,
     };
     assert_eq!(
         delivery.channel(),
@@ -73,6 +81,13 @@ pub fn message(channel: &str, offset: u64, ts_ms: u64, data: &str, priority: Pri
 mod tests {
     use super::*;
 
+    fn stamp() -> Stamp {
+        Stamp {
+            publish: 1,
+            accepted: std::time::Instant::now(),
+        }
+    }
+
     #[test]
     fn message_frame_is_exact_and_locates_its_channel() {
         let delivery = message(
@@ -81,6 +96,7 @@ mod tests {
             1_700_000_000_000,
             r#"{"score":9}"#,
             Priority::Normal,
+            stamp(),
         );
         let json = r#"{"type":"message","channel":"leads.42","offset":7,"ts_ms":1700000000000,"data":{"score":9}}"#;
         assert_eq!(&delivery.frame[..2], &[0x81, json.len() as u8]);
@@ -94,7 +110,7 @@ mod tests {
     #[test]
     fn large_data_gets_a_longer_header() {
         let data = format!("\"{}\"", "x".repeat(70_000));
-        let delivery = message("a", 1, 2, &data, Priority::Critical);
+        let delivery = message("a", 1, 2, &data, Priority::Critical, stamp());
         assert_eq!(delivery.frame[1], 127);
         assert_eq!(delivery.channel(), "a");
     }

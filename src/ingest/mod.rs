@@ -7,17 +7,22 @@
 //! to each shard whose interest matches the channel. Shards announce interest by pattern, and the
 //! ingest core routes with the same [`Registry`] the shards use, keyed by shard.
 //!
+//! Each delivery carries the `Instant` its publish was accepted; every shard it was routed to
+//! reports its fan-out time back, and the ingest core records the slowest into the overall
+//! fan-out latency histogram (see [`metrics`]) once all of them have.
+//!
 //! This core owns all cross-shard state; it must never touch a connection, and it never waits on
 //! a shard except for room in that shard's queue.
 
 pub mod api;
 pub mod encode;
+pub mod metrics;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use hashbrown::HashMap;
@@ -26,13 +31,24 @@ use sonic_rs::Value;
 
 use crate::config::Config;
 use crate::notify::Notify;
-use crate::queue::{Answer, QueryKind, Receiver, Sender, ShardId, ToIngest, ToShard};
+use crate::queue::{
+    Answer, FanoutReport, QueryKind, Receiver, Sender, ShardId, Stamp, ToIngest, ToShard,
+};
 use crate::shard::registry::Registry;
 use crate::ws::command::{self, ErrorCode, ErrorReply};
 use crate::ws::conn::{unix_ms, ConnId};
+use metrics::{FanoutLatency, LatencySummary};
 
 /// How long `/v1/stats` and `/v1/channels` wait for every shard's answer.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Publishes whose fan-out reports the ingest core waits for, at most, in shard queues' worth
+/// (`queue_items_max` each): a publish waits while it sits in the slowest shard's queue (one
+/// queue's worth at most) and while that shard's report travels back (a shard reports after
+/// each batch it drains; allow one more). Past that a shard is stalled. An entry is about
+/// 40 bytes: 5 MiB at the default `queue_items_max` of 65,536. A publish that finds the table
+/// full is not timed overall and counts in `fanout_untracked_total`.
+const FANOUT_PENDING_QUEUES: usize = 2;
 
 /// A publish's lane. Critical events overtake queued high and normal ones.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -97,7 +113,15 @@ struct Job {
     data: Box<str>,
     priority: Priority,
     ts_ms: u64,
+    /// When the ingest core accepted the publish: where its fan-out latency starts.
+    accepted: Instant,
     reply: Reply,
+}
+
+/// A publish whose shards have not all reported their fan-out time yet.
+struct FanoutPending {
+    shards_left: usize,
+    slowest: Duration,
 }
 
 /// A `/v1/stats` or `/v1/channels` question out to every shard.
@@ -120,6 +144,12 @@ pub struct IngestCore {
     stopped: Notify,
     published_total: Cell<u64>,
     matched_shards: RefCell<Vec<ShardId>>,
+    /// Publishes awaiting fan-out reports, by publish number; at most
+    /// [`FANOUT_PENDING_QUEUES`] x `queue_items_max`.
+    fanout_pending: RefCell<HashMap<u64, FanoutPending>>,
+    fanout_untracked_total: Cell<u64>,
+    /// Per publish, the slowest fan-out of the shards it was routed to.
+    fanout: RefCell<FanoutLatency>,
 }
 
 /// Counters of the ingest core itself, for `/v1/stats`.
@@ -129,6 +159,10 @@ pub struct IngestStats {
     pub channels: usize,
     pub lanes_len: [usize; 3],
     pub shard_queues_len: usize,
+    /// Publishes waiting for some shard's fan-out report.
+    pub fanout_pending: usize,
+    /// Publishes not timed overall because `fanout_pending` was at its bound.
+    pub fanout_untracked_total: u64,
 }
 
 impl IngestCore {
@@ -146,6 +180,9 @@ impl IngestCore {
             stopped: Notify::default(),
             published_total: Cell::new(0),
             matched_shards: RefCell::new(Vec::new()),
+            fanout_pending: RefCell::new(HashMap::new()),
+            fanout_untracked_total: Cell::new(0),
+            fanout: RefCell::new(FanoutLatency::default()),
         })
     }
 
@@ -160,6 +197,57 @@ impl IngestCore {
             channels: self.offsets.borrow().len(),
             lanes_len: [lanes[0].len(), lanes[1].len(), lanes[2].len()],
             shard_queues_len: self.shards.iter().map(Sender::len).sum(),
+            fanout_pending: self.fanout_pending.borrow().len(),
+            fanout_untracked_total: self.fanout_untracked_total.get(),
+        }
+    }
+
+    /// The overall fan-out latency's percentiles.
+    pub fn fanout_summary(&self) -> LatencySummary {
+        self.fanout.borrow().summary()
+    }
+
+    /// The overall fan-out latency in Prometheus buckets.
+    pub fn fanout_buckets(&self) -> metrics::Buckets {
+        self.fanout.borrow().buckets()
+    }
+
+    /// Starts waiting for the fan-out reports of `publish` from `shards` shards.
+    fn await_fanout(&self, publish: u64, shards: usize) {
+        let mut pending = self.fanout_pending.borrow_mut();
+        if pending.len() >= FANOUT_PENDING_QUEUES * self.config.queue_items_max {
+            self.fanout_untracked_total
+                .set(self.fanout_untracked_total.get() + 1);
+            return;
+        }
+        let fresh = pending
+            .insert(
+                publish,
+                FanoutPending {
+                    shards_left: shards,
+                    slowest: Duration::ZERO,
+                },
+            )
+            .is_none();
+        assert!(fresh, "publish numbers are never reused");
+    }
+
+    /// Takes one shard's fan-out times; a publish whose last shard reported is recorded.
+    /// Reports for untracked publishes are ignored.
+    fn fanout_reported(&self, reports: &[FanoutReport]) {
+        let mut pending = self.fanout_pending.borrow_mut();
+        for report in reports {
+            let Some(entry) = pending.get_mut(&report.publish) else {
+                continue;
+            };
+            assert!(entry.shards_left > 0, "a finished publish leaves the table");
+            entry.slowest = entry.slowest.max(report.elapsed);
+            entry.shards_left -= 1;
+            if entry.shards_left == 0 {
+                let slowest = entry.slowest;
+                pending.remove(&report.publish);
+                self.fanout.borrow_mut().record(slowest);
+            }
         }
     }
 
@@ -192,6 +280,7 @@ impl IngestCore {
             data,
             priority,
             ts_ms: unix_ms(),
+            accepted: Instant::now(),
             reply: Reply::Http(done),
         };
         if let Err(job) = self.enqueue(job) {
@@ -248,8 +337,20 @@ impl IngestCore {
                 .await;
             return;
         };
-        self.published_total.set(self.published_total.get() + 1);
-        let delivery = encode::message(&job.channel, offset, job.ts_ms, &job.data, job.priority);
+        let publish = self.published_total.get() + 1;
+        self.published_total.set(publish);
+        let stamp = Stamp {
+            publish,
+            accepted: job.accepted,
+        };
+        let delivery = encode::message(
+            &job.channel,
+            offset,
+            job.ts_ms,
+            &job.data,
+            job.priority,
+            stamp,
+        );
         // One shared `Bytes` goes to every shard, not a copy per shard. `benches/shared_bytes.rs`
         // measured both on the 2-core CI machine (AMD EPYC, 2 shards x 5,000 connections x 400
         // events of 190 bytes, median of 21 interleaved rounds): shared 17.20 ns per delivery,
@@ -261,6 +362,10 @@ impl IngestCore {
         self.routes
             .borrow()
             .collect_matches(&job.channel, &mut matched);
+        // A publish routed to no shard has no fan-out, and records nothing.
+        if !matched.is_empty() {
+            self.await_fanout(publish, matched.len());
+        }
         for &shard in &matched {
             assert!(
                 shard < self.shards.len(),
@@ -338,6 +443,7 @@ impl IngestCore {
                     data,
                     priority: Priority::Normal,
                     ts_ms: unix_ms(),
+                    accepted: Instant::now(),
                     reply: Reply::Conn { shard, conn, id },
                 };
                 if let Err(job) = self.enqueue(job) {
@@ -362,6 +468,13 @@ impl IngestCore {
                 } else {
                     self.routes.borrow_mut().remove(&pattern, shard);
                 }
+            }
+            ToIngest::Fanout { shard, reports } => {
+                assert!(
+                    shard < self.shards.len(),
+                    "reports come from existing shards"
+                );
+                self.fanout_reported(&reports);
             }
             ToIngest::Answer {
                 query,
@@ -446,5 +559,55 @@ impl Ingest {
         for task in self.tasks {
             task.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue;
+
+    fn core(shards: usize, queue_items_max: usize) -> Rc<IngestCore> {
+        let config = Config {
+            queue_items_max,
+            ..Config::default()
+        };
+        let senders = (0..shards).map(|_| queue::bounded(4).0).collect();
+        IngestCore::new(Arc::new(config), senders)
+    }
+
+    fn report(publish: u64, elapsed_us: u64) -> FanoutReport {
+        FanoutReport {
+            publish,
+            elapsed: Duration::from_micros(elapsed_us),
+        }
+    }
+
+    #[test]
+    fn overall_fanout_is_the_slowest_shard_once_every_shard_reported() {
+        let core = core(2, 16);
+        core.await_fanout(1, 2);
+        core.fanout_reported(&[report(1, 700)]);
+        assert_eq!(core.fanout_summary().count, 0, "one shard still to report");
+        assert_eq!(core.stats().fanout_pending, 1);
+        core.fanout_reported(&[report(1, 300)]);
+        let summary = core.fanout_summary();
+        assert_eq!((summary.count, summary.max), (1, 700));
+        assert_eq!(core.stats().fanout_pending, 0);
+    }
+
+    #[test]
+    fn a_full_table_counts_untracked_publishes_and_ignores_their_reports() {
+        let core = core(1, 1);
+        for publish in 1..=FANOUT_PENDING_QUEUES as u64 + 1 {
+            core.await_fanout(publish, 1);
+        }
+        let stats = core.stats();
+        assert_eq!(stats.fanout_pending, FANOUT_PENDING_QUEUES);
+        assert_eq!(stats.fanout_untracked_total, 1);
+        let untracked = FANOUT_PENDING_QUEUES as u64 + 1;
+        core.fanout_reported(&[report(untracked, 5), report(1, 10)]);
+        let summary = core.fanout_summary();
+        assert_eq!((summary.count, summary.max), (1, 10));
     }
 }

@@ -7,6 +7,12 @@
 //! announced yet waits for the ingest core's `InterestReady` before it is answered, so a client
 //! that has read `subscribed` is guaranteed every message published after that.
 //!
+//! After each delivery's fan-out loop the shard records the time since the ingest core accepted
+//! the publish in its own fan-out latency histogram (what that covers: [`crate::ingest::metrics`])
+//! and reports it back to the ingest core, one message per batch drained from its queue. The
+//! report goes through the same non-waiting path as query answers (the backlog, when the queue
+//! is full), so it keeps the one-way rule below.
+//!
 //! The shard never blocks on a connection and never sends the ingest core anything from the task
 //! that drains the ingest core's queue; that one-way rule is what keeps the two queues of a
 //! shard from waiting on each other.
@@ -28,8 +34,11 @@ use sonic_rs::Value;
 
 use crate::channel;
 use crate::config::Config;
+use crate::ingest::metrics::{FanoutLatency, LatencySummary};
 use crate::notify::Notify;
-use crate::queue::{Answer, Delivery, QueryKind, Receiver, Sender, ShardId, ToIngest, ToShard};
+use crate::queue::{
+    Answer, Delivery, FanoutReport, QueryKind, Receiver, Sender, ShardId, ToIngest, ToShard,
+};
 use crate::ws::command::{self, ErrorCode, ErrorReply};
 use crate::ws::conn::{self, CloseRequest, ConnHandle, ConnId};
 use crate::ws::frame;
@@ -55,6 +64,12 @@ pub struct ShardStats {
     pub connections_accepted: u64,
     pub connections_refused: u64,
     pub ingest_queue_len: usize,
+    /// Frames waiting in this shard's outboxes, summed over its connections.
+    pub outbox_frames: usize,
+    /// Bytes of those frames not yet written.
+    pub outbox_bytes: usize,
+    /// This shard's fan-out times (see [`crate::ingest::metrics`]), in microseconds.
+    pub fanout_latency_us: LatencySummary,
 }
 
 /// A pattern the shard has announced, or is announcing, to the ingest core.
@@ -91,6 +106,10 @@ pub struct ShardCore {
     /// Where a connection's pending frames are coalesced into one write.
     pub write_buf: RefCell<Vec<u8>>,
     matches: RefCell<Vec<ConnId>>,
+    /// Fan-out time of every delivery this shard handled.
+    fanout: RefCell<FanoutLatency>,
+    /// Fan-out times not yet reported to the ingest core: at most one batch of the queue.
+    fanout_reports: RefCell<Vec<FanoutReport>>,
     ping: Bytes,
     stopping: Cell<bool>,
     stopped: Notify,
@@ -117,6 +136,8 @@ impl ShardCore {
             read_buf: RefCell::new(vec![0; READ_BUF_BYTES]),
             write_buf: RefCell::new(Vec::with_capacity(64 * 1024)),
             matches: RefCell::new(Vec::new()),
+            fanout: RefCell::new(FanoutLatency::default()),
+            fanout_reports: RefCell::new(Vec::new()),
             ping: frame::ping_frame(),
             stopping: Cell::new(false),
             stopped: Notify::default(),
@@ -146,6 +167,12 @@ impl ShardCore {
         stats.connections = self.conns.borrow().len();
         stats.subscriptions = self.registry.borrow().len();
         stats.ingest_queue_len = self.to_ingest.len() + self.backlog.borrow().len();
+        for (_, handle) in self.conns.borrow().iter() {
+            let (frames, bytes) = handle.outbox_len();
+            stats.outbox_frames += frames;
+            stats.outbox_bytes += bytes;
+        }
+        stats.fanout_latency_us = self.fanout.borrow().summary();
         stats
     }
 
@@ -498,7 +525,8 @@ impl ShardCore {
         tracing::debug!(conn = %handle.name, "connection closed");
     }
 
-    /// Writes a published frame to every local subscriber of its channel.
+    /// Writes a published frame to every local subscriber of its channel, then records the
+    /// fan-out time and keeps it for the next report to the ingest core.
     fn deliver(&self, delivery: &Delivery) {
         let mut matches = self.matches.borrow_mut();
         self.registry
@@ -514,6 +542,24 @@ impl ShardCore {
             bytes += sent_bytes;
         }
         self.count_written(frames, bytes);
+        let elapsed = delivery.stamp.accepted.elapsed();
+        self.fanout.borrow_mut().record(elapsed);
+        self.fanout_reports.borrow_mut().push(FanoutReport {
+            publish: delivery.stamp.publish,
+            elapsed,
+        });
+    }
+
+    /// Sends the ingest core the fan-out times gathered since the last report, if any.
+    fn report_fanout(&self) {
+        let reports = std::mem::take(&mut *self.fanout_reports.borrow_mut());
+        if reports.is_empty() {
+            return;
+        }
+        self.send_ingest(ToIngest::Fanout {
+            shard: self.id,
+            reports,
+        });
     }
 
     fn handle_ingest(&self, message: ToShard) {
@@ -526,6 +572,8 @@ impl ShardCore {
             }
             ToShard::InterestReady { pattern, seq } => self.interest_ready(&pattern, seq),
             ToShard::Query { query, kind } => {
+                // Reports first, so the ingest core's overall figures are as current as ours.
+                self.report_fanout();
                 let answer = match kind {
                     QueryKind::Stats => Answer::Stats(self.stats()),
                     QueryKind::Channels => Answer::Channels(self.patterns()),
@@ -557,6 +605,7 @@ impl ShardCore {
                 let Some(message) = inbox.pop() else { break };
                 self.handle_ingest(message);
             }
+            self.report_fanout();
             inbox.release();
             glommio::yield_if_needed().await;
         }

@@ -204,6 +204,12 @@ impl ConnHandle {
         self.closing.get() || self.close.get().is_some()
     }
 
+    /// Frames and bytes waiting in the outbox.
+    pub fn outbox_len(&self) -> (usize, usize) {
+        let outbox = self.outbox.borrow();
+        (outbox.frames_len(), outbox.bytes_len())
+    }
+
     pub fn stats(&self) -> ConnStats {
         let outbox = self.outbox.borrow();
         ConnStats {

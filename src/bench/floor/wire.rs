@@ -143,6 +143,7 @@ mod tests {
     use crate::bench::publish::write_data;
     use crate::bench::wire::{self as client, Scanner};
     use crate::ingest::{encode, Priority};
+    use crate::queue::Stamp;
 
     #[test]
     fn request_key_is_read_once_the_head_is_complete() {
@@ -216,6 +217,10 @@ mod tests {
                 1_700_000_000_123,
                 &data,
                 Priority::Normal,
+                Stamp {
+                    publish: 1,
+                    accepted: std::time::Instant::now(),
+                },
             );
             assert_eq!(frame, corecast.frame, "payload_bytes {payload_bytes}");
         }

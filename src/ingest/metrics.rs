@@ -1,0 +1,395 @@
+//! Fan-out latency and the metrics views: the HDR histogram every shard and the ingest core keep,
+//! its percentile summary for `/v1/stats`, and the Prometheus exposition of `GET /metrics`.
+//!
+//! The figure is the time from the ingest core accepting a publish (the `Instant` stamped before
+//! it is queued for sequencing) to the end of a shard's fan-out loop for it: every matching
+//! connection's frame has then either been handed to the kernel with a non-blocking `send()`,
+//! or queued in that connection's outbox because its socket was full or frames were already
+//! waiting there. A queued frame's later write is not in the figure. A shard records its own
+//! figure; the ingest core records, per publish, the slowest of the shards it routed the publish
+//! to, once they have all reported (a publish routed to no shard records nothing).
+//!
+//! This module owns the histogram type and the formats; it never reads a counter itself, never
+//! crosses a core and never writes exposition text by hand: the shards and the ingest core hand
+//! it snapshots, and `prometheus-client` writes the text.
+
+use std::fmt;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use serde::Serialize;
+
+use super::IngestStats;
+use crate::shard::ShardStats;
+
+/// The largest latency a histogram tells apart, in microseconds: 60 s. Anything slower is
+/// recorded as 60 s; a fan-out that slow means a stalled core, and the exact figure no longer
+/// matters.
+const LATENCY_US_MAX: u64 = 60_000_000;
+
+/// Significant decimal digits the histogram keeps: 3 means every value within 0.1 %, at about
+/// 140 KiB per histogram for the range above.
+const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
+
+/// Upper bounds of `corecast_fanout_latency_seconds`'s buckets, in microseconds: 100 µs to 10 s,
+/// 1-2-5 per decade. Loopback fan-outs land in the first few; the top ones show stalls.
+pub const BUCKET_BOUNDS_US: [u64; 16] = [
+    100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
+    1_000_000, 2_000_000, 5_000_000, 10_000_000,
+];
+
+/// The content type of `GET /metrics`: the OpenMetrics text format, which is what
+/// `prometheus_client::encoding::text::encode` writes (Prometheus scrapes it natively).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A fan-out latency histogram, in microseconds, with the exact sum Prometheus wants beside it.
+#[derive(Debug, Clone)]
+pub struct FanoutLatency {
+    histogram: Histogram<u64>,
+    sum_us: u64,
+}
+
+impl Default for FanoutLatency {
+    fn default() -> Self {
+        FanoutLatency {
+            histogram: Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGNIFICANT_DIGITS)
+                .expect("the bounds are valid constants"),
+            sum_us: 0,
+        }
+    }
+}
+
+/// Percentiles of a [`FanoutLatency`], in microseconds, as `/v1/stats` shows them.
+/// All zero while `count` is 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50: u64,
+    pub p95: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// A histogram in the shape Prometheus wants: the sum in seconds, the count, and for each bound
+/// of [`BUCKET_BOUNDS_US`] then `+Inf`, the values in that bucket alone (the encoder makes them
+/// cumulative).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buckets {
+    pub sum_s: f64,
+    pub count: u64,
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl FanoutLatency {
+    /// Records one fan-out's `elapsed` time, clamped to [`LATENCY_US_MAX`].
+    pub fn record(&mut self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros())
+            .unwrap_or(u64::MAX)
+            .min(LATENCY_US_MAX);
+        self.histogram.saturating_record(us);
+        self.sum_us += us;
+    }
+
+    pub fn summary(&self) -> LatencySummary {
+        let histogram = &self.histogram;
+        if histogram.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: histogram.len(),
+            p50: histogram.value_at_quantile(0.50),
+            p95: histogram.value_at_quantile(0.95),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
+        }
+    }
+
+    /// Reads the histogram's counts into [`BUCKET_BOUNDS_US`]. A recorded value sits in an HDR
+    /// bucket of values equal at 3 digits (1 µs wide below 2,048 µs, 4 µs wide around 5 ms); it
+    /// is counted under the first bound at or above the highest value of that bucket. So no
+    /// value is ever counted under a bound it exceeds, and a value at a bound whose HDR bucket
+    /// reaches past it (5 ms and up) is counted in the next bucket up: an error of at most 0.1 %.
+    pub fn buckets(&self) -> Buckets {
+        let mut counts = [0u64; BUCKET_BOUNDS_US.len() + 1];
+        for value in self.histogram.iter_recorded() {
+            let highest = value.value_iterated_to();
+            let at = BUCKET_BOUNDS_US.partition_point(|&bound| bound < highest);
+            counts[at] += value.count_at_value();
+        }
+        let bounds = BUCKET_BOUNDS_US
+            .iter()
+            .map(|&bound_us| bound_us as f64 / 1e6)
+            .chain([f64::INFINITY]);
+        Buckets {
+            sum_s: self.sum_us as f64 / 1e6,
+            count: self.histogram.len(),
+            buckets: bounds.zip(counts).collect(),
+        }
+    }
+}
+
+/// Everything `GET /metrics` shows, copied out of the shards' answers and the ingest core:
+/// a [`Collector`] that `prometheus-client` encodes.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub shards: Vec<ShardStats>,
+    pub ingest: IngestStats,
+    pub fanout: Buckets,
+}
+
+/// The per-shard families: name (without `_total`; the encoder adds it to counters), help,
+/// type, and the field of [`ShardStats`].
+type ShardFamily = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&ShardStats) -> u64,
+);
+
+const SHARD_FAMILIES: [ShardFamily; 9] = [
+    (
+        "corecast_connections",
+        "Open WebSocket connections.",
+        MetricType::Gauge,
+        |s| s.connections as u64,
+    ),
+    (
+        "corecast_subscriptions",
+        "Live subscriptions (connection, pattern).",
+        MetricType::Gauge,
+        |s| s.subscriptions as u64,
+    ),
+    (
+        "corecast_messages_sent",
+        "Whole frames written to sockets: connected, replies, deliveries, pings, closes.",
+        MetricType::Counter,
+        |s| s.messages_out,
+    ),
+    (
+        "corecast_bytes_sent",
+        "Bytes written to sockets.",
+        MetricType::Counter,
+        |s| s.bytes_out,
+    ),
+    (
+        "corecast_drops",
+        "Frames dropped: outbox overflows and outboxes cleared by a close.",
+        MetricType::Counter,
+        |s| s.drops,
+    ),
+    (
+        "corecast_slow_consumer_closes",
+        "Connections closed with 4008 because their outbox overflowed.",
+        MetricType::Counter,
+        |s| s.slow_consumer_closes,
+    ),
+    (
+        "corecast_connections_accepted",
+        "WebSocket connections accepted.",
+        MetricType::Counter,
+        |s| s.connections_accepted,
+    ),
+    (
+        "corecast_connections_refused",
+        "WebSocket connections refused (shard full or stopping).",
+        MetricType::Counter,
+        |s| s.connections_refused,
+    ),
+    (
+        "corecast_ingest_queue_length",
+        "Messages from the shard waiting for the ingest core.",
+        MetricType::Gauge,
+        |s| s.ingest_queue_len as u64,
+    ),
+];
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        for (name, help, metric_type, field) in SHARD_FAMILIES {
+            let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+            for shard in &self.shards {
+                let id = shard.shard.to_string();
+                let labels = [("shard", id.as_str())];
+                let mut metric = family.encode_family(&labels)?;
+                match metric_type {
+                    MetricType::Counter => {
+                        metric.encode_counter::<NoLabelSet, _, u64>(&field(shard), None)?
+                    }
+                    _ => metric.encode_gauge(&field(shard))?,
+                }
+            }
+        }
+        let mut published = encoder.encode_descriptor(
+            "corecast_published",
+            "Publishes accepted and sequenced by the ingest core.",
+            None,
+            MetricType::Counter,
+        )?;
+        published.encode_counter::<NoLabelSet, _, u64>(&self.ingest.published_total, None)?;
+        let fanout = &self.fanout;
+        let mut latency = encoder.encode_descriptor(
+            "corecast_fanout_latency",
+            "Time from the ingest core accepting a publish to the slowest shard routed to \
+             finishing its fan-out loop (every frame handed to the kernel or queued).",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        latency.encode_histogram::<NoLabelSet>(fanout.sum_s, fanout.count, &fanout.buckets, None)
+    }
+}
+
+/// The OpenMetrics text of `snapshot`.
+pub fn exposition(snapshot: Snapshot) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(snapshot));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .expect("writing to a String cannot fail");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(buckets: &Buckets) -> Vec<u64> {
+        buckets.buckets.iter().map(|(_, count)| *count).collect()
+    }
+
+    #[test]
+    fn empty_histogram_has_empty_buckets_and_zero_summary() {
+        let latency = FanoutLatency::default();
+        let buckets = latency.buckets();
+        assert_eq!(buckets.count, 0);
+        assert_eq!(buckets.sum_s, 0.0);
+        assert_eq!(counts(&buckets), vec![0; BUCKET_BOUNDS_US.len() + 1]);
+        assert_eq!(buckets.buckets.last().unwrap().0, f64::INFINITY);
+        assert_eq!(latency.summary(), LatencySummary::default());
+    }
+
+    #[test]
+    fn values_land_in_the_first_bucket_at_or_above_them() {
+        let mut latency = FanoutLatency::default();
+        for us in [0, 40, 100, 101, 199, 4_999, 5_000, 9_000_000, 11_000_000] {
+            latency.record(Duration::from_micros(us));
+        }
+        let buckets = latency.buckets();
+        let mut expected = vec![0u64; BUCKET_BOUNDS_US.len() + 1];
+        expected[0] = 3; // 0, 40, 100 <= 100 µs
+        expected[1] = 2; // 101, 199 <= 200 µs
+        expected[5] = 1; // 4,999 <= 5 ms
+        expected[6] = 1; // 5,000 shares its HDR bucket with 5,001-5,003: the 10 ms one
+        expected[15] = 1; // 9 s <= 10 s
+        expected[16] = 1; // 11 s: +Inf
+        assert_eq!(counts(&buckets), expected);
+        assert_eq!(buckets.count, 9);
+        let sum_us = 40 + 100 + 101 + 199 + 4_999 + 5_000 + 9_000_000 + 11_000_000;
+        assert!((buckets.sum_s - sum_us as f64 / 1e6).abs() < 1e-9);
+        assert_eq!(buckets.buckets[0].0, 0.0001);
+        assert_eq!(buckets.buckets[15].0, 10.0);
+    }
+
+    #[test]
+    fn a_value_just_above_a_bound_is_never_counted_below_it() {
+        let mut latency = FanoutLatency::default();
+        // 3 digits: values from 4,096 µs up are kept in steps of 4 µs, so 5,001 shares
+        // 5,000's HDR bucket [5,000, 5,003] and must not be counted under 5 ms.
+        latency.record(Duration::from_micros(5_001));
+        let counts = counts(&latency.buckets());
+        assert_eq!((counts[5], counts[6]), (0, 1));
+    }
+
+    #[test]
+    fn slow_values_clamp_to_the_histogram_range() {
+        let mut latency = FanoutLatency::default();
+        latency.record(Duration::from_secs(3_600));
+        let summary = latency.summary();
+        assert_eq!(summary.count, 1);
+        assert!(summary.max >= LATENCY_US_MAX && summary.max <= LATENCY_US_MAX * 1001 / 1000);
+        assert_eq!(counts(&latency.buckets())[16], 1);
+    }
+
+    #[test]
+    fn exposition_parses_with_per_shard_labels_and_the_histogram() {
+        let shard = |id, messages_out| ShardStats {
+            shard: id,
+            connections: 2,
+            messages_out,
+            ..ShardStats::default()
+        };
+        let mut latency = FanoutLatency::default();
+        latency.record(Duration::from_micros(150));
+        latency.record(Duration::from_millis(3));
+        let text = exposition(Snapshot {
+            shards: vec![shard(0, 7), shard(1, 9)],
+            ingest: IngestStats {
+                published_total: 2,
+                channels: 1,
+                lanes_len: [0; 3],
+                shard_queues_len: 0,
+                fanout_pending: 0,
+                fanout_untracked_total: 0,
+            },
+            fanout: latency.buckets(),
+        });
+        for line in [
+            "# TYPE corecast_messages_sent counter",
+            "corecast_messages_sent_total{shard=\"0\"} 7",
+            "corecast_messages_sent_total{shard=\"1\"} 9",
+            "corecast_connections{shard=\"1\"} 2",
+            "corecast_published_total 2",
+            "# TYPE corecast_fanout_latency_seconds histogram",
+            "corecast_fanout_latency_seconds_count 2",
+            "corecast_fanout_latency_seconds_bucket{le=\"0.0001\"} 0",
+            "corecast_fanout_latency_seconds_bucket{le=\"0.0002\"} 1",
+            "corecast_fanout_latency_seconds_bucket{le=\"0.002\"} 1",
+            "corecast_fanout_latency_seconds_bucket{le=\"0.005\"} 2",
+            "corecast_fanout_latency_seconds_bucket{le=\"+Inf\"} 2",
+        ] {
+            assert!(
+                text.lines().any(|got| got == line),
+                "no {line:?} in\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"));
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("the exposition parses");
+        let connections: Vec<_> = scrape
+            .samples
+            .iter()
+            .filter(|sample| sample.metric == "corecast_connections")
+            .map(|sample| sample.value.clone())
+            .collect();
+        assert_eq!(
+            connections,
+            vec![prometheus_parse::Value::Gauge(2.0); 2],
+            "one gauge per shard"
+        );
+    }
+
+    #[test]
+    fn summary_reports_percentiles_in_microseconds() {
+        let mut latency = FanoutLatency::default();
+        for us in 1..=1_000 {
+            latency.record(Duration::from_micros(us));
+        }
+        let summary = latency.summary();
+        assert_eq!(
+            summary,
+            LatencySummary {
+                count: 1_000,
+                p50: 500,
+                p95: 950,
+                p99: 990,
+                p999: 999,
+                max: 1_000,
+            }
+        );
+    }
+}

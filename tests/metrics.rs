@@ -1,0 +1,253 @@
+//! Pins down the observability figures: after a known number of publishes and deliveries,
+//! `/v1/stats` and `GET /metrics` report exactly those counts, the fan-out latency histograms
+//! (overall and per shard) count exactly one entry per publish, and the `/metrics` text parses
+//! with a real Prometheus parser (`prometheus-parse`) into cumulative buckets ending at `+Inf`.
+//! A real `corecast` binary with two shards, real WebSocket clients, exact comparisons.
+
+mod common;
+
+use common::{assert_message, watchdog, Client, Server};
+use prometheus_parse::{Sample, Scrape, Value as PromValue};
+use serde_json::{json, Value};
+
+/// Publishes in the test: enough to fill several latency buckets' worth of samples.
+const PUBLISHES: u64 = 25;
+
+/// The fewest subscribers connected, and the most tried while waiting for both shards to get
+/// one (the kernel spreads connections over the two `SO_REUSEPORT` listeners by hash).
+const SUBSCRIBERS_MIN: usize = 4;
+const SUBSCRIBERS_TRIED_MAX: usize = 32;
+
+/// Frames every subscriber is sent: `connected`, `subscribed`, then one per publish.
+const FRAMES_PER_SUBSCRIBER: u64 = 2 + PUBLISHES;
+
+fn shard_entry(stats: &Value, shard: u64) -> &Value {
+    stats["shards"]
+        .as_array()
+        .unwrap_or_else(|| panic!("expected {{\"shards\":[..]}} in {stats}"))
+        .iter()
+        .find(|entry| entry["shard"] == shard)
+        .unwrap_or_else(|| panic!("expected shard {shard} in {stats}"))
+}
+
+/// Asserts a `fanout_latency_us` object has exactly the summary's keys, `count` as given and
+/// ordered percentiles.
+fn assert_summary(summary: &Value, count: u64, what: &str) {
+    let field = |key: &str| {
+        summary[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{what}: expected an integer {key} in {summary}"))
+    };
+    assert_eq!(
+        summary,
+        &json!({
+            "count": count, "p50": field("p50"), "p95": field("p95"), "p99": field("p99"),
+            "p999": field("p999"), "max": field("max"),
+        }),
+        "{what}: expected exactly count, p50, p95, p99, p999 and max"
+    );
+    let ordered = [
+        field("p50"),
+        field("p95"),
+        field("p99"),
+        field("p999"),
+        field("max"),
+    ];
+    assert!(
+        ordered.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{what}: expected percentiles in order, got {summary}"
+    );
+    if count > 0 {
+        assert!(
+            field("max") > 0,
+            "{what}: a fan-out takes time, got {summary}"
+        );
+    }
+}
+
+/// The one sample named `metric` (with `shard` = `shard` when given).
+fn sample<'a>(scrape: &'a Scrape, metric: &str, shard: Option<u64>) -> &'a Sample {
+    let shard = shard.map(|shard| shard.to_string());
+    let found: Vec<&Sample> = scrape
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == metric && sample.labels.get("shard") == shard.as_deref())
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {metric} sample for shard {shard:?}, got {found:?}"
+    );
+    found[0]
+}
+
+fn number(scrape: &Scrape, metric: &str, shard: Option<u64>) -> u64 {
+    let value = match sample(scrape, metric, shard).value {
+        PromValue::Counter(value) | PromValue::Gauge(value) | PromValue::Untyped(value) => value,
+        ref other => panic!("expected {metric} to be a plain number, got {other:?}"),
+    };
+    assert_eq!(value.fract(), 0.0, "expected {metric} to be a whole number");
+    value as u64
+}
+
+#[tokio::test]
+async fn stats_and_metrics_count_publishes_deliveries_and_fanout_latency_exactly() {
+    watchdog(async {
+        // No heartbeat pings during the test: every frame sent is one the test counts.
+        let server = Server::start(&["--heartbeat-s", "3600", "--idle-timeout-s", "7200"]).await;
+        let channel = "fanout.all";
+        let mut clients: Vec<Client> = Vec::new();
+        for tried in 1..=SUBSCRIBERS_TRIED_MAX {
+            let mut client = Client::connect(&server).await;
+            client.subscribe(channel, 1).await;
+            clients.push(client);
+            let on = |shard| clients.iter().any(|client| client.shard() == shard);
+            if tried >= SUBSCRIBERS_MIN && on(0) && on(1) {
+                break;
+            }
+        }
+        let per_shard: Vec<u64> = (0..2)
+            .map(|shard| clients.iter().filter(|c| c.shard() == shard).count() as u64)
+            .collect();
+        let landed = |shard: u64| per_shard[shard as usize];
+        let subscribers = clients.len() as u64;
+
+        let datas: Vec<Value> = (0..PUBLISHES).map(|n| json!({"n": n})).collect();
+        let offsets = server.publish_many(channel, datas.clone()).await;
+        for client in &mut clients {
+            for (offset, data) in offsets.iter().zip(&datas) {
+                assert_message(&client.recv().await, channel, *offset, data);
+            }
+        }
+
+        let frames = subscribers * FRAMES_PER_SUBSCRIBER;
+        let sum = |stats: &Value, key: &str| -> u64 {
+            (0..2)
+                .map(|shard| shard_entry(stats, shard)[key].as_u64().unwrap_or(0))
+                .sum()
+        };
+        let stats = server
+            .poll_json("/v1/stats", |stats| {
+                stats["fanout_latency_us"]["count"] == PUBLISHES
+                    && sum(stats, "messages_out") == frames
+            })
+            .await;
+        assert_eq!(stats["ingest"]["published_total"], PUBLISHES, "in {stats}");
+        assert_eq!(
+            sum(&stats, "messages_out"),
+            frames,
+            "every frame sent, in {stats}"
+        );
+        assert_eq!(
+            stats["ingest"]["fanout_pending"], 0,
+            "no report missing, in {stats}"
+        );
+        assert_eq!(stats["ingest"]["fanout_untracked_total"], 0, "in {stats}");
+        assert_summary(&stats["fanout_latency_us"], PUBLISHES, "overall");
+        for shard in 0..2 {
+            let entry = shard_entry(&stats, shard);
+            let expected = if landed(shard) > 0 { PUBLISHES } else { 0 };
+            assert_summary(
+                &entry["fanout_latency_us"],
+                expected,
+                &format!("shard {shard}"),
+            );
+            assert_eq!(
+                entry["messages_out"],
+                landed(shard) * FRAMES_PER_SUBSCRIBER,
+                "{entry}"
+            );
+            assert_eq!(entry["connections"], landed(shard), "{entry}");
+            assert_eq!(entry["subscriptions"], landed(shard), "{entry}");
+            assert_eq!(entry["drops"], 0, "{entry}");
+            assert_eq!(
+                (&entry["outbox_frames"], &entry["outbox_bytes"]),
+                (&json!(0), &json!(0)),
+                "every frame was read, so no outbox holds any: {entry}"
+            );
+        }
+
+        let reply = server.get("/metrics").await;
+        assert_eq!(
+            reply.status, 200,
+            "expected 200 from GET /metrics, got {reply:?}"
+        );
+        assert!(
+            reply.body.ends_with("# EOF\n"),
+            "expected the OpenMetrics end marker, got {:?}",
+            reply.body
+        );
+        let lines = reply.body.lines().map(|line| Ok(line.to_string()));
+        let scrape = Scrape::parse(lines).expect("the Prometheus parser reads /metrics");
+        // The counters did not move since /v1/stats: nothing was sent in between.
+        assert_eq!(number(&scrape, "corecast_published_total", None), PUBLISHES);
+        for shard in 0..2 {
+            let entry = shard_entry(&stats, shard);
+            let same = |metric: &str, key: &str| {
+                assert_eq!(
+                    json!(number(&scrape, metric, Some(shard))),
+                    entry[key],
+                    "expected {metric}{{shard=\"{shard}\"}} to equal /v1/stats' {key}"
+                );
+            };
+            same("corecast_messages_sent_total", "messages_out");
+            same("corecast_bytes_sent_total", "bytes_out");
+            same("corecast_connections", "connections");
+            same("corecast_subscriptions", "subscriptions");
+            same("corecast_drops_total", "drops");
+            same(
+                "corecast_slow_consumer_closes_total",
+                "slow_consumer_closes",
+            );
+            same(
+                "corecast_connections_accepted_total",
+                "connections_accepted",
+            );
+            same("corecast_connections_refused_total", "connections_refused");
+            assert_eq!(
+                number(&scrape, "corecast_messages_sent_total", Some(shard)),
+                landed(shard) * FRAMES_PER_SUBSCRIBER
+            );
+            assert!(matches!(
+                sample(&scrape, "corecast_connections", Some(shard)).value,
+                PromValue::Gauge(_)
+            ));
+            number(&scrape, "corecast_ingest_queue_length", Some(shard));
+        }
+
+        let latency = "corecast_fanout_latency_seconds";
+        assert_eq!(
+            number(&scrape, &format!("{latency}_count"), None),
+            PUBLISHES
+        );
+        let PromValue::Histogram(ref buckets) = sample(&scrape, latency, None).value else {
+            panic!("expected {latency} to parse as a histogram");
+        };
+        let bounds: Vec<f64> = buckets.iter().map(|bucket| bucket.less_than).collect();
+        let mut expected_bounds: Vec<f64> = [1, 2, 5]
+            .iter()
+            .flat_map(|m| (0..5).map(move |e| f64::from(*m) * 10f64.powi(e - 4)))
+            .chain([10.0])
+            .collect();
+        expected_bounds.sort_by(f64::total_cmp);
+        expected_bounds.push(f64::INFINITY);
+        assert_eq!(bounds.len(), expected_bounds.len(), "bounds {bounds:?}");
+        for (got, expected) in bounds.iter().zip(&expected_bounds) {
+            assert!(
+                (got - expected).abs() <= expected * 1e-9 || got == expected,
+                "expected bucket bounds {expected_bounds:?}, got {bounds:?}"
+            );
+        }
+        let counts: Vec<f64> = buckets.iter().map(|bucket| bucket.count).collect();
+        assert!(
+            counts.windows(2).all(|pair| pair[0] <= pair[1]),
+            "expected cumulative buckets, got {counts:?}"
+        );
+        assert_eq!(
+            counts.last(),
+            Some(&(PUBLISHES as f64)),
+            "+Inf counts every publish"
+        );
+    })
+    .await
+}
