@@ -56,6 +56,9 @@ impl Planned {
 struct Row {
     name: String,
     outcome: Result<Finished, String>,
+    /// Set when the host cannot run the target at all (the io_uring floor without io_uring):
+    /// it is reported, and the comparison does not fail for it.
+    skipped: bool,
 }
 
 /// Runs every target in turn, prints each report and the comparison table on stdout, and
@@ -102,7 +105,7 @@ pub fn main(args: &BenchArgs) -> ExitCode {
                 finished.print_notes();
                 failed |= !finished.is_clean();
             }
-            Err(message) if is_skipped(row) => {
+            Err(message) if row.skipped => {
                 eprintln!("corecast bench: {}: skipped: {message}", row.name);
             }
             Err(message) => {
@@ -116,13 +119,6 @@ pub fn main(args: &BenchArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-/// Whether a target's failure is the host's lack of io_uring, which skips the io_uring floor
-/// rather than failing the comparison.
-fn is_skipped(row: &Row) -> bool {
-    row.name == floor::Kind::Uring.name()
-        && matches!(&row.outcome, Err(message) if message.contains(floor::URING_UNAVAILABLE))
 }
 
 /// Checks the host once, then starts, measures and stops each target in turn; sets every
@@ -142,12 +138,25 @@ fn run(args: &BenchArgs) -> Result<Vec<Row>, String> {
         if index > 0 {
             std::thread::sleep(Duration::from_millis(SETTLE_MS));
         }
+        let unavailable = match &planned {
+            Planned::Floor(kind) => kind.unavailable(),
+            Planned::Corecast | Planned::Peer(_) => None,
+        };
+        if let Some(reason) = unavailable {
+            rows.push(Row {
+                name: planned.name().to_string(),
+                outcome: Err(reason),
+                skipped: true,
+            });
+            continue;
+        }
         eprintln!("corecast bench: measuring {}", planned.name());
         let outcome = start(args, &planned, &server_cpus)
             .and_then(|(target, endpoint)| super::measure_target(args, target, &endpoint));
         rows.push(Row {
             name: planned.name().to_string(),
             outcome,
+            skipped: false,
         });
     }
     let floor_report = |kind: floor::Kind| {
@@ -461,14 +470,17 @@ mod tests {
             Row {
                 name: "floor-write".into(),
                 outcome: Ok(floor),
+                skipped: false,
             },
             Row {
                 name: "corecast".into(),
                 outcome: Ok(corecast),
+                skipped: false,
             },
             Row {
                 name: "tokio".into(),
                 outcome: Err("tokio ended (exit status: 1) before it accepted connections".into()),
+                skipped: false,
             },
         ];
         let mut out = Vec::new();

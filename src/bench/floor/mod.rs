@@ -61,11 +61,26 @@ impl Kind {
             Self::Uring => "floor-uring",
         }
     }
+
+    /// Why this host cannot run a floor of this kind, if it cannot: the kernel refuses the
+    /// io_uring floor its ring. A comparison skips such a floor rather than failing.
+    pub fn unavailable(self) -> Option<String> {
+        match self {
+            Self::Write => None,
+            Self::Uring => uring::Ring::new(1)
+                .err()
+                .map(|error| uring_refused(self, &error)),
+        }
+    }
 }
 
-/// What `start` says when the kernel refuses io_uring: the comparison then skips the io_uring
-/// floor instead of failing.
-pub const URING_UNAVAILABLE: &str = "cannot set up io_uring";
+/// What a floor of `kind` says when the kernel refuses it a ring.
+fn uring_refused(kind: Kind, error: &str) -> String {
+    format!(
+        "{}: cannot set up io_uring: {error} (is kernel.io_uring_disabled set?)",
+        kind.name()
+    )
+}
 
 /// The path subscribers ask for, as they would of corecast.
 pub const PATH: &str = "/ws";
@@ -270,12 +285,7 @@ impl Sender {
             Kind::Write => Ok(Self::Write),
             Kind::Uring => uring::Ring::new(subscribers)
                 .map(|ring| Self::Uring(Box::new(ring)))
-                .map_err(|error| {
-                    format!(
-                        "{}: {URING_UNAVAILABLE}: {error} (is kernel.io_uring_disabled set?)",
-                        kind.name()
-                    )
-                }),
+                .map_err(|error| uring_refused(kind, &error)),
         }
     }
 }
