@@ -40,7 +40,7 @@ use serde::Serialize;
 use corecast::config::defaults;
 use corecast::ingest::encode;
 use corecast::ingest::Priority;
-use corecast::queue::Stamp;
+use corecast::queue::{Slow, Stamp};
 use corecast::ws::command;
 use corecast::ws::frame::{self, Opcode};
 
@@ -101,7 +101,15 @@ fn encode_frames(c: &mut Criterion) {
             publish: 1,
             accepted: Instant::now(),
         };
-        let delivery = encode::message("leads.42", 1, 2, &data, Priority::Normal, stamp);
+        let delivery = encode::message(
+            "leads.42",
+            1,
+            2,
+            &data,
+            Priority::Normal,
+            Slow::Disconnect,
+            stamp,
+        );
         assert!(delivery.frame.ends_with(format!("{data}}}").as_bytes()));
         group.throughput(Throughput::Bytes(data_bytes as u64));
         group.bench_function(format!("message/{data_bytes}"), |b| {
@@ -112,6 +120,7 @@ fn encode_frames(c: &mut Criterion) {
                     black_box(1_700_000_000_000),
                     black_box(&data),
                     Priority::Normal,
+                    Slow::Disconnect,
                     stamp,
                 )
             })

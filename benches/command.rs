@@ -118,7 +118,7 @@ fn serde_json_parse(text: &str) -> Option<(Parsed<'_>, Option<serde_json::Value>
 
 fn check_inputs() {
     match command::parse(SUBSCRIBE) {
-        Ok(Command::Subscribe { channel, id }) => {
+        Ok(Command::Subscribe { channel, id, .. }) => {
             assert_eq!(channel, "prices.eu.EURUSD");
             assert_eq!(id, Some(sonic_rs::Value::from(17u64)));
         }

@@ -92,7 +92,10 @@ fn effective_config(args: &ServeArgs, matches: &ArgMatches) -> Result<Config, Co
     };
     let flags = toml::Table::try_from(&args.settings).expect("a Config always serializes");
     for (key, value) in flags {
-        let from_command_line = matches.value_source(&key) == Some(ValueSource::CommandLine);
+        // `namespaces` is file-only: it has no flag, so clap cannot be asked about it.
+        let is_flag = matches.try_contains_id(&key).is_ok();
+        let from_command_line =
+            is_flag && matches.value_source(&key) == Some(ValueSource::CommandLine);
         if from_command_line || !table.contains_key(&key) {
             table.insert(key, value);
         }

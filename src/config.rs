@@ -129,6 +129,102 @@ pub struct Config {
     /// Log output: `text` or `json`. The filter comes from `RUST_LOG` (default `info`).
     #[arg(long, default_value_t = defaults::log_format())]
     pub log_format: LogFormat,
+
+    /// Messages of history kept per channel, for recovery and `/v1/history` (0: none). A
+    /// namespace may set its own. More lets clients recover from longer outages; each message
+    /// costs its frame's bytes on the ingest core.
+    #[arg(long, default_value_t = defaults::history_messages_max())]
+    pub history_messages_max: usize,
+
+    /// Bytes of history (encoded frames) kept per channel; the oldest go first.
+    #[arg(long, default_value_t = defaults::history_bytes_max())]
+    pub history_bytes_max: usize,
+
+    /// Seconds a message stays in history; older ones are trimmed before any read.
+    #[arg(long, default_value_t = defaults::history_age_s())]
+    pub history_age_s: u64,
+
+    /// Bytes of history over all channels. Past it the oldest message of any channel goes
+    /// first, so the ingest core's memory stays bounded however many channels there are.
+    #[arg(long, default_value_t = defaults::history_total_bytes_max())]
+    pub history_total_bytes_max: usize,
+
+    /// Messages one recovery (`subscribe` with `since`) or one `/v1/history` page may return.
+    /// A client that missed more is told `recovered:false` ("too_many") and should reload.
+    #[arg(long, default_value_t = defaults::recovery_messages_max())]
+    pub recovery_messages_max: usize,
+
+    /// Microseconds a `high` or `normal` message may wait on a shard so that a connection's
+    /// frames coalesce into one write; `critical` never waits. 0 writes every frame at once:
+    /// lowest latency, one `send` per frame and subscriber (see the README for the measurement).
+    #[arg(long, default_value_t = defaults::batch_window_us())]
+    pub batch_window_us: u64,
+
+    /// What happens to a client whose outbox overflows, for channels no namespace names:
+    /// `disconnect` (close 4008), `drop_oldest` or `conflate` (see `namespaces`).
+    #[arg(long, default_value_t = defaults::slow_consumer())]
+    pub slow_consumer: SlowConsumer,
+
+    /// The `data` field whose value identifies what a message updates, for `conflate`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflate_key: Option<String>,
+
+    /// Per channel namespace: history limits and slow-consumer policy, in the TOML file only
+    /// (`[[namespaces]]` tables). The first namespace whose pattern matches a channel applies;
+    /// what it leaves out comes from the top-level settings above.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<Namespace>,
+}
+
+/// What to do with a client that cannot keep up with a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumer {
+    /// Close the connection with 4008; the client reconnects and recovers from history.
+    Disconnect,
+    /// Drop the channel's queued messages and send a `gap` notice naming their offsets.
+    DropOldest,
+    /// Keep only the newest queued message per value of the `conflate_key` field of `data`.
+    Conflate,
+}
+
+impl std::fmt::Display for SlowConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SlowConsumer::Disconnect => "disconnect",
+            SlowConsumer::DropOldest => "drop_oldest",
+            SlowConsumer::Conflate => "conflate",
+        })
+    }
+}
+
+/// Settings for the channels matching `pattern`, e.g. `prices.>`; unset fields are inherited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Namespace {
+    pub pattern: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_messages_max: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_bytes_max: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_age_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_consumer: Option<SlowConsumer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflate_key: Option<String>,
+}
+
+/// The settings one channel lives under: a namespace's, completed from the top level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelPolicy {
+    pub history_messages_max: usize,
+    pub history_bytes_max: usize,
+    pub history_age_s: u64,
+    pub slow_consumer: SlowConsumer,
+    pub conflate_key: Option<Box<str>>,
 }
 
 /// A list of CPU ids, written `0,2,4-7` on the command line and `[0, 2, 4]` in TOML.
@@ -157,7 +253,7 @@ impl std::fmt::Display for LogFormat {
 pub mod defaults {
     use std::net::SocketAddr;
 
-    use super::LogFormat;
+    use super::{LogFormat, SlowConsumer};
 
     pub fn listen() -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], 8080))
@@ -222,6 +318,27 @@ pub mod defaults {
     pub fn log_format() -> LogFormat {
         LogFormat::Text
     }
+    pub fn history_messages_max() -> usize {
+        1_000
+    }
+    pub fn history_bytes_max() -> usize {
+        1024 * 1024
+    }
+    pub fn history_age_s() -> u64 {
+        300
+    }
+    pub fn history_total_bytes_max() -> usize {
+        256 * 1024 * 1024
+    }
+    pub fn recovery_messages_max() -> usize {
+        1_000
+    }
+    pub fn batch_window_us() -> u64 {
+        0
+    }
+    pub fn slow_consumer() -> SlowConsumer {
+        SlowConsumer::Disconnect
+    }
 }
 
 impl Default for Config {
@@ -252,6 +369,15 @@ impl Default for Config {
             shutdown_timeout_ms: defaults::shutdown_timeout_ms(),
             io_memory_bytes: defaults::io_memory_bytes(),
             log_format: defaults::log_format(),
+            history_messages_max: defaults::history_messages_max(),
+            history_bytes_max: defaults::history_bytes_max(),
+            history_age_s: defaults::history_age_s(),
+            history_total_bytes_max: defaults::history_total_bytes_max(),
+            recovery_messages_max: defaults::recovery_messages_max(),
+            batch_window_us: defaults::batch_window_us(),
+            slow_consumer: defaults::slow_consumer(),
+            conflate_key: None,
+            namespaces: Vec::new(),
         }
     }
 }
@@ -353,6 +479,52 @@ impl Config {
                 return Err(ConfigError("cores is empty: name at least one CPU".into()));
             }
         }
+        check_range(
+            "history_messages_max",
+            self.history_messages_max,
+            0,
+            10_000_000,
+        )?;
+        check_range("history_bytes_max", self.history_bytes_max, 0, 1 << 34)?;
+        check_range("history_age_s", self.history_age_s, 1, 30 * 86_400)?;
+        check_range(
+            "history_total_bytes_max",
+            self.history_total_bytes_max,
+            0,
+            1 << 40,
+        )?;
+        check_range(
+            "recovery_messages_max",
+            self.recovery_messages_max,
+            1,
+            1_000_000,
+        )?;
+        check_range("batch_window_us", self.batch_window_us, 0, 1_000_000)?;
+        check_policy("", self.slow_consumer, self.conflate_key.as_deref())?;
+        for (at, namespace) in self.namespaces.iter().enumerate() {
+            let field = format!("namespaces[{at}]");
+            channel::validate_pattern(&namespace.pattern).map_err(|err| {
+                ConfigError(format!(
+                    "{field}.pattern {:?} is invalid: {err}",
+                    namespace.pattern
+                ))
+            })?;
+            if let Some(max) = namespace.history_messages_max {
+                check_range(&format!("{field}.history_messages_max"), max, 0, 10_000_000)?;
+            }
+            if let Some(max) = namespace.history_bytes_max {
+                check_range(&format!("{field}.history_bytes_max"), max, 0, 1 << 34)?;
+            }
+            if let Some(age) = namespace.history_age_s {
+                check_range(&format!("{field}.history_age_s"), age, 1, 30 * 86_400)?;
+            }
+            let policy = self.policy(at + 1);
+            check_policy(
+                &format!("{field}."),
+                policy.slow_consumer,
+                policy.conflate_key.as_deref(),
+            )?;
+        }
         for pattern in &self.client_publish {
             channel::validate_pattern(pattern).map_err(|err| {
                 ConfigError(format!(
@@ -361,6 +533,42 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+
+    /// Policies of every namespace, by index: 0 is the top level, `i + 1` is `namespaces[i]`.
+    pub fn policy(&self, index: usize) -> ChannelPolicy {
+        let top = ChannelPolicy {
+            history_messages_max: self.history_messages_max,
+            history_bytes_max: self.history_bytes_max,
+            history_age_s: self.history_age_s,
+            slow_consumer: self.slow_consumer,
+            conflate_key: self.conflate_key.as_deref().map(Box::from),
+        };
+        let Some(namespace) = index.checked_sub(1).map(|at| &self.namespaces[at]) else {
+            return top;
+        };
+        ChannelPolicy {
+            history_messages_max: namespace
+                .history_messages_max
+                .unwrap_or(top.history_messages_max),
+            history_bytes_max: namespace.history_bytes_max.unwrap_or(top.history_bytes_max),
+            history_age_s: namespace.history_age_s.unwrap_or(top.history_age_s),
+            slow_consumer: namespace.slow_consumer.unwrap_or(top.slow_consumer),
+            conflate_key: namespace
+                .conflate_key
+                .as_deref()
+                .map(Box::from)
+                .or(top.conflate_key),
+        }
+    }
+
+    /// The index (for [`Config::policy`]) of the policy `channel` lives under: the first
+    /// namespace whose pattern matches it, else the top level.
+    pub fn policy_index(&self, channel: &str) -> usize {
+        self.namespaces
+            .iter()
+            .position(|namespace| channel::pattern_matches(&namespace.pattern, channel))
+            .map_or(0, |at| at + 1)
     }
 
     /// Reads a TOML file into a table (not yet a `Config`: flags are laid over it first).
@@ -380,6 +588,21 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a Config always serializes")
     }
+}
+
+/// `conflate` needs a key to conflate by; `prefix` names where the policy was set.
+fn check_policy(
+    prefix: &str,
+    slow_consumer: SlowConsumer,
+    conflate_key: Option<&str>,
+) -> Result<(), ConfigError> {
+    if slow_consumer == SlowConsumer::Conflate && conflate_key.is_none_or(str::is_empty) {
+        return Err(ConfigError(format!(
+            "{prefix}slow_consumer = \"conflate\" needs {prefix}conflate_key: the `data` field \
+             whose value names what a message updates"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses `0,2,4-7` into `[0, 2, 4, 5, 6, 7]`.
@@ -452,6 +675,52 @@ mod tests {
         let table: toml::Table = "outbox_frame_max = 3".parse().unwrap();
         let err = Config::from_table(table).unwrap_err().0;
         assert!(err.contains("outbox_frame_max"), "{err}");
+    }
+
+    #[test]
+    fn namespaces_inherit_the_top_level_and_conflate_needs_a_key() {
+        let table: toml::Table = r#"
+            history_messages_max = 50
+            [[namespaces]]
+            pattern = "prices.>"
+            slow_consumer = "conflate"
+            conflate_key = "symbol"
+            [[namespaces]]
+            pattern = "prices.eu.*"
+            history_messages_max = 0
+        "#
+        .parse()
+        .unwrap();
+        let config = Config::from_table(table).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.policy_index("prices.eu.gas"), 1, "first match wins");
+        assert_eq!(config.policy_index("leads.1"), 0);
+        let prices = config.policy(1);
+        assert_eq!(prices.slow_consumer, SlowConsumer::Conflate);
+        assert_eq!(prices.conflate_key.as_deref(), Some("symbol"));
+        assert_eq!(prices.history_messages_max, 50, "inherited");
+        assert_eq!(config.policy(2).history_messages_max, 0);
+        let table: toml::Table = config.to_toml().parse().unwrap();
+        assert_eq!(Config::from_table(table).unwrap(), config, "round trip");
+
+        let keyless = Config {
+            namespaces: vec![Namespace {
+                pattern: "p.>".into(),
+                history_messages_max: None,
+                history_bytes_max: None,
+                history_age_s: None,
+                slow_consumer: Some(SlowConsumer::Conflate),
+                conflate_key: None,
+            }],
+            ..Config::default()
+        };
+        let err = keyless.validate().unwrap_err().0;
+        assert!(
+            err.starts_with(
+                "namespaces[0].slow_consumer = \"conflate\" needs namespaces[0].conflate_key"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

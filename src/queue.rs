@@ -35,8 +35,25 @@ pub enum ToShard {
     /// A frame for one connection only (a reply to its `publish` or a deferred `subscribed`).
     Reply { conn: ConnId, frame: Bytes },
     /// The ingest core now routes channels matching `pattern` to this shard, as of the
-    /// shard's `Interest` message number `seq`.
-    InterestReady { pattern: Box<str>, seq: u64 },
+    /// shard's `Interest` message number `seq`. Every publish after `position` (a message
+    /// `seq`) that matches it reaches this shard.
+    InterestReady {
+        pattern: Box<str>,
+        seq: u64,
+        position: u64,
+    },
+    /// The answer to a `subscribe` with `since`, sent by the sequencer between two publishes:
+    /// everything sequenced up to `position` is in `missed` (or was not recoverable, which
+    /// `reply` says), everything after it follows in this queue. The shard makes the
+    /// subscription live on receipt, then queues `reply` and `missed` for the connection.
+    Recovered {
+        conn: ConnId,
+        pattern: Box<str>,
+        reply: Bytes,
+        /// The missed `message` frames, concatenated in `seq` order; empty when none.
+        missed: Bytes,
+        position: u64,
+    },
     /// Report counters or patterns (for `/v1/stats`, `/v1/channels`), tagged `query`.
     Query { query: u64, kind: QueryKind },
     /// Close every connection with 1001 and stop.
@@ -52,13 +69,27 @@ pub struct Delivery {
     pub channel_start: u16,
     pub channel_len: u8,
     pub priority: Priority,
+    pub offset: u64,
+    /// What a shard does when this message finds a connection's outbox full.
+    pub slow: Slow,
     pub stamp: Stamp,
+}
+
+/// A message's slow-consumer policy, resolved by the ingest core from its channel's namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slow {
+    Disconnect,
+    DropOldest,
+    /// A hash of the message's `conflate_key` value; `None` when its data has no such field
+    /// (it then replaces nothing and is never replaced).
+    Conflate(Option<u64>),
 }
 
 /// Which publish a delivery is and when the ingest core accepted it, for fan-out latency.
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp {
-    /// The publish's number on the ingest core (its `published_total` once sequenced).
+    /// The publish's number on the ingest core (its `published_total` once sequenced), which
+    /// is also the message's node-wide `seq` on the wire.
     pub publish: u64,
     /// When the ingest core accepted the publish, before it waited in a lane.
     pub accepted: Instant,
@@ -72,6 +103,12 @@ pub struct FanoutReport {
 }
 
 impl Delivery {
+    /// Where the frame's JSON payload starts (after the WebSocket header).
+    pub fn payload_start(&self) -> u8 {
+        let start = usize::from(self.channel_start) - crate::ingest::encode::PREFIX.len();
+        u8::try_from(start).expect("a frame header is at most 10 bytes")
+    }
+
     /// The channel this frame was published to.
     pub fn channel(&self) -> &str {
         let start = usize::from(self.channel_start);
@@ -92,6 +129,15 @@ pub enum ToIngest {
         channel: Box<str>,
         /// The `data` value, as raw (validated) JSON.
         data: Box<str>,
+    },
+    /// A `subscribe` with `since`: the sequencer answers with `ToShard::Recovered`. The
+    /// pattern's `Interest` was sent before it, so its route exists when it is handled.
+    Recover {
+        shard: ShardId,
+        conn: ConnId,
+        id: Option<sonic_rs::Value>,
+        pattern: Box<str>,
+        since: Since,
     },
     /// The shard's first subscriber to `pattern` arrived (`add`) or its last one left.
     /// `seq` numbers the shard's interest messages; an `add` is confirmed with it.
@@ -123,10 +169,33 @@ pub enum QueryKind {
     Channels,
 }
 
+/// Where a recovering client was: its epoch and the last position it received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    pub epoch: Box<str>,
+    pub position: Position,
+}
+
+/// A position in the stream: a channel's `offset` (exact channels) or the node-wide `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    Offset(u64),
+    Seq(u64),
+}
+
+/// One shard's acknowledgements of one channel, for `/v1/stats`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckRow {
+    pub channel: Box<str>,
+    pub conns: usize,
+    pub offset_min: u64,
+    pub offset_max: u64,
+}
+
 /// A shard's answer to a [`ToShard::Query`].
 #[derive(Debug)]
 pub enum Answer {
-    Stats(ShardStats),
+    Stats(ShardStats, Vec<AckRow>),
     Channels(Vec<(Box<str>, usize)>),
 }
 

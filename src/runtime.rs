@@ -148,6 +148,21 @@ pub fn preflight(config: &Config, executors: usize) -> Result<(), StartError> {
     Ok(())
 }
 
+/// A fresh epoch: 16 hex digits from the OS-seeded keys of a std `RandomState` and the clock,
+/// so two starts of the server (even in the same nanosecond) almost surely differ. Clients
+/// only compare epochs for equality.
+fn new_epoch() -> Arc<str> {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    format!("{:016x}", hasher.finish()).into()
+}
+
 /// What an executor reports once it has bound its port (or failed to).
 type Bound = Result<(), String>;
 
@@ -170,6 +185,8 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         ))
     })?;
     let config = Arc::new(config);
+    let epoch = new_epoch();
+    tracing::info!(%epoch, "offsets start at 1 in a new epoch");
     let shards = plan.shard_cpus.len();
 
     let mut to_shards = Vec::with_capacity(shards);
@@ -192,6 +209,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let mut executors = Vec::with_capacity(shards + 1);
 
     let ingest_config = config.clone();
+    let ingest_epoch = epoch.clone();
     let ingest_bound = bound_tx.clone();
     executors.push((
         "ingest".to_owned(),
@@ -213,7 +231,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
                         .local_addr()
                         .expect("a bound listener has an address"),
                 );
-                let core = IngestCore::new(ingest_config, to_shards);
+                let core = IngestCore::new(ingest_config, ingest_epoch, to_shards);
                 let ingest = Ingest::start(core, listener, ingest_inboxes);
                 let _ = ingest_bound.send(("ingest".into(), Ok(())));
                 ingest.run().await;
@@ -228,6 +246,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         .enumerate()
     {
         let shard_config = config.clone();
+        let shard_epoch = epoch.clone();
         let shard_bound = bound_tx.clone();
         let name = format!("shard {shard}");
         executors.push((
@@ -244,7 +263,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
                             return;
                         }
                     };
-                    let core = ShardCore::new(shard, shard_config, sender);
+                    let core = ShardCore::new(shard, shard_config, shard_epoch, sender);
                     let running = Shard::start(core, listener, inbox);
                     let _ = shard_bound.send((name, Ok(())));
                     running.run().await;

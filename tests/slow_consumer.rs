@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::raw::{parse_frame, read_until_closed, RawWs, OP_CLOSE, OP_TEXT};
-use common::{assert_message, watchdog, Client, Server, STEP};
+use common::{assert_message, assert_subscribed, watchdog, Client, Server, STEP};
 use serde_json::{json, Value};
 
 /// Messages published at least (1 KiB each)...
@@ -46,11 +46,7 @@ async fn reader_gets_everything_and_the_stalled_subscriber_is_closed_4008() {
         let mut slow = RawWs::connect_ready_small_buffer(server.ws, 4096).await;
         slow.send_text(r#"{"type":"subscribe","channel":"flood.1","id":1}"#)
             .await;
-        assert_eq!(
-            slow.next_json().await,
-            json!({"type": "subscribed", "channel": "flood.1", "id": 1}),
-            "expected the stalled subscriber's subscribe to be confirmed"
-        );
+        assert_subscribed(&slow.next_json().await, "flood.1", json!(1));
 
         let mut fast = Client::connect(&server).await;
         fast.subscribe("flood.1", 1).await;
@@ -159,10 +155,7 @@ async fn a_subscriber_that_catches_up_gets_split_frames_whole_and_in_order() {
         let mut late = RawWs::connect_ready_small_buffer(server.ws, 4096).await;
         late.send_text(r#"{"type":"subscribe","channel":"late.1","id":1}"#)
             .await;
-        assert_eq!(
-            late.next_json().await,
-            json!({"type": "subscribed", "channel": "late.1", "id": 1})
-        );
+        assert_subscribed(&late.next_json().await, "late.1", json!(1));
         let data = |i: usize| json!({"i": i, "pad": "y".repeat(40_000 + i)});
         let mut first_offset = None;
         for start in (0..MESSAGES).step_by(BATCH) {

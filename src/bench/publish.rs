@@ -327,10 +327,13 @@ impl RelayConn {
             write_data(&mut self.data, seq, sent_us, plan.payload_bytes);
             let mut offset_text = itoa::Buffer::new();
             let mut ts_ms_text = itoa::Buffer::new();
-            // corecast numbers a channel's messages from 1 and stamps them in milliseconds.
+            // corecast numbers a channel's messages from 1 and stamps them in milliseconds; with
+            // the bench its only publisher, a message's node-wide seq is its offset.
+            let offset_text = offset_text.format(seq + 1);
             let parts = message_parts(
                 &plan.channel_json,
-                offset_text.format(seq + 1),
+                offset_text,
+                offset_text,
                 ts_ms_text.format(sent_us / 1_000),
                 &self.data,
             );
@@ -472,14 +475,17 @@ impl Masks {
 fn message_parts<'a>(
     channel_json: &'a str,
     offset_text: &'a str,
+    seq_text: &'a str,
     ts_ms_text: &'a str,
     data: &'a str,
-) -> [&'a str; 9] {
+) -> [&'a str; 11] {
     [
         r#"{"type":"message","channel":"#,
         channel_json,
         r#","offset":"#,
         offset_text,
+        r#","seq":"#,
+        seq_text,
         r#","ts_ms":"#,
         ts_ms_text,
         r#","data":"#,
@@ -543,7 +549,7 @@ mod tests {
     use super::*;
     use crate::bench::wire::Scanner;
     use crate::ingest::{encode, Priority};
-    use crate::queue::Stamp;
+    use crate::queue::{Slow, Stamp};
 
     use crate::bench::tests::WATCHDOG;
 
@@ -623,6 +629,7 @@ mod tests {
             text.extend(message_parts(
                 r#""bench.fanout""#,
                 "13",
+                "13",
                 "1700000000123",
                 &data,
             ));
@@ -632,8 +639,9 @@ mod tests {
                 1_700_000_000_123,
                 &data,
                 Priority::Normal,
+                Slow::Disconnect,
                 Stamp {
-                    publish: 1,
+                    publish: 13,
                     accepted: std::time::Instant::now(),
                 },
             );

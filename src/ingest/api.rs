@@ -1,7 +1,8 @@
 //! The control-plane HTTP API, served by hyper on the ingest core's glommio executor.
 //!
 //! Routes: `POST /v1/publish`, `POST /v1/publish/batch`, `GET /healthz`, `GET /v1/stats`,
-//! `GET /v1/channels`, and `GET /metrics` (Prometheus; see [`super::metrics`]). Bodies are read under `publish_body_bytes_max` and validated with sonic-rs
+//! `GET /v1/channels`, `GET /v1/history`, and `GET /metrics` (Prometheus; see
+//! [`super::metrics`]). Bodies are read under `publish_body_bytes_max` and validated with sonic-rs
 //! before anything is queued, so a bad request never reaches the sequencer. Every error is a
 //! JSON body `{"error":{"code":..,"message":..}}` with the contract's status.
 
@@ -21,7 +22,7 @@ use super::metrics::{self, Snapshot};
 use super::{IngestCore, Priority, PublishError};
 use crate::channel;
 use crate::net::handshake::ErrorBody;
-use crate::queue::{Answer, QueryKind};
+use crate::queue::{AckRow, Answer, QueryKind};
 
 type HttpResponse = Response<Full<Bytes>>;
 
@@ -77,7 +78,7 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
     let method = request.method().clone();
     let allowed = match path.as_str() {
         "/v1/publish" | "/v1/publish/batch" => Method::POST,
-        "/healthz" | "/v1/stats" | "/v1/channels" | "/metrics" => Method::GET,
+        "/healthz" | "/v1/stats" | "/v1/channels" | "/v1/history" | "/metrics" => Method::GET,
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -111,6 +112,7 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
         "/v1/stats" => stats(core).await,
         "/metrics" => prometheus(core).await,
         "/v1/channels" => channels(core).await,
+        "/v1/history" => history(core, request.uri().query().unwrap_or("")),
         "/v1/publish" => match read_body(core, request).await {
             Ok(body) => publish(core, &body).await,
             Err(response) => response,
@@ -296,27 +298,76 @@ async fn publish_batch(core: &IngestCore, body: &[u8]) -> HttpResponse {
     json(StatusCode::OK, &Results { results })
 }
 
-/// Every shard's counters that answered within the query timeout, in shard order.
-async fn shard_stats(core: &IngestCore) -> Vec<crate::shard::ShardStats> {
+/// Every shard's counters and ack rows that answered within the query timeout, in shard order.
+async fn shard_stats(core: &IngestCore) -> (Vec<crate::shard::ShardStats>, Vec<AckRow>) {
     let answers = core.query(QueryKind::Stats).await;
-    answers
-        .into_iter()
-        .filter_map(|(_, answer)| match answer {
-            Answer::Stats(stats) => Some(stats),
-            Answer::Channels(_) => None,
+    let mut shards = Vec::with_capacity(answers.len());
+    let mut acks = Vec::new();
+    for (_, answer) in answers {
+        if let Answer::Stats(stats, rows) = answer {
+            shards.push(stats);
+            acks.extend(rows);
+        }
+    }
+    (shards, acks)
+}
+
+/// One channel's acknowledgements over every shard: how far its slowest and fastest
+/// acknowledging subscribers are.
+#[derive(Serialize)]
+struct AckSummary {
+    channel: Box<str>,
+    /// Connections that acked this channel.
+    conns: usize,
+    offset_min: u64,
+    offset_max: u64,
+    /// The channel's latest offset: `offset_latest - offset_min` is the worst ack lag.
+    offset_latest: u64,
+}
+
+/// Merges the shards' ack rows per channel, most lagging first.
+fn ack_summaries(core: &IngestCore, rows: Vec<AckRow>) -> Vec<AckSummary> {
+    let mut merged: hashbrown::HashMap<Box<str>, AckRow> = hashbrown::HashMap::new();
+    for row in rows {
+        match merged.get_mut(&row.channel) {
+            Some(into) => {
+                into.conns += row.conns;
+                into.offset_min = into.offset_min.min(row.offset_min);
+                into.offset_max = into.offset_max.max(row.offset_max);
+            }
+            None => {
+                merged.insert(row.channel.clone(), row);
+            }
+        }
+    }
+    let mut summaries: Vec<AckSummary> = merged
+        .into_values()
+        .map(|row| AckSummary {
+            offset_latest: core.channel_offset(&row.channel),
+            channel: row.channel,
+            conns: row.conns,
+            offset_min: row.offset_min,
+            offset_max: row.offset_max,
         })
-        .collect()
+        .collect();
+    summaries.sort_by(|a, b| {
+        let lag = |s: &AckSummary| s.offset_latest.saturating_sub(s.offset_min);
+        lag(b).cmp(&lag(a)).then_with(|| a.channel.cmp(&b.channel))
+    });
+    summaries
 }
 
 async fn stats(core: &IngestCore) -> HttpResponse {
-    let shards = shard_stats(core).await;
+    let (shards, acks) = shard_stats(core).await;
     #[derive(Serialize)]
     struct Stats<'a> {
         shards: &'a [crate::shard::ShardStats],
         shards_answered: usize,
         connections: usize,
+        epoch: &'a str,
         ingest: super::IngestStats,
         fanout_latency_us: metrics::LatencySummary,
+        acks: Vec<AckSummary>,
     }
     json(
         StatusCode::OK,
@@ -324,16 +375,93 @@ async fn stats(core: &IngestCore) -> HttpResponse {
             shards: &shards,
             shards_answered: shards.len(),
             connections: shards.iter().map(|shard| shard.connections).sum(),
+            epoch: &core.epoch,
             ingest: core.stats(),
             fanout_latency_us: core.fanout_summary(),
+            acks: ack_summaries(core, acks),
         },
     )
 }
 
+/// `GET /v1/history?channel=X&since=N&limit=K`: one page of a channel's history.
+fn history(core: &IngestCore, query: &str) -> HttpResponse {
+    let mut channel = None;
+    let max = core.config.recovery_messages_max;
+    let (mut since, mut limit) = (0u64, HISTORY_PAGE_DEFAULT.min(max));
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let bad = |message: String| error(StatusCode::BAD_REQUEST, "bad_request", message);
+        match &*key {
+            "channel" => channel = Some(value.into_owned()),
+            "since" => match value.parse() {
+                Ok(value) => since = value,
+                Err(_) => return bad(format!("since={value:?} is not a non-negative integer")),
+            },
+            "limit" => match value.parse() {
+                Ok(value) if (1..=max).contains(&value) => limit = value,
+                _ => {
+                    return bad(format!(
+                        "limit={value:?} is not an integer from 1 to {max} (recovery_messages_max)"
+                    ))
+                }
+            },
+            other => {
+                let shown: String = other.chars().take(32).collect();
+                return bad(format!(
+                    "unknown parameter {shown:?}: take channel, since, limit"
+                ));
+            }
+        }
+    }
+    let Some(name) = channel else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "missing parameter `channel`",
+        );
+    };
+    if let Err(err) = channel::validate_channel(&name) {
+        let shown: String = name.chars().take(64).collect();
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_channel",
+            format!("invalid channel {shown:?}: {err} (history is per channel: no wildcards)"),
+        );
+    }
+    let page = core.history_page(&name, since, limit);
+    // The messages are the stored frames' JSON, spliced in as they are: no re-encoding.
+    let mut body = Vec::with_capacity(128 + page.messages.iter().map(Bytes::len).sum::<usize>());
+    body.extend_from_slice(br#"{"channel":"#);
+    sonic_rs::to_writer(&mut body, &name).expect("writing to a Vec cannot fail");
+    body.extend_from_slice(br#","epoch":"#);
+    sonic_rs::to_writer(&mut body, &*core.epoch).expect("writing to a Vec cannot fail");
+    body.extend_from_slice(
+        format!(
+            r#","offset":{},"complete":{},"messages":["#,
+            page.offset, page.complete
+        )
+        .as_bytes(),
+    );
+    for (at, message) in page.messages.iter().enumerate() {
+        if at > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(message);
+    }
+    body.extend_from_slice(b"]}");
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a static response is valid")
+}
+
+/// Messages a `/v1/history` page holds when `limit` is not given.
+const HISTORY_PAGE_DEFAULT: usize = 100;
+
 /// `GET /metrics`: the same figures as `/v1/stats`, in the OpenMetrics text format.
 async fn prometheus(core: &IngestCore) -> HttpResponse {
     let snapshot = Snapshot {
-        shards: shard_stats(core).await,
+        shards: shard_stats(core).await.0,
         ingest: core.stats(),
         fanout: core.fanout_buckets(),
     };

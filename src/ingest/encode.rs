@@ -1,7 +1,7 @@
 //! Encode once: the complete WebSocket frame of a published message, built on the ingest core.
 //!
 //! The frame is a fixed envelope around parts that are already serialized: the channel name
-//! (validated to need no escaping), two integers, and the `data` value as the raw JSON text
+//! (validated to need no escaping), three integers, and the `data` value as the raw JSON text
 //! sonic-rs validated on the way in. Writing the envelope directly avoids re-encoding `data`;
 //! every shard then writes these same bytes to every subscriber, and nothing downstream copies
 //! or re-encodes them.
@@ -9,23 +9,26 @@
 use bytes::BufMut;
 
 use crate::ingest::Priority;
-use crate::queue::{Delivery, Stamp};
+use crate::queue::{Delivery, Slow, Stamp};
 use crate::ws::frame::text_frame_with;
 
 /// The start of every message's JSON; the channel name follows it directly.
-const PREFIX: &[u8] = br#"{"type":"message","channel":""#;
+pub const PREFIX: &[u8] = br#"{"type":"message","channel":""#;
 
 const OFFSET_KEY: &[u8] = br#"","offset":"#;
+const SEQ_KEY: &[u8] = br#","seq":"#;
 const TS_KEY: &[u8] = br#","ts_ms":"#;
 const DATA_KEY: &[u8] = br#","data":"#;
 
-/// Builds the `message` frame for one publish, in one allocation of exactly its size.
+/// Builds the `message` frame for one publish, in one allocation of exactly its size. Its
+/// `seq` is the publish number of `stamp`.
 pub fn message(
     channel: &str,
     offset: u64,
     ts_ms: u64,
     data: &str,
     priority: Priority,
+    slow: Slow,
     stamp: Stamp,
 ) -> Delivery {
     assert!(
@@ -33,13 +36,17 @@ pub fn message(
         "channels are validated before sequencing"
     );
     let mut offset_text = itoa::Buffer::new();
+    let mut seq_text = itoa::Buffer::new();
     let mut ts_text = itoa::Buffer::new();
     let offset_text = offset_text.format(offset);
+    let seq_text = seq_text.format(stamp.publish);
     let ts_text = ts_text.format(ts_ms);
     let payload_bytes = PREFIX.len()
         + channel.len()
         + OFFSET_KEY.len()
         + offset_text.len()
+        + SEQ_KEY.len()
+        + seq_text.len()
         + TS_KEY.len()
         + ts_text.len()
         + DATA_KEY.len()
@@ -50,6 +57,8 @@ pub fn message(
         buf.put_slice(channel.as_bytes());
         buf.put_slice(OFFSET_KEY);
         buf.put_slice(offset_text.as_bytes());
+        buf.put_slice(SEQ_KEY);
+        buf.put_slice(seq_text.as_bytes());
         buf.put_slice(TS_KEY);
         buf.put_slice(ts_text.as_bytes());
         buf.put_slice(DATA_KEY);
@@ -62,6 +71,8 @@ pub fn message(
             .expect("a header is at most 10 bytes"),
         channel_len: channel.len() as u8,
         priority,
+        offset,
+        slow,
         stamp,
     };
     assert_eq!(
@@ -96,9 +107,10 @@ mod tests {
             1_700_000_000_000,
             r#"{"score":9}"#,
             Priority::Normal,
+            Slow::Disconnect,
             stamp(),
         );
-        let json = r#"{"type":"message","channel":"leads.42","offset":7,"ts_ms":1700000000000,"data":{"score":9}}"#;
+        let json = r#"{"type":"message","channel":"leads.42","offset":7,"seq":1,"ts_ms":1700000000000,"data":{"score":9}}"#;
         assert_eq!(&delivery.frame[..2], &[0x81, json.len() as u8]);
         assert_eq!(&delivery.frame[2..], json.as_bytes());
         assert_eq!(delivery.channel(), "leads.42");
@@ -110,7 +122,15 @@ mod tests {
     #[test]
     fn large_data_gets_a_longer_header() {
         let data = format!("\"{}\"", "x".repeat(70_000));
-        let delivery = message("a", 1, 2, &data, Priority::Critical, stamp());
+        let delivery = message(
+            "a",
+            1,
+            2,
+            &data,
+            Priority::Critical,
+            Slow::Disconnect,
+            stamp(),
+        );
         assert_eq!(delivery.frame[1], 127);
         assert_eq!(delivery.channel(), "a");
     }

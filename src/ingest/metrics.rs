@@ -331,6 +331,10 @@ mod tests {
             ingest: IngestStats {
                 published_total: 2,
                 channels: 1,
+                history_messages: 2,
+                history_bytes: 200,
+                recoveries_total: 0,
+                recoveries_failed_total: 0,
                 lanes_len: [0; 3],
                 shard_queues_len: 0,
                 fanout_pending: 0,

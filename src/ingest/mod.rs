@@ -11,32 +11,42 @@
 //! reports its fan-out time back, and the ingest core records the slowest into the overall
 //! fan-out latency histogram (see [`metrics`]) once all of them have.
 //!
+//! The sequencer also keeps every channel's bounded [`history`] and answers recoveries (a
+//! `subscribe` with `since`) as one more job in the critical lane: handled between two
+//! publishes, its snapshot of history and the shard's queue order together give the client
+//! every missed message once, then every later one live.
+//!
 //! This core owns all cross-shard state; it must never touch a connection, and it never waits on
 //! a shard except for room in that shard's queue.
 
 pub mod api;
 pub mod encode;
+pub mod history;
 pub mod metrics;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_channel::oneshot;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use sonic_rs::Value;
 
-use crate::config::Config;
+use crate::config::{Config, SlowConsumer};
 use crate::notify::Notify;
 use crate::queue::{
-    Answer, FanoutReport, QueryKind, Receiver, Sender, ShardId, Stamp, ToIngest, ToShard,
+    Answer, FanoutReport, QueryKind, Receiver, Sender, ShardId, Since, Slow, Stamp, ToIngest,
+    ToShard,
 };
 use crate::shard::registry::Registry;
-use crate::ws::command::{self, ErrorCode, ErrorReply};
+use crate::ws::command::{self, ErrorCode, ErrorReply, Unrecovered};
 use crate::ws::conn::{unix_ms, ConnId};
+use history::{History, RecoveryLimits};
 use metrics::{FanoutLatency, LatencySummary};
 
 /// How long `/v1/stats` and `/v1/channels` wait for every shard's answer.
@@ -118,6 +128,21 @@ struct Job {
     reply: Reply,
 }
 
+/// A `subscribe` with `since` waiting in the critical lane for its snapshot of history.
+struct Recovery {
+    shard: ShardId,
+    conn: ConnId,
+    id: Option<Value>,
+    pattern: Box<str>,
+    since: Since,
+}
+
+/// What waits in a lane: a publish to sequence, or a recovery to answer between two.
+enum Work {
+    Publish(Job),
+    Recover(Recovery),
+}
+
 /// A publish whose shards have not all reported their fan-out time yet.
 struct FanoutPending {
     shards_left: usize,
@@ -135,9 +160,15 @@ pub struct IngestCore {
     pub config: Arc<Config>,
     shards: Vec<Sender<ToShard>>,
     routes: RefCell<Registry<ShardId>>,
-    lanes: RefCell<[VecDeque<Job>; 3]>,
+    lanes: RefCell<[VecDeque<Work>; 3]>,
     lanes_ready: Notify,
-    offsets: RefCell<HashMap<Box<str>, u64>>,
+    /// This run of offsets, as clients are told it: new at every start (history is in memory).
+    pub epoch: Arc<str>,
+    history: RefCell<History>,
+    /// Hashes `conflate_key` values; any hasher will do, they are only compared on this node.
+    conflate_hasher: hashbrown::DefaultHashBuilder,
+    recoveries_total: Cell<u64>,
+    recoveries_failed_total: Cell<u64>,
     queries: RefCell<HashMap<u64, PendingQuery>>,
     next_query: Cell<u64>,
     stopping: Cell<bool>,
@@ -157,6 +188,12 @@ pub struct IngestCore {
 pub struct IngestStats {
     pub published_total: u64,
     pub channels: usize,
+    /// Messages and bytes held in history, over all channels.
+    pub history_messages: usize,
+    pub history_bytes: usize,
+    /// `subscribe` commands with `since` answered, and those answered `recovered:false`.
+    pub recoveries_total: u64,
+    pub recoveries_failed_total: u64,
     pub lanes_len: [usize; 3],
     pub shard_queues_len: usize,
     /// Publishes waiting for some shard's fan-out report.
@@ -166,14 +203,18 @@ pub struct IngestStats {
 }
 
 impl IngestCore {
-    pub fn new(config: Arc<Config>, shards: Vec<Sender<ToShard>>) -> Rc<Self> {
+    pub fn new(config: Arc<Config>, epoch: Arc<str>, shards: Vec<Sender<ToShard>>) -> Rc<Self> {
         Rc::new(IngestCore {
+            history: RefCell::new(History::new(config.clone())),
             config,
             shards,
             routes: RefCell::new(Registry::new()),
             lanes: RefCell::new(Default::default()),
             lanes_ready: Notify::default(),
-            offsets: RefCell::new(HashMap::new()),
+            epoch,
+            conflate_hasher: hashbrown::DefaultHashBuilder::default(),
+            recoveries_total: Cell::new(0),
+            recoveries_failed_total: Cell::new(0),
             queries: RefCell::new(HashMap::new()),
             next_query: Cell::new(0),
             stopping: Cell::new(false),
@@ -192,9 +233,15 @@ impl IngestCore {
 
     pub fn stats(&self) -> IngestStats {
         let lanes = self.lanes.borrow();
+        let history = self.history.borrow();
+        let (history_messages, history_bytes) = history.held();
         IngestStats {
             published_total: self.published_total.get(),
-            channels: self.offsets.borrow().len(),
+            channels: history.channels_len(),
+            history_messages,
+            history_bytes,
+            recoveries_total: self.recoveries_total.get(),
+            recoveries_failed_total: self.recoveries_failed_total.get(),
             lanes_len: [lanes[0].len(), lanes[1].len(), lanes[2].len()],
             shard_queues_len: self.shards.iter().map(Sender::len).sum(),
             fanout_pending: self.fanout_pending.borrow().len(),
@@ -251,16 +298,33 @@ impl IngestCore {
         }
     }
 
-    fn enqueue(&self, job: Job) -> Result<(), Job> {
+    /// Queues work in its lane: a publish by its priority, a recovery in the critical one.
+    fn enqueue(&self, work: Work) -> Result<(), Work> {
         let mut lanes = self.lanes.borrow_mut();
         let queued: usize = lanes.iter().map(VecDeque::len).sum();
         if queued >= self.config.queue_items_max {
-            return Err(job);
+            return Err(work);
         }
-        lanes[job.priority.lane()].push_back(job);
+        let lane = match &work {
+            Work::Publish(job) => job.priority.lane(),
+            Work::Recover(_) => Priority::Critical.lane(),
+        };
+        lanes[lane].push_back(work);
         drop(lanes);
         self.lanes_ready.notify();
         Ok(())
+    }
+
+    /// The latest offset of `channel`, 0 if it has none.
+    pub fn channel_offset(&self, channel: &str) -> u64 {
+        self.history.borrow().offset(channel)
+    }
+
+    /// Up to `limit` messages of `channel` after offset `since`, for `GET /v1/history`.
+    pub fn history_page(&self, channel: &str, since: u64, limit: usize) -> history::Page {
+        self.history
+            .borrow_mut()
+            .page(channel, since, limit, Instant::now())
     }
 
     /// Queues an HTTP publish (channel and data already validated); resolves to its offset.
@@ -283,7 +347,7 @@ impl IngestCore {
             accepted: Instant::now(),
             reply: Reply::Http(done),
         };
-        if let Err(job) = self.enqueue(job) {
+        if let Err(Work::Publish(job)) = self.enqueue(Work::Publish(job)) {
             if let Reply::Http(done) = job.reply {
                 let _ = done.send(Err(PublishError::Overloaded));
             }
@@ -317,26 +381,33 @@ impl IngestCore {
         answers
     }
 
-    /// Sequences one job: offset, encode once, route, reply.
-    async fn sequence(&self, job: Job, touched: &mut [bool]) {
-        let offset = {
-            let mut offsets = self.offsets.borrow_mut();
-            let full = offsets.len() >= self.config.channels_max;
-            if let Some(offset) = offsets.get_mut(&*job.channel) {
-                *offset += 1;
-                Some(*offset)
-            } else if full {
-                None
-            } else {
-                offsets.insert(job.channel.clone(), 1);
-                Some(1)
+    /// The slow-consumer policy of a message under policy `index`.
+    fn slow(&self, index: usize, data: &str) -> Slow {
+        let history = self.history.borrow();
+        let policy = history.policy(index);
+        match policy.slow_consumer {
+            SlowConsumer::Disconnect => Slow::Disconnect,
+            SlowConsumer::DropOldest => Slow::DropOldest,
+            SlowConsumer::Conflate => {
+                let key = policy
+                    .conflate_key
+                    .as_deref()
+                    .expect("validated at start-up");
+                let value = sonic_rs::get_from_str(data, [key]).ok();
+                Slow::Conflate(value.map(|value| self.conflate_hasher.hash_one(value.as_raw_str())))
             }
-        };
-        let Some(offset) = offset else {
+        }
+    }
+
+    /// Sequences one job: offset, encode once, keep in history, route, reply.
+    async fn sequence(&self, job: Job, touched: &mut [bool]) {
+        let assigned = self.history.borrow_mut().assign(&job.channel);
+        let Ok(assigned) = assigned else {
             self.reply(job, Err(PublishError::ChannelsFull), touched)
                 .await;
             return;
         };
+        let offset = assigned.offset;
         let publish = self.published_total.get() + 1;
         self.published_total.set(publish);
         let stamp = Stamp {
@@ -349,7 +420,16 @@ impl IngestCore {
             job.ts_ms,
             &job.data,
             job.priority,
+            self.slow(assigned.policy, &job.data),
             stamp,
+        );
+        self.history.borrow_mut().record(
+            &job.channel,
+            offset,
+            publish,
+            delivery.frame.clone(),
+            delivery.payload_start(),
+            Instant::now(),
         );
         // One shared `Bytes` goes to every shard, not a copy per shard. `benches/shared_bytes.rs`
         // measured both on the 2-core CI machine (AMD EPYC, 2 shards x 5,000 connections x 400
@@ -378,6 +458,80 @@ impl IngestCore {
         }
         *self.matched_shards.borrow_mut() = matched;
         self.reply(job, Ok(offset), touched).await;
+    }
+
+    /// Answers a recovery from the history as of now: everything sequenced so far is either in
+    /// the missed frames or past recovering, and every later publish follows in the shard's
+    /// queue, where the subscription is live by then.
+    async fn recover(&self, recovery: Recovery, touched: &mut [bool]) {
+        let position = self.published_total.get();
+        let outcome = if *recovery.since.epoch != *self.epoch {
+            Err(Unrecovered::EpochChanged)
+        } else {
+            let limits = RecoveryLimits {
+                messages_max: self.config.recovery_messages_max,
+                bytes_max: self.config.outbox_bytes_max,
+                seq_latest: position,
+            };
+            self.history.borrow_mut().recover(
+                &recovery.pattern,
+                recovery.since.position,
+                limits,
+                Instant::now(),
+            )
+        };
+        self.recoveries_total.set(self.recoveries_total.get() + 1);
+        let missed = match outcome {
+            Ok(missed) => {
+                let mut joined = bytes::BytesMut::with_capacity(missed.bytes);
+                for frame in &missed.frames {
+                    joined.extend_from_slice(frame);
+                }
+                Ok(joined.freeze())
+            }
+            Err(reason) => {
+                self.recoveries_failed_total
+                    .set(self.recoveries_failed_total.get() + 1);
+                Err(reason)
+            }
+        };
+        let shard = recovery.shard;
+        self.send_recovered(recovery, missed, position).await;
+        touched[shard] = true;
+    }
+
+    /// Sends a recovery's answer to its shard: `subscribed` with the outcome, then the missed
+    /// frames (none when not recovered).
+    async fn send_recovered(
+        &self,
+        recovery: Recovery,
+        missed: Result<Bytes, Unrecovered>,
+        position: u64,
+    ) {
+        let (outcome, missed) = match missed {
+            Ok(missed) => (Ok(()), missed),
+            Err(reason) => (Err(reason), Bytes::new()),
+        };
+        let reply = command::subscribed_frame(
+            &recovery.pattern,
+            &recovery.id,
+            &self.epoch,
+            position,
+            Some(outcome),
+        );
+        assert!(
+            recovery.shard < self.shards.len(),
+            "recoveries come from existing shards"
+        );
+        self.shards[recovery.shard]
+            .push(ToShard::Recovered {
+                conn: recovery.conn,
+                pattern: recovery.pattern,
+                reply,
+                missed,
+                position,
+            })
+            .await;
     }
 
     async fn reply(&self, job: Job, outcome: Result<u64, PublishError>, touched: &mut [bool]) {
@@ -411,13 +565,16 @@ impl IngestCore {
                 .wait_until(|| !self.lanes.borrow().iter().all(VecDeque::is_empty))
                 .await;
             for _ in 0..self.config.queue_batch_max {
-                let job = self
+                let work = self
                     .lanes
                     .borrow_mut()
                     .iter_mut()
                     .find_map(VecDeque::pop_front);
-                let Some(job) = job else { break };
-                self.sequence(job, &mut touched).await;
+                match work {
+                    Some(Work::Publish(job)) => self.sequence(job, &mut touched).await,
+                    Some(Work::Recover(recovery)) => self.recover(recovery, &mut touched).await,
+                    None => break,
+                }
             }
             for (shard, touched) in touched.iter_mut().enumerate() {
                 if std::mem::take(touched) {
@@ -446,9 +603,31 @@ impl IngestCore {
                     accepted: Instant::now(),
                     reply: Reply::Conn { shard, conn, id },
                 };
-                if let Err(job) = self.enqueue(job) {
+                if let Err(Work::Publish(job)) = self.enqueue(Work::Publish(job)) {
                     let mut touched = vec![false; self.shards.len()];
                     self.reply(job, Err(PublishError::Overloaded), &mut touched)
+                        .await;
+                    self.shards[shard].wake();
+                }
+            }
+            ToIngest::Recover {
+                shard,
+                conn,
+                id,
+                pattern,
+                since,
+            } => {
+                let recovery = Recovery {
+                    shard,
+                    conn,
+                    id,
+                    pattern,
+                    since,
+                };
+                if let Err(Work::Recover(recovery)) = self.enqueue(Work::Recover(recovery)) {
+                    // Live without recovery: later publishes follow this in the queue.
+                    let position = self.published_total.get();
+                    self.send_recovered(recovery, Err(Unrecovered::Overloaded), position)
                         .await;
                     self.shards[shard].wake();
                 }
@@ -461,8 +640,13 @@ impl IngestCore {
             } => {
                 if add {
                     self.routes.borrow_mut().insert(&pattern, shard);
+                    let position = self.published_total.get();
                     self.shards[shard]
-                        .push(ToShard::InterestReady { pattern, seq })
+                        .push(ToShard::InterestReady {
+                            pattern,
+                            seq,
+                            position,
+                        })
                         .await;
                     self.shards[shard].wake();
                 } else {
@@ -573,7 +757,7 @@ mod tests {
             ..Config::default()
         };
         let senders = (0..shards).map(|_| queue::bounded(4).0).collect();
-        IngestCore::new(Arc::new(config), senders)
+        IngestCore::new(Arc::new(config), "e".into(), senders)
     }
 
     fn report(publish: u64, elapsed_us: u64) -> FanoutReport {

@@ -35,13 +35,16 @@ use sonic_rs::Value;
 use crate::channel;
 use crate::config::Config;
 use crate::ingest::metrics::{FanoutLatency, LatencySummary};
+use crate::ingest::Priority;
 use crate::notify::Notify;
 use crate::queue::{
-    Answer, Delivery, FanoutReport, QueryKind, Receiver, Sender, ShardId, ToIngest, ToShard,
+    AckRow, Answer, Delivery, FanoutReport, QueryKind, Receiver, Sender, ShardId, Since, ToIngest,
+    ToShard,
 };
 use crate::ws::command::{self, ErrorCode, ErrorReply};
 use crate::ws::conn::{self, CloseRequest, ConnHandle, ConnId};
 use crate::ws::frame;
+use crate::ws::outbox::Kind;
 use registry::Registry;
 
 /// How often a shard checks heartbeats and idle timeouts.
@@ -61,6 +64,8 @@ pub struct ShardStats {
     pub bytes_out: u64,
     pub drops: u64,
     pub slow_consumer_closes: u64,
+    /// `ack` commands taken.
+    pub acks_total: u64,
     pub connections_accepted: u64,
     pub connections_refused: u64,
     pub ingest_queue_len: usize,
@@ -80,14 +85,32 @@ struct Interest {
     add_seq: u64,
     /// True once the ingest core confirmed `add_seq`.
     ready: bool,
-    /// Subscriptions waiting for that confirmation, with the reply to send then.
-    waiters: Vec<(ConnId, Option<Bytes>)>,
+    /// Subscriptions waiting for that confirmation.
+    waiters: Vec<(ConnId, Waiter)>,
+}
+
+/// What a subscription waiting for its pattern's route does once the route exists.
+enum Waiter {
+    /// A connect-time subscription: the connection is greeted once all of them are live.
+    Hello,
+    /// A `subscribe` command: it goes live and is answered `subscribed`, echoing the id.
+    Reply(Option<Value>),
+    /// A `subscribe` with `since`: the ingest core's `Recovered` makes it live, not the route.
+    Recovery,
 }
 
 /// The shard's state, shared by its tasks on its one core.
 pub struct ShardCore {
     pub id: ShardId,
     pub config: Arc<Config>,
+    /// The ingest core's current run of offsets, as clients are told it.
+    epoch: Arc<str>,
+    /// A message `seq` such that every later publish matching a live subscription here reaches
+    /// this shard: the highest of the deliveries, routes and recoveries received so far.
+    position: Cell<u64>,
+    /// Connections with messages held back for the batching window (`batch_window_us`).
+    batched: RefCell<Vec<ConnId>>,
+    batched_ready: Notify,
     conns: RefCell<Slab<Rc<ConnHandle>>>,
     registry: RefCell<Registry<ConnId>>,
     interest: RefCell<HashMap<Box<str>, Interest>>,
@@ -116,10 +139,19 @@ pub struct ShardCore {
 }
 
 impl ShardCore {
-    pub fn new(id: ShardId, config: Arc<Config>, to_ingest: Sender<ToIngest>) -> Rc<Self> {
+    pub fn new(
+        id: ShardId,
+        config: Arc<Config>,
+        epoch: Arc<str>,
+        to_ingest: Sender<ToIngest>,
+    ) -> Rc<Self> {
         Rc::new(ShardCore {
             id,
             config,
+            epoch,
+            position: Cell::new(0),
+            batched: RefCell::new(Vec::new()),
+            batched_ready: Notify::default(),
             conns: RefCell::new(Slab::new()),
             registry: RefCell::new(Registry::new()),
             interest: RefCell::new(HashMap::new()),
@@ -194,18 +226,10 @@ impl ShardCore {
         self.update_stats(|stats| stats.connections_refused += 1);
     }
 
-    /// Queues a frame for `handle`; an overflowing outbox closes the connection with 4008.
-    /// Sends `frame` to a connection: at once where its socket takes it (see
-    /// `ConnHandle::write_now`), the rest through its outbox and task. A full outbox closes it
-    /// as a slow consumer.
+    /// Sends a reply or control `frame` to a connection: at once where its socket takes it
+    /// (see `ConnHandle::write_now`), the rest through its outbox and task. A full outbox
+    /// closes it as a slow consumer.
     pub fn send_to(&self, handle: &ConnHandle, frame: Bytes) {
-        let (frames, bytes) = self.write_or_queue(handle, frame);
-        self.count_written(frames, bytes);
-    }
-
-    /// `send_to` but for the shard's counters, which the caller updates (once per fan-out):
-    /// returns the frames and bytes written at once.
-    fn write_or_queue(&self, handle: &ConnHandle, frame: Bytes) -> (usize, usize) {
         let written = handle.write_now(&frame);
         let frames = usize::from(written == frame.len());
         if written > 0 {
@@ -221,7 +245,64 @@ impl ShardCore {
                 self.slow_consumer(handle);
             }
         }
-        (frames, written)
+        self.count_written(frames, written);
+    }
+
+    /// Sends one published message to a connection, for `deliver`, which updates the shard's
+    /// counters once per fan-out: returns the frames and bytes written at once. A `critical`
+    /// message, or any when there is no batching window, is written at once where the socket
+    /// takes it; otherwise it queues under its channel's slow-consumer policy, and a batched
+    /// one waits for the window's end. A tail the socket did not take queues as a plain frame,
+    /// outside the policies: it must follow its head, whole.
+    fn deliver_to(&self, handle: &ConnHandle, delivery: &Delivery, kind: &Kind) -> (usize, usize) {
+        let frame = &delivery.frame;
+        let critical = delivery.priority == Priority::Critical;
+        let batched = !critical && self.config.batch_window_us > 0;
+        if !batched {
+            let written = handle.write_now(frame);
+            if written == frame.len() {
+                handle.count_written(1, written);
+                return (1, written);
+            }
+            if written > 0 {
+                // The socket took part of it: the rest is a plain continuation now.
+                handle.count_written(0, written);
+                self.send_rest(handle, frame.slice(written..));
+                return (0, written);
+            }
+        }
+        let config = &self.config;
+        let pushed = handle.push_message(
+            frame.clone(),
+            kind.clone(),
+            config.outbox_frames_max,
+            config.outbox_bytes_max,
+            !batched,
+        );
+        match pushed {
+            Err(_) => self.slow_consumer(handle),
+            Ok(()) if batched && !handle.batched.replace(true) => {
+                let mut waiting = self.batched.borrow_mut();
+                if waiting.is_empty() {
+                    self.batched_ready.notify();
+                }
+                waiting.push(handle.id);
+            }
+            Ok(()) => {}
+        }
+        (0, 0)
+    }
+
+    /// Queues the unwritten tail of a frame the socket took part of, past the policies: it
+    /// must follow its head, whole.
+    fn send_rest(&self, handle: &ConnHandle, rest: Bytes) {
+        let config = &self.config;
+        if handle
+            .push(rest, config.outbox_frames_max, config.outbox_bytes_max)
+            .is_err()
+        {
+            self.slow_consumer(handle);
+        }
     }
 
     fn slow_consumer(&self, handle: &ConnHandle) {
@@ -245,8 +326,13 @@ impl ShardCore {
             seq,
         };
         let name: Box<str> = format!("{}-{}", self.id, seq).into();
-        let hello =
-            command::connected_frame(&name, self.id, conn::unix_ms(), self.config.heartbeat_s);
+        let hello = command::connected_frame(
+            &name,
+            self.id,
+            conn::unix_ms(),
+            self.config.heartbeat_s,
+            &self.epoch,
+        );
         let handle = Rc::new(ConnHandle::new(id, name, hello, Instant::now()));
         entry.insert(handle.clone());
         drop(conns);
@@ -267,7 +353,7 @@ impl ShardCore {
                 .subscriptions
                 .borrow_mut()
                 .push(pattern.clone().into());
-            if !self.announce(&pattern, id, None) {
+            if !self.announce(&pattern, id, Waiter::Hello) {
                 waits += 1;
             }
         }
@@ -296,13 +382,13 @@ impl ShardCore {
 
     /// Counts one more subscriber of `pattern` on this shard, announcing the pattern to the
     /// ingest core if it is new. Returns true if the pattern is already routed here; otherwise
-    /// `(conn, reply)` waits for the ingest core's confirmation.
-    fn announce(&self, pattern: &str, conn: ConnId, reply: Option<Bytes>) -> bool {
+    /// `(conn, waiter)` waits for the ingest core's confirmation.
+    fn announce(&self, pattern: &str, conn: ConnId, waiter: Waiter) -> bool {
         let mut interest = self.interest.borrow_mut();
         if let Some(entry) = interest.get_mut(pattern) {
             entry.conns += 1;
             if !entry.ready {
-                entry.waiters.push((conn, reply));
+                entry.waiters.push((conn, waiter));
             }
             return entry.ready;
         }
@@ -314,7 +400,7 @@ impl ShardCore {
                 conns: 1,
                 add_seq: seq,
                 ready: false,
-                waiters: vec![(conn, reply)],
+                waiters: vec![(conn, waiter)],
             },
         );
         drop(interest);
@@ -349,8 +435,14 @@ impl ShardCore {
         });
     }
 
+    /// Moves the shard's position forward to `seq` (never back).
+    fn advance_position(&self, seq: u64) {
+        self.position.set(self.position.get().max(seq));
+    }
+
     /// The ingest core now routes `pattern` here: answer the subscriptions that waited for it.
-    fn interest_ready(&self, pattern: &str, seq: u64) {
+    fn interest_ready(&self, pattern: &str, seq: u64, position: u64) {
+        self.advance_position(position);
         let waiters = {
             let mut interest = self.interest.borrow_mut();
             let Some(entry) = interest.get_mut(pattern) else {
@@ -362,7 +454,7 @@ impl ShardCore {
             entry.ready = true;
             std::mem::take(&mut entry.waiters)
         };
-        for (id, reply) in waiters {
+        for (id, waiter) in waiters {
             let Some(handle) = self.handle(id) else {
                 continue;
             };
@@ -374,18 +466,20 @@ impl ShardCore {
             {
                 continue;
             }
-            match reply {
-                Some(reply) => {
+            match waiter {
+                Waiter::Reply(request) => {
                     self.registry.borrow_mut().insert(pattern, id);
+                    let reply = self.subscribed_frame(pattern, &request);
                     self.send_to(&handle, reply);
                 }
-                None => {
+                Waiter::Hello => {
                     let waits = handle.hello_waits.get() - 1;
                     handle.hello_waits.set(waits);
                     if waits == 0 {
                         self.go_live(&handle);
                     }
                 }
+                Waiter::Recovery => {}
             }
         }
     }
@@ -396,18 +490,24 @@ impl ShardCore {
         (handle.id == id).then(|| handle.clone())
     }
 
-    /// The `subscribe` command.
+    /// `subscribed` for a live subscription, as of the shard's position now.
+    fn subscribed_frame(&self, pattern: &str, id: &Option<Value>) -> Bytes {
+        command::subscribed_frame(pattern, id, &self.epoch, self.position.get(), None)
+    }
+
+    /// The `subscribe` command. With `since`, the subscription goes live when the ingest
+    /// core's `Recovered` arrives, after the missed messages it carries.
     pub fn subscribe(
         &self,
         handle: &ConnHandle,
         pattern: &str,
+        since: Option<Since>,
         id: Option<Value>,
     ) -> Result<Option<Bytes>, ErrorReply> {
         command::check_pattern(pattern, &id)?;
-        let reply = command::channel_reply_frame("subscribed", pattern, &id);
         let mut subscriptions = handle.subscriptions.borrow_mut();
         if subscriptions.iter().any(|p| **p == *pattern) {
-            return Ok(Some(reply));
+            return Ok(Some(self.subscribed_frame(pattern, &id)));
         }
         if subscriptions.len() >= self.config.subscriptions_per_conn_max {
             return Err(ErrorReply::new(
@@ -419,13 +519,116 @@ impl ShardCore {
                 ),
             ));
         }
+        if since.is_some() && self.backlog.borrow().len() >= self.config.queue_items_max {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::Internal,
+                "the server is overloaded; retry later",
+            ));
+        }
         subscriptions.push(pattern.into());
         drop(subscriptions);
-        if self.announce(pattern, handle.id, Some(reply.clone())) {
-            self.registry.borrow_mut().insert(pattern, handle.id);
-            return Ok(Some(reply));
-        }
+        let Some(since) = since else {
+            if self.announce(pattern, handle.id, Waiter::Reply(id.clone())) {
+                self.registry.borrow_mut().insert(pattern, handle.id);
+                return Ok(Some(self.subscribed_frame(pattern, &id)));
+            }
+            return Ok(None);
+        };
+        // Sent after the interest, so the ingest core routes the pattern here before it
+        // takes the snapshot of history that `Recovered` carries.
+        self.announce(pattern, handle.id, Waiter::Recovery);
+        self.send_ingest(ToIngest::Recover {
+            shard: self.id,
+            conn: handle.id,
+            id,
+            pattern: pattern.into(),
+            since,
+        });
         Ok(None)
+    }
+
+    /// The ingest core's answer to a `subscribe` with `since`: the subscription goes live, and
+    /// its reply and missed messages are queued ahead of any live message.
+    fn recovered(&self, conn: ConnId, pattern: &str, reply: Bytes, missed: Bytes, position: u64) {
+        self.advance_position(position);
+        let Some(handle) = self.handle(conn) else {
+            return;
+        };
+        if !handle
+            .subscriptions
+            .borrow()
+            .iter()
+            .any(|p| **p == *pattern)
+        {
+            return;
+        }
+        self.registry.borrow_mut().insert(pattern, conn);
+        self.send_to(&handle, reply);
+        handle.push_recovered(missed);
+    }
+
+    /// The `ack` command: keeps the highest offset acked per channel.
+    pub fn ack(
+        &self,
+        handle: &ConnHandle,
+        channel: &str,
+        offset: u64,
+        id: Option<Value>,
+    ) -> Result<Option<Bytes>, ErrorReply> {
+        command::check_channel(channel, &id)?;
+        let subscribed = handle
+            .subscriptions
+            .borrow()
+            .iter()
+            .any(|pattern| channel::pattern_matches(pattern, channel));
+        if !subscribed {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::NotSubscribed,
+                format!("no subscription of this connection matches {channel:?}"),
+            ));
+        }
+        let mut acks = handle.acks.borrow_mut();
+        match acks.iter().position(|(acked, _)| **acked == *channel) {
+            Some(at) => acks[at].1 = acks[at].1.max(offset),
+            None if acks.len() >= self.config.subscriptions_per_conn_max => {
+                return Err(ErrorReply::new(
+                    id,
+                    ErrorCode::TooManySubscriptions,
+                    format!(
+                        "this connection acks {} channels already, the limit \
+                         (subscriptions_per_conn_max)",
+                        acks.len()
+                    ),
+                ));
+            }
+            None => acks.push((channel.into(), offset)),
+        }
+        drop(acks);
+        self.update_stats(|stats| stats.acks_total += 1);
+        Ok(id
+            .is_some()
+            .then(|| command::acked_frame(&id, channel, offset)))
+    }
+
+    /// Every channel some connection here acked: how many connections and their offsets.
+    pub fn ack_rows(&self) -> Vec<AckRow> {
+        let mut rows: HashMap<Box<str>, AckRow> = HashMap::new();
+        for (_, handle) in self.conns.borrow().iter() {
+            for (channel, offset) in handle.acks.borrow().iter() {
+                let row = rows.entry(channel.clone()).or_insert_with(|| AckRow {
+                    channel: channel.clone(),
+                    conns: 0,
+                    offset_min: *offset,
+                    offset_max: *offset,
+                });
+                row.conns += 1;
+                row.offset_min = row.offset_min.min(*offset);
+                row.offset_max = row.offset_max.max(*offset);
+            }
+        }
+        rows.into_values().collect()
     }
 
     /// The `unsubscribe` command.
@@ -528,6 +731,16 @@ impl ShardCore {
     /// Writes a published frame to every local subscriber of its channel, then records the
     /// fan-out time and keeps it for the next report to the ingest core.
     fn deliver(&self, delivery: &Delivery) {
+        self.advance_position(delivery.stamp.publish);
+        let start = usize::from(delivery.channel_start);
+        let kind = Kind::Message {
+            channel: delivery
+                .frame
+                .slice(start..start + usize::from(delivery.channel_len)),
+            offset: delivery.offset,
+            critical: delivery.priority == Priority::Critical,
+            slow: delivery.slow,
+        };
         let mut matches = self.matches.borrow_mut();
         self.registry
             .borrow()
@@ -537,7 +750,7 @@ impl ShardCore {
         for id in matches.iter() {
             let handle = &conns[id.slot as usize];
             assert_eq!(handle.id, *id, "the registry holds live connections only");
-            let (sent_frames, sent_bytes) = self.write_or_queue(handle, delivery.frame.clone());
+            let (sent_frames, sent_bytes) = self.deliver_to(handle, delivery, &kind);
             frames += sent_frames;
             bytes += sent_bytes;
         }
@@ -570,12 +783,23 @@ impl ShardCore {
                     self.send_to(&handle, frame);
                 }
             }
-            ToShard::InterestReady { pattern, seq } => self.interest_ready(&pattern, seq),
+            ToShard::InterestReady {
+                pattern,
+                seq,
+                position,
+            } => self.interest_ready(&pattern, seq, position),
+            ToShard::Recovered {
+                conn,
+                pattern,
+                reply,
+                missed,
+                position,
+            } => self.recovered(conn, &pattern, reply, missed, position),
             ToShard::Query { query, kind } => {
                 // Reports first, so the ingest core's overall figures are as current as ours.
                 self.report_fanout();
                 let answer = match kind {
-                    QueryKind::Stats => Answer::Stats(self.stats()),
+                    QueryKind::Stats => Answer::Stats(self.stats(), self.ack_rows()),
                     QueryKind::Channels => Answer::Channels(self.patterns()),
                 };
                 self.send_ingest(ToIngest::Answer {
@@ -628,6 +852,25 @@ impl ShardCore {
         }
     }
 
+    /// Wakes the connections holding batched messages once the batching window has passed
+    /// since the first of them was queued.
+    async fn run_batcher(self: Rc<Self>) {
+        let window = Duration::from_micros(self.config.batch_window_us);
+        loop {
+            self.batched_ready
+                .wait_until(|| !self.batched.borrow().is_empty())
+                .await;
+            glommio::timer::sleep(window).await;
+            let waiting = std::mem::take(&mut *self.batched.borrow_mut());
+            for id in waiting {
+                if let Some(handle) = self.handle(id) {
+                    handle.batched.set(false);
+                    handle.wake();
+                }
+            }
+        }
+    }
+
     /// Pings connections every `heartbeat_s` and closes those silent for `idle_timeout_s`.
     async fn run_ticker(self: Rc<Self>) {
         let heartbeat = Duration::from_secs(self.config.heartbeat_s);
@@ -664,12 +907,15 @@ impl Shard {
         listener: glommio::net::TcpListener,
         inbox: Receiver<ToShard>,
     ) -> Shard {
-        let tasks = vec![
+        let mut tasks = vec![
             glommio::spawn_local(crate::net::accept_loop(core.clone(), listener)).detach(),
             glommio::spawn_local(core.clone().run_inbox(inbox)).detach(),
             glommio::spawn_local(core.clone().run_backlog()).detach(),
             glommio::spawn_local(core.clone().run_ticker()).detach(),
         ];
+        if core.config.batch_window_us > 0 {
+            tasks.push(glommio::spawn_local(core.clone().run_batcher()).detach());
+        }
         Shard { core, tasks }
     }
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sonic_rs::{JsonValueTrait, LazyValue, Value};
 
 use crate::channel::{self, ChannelError};
+use crate::queue::{Position, Since};
 use crate::ws::frame::text_frame_with;
 
 /// Largest `id` a client may attach, as JSON text. Ids are echoed, so this bounds what a
@@ -23,6 +24,8 @@ pub const ID_BYTES_MAX: usize = 128;
 pub enum Command<'a> {
     Subscribe {
         channel: Cow<'a, str>,
+        /// Where the client was, to recover what it missed since.
+        since: Option<Since>,
         id: Option<Value>,
     },
     Unsubscribe {
@@ -39,6 +42,11 @@ pub enum Command<'a> {
         id: Option<Value>,
     },
     GetStats {
+        id: Option<Value>,
+    },
+    Ack {
+        channel: Cow<'a, str>,
+        offset: u64,
         id: Option<Value>,
     },
 }
@@ -108,7 +116,52 @@ struct RawCommand<'a> {
     channel: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<LazyValue<'a>>,
+    since: Option<RawSince>,
+    offset: Option<u64>,
     id: Option<Value>,
+}
+
+/// `since` as sent: checked into a [`Since`] by [`since`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSince {
+    epoch: Option<String>,
+    offset: Option<u64>,
+    seq: Option<u64>,
+}
+
+/// Longest `epoch` a client may send back; the server's own are 16 characters.
+const EPOCH_BYTES_MAX: usize = 64;
+
+/// Checks a subscription's `since`: a string `epoch` and exactly one of `offset` (exact
+/// channels only) or `seq`.
+fn since(raw: RawSince, pattern: &str, id: &Option<Value>) -> Result<Since, ErrorReply> {
+    let bad = |message: &str| ErrorReply::new(id.clone(), ErrorCode::BadRequest, message);
+    let Some(epoch) = raw.epoch else {
+        return Err(bad("`since` needs the `epoch` the client was given"));
+    };
+    if epoch.len() > EPOCH_BYTES_MAX {
+        return Err(bad(
+            "`since.epoch` is longer than any epoch this server gives",
+        ));
+    }
+    let position = match (raw.offset, raw.seq) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(bad("`since` needs exactly one of `offset` or `seq`"))
+        }
+        (Some(_), None) if channel::is_pattern(pattern) => {
+            return Err(bad(
+                "`since.offset` names a position in one channel; a wildcard subscription \
+                 recovers from `since.seq`",
+            ))
+        }
+        (Some(offset), None) => Position::Offset(offset),
+        (None, Some(seq)) => Position::Seq(seq),
+    };
+    Ok(Since {
+        epoch: epoch.into(),
+        position,
+    })
 }
 
 /// The first line of a sonic-rs error: its later lines quote the input back.
@@ -160,10 +213,29 @@ pub fn parse(text: &str) -> Result<Command<'_>, ErrorReply> {
         })
     };
     match kind.as_ref() {
-        "subscribe" => Ok(Command::Subscribe {
-            channel: channel(&id)?,
-            id,
-        }),
+        "subscribe" => {
+            let channel = channel(&id)?;
+            let since = match raw.since {
+                Some(raw) => Some(since(raw, &channel, &id)?),
+                None => None,
+            };
+            Ok(Command::Subscribe { channel, since, id })
+        }
+        "ack" => {
+            let channel = channel(&id)?;
+            let Some(offset) = raw.offset else {
+                return Err(ErrorReply::new(
+                    id,
+                    ErrorCode::BadRequest,
+                    "missing field `offset`",
+                ));
+            };
+            Ok(Command::Ack {
+                channel,
+                offset,
+                id,
+            })
+        }
         "unsubscribe" => Ok(Command::Unsubscribe {
             channel: channel(&id)?,
             id,
@@ -236,7 +308,13 @@ pub fn json_frame(value: &impl Serialize) -> Bytes {
 }
 
 /// `{"type":"connected",...}`, the first frame of every connection.
-pub fn connected_frame(conn_id: &str, shard: usize, now_ms: u64, heartbeat_s: u64) -> Bytes {
+pub fn connected_frame(
+    conn_id: &str,
+    shard: usize,
+    now_ms: u64,
+    heartbeat_s: u64,
+    epoch: &str,
+) -> Bytes {
     #[derive(Serialize)]
     struct Connected<'a> {
         r#type: &'static str,
@@ -244,6 +322,7 @@ pub fn connected_frame(conn_id: &str, shard: usize, now_ms: u64, heartbeat_s: u6
         shard: usize,
         server_time_ms: u64,
         heartbeat_s: u64,
+        epoch: &'a str,
     }
     json_frame(&Connected {
         r#type: "connected",
@@ -251,6 +330,90 @@ pub fn connected_frame(conn_id: &str, shard: usize, now_ms: u64, heartbeat_s: u6
         shard,
         server_time_ms: now_ms,
         heartbeat_s,
+        epoch,
+    })
+}
+
+/// Whether a subscription with `since` recovered what it missed, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unrecovered {
+    /// The client's epoch is not the server's: offsets restarted (the server restarted).
+    EpochChanged,
+    /// A message after the client's position is no longer in history.
+    HistoryTrimmed,
+    /// More was missed than one recovery sends (`recovery_messages_max`, `outbox_bytes_max`).
+    TooMany,
+    /// The client names a position this epoch has not reached yet.
+    UnknownPosition,
+    /// The sequencer's lanes were full: the subscription is live, nothing was recovered.
+    Overloaded,
+}
+
+/// `{"type":"subscribed",...}`: live delivery covers every matching message after `seq`.
+/// `recovery` is absent for a plain subscribe, `Ok(())` for a recovered one.
+pub fn subscribed_frame(
+    channel: &str,
+    id: &Option<Value>,
+    epoch: &str,
+    seq: u64,
+    recovery: Option<Result<(), Unrecovered>>,
+) -> Bytes {
+    #[derive(Serialize)]
+    struct Subscribed<'a> {
+        r#type: &'static str,
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: &'a Option<Value>,
+        epoch: &'a str,
+        seq: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<Unrecovered>,
+    }
+    json_frame(&Subscribed {
+        r#type: "subscribed",
+        channel,
+        id,
+        epoch,
+        seq,
+        recovered: recovery.map(|outcome| outcome.is_ok()),
+        reason: recovery.and_then(Result::err),
+    })
+}
+
+/// `{"type":"gap","channel":..,"from":N,"to":M}`: offsets `N..=M` of the channel were dropped.
+pub fn gap_frame(channel: &str, from: u64, to: u64) -> Bytes {
+    #[derive(Serialize)]
+    struct Gap<'a> {
+        r#type: &'static str,
+        channel: &'a str,
+        from: u64,
+        to: u64,
+    }
+    json_frame(&Gap {
+        r#type: "gap",
+        channel,
+        from,
+        to,
+    })
+}
+
+/// `{"type":"acked",...}`, the answer to an `ack` that carried an `id`.
+pub fn acked_frame(id: &Option<Value>, channel: &str, offset: u64) -> Bytes {
+    #[derive(Serialize)]
+    struct Acked<'a> {
+        r#type: &'static str,
+        id: &'a Option<Value>,
+        channel: &'a str,
+        offset: u64,
+    }
+    json_frame(&Acked {
+        r#type: "acked",
+        id,
+        channel,
+        offset,
     })
 }
 
@@ -315,8 +478,20 @@ pub struct ConnStats {
     pub outbox_bytes: usize,
 }
 
-/// `{"type":"stats","id":...,"conn_id":...,<counters>}`.
-pub fn stats_frame(id: &Option<Value>, conn_id: &str, shard: usize, stats: ConnStats) -> Bytes {
+/// `{"type":"stats","id":...,"conn_id":...,<counters>,"acks":{channel: offset}}`.
+pub fn stats_frame(
+    id: &Option<Value>,
+    conn_id: &str,
+    shard: usize,
+    stats: ConnStats,
+    acks: &[(Box<str>, u64)],
+) -> Bytes {
+    struct Acks<'a>(&'a [(Box<str>, u64)]);
+    impl Serialize for Acks<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_map(self.0.iter().map(|(channel, offset)| (channel, offset)))
+        }
+    }
     #[derive(Serialize)]
     struct Stats<'a> {
         r#type: &'static str,
@@ -326,6 +501,7 @@ pub fn stats_frame(id: &Option<Value>, conn_id: &str, shard: usize, stats: ConnS
         shard: usize,
         #[serde(flatten)]
         stats: ConnStats,
+        acks: Acks<'a>,
     }
     json_frame(&Stats {
         r#type: "stats",
@@ -333,6 +509,7 @@ pub fn stats_frame(id: &Option<Value>, conn_id: &str, shard: usize, stats: ConnS
         conn_id,
         shard,
         stats,
+        acks: Acks(acks),
     })
 }
 
@@ -348,8 +525,9 @@ mod tests {
     #[test]
     fn commands_parse_with_their_ids() {
         match parse(r#"{"type":"subscribe","channel":"leads.*","id":1}"#).unwrap() {
-            Command::Subscribe { channel, id } => {
+            Command::Subscribe { channel, since, id } => {
                 assert_eq!(channel, "leads.*");
+                assert_eq!(since, None);
                 assert_eq!(sonic_rs::to_string(&id).unwrap(), "1");
             }
             other => panic!("expected subscribe, got {other:?}"),
@@ -358,6 +536,68 @@ mod tests {
             Command::Publish { data, .. } => assert_eq!(data, r#"{"x": [1, 2]}"#),
             other => panic!("expected publish, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn since_takes_an_epoch_and_one_position() {
+        let text = r#"{"type":"subscribe","channel":"a.*","since":{"epoch":"e1","seq":41}}"#;
+        match parse(text).unwrap() {
+            Command::Subscribe { since, .. } => assert_eq!(
+                since,
+                Some(Since {
+                    epoch: "e1".into(),
+                    position: Position::Seq(41)
+                })
+            ),
+            other => panic!("expected subscribe, got {other:?}"),
+        }
+        let text = r#"{"type":"subscribe","channel":"a.b","since":{"epoch":"e1","offset":0}}"#;
+        match parse(text).unwrap() {
+            Command::Subscribe { since, .. } => {
+                assert_eq!(since.unwrap().position, Position::Offset(0))
+            }
+            other => panic!("expected subscribe, got {other:?}"),
+        }
+        for (text, says) in [
+            (
+                r#"{"channel":"a.*","since":{"epoch":"e","offset":1}}"#,
+                "wildcard",
+            ),
+            (
+                r#"{"channel":"a","since":{"epoch":"e","offset":1,"seq":2}}"#,
+                "exactly one",
+            ),
+            (r#"{"channel":"a","since":{"epoch":"e"}}"#, "exactly one"),
+            (r#"{"channel":"a","since":{"seq":2}}"#, "epoch"),
+            (
+                r#"{"channel":"a","since":{"epoch":"e","seq":-1}}"#,
+                "not a valid",
+            ),
+            (
+                r#"{"channel":"a","since":{"epoch":"e","seq":1,"x":1}}"#,
+                "not a valid",
+            ),
+        ] {
+            let text = text.replace(
+                "{\"channel\"",
+                "{\"type\":\"subscribe\",\"id\":3,\"channel\"",
+            );
+            let err = parse(&text).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{text}");
+            assert!(err.message.contains(says), "{text}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn ack_needs_a_channel_and_an_offset() {
+        match parse(r#"{"type":"ack","channel":"a.b","offset":7}"#).unwrap() {
+            Command::Ack {
+                channel, offset, ..
+            } => assert_eq!((&*channel, offset), ("a.b", 7)),
+            other => panic!("expected ack, got {other:?}"),
+        }
+        let err = parse(r#"{"type":"ack","channel":"a.b","id":1}"#).unwrap_err();
+        assert_eq!(err.message, "missing field `offset`");
     }
 
     #[test]
@@ -386,8 +626,30 @@ mod tests {
             r#"{"type":"published","id":4,"channel":"chat.r1","offset":9}"#
         );
         assert_eq!(
-            payload(&channel_reply_frame("subscribed", "a.*", &None)),
-            r#"{"type":"subscribed","channel":"a.*"}"#
+            payload(&channel_reply_frame("unsubscribed", "a.*", &None)),
+            r#"{"type":"unsubscribed","channel":"a.*"}"#
+        );
+        assert_eq!(
+            payload(&subscribed_frame("a.*", &id, "e1", 12, None)),
+            r#"{"type":"subscribed","channel":"a.*","id":4,"epoch":"e1","seq":12}"#
+        );
+        assert_eq!(
+            payload(&subscribed_frame("a.*", &None, "e1", 12, Some(Ok(())))),
+            r#"{"type":"subscribed","channel":"a.*","epoch":"e1","seq":12,"recovered":true}"#
+        );
+        assert_eq!(
+            payload(&subscribed_frame(
+                "a.*",
+                &None,
+                "e1",
+                12,
+                Some(Err(Unrecovered::HistoryTrimmed))
+            )),
+            r#"{"type":"subscribed","channel":"a.*","epoch":"e1","seq":12,"recovered":false,"reason":"history_trimmed"}"#
+        );
+        assert_eq!(
+            payload(&gap_frame("p.eu", 3, 9)),
+            r#"{"type":"gap","channel":"p.eu","from":3,"to":9}"#
         );
         let err = ErrorReply::new(None, ErrorCode::NotSubscribed, "not \"subscribed\"");
         assert_eq!(

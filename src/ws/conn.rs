@@ -38,7 +38,7 @@ use crate::shard::ShardCore;
 use crate::ws::command::{self, Command, ConnStats, ErrorCode, ErrorReply};
 use crate::ws::frame::{self, ClosePayload, FrameError};
 use crate::ws::message::{Assembler, Event, MessageError};
-use crate::ws::outbox::{Outbox, Overflow};
+use crate::ws::outbox::{Kind, Outbox, Overflow};
 
 /// Bytes one write may coalesce from a connection's outbox. Larger frames go out alone, uncopied.
 const WRITE_COALESCE_BYTES_MAX: usize = 64 * 1024;
@@ -96,6 +96,10 @@ pub struct ConnHandle {
     hello: RefCell<Option<Bytes>>,
     /// Connect-time subscriptions still waiting for the ingest core.
     pub hello_waits: Cell<u32>,
+    /// Set while the shard holds this connection's messages for the batching window.
+    pub batched: Cell<bool>,
+    /// The highest offset acked per channel; at most `subscriptions_per_conn_max` channels.
+    pub acks: RefCell<Vec<(Box<str>, u64)>>,
     messages_in: Cell<u64>,
     messages_out: Cell<u64>,
     bytes_out: Cell<u64>,
@@ -116,6 +120,8 @@ impl ConnHandle {
             subscriptions: RefCell::new(Vec::new()),
             hello: RefCell::new(Some(hello)),
             hello_waits: Cell::new(0),
+            batched: Cell::new(false),
+            acks: RefCell::new(Vec::new()),
             messages_in: Cell::new(0),
             messages_out: Cell::new(0),
             bytes_out: Cell::new(0),
@@ -149,16 +155,50 @@ impl ConnHandle {
             .set(self.messages_out.get() + frames as u64);
     }
 
-    /// Queues a frame. A closing connection takes nothing more (and that is not an overflow).
+    /// Queues a reply or control frame. A closing connection takes nothing more (and that is
+    /// not an overflow).
     pub fn push(&self, frame: Bytes, frames_max: usize, bytes_max: usize) -> Result<(), Overflow> {
-        if self.closing.get() || self.close.get().is_some() {
+        if self.is_closing() {
             return Ok(());
         }
         self.outbox
             .borrow_mut()
-            .push(frame, frames_max, bytes_max)?;
+            .push(frame, Kind::Control, frames_max, bytes_max)?;
         self.wake();
         Ok(())
+    }
+
+    /// Queues a published message under its channel's slow-consumer policy (see
+    /// [`Outbox::push_message`]). With `wake` false the task is not woken: the shard flushes
+    /// it when its batching window ends.
+    pub fn push_message(
+        &self,
+        frame: Bytes,
+        kind: Kind,
+        frames_max: usize,
+        bytes_max: usize,
+        wake: bool,
+    ) -> Result<(), Overflow> {
+        if self.is_closing() {
+            return Ok(());
+        }
+        self.outbox
+            .borrow_mut()
+            .push_message(frame, kind, frames_max, bytes_max)?;
+        if wake {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues recovered history past the outbox limits: the ingest core bounded it to
+    /// `outbox_bytes_max` already, and it must not be refused after the subscription went live.
+    pub fn push_recovered(&self, frames: Bytes) {
+        if self.is_closing() || frames.is_empty() {
+            return;
+        }
+        self.outbox.borrow_mut().push_unbounded(frames);
+        self.wake();
     }
 
     /// Sends the held-back `connected` frame; the connection starts reading after it.
@@ -182,7 +222,7 @@ impl ConnHandle {
         }
     }
 
-    fn wake(&self) {
+    pub fn wake(&self) {
         if let Some(waker) = self.waker.borrow_mut().take() {
             waker.wake();
         }
@@ -516,8 +556,7 @@ impl Conn {
         self.handle
             .outbox
             .borrow_mut()
-            .push(frame::close_frame(code, reason), usize::MAX, usize::MAX)
-            .expect("an unbounded push cannot overflow");
+            .push_unbounded(frame::close_frame(code, reason));
     }
 }
 
@@ -540,7 +579,14 @@ pub fn unix_ms() -> u64 {
 fn handle_command(shard: &ShardCore, handle: &Rc<ConnHandle>, text: &str) -> Flow {
     handle.messages_in.set(handle.messages_in.get() + 1);
     let reply = match command::parse(text) {
-        Ok(Command::Subscribe { channel, id }) => shard.subscribe(handle, &channel, id),
+        Ok(Command::Subscribe { channel, since, id }) => {
+            shard.subscribe(handle, &channel, since, id)
+        }
+        Ok(Command::Ack {
+            channel,
+            offset,
+            id,
+        }) => shard.ack(handle, &channel, offset, id),
         Ok(Command::Unsubscribe { channel, id }) => shard.unsubscribe(handle, &channel, id),
         Ok(Command::Publish { channel, data, id }) => {
             shard.client_publish(handle, &channel, data, id)
@@ -551,6 +597,7 @@ fn handle_command(shard: &ShardCore, handle: &Rc<ConnHandle>, text: &str) -> Flo
             &handle.name,
             shard.id,
             handle.stats(),
+            &handle.acks.borrow(),
         ))),
         Err(err) => Err(err),
     };

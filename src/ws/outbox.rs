@@ -1,4 +1,5 @@
-//! A connection's bounded queue of encoded frames waiting for the socket.
+//! A connection's bounded queue of encoded frames waiting for the socket, and the
+//! slow-consumer policies that act on it.
 //!
 //! The outbox holds `Bytes` only (shared with every other connection that gets the same frame)
 //! and enforces both limits, in frames and in bytes. It never blocks and never grows past its
@@ -6,47 +7,297 @@
 //! 4008, so one slow client costs nobody else anything. It also knows how much of its front
 //! frame the socket has already taken, which is what lets a writer coalesce frames into one
 //! write and resume after a partial one.
+//!
+//! Each queued `message` frame keeps its channel and offset, so that while a client is behind:
+//! - a `critical` message overtakes queued `high`/`normal` messages of *other* channels (never
+//!   a reply, a notice or a message of its own channel, so every channel stays in order);
+//! - `drop_oldest` replaces a channel's queued messages with one `gap` notice;
+//! - `conflate` replaces a queued message with a newer one of the same conflation key.
+//!
+//! Critical messages are never dropped or conflated, and nothing is ever taken out of a frame
+//! the socket has started on.
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use crate::queue::Slow;
+use crate::ws::command;
+
 /// The outbox refused a frame: the connection is a slow consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow;
 
+/// What a queued frame is, for the policies above.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// A reply, a control frame or recovered history: a barrier nothing overtakes or drops.
+    Control,
+    Message {
+        /// The channel's name: a slice of the frame itself, so no copy.
+        channel: Bytes,
+        offset: u64,
+        critical: bool,
+        slow: Slow,
+    },
+    /// A `gap` notice still open to growing: it stands for `channel`'s offsets `from..=to`.
+    Gap { channel: Bytes, from: u64, to: u64 },
+}
+
+#[derive(Debug)]
+struct Entry {
+    frame: Bytes,
+    kind: Kind,
+}
+
 /// Frames queued for one connection.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    frames: VecDeque<Bytes>,
-    /// Bytes of all queued frames, the written part of the front one included.
+    entries: VecDeque<Entry>,
+    /// Bytes of all queued frames not yet written (the front one's written part excluded).
     bytes: usize,
     /// Bytes of the front frame already written to the socket.
     front_written: usize,
 }
 
 impl Outbox {
-    /// Queues `frame`, unless that would pass `frames_max` or `bytes_max`.
+    /// Queues `frame` at the back, unless that would pass `frames_max` or `bytes_max`.
     pub fn push(
         &mut self,
         frame: Bytes,
+        kind: Kind,
         frames_max: usize,
         bytes_max: usize,
     ) -> Result<(), Overflow> {
-        if self.frames.len() >= frames_max || self.bytes + frame.len() > bytes_max {
+        if !self.has_room(frame.len(), frames_max, bytes_max) {
             return Err(Overflow);
         }
         self.bytes += frame.len();
-        self.frames.push_back(frame);
+        self.entries.push_back(Entry { frame, kind });
         Ok(())
     }
 
+    /// Queues a frame past the limits: for the close frame, the last one, and for recovered
+    /// history, whose size the ingest core bounded already.
+    pub fn push_unbounded(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.entries.push_back(Entry {
+            frame,
+            kind: Kind::Control,
+        });
+    }
+
+    fn has_room(&self, frame_bytes: usize, frames_max: usize, bytes_max: usize) -> bool {
+        self.entries.len() < frames_max && self.bytes + frame_bytes <= bytes_max
+    }
+
+    /// Queues a message under its channel's policy and priority; `Err` means the connection
+    /// must be closed as a slow consumer (the policy could not make room).
+    pub fn push_message(
+        &mut self,
+        frame: Bytes,
+        kind: Kind,
+        frames_max: usize,
+        bytes_max: usize,
+    ) -> Result<(), Overflow> {
+        let Kind::Message {
+            channel,
+            offset,
+            critical,
+            slow,
+        } = &kind
+        else {
+            return self.push(frame, kind, frames_max, bytes_max);
+        };
+        if *critical {
+            if !self.has_room(frame.len(), frames_max, bytes_max) {
+                return Err(Overflow);
+            }
+            let at = self.critical_slot(channel);
+            self.bytes += frame.len();
+            self.entries.insert(at, Entry { frame, kind });
+            return Ok(());
+        }
+        if let Slow::Conflate(Some(key)) = slow {
+            self.conflate(channel, *key);
+        }
+        if self.has_room(frame.len(), frames_max, bytes_max) {
+            return self.push(frame, kind, frames_max, bytes_max);
+        }
+        match slow {
+            Slow::DropOldest => {
+                let (channel, offset) = (channel.clone(), *offset);
+                self.drop_oldest(frame, kind, &channel, offset, frames_max, bytes_max)
+            }
+            Slow::Disconnect | Slow::Conflate(_) => Err(Overflow),
+        }
+    }
+
+    /// Where a critical message of `channel` goes: right after the last entry it must not
+    /// overtake (the started front frame, a barrier, a critical message, its own channel).
+    fn critical_slot(&self, channel: &[u8]) -> usize {
+        let first_movable = usize::from(self.front_written > 0);
+        self.entries
+            .iter()
+            .enumerate()
+            .skip(first_movable)
+            .rev()
+            .find(|(_, entry)| match &entry.kind {
+                Kind::Message {
+                    channel: queued,
+                    critical,
+                    ..
+                } => *critical || queued[..] == *channel,
+                Kind::Control | Kind::Gap { .. } => true,
+            })
+            .map_or(first_movable, |(at, _)| at + 1)
+    }
+
+    /// Removes the unstarted, non-critical message of `channel` whose conflation key is `key`.
+    fn conflate(&mut self, channel: &[u8], key: u64) {
+        let first_movable = usize::from(self.front_written > 0);
+        let found = self.entries.iter().skip(first_movable).position(|entry| {
+            matches!(&entry.kind, Kind::Message {
+                channel: queued,
+                critical: false,
+                slow: Slow::Conflate(Some(queued_key)),
+                ..
+            } if *queued_key == key && queued[..] == *channel)
+        });
+        if let Some(at) = found {
+            let entry = self
+                .entries
+                .remove(first_movable + at)
+                .expect("found above");
+            self.bytes -= entry.frame.len();
+        }
+    }
+
+    /// `drop_oldest` on overflow: the channel's queued messages since its last critical one
+    /// (or open gap notice) make way, and one `gap` notice names what was dropped: grown in
+    /// place if one is open, else queued at the back. Then `frame` is queued, or it too is
+    /// dropped into the notice when the rest of the outbox leaves no room.
+    fn drop_oldest(
+        &mut self,
+        frame: Bytes,
+        kind: Kind,
+        channel: &Bytes,
+        offset: u64,
+        frames_max: usize,
+        bytes_max: usize,
+    ) -> Result<(), Overflow> {
+        let first_movable = usize::from(self.front_written > 0);
+        // Messages of the channel at or before the last entry that must stay keep their place.
+        let keep_until = self
+            .entries
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(at, entry)| {
+                *at < first_movable
+                    || match &entry.kind {
+                        Kind::Message {
+                            channel: queued,
+                            critical,
+                            ..
+                        } => *critical && queued == channel,
+                        Kind::Gap {
+                            channel: queued, ..
+                        } => queued == channel,
+                        Kind::Control => false,
+                    }
+            })
+            .map_or(0, |(at, _)| at + 1);
+        let mut dropped: Option<(u64, u64)> = None;
+        let mut at = keep_until;
+        while at < self.entries.len() {
+            let is_ours = matches!(&self.entries[at].kind,
+                Kind::Message { channel: queued, .. } if queued == channel);
+            if !is_ours {
+                at += 1;
+                continue;
+            }
+            let entry = self.entries.remove(at).expect("in range");
+            self.bytes -= entry.frame.len();
+            if let Kind::Message { offset, .. } = entry.kind {
+                dropped = Some(dropped.map_or((offset, offset), |(from, _)| (from, offset)));
+            }
+        }
+        let open_gap = keep_until.checked_sub(1).filter(|&at| {
+            at >= first_movable
+                && matches!(&self.entries[at].kind,
+                    Kind::Gap { channel: queued, .. } if queued == channel)
+        });
+        let fits = |outbox: &Outbox, extra_frames: usize, extra_bytes: usize| {
+            outbox.entries.len() + extra_frames < frames_max
+                && outbox.bytes + extra_bytes + frame.len() <= bytes_max
+        };
+        match (open_gap, dropped) {
+            (Some(at), _) => {
+                let to = if fits(self, 0, 0) { offset - 1 } else { offset };
+                self.grow_gap(at, to);
+                if to == offset {
+                    return Ok(());
+                }
+            }
+            (None, Some((from, to))) => {
+                let notice = command::gap_frame(channel_str(channel), from, to);
+                if !fits(self, 1, notice.len()) {
+                    let notice = command::gap_frame(channel_str(channel), from, offset);
+                    return self.push_gap(notice, channel, from, offset, frames_max, bytes_max);
+                }
+                self.push_gap(notice, channel, from, to, frames_max, bytes_max)?;
+            }
+            (None, None) => {
+                // Nothing of this channel to drop: the outbox is full of other channels'
+                // frames, so this message is dropped and a notice takes its place.
+                let notice = command::gap_frame(channel_str(channel), offset, offset);
+                return self.push_gap(notice, channel, offset, offset, frames_max, bytes_max);
+            }
+        }
+        self.push(frame, kind, frames_max, bytes_max)
+    }
+
+    fn push_gap(
+        &mut self,
+        notice: Bytes,
+        channel: &Bytes,
+        from: u64,
+        to: u64,
+        frames_max: usize,
+        bytes_max: usize,
+    ) -> Result<(), Overflow> {
+        let kind = Kind::Gap {
+            channel: channel.clone(),
+            from,
+            to,
+        };
+        self.push(notice, kind, frames_max, bytes_max)
+    }
+
+    /// Makes the open gap notice at `at` cover offsets up to `to`.
+    fn grow_gap(&mut self, at: usize, to: u64) {
+        let entry = &mut self.entries[at];
+        let Kind::Gap {
+            channel,
+            from,
+            to: old_to,
+        } = &mut entry.kind
+        else {
+            unreachable!("grow_gap is called on a gap notice");
+        };
+        *old_to = to;
+        let notice = command::gap_frame(channel_str(channel), *from, to);
+        self.bytes = self.bytes - entry.frame.len() + notice.len();
+        entry.frame = notice;
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.entries.is_empty()
     }
 
     pub fn frames_len(&self) -> usize {
-        self.frames.len()
+        self.entries.len()
     }
 
     pub fn bytes_len(&self) -> usize {
@@ -55,19 +306,19 @@ impl Outbox {
 
     /// The unwritten part of the front frame, if any.
     pub fn front(&self) -> Option<&[u8]> {
-        self.frames
+        self.entries
             .front()
-            .map(|frame| &frame[self.front_written..])
+            .map(|entry| &entry.frame[self.front_written..])
     }
 
     /// Appends the unwritten bytes of queued frames to `out`, in order, stopping before the
     /// frame that would take `out` past `bytes_max` (but always taking at least the first).
     pub fn gather(&self, out: &mut Vec<u8>, bytes_max: usize) {
-        for (i, frame) in self.frames.iter().enumerate() {
+        for (i, entry) in self.entries.iter().enumerate() {
             let part = if i == 0 {
-                &frame[self.front_written..]
+                &entry.frame[self.front_written..]
             } else {
-                &frame[..]
+                &entry.frame[..]
             };
             if i > 0 && out.len() + part.len() > bytes_max {
                 break;
@@ -82,10 +333,10 @@ impl Outbox {
         let mut frames_done = 0;
         while written_bytes > 0 {
             let front = self
-                .frames
+                .entries
                 .front()
                 .expect("cannot write more than was queued");
-            let left = front.len() - self.front_written;
+            let left = front.frame.len() - self.front_written;
             if written_bytes < left {
                 self.front_written += written_bytes;
                 self.bytes -= written_bytes;
@@ -94,7 +345,7 @@ impl Outbox {
             written_bytes -= left;
             self.bytes -= left;
             self.front_written = 0;
-            self.frames.pop_front();
+            self.entries.pop_front();
             frames_done += 1;
         }
         frames_done
@@ -102,24 +353,66 @@ impl Outbox {
 
     /// Drops every queued frame (the connection is closing); returns how many were dropped.
     pub fn clear(&mut self) -> usize {
-        let dropped = self.frames.len();
+        let dropped = self.entries.len();
         *self = Outbox::default();
         dropped
     }
+}
+
+/// A channel name taken from a frame: validated ASCII by the ingest core.
+fn channel_str(channel: &Bytes) -> &str {
+    std::str::from_utf8(channel).expect("channel names are validated ASCII")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn control() -> Kind {
+        Kind::Control
+    }
+
+    /// A message frame whose bytes spell `channel:offset`, so tests can read the queue back.
+    fn message(channel: &'static str, offset: u64, critical: bool, slow: Slow) -> (Bytes, Kind) {
+        let frame = Bytes::from(format!("{channel}:{offset};"));
+        let kind = Kind::Message {
+            channel: Bytes::from_static(channel.as_bytes()),
+            offset,
+            critical,
+            slow,
+        };
+        (frame, kind)
+    }
+
+    /// The queue as text: frames as written, gap notices as `gap(channel,from,to);`.
+    fn queued(outbox: &Outbox) -> String {
+        let mut text = String::new();
+        for (at, entry) in outbox.entries.iter().enumerate() {
+            let skip = if at == 0 { outbox.front_written } else { 0 };
+            match &entry.kind {
+                Kind::Gap { channel, from, to } => {
+                    text += &format!("gap({},{from},{to});", channel_str(channel))
+                }
+                _ => text += std::str::from_utf8(&entry.frame[skip..]).unwrap(),
+            }
+        }
+        text
+    }
+
+    /// What the queue's byte count must be: every frame, less the started front's written part.
+    fn frame_bytes(outbox: &Outbox) -> usize {
+        let all: usize = outbox.entries.iter().map(|entry| entry.frame.len()).sum();
+        all - outbox.front_written
+    }
+
     #[test]
     fn limits_in_frames_and_bytes_refuse_without_queueing() {
         let mut outbox = Outbox::default();
         let frame = Bytes::from_static(b"0123456789");
-        assert_eq!(outbox.push(frame.clone(), 2, 100), Ok(()));
-        assert_eq!(outbox.push(frame.clone(), 2, 100), Ok(()));
-        assert_eq!(outbox.push(frame.clone(), 2, 100), Err(Overflow));
-        assert_eq!(outbox.push(frame.clone(), 10, 25), Err(Overflow));
+        assert_eq!(outbox.push(frame.clone(), control(), 2, 100), Ok(()));
+        assert_eq!(outbox.push(frame.clone(), control(), 2, 100), Ok(()));
+        assert_eq!(outbox.push(frame.clone(), control(), 2, 100), Err(Overflow));
+        assert_eq!(outbox.push(frame.clone(), control(), 10, 25), Err(Overflow));
         assert_eq!((outbox.frames_len(), outbox.bytes_len()), (2, 20));
     }
 
@@ -127,7 +420,9 @@ mod tests {
     fn partial_writes_resume_mid_frame_and_gather_coalesces() {
         let mut outbox = Outbox::default();
         for frame in [&b"aaaa"[..], b"bb", b"cccccc"] {
-            outbox.push(Bytes::copy_from_slice(frame), 10, 100).unwrap();
+            outbox
+                .push(Bytes::copy_from_slice(frame), control(), 10, 100)
+                .unwrap();
         }
         let mut out = Vec::new();
         outbox.gather(&mut out, 7);
@@ -141,5 +436,104 @@ mod tests {
         assert_eq!(outbox.advance(7), 2);
         assert!(outbox.is_empty());
         assert_eq!(outbox.bytes_len(), 0);
+    }
+
+    #[test]
+    fn critical_overtakes_other_channels_but_not_its_own_nor_barriers() {
+        let mut outbox = Outbox::default();
+        let push = |outbox: &mut Outbox, (frame, kind): (Bytes, Kind)| {
+            outbox.push_message(frame, kind, 100, 10_000).unwrap()
+        };
+        push(&mut outbox, message("bulk", 1, false, Slow::Disconnect));
+        outbox.advance(2);
+        outbox
+            .push(Bytes::from_static(b"reply;"), control(), 100, 10_000)
+            .unwrap();
+        push(&mut outbox, message("bulk", 2, false, Slow::Disconnect));
+        push(&mut outbox, message("alert", 1, false, Slow::Disconnect));
+        push(&mut outbox, message("bulk", 3, false, Slow::Disconnect));
+        push(&mut outbox, message("alert", 2, true, Slow::Disconnect));
+        push(&mut outbox, message("other", 1, true, Slow::Disconnect));
+        assert_eq!(
+            queued(&outbox),
+            "lk:1;reply;bulk:2;alert:1;alert:2;other:1;bulk:3;"
+        );
+        let mut fresh = Outbox::default();
+        push(&mut fresh, message("bulk", 1, false, Slow::Disconnect));
+        push(&mut fresh, message("alert", 1, true, Slow::Disconnect));
+        assert_eq!(
+            queued(&fresh),
+            "alert:1;bulk:1;",
+            "nothing started: first place"
+        );
+    }
+
+    #[test]
+    fn conflate_keeps_the_newest_per_key_at_the_back() {
+        let mut outbox = Outbox::default();
+        let keyed = |key| Slow::Conflate(Some(key));
+        for (offset, key) in [(1, 10), (2, 20), (3, 10), (4, 30), (5, 20)] {
+            let (frame, kind) = message("px", offset, false, keyed(key));
+            outbox.push_message(frame, kind, 100, 10_000).unwrap();
+        }
+        let (frame, kind) = message("px", 6, false, Slow::Conflate(None));
+        outbox.push_message(frame, kind, 100, 10_000).unwrap();
+        assert_eq!(queued(&outbox), "px:3;px:4;px:5;px:6;");
+        assert_eq!(outbox.bytes_len(), frame_bytes(&outbox));
+    }
+
+    #[test]
+    fn drop_oldest_replaces_the_channels_backlog_with_one_growing_gap() {
+        let mut outbox = Outbox::default();
+        let (max_frames, max_bytes) = (4, 10_000);
+        let push = |outbox: &mut Outbox, channel, offset| {
+            let (frame, kind) = message(channel, offset, false, Slow::DropOldest);
+            outbox.push_message(frame, kind, max_frames, max_bytes)
+        };
+        push(&mut outbox, "q", 1).unwrap();
+        outbox.advance(1);
+        push(&mut outbox, "other", 1).unwrap();
+        push(&mut outbox, "q", 2).unwrap();
+        push(&mut outbox, "q", 3).unwrap();
+        push(&mut outbox, "q", 4).unwrap();
+        assert_eq!(
+            queued(&outbox),
+            ":1;other:1;gap(q,2,3);q:4;",
+            "the started frame stays; 2 and 3 make way"
+        );
+        push(&mut outbox, "q", 5).unwrap();
+        assert_eq!(
+            queued(&outbox),
+            ":1;other:1;gap(q,2,4);q:5;",
+            "the open notice grows over 4 and 5 takes its place"
+        );
+        assert_eq!(outbox.bytes_len(), frame_bytes(&outbox));
+    }
+
+    #[test]
+    fn drop_oldest_with_nothing_of_its_own_drops_the_newcomer_or_overflows() {
+        let mut outbox = Outbox::default();
+        let (frame, kind) = message("other", 1, false, Slow::Disconnect);
+        outbox.push_message(frame, kind, 2, 10_000).unwrap();
+        let (frame, kind) = message("q", 7, false, Slow::DropOldest);
+        outbox.push_message(frame, kind, 2, 10_000).unwrap();
+        let (frame, kind) = message("q", 8, false, Slow::DropOldest);
+        assert_eq!(outbox.push_message(frame, kind, 2, 10_000), Ok(()));
+        assert_eq!(queued(&outbox), "other:1;gap(q,7,8);");
+        let (frame, kind) = message("z", 1, false, Slow::DropOldest);
+        assert_eq!(
+            outbox.push_message(frame, kind, 2, 10_000),
+            Err(Overflow),
+            "no room even for a notice"
+        );
+    }
+
+    #[test]
+    fn critical_overflow_is_refused_whatever_the_policy() {
+        let mut outbox = Outbox::default();
+        let (frame, kind) = message("q", 1, false, Slow::DropOldest);
+        outbox.push_message(frame, kind, 1, 10_000).unwrap();
+        let (frame, kind) = message("q", 2, true, Slow::DropOldest);
+        assert_eq!(outbox.push_message(frame, kind, 1, 10_000), Err(Overflow));
     }
 }

@@ -64,11 +64,16 @@ pub fn assert_recent_ms(value: &Value, what: &str) -> u64 {
 }
 
 /// Asserts `got` is exactly the delivery `{"type":"message",...}` of `data` on `channel` at
-/// `offset`; `ts_ms` must be a recent integer. Returns `ts_ms`.
+/// `offset`; `seq` must be a positive integer, `ts_ms` a recent one. Returns `ts_ms`.
 pub fn assert_message(got: &Value, channel: &str, offset: u64, data: &Value) -> u64 {
     let ts_ms = assert_recent_ms(&got["ts_ms"], &format!("ts_ms of the delivery {got}"));
+    let seq = got["seq"]
+        .as_u64()
+        .filter(|seq| *seq >= 1)
+        .unwrap_or_else(|| panic!("expected a positive integer seq in the delivery {got}"));
     let expected = json!({
-        "type": "message", "channel": channel, "offset": offset, "ts_ms": ts_ms, "data": data,
+        "type": "message", "channel": channel, "offset": offset, "seq": seq, "ts_ms": ts_ms,
+        "data": data,
     });
     assert_eq!(got, &expected, "expected exactly this delivery");
     ts_ms
@@ -553,16 +558,12 @@ impl Client {
         self.recv().await
     }
 
-    /// Subscribes and asserts the exact `subscribed` reply.
-    pub async fn subscribe(&mut self, channel: &str, id: u64) {
+    /// Subscribes and asserts the exact `subscribed` reply; returns its `seq`.
+    pub async fn subscribe(&mut self, channel: &str, id: u64) -> u64 {
         let reply = self
             .request(json!({"type": "subscribe", "channel": channel, "id": id}))
             .await;
-        assert_eq!(
-            reply,
-            json!({"type": "subscribed", "channel": channel, "id": id}),
-            "expected the subscribe of {channel:?} to be confirmed"
-        );
+        assert_subscribed(&reply, channel, json!(id))
     }
 
     /// Unsubscribes and asserts the exact `unsubscribed` reply.
@@ -610,8 +611,38 @@ impl Client {
     }
 }
 
+/// Asserts `epoch` is what the server gives: 16 lowercase hex digits.
+pub fn assert_epoch(epoch: &Value, what: &str) -> String {
+    let epoch = epoch
+        .as_str()
+        .unwrap_or_else(|| panic!("expected a string epoch in {what}"));
+    assert!(
+        epoch.len() == 16
+            && epoch
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte)),
+        "expected 16 lowercase hex digits as the epoch in {what}, got {epoch:?}"
+    );
+    epoch.to_owned()
+}
+
+/// Asserts `reply` is exactly a plain `{"type":"subscribed","channel":..,"id":..,"epoch":..,
+/// "seq":..}`; returns `seq`.
+pub fn assert_subscribed(reply: &Value, channel: &str, id: Value) -> u64 {
+    let epoch = assert_epoch(&reply["epoch"], &reply.to_string());
+    let seq = reply["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("expected an integer seq in {reply}"));
+    assert_eq!(
+        reply,
+        &json!({"type": "subscribed", "channel": channel, "id": id, "epoch": epoch, "seq": seq}),
+        "expected the subscribe of {channel:?} to be confirmed"
+    );
+    seq
+}
+
 /// Asserts the exact shape of `{"type":"connected","conn_id":<string>,"shard":<int>,
-/// "server_time_ms":<int>,"heartbeat_s":<int>}` with `shard` one of the two shards.
+/// "server_time_ms":<int>,"heartbeat_s":<int>,"epoch":<hex>}` with `shard` one of the two shards.
 pub fn assert_connected_shape(hello: &Value) {
     let conn_id = hello["conn_id"]
         .as_str()
@@ -631,11 +662,12 @@ pub fn assert_connected_shape(hello: &Value) {
     let heartbeat_s = hello["heartbeat_s"]
         .as_u64()
         .unwrap_or_else(|| panic!("expected an integer heartbeat_s in {hello}"));
+    let epoch = assert_epoch(&hello["epoch"], &hello.to_string());
     assert_eq!(
         hello,
         &json!({
             "type": "connected", "conn_id": conn_id, "shard": shard,
-            "server_time_ms": time, "heartbeat_s": heartbeat_s,
+            "server_time_ms": time, "heartbeat_s": heartbeat_s, "epoch": epoch,
         }),
         "expected exactly the connected frame first"
     );

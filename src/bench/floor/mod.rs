@@ -103,6 +103,9 @@ const WRITE_TIMEOUT_MS: u64 = 5_000;
 /// pings; the subscribers only read the field.
 const HEARTBEAT_S: u64 = 25;
 
+/// The epoch the floor greets with: as long as corecast's, so the greeting's bytes match.
+const FLOOR_EPOCH: &str = "0000000000000000";
+
 /// Commands queued to the floor thread at once: one phase at a time, as for the publisher.
 const COMMANDS_QUEUED_MAX: usize = 1;
 
@@ -371,7 +374,13 @@ fn handshake(
     };
     answer.clear();
     wire::upgrade_response(key, answer);
-    wire::connected_frame(conn_id, super::unix_us() / 1_000, HEARTBEAT_S, answer);
+    wire::connected_frame(
+        conn_id,
+        super::unix_us() / 1_000,
+        HEARTBEAT_S,
+        FLOOR_EPOCH,
+        answer,
+    );
     stream.write_all(answer)
 }
 
@@ -397,10 +406,12 @@ impl Sockets {
             let sent_us = super::unix_us();
             self.data.clear();
             publish::write_data(&mut self.data, seq, sent_us, config.payload_bytes);
-            // corecast numbers a channel's messages from 1 and stamps them in milliseconds.
+            // corecast numbers a channel's messages from 1 and stamps them in milliseconds; with
+            // the bench its only publisher, a message's node-wide seq is its offset.
             wire::message_frame(
                 &mut self.frame,
                 &config.channel_json,
+                seq + 1,
                 seq + 1,
                 sent_us / 1_000,
                 &self.data,

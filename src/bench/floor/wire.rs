@@ -77,7 +77,13 @@ pub fn upgrade_response(key: &[u8], out: &mut Vec<u8>) {
 /// Appends the `connected` greeting of connection `conn_id`, in the shape corecast sends:
 /// `{"type":"connected","conn_id":..,"shard":0,"server_time_ms":..,"heartbeat_s":..}`.
 /// `conn_id` must need no JSON escaping (the floor's are `floor-N`).
-pub fn connected_frame(conn_id: &str, now_ms: u64, heartbeat_s: u64, out: &mut Vec<u8>) {
+pub fn connected_frame(
+    conn_id: &str,
+    now_ms: u64,
+    heartbeat_s: u64,
+    epoch: &str,
+    out: &mut Vec<u8>,
+) {
     assert!(
         conn_id
             .bytes()
@@ -88,7 +94,7 @@ pub fn connected_frame(conn_id: &str, now_ms: u64, heartbeat_s: u64, out: &mut V
     // Writing to a String cannot fail.
     let _ = write!(
         json,
-        r#"{{"type":"connected","conn_id":"{conn_id}","shard":0,"server_time_ms":{now_ms},"heartbeat_s":{heartbeat_s}}}"#
+        r#"{{"type":"connected","conn_id":"{conn_id}","shard":0,"server_time_ms":{now_ms},"heartbeat_s":{heartbeat_s},"epoch":"{epoch}"}}"#
     );
     push_text_header(json.len(), out);
     out.extend_from_slice(json.as_bytes());
@@ -96,19 +102,30 @@ pub fn connected_frame(conn_id: &str, now_ms: u64, heartbeat_s: u64, out: &mut V
 
 /// Replaces `frame`'s contents with the complete text frame of one message, the bytes corecast's
 /// encode-once step builds for the same publish: `{"type":"message","channel":..,"offset":..,
-/// "ts_ms":..,"data":..}`. `channel_json` is the channel as a JSON string, quotes included;
+/// "seq":..,"ts_ms":..,"data":..}`. `channel_json` is the channel as a JSON string, quotes included;
 /// `data` is the raw JSON of the event's data. Once `frame` has grown to the size of one
 /// frame, this never allocates.
-pub fn message_frame(frame: &mut Vec<u8>, channel_json: &str, offset: u64, ts_ms: u64, data: &str) {
+pub fn message_frame(
+    frame: &mut Vec<u8>,
+    channel_json: &str,
+    offset: u64,
+    seq: u64,
+    ts_ms: u64,
+    data: &str,
+) {
     let mut offset_text = itoa::Buffer::new();
+    let mut seq_text = itoa::Buffer::new();
     let mut ts_text = itoa::Buffer::new();
     let offset_text = offset_text.format(offset);
+    let seq_text = seq_text.format(seq);
     let ts_text = ts_text.format(ts_ms);
     let parts = [
         MESSAGE_PREFIX,
         channel_json,
         r#","offset":"#,
         offset_text,
+        r#","seq":"#,
+        seq_text,
         r#","ts_ms":"#,
         ts_text,
         r#","data":"#,
@@ -143,7 +160,7 @@ mod tests {
     use crate::bench::publish::write_data;
     use crate::bench::wire::{self as client, Scanner};
     use crate::ingest::{encode, Priority};
-    use crate::queue::Stamp;
+    use crate::queue::{Slow, Stamp};
 
     #[test]
     fn request_key_is_read_once_the_head_is_complete() {
@@ -186,12 +203,24 @@ mod tests {
     #[test]
     fn greeting_is_the_frame_corecast_sends() {
         let mut out = Vec::new();
-        connected_frame("floor-7", 1_700_000_000_123, 25, &mut out);
-        let corecast = crate::ws::command::connected_frame("floor-7", 0, 1_700_000_000_123, 25);
+        connected_frame(
+            "floor-7",
+            1_700_000_000_123,
+            25,
+            "00000000000000ff",
+            &mut out,
+        );
+        let corecast = crate::ws::command::connected_frame(
+            "floor-7",
+            0,
+            1_700_000_000_123,
+            25,
+            "00000000000000ff",
+        );
         assert_eq!(out, corecast);
         assert_eq!(
             &out[2..],
-            br#"{"type":"connected","conn_id":"floor-7","shard":0,"server_time_ms":1700000000123,"heartbeat_s":25}"#
+            br#"{"type":"connected","conn_id":"floor-7","shard":0,"server_time_ms":1700000000123,"heartbeat_s":25,"epoch":"00000000000000ff"}"#
         );
         assert!(Scanner::default().is_connected(&out[2..]));
     }
@@ -208,6 +237,7 @@ mod tests {
                 &mut frame,
                 r#""bench.fanout""#,
                 13,
+                13,
                 1_700_000_000_123,
                 &data,
             );
@@ -217,8 +247,9 @@ mod tests {
                 1_700_000_000_123,
                 &data,
                 Priority::Normal,
+                Slow::Disconnect,
                 Stamp {
-                    publish: 1,
+                    publish: 13,
                     accepted: std::time::Instant::now(),
                 },
             );
