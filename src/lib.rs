@@ -9,7 +9,8 @@
 //! - [`net`]: bind with `SO_REUSEPORT`, accept, read the HTTP upgrade under its limits.
 //! - [`ws`]: RFC 6455 frames, reassembled messages, JSON commands, and the connection task.
 //! - [`shard`]: a broadcast shard's connections, its subscription [`shard::registry`], fan-out.
-//! - [`ingest`]: the control-plane HTTP API, the sequencer of offsets, encode-once, and
+//! - [`ingest`]: the control-plane HTTP API, the sequencer of offsets, encode-once,
+//!   [`ingest::history`]: each channel's bounded history, which recoveries read, and
 //!   [`ingest::metrics`]: fan-out latency histograms and the Prometheus `/metrics` exposition.
 //! - [`queue`]: the only link between cores, bounded lock-free queues with a wake-up.
 //! - [`notify`]: the wake-up between tasks of one core (the cross-core one is [`queue`]).
@@ -30,8 +31,11 @@
 //! crosses to every shard that announced a matching pattern; each shard looks the channel up in
 //! its registry and sends the same bytes to every matching connection: straight to the socket
 //! when nothing is queued for it, otherwise to its outbox, whose task coalesces the pending
-//! frames into one write. Subscriptions flow the other way: a shard announces a new
-//! pattern to the ingest core and answers `subscribed` once the ingest core routes it.
+//! frames into one write (under its channel's slow-consumer policy; a critical frame overtakes
+//! other channels' queued ones). Subscriptions flow the other way: a shard announces a new
+//! pattern to the ingest core and answers `subscribed` once the ingest core routes it. A
+//! `subscribe` with `since` goes on to the sequencer, which answers between two publishes with
+//! the missed frames from history; the shard makes it live when that answer arrives.
 //! Each delivery carries the `Instant` the ingest core accepted its publish; each shard records
 //! its fan-out time and reports it back, and the ingest core keeps the slowest per publish.
 //!
@@ -43,6 +47,8 @@
 //! - **channel**: a dotted name events are published to; a *pattern* may hold `*` and `>`.
 //! - **frame**: a complete RFC 6455 frame, encoded once and shared as `Bytes`.
 //! - **offset**: a channel's message number, +1 per publish, assigned by the ingest core.
+//! - **seq**: a message's node-wide number, +1 per publish on any channel.
+//! - **epoch**: the name of one run of offsets; a restart starts a new one.
 // No unsafe code, but in one place that allows it by name: the bench's io_uring floor
 // (`bench::floor::uring`), which queues sends on a ring of its own; see its SAFETY comments.
 #![deny(unsafe_code)]
