@@ -13,6 +13,19 @@ use std::fmt;
 /// The longest channel name or pattern, in bytes.
 pub const CHANNEL_BYTES_MAX: usize = 255;
 
+/// The first token of the server's own channels (`$sys.stats`). `$` is no token byte, so no
+/// client name collides with them; clients may subscribe to them but never publish, and a
+/// pattern matches them only if it starts with this token too: a `>` firehose does not get
+/// the server's telemetry.
+pub const SYSTEM_TOKEN: &str = "$sys";
+
+/// Whether `name` (a channel or a pattern) is under [`SYSTEM_TOKEN`].
+#[must_use]
+pub fn is_system(name: &str) -> bool {
+    name.strip_prefix(SYSTEM_TOKEN)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
 /// Why a channel name or pattern was refused. Every variant is the peer's mistake: answer with
 /// an `invalid_channel` error carrying the [`Display`](fmt::Display) text, keep the connection
 /// open, and change nothing for anyone else. Offsets are byte offsets into the refused name.
@@ -113,6 +126,9 @@ pub fn is_pattern(pattern: &str) -> bool {
 /// is not the last token matches nothing. This is the reference for the registry's trie.
 #[must_use]
 pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
+    if is_system(channel) && !is_system(pattern) {
+        return false;
+    }
     let mut pattern_tokens = pattern.split('.');
     let mut channel_tokens = channel.split('.');
     loop {
@@ -150,8 +166,16 @@ fn scan(name: &str, wildcards: Wildcards) -> Result<(), ChannelError> {
             len_bytes: bytes.len(),
         });
     }
-    let mut token_start = 0;
-    for (at, &byte) in bytes.iter().enumerate() {
+    // The system token is the one place a `$` may stand.
+    let mut token_start = if is_system(name) {
+        SYSTEM_TOKEN.len() + 1
+    } else {
+        0
+    };
+    if token_start > bytes.len() {
+        return Ok(());
+    }
+    for (at, &byte) in bytes.iter().enumerate().skip(token_start) {
         match byte {
             b'.' => {
                 if at == token_start {
@@ -195,6 +219,30 @@ mod tests {
         assert_eq!(validate_pattern(name), Ok(()));
         assert_eq!(validate_channel("leads.42.notes"), Ok(()));
         assert_eq!(validate_channel("a"), Ok(()));
+    }
+
+    #[test]
+    fn the_system_token_is_valid_and_matched_only_by_its_own_patterns() {
+        assert_eq!(validate_channel("$sys.stats"), Ok(()));
+        assert_eq!(validate_channel("$sys"), Ok(()));
+        assert_eq!(validate_pattern("$sys.>"), Ok(()));
+        assert_eq!(
+            validate_channel("$sys."),
+            Err(ChannelError::EmptyToken { at: 5 })
+        );
+        assert_eq!(
+            validate_channel("$system"),
+            Err(ChannelError::BadByte { byte: b'$', at: 0 })
+        );
+        assert_eq!(
+            validate_channel("a.$sys"),
+            Err(ChannelError::BadByte { byte: b'$', at: 2 })
+        );
+        assert!(is_system("$sys.stats") && is_system("$sys") && !is_system("$system"));
+        assert!(pattern_matches("$sys.stats", "$sys.stats"));
+        assert!(pattern_matches("$sys.*", "$sys.stats"));
+        assert!(!pattern_matches(">", "$sys.stats"));
+        assert!(!pattern_matches("*.stats", "$sys.stats"));
     }
 
     #[test]

@@ -170,6 +170,11 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflate_key: Option<String>,
 
+    /// Milliseconds between two `$sys.stats` messages (the server's figures, which
+    /// `/dashboard` draws); 0 publishes none. Each costs one publish and one stats query.
+    #[arg(long, default_value_t = defaults::sys_stats_interval_ms())]
+    pub sys_stats_interval_ms: u64,
+
     /// Per channel namespace: history limits and slow-consumer policy, in the TOML file only
     /// (`[[namespaces]]` tables). The first namespace whose pattern matches a channel applies;
     /// what it leaves out comes from the top-level settings above.
@@ -339,6 +344,9 @@ pub mod defaults {
     pub fn slow_consumer() -> SlowConsumer {
         SlowConsumer::Disconnect
     }
+    pub fn sys_stats_interval_ms() -> u64 {
+        1_000
+    }
 }
 
 impl Default for Config {
@@ -377,6 +385,7 @@ impl Default for Config {
             batch_window_us: defaults::batch_window_us(),
             slow_consumer: defaults::slow_consumer(),
             conflate_key: None,
+            sys_stats_interval_ms: defaults::sys_stats_interval_ms(),
             namespaces: Vec::new(),
         }
     }
@@ -501,6 +510,15 @@ impl Config {
         )?;
         check_range("batch_window_us", self.batch_window_us, 0, 1_000_000)?;
         check_policy("", self.slow_consumer, self.conflate_key.as_deref())?;
+        if self.sys_stats_interval_ms != 0 {
+            check_range(
+                "sys_stats_interval_ms",
+                self.sys_stats_interval_ms,
+                100,
+                3_600_000,
+            )?;
+        }
+        check_range("namespaces", self.namespaces.len(), 0, 1_000)?;
         for (at, namespace) in self.namespaces.iter().enumerate() {
             let field = format!("namespaces[{at}]");
             channel::validate_pattern(&namespace.pattern).map_err(|err| {

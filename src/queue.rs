@@ -72,6 +72,9 @@ pub struct Delivery {
     pub offset: u64,
     /// What a shard does when this message finds a connection's outbox full.
     pub slow: Slow,
+    /// The channel's namespace, for per-namespace counters: 0 for channels no namespace
+    /// names, `i + 1` for `namespaces[i]` (see `Config::policy_index`).
+    pub namespace: u16,
     pub stamp: Stamp,
 }
 
@@ -167,6 +170,8 @@ pub enum ToIngest {
 pub enum QueryKind {
     Stats,
     Channels,
+    /// Stop accepting connections, the first step of shutdown; answered once stopped.
+    StopAccepting,
 }
 
 /// Where a recovering client was: its epoch and the last position it received.
@@ -192,10 +197,33 @@ pub struct AckRow {
     pub offset_max: u64,
 }
 
+/// A shard's counters for `/v1/stats`, `/metrics` and `$sys.stats`.
+#[derive(Debug)]
+pub struct ShardReport {
+    pub stats: ShardStats,
+    pub acks: Vec<AckRow>,
+    /// By namespace index, as [`Delivery::namespace`].
+    pub namespaces: Vec<NamespaceStats>,
+}
+
+/// One namespace's counters on one shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NamespaceStats {
+    /// Messages handed to connections (written or queued).
+    pub deliveries: u64,
+    /// Queued messages dropped for `drop_oldest` (each named in a `gap` notice).
+    pub drops: u64,
+    /// Queued messages replaced by a newer one of the same key (`conflate`).
+    pub conflated: u64,
+    /// Connections closed with 4008 by one of this namespace's messages.
+    pub slow_consumer_closes: u64,
+}
+
 /// A shard's answer to a [`ToShard::Query`].
 #[derive(Debug)]
 pub enum Answer {
-    Stats(ShardStats, Vec<AckRow>),
+    Stats(ShardReport),
+    StoppedAccepting,
     Channels(Vec<(Box<str>, usize)>),
 }
 

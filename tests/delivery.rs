@@ -374,6 +374,14 @@ async fn conflation_delivers_the_newest_value_per_key_to_a_stalled_client() {
         }
         let stats = server.stats().await;
         assert_eq!(common_slow_closes(&stats), 0, "conflation closed nobody: {stats}");
+        let namespace = &stats["namespaces"][1];
+        assert_eq!(namespace["namespace"], "px.>", "{stats}");
+        assert_eq!(
+            namespace["conflated"].as_u64().unwrap() + frames.len() as u64,
+            UPDATES as u64,
+            "every update was delivered or conflated, and counted: {stats}"
+        );
+        assert_eq!(namespace["deliveries"], UPDATES as u64, "{stats}");
     })
     .await
 }
@@ -422,6 +430,7 @@ async fn drop_oldest_sends_gaps_that_exactly_cover_what_was_dropped() {
         // Messages and gaps together account for every offset once, in order.
         let mut next = 1;
         let mut gaps = 0;
+        let mut gapped = 0;
         for frame in &frames {
             match frame["type"].as_str().unwrap() {
                 "message" => {
@@ -433,6 +442,7 @@ async fn drop_oldest_sends_gaps_that_exactly_cover_what_was_dropped() {
                     assert_eq!(frame["from"], next, "{frame}");
                     let to = frame["to"].as_u64().unwrap();
                     assert!(to >= next, "{frame}");
+                    gapped += to + 1 - next;
                     next = to + 1;
                     gaps += 1;
                 }
@@ -441,7 +451,14 @@ async fn drop_oldest_sends_gaps_that_exactly_cover_what_was_dropped() {
         }
         assert_eq!(next, MESSAGES + 1, "every offset accounted for");
         assert!(gaps > 0, "a stalled client must have been sent a gap");
-        assert_eq!(common_slow_closes(&server.stats().await), 0);
+        let stats = server.stats().await;
+        assert_eq!(common_slow_closes(&stats), 0);
+        assert_eq!(
+            stats["namespaces"][1],
+            json!({"namespace": "feed.>", "deliveries": MESSAGES, "drops": gapped,
+                   "conflated": 0, "slow_consumer_closes": 0}),
+            "the drops counted are the offsets the gaps named"
+        );
     })
     .await
 }

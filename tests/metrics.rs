@@ -251,3 +251,57 @@ async fn stats_and_metrics_count_publishes_deliveries_and_fanout_latency_exactly
     })
     .await
 }
+
+#[tokio::test]
+async fn sys_stats_is_published_every_interval_to_its_own_subscribers_only() {
+    watchdog(async {
+        let server = Server::start(&["--sys-stats-interval-ms", "200"]).await;
+        let mut watcher = Client::connect(&server).await;
+        watcher.subscribe("$sys.stats", 1).await;
+        let mut firehose = Client::connect(&server).await;
+        firehose.subscribe(">", 1).await;
+        let mut others = Vec::new();
+        for _ in 0..3 {
+            others.push(Client::connect(&server).await);
+        }
+        // The watcher, the firehose and the three others: five connections.
+        let tick = loop {
+            let message = watcher.recv().await;
+            assert_eq!(message["channel"], "$sys.stats", "{message}");
+            if message["data"]["connections"] == 5 {
+                break message;
+            }
+        };
+        let data = &tick["data"];
+        assert_eq!(data["interval_ms"], 200, "{data}");
+        assert_eq!(data["epoch"], watcher.hello["epoch"], "{data}");
+        let shards = data["shards"].as_array().expect("shards");
+        assert_eq!(shards.len(), 2, "{data}");
+        let per_shard: u64 = shards
+            .iter()
+            .map(|shard| shard["connections"].as_u64().unwrap())
+            .sum();
+        assert_eq!(per_shard, 5, "{data}");
+        for key in ["deliveries_per_s", "published_per_s"] {
+            assert!(data[key].is_f64() || data[key].is_u64(), "{key} in {data}");
+        }
+        assert!(data["fanout_latency_us"]["p99"].is_u64(), "{data}");
+        assert_eq!(data["namespaces"][0]["namespace"], "default", "{data}");
+        firehose
+            .expect_silence("`>` does not match the server's $sys channels")
+            .await;
+
+        let refused = server
+            .post(
+                "/v1/publish",
+                &json!({"channel": "$sys.stats", "data": 1}).to_string(),
+            )
+            .await;
+        assert_eq!(refused.status, 403, "{}", refused.body);
+        assert_eq!(
+            common::assert_http_error_body(&refused, "publish to $sys"),
+            "forbidden"
+        );
+    })
+    .await
+}

@@ -22,7 +22,7 @@ use super::metrics::{self, Snapshot};
 use super::{IngestCore, Priority, PublishError};
 use crate::channel;
 use crate::net::handshake::ErrorBody;
-use crate::queue::{AckRow, Answer, QueryKind};
+use crate::queue::{AckRow, Answer, NamespaceStats, QueryKind, ShardReport};
 
 type HttpResponse = Response<Full<Bytes>>;
 
@@ -212,6 +212,13 @@ fn check(body: PublishBody<'_>) -> Result<(Box<str>, Box<str>, Priority), Refusa
             format!("invalid channel {shown:?}: {err}"),
         ));
     }
+    if channel::is_system(&name) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{name:?} is a server channel: only corecast publishes under $sys"),
+        ));
+    }
     Ok((name.into(), data.as_raw_str().into(), body.priority))
 }
 
@@ -298,18 +305,53 @@ async fn publish_batch(core: &IngestCore, body: &[u8]) -> HttpResponse {
     json(StatusCode::OK, &Results { results })
 }
 
-/// Every shard's counters and ack rows that answered within the query timeout, in shard order.
-async fn shard_stats(core: &IngestCore) -> (Vec<crate::shard::ShardStats>, Vec<AckRow>) {
+/// The reports of every shard that answered within the query timeout, in shard order.
+pub(super) async fn shard_reports(core: &IngestCore) -> Vec<ShardReport> {
     let answers = core.query(QueryKind::Stats).await;
-    let mut shards = Vec::with_capacity(answers.len());
-    let mut acks = Vec::new();
-    for (_, answer) in answers {
-        if let Answer::Stats(stats, rows) = answer {
-            shards.push(stats);
-            acks.extend(rows);
-        }
-    }
-    (shards, acks)
+    answers
+        .into_iter()
+        .filter_map(|(_, answer)| match answer {
+            Answer::Stats(report) => Some(report),
+            Answer::Channels(_) | Answer::StoppedAccepting => None,
+        })
+        .collect()
+}
+
+/// One namespace's counters summed over the shards.
+#[derive(Debug, Serialize)]
+pub(super) struct NamespaceSummary {
+    /// The namespace's pattern, or `default` for channels no namespace names.
+    pub namespace: String,
+    #[serde(flatten)]
+    pub stats: NamespaceStats,
+}
+
+/// Sums the shards' per-namespace counters, in config order, `default` first.
+pub(super) fn namespace_summaries(
+    core: &IngestCore,
+    reports: &[ShardReport],
+) -> Vec<NamespaceSummary> {
+    let names = std::iter::once("default".to_owned()).chain(
+        core.config
+            .namespaces
+            .iter()
+            .map(|namespace| namespace.pattern.clone()),
+    );
+    names
+        .enumerate()
+        .map(|(index, namespace)| {
+            let mut stats = NamespaceStats::default();
+            for report in reports {
+                if let Some(shard) = report.namespaces.get(index) {
+                    stats.deliveries += shard.deliveries;
+                    stats.drops += shard.drops;
+                    stats.conflated += shard.conflated;
+                    stats.slow_consumer_closes += shard.slow_consumer_closes;
+                }
+            }
+            NamespaceSummary { namespace, stats }
+        })
+        .collect()
 }
 
 /// One channel's acknowledgements over every shard: how far its slowest and fastest
@@ -358,7 +400,13 @@ fn ack_summaries(core: &IngestCore, rows: Vec<AckRow>) -> Vec<AckSummary> {
 }
 
 async fn stats(core: &IngestCore) -> HttpResponse {
-    let (shards, acks) = shard_stats(core).await;
+    let mut reports = shard_reports(core).await;
+    let namespaces = namespace_summaries(core, &reports);
+    let acks = reports
+        .iter_mut()
+        .flat_map(|report| std::mem::take(&mut report.acks))
+        .collect();
+    let shards: Vec<_> = reports.iter().map(|report| report.stats).collect();
     #[derive(Serialize)]
     struct Stats<'a> {
         shards: &'a [crate::shard::ShardStats],
@@ -367,6 +415,7 @@ async fn stats(core: &IngestCore) -> HttpResponse {
         epoch: &'a str,
         ingest: super::IngestStats,
         fanout_latency_us: metrics::LatencySummary,
+        namespaces: Vec<NamespaceSummary>,
         acks: Vec<AckSummary>,
     }
     json(
@@ -378,6 +427,7 @@ async fn stats(core: &IngestCore) -> HttpResponse {
             epoch: &core.epoch,
             ingest: core.stats(),
             fanout_latency_us: core.fanout_summary(),
+            namespaces,
             acks: ack_summaries(core, acks),
         },
     )
@@ -460,8 +510,13 @@ const HISTORY_PAGE_DEFAULT: usize = 100;
 
 /// `GET /metrics`: the same figures as `/v1/stats`, in the OpenMetrics text format.
 async fn prometheus(core: &IngestCore) -> HttpResponse {
+    let reports = shard_reports(core).await;
     let snapshot = Snapshot {
-        shards: shard_stats(core).await.0,
+        namespaces: namespace_summaries(core, &reports)
+            .into_iter()
+            .map(|summary| (summary.namespace, summary.stats))
+            .collect(),
+        shards: reports.iter().map(|report| report.stats).collect(),
         ingest: core.stats(),
         fanout: core.fanout_buckets(),
     };

@@ -21,7 +21,8 @@ const TS_KEY: &[u8] = br#","ts_ms":"#;
 const DATA_KEY: &[u8] = br#","data":"#;
 
 /// Builds the `message` frame for one publish, in one allocation of exactly its size. Its
-/// `seq` is the publish number of `stamp`.
+/// `seq` is the publish number of `stamp`. The delivery's `namespace` is 0; the sequencer
+/// sets it.
 pub fn message(
     channel: &str,
     offset: u64,
@@ -73,6 +74,7 @@ pub fn message(
         priority,
         offset,
         slow,
+        namespace: 0,
         stamp,
     };
     assert_eq!(

@@ -24,6 +24,7 @@ use prometheus_client::registry::{Registry, Unit};
 use serde::Serialize;
 
 use super::IngestStats;
+use crate::queue::NamespaceStats;
 use crate::shard::ShardStats;
 
 /// The largest latency a histogram tells apart, in microseconds: 60 s. Anything slower is
@@ -139,6 +140,8 @@ impl FanoutLatency {
 #[derive(Debug)]
 pub struct Snapshot {
     pub shards: Vec<ShardStats>,
+    /// Per namespace (its pattern, or `default`), summed over the shards.
+    pub namespaces: Vec<(String, NamespaceStats)>,
     pub ingest: IngestStats,
     pub fanout: Buckets,
 }
@@ -209,6 +212,32 @@ const SHARD_FAMILIES: [ShardFamily; 9] = [
     ),
 ];
 
+/// The per-namespace counter families: name (without `_total`), help, field.
+type NamespaceFamily = (&'static str, &'static str, fn(&NamespaceStats) -> u64);
+
+const NAMESPACE_FAMILIES: [NamespaceFamily; 4] = [
+    (
+        "corecast_namespace_deliveries",
+        "Messages handed to connections (written or queued), by channel namespace.",
+        |n| n.deliveries,
+    ),
+    (
+        "corecast_namespace_drops",
+        "Queued messages dropped by drop_oldest (each named in a gap notice), by namespace.",
+        |n| n.drops,
+    ),
+    (
+        "corecast_namespace_conflated",
+        "Queued messages replaced by a newer one of the same conflate_key, by namespace.",
+        |n| n.conflated,
+    ),
+    (
+        "corecast_namespace_slow_consumer_closes",
+        "Connections closed with 4008 by a message of the namespace.",
+        |n| n.slow_consumer_closes,
+    ),
+];
+
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         for (name, help, metric_type, field) in SHARD_FAMILIES {
@@ -223,6 +252,15 @@ impl Collector for Snapshot {
                     }
                     _ => metric.encode_gauge(&field(shard))?,
                 }
+            }
+        }
+        for (name, help, field) in NAMESPACE_FAMILIES {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (namespace, stats) in &self.namespaces {
+                let labels = [("namespace", namespace.as_str())];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&field(stats), None)?;
             }
         }
         let mut published = encoder.encode_descriptor(
@@ -328,6 +366,18 @@ mod tests {
         latency.record(Duration::from_millis(3));
         let text = exposition(Snapshot {
             shards: vec![shard(0, 7), shard(1, 9)],
+            namespaces: vec![
+                ("default".into(), NamespaceStats::default()),
+                (
+                    "prices.>".into(),
+                    NamespaceStats {
+                        deliveries: 12,
+                        drops: 0,
+                        conflated: 5,
+                        slow_consumer_closes: 0,
+                    },
+                ),
+            ],
             ingest: IngestStats {
                 published_total: 2,
                 channels: 1,
@@ -348,6 +398,8 @@ mod tests {
             "corecast_messages_sent_total{shard=\"1\"} 9",
             "corecast_connections{shard=\"1\"} 2",
             "corecast_published_total 2",
+            "corecast_namespace_conflated_total{namespace=\"prices.>\"} 5",
+            "corecast_namespace_deliveries_total{namespace=\"default\"} 0",
             "# TYPE corecast_fanout_latency_seconds histogram",
             "corecast_fanout_latency_seconds_count 2",
             "corecast_fanout_latency_seconds_bucket{le=\"0.0001\"} 0",

@@ -23,6 +23,7 @@ pub mod api;
 pub mod encode;
 pub mod history;
 pub mod metrics;
+pub mod sys_stats;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -109,6 +110,8 @@ impl PublishError {
 
 /// Where a sequenced publish's outcome goes.
 enum Reply {
+    /// The server's own publish (`$sys.stats`): nobody waits for it.
+    None,
     Http(oneshot::Sender<Result<u64, PublishError>>),
     Conn {
         shard: ShardId,
@@ -181,6 +184,8 @@ pub struct IngestCore {
     fanout_untracked_total: Cell<u64>,
     /// Per publish, the slowest fan-out of the shards it was routed to.
     fanout: RefCell<FanoutLatency>,
+    /// The same, since the last `$sys.stats` tick took it.
+    fanout_interval: RefCell<FanoutLatency>,
 }
 
 /// Counters of the ingest core itself, for `/v1/stats`.
@@ -224,6 +229,7 @@ impl IngestCore {
             fanout_pending: RefCell::new(HashMap::new()),
             fanout_untracked_total: Cell::new(0),
             fanout: RefCell::new(FanoutLatency::default()),
+            fanout_interval: RefCell::new(FanoutLatency::default()),
         })
     }
 
@@ -294,7 +300,34 @@ impl IngestCore {
                 let slowest = entry.slowest;
                 pending.remove(&report.publish);
                 self.fanout.borrow_mut().record(slowest);
+                self.fanout_interval.borrow_mut().record(slowest);
             }
+        }
+    }
+
+    /// The fan-out latency recorded since the previous call, which starts a new interval.
+    pub fn take_interval_fanout(&self) -> LatencySummary {
+        std::mem::take(&mut *self.fanout_interval.borrow_mut()).summary()
+    }
+
+    /// Broadcast shards.
+    pub fn shards_len(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Queues the server's own publish to `channel` (a `$sys` one): sequenced, kept in history
+    /// and delivered like any other, answered to nobody. Dropped when the lanes are full.
+    pub fn publish_internal(&self, channel: &str, data: Box<str>, priority: Priority) {
+        let job = Job {
+            channel: channel.into(),
+            data,
+            priority,
+            ts_ms: unix_ms(),
+            accepted: Instant::now(),
+            reply: Reply::None,
+        };
+        if self.stopping.get() || self.enqueue(Work::Publish(job)).is_err() {
+            tracing::debug!(channel, "server publish skipped: stopping or lanes full");
         }
     }
 
@@ -414,7 +447,7 @@ impl IngestCore {
             publish,
             accepted: job.accepted,
         };
-        let delivery = encode::message(
+        let mut delivery = encode::message(
             &job.channel,
             offset,
             job.ts_ms,
@@ -423,6 +456,8 @@ impl IngestCore {
             self.slow(assigned.policy, &job.data),
             stamp,
         );
+        delivery.namespace =
+            u16::try_from(assigned.policy).expect("config validation bounds the namespaces");
         self.history.borrow_mut().record(
             &job.channel,
             offset,
@@ -536,6 +571,7 @@ impl IngestCore {
 
     async fn reply(&self, job: Job, outcome: Result<u64, PublishError>, touched: &mut [bool]) {
         match job.reply {
+            Reply::None => {}
             Reply::Http(done) => {
                 let _ = done.send(outcome);
             }
@@ -722,6 +758,9 @@ impl Ingest {
         for inbox in inboxes {
             tasks.push(glommio::spawn_local(core.clone().run_inbox(inbox)).detach());
         }
+        if core.config.sys_stats_interval_ms > 0 {
+            tasks.push(glommio::spawn_local(sys_stats::run(core.clone())).detach());
+        }
         Ingest { core, tasks }
     }
 
@@ -734,8 +773,11 @@ impl Ingest {
         self.stop().await;
     }
 
-    /// Tells every shard to close its connections, then ends the ingest core's tasks.
+    /// Tells every shard to stop accepting and waits until all have (or the query timeout
+    /// passed), so that no connection gets in after any other was told 1001; then tells them
+    /// to close their connections, and ends the ingest core's tasks.
     async fn stop(self) {
+        self.core.query(QueryKind::StopAccepting).await;
         for shard in &self.core.shards {
             shard.push(ToShard::Shutdown).await;
             shard.wake();

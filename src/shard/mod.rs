@@ -38,13 +38,13 @@ use crate::ingest::metrics::{FanoutLatency, LatencySummary};
 use crate::ingest::Priority;
 use crate::notify::Notify;
 use crate::queue::{
-    AckRow, Answer, Delivery, FanoutReport, QueryKind, Receiver, Sender, ShardId, Since, ToIngest,
-    ToShard,
+    AckRow, Answer, Delivery, FanoutReport, NamespaceStats, QueryKind, Receiver, Sender, ShardId,
+    ShardReport, Since, ToIngest, ToShard,
 };
 use crate::ws::command::{self, ErrorCode, ErrorReply};
 use crate::ws::conn::{self, CloseRequest, ConnHandle, ConnId};
 use crate::ws::frame;
-use crate::ws::outbox::Kind;
+use crate::ws::outbox::{Kind, Shed};
 use registry::Registry;
 
 /// How often a shard checks heartbeats and idle timeouts.
@@ -124,6 +124,8 @@ pub struct ShardCore {
     to_ingest: Sender<ToIngest>,
     next_seq: Cell<u32>,
     stats: Cell<ShardStats>,
+    /// Counters per channel namespace, by index (see `Delivery::namespace`).
+    namespaces: RefCell<Vec<NamespaceStats>>,
     /// Every connection reads into this buffer; only partial frames are copied out.
     pub read_buf: RefCell<Vec<u8>>,
     /// Where a connection's pending frames are coalesced into one write.
@@ -134,6 +136,8 @@ pub struct ShardCore {
     /// Fan-out times not yet reported to the ingest core: at most one batch of the queue.
     fanout_reports: RefCell<Vec<FanoutReport>>,
     ping: Bytes,
+    /// Cleared by the first step of shutdown, before any shard closes a connection.
+    accepting: Cell<bool>,
     stopping: Cell<bool>,
     stopped: Notify,
 }
@@ -145,6 +149,7 @@ impl ShardCore {
         epoch: Arc<str>,
         to_ingest: Sender<ToIngest>,
     ) -> Rc<Self> {
+        let namespaces = config.namespaces.len() + 1;
         Rc::new(ShardCore {
             id,
             config,
@@ -165,12 +170,14 @@ impl ShardCore {
                 shard: id,
                 ..ShardStats::default()
             }),
+            namespaces: RefCell::new(vec![NamespaceStats::default(); namespaces]),
             read_buf: RefCell::new(vec![0; READ_BUF_BYTES]),
             write_buf: RefCell::new(Vec::with_capacity(64 * 1024)),
             matches: RefCell::new(Vec::new()),
             fanout: RefCell::new(FanoutLatency::default()),
             fanout_reports: RefCell::new(Vec::new()),
             ping: frame::ping_frame(),
+            accepting: Cell::new(true),
             stopping: Cell::new(false),
             stopped: Notify::default(),
         })
@@ -219,7 +226,9 @@ impl ShardCore {
 
     /// Whether a new connection may be accepted.
     pub fn has_room(&self) -> bool {
-        !self.stopping.get() && self.conns.borrow().len() < self.config.connections_per_shard_max
+        self.accepting.get()
+            && !self.stopping.get()
+            && self.conns.borrow().len() < self.config.connections_per_shard_max
     }
 
     pub fn count_refused(&self) {
@@ -279,16 +288,28 @@ impl ShardCore {
             config.outbox_bytes_max,
             !batched,
         );
-        match pushed {
-            Err(_) => self.slow_consumer(handle),
-            Ok(()) if batched && !handle.batched.replace(true) => {
-                let mut waiting = self.batched.borrow_mut();
-                if waiting.is_empty() {
-                    self.batched_ready.notify();
-                }
-                waiting.push(handle.id);
+        let shed = match pushed {
+            Err(_) => {
+                self.slow_consumer(handle);
+                self.namespaces.borrow_mut()[usize::from(delivery.namespace)]
+                    .slow_consumer_closes += 1;
+                return (0, 0);
             }
-            Ok(()) => {}
+            Ok(shed) => shed,
+        };
+        if shed != Shed::default() {
+            self.count_dropped(shed.dropped);
+            let mut namespaces = self.namespaces.borrow_mut();
+            let namespace = &mut namespaces[usize::from(delivery.namespace)];
+            namespace.drops += shed.dropped as u64;
+            namespace.conflated += shed.conflated as u64;
+        }
+        if batched && !handle.batched.replace(true) {
+            let mut waiting = self.batched.borrow_mut();
+            if waiting.is_empty() {
+                self.batched_ready.notify();
+            }
+            waiting.push(handle.id);
         }
         (0, 0)
     }
@@ -667,11 +688,12 @@ impl ShardCore {
         id: Option<Value>,
     ) -> Result<Option<Bytes>, ErrorReply> {
         command::check_channel(channel, &id)?;
-        let allowed = self
-            .config
-            .client_publish
-            .iter()
-            .any(|pattern| channel::pattern_matches(pattern, channel));
+        let allowed = !channel::is_system(channel)
+            && self
+                .config
+                .client_publish
+                .iter()
+                .any(|pattern| channel::pattern_matches(pattern, channel));
         if !allowed {
             return Err(ErrorReply::new(
                 id,
@@ -755,6 +777,8 @@ impl ShardCore {
             bytes += sent_bytes;
         }
         self.count_written(frames, bytes);
+        self.namespaces.borrow_mut()[usize::from(delivery.namespace)].deliveries +=
+            matches.len() as u64;
         let elapsed = delivery.stamp.accepted.elapsed();
         self.fanout.borrow_mut().record(elapsed);
         self.fanout_reports.borrow_mut().push(FanoutReport {
@@ -799,8 +823,16 @@ impl ShardCore {
                 // Reports first, so the ingest core's overall figures are as current as ours.
                 self.report_fanout();
                 let answer = match kind {
-                    QueryKind::Stats => Answer::Stats(self.stats(), self.ack_rows()),
+                    QueryKind::Stats => Answer::Stats(ShardReport {
+                        stats: self.stats(),
+                        acks: self.ack_rows(),
+                        namespaces: self.namespaces.borrow().clone(),
+                    }),
                     QueryKind::Channels => Answer::Channels(self.patterns()),
+                    QueryKind::StopAccepting => {
+                        self.accepting.set(false);
+                        Answer::StoppedAccepting
+                    }
                 };
                 self.send_ingest(ToIngest::Answer {
                     query,

@@ -161,7 +161,12 @@ impl<K: Copy + Eq + Hash + Ord> Registry<K> {
             gather.add(keys);
         }
         if !self.wild.is_empty() {
-            self.root.collect(channel, &mut gather);
+            if channel::is_system(channel) {
+                // Wildcards at the root never match the server's own channels.
+                self.root.collect_children(channel, &mut gather);
+            } else {
+                self.root.collect(channel, &mut gather);
+            }
         }
         gather.finish();
     }
@@ -261,6 +266,19 @@ impl<K: Copy + Eq + Hash + Ord> Node<K> {
     /// of the channel after this node's prefix (at least one token).
     fn collect<'r>(&'r self, channel_rest: &str, gather: &mut Gather<'r, '_, K>) {
         gather.add(&self.rest);
+        let tail = self.collect_children(channel_rest, gather);
+        if let Some(star) = &self.star {
+            star.collect_after(tail, gather);
+        }
+    }
+
+    /// The literal-token half of [`Node::collect`]: the child named by the channel's next
+    /// token. Returns the channel after that token.
+    fn collect_children<'r, 'c>(
+        &'r self,
+        channel_rest: &'c str,
+        gather: &mut Gather<'r, '_, K>,
+    ) -> Option<&'c str> {
         let (token, tail) = match channel_rest.split_once('.') {
             Some((token, tail)) => (token, Some(tail)),
             None => (channel_rest, None),
@@ -268,9 +286,7 @@ impl<K: Copy + Eq + Hash + Ord> Node<K> {
         if let Some(child) = self.children.get(token) {
             child.collect_after(tail, gather);
         }
-        if let Some(star) = &self.star {
-            star.collect_after(tail, gather);
-        }
+        tail
     }
 
     /// Continues [`Node::collect`] one token down: the channel ends here or goes on.
@@ -665,9 +681,12 @@ mod tests {
 
     fn random_channel(rng: &mut Rng) -> String {
         let depth = 1 + rng.below(4);
-        let tokens: Vec<&str> = (0..depth)
+        let mut tokens: Vec<&str> = (0..depth)
             .map(|_| TOKENS[rng.below(TOKENS.len())])
             .collect();
+        if rng.below(5) == 0 {
+            tokens[0] = channel::SYSTEM_TOKEN;
+        }
         tokens.join(".")
     }
 
@@ -681,6 +700,9 @@ mod tests {
             .collect();
         if rng.below(6) == 0 {
             *tokens.last_mut().unwrap() = ">";
+        }
+        if rng.below(5) == 0 {
+            tokens[0] = channel::SYSTEM_TOKEN;
         }
         let pattern = tokens.join(".");
         assert_eq!(channel::validate_pattern(&pattern), Ok(()));

@@ -38,7 +38,7 @@ use crate::shard::ShardCore;
 use crate::ws::command::{self, Command, ConnStats, ErrorCode, ErrorReply};
 use crate::ws::frame::{self, ClosePayload, FrameError};
 use crate::ws::message::{Assembler, Event, MessageError};
-use crate::ws::outbox::{Kind, Outbox, Overflow};
+use crate::ws::outbox::{Kind, Outbox, Overflow, Shed};
 
 /// Bytes one write may coalesce from a connection's outbox. Larger frames go out alone, uncopied.
 const WRITE_COALESCE_BYTES_MAX: usize = 64 * 1024;
@@ -178,17 +178,18 @@ impl ConnHandle {
         frames_max: usize,
         bytes_max: usize,
         wake: bool,
-    ) -> Result<(), Overflow> {
+    ) -> Result<Shed, Overflow> {
         if self.is_closing() {
-            return Ok(());
+            return Ok(Shed::default());
         }
-        self.outbox
+        let shed = self
+            .outbox
             .borrow_mut()
             .push_message(frame, kind, frames_max, bytes_max)?;
         if wake {
             self.wake();
         }
-        Ok(())
+        Ok(shed)
     }
 
     /// Queues recovered history past the outbox limits: the ingest core bounded it to

@@ -28,6 +28,15 @@ use crate::ws::command;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow;
 
+/// What a policy took out of the outbox to queue a message, for the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shed {
+    /// Messages dropped for `drop_oldest` (the newcomer included when it went too).
+    pub dropped: usize,
+    /// Messages replaced by a newer one of the same key.
+    pub conflated: usize,
+}
+
 /// What a queued frame is, for the policies above.
 #[derive(Debug, Clone)]
 pub enum Kind {
@@ -99,7 +108,7 @@ impl Outbox {
         kind: Kind,
         frames_max: usize,
         bytes_max: usize,
-    ) -> Result<(), Overflow> {
+    ) -> Result<Shed, Overflow> {
         let Kind::Message {
             channel,
             offset,
@@ -107,7 +116,9 @@ impl Outbox {
             slow,
         } = &kind
         else {
-            return self.push(frame, kind, frames_max, bytes_max);
+            return self
+                .push(frame, kind, frames_max, bytes_max)
+                .map(|()| Shed::default());
         };
         if *critical {
             if !self.has_room(frame.len(), frames_max, bytes_max) {
@@ -116,18 +127,21 @@ impl Outbox {
             let at = self.critical_slot(channel);
             self.bytes += frame.len();
             self.entries.insert(at, Entry { frame, kind });
-            return Ok(());
+            return Ok(Shed::default());
         }
+        let mut shed = Shed::default();
         if let Slow::Conflate(Some(key)) = slow {
-            self.conflate(channel, *key);
+            shed.conflated = usize::from(self.conflate(channel, *key));
         }
         if self.has_room(frame.len(), frames_max, bytes_max) {
-            return self.push(frame, kind, frames_max, bytes_max);
+            return self.push(frame, kind, frames_max, bytes_max).map(|()| shed);
         }
         match slow {
             Slow::DropOldest => {
                 let (channel, offset) = (channel.clone(), *offset);
-                self.drop_oldest(frame, kind, &channel, offset, frames_max, bytes_max)
+                shed.dropped =
+                    self.drop_oldest(frame, kind, &channel, offset, frames_max, bytes_max)?;
+                Ok(shed)
             }
             Slow::Disconnect | Slow::Conflate(_) => Err(Overflow),
         }
@@ -153,8 +167,9 @@ impl Outbox {
             .map_or(first_movable, |(at, _)| at + 1)
     }
 
-    /// Removes the unstarted, non-critical message of `channel` whose conflation key is `key`.
-    fn conflate(&mut self, channel: &[u8], key: u64) {
+    /// Removes the unstarted, non-critical message of `channel` whose conflation key is `key`;
+    /// returns whether there was one.
+    fn conflate(&mut self, channel: &[u8], key: u64) -> bool {
         let first_movable = usize::from(self.front_written > 0);
         let found = self.entries.iter().skip(first_movable).position(|entry| {
             matches!(&entry.kind, Kind::Message {
@@ -164,19 +179,22 @@ impl Outbox {
                 ..
             } if *queued_key == key && queued[..] == *channel)
         });
-        if let Some(at) = found {
-            let entry = self
-                .entries
-                .remove(first_movable + at)
-                .expect("found above");
-            self.bytes -= entry.frame.len();
-        }
+        let Some(at) = found else {
+            return false;
+        };
+        let entry = self
+            .entries
+            .remove(first_movable + at)
+            .expect("found above");
+        self.bytes -= entry.frame.len();
+        true
     }
 
     /// `drop_oldest` on overflow: the channel's queued messages since its last critical one
     /// (or open gap notice) make way, and one `gap` notice names what was dropped: grown in
     /// place if one is open, else queued at the back. Then `frame` is queued, or it too is
-    /// dropped into the notice when the rest of the outbox leaves no room.
+    /// dropped into the notice when the rest of the outbox leaves no room. Returns the
+    /// messages dropped, `frame` included if it was.
     fn drop_oldest(
         &mut self,
         frame: Bytes,
@@ -185,7 +203,7 @@ impl Outbox {
         offset: u64,
         frames_max: usize,
         bytes_max: usize,
-    ) -> Result<(), Overflow> {
+    ) -> Result<usize, Overflow> {
         let first_movable = usize::from(self.front_written > 0);
         // Messages of the channel at or before the last entry that must stay keep their place.
         let keep_until = self
@@ -209,6 +227,7 @@ impl Outbox {
             })
             .map_or(0, |(at, _)| at + 1);
         let mut dropped: Option<(u64, u64)> = None;
+        let mut dropped_count = 0;
         let mut at = keep_until;
         while at < self.entries.len() {
             let is_ours = matches!(&self.entries[at].kind,
@@ -221,6 +240,7 @@ impl Outbox {
             self.bytes -= entry.frame.len();
             if let Kind::Message { offset, .. } = entry.kind {
                 dropped = Some(dropped.map_or((offset, offset), |(from, _)| (from, offset)));
+                dropped_count += 1;
             }
         }
         let open_gap = keep_until.checked_sub(1).filter(|&at| {
@@ -237,14 +257,15 @@ impl Outbox {
                 let to = if fits(self, 0, 0) { offset - 1 } else { offset };
                 self.grow_gap(at, to);
                 if to == offset {
-                    return Ok(());
+                    return Ok(dropped_count + 1);
                 }
             }
             (None, Some((from, to))) => {
                 let notice = command::gap_frame(channel_str(channel), from, to);
                 if !fits(self, 1, notice.len()) {
                     let notice = command::gap_frame(channel_str(channel), from, offset);
-                    return self.push_gap(notice, channel, from, offset, frames_max, bytes_max);
+                    self.push_gap(notice, channel, from, offset, frames_max, bytes_max)?;
+                    return Ok(dropped_count + 1);
                 }
                 self.push_gap(notice, channel, from, to, frames_max, bytes_max)?;
             }
@@ -252,10 +273,12 @@ impl Outbox {
                 // Nothing of this channel to drop: the outbox is full of other channels'
                 // frames, so this message is dropped and a notice takes its place.
                 let notice = command::gap_frame(channel_str(channel), offset, offset);
-                return self.push_gap(notice, channel, offset, offset, frames_max, bytes_max);
+                self.push_gap(notice, channel, offset, offset, frames_max, bytes_max)?;
+                return Ok(1);
             }
         }
-        self.push(frame, kind, frames_max, bytes_max)
+        self.push(frame, kind, frames_max, bytes_max)?;
+        Ok(dropped_count)
     }
 
     fn push_gap(
@@ -477,8 +500,19 @@ mod tests {
             outbox.push_message(frame, kind, 100, 10_000).unwrap();
         }
         let (frame, kind) = message("px", 6, false, Slow::Conflate(None));
-        outbox.push_message(frame, kind, 100, 10_000).unwrap();
-        assert_eq!(queued(&outbox), "px:3;px:4;px:5;px:6;");
+        assert_eq!(
+            outbox.push_message(frame, kind, 100, 10_000),
+            Ok(Shed::default())
+        );
+        let (frame, kind) = message("px", 7, false, keyed(30));
+        assert_eq!(
+            outbox.push_message(frame, kind, 100, 10_000),
+            Ok(Shed {
+                dropped: 0,
+                conflated: 1
+            })
+        );
+        assert_eq!(queued(&outbox), "px:3;px:5;px:6;px:7;");
         assert_eq!(outbox.bytes_len(), frame_bytes(&outbox));
     }
 
@@ -495,13 +529,25 @@ mod tests {
         push(&mut outbox, "other", 1).unwrap();
         push(&mut outbox, "q", 2).unwrap();
         push(&mut outbox, "q", 3).unwrap();
-        push(&mut outbox, "q", 4).unwrap();
+        assert_eq!(
+            push(&mut outbox, "q", 4),
+            Ok(Shed {
+                dropped: 2,
+                conflated: 0
+            })
+        );
         assert_eq!(
             queued(&outbox),
             ":1;other:1;gap(q,2,3);q:4;",
             "the started frame stays; 2 and 3 make way"
         );
-        push(&mut outbox, "q", 5).unwrap();
+        assert_eq!(
+            push(&mut outbox, "q", 5),
+            Ok(Shed {
+                dropped: 1,
+                conflated: 0
+            })
+        );
         assert_eq!(
             queued(&outbox),
             ":1;other:1;gap(q,2,4);q:5;",
@@ -518,7 +564,14 @@ mod tests {
         let (frame, kind) = message("q", 7, false, Slow::DropOldest);
         outbox.push_message(frame, kind, 2, 10_000).unwrap();
         let (frame, kind) = message("q", 8, false, Slow::DropOldest);
-        assert_eq!(outbox.push_message(frame, kind, 2, 10_000), Ok(()));
+        assert_eq!(
+            outbox.push_message(frame, kind, 2, 10_000),
+            Ok(Shed {
+                dropped: 2,
+                conflated: 0
+            }),
+            "7 made way, then 8 itself: the notice needs the room"
+        );
         assert_eq!(queued(&outbox), "other:1;gap(q,7,8);");
         let (frame, kind) = message("z", 1, false, Slow::DropOldest);
         assert_eq!(
