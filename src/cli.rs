@@ -1,4 +1,5 @@
-//! The command line: `corecast serve`, `corecast bench` and `corecast tune`, parsed with clap.
+//! The command line: `corecast serve`, `corecast bench`, `corecast tune`, `corecast subscribe`
+//! and `corecast publish`, parsed with clap.
 //!
 //! `serve` takes every [`Config`] field as a flag and an optional TOML file; a flag given on the
 //! command line wins over the file, and the file wins over the defaults. This module only turns
@@ -33,6 +34,11 @@ enum Command {
         #[command(subcommand)]
         command: crate::tune::TuneCommand,
     },
+    /// Subscribe with the Rust client and print every event as a JSON line (reconnects and
+    /// resumes on its own).
+    Subscribe(Box<crate::client::cli::SubscribeArgs>),
+    /// Publish one event through the control-plane API and print the reply.
+    Publish(Box<crate::client::cli::PublishArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,6 +63,8 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Bench(args) => crate::bench::main(*args),
         Command::Tune { command } => crate::tune::main(command),
+        Command::Subscribe(args) => crate::client::cli::subscribe_main(*args),
+        Command::Publish(args) => crate::client::cli::publish_main(*args),
         Command::Serve(args) => {
             let serve_matches = matches
                 .subcommand_matches("serve")

@@ -16,6 +16,8 @@
 //! - [`notify`]: the wake-up between tasks of one core (the cross-core one is [`queue`]).
 //! - [`channel`]: channel names and wildcard patterns, shared by every stage.
 //! - [`config`], [`cli`], [`runtime`]: settings, the command line, the core plan and start-up.
+//! - [`client`]: the Rust client library (reconnect, recovery with `since`, ping), and the
+//!   client codec it shares with the bench.
 //! - [`bench`]: the load generator behind `corecast bench`.
 //! - [`tune`]: `corecast tune check`, the host audit against `tuning/`'s recommendations.
 //!
@@ -56,6 +58,7 @@
 pub mod bench;
 pub mod channel;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod ingest;
 pub mod net;

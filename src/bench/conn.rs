@@ -15,12 +15,16 @@ use std::net::SocketAddr;
 use mio::net::TcpStream;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-use super::buffer::{FrameError, ReadBuffer};
 use super::recorder::{ConnOrder, Recorder};
 use super::wire::{
     self, Scanner, UpgradeError, CLOSE_NORMAL_PAYLOAD, CONTROL_FRAME_BYTES_MAX,
     CONTROL_PAYLOAD_BYTES_MAX, OPCODE_CLOSE, OPCODE_PONG,
 };
+use crate::client::buffer::{FrameError, ReadBuffer};
+
+/// Largest server frame the bench accepts, in bytes; a larger one fails the connection. The
+/// bench's deliveries are under 1 KiB, so this only stops a runaway server.
+const FRAME_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 /// What every connection of a run reads and never changes.
 pub struct Shared {
@@ -62,7 +66,7 @@ impl std::fmt::Display for ConnError {
             Self::UpgradeTooLong => write!(
                 f,
                 "upgrade response head is over {} bytes",
-                super::buffer::READ_BUFFER_BYTES
+                crate::client::buffer::READ_BUFFER_BYTES
             ),
             Self::Frame(error) => write!(f, "{error}"),
             Self::NoGreeting => f.write_str(r#"first text frame is not {"type":"connected"}"#),
@@ -200,7 +204,7 @@ impl Session {
                 None => return Ok(Input::Continue),
             }
         }
-        while let Some(frame) = self.buffer.next_frame()? {
+        while let Some(frame) = self.buffer.next_frame(FRAME_BYTES_MAX)? {
             let payload = self.buffer.payload(&frame);
             match frame.opcode {
                 OpCode::Data(Data::Text) => match self.phase {
@@ -562,7 +566,7 @@ mod tests {
             Err(ConnError::NoGreeting)
         ));
         let mut session = upgrading();
-        let endless = vec![b'x'; crate::bench::buffer::READ_BUFFER_BYTES];
+        let endless = vec![b'x'; crate::client::buffer::READ_BUFFER_BYTES];
         assert!(matches!(
             feed(&mut session, &recorder, &endless, 0),
             Err(ConnError::UpgradeTooLong)

@@ -30,8 +30,8 @@
 //! - `spawn`: the server processes `--compare` starts (corecast, the peers): CPUs, readiness,
 //!   output, stop.
 //! - `floor`: the floor servers, their thread and their side of the wire.
-//! - `wire`: URL parsing, the upgrade exchange, masked frames, the delivery field scan.
-//! - `buffer`: a connection's reused read buffer and the frame splitter over it.
+//! - `wire`: the bench's upgrade requests and the delivery field scan, over the client codec
+//!   ([`crate::client::wire`], [`crate::client::buffer`]) it shares with `corecast::client`.
 //! - `conn`: one subscriber connection: its socket and its protocol state machine.
 //! - `receiver`: the event loop that owns every connection, and their admission.
 //! - `recorder`: latency histogram, per-event counts and times, loss/duplicate/order counters,
@@ -43,7 +43,6 @@
 //! - `report`: the result record and its table and JSON renderings.
 //! - `plot`: the SVG plot of the latency distributions, one curve per target.
 
-mod buffer;
 mod compare;
 mod conn;
 mod floor;
@@ -475,10 +474,12 @@ fn run(args: &BenchArgs) -> Result<Finished, String> {
         check_cpu("cpu", cpu)?;
     }
     let via = match &args.publish_ws {
-        Some(url) => Via::WebSocket(wire::parse_ws_url(url)?),
+        Some(url) => {
+            Via::WebSocket(wire::parse_ws_url(url).map_err(|err| format!("--publish-ws {err}"))?)
+        }
         None => Via::Http(wire::publish_url(&args.api)?),
     };
-    let endpoint = wire::parse_ws_url(&args.ws)?;
+    let endpoint = wire::parse_ws_url(&args.ws).map_err(|err| format!("--ws {err}"))?;
     prepare_host(args.subscribers, false)?;
     let server = Server {
         name: args.ws.clone(),

@@ -1,10 +1,11 @@
-//! A connection's read buffer and the frame splitter over it.
+//! A client connection's read buffer and the server-frame splitter over it.
 //!
-//! Owns the bytes a subscriber has read but not yet consumed. It never touches the socket: the
-//! connection reads into `spare()` and then takes whole frames out with `next_frame()`, which
-//! says "need more" on partial input. The buffer is allocated once per connection and
-//! reused for every read; it grows only when one frame is larger than it, up to
-//! `FRAME_BYTES_MAX`, so steady-state receiving allocates nothing.
+//! Owns the bytes a client (the [`Client`](super::Client) or a bench subscriber) has read but
+//! not yet consumed. It never touches the socket: the connection reads into `spare()` and then
+//! takes whole frames out with `next_frame()`, which says "need more" on partial input. The
+//! buffer is allocated once per connection and reused for every read; it grows only when one
+//! frame is larger than it, up to the caller's frame maximum, so steady-state receiving
+//! allocates nothing.
 
 use std::io::Cursor;
 use std::ops::Range;
@@ -13,12 +14,9 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
 /// Initial size of each connection's read buffer, in bytes. It holds the upgrade response and
-/// a burst of small deliveries; larger means fewer reads when the bench falls behind, smaller
-/// means less memory across 10,000 connections (4 KiB each is 40 MiB).
+/// a burst of small deliveries; larger means fewer reads when the reader falls behind, smaller
+/// means less memory across the bench's 10,000 connections (4 KiB each is 40 MiB).
 pub const READ_BUFFER_BYTES: usize = 4_096;
-
-/// Largest server frame the bench accepts, in bytes; a larger one fails the connection.
-pub const FRAME_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
 /// A frame header and where its payload sits in the buffer.
 #[derive(Debug)]
@@ -27,20 +25,21 @@ pub struct Frame {
     pub payload: Range<usize>,
 }
 
-/// Why the server's bytes are not frames the bench can take. Every variant ends the
-/// connection: the caller records it and stops reading.
+/// Why the server's bytes are not frames a client can take. Every variant ends the
+/// connection: the caller records it and stops reading (the [`Client`](super::Client) then
+/// reconnects).
 #[derive(Debug, PartialEq, Eq)]
 pub enum FrameError {
     /// The header is not RFC 6455 (a reserved opcode). Carries the parser's message.
     Malformed(String),
     /// A server frame carried a mask, which RFC 6455 forbids.
     Masked,
-    /// A reserved bit was set: the bench negotiates no extension.
+    /// A reserved bit was set: no client here negotiates an extension.
     ReservedBits,
     /// A message came in fragments; the contract says server frames have FIN set.
     Fragmented,
-    /// A frame longer than `FRAME_BYTES_MAX`; carries its length in bytes.
-    TooLong(u64),
+    /// A frame longer than the caller's maximum; carries its length and that maximum in bytes.
+    TooLong { length_bytes: u64, max_bytes: u64 },
 }
 
 impl std::fmt::Display for FrameError {
@@ -50,12 +49,13 @@ impl std::fmt::Display for FrameError {
             Self::Masked => f.write_str("server frame is masked"),
             Self::ReservedBits => f.write_str("server frame sets reserved bits"),
             Self::Fragmented => f.write_str("server sent a fragmented message"),
-            Self::TooLong(length) => {
-                write!(
-                    f,
-                    "server frame of {length} bytes is over {FRAME_BYTES_MAX}"
-                )
-            }
+            Self::TooLong {
+                length_bytes,
+                max_bytes,
+            } => write!(
+                f,
+                "server frame of {length_bytes} bytes is over the maximum of {max_bytes}"
+            ),
         }
     }
 }
@@ -116,8 +116,9 @@ impl ReadBuffer {
         &self.bytes[frame.payload.clone()]
     }
 
-    /// Takes the next whole frame, `Ok(None)` when more bytes are needed.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+    /// Takes the next whole frame, `Ok(None)` when more bytes are needed. A frame whose
+    /// payload is over `frame_bytes_max` is refused before the buffer grows for it.
+    pub fn next_frame(&mut self, frame_bytes_max: u64) -> Result<Option<Frame>, FrameError> {
         let mut cursor = Cursor::new(&self.bytes[self.head..self.tail]);
         let parsed = FrameHeader::parse(&mut cursor)
             .map_err(|error| FrameError::Malformed(error.to_string()))?;
@@ -133,13 +134,16 @@ impl ReadBuffer {
         if !header.is_final || header.opcode == OpCode::Data(Data::Continue) {
             return Err(FrameError::Fragmented);
         }
-        if length > FRAME_BYTES_MAX {
-            return Err(FrameError::TooLong(length));
+        if length > frame_bytes_max {
+            return Err(FrameError::TooLong {
+                length_bytes: length,
+                max_bytes: frame_bytes_max,
+            });
         }
         let header_bytes =
             usize::try_from(cursor.position()).expect("a header is 14 bytes at most");
         let frame_bytes =
-            header_bytes + usize::try_from(length).expect("bounded by FRAME_BYTES_MAX");
+            header_bytes + usize::try_from(length).expect("bounded by frame_bytes_max");
         if self.tail - self.head < frame_bytes {
             if self.bytes.len() < frame_bytes {
                 self.bytes.resize(frame_bytes, 0);
@@ -160,6 +164,9 @@ mod tests {
     use super::*;
     use tungstenite::protocol::frame::coding::Control;
 
+    /// The frame maximum of these tests, in bytes.
+    const FRAME_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
     fn feed(buffer: &mut ReadBuffer, bytes: &[u8]) {
         buffer.spare()[..bytes.len()].copy_from_slice(bytes);
         buffer.commit(bytes.len());
@@ -172,12 +179,12 @@ mod tests {
             &mut buffer,
             &[0x81, 0x03, b'a', b'b', b'c', 0x89, 0x02, b'p'],
         );
-        let text = buffer.next_frame().unwrap().unwrap();
+        let text = buffer.next_frame(FRAME_BYTES_MAX).unwrap().unwrap();
         assert_eq!(text.opcode, OpCode::Data(Data::Text));
         assert_eq!(buffer.payload(&text), b"abc");
-        assert!(buffer.next_frame().unwrap().is_none());
+        assert!(buffer.next_frame(FRAME_BYTES_MAX).unwrap().is_none());
         feed(&mut buffer, b"q");
-        let ping = buffer.next_frame().unwrap().unwrap();
+        let ping = buffer.next_frame(FRAME_BYTES_MAX).unwrap().unwrap();
         assert_eq!(ping.opcode, OpCode::Control(Control::Ping));
         assert_eq!(buffer.payload(&ping), b"pq");
         assert!(buffer.unread().is_empty());
@@ -193,7 +200,7 @@ mod tests {
         let mut sent = 0;
         let mut reads = 0;
         let taken = loop {
-            if let Some(taken) = buffer.next_frame().unwrap() {
+            if let Some(taken) = buffer.next_frame(FRAME_BYTES_MAX).unwrap() {
                 break taken;
             }
             let room = buffer.spare().len().min(frame.len() - sent);
@@ -214,16 +221,22 @@ mod tests {
             (&[0x01, 0x00], FrameError::Fragmented),
             (
                 &[0x82, 127, 0, 0, 0, 0, 0x01, 0, 0, 1],
-                FrameError::TooLong(FRAME_BYTES_MAX + 1),
+                FrameError::TooLong {
+                    length_bytes: FRAME_BYTES_MAX + 1,
+                    max_bytes: FRAME_BYTES_MAX,
+                },
             ),
         ];
         for (bytes, expected) in cases {
             let mut buffer = ReadBuffer::default();
             feed(&mut buffer, bytes);
-            assert_eq!(buffer.next_frame().unwrap_err(), expected);
+            assert_eq!(buffer.next_frame(FRAME_BYTES_MAX).unwrap_err(), expected);
         }
         let mut buffer = ReadBuffer::default();
         feed(&mut buffer, &[0x83, 0x00]);
-        assert!(matches!(buffer.next_frame(), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            buffer.next_frame(FRAME_BYTES_MAX),
+            Err(FrameError::Malformed(_))
+        ));
     }
 }

@@ -1,0 +1,411 @@
+//! `corecast subscribe` and `corecast publish`: the client library and the publish API from a
+//! shell.
+//!
+//! Owns the two commands' arguments, their validation (each error names its argument), and the
+//! JSON lines they print. `subscribe` prints one line per event on stdout: deliveries exactly
+//! as the server's `message` frame, and `connected`, `subscribed`, `gap`, `error` and
+//! `disconnected` notices in the same `{"type":..}` shape. It holds no protocol logic: the
+//! connection is a [`Client`], the publish is one `POST /v1/publish`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::wire::publish_url;
+use super::{Client, ClientConfig, Event, Since};
+use crate::channel::{is_pattern, validate_channel, validate_pattern};
+
+/// How long `subscribe` waits on the event channel between looks at stdout; any value works,
+/// this only bounds how late a closed stdout is noticed.
+const EVENT_WAIT_MS: u64 = 1_000;
+
+/// Longest a `publish` waits for the server's reply, in ms.
+const PUBLISH_TIMEOUT_MS: u64 = 10_000;
+
+/// Exit status for arguments that are refused before anything is sent.
+const EXIT_USAGE: u8 = 2;
+
+/// `corecast subscribe`: print every event of the subscriptions as JSON lines.
+#[derive(Debug, clap::Args)]
+pub struct SubscribeArgs {
+    /// Channels or patterns (`*` one token, `>` one or more trailing tokens).
+    #[arg(required = true, value_name = "PATTERN")]
+    patterns: Vec<String>,
+    /// The server's WebSocket endpoint.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// Exit 0 after this many messages (default: run until interrupted).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Resume after a position of this epoch (with --since-seq or --since-offset).
+    #[arg(long, value_name = "E", requires = "position")]
+    since_epoch: Option<String>,
+    /// Resume after this node-wide seq (any pattern).
+    #[arg(long, value_name = "S", requires = "since_epoch", group = "position")]
+    since_seq: Option<u64>,
+    /// Resume after this offset (exact channels only).
+    #[arg(long, value_name = "N", requires = "since_epoch", group = "position")]
+    since_offset: Option<u64>,
+    /// Interval of the app-level ping, ms.
+    #[arg(long, default_value_t = 10_000)]
+    ping_interval_ms: u64,
+}
+
+/// `corecast publish`: publish one event through the control-plane API.
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// The channel (no wildcards).
+    channel: String,
+    /// The event, any JSON value (quote it for the shell: '{"n":1}').
+    json: String,
+    /// The server's control-plane API.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    api: String,
+    /// Delivery priority (the server's default is normal).
+    #[arg(long, value_enum)]
+    priority: Option<Priority>,
+}
+
+/// `--priority`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Priority {
+    Critical,
+    High,
+    Normal,
+}
+
+impl Priority {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Critical => "critical",
+            Self::High => "high",
+            Self::Normal => "normal",
+        }
+    }
+}
+
+impl SubscribeArgs {
+    /// The `since` every pattern starts from, checked against the patterns.
+    fn since(&self) -> Result<Option<Since>, String> {
+        let Some(epoch) = &self.since_epoch else {
+            return Ok(None);
+        };
+        match (self.since_seq, self.since_offset) {
+            (Some(seq), None) => Ok(Some(Since::Seq {
+                epoch: epoch.clone(),
+                seq,
+            })),
+            (None, Some(offset)) => {
+                if let Some(pattern) = self.patterns.iter().find(|p| is_pattern(p)) {
+                    return Err(format!(
+                        "--since-offset applies to exact channels only; {pattern:?} is a \
+                         pattern (use --since-seq)"
+                    ));
+                }
+                Ok(Some(Since::Offset {
+                    epoch: epoch.clone(),
+                    offset,
+                }))
+            }
+            _ => Err("--since-epoch needs exactly one of --since-seq or --since-offset".into()),
+        }
+    }
+}
+
+/// Runs `corecast subscribe`.
+pub fn subscribe_main(args: SubscribeArgs) -> ExitCode {
+    for pattern in &args.patterns {
+        if let Err(err) = validate_pattern(pattern) {
+            eprintln!("corecast subscribe: PATTERN {pattern:?}: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    let since = match args.since() {
+        Ok(since) => since,
+        Err(err) => {
+            eprintln!("corecast subscribe: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut config = ClientConfig::new(&args.url);
+    config.ping_interval_ms = args.ping_interval_ms;
+    if let Err(err) = config.validate() {
+        eprintln!("corecast subscribe: --url/--ping-interval-ms: {err}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let client = match Client::connect(config) {
+        Ok(client) => client,
+        Err(err) => {
+            eprintln!("corecast subscribe: {}: {err}", args.url);
+            return ExitCode::FAILURE;
+        }
+    };
+    for pattern in &args.patterns {
+        let subscribed = match &since {
+            Some(since) => client.subscribe_since(pattern, since.clone()),
+            None => client.subscribe(pattern),
+        };
+        if let Err(err) = subscribed {
+            eprintln!("corecast subscribe: {err}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let mut messages = 0;
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        if args.count.is_some_and(|count| messages >= count) {
+            return ExitCode::SUCCESS;
+        }
+        let Some(event) = client.next_event(Duration::from_millis(EVENT_WAIT_MS)) else {
+            continue;
+        };
+        if matches!(event, Event::Message(_)) {
+            messages += 1;
+        }
+        let line = event_line(&event);
+        if writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            // Whoever read our output has gone (a closed pipe): nothing left to do.
+            return ExitCode::SUCCESS;
+        }
+    }
+}
+
+/// One event as a JSON line: a delivery exactly as the server's frame (with `data` byte for
+/// byte), every other event as a `{"type":..}` object of its fields.
+pub fn event_line(event: &Event) -> String {
+    match event {
+        Event::Message(message) => {
+            let seq = message
+                .seq
+                .map(|seq| format!(r#","seq":{seq}"#))
+                .unwrap_or_default();
+            format!(
+                r#"{{"type":"message","channel":{},"offset":{}{seq},"ts_ms":{},"data":{}}}"#,
+                Value::from(message.channel.as_str()),
+                message.offset,
+                message.ts_ms,
+                message.data.get()
+            )
+        }
+        Event::Connected {
+            conn_id,
+            epoch,
+            reconnects,
+        } => notice(
+            "connected",
+            json!({"conn_id": conn_id, "epoch": epoch, "reconnects": reconnects}),
+        ),
+        Event::Subscribed {
+            pattern,
+            epoch,
+            seq,
+            recovered,
+            reason,
+        } => notice(
+            "subscribed",
+            json!({"channel": pattern, "epoch": epoch, "seq": seq, "recovered": recovered,
+                   "reason": reason}),
+        ),
+        Event::Unsubscribed { pattern } => notice("unsubscribed", json!({"channel": pattern})),
+        Event::Gap { channel, from, to } => {
+            notice("gap", json!({"channel": channel, "from": from, "to": to}))
+        }
+        Event::Published {
+            id,
+            channel,
+            offset,
+        } => notice(
+            "published",
+            json!({"id": id, "channel": channel, "offset": offset}),
+        ),
+        Event::Acked {
+            id,
+            channel,
+            offset,
+        } => notice(
+            "acked",
+            json!({"id": id, "channel": channel, "offset": offset}),
+        ),
+        Event::Error { id, code, message } => {
+            notice("error", json!({"id": id, "code": code, "message": message}))
+        }
+        Event::Disconnected { reason, retry_in } => notice(
+            "disconnected",
+            json!({"reason": reason,
+                   "retry_in_ms": u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX)}),
+        ),
+    }
+}
+
+/// `{"type":kind,...}` with `fields` after `type` (as in the server's frames) and without its
+/// `null` ones: absent stays absent, as on the wire.
+fn notice(kind: &str, fields: Value) -> String {
+    let mut line = format!(r#"{{"type":{}"#, Value::from(kind));
+    if let Value::Object(fields) = fields {
+        for (key, value) in fields.iter().filter(|(_, value)| !value.is_null()) {
+            line.push_str(&format!(",{}:{value}", Value::from(key.as_str())));
+        }
+    }
+    line.push('}');
+    line
+}
+
+/// Runs `corecast publish`.
+pub fn publish_main(args: PublishArgs) -> ExitCode {
+    if let Err(err) = validate_channel(&args.channel) {
+        eprintln!("corecast publish: CHANNEL {:?}: {err}", args.channel);
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let data: Box<RawValue> = match serde_json::from_str(&args.json) {
+        Ok(data) => data,
+        Err(err) => {
+            eprintln!(
+                "corecast publish: JSON {:?} is not valid JSON: {err}",
+                args.json
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let url = match publish_url(&args.api) {
+        Ok(url) => url,
+        Err(err) => {
+            eprintln!("corecast publish: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let priority = args
+        .priority
+        .map(|priority| format!(r#","priority":"{}""#, priority.name()))
+        .unwrap_or_default();
+    let body = format!(
+        r#"{{"channel":{},"data":{}{priority}}}"#,
+        Value::from(args.channel.as_str()),
+        data.get()
+    );
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_millis(PUBLISH_TIMEOUT_MS)))
+        .build()
+        .new_agent();
+    let reply = agent
+        .post(&url)
+        .header("content-type", "application/json")
+        .send(body.as_str());
+    let mut response = match reply {
+        Ok(response) => response,
+        Err(err) => {
+            eprintln!("corecast publish: POST {url}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = response.status().as_u16();
+    let text = match response.body_mut().read_to_string() {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("corecast publish: POST {url}: reading the reply: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if status == 200 {
+        println!("{}", text.trim_end());
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("corecast publish: POST {url}: {status} {}", text.trim_end());
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Message;
+
+    #[test]
+    fn a_message_line_is_the_servers_frame() {
+        let frame = r#"{"type":"message","channel":"a.b","offset":7,"seq":12,"ts_ms":5,"data":{"z":1,"a":2}}"#;
+        let Ok(crate::client::event::Frame::Event(event)) =
+            crate::client::event::parse_frame(frame.as_bytes())
+        else {
+            panic!("a message")
+        };
+        assert_eq!(event_line(&event), frame);
+        let without_seq = Event::Message(Message {
+            channel: "c".into(),
+            offset: 1,
+            seq: None,
+            ts_ms: 2,
+            data: RawValue::from_string("[1]".into()).unwrap(),
+        });
+        assert_eq!(
+            event_line(&without_seq),
+            r#"{"type":"message","channel":"c","offset":1,"ts_ms":2,"data":[1]}"#
+        );
+    }
+
+    #[test]
+    fn notices_leave_absent_fields_out() {
+        let subscribed = Event::Subscribed {
+            pattern: "a.*".into(),
+            epoch: Some("e".into()),
+            seq: Some(3),
+            recovered: Some(false),
+            reason: Some("epoch_changed".into()),
+        };
+        let line = event_line(&subscribed);
+        assert!(line.starts_with(r#"{"type":"subscribed","#), "{line}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&line).unwrap(),
+            json!({"type": "subscribed", "channel": "a.*", "epoch": "e", "seq": 3,
+                   "recovered": false, "reason": "epoch_changed"})
+        );
+        let plain = Event::Subscribed {
+            pattern: "a.*".into(),
+            epoch: None,
+            seq: None,
+            recovered: None,
+            reason: None,
+        };
+        assert_eq!(
+            event_line(&plain),
+            r#"{"type":"subscribed","channel":"a.*"}"#
+        );
+    }
+
+    #[test]
+    fn since_arguments_are_checked_against_the_patterns() {
+        let args = |patterns: &[&str], seq, offset| SubscribeArgs {
+            patterns: patterns.iter().map(|p| p.to_string()).collect(),
+            url: "ws://127.0.0.1:1/ws".into(),
+            count: None,
+            since_epoch: Some("e".into()),
+            since_seq: seq,
+            since_offset: offset,
+            ping_interval_ms: 10_000,
+        };
+        assert_eq!(
+            args(&["a.*"], Some(4), None).since(),
+            Ok(Some(Since::Seq {
+                epoch: "e".into(),
+                seq: 4
+            }))
+        );
+        assert_eq!(
+            args(&["a.b"], None, Some(2)).since(),
+            Ok(Some(Since::Offset {
+                epoch: "e".into(),
+                offset: 2
+            }))
+        );
+        assert_eq!(
+            args(&["a.b", "a.*"], None, Some(2)).since().unwrap_err(),
+            r#"--since-offset applies to exact channels only; "a.*" is a pattern (use --since-seq)"#
+        );
+        assert!(args(&["a.b"], None, None).since().is_err());
+    }
+}
