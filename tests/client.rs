@@ -3,7 +3,7 @@
 //! so that every offset published during the cut arrives exactly once; it measures the
 //! app-level ping, answers the server's pings and replaces a connection whose pongs stop; and
 //! `corecast publish` and `corecast subscribe --count` round-trip through the binary. Against a
-//! scripted server it pins the exact `since` of every resubscribe (spec/delivery.md,
+//! scripted server it pins the exact `since` of every resubscribe (README, "Delivery guarantees",
 //! "Clients"). Every wait is bounded and every test runs under the watchdog.
 
 mod common;
@@ -250,7 +250,7 @@ async fn publish_through_a_cut(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_offset_published_during_a_cut_arrives_exactly_once() {
-    // Needs the server's `since` (spec/delivery.md): an exact channel resumes by offset, a
+    // Needs the server's `since` (README, "Delivery guarantees"): an exact channel resumes by offset, a
     // pattern by seq.
     const CHANNELS: &[&str] = &["rec.exact", "rec2.x"];
     const COUNT: u64 = 40;
@@ -502,7 +502,7 @@ async fn publish_and_subscribe_round_trip_through_the_cli() {
             assert_recent_ms(&message["ts_ms"], "ts_ms");
             let object = message.as_object_mut().unwrap();
             object.remove("ts_ms");
-            // `seq` comes from a server with positions (spec/delivery.md); its value is the
+            // `seq` comes from a server with positions (README, "Delivery guarantees"); its value is the
             // server's, only its presence as an integer is the CLI's business.
             if let Some(seq) = object.remove("seq") {
                 assert!(seq.is_u64(), "{seq}");

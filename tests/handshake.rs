@@ -264,3 +264,47 @@ async fn upgrade_past_connections_per_shard_max_is_503_until_one_leaves() {
     })
     .await
 }
+
+/// The browser client is served on this port by plain GET (no upgrade), byte for byte what the
+/// binary embeds, then the connection closes; an upgrade to another path is still 404.
+#[tokio::test]
+async fn get_client_js_and_types_are_served_and_other_paths_keep_their_answers() {
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        for (path, content_type, file) in [
+            (
+                "/client.js",
+                "text/javascript; charset=utf-8",
+                &include_bytes!("../src/client/web/client.js")[..],
+            ),
+            (
+                "/client.d.ts",
+                "application/typescript; charset=utf-8",
+                &include_bytes!("../src/client/web/client.d.ts")[..],
+            ),
+        ] {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", server.ws);
+            let (response, mut stream) = http_exchange(server.ws, request.as_bytes()).await;
+            assert_eq!(response.status, 200, "GET {path}: {}", response.head);
+            assert_eq!(response.header("content-type"), Some(content_type));
+            assert_eq!(response.header("access-control-allow-origin"), Some("*"));
+            assert_eq!(
+                response.body, file,
+                "GET {path}: expected the embedded file"
+            );
+            let rest = read_until_closed(&mut stream, STEP).await;
+            assert!(
+                rest.is_empty(),
+                "GET {path}: expected a close, got {rest:?}"
+            );
+        }
+        let request = format!("POST /client.js HTTP/1.1\r\nHost: {}\r\n\r\n", server.ws);
+        let (response, _) = http_exchange(server.ws, request.as_bytes()).await;
+        assert_short_error(&response, 405, "a POST /client.js");
+        let request = upgrade_request(server.ws, "/client.mjs");
+        let (response, _) = http_exchange(server.ws, request.as_bytes()).await;
+        assert_short_error(&response, 404, "an upgrade to /client.mjs");
+        Client::connect(&server).await;
+    })
+    .await
+}

@@ -2,13 +2,15 @@
 //!
 //! httparse reads the request; tungstenite's `create_response` checks the RFC 6455 headers and
 //! derives the accept key. This module decides what the contract answers (101, or 400, 404, 405,
-//! 426, 431 with a JSON body) and reads the `channels` query, and never touches a socket: the
-//! caller feeds it what has arrived so far and gets `Ok(None)` until the request is complete.
+//! 426, 431 with a JSON body; 200 with the browser client for `GET /client.js` and
+//! `GET /client.d.ts`) and reads the `channels` query, and never touches a socket: the caller
+//! feeds it what has arrived so far and gets `Ok(None)` until the request is complete.
 
 use http::StatusCode;
 use serde::Serialize;
 
 use crate::channel;
+use crate::client::web::{self, Asset};
 
 /// Headers an upgrade request may carry; more gets 431.
 const HEADERS_MAX: usize = 64;
@@ -53,6 +55,31 @@ pub struct Upgrade {
     pub request_bytes: usize,
 }
 
+/// What a complete request on the WebSocket port asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A WebSocket upgrade: send its response and serve the connection.
+    Upgrade(Upgrade),
+    /// A plain `GET` of one of the browser client's files: send [`asset_response`] and close.
+    Asset(Asset),
+}
+
+/// The complete `200 OK` response carrying `asset`, closing the connection. Any origin may load
+/// it (`Access-Control-Allow-Origin: *`): the client is public code that pages of other origins
+/// import as a module, which the browser fetches with CORS.
+pub fn asset_response(asset: Asset) -> Vec<u8> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-cache\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n",
+        asset.content_type,
+        asset.body.len(),
+    );
+    let mut response = Vec::with_capacity(head.len() + asset.body.len());
+    response.extend_from_slice(head.as_bytes());
+    response.extend_from_slice(asset.body);
+    response
+}
+
 /// A refused request: the status and the JSON error the response carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
@@ -88,9 +115,9 @@ impl Reject {
     }
 }
 
-/// Reads an upgrade request from the start of `buf`.
+/// Reads an upgrade request, or a `GET` of a browser client file, from the start of `buf`.
 /// `Ok(None)`: incomplete, read more. `Err`: answer with [`Reject::response`] and close.
-pub fn parse_upgrade(buf: &[u8], limits: Limits) -> Result<Option<Upgrade>, Reject> {
+pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request>, Reject> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut request = httparse::Request::new(&mut headers);
     let request_bytes = match request.parse(buf) {
@@ -116,6 +143,16 @@ pub fn parse_upgrade(buf: &[u8], limits: Limits) -> Result<Option<Upgrade>, Reje
     };
     let target = request.path.expect("a complete request has a path");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if let Some(asset) = web::asset(path) {
+        if request.method != Some("GET") {
+            return Err(Reject::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{path} is served to GET only"),
+            ));
+        }
+        return Ok(Some(Request::Asset(asset)));
+    }
     if path != "/ws" && path != "/" {
         return Err(Reject::new(
             StatusCode::NOT_FOUND,
@@ -145,11 +182,11 @@ pub fn parse_upgrade(buf: &[u8], limits: Limits) -> Result<Option<Upgrade>, Reje
     }
     let response = accept(&request)?;
     let channels = query_channels(query, limits.channels_max)?;
-    Ok(Some(Upgrade {
+    Ok(Some(Request::Upgrade(Upgrade {
         response,
         channels,
         request_bytes,
-    }))
+    })))
 }
 
 /// Checks the RFC 6455 headers with tungstenite and builds the 101 response.
@@ -235,7 +272,10 @@ mod tests {
     #[test]
     fn rfc_key_gets_rfc_accept_and_query_channels() {
         let text = request("/ws?channels=leads.*,chat.r1", "");
-        let upgrade = parse_upgrade(text.as_bytes(), LIMITS).unwrap().unwrap();
+        let Some(Request::Upgrade(upgrade)) = parse_request(text.as_bytes(), LIMITS).unwrap()
+        else {
+            panic!("expected an upgrade");
+        };
         let response = String::from_utf8(upgrade.response).unwrap();
         assert!(response.starts_with("HTTP/1.1 101"), "{response}");
         assert!(
@@ -249,12 +289,12 @@ mod tests {
     #[test]
     fn partial_request_asks_for_more() {
         let text = request("/ws", "");
-        assert_eq!(parse_upgrade(&text.as_bytes()[..20], LIMITS), Ok(None));
+        assert_eq!(parse_request(&text.as_bytes()[..20], LIMITS), Ok(None));
     }
 
     #[test]
     fn refusals_carry_the_contract_status() {
-        let status = |text: &str| parse_upgrade(text.as_bytes(), LIMITS).unwrap_err().status;
+        let status = |text: &str| parse_request(text.as_bytes(), LIMITS).unwrap_err().status;
         assert_eq!(status(&request("/nope", "")), StatusCode::NOT_FOUND);
         assert_eq!(
             status("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"),
@@ -279,6 +319,42 @@ mod tests {
         );
         let bad_key = request("/ws", "").replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
         assert_eq!(status(&bad_key), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn get_of_a_client_file_is_its_asset_with_or_without_upgrade_headers() {
+        let plain = "GET /client.js?v=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+        let script = web::asset("/client.js").unwrap();
+        assert_eq!(
+            parse_request(plain.as_bytes(), LIMITS),
+            Ok(Some(Request::Asset(script)))
+        );
+        assert_eq!(
+            parse_request(request("/client.d.ts", "").as_bytes(), LIMITS),
+            Ok(Some(Request::Asset(web::asset("/client.d.ts").unwrap())))
+        );
+        let post = "POST /client.js HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            parse_request(post.as_bytes(), LIMITS).unwrap_err().status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        let partial = "GET /client.js HTTP/1.1\r\nHost: x\r\n";
+        assert_eq!(parse_request(partial.as_bytes(), LIMITS), Ok(None));
+    }
+
+    #[test]
+    fn asset_response_is_complete_http_with_the_body() {
+        let asset = Asset {
+            content_type: "text/javascript; charset=utf-8",
+            body: b"export {};",
+        };
+        let text = String::from_utf8(asset_response(asset)).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/javascript; charset=utf-8\r\n\
+             Content-Length: 10\r\nCache-Control: no-cache\r\n\
+             Access-Control-Allow-Origin: *\r\nConnection: close\r\n\r\nexport {};"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! [`accept_loop`] gives each accepted socket its own task that reads the upgrade request under
 //! `handshake_timeout_ms` and `handshake_bytes_max`, then hands the socket to its shard. A client
 //! that is slow, malformed or over a limit gets an HTTP error and is closed here; it never
-//! reaches the shard's state.
+//! reaches the shard's state. So does a plain `GET` of the browser client (`/client.js`), which
+//! gets the file and is closed.
 
 pub mod handshake;
 
@@ -18,7 +19,7 @@ use glommio::net::{TcpListener, TcpStream};
 use http::StatusCode;
 
 use crate::shard::ShardCore;
-use handshake::{Limits, Reject, Upgrade};
+use handshake::{Limits, Reject, Request};
 
 /// Bytes read from a handshaking socket at once.
 const HANDSHAKE_READ_BYTES: usize = 1024;
@@ -158,7 +159,10 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
     .await;
     match outcome {
         Ok(Ok((_, _))) if !shard.has_room() => refuse_full(&shard, &mut stream, timeout).await,
-        Ok(Ok((upgrade, mut buf))) => {
+        Ok(Ok((Request::Asset(asset), _))) => {
+            send_and_close(&mut stream, &handshake::asset_response(asset), timeout).await;
+        }
+        Ok(Ok((Request::Upgrade(upgrade), mut buf))) => {
             if stream.write_all(&upgrade.response).await.is_err() {
                 return;
             }
@@ -196,11 +200,11 @@ async fn refuse_full(shard: &ShardCore, stream: &mut TcpStream, timeout: Duratio
     answer(stream, &reject, timeout).await;
 }
 
-/// Reads until a complete upgrade request, returning it with the bytes read so far.
+/// Reads until a complete request, returning it with the bytes read so far.
 async fn read_upgrade(
     stream: &mut TcpStream,
     limits: Limits,
-) -> Result<(Upgrade, Vec<u8>), Failed> {
+) -> Result<(Request, Vec<u8>), Failed> {
     let mut buf = Vec::with_capacity(HANDSHAKE_READ_BYTES);
     let mut chunk = [0u8; HANDSHAKE_READ_BYTES];
     loop {
@@ -209,8 +213,8 @@ async fn read_upgrade(
             return Err(Failed::Gone);
         }
         buf.extend_from_slice(&chunk[..read_bytes]);
-        match handshake::parse_upgrade(&buf, limits) {
-            Ok(Some(upgrade)) => return Ok((upgrade, buf)),
+        match handshake::parse_request(&buf, limits) {
+            Ok(Some(request)) => return Ok((request, buf)),
             Ok(None) => continue,
             Err(reject) => return Err(Failed::Reject(reject)),
         }
@@ -219,15 +223,20 @@ async fn read_upgrade(
 
 /// Sends an HTTP error and closes, giving up after `timeout` on a peer that does not read.
 async fn answer(stream: &mut TcpStream, reject: &Reject, timeout: Duration) {
-    let response = reject.response();
+    send_and_close(stream, &reject.response(), timeout).await;
+}
+
+/// Sends a complete HTTP response and closes, giving up after `timeout` on a peer that does not
+/// read.
+async fn send_and_close(stream: &mut TcpStream, response: &[u8], timeout: Duration) {
     let sent = glommio::timer::timeout(timeout, async {
-        stream.write_all(&response).await?;
+        stream.write_all(response).await?;
         stream.close().await?;
         Ok(())
     })
     .await;
     if let Err(err) = sent {
-        tracing::debug!(error = %err, "could not deliver the handshake refusal");
+        tracing::debug!(error = %err, "could not deliver the HTTP response");
     }
 }
 
