@@ -117,7 +117,14 @@ fn assert_clean_report(report: &Value, target: &str) {
     let p99 = report["latency_us_p99"].as_u64().unwrap();
     let max = report["latency_us_max"].as_u64().unwrap();
     assert!(0 < p50 && p50 <= p99 && p99 <= max, "{report}");
-    assert!(report["fanout_completion_us_p50"].as_u64().unwrap() >= p50);
+    // Every delivery is at most its event's completion, so the median completion is at least
+    // the median delivery; the delivery figures come from an HDR histogram of 3 significant
+    // digits, which may round a value up by 0.1%.
+    let completion_p50 = report["fanout_completion_us_p50"].as_u64().unwrap();
+    assert!(
+        completion_p50 + completion_p50 / 1000 + 1 >= p50,
+        "fan-out completion p50 {completion_p50} below delivery p50 {p50}: {report}"
+    );
     assert!(report["deliveries_per_s"].as_f64().unwrap() > 0.0);
 }
 
