@@ -349,7 +349,10 @@ impl Conn {
                 self.start_close(request.code, request.reason);
             }
             match self.poll_flush(cx) {
-                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Err(err)) => {
+                    tracing::debug!(conn = %self.handle.name, error = %err, "write failed: dropping the connection");
+                    return Poll::Ready(());
+                }
                 Poll::Ready(Ok(())) if matches!(self.state, State::Answered) => {
                     return Poll::Ready(());
                 }
@@ -416,7 +419,14 @@ impl Conn {
         let shard = self.shard.clone();
         let mut scratch = shard.read_buf.borrow_mut();
         let read_bytes = match Pin::new(&mut self.stream).poll_read(cx, &mut scratch) {
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+            Poll::Ready(Ok(0)) => {
+                tracing::debug!(conn = %self.handle.name, "the peer closed its end of the socket");
+                return Poll::Ready(Err(()));
+            }
+            Poll::Ready(Err(err)) => {
+                tracing::debug!(conn = %self.handle.name, error = %err, "read failed: dropping the connection");
+                return Poll::Ready(Err(()));
+            }
             Poll::Ready(Ok(bytes)) => bytes,
             Poll::Pending => return Poll::Pending,
         };
