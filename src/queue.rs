@@ -42,22 +42,47 @@ pub enum ToShard {
         seq: u64,
         position: u64,
     },
-    /// The answer to a `subscribe` with `since`, sent by the sequencer between two publishes:
-    /// everything sequenced up to `position` is in `missed` (or was not recoverable, which
-    /// `reply` says), everything after it follows in this queue. The shard makes the
-    /// subscription live on receipt, then queues `reply` and `missed` for the connection.
-    Recovered {
-        conn: ConnId,
-        pattern: Box<str>,
-        reply: Bytes,
-        /// The missed `message` frames, concatenated in `seq` order; empty when none.
-        missed: Bytes,
-        position: u64,
-    },
+    /// The answer to a `subscribe` with `since` (see [`Recovered`]).
+    Recovered(Box<Recovered>),
     /// Report counters or patterns (for `/v1/stats`, `/v1/channels`), tagged `query`.
     Query { query: u64, kind: QueryKind },
     /// Close every connection with 1001 and stop.
     Shutdown,
+}
+
+/// The answer to a `subscribe` with `since`, sent by the sequencer between two publishes:
+/// everything sequenced up to `position` is in `missed` (or was not recoverable, which `reply`
+/// says), everything after it follows in the shard's queue. The shard makes the subscription
+/// live on receipt, then queues `reply` and `missed` for the connection.
+#[derive(Debug)]
+pub struct Recovered {
+    pub conn: ConnId,
+    pub pattern: Box<str>,
+    pub reply: Bytes,
+    /// The missed `message` frames in `seq` order; empty when none or not recovered.
+    pub missed: Vec<Missed>,
+    /// The `seq` after which the subscription now has every matching message: where the
+    /// client was when recovered, `position` when not.
+    pub covered_from: u64,
+    pub position: u64,
+}
+
+/// One missed message of a recovery: its frame from history and where its channel is.
+#[derive(Debug, Clone)]
+pub struct Missed {
+    pub frame: Bytes,
+    pub seq: u64,
+    pub channel_start: u16,
+    pub channel_len: u8,
+}
+
+impl Missed {
+    /// The channel this frame was published to.
+    pub fn channel(&self) -> &str {
+        let start = usize::from(self.channel_start);
+        std::str::from_utf8(&self.frame[start..start + usize::from(self.channel_len)])
+            .expect("the ingest core writes validated ASCII channel names")
+    }
 }
 
 /// A published message as it crosses to a shard: the complete WebSocket frame, where in it

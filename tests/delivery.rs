@@ -517,3 +517,41 @@ async fn a_critical_event_overtakes_a_backlog_of_normal_ones_on_another_channel(
     })
     .await
 }
+
+#[tokio::test]
+async fn overlapping_subscriptions_that_recover_deliver_each_missed_message_once() {
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        let mut first = Client::connect(&server).await;
+        let epoch = first.hello["epoch"].as_str().unwrap().to_owned();
+        first.subscribe("ov.1", 1).await;
+        first.subscribe("ov.*", 2).await;
+        server.publish("ov.1", &json!(1)).await;
+        let seen = first.recv().await;
+        assert_message(&seen, "ov.1", 1, &json!(1));
+        first
+            .expect_silence("delivered once through two patterns")
+            .await;
+        let last_seq = seen["seq"].as_u64().unwrap();
+        drop(first);
+        server
+            .publish_batch(&[("ov.1", json!(2)), ("ov.2", json!(3)), ("ov.1", json!(4))])
+            .await;
+        let mut again = Client::connect(&server).await;
+        let exact = subscribe_since(&mut again, "ov.1", json!({"epoch": epoch, "offset": 1})).await;
+        assert_eq!(exact["recovered"], true, "{exact}");
+        assert_message(&again.recv().await, "ov.1", 2, &json!(2));
+        assert_message(&again.recv().await, "ov.1", 3, &json!(4));
+        let wild =
+            subscribe_since(&mut again, "ov.*", json!({"epoch": epoch, "seq": last_seq})).await;
+        assert_eq!(wild["recovered"], true, "{wild}");
+        assert_message(&again.recv().await, "ov.2", 1, &json!(3));
+        again
+            .expect_silence("ov.1's missed messages came once, through ov.1")
+            .await;
+        server.publish("ov.1", &json!(5)).await;
+        assert_message(&again.recv().await, "ov.1", 4, &json!(5));
+        again.expect_silence("and live ones once too").await;
+    })
+    .await
+}

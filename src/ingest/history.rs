@@ -26,7 +26,7 @@ use hashbrown::HashMap;
 
 use crate::channel;
 use crate::config::{ChannelPolicy, Config};
-use crate::queue::Position;
+use crate::queue::{Missed, Position};
 use crate::ws::command::Unrecovered;
 
 /// One published message as history keeps it.
@@ -139,10 +139,23 @@ pub struct Page {
     pub messages: Vec<Bytes>,
 }
 
-/// What a recovery sends: the missed frames in `seq` order.
-pub struct Missed {
-    pub frames: Vec<Bytes>,
-    pub bytes: usize,
+/// What a recovery sends: the missed frames in `seq` order, and the `seq` of the client's
+/// position (the last message it had), after which the subscription now has everything.
+pub struct Recovery {
+    pub missed: Vec<Missed>,
+    pub since_seq: u64,
+}
+
+impl Stored {
+    fn missed(&self, channel: &str) -> Missed {
+        let channel_start = usize::from(self.payload_start) + super::encode::PREFIX.len();
+        Missed {
+            frame: self.frame.clone(),
+            seq: self.seq,
+            channel_start: u16::try_from(channel_start).expect("a header is at most 10 bytes"),
+            channel_len: u8::try_from(channel.len()).expect("channels are at most 255 bytes"),
+        }
+    }
 }
 
 /// The limits one recovery must fit.
@@ -316,29 +329,39 @@ impl History {
         since: Position,
         limits: RecoveryLimits,
         now: Instant,
-    ) -> Result<Missed, Unrecovered> {
-        let mut found: Vec<(u64, Bytes)> = Vec::new();
-        match since {
+    ) -> Result<Recovery, Unrecovered> {
+        let mut found: Vec<Missed> = Vec::new();
+        let since_seq = match since {
             Position::Offset(offset) => {
                 let latest = self.offset(pattern);
                 if offset > latest {
                     return Err(Unrecovered::UnknownPosition);
                 }
-                if let Some(channel) = self.trimmed(pattern, now) {
-                    if channel.trimmed_offset > offset {
-                        return Err(Unrecovered::HistoryTrimmed);
+                match self.trimmed(pattern, now) {
+                    Some(channel) => {
+                        if channel.trimmed_offset > offset {
+                            return Err(Unrecovered::HistoryTrimmed);
+                        }
+                        let missed = (latest - offset) as usize;
+                        if missed > limits.messages_max {
+                            return Err(Unrecovered::TooMany);
+                        }
+                        let first = channel.entries.len() - missed;
+                        found.extend(
+                            channel
+                                .entries
+                                .range(first..)
+                                .map(|stored| stored.missed(pattern)),
+                        );
+                        // The client's last message: just before the first missed, or the
+                        // last trimmed, or none.
+                        match first.checked_sub(1) {
+                            Some(at) => channel.entries[at].seq,
+                            None if offset == 0 => 0,
+                            None => channel.trimmed_seq,
+                        }
                     }
-                    let missed = (latest - offset) as usize;
-                    if missed > limits.messages_max {
-                        return Err(Unrecovered::TooMany);
-                    }
-                    let first = channel.entries.len() - missed;
-                    found.extend(
-                        channel
-                            .entries
-                            .range(first..)
-                            .map(|stored| (stored.seq, stored.frame.clone())),
-                    );
+                    None => 0,
                 }
             }
             Position::Seq(seq) => {
@@ -368,22 +391,23 @@ impl History {
                         channel
                             .entries
                             .range(first..)
-                            .map(|stored| (stored.seq, stored.frame.clone())),
+                            .map(|stored| stored.missed(&name)),
                     );
                     if found.len() > limits.messages_max {
                         return Err(Unrecovered::TooMany);
                     }
                 }
-                found.sort_unstable_by_key(|(seq, _)| *seq);
+                found.sort_unstable_by_key(|missed| missed.seq);
+                seq
             }
-        }
-        let bytes = found.iter().map(|(_, frame)| frame.len()).sum();
+        };
+        let bytes: usize = found.iter().map(|missed| missed.frame.len()).sum();
         if bytes > limits.bytes_max {
             return Err(Unrecovered::TooMany);
         }
-        Ok(Missed {
-            frames: found.into_iter().map(|(_, frame)| frame).collect(),
-            bytes,
+        Ok(Recovery {
+            missed: found,
+            since_seq,
         })
     }
 }
@@ -429,11 +453,11 @@ mod tests {
                 seq_latest: self.seq,
                 ..LIMITS
             };
-            let missed = self.history.recover(pattern, since, limits, self.now)?;
-            Ok(missed
-                .frames
+            let recovery = self.history.recover(pattern, since, limits, self.now)?;
+            Ok(recovery
+                .missed
                 .iter()
-                .map(|frame| String::from_utf8(frame.to_vec()).unwrap())
+                .map(|missed| String::from_utf8(missed.frame.to_vec()).unwrap())
                 .collect())
         }
     }

@@ -32,7 +32,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_channel::oneshot;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
@@ -41,8 +40,8 @@ use sonic_rs::Value;
 use crate::config::{Config, SlowConsumer};
 use crate::notify::Notify;
 use crate::queue::{
-    Answer, FanoutReport, QueryKind, Receiver, Sender, ShardId, Since, Slow, Stamp, ToIngest,
-    ToShard,
+    Answer, FanoutReport, QueryKind, Receiver, Recovered, Sender, ShardId, Since, Slow, Stamp,
+    ToIngest, ToShard,
 };
 use crate::shard::registry::Registry;
 use crate::ws::command::{self, ErrorCode, ErrorReply, Unrecovered};
@@ -516,22 +515,12 @@ impl IngestCore {
             )
         };
         self.recoveries_total.set(self.recoveries_total.get() + 1);
-        let missed = match outcome {
-            Ok(missed) => {
-                let mut joined = bytes::BytesMut::with_capacity(missed.bytes);
-                for frame in &missed.frames {
-                    joined.extend_from_slice(frame);
-                }
-                Ok(joined.freeze())
-            }
-            Err(reason) => {
-                self.recoveries_failed_total
-                    .set(self.recoveries_failed_total.get() + 1);
-                Err(reason)
-            }
-        };
+        if outcome.is_err() {
+            self.recoveries_failed_total
+                .set(self.recoveries_failed_total.get() + 1);
+        }
         let shard = recovery.shard;
-        self.send_recovered(recovery, missed, position).await;
+        self.send_recovered(recovery, outcome, position).await;
         touched[shard] = true;
     }
 
@@ -540,12 +529,12 @@ impl IngestCore {
     async fn send_recovered(
         &self,
         recovery: Recovery,
-        missed: Result<Bytes, Unrecovered>,
+        outcome: Result<history::Recovery, Unrecovered>,
         position: u64,
     ) {
-        let (outcome, missed) = match missed {
-            Ok(missed) => (Ok(()), missed),
-            Err(reason) => (Err(reason), Bytes::new()),
+        let (outcome, missed, covered_from) = match outcome {
+            Ok(recovered) => (Ok(()), recovered.missed, recovered.since_seq),
+            Err(reason) => (Err(reason), Vec::new(), position),
         };
         let reply = command::subscribed_frame(
             &recovery.pattern,
@@ -559,13 +548,14 @@ impl IngestCore {
             "recoveries come from existing shards"
         );
         self.shards[recovery.shard]
-            .push(ToShard::Recovered {
+            .push(ToShard::Recovered(Box::new(Recovered {
                 conn: recovery.conn,
                 pattern: recovery.pattern,
                 reply,
                 missed,
+                covered_from,
                 position,
-            })
+            })))
             .await;
     }
 

@@ -38,11 +38,11 @@ use crate::ingest::metrics::{FanoutLatency, LatencySummary};
 use crate::ingest::Priority;
 use crate::notify::Notify;
 use crate::queue::{
-    AckRow, Answer, Delivery, FanoutReport, NamespaceStats, QueryKind, Receiver, Sender, ShardId,
-    ShardReport, Since, ToIngest, ToShard,
+    AckRow, Answer, Delivery, FanoutReport, NamespaceStats, QueryKind, Receiver, Recovered, Sender,
+    ShardId, ShardReport, Since, ToIngest, ToShard,
 };
 use crate::ws::command::{self, ErrorCode, ErrorReply};
-use crate::ws::conn::{self, CloseRequest, ConnHandle, ConnId};
+use crate::ws::conn::{self, CloseRequest, ConnHandle, ConnId, Subscription};
 use crate::ws::frame;
 use crate::ws::outbox::{Kind, Shed};
 use registry::Registry;
@@ -362,18 +362,13 @@ impl ShardCore {
 
         let mut waits = 0;
         for pattern in channels {
-            if handle
-                .subscriptions
-                .borrow()
-                .iter()
-                .any(|p| **p == *pattern)
-            {
+            if handle.is_subscribed(&pattern) {
                 continue;
             }
             handle
                 .subscriptions
                 .borrow_mut()
-                .push(pattern.clone().into());
+                .push(Subscription::new(&pattern));
             if !self.announce(&pattern, id, Waiter::Hello) {
                 waits += 1;
             }
@@ -388,8 +383,9 @@ impl ShardCore {
     /// Makes a connection's connect-time subscriptions live and sends `connected`.
     fn go_live(&self, handle: &ConnHandle) {
         let mut registry = self.registry.borrow_mut();
-        for pattern in handle.subscriptions.borrow().iter() {
-            registry.insert(pattern, handle.id);
+        for subscription in handle.subscriptions.borrow().iter() {
+            registry.insert(&subscription.pattern, handle.id);
+            subscription.covered_from.set(self.position.get());
         }
         drop(registry);
         let config = &self.config;
@@ -479,17 +475,13 @@ impl ShardCore {
             let Some(handle) = self.handle(id) else {
                 continue;
             };
-            if !handle
-                .subscriptions
-                .borrow()
-                .iter()
-                .any(|p| **p == *pattern)
-            {
+            if !handle.is_subscribed(pattern) {
                 continue;
             }
             match waiter {
                 Waiter::Reply(request) => {
                     self.registry.borrow_mut().insert(pattern, id);
+                    handle.cover_from(pattern, self.position.get());
                     let reply = self.subscribed_frame(pattern, &request);
                     self.send_to(&handle, reply);
                 }
@@ -527,7 +519,10 @@ impl ShardCore {
     ) -> Result<Option<Bytes>, ErrorReply> {
         command::check_pattern(pattern, &id)?;
         let mut subscriptions = handle.subscriptions.borrow_mut();
-        if subscriptions.iter().any(|p| **p == *pattern) {
+        if subscriptions
+            .iter()
+            .any(|subscription| *subscription.pattern == *pattern)
+        {
             return Ok(Some(self.subscribed_frame(pattern, &id)));
         }
         if subscriptions.len() >= self.config.subscriptions_per_conn_max {
@@ -547,11 +542,12 @@ impl ShardCore {
                 "the server is overloaded; retry later",
             ));
         }
-        subscriptions.push(pattern.into());
+        subscriptions.push(Subscription::new(pattern));
         drop(subscriptions);
         let Some(since) = since else {
             if self.announce(pattern, handle.id, Waiter::Reply(id.clone())) {
                 self.registry.borrow_mut().insert(pattern, handle.id);
+                handle.cover_from(pattern, self.position.get());
                 return Ok(Some(self.subscribed_frame(pattern, &id)));
             }
             return Ok(None);
@@ -570,23 +566,36 @@ impl ShardCore {
     }
 
     /// The ingest core's answer to a `subscribe` with `since`: the subscription goes live, and
-    /// its reply and missed messages are queued ahead of any live message.
-    fn recovered(&self, conn: ConnId, pattern: &str, reply: Bytes, missed: Bytes, position: u64) {
+    /// its reply and missed messages are queued ahead of any live message. A missed message
+    /// that another live subscription of the connection covers was sent already, or will be,
+    /// and is left out, so overlapping subscriptions deliver each message once.
+    fn recovered(&self, recovered: Recovered) {
+        let Recovered {
+            conn,
+            pattern,
+            reply,
+            missed,
+            covered_from,
+            position,
+        } = recovered;
         self.advance_position(position);
         let Some(handle) = self.handle(conn) else {
             return;
         };
-        if !handle
-            .subscriptions
-            .borrow()
-            .iter()
-            .any(|p| **p == *pattern)
-        {
+        if !handle.is_subscribed(&pattern) {
             return;
         }
-        self.registry.borrow_mut().insert(pattern, conn);
+        self.registry.borrow_mut().insert(&pattern, conn);
+        let bytes = missed.iter().map(|missed| missed.frame.len()).sum();
+        let mut joined = bytes::BytesMut::with_capacity(bytes);
+        for missed in &missed {
+            if !handle.covered_elsewhere(&pattern, missed.channel(), missed.seq) {
+                joined.extend_from_slice(&missed.frame);
+            }
+        }
+        handle.cover_from(&pattern, covered_from);
         self.send_to(&handle, reply);
-        handle.push_recovered(missed);
+        handle.push_recovered(joined.freeze());
     }
 
     /// The `ack` command: keeps the highest offset acked per channel.
@@ -602,7 +611,7 @@ impl ShardCore {
             .subscriptions
             .borrow()
             .iter()
-            .any(|pattern| channel::pattern_matches(pattern, channel));
+            .any(|subscription| channel::pattern_matches(&subscription.pattern, channel));
         if !subscribed {
             return Err(ErrorReply::new(
                 id,
@@ -661,7 +670,10 @@ impl ShardCore {
     ) -> Result<Option<Bytes>, ErrorReply> {
         command::check_pattern(pattern, &id)?;
         let mut subscriptions = handle.subscriptions.borrow_mut();
-        let Some(at) = subscriptions.iter().position(|p| **p == *pattern) else {
+        let Some(at) = subscriptions
+            .iter()
+            .position(|subscription| *subscription.pattern == *pattern)
+        else {
             return Err(ErrorReply::new(
                 id,
                 ErrorCode::NotSubscribed,
@@ -737,10 +749,12 @@ impl ShardCore {
 
     /// Forgets a closed connection: its subscriptions, its interest, its slot.
     pub fn remove_conn(&self, handle: &ConnHandle) {
-        let patterns = std::mem::take(&mut *handle.subscriptions.borrow_mut());
-        for pattern in patterns.iter() {
-            self.registry.borrow_mut().remove(pattern, handle.id);
-            self.withdraw(pattern);
+        let subscriptions = std::mem::take(&mut *handle.subscriptions.borrow_mut());
+        for subscription in &subscriptions {
+            self.registry
+                .borrow_mut()
+                .remove(&subscription.pattern, handle.id);
+            self.withdraw(&subscription.pattern);
         }
         let removed = self.conns.borrow_mut().remove(handle.id.slot as usize);
         assert_eq!(
@@ -812,13 +826,7 @@ impl ShardCore {
                 seq,
                 position,
             } => self.interest_ready(&pattern, seq, position),
-            ToShard::Recovered {
-                conn,
-                pattern,
-                reply,
-                missed,
-                position,
-            } => self.recovered(conn, &pattern, reply, missed, position),
+            ToShard::Recovered(recovered) => self.recovered(*recovered),
             ToShard::Query { query, kind } => {
                 // Reports first, so the ingest core's overall figures are as current as ours.
                 self.report_fanout();

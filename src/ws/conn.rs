@@ -76,6 +76,28 @@ impl CloseRequest {
     };
 }
 
+/// One of a connection's subscriptions.
+#[derive(Debug)]
+pub struct Subscription {
+    pub pattern: Box<str>,
+    /// The `seq` after which every message matching `pattern` was or will be sent on this
+    /// connection (live, or recovered); [`Subscription::PENDING`] until it is live. A recovery
+    /// leaves out what another subscription covers, so overlapping ones deliver once.
+    pub covered_from: Cell<u64>,
+}
+
+impl Subscription {
+    /// Not live yet: covers nothing.
+    pub const PENDING: u64 = u64::MAX;
+
+    pub fn new(pattern: &str) -> Self {
+        Subscription {
+            pattern: pattern.into(),
+            covered_from: Cell::new(Self::PENDING),
+        }
+    }
+}
+
 /// The shard's view of a connection.
 pub struct ConnHandle {
     pub id: ConnId,
@@ -91,7 +113,7 @@ pub struct ConnHandle {
     last_seen: Cell<Instant>,
     last_ping: Cell<Instant>,
     /// Every pattern this connection subscribed to, live or awaiting the ingest core.
-    pub subscriptions: RefCell<Vec<Box<str>>>,
+    pub subscriptions: RefCell<Vec<Subscription>>,
     /// The `connected` frame, held back until the connect-time subscriptions are live.
     hello: RefCell<Option<Bytes>>,
     /// Connect-time subscriptions still waiting for the ingest core.
@@ -146,6 +168,36 @@ impl ConnHandle {
         }
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
         nix::sys::socket::send(fd, frame, flags).unwrap_or(0)
+    }
+
+    /// Whether the connection has a subscription to exactly `pattern`.
+    pub fn is_subscribed(&self, pattern: &str) -> bool {
+        self.subscriptions
+            .borrow()
+            .iter()
+            .any(|subscription| *subscription.pattern == *pattern)
+    }
+
+    /// Marks the subscription to `pattern` live, covering every message after `seq`.
+    pub fn cover_from(&self, pattern: &str, seq: u64) {
+        if let Some(subscription) = self
+            .subscriptions
+            .borrow()
+            .iter()
+            .find(|subscription| *subscription.pattern == *pattern)
+        {
+            subscription.covered_from.set(seq);
+        }
+    }
+
+    /// Whether a message of `channel` numbered `seq` was or will be sent on this connection
+    /// through a live subscription other than `pattern`.
+    pub fn covered_elsewhere(&self, pattern: &str, channel: &str, seq: u64) -> bool {
+        self.subscriptions.borrow().iter().any(|subscription| {
+            *subscription.pattern != *pattern
+                && seq > subscription.covered_from.get()
+                && crate::channel::pattern_matches(&subscription.pattern, channel)
+        })
     }
 
     /// Counts what was written for this connection, by `write_now` or its task.
