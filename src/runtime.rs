@@ -184,6 +184,9 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             config.listen
         ))
     })?;
+    // From here on `listen` holds the real port, for whoever shows it (the dashboard).
+    let mut config = config;
+    config.listen = ws_addr;
     let config = Arc::new(config);
     let epoch = new_epoch();
     tracing::info!(%epoch, "offsets start at 1 in a new epoch");

@@ -7,7 +7,9 @@
 //! full jitter, capped and reset by `connected`, and that it replaces a connection gone silent
 //! (no pong, or no `connected`, for two ping intervals). The page reaches the server through a TCP
 //! proxy in the test, which cuts, silences and (on restart) redirects its connections; the page's
-//! state is read by evaluating JavaScript over the DevTools protocol. Chromium must be installed
+//! state is read by evaluating JavaScript over the DevTools protocol. And that the control
+//! plane's `/dashboard` draws `$sys.stats` live and shows the exact connection count (its
+//! screenshot, saved under cargo's `target/tmp`, is the README's). Chromium must be installed
 //! (`.ci/run` installs Debian's `chromium`): without it these tests fail, they never skip.
 
 mod common;
@@ -26,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use common::{watchdog, Server, STEP};
+use common::{watchdog, Client, Server, STEP};
 
 /// Where Debian's `chromium` package puts the browser; `CHROMIUM` overrides it.
 const CHROMIUM_DEFAULT: &str = "/usr/bin/chromium";
@@ -377,6 +379,70 @@ fn recovery_of(page: &Value, pattern: &str, nth: usize) -> (Value, u64) {
 }
 
 /// The Chromium binary, or a failure saying how to install it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_draws_sys_stats_live_and_shows_the_connection_count() {
+    watchdog(async {
+        let chromium = chromium_path();
+        let server = Server::start(&["--sys-stats-interval-ms", "200"]).await;
+        let mut clients = Vec::new();
+        for _ in 0..5 {
+            clients.push(Client::connect(&server).await);
+        }
+        clients[0].subscribe("dash.t", 1).await;
+        let (_browser, tab) =
+            open_page(chromium, format!("http://{}/dashboard", server.api)).await;
+        // Some traffic for the charts while the page watches.
+        let datas: Vec<Value> = (0..40).map(|i| json!({ "i": i })).collect();
+        server.publish_many("dash.t", datas).await;
+        const READ: &str = r#"JSON.stringify({
+            connections: document.getElementById("connections").textContent,
+            state: document.getElementById("state").textContent,
+            points: [...document.querySelectorAll("canvas")].map((c) => Number(c.dataset.points)),
+            deliveries: (window.corecastDashboard || { ticks: [] }).ticks
+                .map((tick) => tick.deliveries_per_s),
+        })"#;
+        // Five clients and the dashboard's own connection.
+        let deadline = Instant::now() + STEP;
+        let shown = loop {
+            let shown = evaluate(&tab, READ.into()).await;
+            let charted = shown["points"]
+                .as_array()
+                .is_some_and(|points| points.len() == 4 && points.iter().all(|n| n.as_u64() >= Some(3)));
+            let delivered = shown["deliveries"]
+                .as_array()
+                .is_some_and(|rates| rates.iter().any(|rate| rate.as_f64() > Some(0.0)));
+            if shown["connections"] == "6" && shown["state"] == "open" && charted && delivered {
+                break shown;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected the dashboard to show 6 connections, an open feed, 4 charts with data                  and the publishes as deliveries within {STEP:?}; it shows {shown}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let png = tokio::task::spawn_blocking(move || {
+            tab.capture_screenshot(
+                headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption::Png,
+                None,
+                None,
+                true,
+            )
+            .expect("expected a screenshot")
+        })
+        .await
+        .expect("the screenshot task");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "expected a PNG of the drawn page, got {} bytes; page showed {shown}",
+            png.len()
+        );
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+        std::fs::write(&path, &png).expect("expected to write the screenshot");
+        drop(clients);
+    })
+    .await
+}
+
 fn chromium_path() -> PathBuf {
     let path = std::env::var_os("CHROMIUM")
         .map(PathBuf::from)
@@ -410,6 +476,7 @@ async fn open_page(chromium: PathBuf, url: String) -> (Browser, Arc<Tab>) {
             .path(Some(chromium))
             .headless(true)
             .sandbox(false)
+            .window_size(Some((1280, 800)))
             .args(args)
             .build()
             .expect("valid launch options");

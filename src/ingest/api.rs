@@ -1,8 +1,9 @@
 //! The control-plane HTTP API, served by hyper on the ingest core's glommio executor.
 //!
 //! Routes: `POST /v1/publish`, `POST /v1/publish/batch`, `GET /healthz`, `GET /v1/stats`,
-//! `GET /v1/channels`, `GET /v1/history`, and `GET /metrics` (Prometheus; see
-//! [`super::metrics`]). Bodies are read under `publish_body_bytes_max` and validated with sonic-rs
+//! `GET /v1/channels`, `GET /v1/history`, `GET /metrics` (Prometheus; see
+//! [`super::metrics`]), and `GET /dashboard`, a live page fed by `$sys.stats` (see
+//! [`super::sys_stats`]) with the browser client it uses (`/client.js`, `/client.d.ts`). Bodies are read under `publish_body_bytes_max` and validated with sonic-rs
 //! before anything is queued, so a bad request never reaches the sequencer. Every error is a
 //! JSON body `{"error":{"code":..,"message":..}}` with the contract's status.
 
@@ -78,7 +79,8 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
     let method = request.method().clone();
     let allowed = match path.as_str() {
         "/v1/publish" | "/v1/publish/batch" => Method::POST,
-        "/healthz" | "/v1/stats" | "/v1/channels" | "/v1/history" | "/metrics" => Method::GET,
+        "/healthz" | "/v1/stats" | "/v1/channels" | "/v1/history" | "/metrics" | "/dashboard"
+        | "/client.js" | "/client.d.ts" => Method::GET,
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -113,6 +115,15 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
         "/metrics" => prometheus(core).await,
         "/v1/channels" => channels(core).await,
         "/v1/history" => history(core, request.uri().query().unwrap_or("")),
+        "/dashboard" => dashboard(core),
+        "/client.js" | "/client.d.ts" => {
+            let asset = crate::client::web::asset(&path).expect("routed above");
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, asset.content_type)
+                .body(Full::new(Bytes::from_static(asset.body)))
+                .expect("a static response is valid")
+        }
         "/v1/publish" => match read_body(core, request).await {
             Ok(body) => publish(core, &body).await,
             Err(response) => response,
@@ -504,6 +515,19 @@ fn history(core: &IngestCore, query: &str) -> HttpResponse {
         .body(Full::new(Bytes::from(body)))
         .expect("a static response is valid")
 }
+
+/// The dashboard page, with the WebSocket port it connects to filled in.
+fn dashboard(core: &IngestCore) -> HttpResponse {
+    let page = DASHBOARD.replace("WS_PORT", &core.config.listen.port().to_string());
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .body(Full::new(Bytes::from(page)))
+        .expect("a static response is valid")
+}
+
+/// `GET /dashboard`: one self-contained page (no CDN) drawing `$sys.stats`.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// Messages a `/v1/history` page holds when `limit` is not given.
 const HISTORY_PAGE_DEFAULT: usize = 100;

@@ -35,6 +35,9 @@ const CHANNELS_TRACKED_MAX = 1024;
 /** A token of a channel name (PROTOCOL.md, Channels). */
 const TOKEN = /^[A-Za-z0-9_:@=+-]+$/;
 
+/** The first token of the server's own channels (`$sys.stats`): only patterns naming it match. */
+const SYSTEM_TOKEN = "$sys";
+
 /** An error the server answered (`code` is the contract's error code) or a closed connection. */
 export class CorecastError extends Error {
   constructor(code, message) {
@@ -59,6 +62,7 @@ export function patternError(pattern) {
   for (let at = 0; at < tokens.length; at += 1) {
     const token = tokens[at];
     if (token === "*" || (token === ">" && at === tokens.length - 1)) continue;
+    if (at === 0 && token === SYSTEM_TOKEN) continue;
     if (!TOKEN.test(token)) return `invalid token ${JSON.stringify(token)} in ${pattern}`;
   }
   return null;
@@ -68,6 +72,7 @@ export function patternError(pattern) {
 export function matches(pattern, channel) {
   const wanted = pattern.split(".");
   const tokens = channel.split(".");
+  if (tokens[0] === SYSTEM_TOKEN && wanted[0] !== SYSTEM_TOKEN) return false;
   for (let at = 0; at < wanted.length; at += 1) {
     if (wanted[at] === ">") return at === wanted.length - 1 && tokens.length > at;
     if (at >= tokens.length) return false;
@@ -107,11 +112,11 @@ function settle(pending, ok, value) {
  * last `offset` for an exact channel, and the epoch those belong to.
  *
  * It also remembers the last offset it took per channel (at most CHANNELS_TRACKED_MAX). The
- * server sends each message once per connection, except that each recovering subscription gets
- * its own replay: after a reconnect, `leads.42` and `leads.*` both replay what `leads.42`
- * missed. Offsets rise within a channel, so a message at or below the remembered offset was
- * already taken by this subscription; across channels no order holds (a `critical` publish
- * may overtake), which is why `seq` cannot serve.
+ * server sends each message once per connection, recoveries of overlapping patterns included;
+ * this is the guard that would report a breach (an "error" event with code "duplicate") rather
+ * than hand a handler the same message twice. Offsets rise within a channel, so a message at
+ * or below the remembered offset was already taken by this subscription; across channels no
+ * order holds (a `critical` publish may overtake), which is why `seq` cannot serve.
  */
 class Subscription {
   constructor(client, pattern) {
@@ -123,8 +128,12 @@ class Subscription {
     this.lastSeq = null;
     this.lastOffset = null;
     this.channelOffsets = new Map();
-    // Whether the server confirmed it on the current connection (messages go to it only then).
+    // Whether the server confirmed it on the current connection.
     this.active = false;
+    // Set while a resubscribe with `since` awaits its reply: the server sends each message once
+    // per connection, so a missed one that an overlapping subscription recovers first arrives
+    // before this one's reply, and belongs to it too if it lies past its position (`since`).
+    this.recovering = null;
     this.firstReply = deferred();
   }
 
@@ -138,12 +147,24 @@ class Subscription {
         command.since = { epoch: this.epoch, seq: this.lastSeq };
       }
     }
+    this.recovering = command.since === undefined ? null : command.since;
     return command;
+  }
+
+  /** Whether a message arriving now is this subscription's: confirmed, or recovering and past
+   * the position it recovers from. */
+  wants(message) {
+    if (!matches(this.pattern, message.channel)) return false;
+    if (this.active) return true;
+    if (this.recovering === null) return false;
+    if (this.recovering.offset !== undefined) return message.offset > this.recovering.offset;
+    return message.seq > this.recovering.seq;
   }
 
   /** Applies a `subscribed` reply to the position. */
   confirmed(reply) {
     this.active = true;
+    this.recovering = null;
     // The reply's epoch names the positions that follow (a server without the delivery
     // extensions sends none, and its client epoch is null too).
     this.epoch = typeof reply.epoch === "string" ? reply.epoch : this.client.epoch;
@@ -361,7 +382,10 @@ export class Client {
     clearInterval(this.pingTimer);
     this.pingTimer = null;
     this.pings.clear();
-    for (const subscription of this.subscriptions.values()) subscription.active = false;
+    for (const subscription of this.subscriptions.values()) {
+      subscription.active = false;
+      subscription.recovering = null;
+    }
     for (const [, pending] of this.pending) {
       if (pending.subscription === undefined) {
         settle(pending, false, new CorecastError("disconnected", `the connection was lost: ${why}`));
@@ -413,7 +437,7 @@ export class Client {
           from: frame.from,
           to: frame.to,
           patterns: [...this.subscriptions.values()]
-            .filter((subscription) => subscription.active && matches(subscription.pattern, frame.channel))
+            .filter((subscription) => subscription.wants(frame))
             .map((subscription) => subscription.pattern),
         });
       case "pong":
@@ -436,15 +460,14 @@ export class Client {
   }
 
   /**
-   * Hands a message to every confirmed subscription it matches that has not taken it yet (a
-   * subscription not yet confirmed on this connection gets its messages after its reply). One
-   * that none takes is a duplicate: reported, not hidden.
+   * Hands a message to every subscription that wants it (see `Subscription.wants`) and has not
+   * taken it yet. One that none takes is a duplicate: reported, not hidden.
    */
   message(frame) {
     let matched = false;
     let taken = false;
     for (const subscription of [...this.subscriptions.values()]) {
-      if (!subscription.active || !matches(subscription.pattern, frame.channel)) continue;
+      if (!subscription.wants(frame)) continue;
       matched = true;
       if (subscription.takes(frame)) {
         subscription.deliver(frame);
