@@ -175,6 +175,19 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::sys_stats_interval_ms())]
     pub sys_stats_interval_ms: u64,
 
+    /// Cluster mode: a Redis URL (`redis://host:6379/0`). Every node's publishes are numbered
+    /// by Redis and every node delivers every message; without it the node stands alone and
+    /// needs no external service.
+    #[arg(long = "redis")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+
+    /// Cluster mode: messages the cluster's log in Redis keeps (approximately: Redis trims
+    /// whole stream nodes). Nodes read it to catch up after a break and to fill their history
+    /// when they join; more covers longer breaks and costs Redis memory.
+    #[arg(long, default_value_t = defaults::cluster_log_max())]
+    pub cluster_log_max: usize,
+
     /// Per channel namespace: history limits and slow-consumer policy, in the TOML file only
     /// (`[[namespaces]]` tables). The first namespace whose pattern matches a channel applies;
     /// what it leaves out comes from the top-level settings above.
@@ -347,6 +360,9 @@ pub mod defaults {
     pub fn sys_stats_interval_ms() -> u64 {
         1_000
     }
+    pub fn cluster_log_max() -> usize {
+        100_000
+    }
 }
 
 impl Default for Config {
@@ -386,6 +402,8 @@ impl Default for Config {
             slow_consumer: defaults::slow_consumer(),
             conflate_key: None,
             sys_stats_interval_ms: defaults::sys_stats_interval_ms(),
+            redis_url: None,
+            cluster_log_max: defaults::cluster_log_max(),
             namespaces: Vec::new(),
         }
     }
@@ -519,6 +537,14 @@ impl Config {
             )?;
         }
         check_range("namespaces", self.namespaces.len(), 0, 1_000)?;
+        check_range("cluster_log_max", self.cluster_log_max, 1_000, 100_000_000)?;
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+                return Err(ConfigError(format!(
+                    "redis_url = {url:?} is not a Redis URL: use redis://host:port[/db]"
+                )));
+            }
+        }
         for (at, namespace) in self.namespaces.iter().enumerate() {
             let field = format!("namespaces[{at}]");
             channel::validate_pattern(&namespace.pattern).map_err(|err| {

@@ -13,6 +13,8 @@
 //!   [`ingest::history`]: each channel's bounded history, which recoveries read, and
 //!   [`ingest::metrics`]: fan-out latency histograms and the Prometheus `/metrics` exposition.
 //! - [`queue`]: the only link between cores, bounded lock-free queues with a wake-up.
+//! - [`cluster`]: cluster mode's bridge to Redis, two plain threads beside the executors
+//!   (the ingest core's side of it is [`ingest::cluster`]).
 //! - [`notify`]: the wake-up between tasks of one core (the cross-core one is [`queue`]).
 //! - [`channel`]: channel names and wildcard patterns, shared by every stage.
 //! - [`config`], [`cli`], [`runtime`]: settings, the command line, the core plan and start-up.
@@ -59,6 +61,7 @@ pub mod bench;
 pub mod channel;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod ingest;
 pub mod net;

@@ -44,6 +44,10 @@ pub enum ToShard {
     },
     /// The answer to a `subscribe` with `since` (see [`Recovered`]).
     Recovered(Box<Recovered>),
+    /// A `gap` notice for every subscriber of `channel`.
+    Gap { channel: Box<str>, frame: Bytes },
+    /// The epoch changed (cluster mode: Redis lost its data): close every connection.
+    Epoch(Arc<str>),
     /// Report counters or patterns (for `/v1/stats`, `/v1/channels`), tagged `query`.
     Query { query: u64, kind: QueryKind },
     /// Close every connection with 1001 and stop.
@@ -186,6 +190,8 @@ pub enum ToIngest {
         shard: ShardId,
         answer: Answer,
     },
+    /// News from the Redis bridge (cluster mode).
+    Cluster(crate::cluster::FromCluster),
     /// SIGINT or SIGTERM arrived.
     Shutdown,
 }

@@ -151,7 +151,7 @@ pub fn preflight(config: &Config, executors: usize) -> Result<(), StartError> {
 /// A fresh epoch: 16 hex digits from the OS-seeded keys of a std `RandomState` and the clock,
 /// so two starts of the server (even in the same nanosecond) almost surely differ. Clients
 /// only compare epochs for equality.
-fn new_epoch() -> Arc<str> {
+pub fn new_epoch() -> Arc<str> {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(
@@ -206,6 +206,19 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     }
     let (signal_tx, signal_rx) = queue::bounded::<ToIngest>(4);
     ingest_inboxes.push(signal_rx);
+    let bridge = match &config.redis_url {
+        Some(url) => {
+            let (tx, rx) = queue::bounded::<ToIngest>(config.queue_items_max);
+            ingest_inboxes.push(rx);
+            let node = crate::ingest::sys_stats::node_token(&config);
+            let bridge =
+                crate::cluster::Bridge::start(config.clone(), url, node, tx).map_err(StartError)?;
+            tracing::info!(redis = %url, threads = bridge.threads(), "cluster mode: publishes go through Redis");
+            Some(bridge)
+        }
+        None => None,
+    };
+    let cluster_requests = bridge.as_ref().map(crate::cluster::Bridge::requests);
 
     let (bound_tx, bound_rx) = mpsc::channel::<(String, Bound)>();
     let (api_tx, api_rx) = mpsc::channel::<SocketAddr>();
@@ -234,7 +247,8 @@ pub fn serve(config: Config) -> Result<(), StartError> {
                         .local_addr()
                         .expect("a bound listener has an address"),
                 );
-                let core = IngestCore::new(ingest_config, ingest_epoch, to_shards);
+                let core =
+                    IngestCore::new(ingest_config, ingest_epoch, to_shards, cluster_requests);
                 let ingest = Ingest::start(core, listener, ingest_inboxes);
                 let _ = ingest_bound.send(("ingest".into(), Ok(())));
                 ingest.run().await;

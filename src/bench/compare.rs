@@ -39,18 +39,24 @@ const PUBLISH_PATH: &str = "/publish";
 enum Planned {
     Floor(floor::Kind),
     Corecast,
+    /// corecast in cluster mode: this many nodes and a Redis.
+    Cluster(u8),
     Peer(PeerSpec),
 }
 
 impl Planned {
-    fn name(&self) -> &str {
+    fn name(&self) -> String {
         match self {
-            Self::Floor(kind) => kind.name(),
-            Self::Corecast => "corecast",
-            Self::Peer(peer) => &peer.name,
+            Self::Floor(kind) => kind.name().to_string(),
+            Self::Corecast => "corecast".to_string(),
+            Self::Cluster(nodes) => format!("corecast-{nodes}-nodes"),
+            Self::Peer(peer) => peer.name.clone(),
         }
     }
 }
+
+/// How long cluster nodes may take to sync with Redis after they listen.
+const CLUSTER_SYNC: Duration = Duration::from_secs(10);
 
 /// A target's result: its measured run, or why it has none.
 struct Row {
@@ -140,7 +146,7 @@ fn run(args: &BenchArgs) -> Result<Vec<Row>, String> {
         }
         let unavailable = match &planned {
             Planned::Floor(kind) => kind.unavailable(),
-            Planned::Corecast | Planned::Peer(_) => None,
+            Planned::Corecast | Planned::Cluster(_) | Planned::Peer(_) => None,
         };
         if let Some(reason) = unavailable {
             rows.push(Row {
@@ -185,6 +191,7 @@ fn plan(args: &BenchArgs) -> Vec<Planned> {
     ];
     if args.compare {
         planned.push(Planned::Corecast);
+        planned.extend(args.nodes.map(Planned::Cluster));
         planned.extend(args.peer.iter().cloned().map(Planned::Peer));
     }
     planned
@@ -223,6 +230,7 @@ fn start(
             let server = start_server(args, "corecast", &argv, cpus, &[ws, api], via)?;
             Ok((Target::Server(server), ws_url(ws, SUBSCRIBE_PATH)?))
         }
+        Planned::Cluster(nodes) => start_cluster(args, *nodes, cpus),
         Planned::Peer(peer) => {
             let addr = SocketAddr::from(([127, 0, 0, 1], spawn::free_port()?));
             let argv = [
@@ -253,8 +261,102 @@ fn start_server(
         plan: args.plan(via),
         process: Some(Process::Tree(spawned.pid())),
         cpus: cpus.to_vec(),
-        spawned: Some(spawned),
+        spawned: vec![spawned],
     })
+}
+
+/// A free loopback address other than those in `taken`.
+fn free_addr(taken: &[SocketAddr]) -> Result<SocketAddr, String> {
+    loop {
+        let addr = SocketAddr::from(([127, 0, 0, 1], spawn::free_port()?));
+        if !taken.contains(&addr) {
+            return Ok(addr);
+        }
+    }
+}
+
+/// Starts a `redis-server` and `nodes` corecast nodes on it; events go to the first node's
+/// API, subscribers to the last node.
+fn start_cluster(
+    args: &BenchArgs,
+    nodes: u8,
+    cpus: &[usize],
+) -> Result<(Target, WsTarget), String> {
+    let name = Planned::Cluster(nodes).name();
+    let redis = free_addr(&[])?;
+    let redis_argv: Vec<String> = [
+        "redis-server",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &redis.port().to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    let mut spawned = vec![Spawned::start("redis-server", &redis_argv, cpus)?];
+    spawned[0].await_listening(&[redis])?;
+    let mut taken = vec![redis];
+    let mut apis = Vec::new();
+    let mut last_ws = redis;
+    for node in 0..nodes {
+        let ws = free_addr(&taken)?;
+        taken.push(ws);
+        let api = free_addr(&taken)?;
+        taken.push(api);
+        let mut argv = corecast_argv(args, ws, api)?;
+        argv.extend([
+            "--redis".to_string(),
+            format!("redis://{redis}"),
+            "--sys-stats-interval-ms".to_string(),
+            "0".to_string(),
+        ]);
+        let mut started = Spawned::start(&format!("{name} node {node}"), &argv, cpus)?;
+        started.await_listening(&[ws, api])?;
+        spawned.push(started);
+        apis.push(api);
+        last_ws = ws;
+    }
+    for api in &apis {
+        await_cluster_sync(*api)?;
+    }
+    let via = Via::Http(wire::publish_url(&format!("http://{}", apis[0]))?);
+    let subscribers_node = spawned.last().expect("nodes started").pid();
+    let server = Server {
+        name,
+        plan: args.plan(via),
+        process: Some(Process::Tree(subscribers_node)),
+        cpus: cpus.to_vec(),
+        spawned,
+    };
+    Ok((Target::Server(server), ws_url(last_ws, SUBSCRIBE_PATH)?))
+}
+
+/// Waits until the node whose API is `api` reports it has synced with the cluster.
+fn await_cluster_sync(api: SocketAddr) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + CLUSTER_SYNC;
+    let url = format!("http://{api}/v1/stats");
+    loop {
+        let synced = ureq::get(&url)
+            .call()
+            .ok()
+            .and_then(|mut reply| reply.body_mut().read_to_string().ok())
+            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .is_some_and(|stats| stats["cluster"]["seq"].is_u64());
+        if synced {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the cluster node at {api} did not sync with Redis within {CLUSTER_SYNC:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// `corecast serve` on `ws` and `api`, with `--corecast-args`, and on `--server-cpus` unless

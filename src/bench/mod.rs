@@ -223,6 +223,14 @@ pub struct BenchArgs {
     #[arg(long, value_name = "NAME=COMMAND", value_parser = PeerSpec::parse)]
     pub peer: Vec<PeerSpec>,
 
+    /// With --compare, also measure corecast in cluster mode: N nodes (2 to 8) and a
+    /// `redis-server` (which must be on the PATH), all on --server-cpus. Events are published
+    /// to the first node's API and every subscriber is on the last node, so each event crosses
+    /// Redis; the table then shows the extra latency against the single node of the same run.
+    /// The server CPU and memory figures are the subscribers' node's.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(2..=8))]
+    pub nodes: Option<u8>,
+
     /// Also draw the latency distributions (per delivery, and per event's fan-out completion)
     /// as CDFs into this SVG file, one curve per target.
     #[arg(long, value_name = "PATH")]
@@ -291,6 +299,9 @@ impl BenchArgs {
             }
             if !self.corecast_args.trim().is_empty() {
                 return Err("--corecast-args needs --compare".into());
+            }
+            if self.nodes.is_some() {
+                return Err("--nodes needs --compare".into());
             }
         }
         let mut names = vec![
@@ -486,7 +497,7 @@ fn run(args: &BenchArgs) -> Result<Finished, String> {
         plan: args.plan(via),
         process: args.server_pid.map(Process::Pid),
         cpus: Vec::new(),
-        spawned: None,
+        spawned: Vec::new(),
     };
     measure_target(args, Target::Server(server), &endpoint)
 }

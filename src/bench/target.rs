@@ -32,8 +32,9 @@ pub struct Server {
     pub process: Option<Process>,
     /// The CPUs it was started on, when the bench started it.
     pub cpus: Vec<usize>,
-    /// The process the bench started for it, stopped with the target.
-    pub spawned: Option<Spawned>,
+    /// The processes the bench started for it (one, or a cluster's nodes and its Redis),
+    /// stopped with the target, last started first.
+    pub spawned: Vec<Spawned>,
 }
 
 /// Where a target's CPU time over the measured phase comes from.
@@ -98,7 +99,16 @@ impl Target {
     /// for (see `publish::spawn`).
     pub fn stop(&mut self) -> Result<(), String> {
         match self {
-            Self::Server(server) => server.spawned.take().map_or(Ok(()), Spawned::stop),
+            Self::Server(server) => {
+                let mut outcome = Ok(());
+                while let Some(spawned) = server.spawned.pop() {
+                    let stopped = spawned.stop();
+                    if outcome.is_ok() {
+                        outcome = stopped;
+                    }
+                }
+                outcome
+            }
             Self::Floor(floor) => floor.stop(),
         }
     }

@@ -428,6 +428,8 @@ async fn stats(core: &IngestCore) -> HttpResponse {
         fanout_latency_us: metrics::LatencySummary,
         namespaces: Vec<NamespaceSummary>,
         acks: Vec<AckSummary>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cluster: Option<super::cluster::ClusterStats>,
     }
     json(
         StatusCode::OK,
@@ -435,11 +437,12 @@ async fn stats(core: &IngestCore) -> HttpResponse {
             shards: &shards,
             shards_answered: shards.len(),
             connections: shards.iter().map(|shard| shard.connections).sum(),
-            epoch: &core.epoch,
+            epoch: &core.epoch(),
             ingest: core.stats(),
             fanout_latency_us: core.fanout_summary(),
             namespaces,
             acks: ack_summaries(core, acks),
+            cluster: core.cluster_stats(),
         },
     )
 }
@@ -494,7 +497,7 @@ fn history(core: &IngestCore, query: &str) -> HttpResponse {
     body.extend_from_slice(br#"{"channel":"#);
     sonic_rs::to_writer(&mut body, &name).expect("writing to a Vec cannot fail");
     body.extend_from_slice(br#","epoch":"#);
-    sonic_rs::to_writer(&mut body, &*core.epoch).expect("writing to a Vec cannot fail");
+    sonic_rs::to_writer(&mut body, &*core.epoch()).expect("writing to a Vec cannot fail");
     body.extend_from_slice(
         format!(
             r#","offset":{},"complete":{},"messages":["#,
@@ -518,7 +521,12 @@ fn history(core: &IngestCore, query: &str) -> HttpResponse {
 
 /// The dashboard page, with the WebSocket port it connects to filled in.
 fn dashboard(core: &IngestCore) -> HttpResponse {
-    let page = DASHBOARD.replace("WS_PORT", &core.config.listen.port().to_string());
+    let page = DASHBOARD
+        .replace("WS_PORT", &core.config.listen.port().to_string())
+        .replace(
+            "SYS_STATS_CHANNEL",
+            &super::sys_stats::channel(&core.config),
+        );
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/html; charset=utf-8")

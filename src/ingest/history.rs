@@ -121,6 +121,14 @@ impl Totals {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelsFull;
 
+/// Why a message numbered by the cluster was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unnumbered {
+    ChannelsFull,
+    /// Its offset is not past the channel's latest: a message seen already.
+    Stale,
+}
+
 /// What one publish was assigned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Assigned {
@@ -174,6 +182,9 @@ pub struct History {
     /// Every namespace's policy, by [`Config::policy_index`].
     policies: Vec<ChannelPolicy>,
     config: Arc<Config>,
+    /// Nothing up to this seq is here to recover (see [`History::set_floor`]); 0 on a single
+    /// node, which has seen everything of its epoch.
+    floor_seq: u64,
 }
 
 impl History {
@@ -185,6 +196,7 @@ impl History {
                 .map(|index| config.policy(index))
                 .collect(),
             config,
+            floor_seq: 0,
         }
     }
 
@@ -234,6 +246,56 @@ impl History {
             },
         );
         Ok(Assigned { offset: 1, policy })
+    }
+
+    /// Takes an offset the cluster assigned (seq `seq`) as `name`'s latest. Offsets this node
+    /// never received (a jump past the latest + 1) are gone from its history: it trims the
+    /// channel through them and returns them as `(from, to)` for a `gap` notice.
+    pub fn assign_numbered(
+        &mut self,
+        name: &str,
+        offset: u64,
+        seq: u64,
+    ) -> Result<(Assigned, Option<(u64, u64)>), Unnumbered> {
+        let assigned = match self.channels.get(name) {
+            Some(channel) if offset <= channel.offset => return Err(Unnumbered::Stale),
+            Some(channel) => Assigned {
+                offset,
+                policy: channel.policy,
+            },
+            None => {
+                self.assign(name)
+                    .map_err(|ChannelsFull| Unnumbered::ChannelsFull)?;
+                let channel = self.channels.get_mut(name).expect("just tracked");
+                channel.offset = 0;
+                Assigned {
+                    offset,
+                    policy: channel.policy,
+                }
+            }
+        };
+        let (key, channel) = self.channels.get_key_value_mut(name).expect("tracked");
+        let key = key.clone();
+        let latest = channel.offset;
+        channel.offset = offset;
+        if offset == latest + 1 {
+            return Ok((assigned, None));
+        }
+        let before = channel.front_seq();
+        while !channel.entries.is_empty() {
+            self.totals.pop_front(channel);
+        }
+        channel.trimmed_offset = offset - 1;
+        channel.trimmed_seq = channel.trimmed_seq.max(seq - 1);
+        self.totals.moved_front(&key, before, None);
+        let gap = (latest > 0).then_some((latest + 1, offset - 1));
+        Ok((assigned, gap))
+    }
+
+    /// Everything up to `seq` that this history does not hold is past recovering: a node
+    /// that joined the cluster late, or whose read of the cluster's log came back short.
+    pub fn set_floor(&mut self, seq: u64) {
+        self.floor_seq = self.floor_seq.max(seq);
     }
 
     /// Keeps the frame of `channel`'s latest publish (just assigned `offset`, numbered `seq`),
@@ -334,6 +396,11 @@ impl History {
         let since_seq = match since {
             Position::Offset(offset) => {
                 let latest = self.offset(pattern);
+                if offset > latest && self.floor_seq > 0 && !self.channels.contains_key(pattern) {
+                    // A channel this node has not seen since it joined: it may have older
+                    // messages than this node knows.
+                    return Err(Unrecovered::HistoryTrimmed);
+                }
                 if offset > latest {
                     return Err(Unrecovered::UnknownPosition);
                 }
@@ -367,6 +434,9 @@ impl History {
             Position::Seq(seq) => {
                 if seq > limits.seq_latest {
                     return Err(Unrecovered::UnknownPosition);
+                }
+                if seq < self.floor_seq {
+                    return Err(Unrecovered::HistoryTrimmed);
                 }
                 let names: Vec<Rc<str>> = if channel::is_pattern(pattern) {
                     self.channels

@@ -20,6 +20,7 @@
 //! a shard except for room in that shard's queue.
 
 pub mod api;
+pub mod cluster;
 pub mod encode;
 pub mod history;
 pub mod metrics;
@@ -85,6 +86,8 @@ pub enum PublishError {
     Overloaded,
     /// The server is shutting down: 503.
     Stopping,
+    /// Cluster mode and Redis did not take it: 503, retry with backoff.
+    ClusterUnavailable,
 }
 
 impl PublishError {
@@ -93,6 +96,7 @@ impl PublishError {
             PublishError::ChannelsFull => "channels_full",
             PublishError::Overloaded => "overloaded",
             PublishError::Stopping => "shutting_down",
+            PublishError::ClusterUnavailable => "cluster_unavailable",
         }
     }
 
@@ -103,6 +107,10 @@ impl PublishError {
             }
             PublishError::Overloaded => "the publish lanes are full; retry later".into(),
             PublishError::Stopping => "the server is shutting down".into(),
+            PublishError::ClusterUnavailable => {
+                "Redis is unreachable, so the cluster cannot number this publish; retry later"
+                    .into()
+            }
         }
     }
 }
@@ -120,7 +128,7 @@ enum Reply {
 }
 
 /// One publish waiting in a lane.
-struct Job {
+pub(crate) struct Job {
     channel: Box<str>,
     data: Box<str>,
     priority: Priority,
@@ -164,8 +172,11 @@ pub struct IngestCore {
     routes: RefCell<Registry<ShardId>>,
     lanes: RefCell<[VecDeque<Work>; 3]>,
     lanes_ready: Notify,
-    /// This run of offsets, as clients are told it: new at every start (history is in memory).
-    pub epoch: Arc<str>,
+    /// This run of offsets, as clients are told it: new at every start (history is in memory),
+    /// or the cluster's.
+    epoch: RefCell<Arc<str>>,
+    /// Cluster mode's state; `None` on a single node.
+    cluster: Option<cluster::ClusterLink>,
     history: RefCell<History>,
     /// Hashes `conflate_key` values; any hasher will do, they are only compared on this node.
     conflate_hasher: hashbrown::DefaultHashBuilder,
@@ -207,7 +218,12 @@ pub struct IngestStats {
 }
 
 impl IngestCore {
-    pub fn new(config: Arc<Config>, epoch: Arc<str>, shards: Vec<Sender<ToShard>>) -> Rc<Self> {
+    pub fn new(
+        config: Arc<Config>,
+        epoch: Arc<str>,
+        shards: Vec<Sender<ToShard>>,
+        cluster: Option<std::sync::mpsc::SyncSender<crate::cluster::ToCluster>>,
+    ) -> Rc<Self> {
         Rc::new(IngestCore {
             history: RefCell::new(History::new(config.clone())),
             config,
@@ -215,7 +231,8 @@ impl IngestCore {
             routes: RefCell::new(Registry::new()),
             lanes: RefCell::new(Default::default()),
             lanes_ready: Notify::default(),
-            epoch,
+            epoch: RefCell::new(epoch),
+            cluster: cluster.map(cluster::ClusterLink::new),
             conflate_hasher: hashbrown::DefaultHashBuilder::default(),
             recoveries_total: Cell::new(0),
             recoveries_failed_total: Cell::new(0),
@@ -230,6 +247,11 @@ impl IngestCore {
             fanout: RefCell::new(FanoutLatency::default()),
             fanout_interval: RefCell::new(FanoutLatency::default()),
         })
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> Arc<str> {
+        self.epoch.borrow().clone()
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -431,8 +453,13 @@ impl IngestCore {
         }
     }
 
-    /// Sequences one job: offset, encode once, keep in history, route, reply.
+    /// Sequences one job: offset, encode once, keep in history, route, reply. In cluster mode
+    /// Redis numbers it instead, and it fans out when it comes back (see [`cluster`]).
     async fn sequence(&self, job: Job, touched: &mut [bool]) {
+        if self.cluster.is_some() {
+            self.cluster_publish(job, touched).await;
+            return;
+        }
         let assigned = self.history.borrow_mut().assign(&job.channel);
         let Ok(assigned) = assigned else {
             self.reply(job, Err(PublishError::ChannelsFull), touched)
@@ -457,13 +484,34 @@ impl IngestCore {
         );
         delivery.namespace =
             u16::try_from(assigned.policy).expect("config validation bounds the namespaces");
+        self.fan_out(delivery, &job.channel, Instant::now(), touched)
+            .await;
+        self.reply(job, Ok(offset), touched).await;
+    }
+
+    /// The shards with a subscriber to `channel`.
+    fn routed(&self, channel: &str) -> Vec<ShardId> {
+        let mut matched = Vec::new();
+        self.routes.borrow().collect_matches(channel, &mut matched);
+        matched
+    }
+
+    /// Keeps a numbered message in history and sends it to every shard with a subscriber.
+    async fn fan_out(
+        &self,
+        delivery: crate::queue::Delivery,
+        channel: &str,
+        now: Instant,
+        touched: &mut [bool],
+    ) {
+        let publish = delivery.stamp.publish;
         self.history.borrow_mut().record(
-            &job.channel,
-            offset,
+            channel,
+            delivery.offset,
             publish,
             delivery.frame.clone(),
             delivery.payload_start(),
-            Instant::now(),
+            now,
         );
         // One shared `Bytes` goes to every shard, not a copy per shard. `benches/shared_bytes.rs`
         // measured both on the 2-core CI machine (AMD EPYC, 2 shards x 5,000 connections x 400
@@ -473,9 +521,7 @@ impl IngestCore {
         // its connections in one burst; so the simpler, allocation-free sharing stays. Re-run
         // the bench on many-core hosts before changing this.
         let mut matched = std::mem::take(&mut *self.matched_shards.borrow_mut());
-        self.routes
-            .borrow()
-            .collect_matches(&job.channel, &mut matched);
+        self.routes.borrow().collect_matches(channel, &mut matched);
         // A publish routed to no shard has no fan-out, and records nothing.
         if !matched.is_empty() {
             self.await_fanout(publish, matched.len());
@@ -491,7 +537,6 @@ impl IngestCore {
             touched[shard] = true;
         }
         *self.matched_shards.borrow_mut() = matched;
-        self.reply(job, Ok(offset), touched).await;
     }
 
     /// Answers a recovery from the history as of now: everything sequenced so far is either in
@@ -499,7 +544,7 @@ impl IngestCore {
     /// queue, where the subscription is live by then.
     async fn recover(&self, recovery: Recovery, touched: &mut [bool]) {
         let position = self.published_total.get();
-        let outcome = if *recovery.since.epoch != *self.epoch {
+        let outcome = if *recovery.since.epoch != *self.epoch() {
             Err(Unrecovered::EpochChanged)
         } else {
             let limits = RecoveryLimits {
@@ -539,7 +584,7 @@ impl IngestCore {
         let reply = command::subscribed_frame(
             &recovery.pattern,
             &recovery.id,
-            &self.epoch,
+            &self.epoch(),
             position,
             Some(outcome),
         );
@@ -583,19 +628,40 @@ impl IngestCore {
         }
     }
 
+    /// Whether the sequencer has anything to do.
+    fn has_work(&self) -> bool {
+        !self.lanes.borrow().iter().all(VecDeque::is_empty)
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(cluster::ClusterLink::ready)
+    }
+
     /// The sequencer: drains the lanes, highest priority first, a bounded batch per wake-up.
+    /// In cluster mode the messages back from Redis come right after the critical lane: they
+    /// are numbered already, and each waits for the one before it.
     async fn run_sequencer(self: Rc<Self>) {
         let mut touched = vec![false; self.shards.len()];
         loop {
-            self.lanes_ready
-                .wait_until(|| !self.lanes.borrow().iter().all(VecDeque::is_empty))
-                .await;
+            self.lanes_ready.wait_until(|| self.has_work()).await;
             for _ in 0..self.config.queue_batch_max {
-                let work = self
-                    .lanes
-                    .borrow_mut()
-                    .iter_mut()
-                    .find_map(VecDeque::pop_front);
+                let critical = self.lanes.borrow_mut()[Priority::Critical.lane()].pop_front();
+                let work = match critical {
+                    Some(work) => Some(work),
+                    None if self
+                        .cluster
+                        .as_ref()
+                        .is_some_and(cluster::ClusterLink::ready) =>
+                    {
+                        self.take_arrived(&mut touched).await;
+                        continue;
+                    }
+                    None => self
+                        .lanes
+                        .borrow_mut()
+                        .iter_mut()
+                        .find_map(VecDeque::pop_front),
+                };
                 match work {
                     Some(Work::Publish(job)) => self.sequence(job, &mut touched).await,
                     Some(Work::Recover(recovery)) => self.recover(recovery, &mut touched).await,
@@ -702,6 +768,15 @@ impl IngestCore {
                     }
                 }
             }
+            ToIngest::Cluster(news) => {
+                let mut touched = vec![false; self.shards.len()];
+                self.cluster_news(news, &mut touched).await;
+                for (shard, touched) in touched.into_iter().enumerate() {
+                    if touched {
+                        self.shards[shard].wake();
+                    }
+                }
+            }
             ToIngest::Shutdown => self.stop(),
         }
     }
@@ -789,7 +864,7 @@ mod tests {
             ..Config::default()
         };
         let senders = (0..shards).map(|_| queue::bounded(4).0).collect();
-        IngestCore::new(Arc::new(config), "e".into(), senders)
+        IngestCore::new(Arc::new(config), "e".into(), senders, None)
     }
 
     fn report(publish: u64, elapsed_us: u64) -> FanoutReport {

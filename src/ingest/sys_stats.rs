@@ -59,17 +59,44 @@ struct Previous {
 /// Publishes `$sys.stats` every `sys_stats_interval_ms` until the task is cancelled.
 pub async fn run(core: Rc<IngestCore>) {
     let interval = Duration::from_millis(core.config.sys_stats_interval_ms);
-    let epoch: Rc<str> = Rc::from(&*core.epoch);
     let mut previous = Previous::default();
     loop {
         glommio::timer::sleep(interval).await;
-        let tick = tick(&core, &epoch, &mut previous).await;
+        let tick = tick(&core, &mut previous).await;
+        if let Some(link) = core.cluster_link() {
+            link.report_connections(tick.connections);
+        }
         let data = sonic_rs::to_string(&tick).expect("stats serialize");
-        core.publish_internal(CHANNEL, data.into(), Priority::Normal);
+        core.publish_internal(&channel(&core.config), data.into(), Priority::Normal);
     }
 }
 
-async fn tick(core: &IngestCore, epoch: &Rc<str>, previous: &mut Previous) -> Tick {
+/// The channel this node's figures go to: [`CHANNEL`] on a single node; in cluster mode,
+/// where every node receives every node's messages, `$sys.stats.<node>`.
+pub fn channel(config: &crate::config::Config) -> String {
+    match config.redis_url {
+        Some(_) => format!("{CHANNEL}.{}", node_token(config)),
+        None => CHANNEL.to_owned(),
+    }
+}
+
+/// This node's name as one channel token: the WebSocket address, `:` and digits kept.
+pub fn node_token(config: &crate::config::Config) -> String {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", hostname.trim(), config.listen.port())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == ':' || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+async fn tick(core: &IngestCore, previous: &mut Previous) -> Tick {
+    let epoch: Rc<str> = Rc::from(&*core.epoch());
     let reports = shard_reports(core).await;
     let now = Instant::now();
     let elapsed_s = previous
@@ -102,7 +129,7 @@ async fn tick(core: &IngestCore, epoch: &Rc<str>, previous: &mut Previous) -> Ti
     let tick = Tick {
         ts_ms: crate::ws::conn::unix_ms(),
         interval_ms: core.config.sys_stats_interval_ms,
-        epoch: epoch.clone(),
+        epoch,
         connections: shards.iter().map(|shard| shard.connections).sum(),
         deliveries_per_s: shards.iter().map(|shard| shard.deliveries_per_s).sum(),
         published_per_s: rate(ingest.published_total, previous.published_total),

@@ -104,7 +104,7 @@ pub struct ShardCore {
     pub id: ShardId,
     pub config: Arc<Config>,
     /// The ingest core's current run of offsets, as clients are told it.
-    epoch: Arc<str>,
+    epoch: RefCell<Arc<str>>,
     /// A message `seq` such that every later publish matching a live subscription here reaches
     /// this shard: the highest of the deliveries, routes and recoveries received so far.
     position: Cell<u64>,
@@ -153,7 +153,7 @@ impl ShardCore {
         Rc::new(ShardCore {
             id,
             config,
-            epoch,
+            epoch: RefCell::new(epoch),
             position: Cell::new(0),
             batched: RefCell::new(Vec::new()),
             batched_ready: Notify::default(),
@@ -352,7 +352,7 @@ impl ShardCore {
             self.id,
             conn::unix_ms(),
             self.config.heartbeat_s,
-            &self.epoch,
+            &self.epoch.borrow(),
         );
         let handle = Rc::new(ConnHandle::new(id, name, hello, Instant::now()));
         entry.insert(handle.clone());
@@ -505,7 +505,7 @@ impl ShardCore {
 
     /// `subscribed` for a live subscription, as of the shard's position now.
     fn subscribed_frame(&self, pattern: &str, id: &Option<Value>) -> Bytes {
-        command::subscribed_frame(pattern, id, &self.epoch, self.position.get(), None)
+        command::subscribed_frame(pattern, id, &self.epoch.borrow(), self.position.get(), None)
     }
 
     /// The `subscribe` command. With `since`, the subscription goes live when the ingest
@@ -801,6 +801,31 @@ impl ShardCore {
         });
     }
 
+    /// A `gap` notice for every local subscriber of `channel` (cluster mode: messages this node
+    /// never received and cannot read back).
+    fn gap(&self, channel: &str, frame: Bytes) {
+        let mut matches = self.matches.borrow_mut();
+        self.registry
+            .borrow()
+            .collect_matches(channel, &mut matches);
+        for id in matches.iter() {
+            if let Some(handle) = self.handle(*id) {
+                self.send_to(&handle, frame.clone());
+            }
+        }
+    }
+
+    /// The cluster's offsets restarted (Redis lost its data): every connection is closed with
+    /// 1012 so that its client reconnects and learns, by `recovered:false`, that its positions
+    /// mean nothing now.
+    fn new_epoch(&self, epoch: Arc<str>) {
+        *self.epoch.borrow_mut() = epoch;
+        self.position.set(0);
+        for (_, handle) in self.conns.borrow().iter() {
+            handle.request_close(CloseRequest::EPOCH_CHANGED);
+        }
+    }
+
     /// Sends the ingest core the fan-out times gathered since the last report, if any.
     fn report_fanout(&self) {
         let reports = std::mem::take(&mut *self.fanout_reports.borrow_mut());
@@ -827,6 +852,8 @@ impl ShardCore {
                 position,
             } => self.interest_ready(&pattern, seq, position),
             ToShard::Recovered(recovered) => self.recovered(*recovered),
+            ToShard::Gap { channel, frame } => self.gap(&channel, frame),
+            ToShard::Epoch(epoch) => self.new_epoch(epoch),
             ToShard::Query { query, kind } => {
                 // Reports first, so the ingest core's overall figures are as current as ours.
                 self.report_fanout();

@@ -70,6 +70,10 @@ impl CloseRequest {
         code: 1000,
         reason: "idle timeout",
     };
+    pub const EPOCH_CHANGED: CloseRequest = CloseRequest {
+        code: 1012,
+        reason: "epoch changed: offsets restarted; resubscribe",
+    };
     pub const SLOW_CONSUMER: CloseRequest = CloseRequest {
         code: 4008,
         reason: "slow consumer: outbox overflowed",
