@@ -245,3 +245,50 @@ async fn when_redis_restarts_empty_clients_are_told_exactly_what_happened() {
     })
     .await
 }
+
+/// Sends Redis one inline command and returns its reply's first line.
+fn redis_command(redis: &Redis, command: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("redis");
+    stream
+        .write_all(format!("{command}\r\n").as_bytes())
+        .expect("write to redis");
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .expect("a reply from redis");
+    line
+}
+
+#[tokio::test]
+async fn a_node_whose_subscription_broke_delivers_what_it_missed_in_order() {
+    watchdog(async {
+        let redis = Redis::start();
+        let (a, b) = (node(&redis).await, node(&redis).await);
+        let mut on_b = Client::connect(&b).await;
+        subscribe(&mut on_b, "br.1").await;
+        for i in 1..=3 {
+            a.publish("br.1", &json!(i)).await;
+            assert_message(&on_b.recv().await, "br.1", i, &json!(i));
+        }
+        // Every node's events subscription is cut; the command connections stay, so publishes
+        // go on while the nodes reconnect.
+        let killed = redis_command(&redis, "CLIENT KILL TYPE pubsub");
+        assert!(killed.starts_with(':'), "CLIENT KILL answered {killed:?}");
+        for i in 4..=10 {
+            a.publish("br.1", &json!(i)).await;
+        }
+        for i in 4..=10 {
+            let got = on_b.recv().await;
+            assert_message(&got, "br.1", i, &json!(i));
+        }
+        on_b.expect_silence("each missed message once, no gap notice")
+            .await;
+        let log = b.stderr_tail();
+        assert!(
+            log.contains("Redis events subscription lost"),
+            "expected node B to have lost its subscription (so 4.. came from the log): {log}"
+        );
+    })
+    .await
+}
