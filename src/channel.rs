@@ -147,6 +147,33 @@ pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
     }
 }
 
+/// Whether every channel `pattern` matches is also matched by `granted` (both valid
+/// patterns): what a token's grant must say for a subscription to be allowed.
+#[must_use]
+pub fn pattern_covers(granted: &str, pattern: &str) -> bool {
+    if is_system(pattern) && !is_system(granted) {
+        return false;
+    }
+    let mut granted_tokens = granted.split('.');
+    let mut pattern_tokens = pattern.split('.');
+    loop {
+        match (granted_tokens.next(), pattern_tokens.next()) {
+            (None, None) => return true,
+            // `>` takes one token or more, whatever they are, wildcards included.
+            (Some(">"), Some(_)) => return true,
+            // The pattern goes deeper than anything a non-`>` grant reaches.
+            (Some(_), Some(">")) => return false,
+            (Some("*"), Some(_)) => {}
+            (Some(granted_token), Some(pattern_token)) => {
+                if granted_token != pattern_token {
+                    return false;
+                }
+            }
+            (Some(_), None) | (None, Some(_)) => return false,
+        }
+    }
+}
+
 /// Whether the scan accepts `*` and `>` tokens.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Wildcards {
@@ -243,6 +270,30 @@ mod tests {
         assert!(pattern_matches("$sys.*", "$sys.stats"));
         assert!(!pattern_matches(">", "$sys.stats"));
         assert!(!pattern_matches("*.stats", "$sys.stats"));
+    }
+
+    #[test]
+    fn a_grant_covers_exactly_the_patterns_within_it() {
+        for (granted, pattern, covered) in [
+            ("leads.*", "leads.42", true),
+            ("leads.*", "leads.*", true),
+            ("leads.*", "leads.>", false),
+            ("leads.*", "leads.42.x", false),
+            ("leads.>", "leads.*.notes", true),
+            ("leads.>", "leads.>", true),
+            ("leads.>", "leads", false),
+            (">", "a.b.c", true),
+            (">", "$sys.stats", false),
+            ("$sys.>", "$sys.stats", true),
+            ("a.b", "a.*", false),
+            ("*.b", "a.b", true),
+        ] {
+            assert_eq!(
+                pattern_covers(granted, pattern),
+                covered,
+                "{granted} {pattern}"
+            );
+        }
     }
 
     #[test]

@@ -188,12 +188,52 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::cluster_log_max())]
     pub cluster_log_max: usize,
 
+    /// Who may connect: `none` (anyone, for local use: start-up warns loudly) or `jwt` (a
+    /// token at the upgrade, `?token=` or `Authorization: Bearer`; its claims `channels` and
+    /// `publish` bound what the connection may do, `exp` when it is closed with 4001).
+    #[arg(long, default_value_t = defaults::auth())]
+    pub auth: AuthMode,
+
+    /// `auth = "jwt"`: the HS256 shared secret.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+
+    /// `auth = "jwt"`: a PEM public key, RSA (RS256) or EC P-256 (ES256).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// `auth = "jwt"`: a JWKS file of RS256/ES256 keys, chosen by the token's `kid`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<std::path::PathBuf>,
+
     /// Per channel namespace: history limits and slow-consumer policy, in the TOML file only
     /// (`[[namespaces]]` tables). The first namespace whose pattern matches a channel applies;
     /// what it leaves out comes from the top-level settings above.
     #[arg(skip)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<Namespace>,
+}
+
+/// Who may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone, for anything (subject to `client_publish`): local use only.
+    None,
+    /// A valid JWT at the upgrade; its claims bound the connection.
+    Jwt,
+}
+
+impl std::fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthMode::None => "none",
+            AuthMode::Jwt => "jwt",
+        })
+    }
 }
 
 /// What to do with a client that cannot keep up with a channel.
@@ -271,7 +311,7 @@ impl std::fmt::Display for LogFormat {
 pub mod defaults {
     use std::net::SocketAddr;
 
-    use super::{LogFormat, SlowConsumer};
+    use super::{AuthMode, LogFormat, SlowConsumer};
 
     pub fn listen() -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], 8080))
@@ -363,6 +403,9 @@ pub mod defaults {
     pub fn cluster_log_max() -> usize {
         100_000
     }
+    pub fn auth() -> AuthMode {
+        AuthMode::None
+    }
 }
 
 impl Default for Config {
@@ -404,6 +447,10 @@ impl Default for Config {
             sys_stats_interval_ms: defaults::sys_stats_interval_ms(),
             redis_url: None,
             cluster_log_max: defaults::cluster_log_max(),
+            auth: defaults::auth(),
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwks_file: None,
             namespaces: Vec::new(),
         }
     }

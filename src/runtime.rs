@@ -219,6 +219,15 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         None => None,
     };
     let cluster_requests = bridge.as_ref().map(crate::cluster::Bridge::requests);
+    let verifier = crate::net::auth::Verifier::from_config(&config)
+        .map_err(StartError)?
+        .map(Arc::new);
+    if verifier.is_none() {
+        tracing::warn!(
+            "auth = \"none\": ANY client may connect and subscribe to ANY channel. Fine on a \
+             laptop; set auth = \"jwt\" before this faces a network"
+        );
+    }
 
     let (bound_tx, bound_rx) = mpsc::channel::<(String, Bound)>();
     let (api_tx, api_rx) = mpsc::channel::<SocketAddr>();
@@ -264,6 +273,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     {
         let shard_config = config.clone();
         let shard_epoch = epoch.clone();
+        let shard_verifier = verifier.clone();
         let shard_bound = bound_tx.clone();
         let name = format!("shard {shard}");
         executors.push((
@@ -280,7 +290,8 @@ pub fn serve(config: Config) -> Result<(), StartError> {
                             return;
                         }
                     };
-                    let core = ShardCore::new(shard, shard_config, shard_epoch, sender);
+                    let core =
+                        ShardCore::new(shard, shard_config, shard_verifier, shard_epoch, sender);
                     let running = Shard::start(core, listener, inbox);
                     let _ = shard_bound.send((name, Ok(())));
                     running.run().await;

@@ -51,6 +51,8 @@ pub struct Upgrade {
     pub response: Vec<u8>,
     /// Patterns from `?channels=a,b`, validated.
     pub channels: Vec<String>,
+    /// The JWT from `?token=` or `Authorization: Bearer` (checked by the caller).
+    pub token: Option<String>,
     /// Bytes of the buffer the request used; any after it are the client's first frames.
     pub request_bytes: usize,
 }
@@ -182,9 +184,11 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request>, Reje
     }
     let response = accept(&request)?;
     let channels = query_channels(query, limits.channels_max)?;
+    let token = query_token(query).or_else(|| bearer_token(&request));
     Ok(Some(Request::Upgrade(Upgrade {
         response,
         channels,
+        token,
         request_bytes,
     })))
 }
@@ -222,6 +226,26 @@ fn accept(request: &httparse::Request) -> Result<Vec<u8>, Reject> {
     tungstenite::handshake::server::write_response(&mut out, &response)
         .map_err(|err| bad(format!("cannot build the upgrade response: {err}")))?;
     Ok(out)
+}
+
+/// The value of `token=` in a query string, if any.
+fn query_token(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "token")
+        .map(|(_, value)| value.into_owned())
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if any.
+fn bearer_token(request: &httparse::Request) -> Option<String> {
+    let header = request
+        .headers
+        .iter()
+        .find(|header| header.name.eq_ignore_ascii_case("authorization"))?;
+    let value = std::str::from_utf8(header.value).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
 }
 
 /// Reads `channels=a,b` (repeatable) from a query string.

@@ -8,6 +8,7 @@
 //! reaches the shard's state. So does a plain `GET` of the browser client (`/client.js`), which
 //! gets the file and is closed.
 
+pub mod auth;
 pub mod handshake;
 
 use std::net::SocketAddr;
@@ -163,6 +164,14 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
             send_and_close(&mut stream, &handshake::asset_response(asset), timeout).await;
         }
         Ok(Ok((Request::Upgrade(upgrade), mut buf))) => {
+            let grant = match authorize(&shard, &upgrade) {
+                Ok(grant) => grant,
+                Err(reject) => {
+                    tracing::debug!(status = %reject.status, reason = %reject.message, "upgrade refused");
+                    answer(&mut stream, &reject, timeout).await;
+                    return;
+                }
+            };
             if stream.write_all(&upgrade.response).await.is_err() {
                 return;
             }
@@ -170,7 +179,7 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
             if buf.capacity() > 0 && buf.is_empty() {
                 buf = Vec::new();
             }
-            shard.open_conn(stream, upgrade.channels, buf);
+            shard.open_conn(stream, upgrade.channels, grant, buf);
         }
         Ok(Err(Failed::Reject(reject))) => {
             tracing::debug!(status = %reject.status, reason = %reject.message, "handshake refused");
@@ -190,6 +199,32 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
 }
 
 /// Answers 503: the shard is at `connections_per_shard_max` or stopping.
+/// Checks the upgrade's token when auth is on: 401 for a missing, invalid or expired one, 403
+/// for connect-time `channels` outside its grant. `None` when auth is off.
+fn authorize(
+    shard: &ShardCore,
+    upgrade: &handshake::Upgrade,
+) -> Result<Option<auth::Grant>, Reject> {
+    let Some(verifier) = &shard.verifier else {
+        return Ok(None);
+    };
+    let grant = verifier
+        .verify(upgrade.token.as_deref())
+        .map_err(|err| Reject::new(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string()))?;
+    if let Some(pattern) = upgrade
+        .channels
+        .iter()
+        .find(|pattern| !grant.may_subscribe(pattern))
+    {
+        return Err(Reject::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the token does not grant channels={pattern}"),
+        ));
+    }
+    Ok(Some(grant))
+}
+
 async fn refuse_full(shard: &ShardCore, stream: &mut TcpStream, timeout: Duration) {
     shard.count_refused();
     let reject = Reject::new(

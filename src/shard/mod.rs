@@ -36,6 +36,7 @@ use crate::channel;
 use crate::config::Config;
 use crate::ingest::metrics::{FanoutLatency, LatencySummary};
 use crate::ingest::Priority;
+use crate::net::auth::{Grant, Verifier};
 use crate::notify::Notify;
 use crate::queue::{
     AckRow, Answer, Delivery, FanoutReport, NamespaceStats, QueryKind, Receiver, Recovered, Sender,
@@ -103,6 +104,8 @@ enum Waiter {
 pub struct ShardCore {
     pub id: ShardId,
     pub config: Arc<Config>,
+    /// Verifies tokens at the upgrade and on `refresh`; `None` with `auth = "none"`.
+    pub verifier: Option<Arc<Verifier>>,
     /// The ingest core's current run of offsets, as clients are told it.
     epoch: RefCell<Arc<str>>,
     /// A message `seq` such that every later publish matching a live subscription here reaches
@@ -146,6 +149,7 @@ impl ShardCore {
     pub fn new(
         id: ShardId,
         config: Arc<Config>,
+        verifier: Option<Arc<Verifier>>,
         epoch: Arc<str>,
         to_ingest: Sender<ToIngest>,
     ) -> Rc<Self> {
@@ -153,6 +157,7 @@ impl ShardCore {
         Rc::new(ShardCore {
             id,
             config,
+            verifier,
             epoch: RefCell::new(epoch),
             position: Cell::new(0),
             batched: RefCell::new(Vec::new()),
@@ -337,7 +342,13 @@ impl ShardCore {
 
     /// Registers an upgraded connection and starts its task. `channels` are the connect-time
     /// subscriptions (already validated); `connected` is sent once they are all live.
-    pub fn open_conn(self: &Rc<Self>, stream: TcpStream, channels: Vec<String>, early: Vec<u8>) {
+    pub fn open_conn(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        channels: Vec<String>,
+        grant: Option<Grant>,
+        early: Vec<u8>,
+    ) {
         let seq = self.next_seq.get();
         self.next_seq.set(seq.wrapping_add(1));
         let mut conns = self.conns.borrow_mut();
@@ -355,6 +366,7 @@ impl ShardCore {
             &self.epoch.borrow(),
         );
         let handle = Rc::new(ConnHandle::new(id, name, hello, Instant::now()));
+        *handle.grant.borrow_mut() = grant;
         entry.insert(handle.clone());
         drop(conns);
         self.update_stats(|stats| stats.connections_accepted += 1);
@@ -518,6 +530,15 @@ impl ShardCore {
         id: Option<Value>,
     ) -> Result<Option<Bytes>, ErrorReply> {
         command::check_pattern(pattern, &id)?;
+        if let Some(grant) = &*handle.grant.borrow() {
+            if !grant.may_subscribe(pattern) {
+                return Err(ErrorReply::new(
+                    id,
+                    ErrorCode::Forbidden,
+                    format!("the token does not grant {pattern:?}"),
+                ));
+            }
+        }
         let mut subscriptions = handle.subscriptions.borrow_mut();
         if subscriptions
             .iter()
@@ -598,6 +619,38 @@ impl ShardCore {
         handle.push_recovered(joined.freeze());
     }
 
+    /// The `refresh` command: a new token for the same subject replaces the grant and its `exp`.
+    pub fn refresh(
+        &self,
+        handle: &ConnHandle,
+        token: &str,
+        id: Option<Value>,
+    ) -> Result<Option<Bytes>, ErrorReply> {
+        let Some(verifier) = &self.verifier else {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::BadRequest,
+                "this server runs without auth: there is no token to refresh",
+            ));
+        };
+        let grant = verifier
+            .verify(Some(token))
+            .map_err(|err| ErrorReply::new(id.clone(), ErrorCode::Forbidden, err.to_string()))?;
+        let mut current = handle.grant.borrow_mut();
+        if let Some(current) = &*current {
+            if current.sub != grant.sub || current.tenant != grant.tenant {
+                return Err(ErrorReply::new(
+                    id,
+                    ErrorCode::Forbidden,
+                    "a refresh must be for the same sub and tenant as the connection's token",
+                ));
+            }
+        }
+        let exp = grant.exp;
+        *current = Some(grant);
+        Ok(Some(command::refreshed_frame(&id, exp)))
+    }
+
     /// The `ack` command: keeps the highest offset acked per channel.
     pub fn ack(
         &self,
@@ -669,6 +722,15 @@ impl ShardCore {
         id: Option<Value>,
     ) -> Result<Option<Bytes>, ErrorReply> {
         command::check_pattern(pattern, &id)?;
+        if let Some(grant) = &*handle.grant.borrow() {
+            if !grant.may_subscribe(pattern) {
+                return Err(ErrorReply::new(
+                    id,
+                    ErrorCode::Forbidden,
+                    format!("the token does not grant {pattern:?}"),
+                ));
+            }
+        }
         let mut subscriptions = handle.subscriptions.borrow_mut();
         let Some(at) = subscriptions
             .iter()
@@ -700,17 +762,21 @@ impl ShardCore {
         id: Option<Value>,
     ) -> Result<Option<Bytes>, ErrorReply> {
         command::check_channel(channel, &id)?;
+        // With auth, the token's `publish` claim decides; without, `client_publish`.
         let allowed = !channel::is_system(channel)
-            && self
-                .config
-                .client_publish
-                .iter()
-                .any(|pattern| channel::pattern_matches(pattern, channel));
+            && match &*handle.grant.borrow() {
+                Some(grant) => grant.may_publish(channel),
+                None => self
+                    .config
+                    .client_publish
+                    .iter()
+                    .any(|pattern| channel::pattern_matches(pattern, channel)),
+            };
         if !allowed {
             return Err(ErrorReply::new(
                 id,
                 ErrorCode::Forbidden,
-                format!("client publishing is not enabled for {channel:?}"),
+                format!("publishing to {channel:?} is not granted to this connection"),
             ));
         }
         if self.backlog.borrow().len() >= self.config.queue_items_max {
@@ -945,11 +1011,19 @@ impl ShardCore {
         loop {
             glommio::timer::sleep(TICK).await;
             let now = Instant::now();
+            let now_s = conn::unix_ms() / 1000;
             for (_, handle) in self.conns.borrow().iter() {
                 if handle.is_closing() {
                     continue;
                 }
-                if now.duration_since(handle.last_seen()) >= idle_timeout {
+                let expired = handle
+                    .grant
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|grant| now_s >= grant.exp);
+                if expired {
+                    handle.request_close(CloseRequest::TOKEN_EXPIRED);
+                } else if now.duration_since(handle.last_seen()) >= idle_timeout {
                     handle.request_close(CloseRequest::IDLE);
                 } else if now.duration_since(handle.last_ping()) >= heartbeat {
                     handle.set_last_ping(now);

@@ -49,6 +49,11 @@ pub enum Command<'a> {
         offset: u64,
         id: Option<Value>,
     },
+    /// A new token for the connection (auth = "jwt").
+    Refresh {
+        token: Cow<'a, str>,
+        id: Option<Value>,
+    },
 }
 
 /// The contract's error codes.
@@ -118,6 +123,8 @@ struct RawCommand<'a> {
     data: Option<LazyValue<'a>>,
     since: Option<RawSince>,
     offset: Option<u64>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
     id: Option<Value>,
 }
 
@@ -221,6 +228,14 @@ pub fn parse(text: &str) -> Result<Command<'_>, ErrorReply> {
             };
             Ok(Command::Subscribe { channel, since, id })
         }
+        "refresh" => match raw.token {
+            Some(token) => Ok(Command::Refresh { token, id }),
+            None => Err(ErrorReply::new(
+                id,
+                ErrorCode::BadRequest,
+                "missing field `token`",
+            )),
+        },
         "ack" => {
             let channel = channel(&id)?;
             let Some(offset) = raw.offset else {
@@ -397,6 +412,22 @@ pub fn gap_frame(channel: &str, from: u64, to: u64) -> Bytes {
         channel,
         from,
         to,
+    })
+}
+
+/// `{"type":"refreshed","id":..,"exp":..}`: the new token is the connection's.
+pub fn refreshed_frame(id: &Option<Value>, exp: u64) -> Bytes {
+    #[derive(Serialize)]
+    struct Refreshed<'a> {
+        r#type: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: &'a Option<Value>,
+        exp: u64,
+    }
+    json_frame(&Refreshed {
+        r#type: "refreshed",
+        id,
+        exp,
     })
 }
 

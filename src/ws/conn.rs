@@ -70,6 +70,10 @@ impl CloseRequest {
         code: 1000,
         reason: "idle timeout",
     };
+    pub const TOKEN_EXPIRED: CloseRequest = CloseRequest {
+        code: 4001,
+        reason: "token expired: reconnect with a new one, or refresh before exp",
+    };
     pub const EPOCH_CHANGED: CloseRequest = CloseRequest {
         code: 1012,
         reason: "epoch changed: offsets restarted; resubscribe",
@@ -124,6 +128,8 @@ pub struct ConnHandle {
     pub hello_waits: Cell<u32>,
     /// Set while the shard holds this connection's messages for the batching window.
     pub batched: Cell<bool>,
+    /// What the connection's token allows; `None` without auth.
+    pub grant: RefCell<Option<crate::net::auth::Grant>>,
     /// The highest offset acked per channel; at most `subscriptions_per_conn_max` channels.
     pub acks: RefCell<Vec<(Box<str>, u64)>>,
     messages_in: Cell<u64>,
@@ -147,6 +153,7 @@ impl ConnHandle {
             hello: RefCell::new(Some(hello)),
             hello_waits: Cell::new(0),
             batched: Cell::new(false),
+            grant: RefCell::new(None),
             acks: RefCell::new(Vec::new()),
             messages_in: Cell::new(0),
             messages_out: Cell::new(0),
@@ -654,6 +661,7 @@ fn handle_command(shard: &ShardCore, handle: &Rc<ConnHandle>, text: &str) -> Flo
             offset,
             id,
         }) => shard.ack(handle, &channel, offset, id),
+        Ok(Command::Refresh { token, id }) => shard.refresh(handle, &token, id),
         Ok(Command::Unsubscribe { channel, id }) => shard.unsubscribe(handle, &channel, id),
         Ok(Command::Publish { channel, data, id }) => {
             shard.client_publish(handle, &channel, data, id)

@@ -685,6 +685,11 @@ impl Bystander {
     pub async fn join(server: &Server, channel: &str) -> Bystander {
         let mut client = Client::connect(server).await;
         client.subscribe(channel, 1).await;
+        Bystander::from_client(client, channel)
+    }
+
+    /// A bystander of a client already subscribed to `channel` (one that needed a token, say).
+    pub fn from_client(client: Client, channel: &str) -> Bystander {
         Bystander {
             client,
             channel: channel.to_string(),

@@ -1,0 +1,300 @@
+//! Connection auth: the JWT a client presents at the upgrade (`?token=` or `Authorization:
+//! Bearer`), verified with `jsonwebtoken`, and the [`Grant`] it carries for the connection's
+//! life: who it is, until when, which patterns it may subscribe to and publish to.
+//!
+//! Keys come from the config: an HS256 shared secret, a PEM public key (RS256 or ES256), or a
+//! JWKS file, read once at start-up, so a bad key stops the server before it listens. This
+//! module decides nothing about sockets: the handshake answers 401 with the [`AuthError`]'s
+//! text, and the shard checks each subscribe and publish against the grant.
+
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::channel;
+use crate::config::{AuthMode, Config};
+
+/// Why a token was refused. Every variant is the client's to fix: get a new token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// No token in `?token=` or `Authorization: Bearer`.
+    Missing,
+    /// Past its `exp`.
+    Expired,
+    /// Any other verification failure (signature, algorithm, shape, missing claim).
+    Invalid(String),
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthError::Missing => f.write_str(
+                "authentication required: send a JWT as ?token= or Authorization: Bearer",
+            ),
+            AuthError::Expired => f.write_str("the token has expired"),
+            AuthError::Invalid(why) => write!(f, "invalid token: {why}"),
+        }
+    }
+}
+
+/// The claims corecast reads; others are ignored.
+#[derive(Debug, Clone, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    exp: u64,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+}
+
+/// What a verified token allows its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub sub: String,
+    pub tenant: Option<String>,
+    /// Seconds since the UNIX epoch after which the connection is closed with 4001.
+    pub exp: u64,
+    /// Patterns it may subscribe to (a subscription must lie within one of them).
+    pub channels: Vec<String>,
+    /// Patterns it may publish to.
+    pub publish: Vec<String>,
+}
+
+impl Grant {
+    /// Whether every channel `pattern` matches lies within a granted pattern.
+    pub fn may_subscribe(&self, pattern: &str) -> bool {
+        self.channels
+            .iter()
+            .any(|granted| channel::pattern_covers(granted, pattern))
+    }
+
+    /// Whether `name` (a concrete channel) is granted for publishing.
+    pub fn may_publish(&self, name: &str) -> bool {
+        self.publish
+            .iter()
+            .any(|granted| channel::pattern_matches(granted, name))
+    }
+}
+
+/// One way to check a signature.
+struct Key {
+    key: DecodingKey,
+    algorithm: Algorithm,
+    /// The JWKS `kid`, when the key came from a JWKS file.
+    kid: Option<String>,
+}
+
+/// Verifies tokens with the configured keys.
+pub struct Verifier {
+    keys: Vec<Key>,
+}
+
+/// A key file or secret the server cannot use: start-up stops with this message.
+fn key_error(what: &str, err: impl std::fmt::Display) -> String {
+    format!("auth = \"jwt\": {what}: {err}")
+}
+
+impl Verifier {
+    /// The verifier the config asks for: `None` with `auth = "none"`.
+    pub fn from_config(config: &Config) -> Result<Option<Verifier>, String> {
+        if config.auth == AuthMode::None {
+            return Ok(None);
+        }
+        let mut keys = Vec::new();
+        if let Some(secret) = &config.jwt_secret {
+            keys.push(Key {
+                key: DecodingKey::from_secret(secret.as_bytes()),
+                algorithm: Algorithm::HS256,
+                kid: None,
+            });
+        }
+        if let Some(path) = &config.jwt_public_key_file {
+            keys.push(public_key(path)?);
+        }
+        if let Some(path) = &config.jwks_file {
+            keys.extend(jwks(path)?);
+        }
+        if keys.is_empty() {
+            return Err(
+                "auth = \"jwt\" needs a key: jwt_secret (HS256), jwt_public_key_file (RS256 or \
+                 ES256 PEM) or jwks_file"
+                    .into(),
+            );
+        }
+        Ok(Some(Verifier { keys }))
+    }
+
+    /// Verifies `token` (signature, `exp`, claims) and returns its grant.
+    pub fn verify(&self, token: Option<&str>) -> Result<Grant, AuthError> {
+        let token = token.ok_or(AuthError::Missing)?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|err| AuthError::Invalid(err.to_string()))?;
+        let mut last = AuthError::Invalid(format!("no configured key takes {:?}", header.alg));
+        for key in &self.keys {
+            if key.algorithm != header.alg {
+                continue;
+            }
+            if let (Some(kid), Some(wanted)) = (&key.kid, &header.kid) {
+                if kid != wanted {
+                    continue;
+                }
+            }
+            let mut validation = Validation::new(key.algorithm);
+            validation.leeway = 0;
+            validation.set_required_spec_claims(&["exp", "sub"]);
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => {
+                    let claims = data.claims;
+                    return Ok(Grant {
+                        sub: claims.sub,
+                        tenant: claims.tenant,
+                        exp: claims.exp,
+                        channels: claims.channels,
+                        publish: claims.publish,
+                    });
+                }
+                Err(err) => {
+                    last = match err.kind() {
+                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                        _ => AuthError::Invalid(err.to_string()),
+                    };
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// A PEM public key: RSA (RS256) or EC (ES256).
+fn public_key(path: &Path) -> Result<Key, String> {
+    let pem = std::fs::read(path)
+        .map_err(|err| key_error(&format!("cannot read {}", path.display()), err))?;
+    if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+        return Ok(Key {
+            key,
+            algorithm: Algorithm::RS256,
+            kid: None,
+        });
+    }
+    DecodingKey::from_ec_pem(&pem)
+        .map(|key| Key {
+            key,
+            algorithm: Algorithm::ES256,
+            kid: None,
+        })
+        .map_err(|err| {
+            key_error(
+                &format!(
+                    "{} is neither an RSA nor an EC public key in PEM",
+                    path.display()
+                ),
+                err,
+            )
+        })
+}
+
+/// Every RS256 or ES256 key of a JWKS file.
+fn jwks(path: &Path) -> Result<Vec<Key>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| key_error(&format!("cannot read {}", path.display()), err))?;
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
+        .map_err(|err| key_error(&format!("{} is not a JWKS", path.display()), err))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let algorithm = match &jwk.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+            _ => continue,
+        };
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|err| key_error(&format!("a key of {}", path.display()), err))?;
+        keys.push(Key {
+            key,
+            algorithm,
+            kid: jwk.common.key_id.clone(),
+        });
+    }
+    if keys.is_empty() {
+        return Err(key_error(
+            &format!("{} holds no RS256 or ES256 key", path.display()),
+            "empty",
+        ));
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    fn verifier() -> Verifier {
+        let config = Config {
+            auth: AuthMode::Jwt,
+            jwt_secret: Some("s3cret".into()),
+            ..Config::default()
+        };
+        Verifier::from_config(&config).unwrap().unwrap()
+    }
+
+    fn token(secret: &str, exp: u64) -> String {
+        let claims = serde_json::json!({
+            "sub": "ada", "tenant": "acme", "exp": exp,
+            "channels": ["leads.*"], "publish": ["chat.>"],
+        });
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn now_s() -> u64 {
+        crate::ws::conn::unix_ms() / 1000
+    }
+
+    #[test]
+    fn a_valid_token_grants_its_claims() {
+        let grant = verifier()
+            .verify(Some(&token("s3cret", now_s() + 60)))
+            .unwrap();
+        assert_eq!(grant.sub, "ada");
+        assert_eq!(grant.tenant.as_deref(), Some("acme"));
+        assert!(grant.may_subscribe("leads.*") && grant.may_subscribe("leads.42"));
+        assert!(!grant.may_subscribe("leads.>") && !grant.may_subscribe("other"));
+        assert!(grant.may_publish("chat.r1") && !grant.may_publish("leads.1"));
+    }
+
+    #[test]
+    fn bad_tokens_say_why() {
+        let verifier = verifier();
+        assert_eq!(verifier.verify(None), Err(AuthError::Missing));
+        assert_eq!(
+            verifier.verify(Some(&token("s3cret", now_s() - 1))),
+            Err(AuthError::Expired)
+        );
+        assert!(matches!(
+            verifier.verify(Some(&token("wrong", now_s() + 60))),
+            Err(AuthError::Invalid(why)) if why.contains("InvalidSignature")
+        ));
+        assert!(matches!(
+            verifier.verify(Some("x.y.z")),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn jwt_without_a_key_is_refused_at_start_up() {
+        let config = Config {
+            auth: AuthMode::Jwt,
+            ..Config::default()
+        };
+        let err = Verifier::from_config(&config).err().unwrap();
+        assert!(err.contains("needs a key"), "{err}");
+    }
+}
