@@ -10,7 +10,7 @@
 //! state is read by evaluating JavaScript over the DevTools protocol. And that the control
 //! plane's `/dashboard` draws `$sys.stats` live and shows the exact connection count (its
 //! screenshot, saved under cargo's `target/tmp`, is the README's). Chromium must be installed
-//! (`.ci/run` installs Debian's `chromium`): without it these tests fail, they never skip.
+//! (`.ci/deps` installs Debian's `chromium`): without it these tests fail, they never skip.
 
 mod common;
 
@@ -450,7 +450,7 @@ fn chromium_path() -> PathBuf {
     assert!(
         path.is_file(),
         "this test needs Chromium at {} (set CHROMIUM to use another path): install Debian's \
-         `chromium` package (apt-get install chromium), as .ci/run does",
+         `chromium` package (apt-get install chromium), as .ci/deps does",
         path.display()
     );
     path

@@ -1,4 +1,4 @@
-//! Cluster mode against a real `redis-server` (started here on a free port; `.ci/run` installs
+//! Cluster mode against a real `redis-server` (started here on a free port; `.ci/deps` installs
 //! Debian's package, and without it these tests fail, they never skip) and three real nodes:
 //! a publish on one node reaches subscribers on the others with identical offsets and seqs, in
 //! the same order; a client that moves from one node to another recovers with no gap; and when
@@ -40,7 +40,7 @@ impl Redis {
             .unwrap_or_else(|err| {
                 panic!(
                     "these tests need redis-server on the PATH (apt-get install redis-server, as \
-                     .ci/run does): {err}"
+                     .ci/deps does): {err}"
                 )
             });
         let deadline = Instant::now() + STEP;
