@@ -378,6 +378,15 @@ impl RawWs {
         let _ = tokio::time::timeout(STEP, self.stream.write_all(bytes)).await;
     }
 
+    /// Writes bytes unless the socket fails or stays full for a short while; returns whether
+    /// they went (a flooding client uses it to stop once the server stops reading it).
+    pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::from_millis(200), self.stream.write_all(bytes)).await,
+            Ok(Ok(()))
+        )
+    }
+
     /// Sends one masked, final text frame.
     pub async fn send_text(&mut self, text: &str) {
         self.send(&masked(FIN | OP_TEXT, text.as_bytes())).await;
