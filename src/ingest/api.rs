@@ -195,6 +195,14 @@ fn first_line(err: &sonic_rs::Error) -> String {
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Refusal> {
+    // sonic-rs skips `data` without checking its `\u` escapes; see `check_escapes`.
+    if let Err(at) = crate::ws::command::check_escapes(body) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("invalid JSON body: invalid \\u escape at byte {at}"),
+        ));
+    }
     sonic_rs::from_slice(body).map_err(|err| {
         (
             StatusCode::BAD_REQUEST,

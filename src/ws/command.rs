@@ -190,8 +190,39 @@ fn salvage_id(text: &str) -> Option<Value> {
     valid_id(&id).then_some(id)
 }
 
+/// Finds a `\u` escape that is not followed by four hex digits, as the byte offset of its
+/// backslash. sonic-rs skips the values it does not decode (`data`, unknown fields) checking only
+/// that four bytes follow a `\u`, so `"\u00'9"` passes, and so does `"\u0"x"`, whose skip runs
+/// past the closing quote; a `data` kept as raw text would carry that to every subscriber. In
+/// valid JSON every backslash starts an escape inside a string, so one pass over the backslashes
+/// closes the gap without decoding anything.
+pub fn check_escapes(json: &[u8]) -> Result<(), usize> {
+    let mut from = 0;
+    while let Some(found) = json
+        .get(from..)
+        .and_then(|rest| memchr::memchr(b'\\', rest))
+    {
+        let at = from + found;
+        if json.get(at + 1) == Some(&b'u') {
+            let digits = json.get(at + 2..at + 6);
+            if !digits.is_some_and(|digits| digits.iter().all(u8::is_ascii_hexdigit)) {
+                return Err(at);
+            }
+        }
+        from = at + 2;
+    }
+    Ok(())
+}
+
 /// Parses one text message into a command, or the error to answer with.
 pub fn parse(text: &str) -> Result<Command<'_>, ErrorReply> {
+    if let Err(at) = check_escapes(text.as_bytes()) {
+        return Err(ErrorReply::new(
+            None,
+            ErrorCode::BadRequest,
+            format!("not a valid command: invalid \\u escape at byte {at}"),
+        ));
+    }
     let raw: RawCommand = sonic_rs::from_str(text).map_err(|err| {
         ErrorReply::new(
             salvage_id(text),
@@ -646,6 +677,28 @@ mod tests {
             assert_eq!(err.code, ErrorCode::BadRequest, "{text}");
             assert_eq!(err.id.is_some(), has_id, "{text}");
             assert!(!err.message.contains('\n'), "{text}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn a_unicode_escape_needs_four_hex_digits_even_in_skipped_values() {
+        // Found by the `command` fuzz target: sonic-rs accepted both as a publish and `data`
+        // kept the broken escape as raw text for every subscriber.
+        for text in [
+            &br#"{"type":"publish","channel":"c","data":"a\"b\u00'9\n"}"#[..],
+            br#"{"type":"publish","channel":"c","data":"\u0"x","id":1}"#,
+            br#"{"type":"ping","extra":"\u12"}"#,
+        ] {
+            let text = std::str::from_utf8(text).unwrap();
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{text}");
+            assert!(err.message.contains("invalid \\u escape"), "{text}");
+        }
+        assert_eq!(check_escapes(br#""\u00e9\\u00zz\n""#), Ok(()));
+        assert_eq!(check_escapes(br#""ab\u00E"#), Err(3));
+        match parse(r#"{"type":"publish","channel":"c","data":"\u00e9\\u"}"#).unwrap() {
+            Command::Publish { data, .. } => assert_eq!(data, r#""\u00e9\\u""#),
+            other => panic!("expected publish, got {other:?}"),
         }
     }
 

@@ -1,0 +1,4 @@
+//! Fuzzes `command`: every input goes through [`corecast_fuzz::check_command`], which asserts the invariants.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| corecast_fuzz::check_command(data));

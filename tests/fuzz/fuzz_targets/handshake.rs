@@ -1,0 +1,4 @@
+//! Fuzzes `handshake`: every input goes through [`corecast_fuzz::check_handshake`], which asserts the invariants.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| corecast_fuzz::check_handshake(data));
