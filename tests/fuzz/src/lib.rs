@@ -528,6 +528,10 @@ pub fn check_command(data: &[u8]) {
             let reply = command::acked_frame(id, channel, *offset);
             ("ack", Some(&**channel), id, reply)
         }
+        Command::Refresh { token, id } => {
+            assert_eq!(said.token.as_deref(), Some(&**token), "`token` as sent");
+            ("refresh", None, id, command::refreshed_frame(id, 1))
+        }
     };
     assert_eq!(said.r#type.as_deref(), Some(kind));
     if let Some(channel) = channel {
@@ -549,6 +553,7 @@ struct Said<'a> {
     r#type: Option<String>,
     channel: Option<String>,
     offset: Option<u64>,
+    token: Option<String>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
 }
