@@ -170,7 +170,7 @@ fn parse_frames(c: &mut Criterion) {
         let masked = masked_text_frame(payload.as_bytes());
         // The input is right: one parse yields the text frame and the original payload.
         let mut check = masked.clone();
-        let parsed = frame::parse_client_frame(&mut check, frame_bytes_max)
+        let parsed = frame::parse_client_frame(&mut check, frame_bytes_max, false)
             .expect("a valid frame")
             .expect("a complete frame");
         assert_eq!(parsed.opcode, Opcode::Text);
@@ -184,7 +184,7 @@ fn parse_frames(c: &mut Criterion) {
         group.bench_function(format!("{payload_bytes}"), |b| {
             b.iter_batched_ref(
                 || masked.clone(),
-                |buf| frame::parse_client_frame(black_box(buf), frame_bytes_max),
+                |buf| frame::parse_client_frame(black_box(buf), frame_bytes_max, false),
                 BatchSize::NumIterations(FRAMES_PER_BATCH),
             )
         });

@@ -7,7 +7,8 @@
 //! # Layout
 //! The folders are the stages a message passes through, in order.
 //! - [`net`]: bind with `SO_REUSEPORT`, accept, read the HTTP upgrade under its limits.
-//! - [`ws`]: RFC 6455 frames, reassembled messages, JSON commands, and the connection task.
+//! - [`ws`]: RFC 6455 frames, reassembled messages, permessage-deflate, JSON commands, and the
+//!   connection task (which also serves the optional echo endpoint for conformance suites).
 //! - [`shard`]: a broadcast shard's connections, its subscription [`shard::registry`], fan-out.
 //! - [`ingest`]: the control-plane HTTP API, the sequencer of offsets, encode-once,
 //!   [`ingest::history`]: each channel's bounded history, which recoveries read, and

@@ -95,6 +95,9 @@ impl Missed {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub frame: Bytes,
+    /// The same message deflated without context (RSV1 set), for connections that negotiated
+    /// permessage-deflate; made once by the ingest core when `permessage_deflate` is on.
+    pub deflated: Option<Bytes>,
     pub channel_start: u16,
     pub channel_len: u8,
     pub priority: Priority,

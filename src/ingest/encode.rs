@@ -4,7 +4,9 @@
 //! (validated to need no escaping), three integers, and the `data` value as the raw JSON text
 //! sonic-rs validated on the way in. Writing the envelope directly avoids re-encoding `data`;
 //! every shard then writes these same bytes to every subscriber, and nothing downstream copies
-//! or re-encodes them.
+//! or re-encodes them. With `permessage_deflate` on, [`deflate`] adds the frame's compressed twin,
+//! also made once here: context-free, so the same bytes suit every connection that negotiated
+//! the extension (see [`crate::ws::deflate`]).
 
 use bytes::BufMut;
 
@@ -68,6 +70,7 @@ pub fn message(
     });
     let delivery = Delivery {
         frame,
+        deflated: None,
         channel_start: u16::try_from(header_len + PREFIX.len())
             .expect("a header is at most 10 bytes"),
         channel_len: channel.len() as u8,
@@ -88,6 +91,12 @@ pub fn message(
         "the size computed up front is exact, so building the frame never reallocates"
     );
     delivery
+}
+
+/// Adds the compressed twin of `delivery`'s frame, once, for every shard and connection.
+pub fn deflate(delivery: &mut Delivery) {
+    assert!(delivery.deflated.is_none(), "a frame is compressed once");
+    delivery.deflated = Some(crate::ws::frame::deflated_twin(&delivery.frame));
 }
 
 #[cfg(test)]
@@ -119,6 +128,32 @@ mod tests {
         use sonic_rs::JsonValueTrait;
         let parsed: sonic_rs::Value = sonic_rs::from_slice(&delivery.frame[2..]).unwrap();
         assert_eq!(parsed["offset"].as_u64(), Some(7));
+    }
+
+    #[test]
+    fn the_deflated_twin_is_the_same_message() {
+        let mut delivery = message(
+            "leads.42",
+            7,
+            1,
+            &format!("\"{}\"", "ab".repeat(200)),
+            Priority::Normal,
+            Slow::Disconnect,
+            stamp(),
+        );
+        deflate(&mut delivery);
+        let twin = delivery.deflated.clone().unwrap();
+        assert_eq!(twin[0], 0xC1);
+        assert!(twin.len() < delivery.frame.len() / 2);
+        let start = crate::ws::frame::server_header_len(&twin);
+        let mut inflater = crate::ws::deflate::Inflater::default();
+        let mut out = Vec::new();
+        inflater.push(&twin[start..], &mut out, 1 << 20).unwrap();
+        inflater.finish(&mut out, 1 << 20).unwrap();
+        assert_eq!(
+            out,
+            &delivery.frame[usize::from(delivery.payload_start())..]
+        );
     }
 
     #[test]

@@ -499,12 +499,15 @@ impl IngestCore {
     /// Keeps a numbered message in history and sends it to every shard with a subscriber.
     async fn fan_out(
         &self,
-        delivery: crate::queue::Delivery,
+        mut delivery: crate::queue::Delivery,
         channel: &str,
         now: Instant,
         touched: &mut [bool],
     ) {
         let publish = delivery.stamp.publish;
+        if self.config.permessage_deflate {
+            encode::deflate(&mut delivery);
+        }
         self.history.borrow_mut().record(
             channel,
             delivery.offset,

@@ -3,14 +3,17 @@
 //! httparse reads the request; tungstenite's `create_response` checks the RFC 6455 headers and
 //! derives the accept key. This module decides what the contract answers (101, or 400, 404, 405,
 //! 426, 431 with a JSON body; 200 with the browser client for `GET /client.js` and
-//! `GET /client.d.ts`) and reads the `channels` query, and never touches a socket: the caller
-//! feeds it what has arrived so far and gets `Ok(None)` until the request is complete.
+//! `GET /client.d.ts`), reads the `channels` query, routes the configured `echo_path` to the echo
+//! endpoint, and negotiates permessage-deflate ([`crate::ws::deflate`]). It never touches a
+//! socket: the caller feeds it what has arrived so far and gets `Ok(None)` until the request is
+//! complete.
 
 use http::StatusCode;
 use serde::Serialize;
 
 use crate::channel;
 use crate::client::web::{self, Asset};
+use crate::ws::deflate::{self, Deflate};
 
 /// Headers an upgrade request may carry; more gets 431.
 const HEADERS_MAX: usize = 64;
@@ -35,13 +38,17 @@ impl<'a> ErrorBody<'a> {
     }
 }
 
-/// Limits the handshake enforces.
+/// Limits the handshake enforces, and what it may agree to.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct Limits<'a> {
     /// Largest request (line and headers) in bytes.
     pub request_bytes_max: usize,
     /// Most channels `?channels=` may name.
     pub channels_max: usize,
+    /// The echo endpoint's path (`echo_path`), if it is enabled.
+    pub echo_path: Option<&'a str>,
+    /// Whether permessage-deflate may be negotiated (`permessage_deflate`).
+    pub deflate: bool,
 }
 
 /// A valid upgrade: the response to send and what the request asked for.
@@ -55,6 +62,10 @@ pub struct Upgrade {
     pub token: Option<String>,
     /// Bytes of the buffer the request used; any after it are the client's first frames.
     pub request_bytes: usize,
+    /// The request was for the echo endpoint: no greeting, no commands, every message sent back.
+    pub echo: bool,
+    /// permessage-deflate, when the client offered it and the server agreed.
+    pub deflate: Option<Deflate>,
 }
 
 /// What a complete request on the WebSocket port asked for.
@@ -155,7 +166,8 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request>, Reje
         }
         return Ok(Some(Request::Asset(asset)));
     }
-    if path != "/ws" && path != "/" {
+    let echo = limits.echo_path == Some(path);
+    if !echo && path != "/ws" && path != "/" {
         return Err(Reject::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -182,19 +194,37 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request>, Reje
             "this port speaks WebSocket only: send an RFC 6455 upgrade",
         ));
     }
-    let response = accept(&request)?;
-    let channels = query_channels(query, limits.channels_max)?;
+    let deflate = limits
+        .deflate
+        .then(|| {
+            let offers = request
+                .headers
+                .iter()
+                .filter(|header| header.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .filter_map(|header| std::str::from_utf8(header.value).ok());
+            deflate::negotiate(offers)
+        })
+        .flatten();
+    let response = accept(&request, deflate)?;
+    let channels = if echo {
+        Vec::new()
+    } else {
+        query_channels(query, limits.channels_max)?
+    };
     let token = query_token(query).or_else(|| bearer_token(&request));
     Ok(Some(Request::Upgrade(Upgrade {
         response,
         channels,
         token,
         request_bytes,
+        echo,
+        deflate,
     })))
 }
 
-/// Checks the RFC 6455 headers with tungstenite and builds the 101 response.
-fn accept(request: &httparse::Request) -> Result<Vec<u8>, Reject> {
+/// Checks the RFC 6455 headers with tungstenite and builds the 101 response, naming the
+/// extension agreed on, if any.
+fn accept(request: &httparse::Request, deflate: Option<Deflate>) -> Result<Vec<u8>, Reject> {
     let bad = |message: String| Reject::new(StatusCode::BAD_REQUEST, "bad_upgrade", message);
     let mut builder = http::Request::builder()
         .method("GET")
@@ -220,8 +250,15 @@ fn accept(request: &httparse::Request) -> Result<Vec<u8>, Reject> {
             "Sec-WebSocket-Version must be 13",
         ));
     }
-    let response = tungstenite::handshake::server::create_response(&http_request)
+    let mut response = tungstenite::handshake::server::create_response(&http_request)
         .map_err(|err| bad(format!("invalid WebSocket upgrade: {err}")))?;
+    if let Some(deflate) = deflate {
+        let value = http::HeaderValue::from_str(&deflate.response_value())
+            .expect("the extension response is ASCII");
+        response
+            .headers_mut()
+            .insert("Sec-WebSocket-Extensions", value);
+    }
     let mut out = Vec::with_capacity(160);
     tungstenite::handshake::server::write_response(&mut out, &response)
         .map_err(|err| bad(format!("cannot build the upgrade response: {err}")))?;
@@ -284,6 +321,8 @@ mod tests {
     const LIMITS: Limits = Limits {
         request_bytes_max: 4096,
         channels_max: 3,
+        echo_path: None,
+        deflate: false,
     };
 
     fn request(target: &str, extra: &str) -> String {
@@ -308,6 +347,70 @@ mod tests {
         );
         assert_eq!(upgrade.channels, ["leads.*", "chat.r1"]);
         assert_eq!(upgrade.request_bytes, text.len());
+    }
+
+    #[test]
+    fn echo_path_is_an_endpoint_only_when_configured() {
+        let text = request("/echo?channels=a", "");
+        assert_eq!(
+            parse_request(text.as_bytes(), LIMITS).unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
+        let limits = Limits {
+            echo_path: Some("/echo"),
+            ..LIMITS
+        };
+        let Some(Request::Upgrade(upgrade)) = parse_request(text.as_bytes(), limits).unwrap()
+        else {
+            panic!("expected an upgrade");
+        };
+        assert!(upgrade.echo);
+        assert!(
+            upgrade.channels.is_empty(),
+            "the echo endpoint subscribes to nothing"
+        );
+        let Some(Request::Upgrade(normal)) =
+            parse_request(request("/ws", "").as_bytes(), limits).unwrap()
+        else {
+            panic!("expected an upgrade");
+        };
+        assert!(!normal.echo);
+    }
+
+    #[test]
+    fn permessage_deflate_is_agreed_only_when_enabled_and_offered() {
+        let offer = "Sec-WebSocket-Extensions: foo, permessage-deflate; client_max_window_bits\r\n";
+        let upgrade = |extra: &str, deflate: bool| {
+            let limits = Limits { deflate, ..LIMITS };
+            match parse_request(request("/ws", extra).as_bytes(), limits) {
+                Ok(Some(Request::Upgrade(upgrade))) => upgrade,
+                other => panic!("expected an upgrade, got {other:?}"),
+            }
+        };
+        let agreed = upgrade(offer, true);
+        assert_eq!(
+            agreed.deflate,
+            Some(Deflate {
+                server_window_bits: 15
+            })
+        );
+        let response = String::from_utf8(agreed.response).unwrap();
+        assert!(
+            response.contains(
+                "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; \
+                 client_no_context_takeover\r\n"
+            ),
+            "{response}"
+        );
+        for (extra, deflate) in [(offer, false), ("", true)] {
+            let plain = upgrade(extra, deflate);
+            assert_eq!(plain.deflate, None);
+            let response = String::from_utf8(plain.response).unwrap();
+            assert!(
+                !response.to_ascii_lowercase().contains("extensions"),
+                "{response}"
+            );
+        }
     }
 
     #[test]

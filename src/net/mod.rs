@@ -19,7 +19,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use http::StatusCode;
 
-use crate::shard::ShardCore;
+use crate::shard::{Route, ShardCore};
 use handshake::{Limits, Reject, Request};
 
 /// Bytes read from a handshaking socket at once.
@@ -153,6 +153,8 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
     let limits = Limits {
         request_bytes_max: config.handshake_bytes_max,
         channels_max: config.subscriptions_per_conn_max,
+        echo_path: config.echo_path.as_deref(),
+        deflate: config.permessage_deflate,
     };
     let outcome = glommio::timer::timeout(timeout, async {
         Ok(read_upgrade(&mut stream, limits).await)
@@ -179,7 +181,12 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
             if buf.capacity() > 0 && buf.is_empty() {
                 buf = Vec::new();
             }
-            shard.open_conn(stream, upgrade.channels, grant, buf);
+            let route = if upgrade.echo {
+                Route::Echo
+            } else {
+                Route::Broadcast(upgrade.channels)
+            };
+            shard.open_conn(stream, route, grant, upgrade.deflate, buf);
         }
         Ok(Err(Failed::Reject(reject))) => {
             tracing::debug!(status = %reject.status, reason = %reject.message, "handshake refused");
@@ -238,7 +245,7 @@ async fn refuse_full(shard: &ShardCore, stream: &mut TcpStream, timeout: Duratio
 /// Reads until a complete request, returning it with the bytes read so far.
 async fn read_upgrade(
     stream: &mut TcpStream,
-    limits: Limits,
+    limits: Limits<'_>,
 ) -> Result<(Request, Vec<u8>), Failed> {
     let mut buf = Vec::with_capacity(HANDSHAKE_READ_BYTES);
     let mut chunk = [0u8; HANDSHAKE_READ_BYTES];

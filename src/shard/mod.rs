@@ -44,9 +44,19 @@ use crate::queue::{
 };
 use crate::ws::command::{self, ErrorCode, ErrorReply};
 use crate::ws::conn::{self, CloseRequest, ConnHandle, ConnId, Subscription};
+use crate::ws::deflate::Deflate;
 use crate::ws::frame;
 use crate::ws::outbox::{Kind, Shed};
 use registry::Registry;
+
+/// What an upgraded connection is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The contract's endpoint (`/ws`): greeted, subscribes to these channels at connect.
+    Broadcast(Vec<String>),
+    /// The `echo_path` endpoint: every message is sent back (see `ws::conn`).
+    Echo,
+}
 
 /// How often a shard checks heartbeats and idle timeouts.
 const TICK: Duration = Duration::from_millis(250);
@@ -269,7 +279,12 @@ impl ShardCore {
     /// one waits for the window's end. A tail the socket did not take queues as a plain frame,
     /// outside the policies: it must follow its head, whole.
     fn deliver_to(&self, handle: &ConnHandle, delivery: &Delivery, kind: &Kind) -> (usize, usize) {
-        let frame = &delivery.frame;
+        // The compressed twin, made once on the ingest core, for every connection that agreed
+        // to permessage-deflate; the plain frame for the others.
+        let frame = match &delivery.deflated {
+            Some(deflated) if handle.compresses() => deflated,
+            _ => &delivery.frame,
+        };
         let critical = delivery.priority == Priority::Critical;
         let batched = !critical && self.config.batch_window_us > 0;
         if !batched {
@@ -340,13 +355,16 @@ impl ShardCore {
         handle.request_close(CloseRequest::SLOW_CONSUMER);
     }
 
-    /// Registers an upgraded connection and starts its task. `channels` are the connect-time
-    /// subscriptions (already validated); `connected` is sent once they are all live.
+    /// Registers an upgraded connection and starts its task. A broadcast connection's
+    /// `channels` are its connect-time subscriptions (already validated); `connected` is sent
+    /// once they are all live. An echo connection is greeted with nothing and subscribes to
+    /// nothing. `deflate`: what permessage-deflate the upgrade agreed on.
     pub fn open_conn(
         self: &Rc<Self>,
         stream: TcpStream,
-        channels: Vec<String>,
+        route: Route,
         grant: Option<Grant>,
+        deflate: Option<Deflate>,
         early: Vec<u8>,
     ) {
         let seq = self.next_seq.get();
@@ -365,7 +383,11 @@ impl ShardCore {
             self.config.heartbeat_s,
             &self.epoch.borrow(),
         );
-        let handle = Rc::new(ConnHandle::new(id, name, hello, Instant::now()));
+        let (channels, hello) = match route {
+            Route::Broadcast(channels) => (channels, Some(hello)),
+            Route::Echo => (Vec::new(), None),
+        };
+        let handle = Rc::new(ConnHandle::new(id, name, hello, deflate, Instant::now()));
         *handle.grant.borrow_mut() = grant;
         entry.insert(handle.clone());
         drop(conns);

@@ -16,6 +16,14 @@
 //! written to; and the short cut is only taken with an empty outbox and no close under way, so
 //! bytes never overtake queued ones.
 //!
+//! The same task serves the echo endpoint (`echo_path`, off by default): there every text or
+//! binary message goes back as the same kind of message instead of being read as a command, so
+//! a conformance suite such as Autobahn drives exactly this code: frames, fragments, UTF-8,
+//! control frames, the close handshake, the limits, and permessage-deflate. A connection that
+//! negotiated permessage-deflate gets its echoes compressed and published messages as their
+//! compressed twin ([`crate::ws::deflate`]); replies to commands go uncompressed, which the RFC
+//! allows for any message.
+//!
 //! An idle connection holds no buffer: input is read into a per-shard scratch buffer and only a
 //! partial frame is kept per connection, until it completes. Nothing here waits on another
 //! connection, so one stalled peer costs nobody else anything.
@@ -36,7 +44,8 @@ use nix::sys::socket::MsgFlags;
 
 use crate::shard::ShardCore;
 use crate::ws::command::{self, Command, ConnStats, ErrorCode, ErrorReply};
-use crate::ws::frame::{self, ClosePayload, FrameError};
+use crate::ws::deflate::Deflate;
+use crate::ws::frame::{self, ClosePayload, DataKind, FrameError};
 use crate::ws::message::{Assembler, Event, MessageError};
 use crate::ws::outbox::{Kind, Outbox, Overflow, Shed};
 
@@ -130,6 +139,10 @@ pub struct ConnHandle {
     pub batched: Cell<bool>,
     /// What the connection's token allows; `None` without auth.
     pub grant: RefCell<Option<crate::net::auth::Grant>>,
+    /// The echo endpoint's connection: messages are sent back, not read as commands.
+    echo: bool,
+    /// permessage-deflate, if the upgrade agreed on it.
+    deflate: Option<Deflate>,
     /// The highest offset acked per channel; at most `subscriptions_per_conn_max` channels.
     pub acks: RefCell<Vec<(Box<str>, u64)>>,
     messages_in: Cell<u64>,
@@ -138,7 +151,15 @@ pub struct ConnHandle {
 }
 
 impl ConnHandle {
-    pub fn new(id: ConnId, name: Box<str>, hello: Bytes, now: Instant) -> Self {
+    /// `hello`: the `connected` frame to send once subscribed; `None` for the echo endpoint,
+    /// which greets no one and is an echo connection.
+    pub fn new(
+        id: ConnId,
+        name: Box<str>,
+        hello: Option<Bytes>,
+        deflate: Option<Deflate>,
+        now: Instant,
+    ) -> Self {
         ConnHandle {
             id,
             name,
@@ -150,10 +171,12 @@ impl ConnHandle {
             last_seen: Cell::new(now),
             last_ping: Cell::new(now),
             subscriptions: RefCell::new(Vec::new()),
-            hello: RefCell::new(Some(hello)),
+            echo: hello.is_none(),
+            hello: RefCell::new(hello),
             hello_waits: Cell::new(0),
             batched: Cell::new(false),
             grant: RefCell::new(None),
+            deflate,
             acks: RefCell::new(Vec::new()),
             messages_in: Cell::new(0),
             messages_out: Cell::new(0),
@@ -179,6 +202,12 @@ impl ConnHandle {
         }
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
         nix::sys::socket::send(fd, frame, flags).unwrap_or(0)
+    }
+
+    /// Whether this connection takes compressed messages: it negotiated permessage-deflate
+    /// with a window corecast compresses with.
+    pub fn compresses(&self) -> bool {
+        self.deflate.is_some_and(|deflate| deflate.compresses())
     }
 
     /// Whether the connection has a subscription to exactly `pattern`.
@@ -337,6 +366,16 @@ enum State {
     },
     /// The peer closed first and our answer is queued: close the socket once it is written.
     Answered,
+    /// The peer broke the protocol and our close frame is queued (RFC 6455 section 7.1.7,
+    /// "fail the WebSocket connection"). Its input can no longer be read as frames, so it is
+    /// discarded; once the close frame is written the socket's sending side is shut (a FIN
+    /// right after the close frame, so the peer sees both), and the connection ends when the
+    /// peer closes its side or at the deadline. Closing the socket at once instead would answer
+    /// the peer's unread bytes with a reset, which can destroy the close frame in flight.
+    Failed {
+        deadline: Timer,
+        shut: bool,
+    },
 }
 
 /// The task half of a connection.
@@ -429,7 +468,21 @@ impl Conn {
                 }
                 Poll::Pending => {}
             }
-            if let State::Closing { deadline, .. } = &mut self.state {
+            if let State::Failed { shut, .. } = &mut self.state {
+                if !*shut && self.handle.outbox.borrow().frames_len() == 0 {
+                    *shut = true;
+                    let fd = self.stream.as_raw_fd();
+                    if let Err(err) =
+                        nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write)
+                    {
+                        tracing::debug!(conn = %self.handle.name, error = %err, "shutdown failed");
+                        return Poll::Ready(());
+                    }
+                }
+            }
+            if let State::Closing { deadline, .. } | State::Failed { deadline, .. } =
+                &mut self.state
+            {
                 if Pin::new(deadline).poll(cx).is_ready() {
                     return Poll::Ready(());
                 }
@@ -517,12 +570,30 @@ impl Conn {
 
     /// Handles every complete frame at the start of `buf`; returns how many bytes it used.
     fn handle_frames(&mut self, buf: &mut [u8]) -> (Flow, usize) {
+        if matches!(self.state, State::Failed { .. }) {
+            // What follows a protocol violation cannot be read as frames: discard it.
+            return (Flow::Continue, buf.len());
+        }
         let mut used = 0;
         while used < buf.len() {
             let rest = &mut buf[used..];
-            let frame = match frame::parse_client_frame(rest, self.shard.config.frame_bytes_max) {
+            let max = self.shard.config.frame_bytes_max;
+            let deflate = self.handle.deflate.is_some();
+            let frame = match frame::parse_client_frame(rest, max, deflate) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => break,
+                Ok(None) => {
+                    // Fail fast: the text of a frame still arriving is checked as it comes.
+                    let arriving = frame::partial_frame(rest)
+                        .filter(|_| matches!(self.state, State::Open))
+                        .map(|head| {
+                            let arrived = &rest[head.payload_start.min(rest.len())..];
+                            self.assembler.check_arriving(head, arrived)
+                        });
+                    if let Some(Err(err)) = arriving {
+                        return (message_failure(err), buf.len());
+                    }
+                    break;
+                }
                 Err(err) => return (frame_failure(err), buf.len()),
             };
             used += frame.frame_len;
@@ -536,21 +607,23 @@ impl Conn {
                 Ok(None) => continue,
                 Err(err) => return (message_failure(err), buf.len()),
             };
+            let open = matches!(self.state, State::Open);
             let flow = match event {
+                Event::Text(text) if open && self.handle.echo => {
+                    echo(&self.shard, &self.handle, DataKind::Text, text.as_bytes())
+                }
+                Event::Binary(payload) if open && self.handle.echo => {
+                    echo(&self.shard, &self.handle, DataKind::Binary, payload)
+                }
                 Event::Text(text) => {
-                    let reassembled = frame.opcode == frame::Opcode::Continuation;
-                    let flow = if matches!(self.state, State::Open) {
+                    if open {
                         handle_command(&self.shard, &self.handle, text)
                     } else {
                         Flow::Continue
-                    };
-                    if reassembled {
-                        self.assembler.clear();
                     }
-                    flow
                 }
-                Event::Binary => {
-                    if matches!(self.state, State::Open) {
+                Event::Binary(_) => {
+                    if open {
                         let reply = ErrorReply::new(
                             None,
                             ErrorCode::BadRequest,
@@ -570,6 +643,7 @@ impl Conn {
                     Flow::Continue
                 }
             };
+            self.assembler.clear();
             if let Flow::Close(..) = flow {
                 return (flow, buf.len());
             }
@@ -591,7 +665,7 @@ impl Conn {
                 self.state = State::Answered;
             }
             State::Closing { peer_closed, .. } => *peer_closed = true,
-            State::Answered => {}
+            State::Answered | State::Failed { .. } => {}
         }
     }
 
@@ -604,7 +678,12 @@ impl Conn {
         tracing::debug!(conn = %self.handle.name, code, reason, "closing on protocol violation");
         let dropped = self.handle.outbox.borrow_mut().clear();
         self.shard.count_dropped(dropped);
-        self.start_close(code, reason);
+        self.queue_close_frame(code, reason);
+        let timeout = Duration::from_millis(self.shard.config.close_timeout_ms);
+        self.state = State::Failed {
+            deadline: Timer::new(timeout),
+            shut: false,
+        };
     }
 
     /// Queues our close frame and waits (bounded) for the peer's.
@@ -647,6 +726,17 @@ pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// Sends a message back on the echo endpoint, as the same kind, compressed when the
+/// connection negotiated permessage-deflate.
+fn echo(shard: &ShardCore, handle: &ConnHandle, kind: DataKind, payload: &[u8]) -> Flow {
+    handle.messages_in.set(handle.messages_in.get() + 1);
+    shard.send_to(
+        handle,
+        frame::data_frame(kind, handle.compresses(), payload),
+    );
+    Flow::Continue
 }
 
 /// Answers one client command. Recoverable errors become `error` frames on this connection.

@@ -36,6 +36,8 @@ pub enum Opcode {
 pub struct ClientFrame {
     pub opcode: Opcode,
     pub is_final: bool,
+    /// RSV1 on the first frame of a message: its payload is deflated (RFC 7692).
+    pub compressed: bool,
     pub payload_start: usize,
     pub payload_end: usize,
     pub frame_len: usize,
@@ -46,7 +48,8 @@ pub struct ClientFrame {
 pub enum FrameError {
     /// The client did not mask its frame: close 1002.
     Unmasked,
-    /// RSV1-3 set without a negotiated extension: close 1002.
+    /// RSV2 or RSV3 set, or RSV1 without permessage-deflate or on a frame that cannot carry
+    /// it (a continuation or control frame): close 1002.
     ReservedBits,
     /// An opcode RFC 6455 reserves: close 1002.
     ReservedOpcode(u8),
@@ -89,9 +92,12 @@ impl std::fmt::Display for FrameError {
 /// Parses one client frame from the start of `buf` and unmasks its payload in place.
 /// Returns `Ok(None)` when `buf` holds only part of a frame; nothing is modified then.
 /// The size limit is checked from the header alone, before the payload arrives.
+/// `deflate`: the connection negotiated permessage-deflate, so RSV1 may mark the first frame
+/// of a data message as compressed.
 pub fn parse_client_frame(
     buf: &mut [u8],
     frame_bytes_max: usize,
+    deflate: bool,
 ) -> Result<Option<ClientFrame>, FrameError> {
     let mut cursor = Cursor::new(&*buf);
     let (header, len_bytes) = match FrameHeader::parse(&mut cursor) {
@@ -103,7 +109,7 @@ pub fn parse_client_frame(
         Err(_) => return Err(FrameError::Malformed),
     };
     let header_len = usize::try_from(cursor.position()).expect("a header is at most 14 bytes");
-    if header.rsv1 || header.rsv2 || header.rsv3 {
+    if header.rsv2 || header.rsv3 {
         return Err(FrameError::ReservedBits);
     }
     let opcode = match header.opcode {
@@ -118,6 +124,9 @@ pub fn parse_client_frame(
         }
     };
     let is_control = matches!(opcode, Opcode::Close | Opcode::Ping | Opcode::Pong);
+    if header.rsv1 && !(deflate && matches!(opcode, Opcode::Text | Opcode::Binary)) {
+        return Err(FrameError::ReservedBits);
+    }
     if is_control && (!header.is_final || len_bytes > CONTROL_PAYLOAD_BYTES_MAX) {
         return Err(FrameError::BadControlFrame);
     }
@@ -139,10 +148,43 @@ pub fn parse_client_frame(
     Ok(Some(ClientFrame {
         opcode,
         is_final: header.is_final,
+        compressed: header.rsv1,
         payload_start: header_len,
         payload_end: frame_len,
         frame_len,
     }))
+}
+
+/// The start of a client frame whose payload has not fully arrived: what the connection needs
+/// to check the part that has (UTF-8 fails fast, before the frame is complete).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialFrame {
+    pub opcode: Opcode,
+    pub compressed: bool,
+    pub mask: [u8; 4],
+    pub payload_start: usize,
+    pub payload_len: usize,
+}
+
+/// Reads the header of the incomplete frame at the start of `buf`, for which
+/// [`parse_client_frame`] returned `Ok(None)` (so its header, if complete, is valid). `None`
+/// while the header itself is incomplete.
+pub fn partial_frame(buf: &[u8]) -> Option<PartialFrame> {
+    let mut cursor = Cursor::new(buf);
+    let (header, len_bytes) = FrameHeader::parse(&mut cursor).ok()??;
+    let opcode = match header.opcode {
+        OpCode::Data(Data::Continue) => Opcode::Continuation,
+        OpCode::Data(Data::Text) => Opcode::Text,
+        OpCode::Data(Data::Binary) => Opcode::Binary,
+        _ => return None,
+    };
+    Some(PartialFrame {
+        opcode,
+        compressed: header.rsv1,
+        mask: header.mask?,
+        payload_start: cursor.position() as usize,
+        payload_len: usize::try_from(len_bytes).ok()?,
+    })
 }
 
 /// Unmasks a client payload in place (RFC 6455 section 5.3). tungstenite keeps its own masking
@@ -171,10 +213,21 @@ fn server_header(opcode: OpCode) -> FrameHeader {
     }
 }
 
-/// Builds a complete server text frame whose payload `write_payload` appends to the buffer.
-/// The payload is written once, after room for the largest header; the header is then written
-/// just in front of it, so no byte is copied twice. Returns the frame and its header length.
-pub fn text_frame_with(
+/// The kind of a data message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataKind {
+    Text,
+    Binary,
+}
+
+/// Builds a complete, final server data frame of `kind` whose payload `write_payload` appends
+/// to the buffer, with RSV1 set when `compressed` (the payload is then deflated; see
+/// [`crate::ws::deflate`]). The payload is written once, after room for the largest header;
+/// the header is then written just in front of it, so no byte is copied twice. Returns the
+/// frame and its header length.
+pub fn data_frame_with(
+    kind: DataKind,
+    compressed: bool,
     payload_bytes_hint: usize,
     write_payload: impl FnOnce(&mut BytesMut),
 ) -> (Bytes, usize) {
@@ -182,7 +235,14 @@ pub fn text_frame_with(
     buf.put_bytes(0, SERVER_HEADER_BYTES_MAX);
     write_payload(&mut buf);
     let payload_len = (buf.len() - SERVER_HEADER_BYTES_MAX) as u64;
-    let header = server_header(OpCode::Data(Data::Text));
+    let opcode = match kind {
+        DataKind::Text => Data::Text,
+        DataKind::Binary => Data::Binary,
+    };
+    let header = FrameHeader {
+        rsv1: compressed,
+        ..server_header(OpCode::Data(opcode))
+    };
     let header_len = header.len(payload_len);
     let start = SERVER_HEADER_BYTES_MAX - header_len;
     header
@@ -190,6 +250,51 @@ pub fn text_frame_with(
         .expect("the header fits the room reserved for it");
     let frame = buf.freeze().slice(start..);
     (frame, header_len)
+}
+
+/// A server data frame carrying `payload`, deflated when `compressed`.
+pub fn data_frame(kind: DataKind, compressed: bool, payload: &[u8]) -> Bytes {
+    let hint = if compressed {
+        payload.len() / 2 + 64
+    } else {
+        payload.len()
+    };
+    data_frame_with(kind, compressed, hint, |buf| {
+        if compressed {
+            let mut deflated = Vec::with_capacity(hint);
+            crate::ws::deflate::compress_into(payload, &mut deflated);
+            buf.extend_from_slice(&deflated);
+        } else {
+            buf.extend_from_slice(payload);
+        }
+    })
+    .0
+}
+
+/// The compressed twin of a complete, uncompressed, final server text frame: the same message
+/// deflated without context, RSV1 set. Built once per published message (see `ingest::encode`).
+pub fn deflated_twin(frame: &[u8]) -> Bytes {
+    assert_eq!(frame[0], 0x81, "a final, uncompressed server text frame");
+    let payload = &frame[server_header_len(frame)..];
+    data_frame(DataKind::Text, true, payload)
+}
+
+/// The header length of a complete server frame (unmasked), read from its length byte.
+pub fn server_header_len(frame: &[u8]) -> usize {
+    match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    }
+}
+
+/// Builds a complete server text frame whose payload `write_payload` appends to the buffer
+/// (see [`data_frame_with`]). Returns the frame and its header length.
+pub fn text_frame_with(
+    payload_bytes_hint: usize,
+    write_payload: impl FnOnce(&mut BytesMut),
+) -> (Bytes, usize) {
+    data_frame_with(DataKind::Text, false, payload_bytes_hint, write_payload)
 }
 
 /// Builds a complete server frame of any opcode around `payload`.
@@ -276,7 +381,7 @@ mod tests {
         let mut buf = vec![
             0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
         ];
-        let frame = parse_client_frame(&mut buf, 1024).unwrap().unwrap();
+        let frame = parse_client_frame(&mut buf, 1024, false).unwrap().unwrap();
         assert_eq!(frame.opcode, Opcode::Text);
         assert!(frame.is_final);
         assert_eq!(&buf[frame.payload_start..frame.payload_end], b"Hello");
@@ -289,7 +394,7 @@ mod tests {
         for cut in 0..full.len() {
             let mut part = full[..cut].to_vec();
             assert_eq!(
-                parse_client_frame(&mut part, 1024),
+                parse_client_frame(&mut part, 1024, false),
                 Ok(None),
                 "cut at {cut}"
             );
@@ -301,26 +406,26 @@ mod tests {
     fn violations_map_to_close_codes() {
         let mut unmasked = vec![0x81, 0x02, b'h', b'i'];
         assert_eq!(
-            parse_client_frame(&mut unmasked, 1024),
+            parse_client_frame(&mut unmasked, 1024, false),
             Err(FrameError::Unmasked)
         );
         let mut rsv = masked(0xC1, b"hi");
         assert_eq!(
-            parse_client_frame(&mut rsv, 1024),
+            parse_client_frame(&mut rsv, 1024, false),
             Err(FrameError::ReservedBits)
         );
         let mut opcode = masked(0x83, b"hi");
         assert_eq!(
-            parse_client_frame(&mut opcode, 1024),
+            parse_client_frame(&mut opcode, 1024, false),
             Err(FrameError::ReservedOpcode(3))
         );
         let mut fragmented_ping = masked(0x09, b"");
         assert_eq!(
-            parse_client_frame(&mut fragmented_ping, 1024),
+            parse_client_frame(&mut fragmented_ping, 1024, false),
             Err(FrameError::BadControlFrame)
         );
         let mut big = masked(0x81, &[b'a'; 100]);
-        let err = parse_client_frame(&mut big, 99).unwrap_err();
+        let err = parse_client_frame(&mut big, 99, false).unwrap_err();
         assert_eq!(
             err,
             FrameError::TooBig {
@@ -332,11 +437,83 @@ mod tests {
     }
 
     #[test]
+    fn rsv1_marks_a_compressed_data_frame_only_with_deflate() {
+        let mut text = masked(0xC1, b"hi");
+        let frame = parse_client_frame(&mut text, 1024, true).unwrap().unwrap();
+        assert!(frame.compressed);
+        assert_eq!(frame.opcode, Opcode::Text);
+        let mut binary = masked(0x42, b"hi");
+        assert!(
+            parse_client_frame(&mut binary, 1024, true)
+                .unwrap()
+                .unwrap()
+                .compressed
+        );
+        let mut plain = masked(0x81, b"hi");
+        assert!(
+            !parse_client_frame(&mut plain, 1024, true)
+                .unwrap()
+                .unwrap()
+                .compressed
+        );
+        // RFC 7692 section 6.1: RSV1 on a continuation or control frame is an error.
+        for first in [0xC0, 0xC9, 0xC8] {
+            let mut bad = masked(first, b"");
+            assert_eq!(
+                parse_client_frame(&mut bad, 1024, true),
+                Err(FrameError::ReservedBits),
+                "{first:#x}"
+            );
+        }
+        let mut rsv2 = masked(0xA1, b"hi");
+        assert_eq!(
+            parse_client_frame(&mut rsv2, 1024, true),
+            Err(FrameError::ReservedBits)
+        );
+    }
+
+    #[test]
+    fn a_partial_frame_shows_its_header() {
+        let full = masked(0x01, b"Hello");
+        assert_eq!(partial_frame(&full[..1]), None);
+        let head = partial_frame(&full[..8]).unwrap();
+        assert_eq!(
+            head,
+            PartialFrame {
+                opcode: Opcode::Text,
+                compressed: false,
+                mask: MASK,
+                payload_start: 6,
+                payload_len: 5,
+            }
+        );
+        assert_eq!(partial_frame(&masked(0x89, b"p")[..4]), None, "not data");
+    }
+
+    #[test]
+    fn deflated_twin_carries_rsv1_and_the_same_message() {
+        let (plain, _) = text_frame_with(0, |buf| buf.put_bytes(b'a', 1000));
+        let twin = deflated_twin(&plain);
+        assert_eq!(twin[0], 0xC1, "FIN, RSV1, text");
+        let header_len = server_header_len(&twin);
+        assert!(twin.len() < 100, "{} bytes", twin.len());
+        let mut inflater = crate::ws::deflate::Inflater::default();
+        let mut out = Vec::new();
+        inflater.push(&twin[header_len..], &mut out, 1000).unwrap();
+        inflater.finish(&mut out, 1000).unwrap();
+        assert_eq!(out, vec![b'a'; 1000]);
+        assert_eq!(
+            &data_frame(DataKind::Binary, false, b"ab")[..],
+            b"\x82\x02ab"
+        );
+    }
+
+    #[test]
     fn oversized_frame_is_refused_from_its_header_alone() {
         // 64-bit length of 1 GiB, masked, no payload yet.
         let mut buf = vec![0x82, 0xFF, 0, 0, 0, 0, 0x40, 0, 0, 0, 1, 2, 3, 4];
         assert!(matches!(
-            parse_client_frame(&mut buf, 65_536),
+            parse_client_frame(&mut buf, 65_536, false),
             Err(FrameError::TooBig { .. })
         ));
     }

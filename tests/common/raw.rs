@@ -327,9 +327,37 @@ impl RawWs {
         raw
     }
 
-    async fn upgrade(mut stream: TcpStream, addr: SocketAddr, path: &str) -> RawWs {
+    /// Like [`RawWs::connect`], offering the extensions in `extensions` (the value of a
+    /// `Sec-WebSocket-Extensions` header); returns the 101 response too, to read what was agreed.
+    pub async fn connect_offering(
+        addr: SocketAddr,
+        path: &str,
+        extensions: &str,
+    ) -> (RawWs, HttpResponse) {
+        let stream = connect(addr).await;
+        let extra = format!("Sec-WebSocket-Extensions: {extensions}\r\n");
+        RawWs::upgrade_with(stream, addr, path, &extra).await
+    }
+
+    async fn upgrade(stream: TcpStream, addr: SocketAddr, path: &str) -> RawWs {
+        RawWs::upgrade_with(stream, addr, path, "").await.0
+    }
+
+    async fn upgrade_with(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        extra_headers: &str,
+    ) -> (RawWs, HttpResponse) {
+        let request = upgrade_request(addr, path);
+        let request = format!(
+            "{}{extra_headers}\r\n",
+            request
+                .strip_suffix("\r\n")
+                .expect("a request ends with an empty line")
+        );
         stream
-            .write_all(upgrade_request(addr, path).as_bytes())
+            .write_all(request.as_bytes())
             .await
             .expect("expected to write the upgrade request");
         let mut buf = Vec::new();
@@ -355,7 +383,7 @@ impl RawWs {
                 .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade")),
             "expected `Connection: Upgrade` in {response:?}"
         );
-        RawWs { stream, buf }
+        (RawWs { stream, buf }, response)
     }
 
     /// Upgrades and reads the `connected` frame, checking its shape.

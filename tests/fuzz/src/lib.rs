@@ -40,10 +40,12 @@ pub const TARGETS: [(&str, Check); 4] = [
 // handshake
 
 /// The limits the server gives `parse_request` by default (`net::handshake_then_serve`).
-fn handshake_limits() -> Limits {
+fn handshake_limits() -> Limits<'static> {
     Limits {
         request_bytes_max: defaults::handshake_bytes_max(),
         channels_max: defaults::subscriptions_per_conn_max(),
+        echo_path: None,
+        deflate: false,
     }
 }
 
@@ -305,6 +307,15 @@ impl Model {
             });
         }
         if !is_final {
+            // Text fails fast: a fragment that makes the bytes so far no prefix of valid UTF-8
+            // ends the message at once (an incomplete sequence at the end may still complete).
+            if is_text {
+                if let Err(err) = std::str::from_utf8(bytes) {
+                    if err.error_len().is_some() {
+                        return Err(MessageError::BadUtf8);
+                    }
+                }
+            }
             return Ok(None);
         }
         let (_, bytes) = self.in_flight.take().expect("a message is in flight");
@@ -362,7 +373,7 @@ fn drive_frames(
             let rest = &mut pending[used..];
             let original = &received[used..];
             let expected = reference_frame(original, frame_bytes_max);
-            let frame = match frame::parse_client_frame(rest, frame_bytes_max) {
+            let frame = match frame::parse_client_frame(rest, frame_bytes_max, false) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => {
                     assert!(matches!(expected, Ok(None)), "{expected:?}, got None");
@@ -454,7 +465,7 @@ fn check_frame(
 fn owned(event: Event<'_>) -> Seen {
     match event {
         Event::Text(text) => Seen::Text(text.to_owned()),
-        Event::Binary => Seen::Binary,
+        Event::Binary(_) => Seen::Binary,
         Event::Ping(payload) => Seen::Ping(payload.to_vec()),
         Event::Pong => Seen::Pong,
         Event::Close(payload) => Seen::Close(payload),
