@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! The folders are the stages a message passes through, in order.
-//! - [`net`]: bind with `SO_REUSEPORT`, accept, read the HTTP upgrade under its limits.
+//! - [`net`]: bind with `SO_REUSEPORT`, accept, read the HTTP upgrade under its limits, and
+//!   [`net::auth`]: the JWT a connection presents and the grant it carries.
 //! - [`ws`]: RFC 6455 frames, reassembled messages, permessage-deflate, JSON commands, and the
 //!   connection task (which also serves the optional echo endpoint for conformance suites).
 //! - [`shard`]: a broadcast shard's connections, its subscription [`shard::registry`], fan-out.
@@ -41,6 +42,9 @@
 //! pattern to the ingest core and answers `subscribed` once the ingest core routes it. A
 //! `subscribe` with `since` goes on to the sequencer, which answers between two publishes with
 //! the missed frames from history; the shard makes it live when that answer arrives.
+//! In cluster mode (`--redis`) the sequencer hands each publish to [`cluster`]'s bridge
+//! instead, and numbers nothing itself: Redis numbers every node's publishes, and each comes
+//! back to every node's ingest core, in seq order, to be encoded and fanned out as above.
 //! Each delivery carries the `Instant` the ingest core accepted its publish; each shard records
 //! its fan-out time and reports it back, and the ingest core keeps the slowest per publish.
 //!
