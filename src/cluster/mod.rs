@@ -241,21 +241,19 @@ impl Bridge {
 }
 
 /// Hands `message` to the ingest core, waiting while its inbox is full (this is a plain
-/// thread: waiting here slows only the bridge).
+/// thread: waiting here slows only the bridge), and wakes it.
 fn tell(to_ingest: &queue::Sender<ToIngest>, message: FromCluster) {
+    queue_for_ingest(to_ingest, message);
+    to_ingest.wake();
+}
+
+/// `tell` without the wake-up, for a batch: the caller wakes the ingest core once after it.
+fn queue_for_ingest(to_ingest: &queue::Sender<ToIngest>, message: FromCluster) {
     let mut message = ToIngest::Cluster(message);
-    loop {
-        match to_ingest.try_push(message) {
-            Ok(()) => {
-                to_ingest.wake();
-                return;
-            }
-            Err(back) => {
-                message = back;
-                to_ingest.wake();
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+    while let Err(back) = to_ingest.try_push(message) {
+        message = back;
+        to_ingest.wake();
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -460,7 +458,7 @@ impl CommandThread {
                         channel: publish.channel,
                         data: publish.data,
                     };
-                    tell(
+                    queue_for_ingest(
                         &self.to_ingest,
                         FromCluster::Published {
                             token: publish.token,
@@ -468,6 +466,8 @@ impl CommandThread {
                         },
                     );
                 }
+                // One wake-up for the whole pipeline's answers.
+                self.to_ingest.wake();
                 Ok(())
             }
             Err(err) => {
