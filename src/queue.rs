@@ -83,10 +83,15 @@ pub struct Missed {
 impl Missed {
     /// The channel this frame was published to.
     pub fn channel(&self) -> &str {
-        let start = usize::from(self.channel_start);
-        std::str::from_utf8(&self.frame[start..start + usize::from(self.channel_len)])
-            .expect("the ingest core writes validated ASCII channel names")
+        channel_in(&self.frame, self.channel_start, self.channel_len)
     }
+}
+
+/// The channel name the ingest core wrote into a `message` frame at `start`.
+fn channel_in(frame: &Bytes, start: u16, len: u8) -> &str {
+    let start = usize::from(start);
+    std::str::from_utf8(&frame[start..start + usize::from(len)])
+        .expect("the ingest core writes validated ASCII channel names")
 }
 
 /// A published message as it crosses to a shard: the complete WebSocket frame, where in it
@@ -146,9 +151,7 @@ impl Delivery {
 
     /// The channel this frame was published to.
     pub fn channel(&self) -> &str {
-        let start = usize::from(self.channel_start);
-        let bytes = &self.frame[start..start + usize::from(self.channel_len)];
-        std::str::from_utf8(bytes).expect("the ingest core writes validated ASCII channel names")
+        channel_in(&self.frame, self.channel_start, self.channel_len)
     }
 }
 

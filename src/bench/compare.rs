@@ -218,13 +218,8 @@ fn start(
             Ok((Target::Floor(floor), endpoint))
         }
         Planned::Corecast => {
-            let ws = SocketAddr::from(([127, 0, 0, 1], spawn::free_port()?));
-            let api = loop {
-                let api = SocketAddr::from(([127, 0, 0, 1], spawn::free_port()?));
-                if api != ws {
-                    break api;
-                }
-            };
+            let ws = free_addr(&[])?;
+            let api = free_addr(&[ws])?;
             let argv = corecast_argv(args, ws, api)?;
             let via = Via::Http(wire::publish_url(&format!("http://{api}"))?);
             let server = start_server(args, "corecast", &argv, cpus, &[ws, api], via)?;

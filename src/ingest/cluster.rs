@@ -345,22 +345,18 @@ impl IngestCore {
         policy: usize,
         now: Instant,
     ) -> crate::queue::Delivery {
-        let stamp = crate::queue::Stamp {
-            publish: event.seq,
-            accepted: now,
-        };
-        let mut delivery = super::encode::message(
+        self.encode(
             &event.channel,
             event.offset,
             event.ts_ms,
             &event.data,
             event.priority,
-            self.slow(policy, &event.data),
-            stamp,
-        );
-        delivery.namespace =
-            u16::try_from(policy).expect("config validation bounds the namespaces");
-        delivery
+            policy,
+            crate::queue::Stamp {
+                publish: event.seq,
+                accepted: now,
+            },
+        )
     }
 
     /// The cluster state, `None` on a single node.

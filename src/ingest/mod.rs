@@ -453,6 +453,34 @@ impl IngestCore {
         }
     }
 
+    /// Encodes a numbered message once, with its channel's slow-consumer policy and namespace
+    /// (`policy`: the index of both): for a local publish and for one back from the cluster.
+    // The message's fields, one argument each: the two callers hold them in different structs.
+    #[allow(clippy::too_many_arguments)]
+    fn encode(
+        &self,
+        channel: &str,
+        offset: u64,
+        ts_ms: u64,
+        data: &str,
+        priority: Priority,
+        policy: usize,
+        stamp: Stamp,
+    ) -> crate::queue::Delivery {
+        let mut delivery = encode::message(
+            channel,
+            offset,
+            ts_ms,
+            data,
+            priority,
+            self.slow(policy, data),
+            stamp,
+        );
+        delivery.namespace =
+            u16::try_from(policy).expect("config validation bounds the namespaces");
+        delivery
+    }
+
     /// Sequences one job: offset, encode once, keep in history, route, reply. In cluster mode
     /// Redis numbers it instead, and it fans out when it comes back (see [`cluster`]).
     async fn sequence(&self, job: Job, touched: &mut [bool]) {
@@ -469,21 +497,18 @@ impl IngestCore {
         let offset = assigned.offset;
         let publish = self.published_total.get() + 1;
         self.published_total.set(publish);
-        let stamp = Stamp {
-            publish,
-            accepted: job.accepted,
-        };
-        let mut delivery = encode::message(
+        let delivery = self.encode(
             &job.channel,
             offset,
             job.ts_ms,
             &job.data,
             job.priority,
-            self.slow(assigned.policy, &job.data),
-            stamp,
+            assigned.policy,
+            Stamp {
+                publish,
+                accepted: job.accepted,
+            },
         );
-        delivery.namespace =
-            u16::try_from(assigned.policy).expect("config validation bounds the namespaces");
         self.fan_out(delivery, &job.channel, Instant::now(), touched)
             .await;
         self.reply(job, Ok(offset), touched).await;

@@ -60,6 +60,7 @@ struct Previous {
 pub async fn run(core: Rc<IngestCore>) {
     let interval = Duration::from_millis(core.config.sys_stats_interval_ms);
     let mut previous = Previous::default();
+    let channel = channel(&core.config);
     loop {
         glommio::timer::sleep(interval).await;
         let tick = tick(&core, &mut previous).await;
@@ -67,7 +68,7 @@ pub async fn run(core: Rc<IngestCore>) {
             link.report_connections(tick.connections);
         }
         let data = sonic_rs::to_string(&tick).expect("stats serialize");
-        core.publish_internal(&channel(&core.config), data.into(), Priority::Normal);
+        core.publish_internal(&channel, data.into(), Priority::Normal);
     }
 }
 
