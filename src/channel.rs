@@ -26,6 +26,67 @@ pub fn is_system(name: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
+/// How a tenant's scope starts: the server knows tenant `acme`'s channel `leads.42` as
+/// `$t:acme.leads.42`, its *full name*, while the tenant's clients only ever read and write
+/// `leads.42`. No client can name a scope (`$` is no token byte), and like [`SYSTEM_TOKEN`] a
+/// scope is matched only by patterns that start with the same scope: a tenant's `>`, which the
+/// server scopes to `$t:acme.>`, matches nothing of another tenant, and an unscoped `>` matches
+/// no tenant's channels.
+pub const TENANT_MARK: &str = "$t:";
+
+/// The longest tenant name, in bytes.
+pub const TENANT_BYTES_MAX: usize = 64;
+
+/// Checks a tenant name (a token claim, an API key's tenant, a publish's `tenant`): one token
+/// of 1 to [`TENANT_BYTES_MAX`] bytes of `[A-Za-z0-9_:@=+-]`.
+///
+/// # Errors
+/// A human reason, for a 400 or a 401 body.
+pub fn validate_tenant(tenant: &str) -> Result<(), String> {
+    let shown: String = tenant.chars().take(TENANT_BYTES_MAX).collect();
+    if tenant.is_empty() || tenant.len() > TENANT_BYTES_MAX {
+        return Err(format!(
+            "tenant {shown:?} is {} bytes; it needs 1 to {TENANT_BYTES_MAX}",
+            tenant.len()
+        ));
+    }
+    let token_byte = |byte: u8| byte.is_ascii_alphanumeric() || b"_:@=+-".contains(&byte);
+    if !tenant.bytes().all(token_byte) {
+        return Err(format!(
+            "tenant {shown:?} is not one token: it allows only A-Z a-z 0-9 _ : @ = + -"
+        ));
+    }
+    Ok(())
+}
+
+/// The full name of `name` (a channel or a pattern) in `tenant`'s scope.
+#[must_use]
+pub fn scoped(tenant: &str, name: &str) -> String {
+    [TENANT_MARK, tenant, ".", name].concat()
+}
+
+/// A full name's tenant, if it is in one's scope, and the name its clients use.
+#[must_use]
+pub fn split_scope(full: &str) -> (Option<&str>, &str) {
+    full.strip_prefix(TENANT_MARK)
+        .and_then(|rest| rest.split_once('.'))
+        .map_or((None, full), |(tenant, name)| (Some(tenant), name))
+}
+
+/// The name clients use for the full name `full`: without its tenant's scope.
+#[must_use]
+pub fn visible(full: &str) -> &str {
+    split_scope(full).1
+}
+
+/// The first token of a name the server reserves ([`SYSTEM_TOKEN`] or a tenant's scope),
+/// which a pattern must spell out to match: wildcards never stand for it.
+#[must_use]
+pub fn reserved_root(name: &str) -> Option<&str> {
+    name.starts_with('$')
+        .then(|| name.split('.').next().unwrap_or(name))
+}
+
 /// Why a channel name or pattern was refused. Every variant is the peer's mistake: answer with
 /// an `invalid_channel` error carrying the [`Display`](fmt::Display) text, keep the connection
 /// open, and change nothing for anyone else. Offsets are byte offsets into the refused name.
@@ -33,9 +94,9 @@ pub fn is_system(name: &str) -> bool {
 pub enum ChannelError {
     /// The name has no bytes. Refuse the request; the client must send 1 to 255 bytes.
     Empty,
-    /// The name is longer than [`CHANNEL_BYTES_MAX`]. Refuse the request; the client must
-    /// shorten it.
-    TooLong { len_bytes: usize },
+    /// The name is longer than `max_bytes`: [`CHANNEL_BYTES_MAX`], or the server's lower
+    /// `channel_bytes_max`. Refuse the request; the client must shorten it.
+    TooLong { len_bytes: usize, max_bytes: usize },
     /// A leading dot, a trailing dot or two dots in a row leave a token empty; `at` is where the
     /// empty token starts. Refuse the request; the client must drop the extra dot.
     EmptyToken { at: usize },
@@ -62,10 +123,10 @@ impl fmt::Display for ChannelError {
                     "channel is empty; it needs 1 to {CHANNEL_BYTES_MAX} bytes"
                 )
             }
-            ChannelError::TooLong { len_bytes } => write!(
-                f,
-                "channel is {len_bytes} bytes; the limit is {CHANNEL_BYTES_MAX}"
-            ),
+            ChannelError::TooLong {
+                len_bytes,
+                max_bytes,
+            } => write!(f, "channel is {len_bytes} bytes; the limit is {max_bytes}"),
             ChannelError::EmptyToken { at } => write!(
                 f,
                 "channel has an empty token at byte {at}; tokens are joined by single dots"
@@ -97,6 +158,21 @@ impl fmt::Display for ChannelError {
 
 impl std::error::Error for ChannelError {}
 
+/// Checks that a name is at most `max_bytes` long (a server's `channel_bytes_max`, which the
+/// validators below leave to the caller: they check the contract's [`CHANNEL_BYTES_MAX`]).
+///
+/// # Errors
+/// [`ChannelError::TooLong`] past it.
+pub fn check_length(name: &str, max_bytes: usize) -> Result<(), ChannelError> {
+    if name.len() > max_bytes {
+        return Err(ChannelError::TooLong {
+            len_bytes: name.len(),
+            max_bytes,
+        });
+    }
+    Ok(())
+}
+
 /// Checks a concrete channel name, as given to publish: no wildcards.
 ///
 /// # Errors
@@ -126,7 +202,7 @@ pub fn is_pattern(pattern: &str) -> bool {
 /// is not the last token matches nothing. This is the reference for the registry's trie.
 #[must_use]
 pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
-    if is_system(channel) && !is_system(pattern) {
+    if reserved_root(channel).is_some_and(|root| pattern.split('.').next() != Some(root)) {
         return false;
     }
     let mut pattern_tokens = pattern.split('.');
@@ -151,7 +227,7 @@ pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
 /// patterns): what a token's grant must say for a subscription to be allowed.
 #[must_use]
 pub fn pattern_covers(granted: &str, pattern: &str) -> bool {
-    if is_system(pattern) && !is_system(granted) {
+    if reserved_root(pattern).is_some_and(|root| granted.split('.').next() != Some(root)) {
         return false;
     }
     let mut granted_tokens = granted.split('.');
@@ -188,11 +264,7 @@ fn scan(name: &str, wildcards: Wildcards) -> Result<(), ChannelError> {
     if bytes.is_empty() {
         return Err(ChannelError::Empty);
     }
-    if bytes.len() > CHANNEL_BYTES_MAX {
-        return Err(ChannelError::TooLong {
-            len_bytes: bytes.len(),
-        });
-    }
+    check_length(name, CHANNEL_BYTES_MAX)?;
     // The system token is the one place a `$` may stand.
     let mut token_start = if is_system(name) {
         SYSTEM_TOKEN.len() + 1
@@ -297,6 +369,35 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_scope_is_matched_only_by_patterns_of_the_same_scope() {
+        let full = scoped("acme", "leads.42");
+        assert_eq!(full, "$t:acme.leads.42");
+        assert_eq!(split_scope(&full), (Some("acme"), "leads.42"));
+        assert_eq!(split_scope("leads.42"), (None, "leads.42"));
+        assert_eq!(visible("$sys.stats"), "$sys.stats");
+        assert!(pattern_matches(&scoped("acme", ">"), &full));
+        assert!(pattern_matches(&scoped("acme", "leads.*"), &full));
+        assert!(!pattern_matches(&scoped("acme2", ">"), &full));
+        assert!(!pattern_matches(&scoped("globex", "leads.42"), &full));
+        assert!(!pattern_matches(">", &full));
+        assert!(!pattern_matches("*.leads.42", &full));
+        assert!(!pattern_matches(&scoped("acme", ">"), "leads.42"));
+        assert!(!pattern_covers(">", &scoped("acme", "leads.*")));
+        assert!(pattern_covers(
+            &scoped("acme", "leads.>"),
+            &scoped("acme", "leads.*")
+        ));
+        assert!(
+            validate_pattern("$t:globex.>").is_err(),
+            "clients cannot name a scope"
+        );
+        assert_eq!(validate_tenant("acme-1"), Ok(()));
+        for bad in ["", "a.b", "a*", "$sys", "a b", &"x".repeat(65)] {
+            assert!(validate_tenant(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn empty_is_refused() {
         assert_eq!(validate_channel(""), Err(ChannelError::Empty));
         assert_eq!(validate_pattern(""), Err(ChannelError::Empty));
@@ -309,7 +410,10 @@ mod tests {
         assert_eq!(validate_pattern(&at_limit), Ok(()));
 
         let over_limit = "a".repeat(CHANNEL_BYTES_MAX + 1);
-        let error = ChannelError::TooLong { len_bytes: 256 };
+        let error = ChannelError::TooLong {
+            len_bytes: 256,
+            max_bytes: 255,
+        };
         assert_eq!(validate_channel(&over_limit), Err(error));
         assert_eq!(validate_pattern(&over_limit), Err(error));
 
@@ -425,7 +529,11 @@ mod tests {
     #[test]
     fn messages_name_the_problem() {
         assert_eq!(
-            ChannelError::TooLong { len_bytes: 300 }.to_string(),
+            ChannelError::TooLong {
+                len_bytes: 300,
+                max_bytes: 255
+            }
+            .to_string(),
             "channel is 300 bytes; the limit is 255"
         );
         assert_eq!(

@@ -103,6 +103,41 @@ pub struct Config {
     #[arg(long = "client-publish")]
     pub client_publish: Vec<String>,
 
+    /// Longest channel name or pattern a client or a publish may use, in bytes (at most 255,
+    /// the contract's limit). Lower bounds what history and subscriptions cost per channel.
+    #[arg(long, default_value_t = defaults::channel_bytes_max())]
+    pub channel_bytes_max: usize,
+
+    /// Connections over all shards; past it new connections get HTTP 503. 0 (the default):
+    /// only `connections_per_shard_max` bounds them. Set, every upgrade asks the ingest core
+    /// for a place first (one cross-core round trip, some microseconds, per connect).
+    #[arg(long, default_value_t = defaults::connections_max())]
+    pub connections_max: usize,
+
+    /// Connections from one client address (IPv4, or an IPv6 /64); past it new ones get HTTP
+    /// 429. 0 (the default): no limit, since clients behind one proxy or NAT share an address
+    /// and a benchmark opens thousands from one. Set it on a server facing browsers directly.
+    #[arg(long, default_value_t = defaults::connections_per_ip_max())]
+    pub connections_per_ip_max: usize,
+
+    /// Connections one tenant (a token's `tenant` claim) may hold; past it its new ones get
+    /// HTTP 429. 0 (the default): no limit.
+    #[arg(long, default_value_t = defaults::tenant_connections_max())]
+    pub tenant_connections_max: usize,
+
+    /// Publishes per second one tenant may make, over the control plane and its clients
+    /// together (a token bucket holding one second's worth); past it a publish gets 429 or
+    /// `rate_limited`. 0 (the default): no limit.
+    #[arg(long, default_value_t = defaults::tenant_publishes_per_s())]
+    pub tenant_publishes_per_s: u32,
+
+    /// `Origin`s a browser may connect from (repeat the flag), exact (`https://app.example.com`)
+    /// or with a leading wildcard label (`https://*.example.com`). Empty (the default): any.
+    /// An upgrade from any other origin gets HTTP 403; a client that sends no `Origin` (not a
+    /// browser) is not checked, since only browsers are made to send it.
+    #[arg(long = "allowed-origin")]
+    pub allowed_origins: Vec<String>,
+
     /// Items each cross-core queue holds (one queue per direction per shard). When a shard's
     /// queue is full the ingest core waits for it: a bigger queue absorbs longer bursts.
     #[arg(long, default_value_t = defaults::queue_items_max())]
@@ -232,6 +267,24 @@ pub struct Config {
     #[arg(skip)]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<Namespace>,
+
+    /// Bearer keys of the control plane, in the TOML file only (`[[api_keys]]` tables: `key`,
+    /// and `tenant` to scope it). Empty (the default): the control plane serves every request,
+    /// so keep `api` on loopback or a private network. Set: every route but `/healthz`, the
+    /// dashboard page and the client files needs `Authorization: Bearer <key>` (401 without);
+    /// a tenant's key may only publish into its tenant and read its history (403 otherwise).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// A control-plane key: unscoped (the operator's) or one tenant's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// Who may connect.
@@ -375,6 +428,21 @@ pub mod defaults {
     pub fn channels_max() -> usize {
         1_000_000
     }
+    pub fn channel_bytes_max() -> usize {
+        crate::channel::CHANNEL_BYTES_MAX
+    }
+    pub fn connections_max() -> usize {
+        0
+    }
+    pub fn connections_per_ip_max() -> usize {
+        0
+    }
+    pub fn tenant_connections_max() -> usize {
+        0
+    }
+    pub fn tenant_publishes_per_s() -> u32 {
+        0
+    }
     pub fn queue_items_max() -> usize {
         65_536
     }
@@ -450,6 +518,12 @@ impl Default for Config {
             publish_batch_max: defaults::publish_batch_max(),
             channels_max: defaults::channels_max(),
             client_publish: Vec::new(),
+            channel_bytes_max: defaults::channel_bytes_max(),
+            connections_max: defaults::connections_max(),
+            connections_per_ip_max: defaults::connections_per_ip_max(),
+            tenant_connections_max: defaults::tenant_connections_max(),
+            tenant_publishes_per_s: defaults::tenant_publishes_per_s(),
+            allowed_origins: Vec::new(),
             queue_items_max: defaults::queue_items_max(),
             queue_batch_max: defaults::queue_batch_max(),
             close_timeout_ms: defaults::close_timeout_ms(),
@@ -474,6 +548,7 @@ impl Default for Config {
             echo_path: None,
             permessage_deflate: defaults::permessage_deflate(),
             namespaces: Vec::new(),
+            api_keys: Vec::new(),
         }
     }
 }
@@ -662,6 +737,51 @@ impl Config {
                 policy.conflate_key.as_deref(),
             )?;
         }
+        check_range(
+            "channel_bytes_max",
+            self.channel_bytes_max,
+            1,
+            channel::CHANNEL_BYTES_MAX,
+        )?;
+        check_range("connections_max", self.connections_max, 0, 100_000_000)?;
+        check_range(
+            "connections_per_ip_max",
+            self.connections_per_ip_max,
+            0,
+            100_000_000,
+        )?;
+        check_range(
+            "tenant_connections_max",
+            self.tenant_connections_max,
+            0,
+            100_000_000,
+        )?;
+        check_range(
+            "tenant_publishes_per_s",
+            self.tenant_publishes_per_s,
+            0,
+            10_000_000,
+        )?;
+        for origin in &self.allowed_origins {
+            check_origin(origin)?;
+        }
+        for (at, key) in self.api_keys.iter().enumerate() {
+            if key.key.len() < API_KEY_BYTES_MIN || !key.key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError(format!(
+                    "api_keys[{at}].key is too weak or unprintable: use at least \
+                     {API_KEY_BYTES_MIN} printable ASCII bytes, e.g. `openssl rand -hex 32`"
+                )));
+            }
+            if let Some(tenant) = &key.tenant {
+                channel::validate_tenant(tenant)
+                    .map_err(|why| ConfigError(format!("api_keys[{at}].tenant: {why}")))?;
+            }
+            if self.api_keys[..at].iter().any(|other| other.key == key.key) {
+                return Err(ConfigError(format!(
+                    "api_keys[{at}].key repeats an earlier key: each key names one scope"
+                )));
+            }
+        }
         for pattern in &self.client_publish {
             channel::validate_pattern(pattern).map_err(|err| {
                 ConfigError(format!(
@@ -725,6 +845,31 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a Config always serializes")
     }
+}
+
+/// The shortest control-plane key accepted: 16 bytes, so that guessing one is hopeless.
+const API_KEY_BYTES_MIN: usize = 16;
+
+/// An `allowed_origins` entry: `scheme://host[:port]`, the host's first label possibly `*`.
+fn check_origin(origin: &str) -> Result<(), ConfigError> {
+    let host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    let plain = host.is_some_and(|host| {
+        let host = host.strip_prefix("*.").unwrap_or(host);
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+    });
+    if !plain {
+        return Err(ConfigError(format!(
+            "allowed_origins entry {origin:?} is invalid: use scheme://host[:port], as browsers \
+             send it (no path, no trailing slash), e.g. https://app.example.com or \
+             https://*.example.com"
+        )));
+    }
+    Ok(())
 }
 
 /// `conflate` needs a key to conflate by; `prefix` names where the policy was set.

@@ -13,7 +13,9 @@
 //! - [`shard`]: a broadcast shard's connections, its subscription [`shard::registry`], fan-out.
 //! - [`ingest`]: the control-plane HTTP API, the sequencer of offsets, encode-once,
 //!   [`ingest::history`]: each channel's bounded history, which recoveries read, and
-//!   [`ingest::metrics`]: fan-out latency histograms and the Prometheus `/metrics` exposition.
+//!   [`ingest::metrics`]: fan-out latency histograms and the Prometheus `/metrics` exposition,
+//!   [`ingest::admission`]: the connection limits over every shard (total, per address, per
+//!   tenant), which an upgrade asks the ingest core for.
 //! - [`queue`]: the only link between cores, bounded lock-free queues with a wake-up.
 //! - [`cluster`]: cluster mode's bridge to Redis, two plain threads beside the executors
 //!   (the ingest core's side of it is [`ingest::cluster`]).
@@ -58,6 +60,9 @@
 //! - **offset**: a channel's message number, +1 per publish, assigned by the ingest core.
 //! - **seq**: a message's node-wide number, +1 per publish on any channel.
 //! - **epoch**: the name of one run of offsets; a restart starts a new one.
+//! - **tenant**: a token's `tenant` claim; its connections live in its own namespace, where a
+//!   channel's *full name* carries the scope (`$t:acme.leads.42`) that its clients never see
+//!   (see [`channel::TENANT_MARK`]).
 // No unsafe code, but in one place that allows it by name: the bench's io_uring floor
 // (`bench::floor::uring`), which queues sends on a ring of its own; see its SAFETY comments.
 #![deny(unsafe_code)]

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 
+use crate::ingest::admission::{Peer, Refused};
 use crate::ingest::Priority;
 use crate::shard::ShardStats;
 use crate::ws::ConnId;
@@ -48,6 +49,11 @@ pub enum ToShard {
     Gap { channel: Box<str>, frame: Bytes },
     /// The epoch changed (cluster mode: Redis lost its data): close every connection.
     Epoch(Arc<str>),
+    /// The answer to [`ToIngest::Admit`] number `ticket`.
+    Admitted {
+        ticket: u64,
+        verdict: Result<(), Refused>,
+    },
     /// Report counters or patterns (for `/v1/stats`, `/v1/channels`), tagged `query`.
     Query { query: u64, kind: QueryKind },
     /// Close every connection with 1001 and stop.
@@ -78,12 +84,16 @@ pub struct Missed {
     pub seq: u64,
     pub channel_start: u16,
     pub channel_len: u8,
+    /// The channel's full name when it is in a tenant's scope (see [`Delivery::scoped`]).
+    pub scoped: Option<Arc<str>>,
 }
 
 impl Missed {
-    /// The channel this frame was published to.
+    /// The full name of the channel this frame was published to.
     pub fn channel(&self) -> &str {
-        channel_in(&self.frame, self.channel_start, self.channel_len)
+        self.scoped
+            .as_deref()
+            .unwrap_or_else(|| channel_in(&self.frame, self.channel_start, self.channel_len))
     }
 }
 
@@ -105,6 +115,10 @@ pub struct Delivery {
     pub deflated: Option<Bytes>,
     pub channel_start: u16,
     pub channel_len: u8,
+    /// The channel's full name when it is in a tenant's scope (`$t:acme.leads.42`), which the
+    /// shard matches subscriptions against; the frame names it as the tenant's clients do
+    /// (`leads.42`). `None` when the frame's name is the full name.
+    pub scoped: Option<Arc<str>>,
     pub priority: Priority,
     pub offset: u64,
     /// What a shard does when this message finds a connection's outbox full.
@@ -149,9 +163,11 @@ impl Delivery {
         u8::try_from(start).expect("a frame header is at most 10 bytes")
     }
 
-    /// The channel this frame was published to.
+    /// The full name of the channel this frame was published to.
     pub fn channel(&self) -> &str {
-        channel_in(&self.frame, self.channel_start, self.channel_len)
+        self.scoped
+            .as_deref()
+            .unwrap_or_else(|| channel_in(&self.frame, self.channel_start, self.channel_len))
     }
 }
 
@@ -185,6 +201,15 @@ pub enum ToIngest {
         add: bool,
         seq: u64,
     },
+    /// An upgrade asks for a place under the connection limits (see
+    /// [`crate::ingest::admission`]); answered with `ToShard::Admitted` and this `ticket`.
+    Admit {
+        shard: ShardId,
+        ticket: u64,
+        peer: Peer,
+    },
+    /// An admitted connection ended: its place is free.
+    Leave(Peer),
     /// Fan-out times of the deliveries the shard handled in one batch from its queue, in order.
     Fanout {
         shard: ShardId,

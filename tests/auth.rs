@@ -9,12 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::raw::{read_http_response, upgrade_request};
-use common::{assert_error, assert_message, watchdog, Bystander, Client, Server};
+use common::{assert_error, assert_message, refused_upgrade, watchdog, Bystander, Client, Server};
 use jsonwebtoken::{encode, EncodingKey, Header};
-use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SECRET: &str = "test-secret";
@@ -39,20 +36,6 @@ fn token(secret: &str, ttl_s: i64, channels: &[&str], publish: &[&str]) -> Strin
 
 async fn server() -> Server {
     Server::start(&["--auth", "jwt", "--jwt-secret", SECRET]).await
-}
-
-/// Sends an upgrade to `path` with `extra` headers and returns the status and JSON body.
-async fn refused_upgrade(server: &Server, path: &str, extra: &str) -> (u16, Value) {
-    let mut stream = TcpStream::connect(server.ws).await.expect("connect");
-    let request = upgrade_request(server.ws, path).replace("\r\n\r\n", &format!("\r\n{extra}\r\n"));
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send the upgrade");
-    let mut buf = Vec::new();
-    let response = read_http_response(&mut stream, &mut buf).await;
-    let body: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-    (response.status, body)
 }
 
 #[tokio::test]

@@ -105,6 +105,39 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
         );
         return response;
     }
+    let open = matches!(
+        path.as_str(),
+        "/healthz" | "/dashboard" | "/client.js" | "/client.d.ts"
+    );
+    let caller = if open {
+        Caller::Operator
+    } else {
+        match caller(core, &request) {
+            Ok(caller) => caller,
+            Err((status, code, message)) => {
+                let mut response = error(status, code, message);
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+                return response;
+            }
+        }
+    };
+    let tenant_route = matches!(
+        path.as_str(),
+        "/v1/publish" | "/v1/publish/batch" | "/v1/history"
+    );
+    if let (Caller::Tenant(tenant), false) = (&caller, tenant_route) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this key is tenant {tenant:?}'s: it may publish and read history; \
+                 {path} needs an operator key"
+            ),
+        );
+    }
     match path.as_str() {
         "/healthz" if core.is_stopping() => json(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -114,7 +147,7 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
         "/v1/stats" => stats(core).await,
         "/metrics" => prometheus(core).await,
         "/v1/channels" => channels(core).await,
-        "/v1/history" => history(core, request.uri().query().unwrap_or("")),
+        "/v1/history" => history(core, request.uri().query().unwrap_or(""), &caller),
         "/dashboard" => dashboard(core),
         "/client.js" | "/client.d.ts" => {
             let asset = crate::client::web::asset(&path).expect("routed above");
@@ -125,14 +158,93 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
                 .expect("a static response is valid")
         }
         "/v1/publish" => match read_body(core, request).await {
-            Ok(body) => publish(core, &body).await,
+            Ok(body) => publish(core, &body, &caller).await,
             Err(response) => response,
         },
         _ => match read_body(core, request).await {
-            Ok(body) => publish_batch(core, &body).await,
+            Ok(body) => publish_batch(core, &body, &caller).await,
             Err(response) => response,
         },
     }
+}
+
+/// Who sends a control-plane request, by the key it presents (see `api_keys`).
+enum Caller {
+    /// An unscoped key, or anyone when no key is configured: every route, every tenant.
+    Operator,
+    /// A tenant's key: publishes into that tenant and reads its history, nothing else.
+    Tenant(Box<str>),
+}
+
+/// The caller of `request`: 401 without a configured key in `Authorization: Bearer`.
+fn caller(core: &IngestCore, request: &Request<Incoming>) -> Result<Caller, Refusal> {
+    use subtle::ConstantTimeEq;
+    let keys = &core.config.api_keys;
+    if keys.is_empty() {
+        return Ok(Caller::Operator);
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    // Every key is compared, in constant time each, so timing tells nothing of which matched.
+    let found = presented.and_then(|presented| {
+        keys.iter().fold(None, |found, key| {
+            let same = bool::from(key.key.as_bytes().ct_eq(presented.as_bytes()));
+            found.or(same.then_some(key))
+        })
+    });
+    match found {
+        Some(key) => Ok(match &key.tenant {
+            Some(tenant) => Caller::Tenant(tenant.as_str().into()),
+            None => Caller::Operator,
+        }),
+        None => Err((
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            if presented.is_some() {
+                "the bearer key is not one of api_keys"
+            } else {
+                "this control plane needs a key: send Authorization: Bearer <key>"
+            }
+            .into(),
+        )),
+    }
+}
+
+/// The tenant a request acts in: the one it names (`asked`), which a tenant's key may only
+/// name as its own and otherwise implies.
+fn tenant_of(caller: &Caller, asked: Option<&str>) -> Result<Option<Box<str>>, Refusal> {
+    match (caller, asked) {
+        (Caller::Tenant(own), None) => Ok(Some(own.clone())),
+        (Caller::Tenant(own), Some(asked)) if *asked == **own => Ok(Some(own.clone())),
+        (Caller::Tenant(own), Some(_)) => Err((
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this key acts in tenant {own:?} only"),
+        )),
+        (Caller::Operator, None) => Ok(None),
+        (Caller::Operator, Some(asked)) => match channel::validate_tenant(asked) {
+            Ok(()) => Ok(Some(asked.into())),
+            Err(why) => Err((StatusCode::BAD_REQUEST, "bad_request", why)),
+        },
+    }
+}
+
+/// Checks a channel name from a request against the contract and `channel_bytes_max`.
+fn check_name(core: &IngestCore, name: &str, what: &str) -> Result<(), Refusal> {
+    let shown: String = name.chars().take(64).collect();
+    channel::check_length(name, core.config.channel_bytes_max)
+        .and_then(|()| channel::validate_channel(name))
+        .map_err(|err| {
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_channel",
+                format!("invalid channel {shown:?}: {err}{what}"),
+            )
+        })
 }
 
 /// Reads the body under `publish_body_bytes_max`.
@@ -168,6 +280,8 @@ async fn read_body(core: &IngestCore, request: Request<Incoming>) -> Result<Byte
 #[derive(Deserialize)]
 struct PublishBody<'a> {
     #[serde(borrow)]
+    tenant: Option<Cow<'a, str>>,
+    #[serde(borrow)]
     channel: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<LazyValue<'a>>,
@@ -183,8 +297,22 @@ struct BatchBody<'a> {
 
 #[derive(Serialize)]
 struct Published<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<&'a str>,
     channel: &'a str,
     offset: u64,
+}
+
+impl<'a> Published<'a> {
+    /// The answer for a publish to the channel of full name `full`.
+    fn new(full: &'a str, offset: u64) -> Self {
+        let (tenant, channel) = channel::split_scope(full);
+        Published {
+            tenant,
+            channel,
+            offset,
+        }
+    }
 }
 
 /// A request refused before sequencing: status, code, message.
@@ -212,8 +340,13 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Refusal> {
     })
 }
 
-/// Checks one publish and takes what the sequencer needs.
-fn check(body: PublishBody<'_>) -> Result<(Box<str>, Box<str>, Priority), Refusal> {
+/// Checks one publish and takes what the sequencer needs: the channel's full name, the data,
+/// the priority.
+fn check(
+    core: &IngestCore,
+    caller: &Caller,
+    body: PublishBody<'_>,
+) -> Result<(Box<str>, Box<str>, Priority), Refusal> {
     let missing = |field: &str| {
         (
             StatusCode::BAD_REQUEST,
@@ -223,14 +356,8 @@ fn check(body: PublishBody<'_>) -> Result<(Box<str>, Box<str>, Priority), Refusa
     };
     let name = body.channel.ok_or_else(|| missing("channel"))?;
     let data = body.data.ok_or_else(|| missing("data"))?;
-    if let Err(err) = channel::validate_channel(&name) {
-        let shown: String = name.chars().take(64).collect();
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "invalid_channel",
-            format!("invalid channel {shown:?}: {err}"),
-        ));
-    }
+    let tenant = tenant_of(caller, body.tenant.as_deref())?;
+    check_name(core, &name, "")?;
     if channel::is_system(&name) {
         return Err((
             StatusCode::FORBIDDEN,
@@ -238,7 +365,11 @@ fn check(body: PublishBody<'_>) -> Result<(Box<str>, Box<str>, Priority), Refusa
             format!("{name:?} is a server channel: only corecast publishes under $sys"),
         ));
     }
-    Ok((name.into(), data.as_raw_str().into(), body.priority))
+    let full = match tenant {
+        Some(tenant) => channel::scoped(&tenant, &name).into(),
+        None => name.into(),
+    };
+    Ok((full, data.as_raw_str().into(), body.priority))
 }
 
 fn publish_failure(core: &IngestCore, err: PublishError) -> HttpResponse {
@@ -255,26 +386,20 @@ async fn outcome(
     result.await.unwrap_or(Err(PublishError::Stopping))
 }
 
-async fn publish(core: &IngestCore, body: &[u8]) -> HttpResponse {
-    let checked = parse_json::<PublishBody>(body).and_then(check);
+async fn publish(core: &IngestCore, body: &[u8], caller: &Caller) -> HttpResponse {
+    let checked = parse_json::<PublishBody>(body).and_then(|body| check(core, caller, body));
     let (name, data, priority) = match checked {
         Ok(checked) => checked,
         Err((status, code, message)) => return error(status, code, message),
     };
     let result = core.publish(name.clone(), data, priority);
     match outcome(result).await {
-        Ok(offset) => json(
-            StatusCode::OK,
-            &Published {
-                channel: &name,
-                offset,
-            },
-        ),
+        Ok(offset) => json(StatusCode::OK, &Published::new(&name, offset)),
         Err(err) => publish_failure(core, err),
     }
 }
 
-async fn publish_batch(core: &IngestCore, body: &[u8]) -> HttpResponse {
+async fn publish_batch(core: &IngestCore, body: &[u8], caller: &Caller) -> HttpResponse {
     let batch = match parse_json::<BatchBody>(body) {
         Ok(batch) => batch,
         Err((status, code, message)) => return error(status, code, message),
@@ -292,7 +417,7 @@ async fn publish_batch(core: &IngestCore, body: &[u8]) -> HttpResponse {
     }
     let mut checked = Vec::with_capacity(batch.messages.len());
     for (at, message) in batch.messages.into_iter().enumerate() {
-        match check(message) {
+        match check(core, caller, message) {
             Ok(message) => checked.push(message),
             Err((status, code, message)) => {
                 return error(status, code, format!("messages[{at}]: {message}"))
@@ -312,10 +437,7 @@ async fn publish_batch(core: &IngestCore, body: &[u8]) -> HttpResponse {
     }
     let results: Vec<Published> = results
         .iter()
-        .map(|(name, offset)| Published {
-            channel: name,
-            offset: *offset,
-        })
+        .map(|(name, offset)| Published::new(name, *offset))
         .collect();
     #[derive(Serialize)]
     struct Results<'a> {
@@ -377,6 +499,8 @@ pub(super) fn namespace_summaries(
 /// acknowledging subscribers are.
 #[derive(Serialize)]
 struct AckSummary {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<Box<str>>,
     channel: Box<str>,
     /// Connections that acked this channel.
     conns: usize,
@@ -405,7 +529,8 @@ fn ack_summaries(core: &IngestCore, rows: Vec<AckRow>) -> Vec<AckSummary> {
         .into_values()
         .map(|row| AckSummary {
             offset_latest: core.channel_offset(&row.channel),
-            channel: row.channel,
+            tenant: channel::split_scope(&row.channel).0.map(Box::from),
+            channel: channel::visible(&row.channel).into(),
             conns: row.conns,
             offset_min: row.offset_min,
             offset_max: row.offset_max,
@@ -413,7 +538,9 @@ fn ack_summaries(core: &IngestCore, rows: Vec<AckRow>) -> Vec<AckSummary> {
         .collect();
     summaries.sort_by(|a, b| {
         let lag = |s: &AckSummary| s.offset_latest.saturating_sub(s.offset_min);
-        lag(b).cmp(&lag(a)).then_with(|| a.channel.cmp(&b.channel))
+        lag(b)
+            .cmp(&lag(a))
+            .then_with(|| (&a.tenant, &a.channel).cmp(&(&b.tenant, &b.channel)))
     });
     summaries
 }
@@ -436,8 +563,14 @@ async fn stats(core: &IngestCore) -> HttpResponse {
         fanout_latency_us: metrics::LatencySummary,
         namespaces: Vec<NamespaceSummary>,
         acks: Vec<AckSummary>,
+        tenants: Vec<TenantSummary>,
         #[serde(skip_serializing_if = "Option::is_none")]
         cluster: Option<super::cluster::ClusterStats>,
+    }
+    #[derive(Serialize)]
+    struct TenantSummary {
+        tenant: Box<str>,
+        connections: usize,
     }
     json(
         StatusCode::OK,
@@ -450,20 +583,30 @@ async fn stats(core: &IngestCore) -> HttpResponse {
             fanout_latency_us: core.fanout_summary(),
             namespaces,
             acks: ack_summaries(core, acks),
+            tenants: core
+                .tenant_connections()
+                .into_iter()
+                .map(|(tenant, connections)| TenantSummary {
+                    tenant,
+                    connections,
+                })
+                .collect(),
             cluster: core.cluster_stats(),
         },
     )
 }
 
-/// `GET /v1/history?channel=X&since=N&limit=K`: one page of a channel's history.
-fn history(core: &IngestCore, query: &str) -> HttpResponse {
+/// `GET /v1/history?channel=X&since=N&limit=K[&tenant=T]`: one page of a channel's history.
+fn history(core: &IngestCore, query: &str, caller: &Caller) -> HttpResponse {
     let mut channel = None;
+    let mut tenant = None;
     let max = core.config.recovery_messages_max;
     let (mut since, mut limit) = (0u64, HISTORY_PAGE_DEFAULT.min(max));
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         let bad = |message: String| error(StatusCode::BAD_REQUEST, "bad_request", message);
         match &*key {
             "channel" => channel = Some(value.into_owned()),
+            "tenant" => tenant = Some(value.into_owned()),
             "since" => match value.parse() {
                 Ok(value) => since = value,
                 Err(_) => return bad(format!("since={value:?} is not a non-negative integer")),
@@ -479,7 +622,7 @@ fn history(core: &IngestCore, query: &str) -> HttpResponse {
             other => {
                 let shown: String = other.chars().take(32).collect();
                 return bad(format!(
-                    "unknown parameter {shown:?}: take channel, since, limit"
+                    "unknown parameter {shown:?}: take channel, since, limit, tenant"
                 ));
             }
         }
@@ -491,18 +634,25 @@ fn history(core: &IngestCore, query: &str) -> HttpResponse {
             "missing parameter `channel`",
         );
     };
-    if let Err(err) = channel::validate_channel(&name) {
-        let shown: String = name.chars().take(64).collect();
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_channel",
-            format!("invalid channel {shown:?}: {err} (history is per channel: no wildcards)"),
-        );
-    }
-    let page = core.history_page(&name, since, limit);
+    let scope = tenant_of(caller, tenant.as_deref()).and_then(|scope| {
+        check_name(core, &name, " (history is per channel: no wildcards)")?;
+        Ok(scope)
+    });
+    let full = match scope {
+        Ok(Some(tenant)) => channel::scoped(&tenant, &name),
+        Ok(None) => name.clone(),
+        Err((status, code, message)) => return error(status, code, message),
+    };
+    let page = core.history_page(&full, since, limit);
     // The messages are the stored frames' JSON, spliced in as they are: no re-encoding.
     let mut body = Vec::with_capacity(128 + page.messages.iter().map(Bytes::len).sum::<usize>());
-    body.extend_from_slice(br#"{"channel":"#);
+    body.push(b'{');
+    if let Some(tenant) = channel::split_scope(&full).0 {
+        body.extend_from_slice(br#""tenant":"#);
+        sonic_rs::to_writer(&mut body, tenant).expect("writing to a Vec cannot fail");
+        body.push(b',');
+    }
+    body.extend_from_slice(br#""channel":"#);
     sonic_rs::to_writer(&mut body, &name).expect("writing to a Vec cannot fail");
     body.extend_from_slice(br#","epoch":"#);
     sonic_rs::to_writer(&mut body, &*core.epoch()).expect("writing to a Vec cannot fail");
@@ -557,6 +707,7 @@ async fn prometheus(core: &IngestCore) -> HttpResponse {
             .map(|summary| (summary.namespace, summary.stats))
             .collect(),
         shards: reports.iter().map(|report| report.stats).collect(),
+        tenants: core.tenant_connections(),
         ingest: core.stats(),
         fanout: core.fanout_buckets(),
     };
@@ -580,14 +731,20 @@ async fn channels(core: &IngestCore) -> HttpResponse {
     channels.sort();
     #[derive(Serialize)]
     struct Channel<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tenant: Option<&'a str>,
         channel: &'a str,
         subscribers: usize,
     }
     let channels: Vec<Channel> = channels
         .iter()
-        .map(|(channel, subscribers)| Channel {
-            channel,
-            subscribers: *subscribers,
+        .map(|(full, subscribers)| {
+            let (tenant, channel) = channel::split_scope(full);
+            Channel {
+                tenant,
+                channel,
+                subscribers: *subscribers,
+            }
         })
         .collect();
     #[derive(Serialize)]

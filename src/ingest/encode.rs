@@ -8,8 +8,11 @@
 //! also made once here: context-free, so the same bytes suit every connection that negotiated
 //! the extension (see [`crate::ws::deflate`]).
 
+use std::sync::Arc;
+
 use bytes::BufMut;
 
+use crate::channel;
 use crate::ingest::Priority;
 use crate::queue::{Delivery, Slow, Stamp};
 use crate::ws::frame::text_frame_with;
@@ -23,10 +26,11 @@ const TS_KEY: &[u8] = br#","ts_ms":"#;
 const DATA_KEY: &[u8] = br#","data":"#;
 
 /// Builds the `message` frame for one publish, in one allocation of exactly its size. Its
-/// `seq` is the publish number of `stamp`. The delivery's `namespace` is 0; the sequencer
-/// sets it.
+/// `seq` is the publish number of `stamp`. `full` is the channel's full name; the frame names
+/// it as its subscribers do, without a tenant's scope (see [`channel::TENANT_MARK`]). The
+/// delivery's `namespace` is 0; the sequencer sets it.
 pub fn message(
-    channel: &str,
+    full: &str,
     offset: u64,
     ts_ms: u64,
     data: &str,
@@ -34,6 +38,7 @@ pub fn message(
     slow: Slow,
     stamp: Stamp,
 ) -> Delivery {
+    let (tenant, channel) = channel::split_scope(full);
     assert!(
         channel.len() <= usize::from(u8::MAX) && channel.is_ascii(),
         "channels are validated before sequencing"
@@ -74,6 +79,7 @@ pub fn message(
         channel_start: u16::try_from(header_len + PREFIX.len())
             .expect("a header is at most 10 bytes"),
         channel_len: channel.len() as u8,
+        scoped: tenant.map(|_| Arc::from(full)),
         priority,
         offset,
         slow,
@@ -82,7 +88,7 @@ pub fn message(
     };
     assert_eq!(
         delivery.channel(),
-        channel,
+        full,
         "the shard finds the channel where it was written"
     );
     debug_assert_eq!(

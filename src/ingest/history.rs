@@ -155,13 +155,16 @@ pub struct Recovery {
 }
 
 impl Stored {
-    fn missed(&self, channel: &str) -> Missed {
+    /// This message as a recovery sends it; `full` is its channel's full name.
+    fn missed(&self, full: &str) -> Missed {
         let channel_start = usize::from(self.payload_start) + super::encode::PREFIX.len();
+        let (tenant, channel) = channel::split_scope(full);
         Missed {
             frame: self.frame.clone(),
             seq: self.seq,
             channel_start: u16::try_from(channel_start).expect("a header is at most 10 bytes"),
             channel_len: u8::try_from(channel.len()).expect("channels are at most 255 bytes"),
+            scoped: tenant.map(|_| full.into()),
         }
     }
 }
@@ -233,7 +236,7 @@ impl History {
         if self.channels.len() >= self.config.channels_max {
             return Err(ChannelsFull);
         }
-        let policy = self.config.policy_index(name);
+        let policy = self.config.policy_index(channel::visible(name));
         self.channels.insert(
             name.into(),
             Channel {

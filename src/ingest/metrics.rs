@@ -142,6 +142,8 @@ pub struct Snapshot {
     pub shards: Vec<ShardStats>,
     /// Per namespace (its pattern, or `default`), summed over the shards.
     pub namespaces: Vec<(String, NamespaceStats)>,
+    /// Live connections per tenant (tenants with none are absent).
+    pub tenants: Vec<(Box<str>, usize)>,
     pub ingest: IngestStats,
     pub fanout: Buckets,
 }
@@ -263,6 +265,18 @@ impl Collector for Snapshot {
                     .encode_counter::<NoLabelSet, _, u64>(&field(stats), None)?;
             }
         }
+        let mut tenants = encoder.encode_descriptor(
+            "corecast_tenant_connections",
+            "Open WebSocket connections, by the tenant of their token.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (tenant, connections) in &self.tenants {
+            let labels = [("tenant", &**tenant)];
+            tenants
+                .encode_family(&labels)?
+                .encode_gauge(&(*connections as u64))?;
+        }
         let mut published = encoder.encode_descriptor(
             "corecast_published",
             "Publishes accepted and sequenced by the ingest core.",
@@ -378,6 +392,7 @@ mod tests {
                     },
                 ),
             ],
+            tenants: vec![("acme".into(), 3)],
             ingest: IngestStats {
                 published_total: 2,
                 channels: 1,
@@ -398,6 +413,7 @@ mod tests {
             "corecast_messages_sent_total{shard=\"1\"} 9",
             "corecast_connections{shard=\"1\"} 2",
             "corecast_published_total 2",
+            "corecast_tenant_connections{tenant=\"acme\"} 3",
             "corecast_namespace_conflated_total{namespace=\"prices.>\"} 5",
             "corecast_namespace_deliveries_total{namespace=\"default\"} 0",
             "# TYPE corecast_fanout_latency_seconds histogram",

@@ -19,6 +19,7 @@
 //! This core owns all cross-shard state; it must never touch a connection, and it never waits on
 //! a shard except for room in that shard's queue.
 
+pub mod admission;
 pub mod api;
 pub mod cluster;
 pub mod encode;
@@ -196,6 +197,8 @@ pub struct IngestCore {
     fanout: RefCell<FanoutLatency>,
     /// The same, since the last `$sys.stats` tick took it.
     fanout_interval: RefCell<FanoutLatency>,
+    /// Connections counted against the limits no shard can keep alone.
+    admission: RefCell<admission::Admission>,
 }
 
 /// Counters of the ingest core itself, for `/v1/stats`.
@@ -236,6 +239,7 @@ impl IngestCore {
             conflate_hasher: hashbrown::DefaultHashBuilder::default(),
             recoveries_total: Cell::new(0),
             recoveries_failed_total: Cell::new(0),
+            admission: RefCell::default(),
             queries: RefCell::new(HashMap::new()),
             next_query: Cell::new(0),
             stopping: Cell::new(false),
@@ -329,6 +333,11 @@ impl IngestCore {
     /// The fan-out latency recorded since the previous call, which starts a new interval.
     pub fn take_interval_fanout(&self) -> LatencySummary {
         std::mem::take(&mut *self.fanout_interval.borrow_mut()).summary()
+    }
+
+    /// Live connections per tenant, sorted by tenant.
+    pub fn tenant_connections(&self) -> Vec<(Box<str>, usize)> {
+        self.admission.borrow().tenants()
     }
 
     /// Broadcast shards.
@@ -773,6 +782,18 @@ impl IngestCore {
                     self.routes.borrow_mut().remove(&pattern, shard);
                 }
             }
+            ToIngest::Admit {
+                shard,
+                ticket,
+                peer,
+            } => {
+                let verdict = self.admission.borrow_mut().admit(&self.config, &peer);
+                self.shards[shard]
+                    .push(ToShard::Admitted { ticket, verdict })
+                    .await;
+                self.shards[shard].wake();
+            }
+            ToIngest::Leave(peer) => self.admission.borrow_mut().leave(&peer),
             ToIngest::Fanout { shard, reports } => {
                 assert!(
                     shard < self.shards.len(),

@@ -65,8 +65,12 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// Whether every channel `pattern` matches lies within a granted pattern.
+    /// Whether every channel `pattern` matches lies within a granted pattern. A tenant's
+    /// connection never gets the server's `$sys` channels, which speak of every tenant.
     pub fn may_subscribe(&self, pattern: &str) -> bool {
+        if self.tenant.is_some() && channel::is_system(pattern) {
+            return false;
+        }
         self.channels
             .iter()
             .any(|granted| channel::pattern_covers(granted, pattern))
@@ -149,6 +153,10 @@ impl Verifier {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => {
                     let claims = data.claims;
+                    if let Some(tenant) = &claims.tenant {
+                        channel::validate_tenant(tenant)
+                            .map_err(|why| AuthError::Invalid(format!("claim `tenant`: {why}")))?;
+                    }
                     return Ok(Grant {
                         sub: claims.sub,
                         tenant: claims.tenant,
@@ -285,6 +293,28 @@ mod tests {
         assert!(matches!(
             verifier.verify(Some("x.y.z")),
             Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_tenant_claim_must_be_one_token_and_keeps_its_clients_off_sys() {
+        let sign = |tenant: &str| {
+            let claims = serde_json::json!({
+                "sub": "ada", "tenant": tenant, "exp": now_s() + 60, "channels": [">", "$sys.>"],
+            });
+            encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .unwrap()
+        };
+        let grant = verifier().verify(Some(&sign("acme"))).unwrap();
+        assert!(grant.may_subscribe("leads.>"));
+        assert!(!grant.may_subscribe("$sys.stats"), "tenants never see $sys");
+        assert!(matches!(
+            verifier().verify(Some(&sign("ac.me"))),
+            Err(AuthError::Invalid(why)) if why.starts_with("claim `tenant`")
         ));
     }
 

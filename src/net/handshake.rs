@@ -49,6 +49,10 @@ pub struct Limits<'a> {
     pub echo_path: Option<&'a str>,
     /// Whether permessage-deflate may be negotiated (`permessage_deflate`).
     pub deflate: bool,
+    /// Longest pattern `?channels=` may name (`channel_bytes_max`).
+    pub channel_bytes_max: usize,
+    /// `Origin`s an upgrade may come from (`allowed_origins`); empty: any.
+    pub allowed_origins: &'a [String],
 }
 
 /// A valid upgrade: the response to send and what the request asked for.
@@ -194,6 +198,21 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request>, Reje
             "this port speaks WebSocket only: send an RFC 6455 upgrade",
         ));
     }
+    let origin = request
+        .headers
+        .iter()
+        .find(|header| header.name.eq_ignore_ascii_case("origin"))
+        .map(|header| String::from_utf8_lossy(header.value));
+    if let Some(origin) = origin {
+        if !origin_allowed(&origin, limits.allowed_origins) {
+            let shown: String = origin.chars().take(128).collect();
+            return Err(Reject::new(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                format!("Origin {shown:?} is not one of this server's allowed_origins"),
+            ));
+        }
+    }
     let deflate = limits
         .deflate
         .then(|| {
@@ -209,7 +228,7 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request>, Reje
     let channels = if echo {
         Vec::new()
     } else {
-        query_channels(query, limits.channels_max)?
+        query_channels(query, limits)?
     };
     let token = query_token(query).or_else(|| bearer_token(&request));
     Ok(Some(Request::Upgrade(Upgrade {
@@ -285,15 +304,40 @@ fn bearer_token(request: &httparse::Request) -> Option<String> {
         .then(|| token.trim().to_owned())
 }
 
+/// Whether a browser at `origin` may connect: any when `allowed` is empty, else an entry
+/// equal to it (ASCII case aside) or a `scheme://*.domain` entry it is a subdomain of.
+fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
+    allowed.is_empty()
+        || allowed.iter().any(|entry| match entry.split_once("://*.") {
+            Some((scheme, domain)) => origin
+                .split_once("://")
+                .filter(|(asked, _)| asked.eq_ignore_ascii_case(scheme))
+                .and_then(|(_, host)| {
+                    host.len()
+                        .checked_sub(domain.len() + 1)
+                        .map(|at| (host, at))
+                })
+                .is_some_and(|(host, at)| {
+                    at > 0
+                        && host.as_bytes()[at] == b'.'
+                        && host[at + 1..].eq_ignore_ascii_case(domain)
+                }),
+            None => origin.eq_ignore_ascii_case(entry),
+        })
+}
+
 /// Reads `channels=a,b` (repeatable) from a query string.
-fn query_channels(query: &str, channels_max: usize) -> Result<Vec<String>, Reject> {
+fn query_channels(query: &str, limits: Limits) -> Result<Vec<String>, Reject> {
+    let channels_max = limits.channels_max;
     let mut channels = Vec::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         if key != "channels" {
             continue;
         }
         for pattern in value.split(',').filter(|pattern| !pattern.is_empty()) {
-            if let Err(err) = channel::validate_pattern(pattern) {
+            let valid = channel::check_length(pattern, limits.channel_bytes_max)
+                .and_then(|()| channel::validate_pattern(pattern));
+            if let Err(err) = valid {
                 let shown: String = pattern.chars().take(64).collect();
                 return Err(Reject::new(
                     StatusCode::BAD_REQUEST,
@@ -323,6 +367,8 @@ mod tests {
         channels_max: 3,
         echo_path: None,
         deflate: false,
+        channel_bytes_max: 255,
+        allowed_origins: &[],
     };
 
     fn request(target: &str, extra: &str) -> String {
@@ -330,6 +376,48 @@ mod tests {
             "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         )
+    }
+
+    #[test]
+    fn origins_match_exactly_or_as_a_subdomain_of_a_wildcard_entry() {
+        let allowed = [
+            "https://app.example.com".to_owned(),
+            "https://*.corp.example".to_owned(),
+        ];
+        for (origin, ok) in [
+            ("https://app.example.com", true),
+            ("HTTPS://APP.example.com", true),
+            ("http://app.example.com", false),
+            ("https://app.example.com:8443", false),
+            ("https://a.corp.example", true),
+            ("https://a.b.corp.example", true),
+            ("https://corp.example", false),
+            ("https://evilcorp.example", false),
+            ("http://a.corp.example", false),
+            ("null", false),
+        ] {
+            assert_eq!(origin_allowed(origin, &allowed), ok, "{origin}");
+        }
+        assert!(
+            origin_allowed("https://anything", &[]),
+            "no list: any origin"
+        );
+        let limits = Limits {
+            allowed_origins: &allowed,
+            ..LIMITS
+        };
+        let refused = parse_request(
+            request("/ws", "Origin: https://evil.example\r\n").as_bytes(),
+            limits,
+        )
+        .unwrap_err();
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert_eq!(refused.code, "origin_not_allowed");
+        let upgraded = parse_request(
+            request("/ws", "Origin: https://app.example.com\r\n").as_bytes(),
+            limits,
+        );
+        assert!(matches!(upgraded, Ok(Some(Request::Upgrade(_)))));
     }
 
     #[test]

@@ -19,7 +19,8 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use http::StatusCode;
 
-use crate::shard::{Route, ShardCore};
+use crate::ingest::admission::{self, Peer};
+use crate::shard::{Place, Route, ShardCore};
 use handshake::{Limits, Reject, Request};
 
 /// Bytes read from a handshaking socket at once.
@@ -155,6 +156,8 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
         channels_max: config.subscriptions_per_conn_max,
         echo_path: config.echo_path.as_deref(),
         deflate: config.permessage_deflate,
+        channel_bytes_max: config.channel_bytes_max,
+        allowed_origins: &config.allowed_origins,
     };
     let outcome = glommio::timer::timeout(timeout, async {
         Ok(read_upgrade(&mut stream, limits).await)
@@ -174,6 +177,14 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
                     return;
                 }
             };
+            let place = match admit(&shard, &stream, grant.as_ref(), timeout).await {
+                Ok(place) => place,
+                Err(reject) => {
+                    tracing::debug!(status = %reject.status, reason = %reject.message, "upgrade refused");
+                    answer(&mut stream, &reject, timeout).await;
+                    return;
+                }
+            };
             if stream.write_all(&upgrade.response).await.is_err() {
                 return;
             }
@@ -186,7 +197,7 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
             } else {
                 Route::Broadcast(upgrade.channels)
             };
-            shard.open_conn(stream, route, grant, upgrade.deflate, buf);
+            shard.open_conn(stream, route, grant, upgrade.deflate, place, buf);
         }
         Ok(Err(Failed::Reject(reject))) => {
             tracing::debug!(status = %reject.status, reason = %reject.message, "handshake refused");
@@ -205,7 +216,6 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
     }
 }
 
-/// Answers 503: the shard is at `connections_per_shard_max` or stopping.
 /// Checks the upgrade's token when auth is on: 401 for a missing, invalid or expired one, 403
 /// for connect-time `channels` outside its grant. `None` when auth is off.
 fn authorize(
@@ -232,6 +242,50 @@ fn authorize(
     Ok(Some(grant))
 }
 
+/// A place under the connection limits the ingest core keeps, when one applies to this
+/// connection (see [`crate::ingest::admission`]): 503 or 429 when refused, 503 when the ingest
+/// core does not answer within `timeout`.
+async fn admit(
+    shard: &Rc<ShardCore>,
+    stream: &TcpStream,
+    grant: Option<&auth::Grant>,
+    timeout: Duration,
+) -> Result<Option<Place>, Reject> {
+    let tenant = grant.and_then(|grant| grant.tenant.as_deref());
+    if !admission::needed(&shard.config, tenant) {
+        return Ok(None);
+    }
+    let ip = stream
+        .peer_addr()
+        .map_err(|err| {
+            Reject::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the connection has no peer address: {err}"),
+            )
+        })?
+        .ip();
+    let peer = Peer::new(ip, tenant.map(Box::from));
+    let verdict = glommio::timer::timeout(timeout, async { Ok(shard.admit(peer).await) }).await;
+    match verdict {
+        Ok(Ok(place)) => Ok(Some(place)),
+        Ok(Err(refused)) => {
+            shard.count_refused();
+            Err(Reject::new(
+                refused.status(),
+                "too_many_connections",
+                refused.to_string(),
+            ))
+        }
+        Err(_) => Err(Reject::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!("the server did not admit the connection within {timeout:?}; retry later"),
+        )),
+    }
+}
+
+/// Answers 503: the shard is at `connections_per_shard_max` or stopping.
 async fn refuse_full(shard: &ShardCore, stream: &mut TcpStream, timeout: Duration) {
     shard.count_refused();
     let reject = Reject::new(

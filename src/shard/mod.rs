@@ -21,11 +21,12 @@ pub mod registry;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_channel::oneshot;
 use glommio::net::TcpStream;
 use hashbrown::HashMap;
 use serde::Serialize;
@@ -34,6 +35,7 @@ use sonic_rs::Value;
 
 use crate::channel;
 use crate::config::Config;
+use crate::ingest::admission::{Peer, Refused};
 use crate::ingest::metrics::{FanoutLatency, LatencySummary};
 use crate::ingest::Priority;
 use crate::net::auth::{Grant, Verifier};
@@ -86,6 +88,19 @@ pub struct ShardStats {
     pub outbox_bytes: usize,
     /// This shard's fan-out times (see [`crate::ingest::metrics`]), in microseconds.
     pub fanout_latency_us: LatencySummary,
+}
+
+/// `forbidden` unless the connection's token grants subscribing to `pattern` (as the client
+/// wrote it: grants are in the tenant's own names).
+fn check_grant(handle: &ConnHandle, pattern: &str, id: &Option<Value>) -> Result<(), ErrorReply> {
+    match &*handle.grant.borrow() {
+        Some(grant) if !grant.may_subscribe(pattern) => Err(ErrorReply::new(
+            id.clone(),
+            ErrorCode::Forbidden,
+            format!("the token does not grant {pattern:?}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A pattern the shard has announced, or is announcing, to the ingest core.
@@ -153,6 +168,28 @@ pub struct ShardCore {
     accepting: Cell<bool>,
     stopping: Cell<bool>,
     stopped: Notify,
+    /// Upgrades waiting for the ingest core's admission, by ticket; at most one per
+    /// handshaking connection.
+    admissions: RefCell<HashMap<u64, Admitting>>,
+    next_ticket: Cell<u64>,
+}
+
+/// An upgrade waiting for admission: where its verdict goes, and who it is.
+type Admitting = (oneshot::Sender<Result<(), Refused>>, Peer);
+
+/// A connection's place under the limits the ingest core keeps ([`crate::ingest::admission`]),
+/// held for the connection's life: dropping it gives the place back.
+pub struct Place {
+    shard: Weak<ShardCore>,
+    peer: Option<Peer>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let (Some(shard), Some(peer)) = (self.shard.upgrade(), self.peer.take()) {
+            shard.send_ingest(ToIngest::Leave(peer));
+        }
+    }
 }
 
 impl ShardCore {
@@ -193,6 +230,8 @@ impl ShardCore {
             fanout_reports: RefCell::new(Vec::new()),
             ping: frame::ping_frame(),
             accepting: Cell::new(true),
+            admissions: RefCell::new(HashMap::new()),
+            next_ticket: Cell::new(0),
             stopping: Cell::new(false),
             stopped: Notify::default(),
         })
@@ -365,6 +404,7 @@ impl ShardCore {
         route: Route,
         grant: Option<Grant>,
         deflate: Option<Deflate>,
+        place: Option<Place>,
         early: Vec<u8>,
     ) {
         let seq = self.next_seq.get();
@@ -387,8 +427,15 @@ impl ShardCore {
             Route::Broadcast(channels) => (channels, Some(hello)),
             Route::Echo => (Vec::new(), None),
         };
-        let handle = Rc::new(ConnHandle::new(id, name, hello, deflate, Instant::now()));
-        *handle.grant.borrow_mut() = grant;
+        let handle = Rc::new(ConnHandle::new(
+            id,
+            name,
+            hello,
+            deflate,
+            grant,
+            place,
+            Instant::now(),
+        ));
         entry.insert(handle.clone());
         drop(conns);
         self.update_stats(|stats| stats.connections_accepted += 1);
@@ -396,6 +443,7 @@ impl ShardCore {
 
         let mut waits = 0;
         for pattern in channels {
+            let pattern = handle.full_name(&pattern).into_owned();
             if handle.is_subscribed(&pattern) {
                 continue;
             }
@@ -551,16 +599,10 @@ impl ShardCore {
         since: Option<Since>,
         id: Option<Value>,
     ) -> Result<Option<Bytes>, ErrorReply> {
-        command::check_pattern(pattern, &id)?;
-        if let Some(grant) = &*handle.grant.borrow() {
-            if !grant.may_subscribe(pattern) {
-                return Err(ErrorReply::new(
-                    id,
-                    ErrorCode::Forbidden,
-                    format!("the token does not grant {pattern:?}"),
-                ));
-            }
-        }
+        command::check_pattern(pattern, self.config.channel_bytes_max, &id)?;
+        check_grant(handle, pattern, &id)?;
+        let full = handle.full_name(pattern);
+        let pattern = &*full;
         let mut subscriptions = handle.subscriptions.borrow_mut();
         if subscriptions
             .iter()
@@ -681,7 +723,9 @@ impl ShardCore {
         offset: u64,
         id: Option<Value>,
     ) -> Result<Option<Bytes>, ErrorReply> {
-        command::check_channel(channel, &id)?;
+        command::check_channel(channel, self.config.channel_bytes_max, &id)?;
+        let full = handle.full_name(channel);
+        let channel = &*full;
         let subscribed = handle
             .subscriptions
             .borrow()
@@ -743,16 +787,10 @@ impl ShardCore {
         pattern: &str,
         id: Option<Value>,
     ) -> Result<Option<Bytes>, ErrorReply> {
-        command::check_pattern(pattern, &id)?;
-        if let Some(grant) = &*handle.grant.borrow() {
-            if !grant.may_subscribe(pattern) {
-                return Err(ErrorReply::new(
-                    id,
-                    ErrorCode::Forbidden,
-                    format!("the token does not grant {pattern:?}"),
-                ));
-            }
-        }
+        command::check_pattern(pattern, self.config.channel_bytes_max, &id)?;
+        check_grant(handle, pattern, &id)?;
+        let full = handle.full_name(pattern);
+        let pattern = &*full;
         let mut subscriptions = handle.subscriptions.borrow_mut();
         let Some(at) = subscriptions
             .iter()
@@ -783,7 +821,7 @@ impl ShardCore {
         data: &str,
         id: Option<Value>,
     ) -> Result<Option<Bytes>, ErrorReply> {
-        command::check_channel(channel, &id)?;
+        command::check_channel(channel, self.config.channel_bytes_max, &id)?;
         // With auth, the token's `publish` claim decides; without, `client_publish`.
         let allowed = !channel::is_system(channel)
             && match &*handle.grant.borrow() {
@@ -812,7 +850,7 @@ impl ShardCore {
             shard: self.id,
             conn: handle.id,
             id,
-            channel: channel.into(),
+            channel: handle.full_name(channel).into(),
             data: data.into(),
         });
         Ok(None)
@@ -942,6 +980,7 @@ impl ShardCore {
             ToShard::Recovered(recovered) => self.recovered(*recovered),
             ToShard::Gap { channel, frame } => self.gap(&channel, frame),
             ToShard::Epoch(epoch) => self.new_epoch(epoch),
+            ToShard::Admitted { ticket, verdict } => self.admitted(ticket, verdict),
             ToShard::Query { query, kind } => {
                 // Reports first, so the ingest core's overall figures are as current as ours.
                 self.report_fanout();
@@ -964,6 +1003,41 @@ impl ShardCore {
                 });
             }
             ToShard::Shutdown => self.stop(),
+        }
+    }
+
+    /// Asks the ingest core for a place for `peer` under the connection limits; the upgrade
+    /// waits for the answer (one cross-core round trip) before it is answered.
+    pub async fn admit(self: &Rc<Self>, peer: Peer) -> Result<Place, Refused> {
+        let ticket = self.next_ticket.get();
+        self.next_ticket.set(ticket + 1);
+        let (done, verdict) = oneshot::channel();
+        self.admissions
+            .borrow_mut()
+            .insert(ticket, (done, peer.clone()));
+        self.send_ingest(ToIngest::Admit {
+            shard: self.id,
+            ticket,
+            peer: peer.clone(),
+        });
+        match verdict.await {
+            Ok(Ok(())) => Ok(Place {
+                shard: Rc::downgrade(self),
+                peer: Some(peer),
+            }),
+            Ok(Err(refused)) => Err(refused),
+            Err(oneshot::Canceled) => Err(Refused::Stopping),
+        }
+    }
+
+    /// The ingest core's verdict on ticket `ticket`. A place granted to an upgrade that gave
+    /// up waiting (its handshake timed out, its peer left) is given back at once.
+    fn admitted(&self, ticket: u64, verdict: Result<(), Refused>) {
+        let Some((done, peer)) = self.admissions.borrow_mut().remove(&ticket) else {
+            return;
+        };
+        if done.send(verdict).is_err() && verdict.is_ok() {
+            self.send_ingest(ToIngest::Leave(peer));
         }
     }
 

@@ -5,10 +5,12 @@
 //! generic over the key. It owns the pattern-to-key bookkeeping and nothing else: it never
 //! validates client input (the caller runs `channel::validate_pattern` first and an
 //! unvalidated pattern here is a bug, so it asserts), never sends anything and never locks,
-//! because it lives on one thread. `collect_matches` runs once per published message, so it
-//! does one hash lookup for wildcard-free patterns, walks a token trie only as deep as the
-//! channel for wildcard patterns, allocates nothing beyond growing the caller's buffer, and
-//! pays for deduplication only when several patterns matched. Every removal gives back the
+//! because it lives on one thread. Its names are full names (`channel::TENANT_MARK`): a
+//! tenant's patterns and channels carry their scope, so tenants stay apart with no check here.
+//! `collect_matches` runs once per published message, so it does one hash lookup for
+//! wildcard-free patterns, walks a token trie only as deep as the channel for wildcard
+//! patterns, allocates nothing beyond growing the caller's buffer, and pays for deduplication
+//! only when several patterns matched. Every removal gives back the
 //! memory its pattern no longer needs, so subscribe/unsubscribe churn cannot grow it.
 
 use std::cmp::Reverse;
@@ -68,7 +70,7 @@ impl<K: Copy + Eq + Hash + Ord> Registry<K> {
     /// If `pattern` is not a valid pattern: the caller skipped validation.
     pub fn insert(&mut self, pattern: &str, key: K) -> bool {
         assert!(
-            channel::validate_pattern(pattern).is_ok(),
+            channel::validate_pattern(channel::visible(pattern)).is_ok(),
             "registry insert of unvalidated pattern {pattern:?}"
         );
         let inserted = if channel::is_pattern(pattern) {
@@ -94,7 +96,7 @@ impl<K: Copy + Eq + Hash + Ord> Registry<K> {
     pub fn remove(&mut self, pattern: &str, key: K) -> bool {
         // An invalid pattern could name a trie path no insert made (`a.>.b` walks like `a.>`).
         assert!(
-            channel::validate_pattern(pattern).is_ok(),
+            channel::validate_pattern(channel::visible(pattern)).is_ok(),
             "registry remove of unvalidated pattern {pattern:?}"
         );
         let removed = if channel::is_pattern(pattern) {
@@ -147,7 +149,7 @@ impl<K: Copy + Eq + Hash + Ord> Registry<K> {
         // Only a debug check: the ingest core validated the name once per publish, and a bad
         // name here merely matches less, it cannot corrupt the registry.
         debug_assert!(
-            channel::validate_channel(channel).is_ok(),
+            channel::validate_channel(channel::visible(channel)).is_ok(),
             "collect_matches on unvalidated channel {channel:?}"
         );
         out.clear();
@@ -161,8 +163,9 @@ impl<K: Copy + Eq + Hash + Ord> Registry<K> {
             gather.add(keys);
         }
         if !self.wild.is_empty() {
-            if channel::is_system(channel) {
-                // Wildcards at the root never match the server's own channels.
+            if channel::reserved_root(channel).is_some() {
+                // Wildcards at the root never stand for a reserved root: the server's own
+                // channels, a tenant's scope.
                 self.root.collect_children(channel, &mut gather);
             } else {
                 self.root.collect(channel, &mut gather);
@@ -679,13 +682,18 @@ mod tests {
 
     const TOKENS: [&str; 4] = ["a", "b", "c", "d"];
 
+    /// The system token or one of two tenants' scopes (a scope needs a name after it).
+    fn reserved_root(rng: &mut Rng) -> &'static str {
+        [channel::SYSTEM_TOKEN, "$t:x", "$t:y"][rng.below(3)]
+    }
+
     fn random_channel(rng: &mut Rng) -> String {
         let depth = 1 + rng.below(4);
         let mut tokens: Vec<&str> = (0..depth)
             .map(|_| TOKENS[rng.below(TOKENS.len())])
             .collect();
-        if rng.below(5) == 0 {
-            tokens[0] = channel::SYSTEM_TOKEN;
+        if rng.below(5) == 0 && tokens.len() > 1 {
+            tokens[0] = reserved_root(rng);
         }
         tokens.join(".")
     }
@@ -701,11 +709,14 @@ mod tests {
         if rng.below(6) == 0 {
             *tokens.last_mut().unwrap() = ">";
         }
-        if rng.below(5) == 0 {
-            tokens[0] = channel::SYSTEM_TOKEN;
+        if rng.below(5) == 0 && tokens.len() > 1 {
+            tokens[0] = reserved_root(rng);
         }
         let pattern = tokens.join(".");
-        assert_eq!(channel::validate_pattern(&pattern), Ok(()));
+        assert_eq!(
+            channel::validate_pattern(channel::visible(&pattern)),
+            Ok(())
+        );
         pattern
     }
 

@@ -3,7 +3,9 @@
 //! Parsing is a pure function from a text message to a [`Command`] or an [`ErrorReply`] that
 //! already carries the contract's error code and a human message; sonic-rs validates every byte
 //! (a `data` value is kept as its raw, validated JSON text, never re-encoded). Replies are built
-//! here as complete WebSocket frames, so a connection only ever queues `Bytes`.
+//! here as complete WebSocket frames, so a connection only ever queues `Bytes`. The builders
+//! take channels by their full names and write them as the client names them, without a
+//! tenant's scope ([`channel::TENANT_MARK`]), so no reply can show a client its scope.
 
 use std::borrow::Cow;
 
@@ -327,15 +329,23 @@ fn data_text<'a>(data: LazyValue<'a>, message: &'a str) -> &'a str {
     }
 }
 
-/// Validates a subscription pattern, as the error reply the contract asks for.
-pub fn check_pattern(pattern: &str, id: &Option<Value>) -> Result<(), ErrorReply> {
-    channel::validate_pattern(pattern)
+/// Validates a subscription pattern of at most `max_bytes` (`channel_bytes_max`), as the
+/// error reply the contract asks for.
+pub fn check_pattern(
+    pattern: &str,
+    max_bytes: usize,
+    id: &Option<Value>,
+) -> Result<(), ErrorReply> {
+    channel::check_length(pattern, max_bytes)
+        .and_then(|()| channel::validate_pattern(pattern))
         .map_err(|err| ErrorReply::invalid_channel(id.clone(), pattern, err))
 }
 
-/// Validates a publish channel, as the error reply the contract asks for.
-pub fn check_channel(name: &str, id: &Option<Value>) -> Result<(), ErrorReply> {
-    channel::validate_channel(name)
+/// Validates a publish channel of at most `max_bytes`, as the error reply the contract asks
+/// for.
+pub fn check_channel(name: &str, max_bytes: usize, id: &Option<Value>) -> Result<(), ErrorReply> {
+    channel::check_length(name, max_bytes)
+        .and_then(|()| channel::validate_channel(name))
         .map_err(|err| ErrorReply::invalid_channel(id.clone(), name, err))
 }
 
@@ -420,7 +430,7 @@ pub fn subscribed_frame(
     }
     json_frame(&Subscribed {
         r#type: "subscribed",
-        channel,
+        channel: channel::visible(channel),
         id,
         epoch,
         seq,
@@ -440,7 +450,7 @@ pub fn gap_frame(channel: &str, from: u64, to: u64) -> Bytes {
     }
     json_frame(&Gap {
         r#type: "gap",
-        channel,
+        channel: channel::visible(channel),
         from,
         to,
     })
@@ -474,7 +484,7 @@ pub fn acked_frame(id: &Option<Value>, channel: &str, offset: u64) -> Bytes {
     json_frame(&Acked {
         r#type: "acked",
         id,
-        channel,
+        channel: channel::visible(channel),
         offset,
     })
 }
@@ -490,7 +500,7 @@ pub fn channel_reply_frame(kind: &'static str, channel: &str, id: &Option<Value>
     }
     json_frame(&Reply {
         r#type: kind,
-        channel,
+        channel: channel::visible(channel),
         id,
     })
 }
@@ -524,7 +534,7 @@ pub fn published_frame(id: &Option<Value>, channel: &str, offset: u64) -> Bytes 
     json_frame(&Published {
         r#type: "published",
         id,
-        channel,
+        channel: channel::visible(channel),
         offset,
     })
 }
@@ -551,7 +561,11 @@ pub fn stats_frame(
     struct Acks<'a>(&'a [(Box<str>, u64)]);
     impl Serialize for Acks<'_> {
         fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            serializer.collect_map(self.0.iter().map(|(channel, offset)| (channel, offset)))
+            serializer.collect_map(
+                self.0
+                    .iter()
+                    .map(|(full, offset)| (channel::visible(full), offset)),
+            )
         }
     }
     #[derive(Serialize)]

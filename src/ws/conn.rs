@@ -28,6 +28,7 @@
 //! partial frame is kept per connection, until it completes. Nothing here waits on another
 //! connection, so one stalled peer costs nobody else anything.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::os::fd::{AsRawFd, RawFd};
@@ -42,7 +43,8 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use nix::sys::socket::MsgFlags;
 
-use crate::shard::ShardCore;
+use crate::net::auth::Grant;
+use crate::shard::{Place, ShardCore};
 use crate::ws::command::{self, Command, ConnStats, ErrorCode, ErrorReply};
 use crate::ws::deflate::Deflate;
 use crate::ws::frame::{self, ClosePayload, DataKind, FrameError};
@@ -138,7 +140,13 @@ pub struct ConnHandle {
     /// Set while the shard holds this connection's messages for the batching window.
     pub batched: Cell<bool>,
     /// What the connection's token allows; `None` without auth.
-    pub grant: RefCell<Option<crate::net::auth::Grant>>,
+    pub grant: RefCell<Option<Grant>>,
+    /// The tenant whose scope the connection lives in, from its token; fixed for its life
+    /// (a `refresh` must keep it). Every channel it names is in this scope.
+    tenant: Option<Box<str>>,
+    /// Its place under the connection limits the ingest core keeps, if any applied; given
+    /// back when the handle is dropped.
+    _place: Option<Place>,
     /// The echo endpoint's connection: messages are sent back, not read as commands.
     echo: bool,
     /// permessage-deflate, if the upgrade agreed on it.
@@ -158,6 +166,8 @@ impl ConnHandle {
         name: Box<str>,
         hello: Option<Bytes>,
         deflate: Option<Deflate>,
+        grant: Option<Grant>,
+        place: Option<Place>,
         now: Instant,
     ) -> Self {
         ConnHandle {
@@ -175,12 +185,25 @@ impl ConnHandle {
             hello: RefCell::new(hello),
             hello_waits: Cell::new(0),
             batched: Cell::new(false),
-            grant: RefCell::new(None),
+            tenant: grant
+                .as_ref()
+                .and_then(|grant| grant.tenant.as_deref().map(Box::from)),
+            grant: RefCell::new(grant),
+            _place: place,
             deflate,
             acks: RefCell::new(Vec::new()),
             messages_in: Cell::new(0),
             messages_out: Cell::new(0),
             bytes_out: Cell::new(0),
+        }
+    }
+
+    /// The full name of a channel or pattern as this connection names it: in its tenant's
+    /// scope, if it has one.
+    pub fn full_name<'a>(&self, name: &'a str) -> Cow<'a, str> {
+        match &self.tenant {
+            Some(tenant) => Cow::Owned(crate::channel::scoped(tenant, name)),
+            None => Cow::Borrowed(name),
         }
     }
 

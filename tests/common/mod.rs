@@ -252,14 +252,29 @@ impl Server {
 
     /// One HTTP request to the control-plane; 4xx and 5xx are returned, not raised.
     pub async fn http(&self, method: &str, path: &str, body: Option<&str>) -> HttpReply {
+        self.http_with(method, path, body, None).await
+    }
+
+    /// [`Server::http`] with `Authorization: Bearer <key>` when `key` is given.
+    pub async fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        key: Option<&str>,
+    ) -> HttpReply {
         let agent = self.agent.clone();
         let url = format!("http://{}{}", self.api, path);
         let method = method.to_string();
         let body = body.map(str::to_string);
+        let bearer = key.map(|key| format!("Bearer {key}"));
         tokio::task::spawn_blocking(move || {
-            let builder = ureq::http::Request::builder()
+            let mut builder = ureq::http::Request::builder()
                 .method(method.as_str())
                 .uri(&url);
+            if let Some(bearer) = bearer {
+                builder = builder.header("authorization", bearer);
+            }
             let result = match body {
                 Some(body) => agent.run(
                     builder
@@ -705,4 +720,21 @@ impl Bystander {
         let got = self.client.recv().await;
         assert_message(&got, &self.channel, offset, &data);
     }
+}
+
+/// Sends an upgrade to `path` with `extra` header lines (each ending `\r\n`) and returns the
+/// status and the JSON body of the HTTP answer (`Null` when the body is not JSON).
+pub async fn refused_upgrade(server: &Server, path: &str, extra: &str) -> (u16, Value) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = TcpStream::connect(server.ws).await.expect("connect");
+    let request =
+        raw::upgrade_request(server.ws, path).replace("\r\n\r\n", &format!("\r\n{extra}\r\n"));
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the upgrade");
+    let mut buf = Vec::new();
+    let response = raw::read_http_response(&mut stream, &mut buf).await;
+    let body: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+    (response.status, body)
 }

@@ -46,6 +46,8 @@ fn handshake_limits() -> Limits<'static> {
         channels_max: defaults::subscriptions_per_conn_max(),
         echo_path: None,
         deflate: false,
+        channel_bytes_max: defaults::channel_bytes_max(),
+        allowed_origins: &[],
     }
 }
 
@@ -498,7 +500,7 @@ pub fn check_command(data: &[u8]) {
                     assert!(!channel::is_pattern(channel), "offset on {channel:?}");
                 }
             }
-            match command::check_pattern(channel, id) {
+            match command::check_pattern(channel, channel::CHANNEL_BYTES_MAX, id) {
                 Ok(()) => assert_eq!(channel::validate_pattern(channel), Ok(())),
                 Err(reply) => check_error_reply(&reply, ErrorCode::InvalidChannel),
             }
@@ -523,7 +525,7 @@ pub fn check_command(data: &[u8]) {
                 "`data` is a slice of the message"
             );
             assert_eq!(said.data.map(RawValue::get), Some(*data), "`data` as sent");
-            match command::check_channel(channel, id) {
+            match command::check_channel(channel, channel::CHANNEL_BYTES_MAX, id) {
                 Ok(()) => assert_eq!(channel::validate_channel(channel), Ok(())),
                 Err(reply) => check_error_reply(&reply, ErrorCode::InvalidChannel),
             }
@@ -697,9 +699,13 @@ fn check_channel_error(name: &str, err: channel::ChannelError) {
     let bytes = name.as_bytes();
     match err {
         E::Empty => assert!(name.is_empty()),
-        E::TooLong { len_bytes } => {
+        E::TooLong {
+            len_bytes,
+            max_bytes,
+        } => {
             assert_eq!(len_bytes, bytes.len());
-            assert!(len_bytes > channel::CHANNEL_BYTES_MAX);
+            assert_eq!(max_bytes, channel::CHANNEL_BYTES_MAX);
+            assert!(len_bytes > max_bytes);
         }
         E::EmptyToken { at } => {
             assert!(at == bytes.len() || bytes[at] == b'.', "{name:?} {err:?}");
