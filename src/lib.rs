@@ -20,6 +20,7 @@
 //! - [`cluster`]: cluster mode's bridge to Redis, two plain threads beside the executors
 //!   (the ingest core's side of it is [`ingest::cluster`]).
 //! - [`notify`]: the wake-up between tasks of one core (the cross-core one is [`queue`]).
+//! - [`rate`]: token buckets, for the rate limits.
 //! - [`channel`]: channel names and wildcard patterns, shared by every stage.
 //! - [`config`], [`cli`], [`runtime`]: settings, the command line, the core plan and start-up.
 //! - [`client`]: the Rust client library (reconnect, recovery with `since`, ping), and the
@@ -77,6 +78,7 @@ pub mod ingest;
 pub mod net;
 pub mod notify;
 pub mod queue;
+pub mod rate;
 pub mod runtime;
 pub mod shard;
 pub mod tune;

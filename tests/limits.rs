@@ -1,7 +1,7 @@
 //! The connection and name limits against the real binary: `connections_max` (503),
 //! `connections_per_ip_max` and `tenant_connections_max` (429), each with the contract's JSON
-//! body, a place freed by a closed connection, `allowed_origins` (403), and
-//! `channel_bytes_max` (`invalid_channel`, 400). Beside each tripped limit a subscriber that
+//! body, a place freed by a closed connection, `allowed_origins` (403), `channel_bytes_max`
+//! (`invalid_channel`, 400), and `tenant_publishes_per_s` (429 or `rate_limited`). Beside each tripped limit a subscriber that
 //! was admitted first keeps receiving every publish.
 
 mod common;
@@ -17,7 +17,7 @@ const SECRET: &str = "limits-test-secret";
 fn token(tenant: &str) -> String {
     let claims = json!({
         "sub": "ada", "tenant": tenant, "exp": common::now_ms() / 1000 + 300,
-        "channels": [">"], "publish": [],
+        "channels": [">"], "publish": [">"],
     });
     encode(
         &Header::default(),
@@ -185,6 +185,62 @@ async fn channel_names_over_channel_bytes_max_are_invalid_everywhere() {
         assert_eq!(status, 400);
         bystander.client.subscribe(&"b".repeat(16), 8).await;
         bystander.assert_unaffected(&server).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_publish_rate_gets_429_or_rate_limited_and_others_do_not() {
+    watchdog(async {
+        let server = Server::start(&[
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            SECRET,
+            "--tenant-publishes-per-s",
+            "1",
+        ])
+        .await;
+        let publish = |tenant: &'static str| {
+            let server = &server;
+            async move {
+                let body = json!({"tenant": tenant, "channel": "news", "data": 1}).to_string();
+                server.post("/v1/publish", &body).await
+            }
+        };
+        let started = std::time::Instant::now();
+        assert_eq!(publish("acme").await.status, 200, "the burst of one");
+        let refused = publish("acme").await;
+        assert_eq!(refused.status, 429, "{}", refused.body);
+        let body = refused.json();
+        assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("tenant_publishes_per_s = 1"), "{message}");
+        assert_eq!(
+            publish("globex").await.status,
+            200,
+            "another tenant's bucket"
+        );
+        assert_eq!(
+            server.publish("news", &json!(2)).await,
+            1,
+            "unscoped publishes"
+        );
+
+        let mut acme = Client::connect_path(&server, &format!("/ws?token={}", token("acme"))).await;
+        let reply = acme
+            .request(json!({"type": "publish", "channel": "news", "data": 3, "id": 9}))
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the bucket had no time to refill; the test machine is too slow for this check"
+        );
+        assert_error(&reply, json!(9), "rate_limited");
+        let stats = server.stats().await;
+        assert_eq!(stats["ingest"]["tenant_publishes_refused_total"], 2);
+
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert_eq!(publish("acme").await.status, 200, "a token came back");
     })
     .await
 }

@@ -373,11 +373,7 @@ fn check(
 }
 
 fn publish_failure(core: &IngestCore, err: PublishError) -> HttpResponse {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        err.code(),
-        err.message(core.config.channels_max),
-    )
+    error(err.status(), err.code(), err.message(&core.config))
 }
 
 async fn outcome(

@@ -277,6 +277,16 @@ impl Collector for Snapshot {
                 .encode_family(&labels)?
                 .encode_gauge(&(*connections as u64))?;
         }
+        let mut refused = encoder.encode_descriptor(
+            "corecast_tenant_publishes_refused",
+            "Publishes refused because their tenant was over tenant_publishes_per_s.",
+            None,
+            MetricType::Counter,
+        )?;
+        refused.encode_counter::<NoLabelSet, _, u64>(
+            &self.ingest.tenant_publishes_refused_total,
+            None,
+        )?;
         let mut published = encoder.encode_descriptor(
             "corecast_published",
             "Publishes accepted and sequenced by the ingest core.",
@@ -404,6 +414,7 @@ mod tests {
                 shard_queues_len: 0,
                 fanout_pending: 0,
                 fanout_untracked_total: 0,
+                tenant_publishes_refused_total: 4,
             },
             fanout: latency.buckets(),
         });
@@ -414,6 +425,7 @@ mod tests {
             "corecast_connections{shard=\"1\"} 2",
             "corecast_published_total 2",
             "corecast_tenant_connections{tenant=\"acme\"} 3",
+            "corecast_tenant_publishes_refused_total 4",
             "corecast_namespace_conflated_total{namespace=\"prices.>\"} 5",
             "corecast_namespace_deliveries_total{namespace=\"default\"} 0",
             "# TYPE corecast_fanout_latency_seconds histogram",

@@ -45,6 +45,7 @@ use crate::queue::{
     Answer, FanoutReport, QueryKind, Receiver, Recovered, Sender, ShardId, Since, Slow, Stamp,
     ToIngest, ToShard,
 };
+use crate::rate::TokenBucket;
 use crate::shard::registry::Registry;
 use crate::ws::command::{self, ErrorCode, ErrorReply, Unrecovered};
 use crate::ws::conn::{unix_ms, ConnId};
@@ -89,6 +90,9 @@ pub enum PublishError {
     Stopping,
     /// Cluster mode and Redis did not take it: 503, retry with backoff.
     ClusterUnavailable,
+    /// Its tenant is over `tenant_publishes_per_s`: 429 (`rate_limited`), retry after
+    /// `retry_ms`.
+    RateLimited { retry_ms: u64 },
 }
 
 impl PublishError {
@@ -98,14 +102,29 @@ impl PublishError {
             PublishError::Overloaded => "overloaded",
             PublishError::Stopping => "shutting_down",
             PublishError::ClusterUnavailable => "cluster_unavailable",
+            PublishError::RateLimited { .. } => "rate_limited",
         }
     }
 
-    pub fn message(&self, channels_max: usize) -> String {
+    /// The HTTP status of the control plane's answer.
+    pub fn status(&self) -> http::StatusCode {
         match self {
-            PublishError::ChannelsFull => {
-                format!("the server already tracks channels_max = {channels_max} channels")
-            }
+            PublishError::RateLimited { .. } => http::StatusCode::TOO_MANY_REQUESTS,
+            _ => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn message(&self, config: &Config) -> String {
+        match self {
+            PublishError::ChannelsFull => format!(
+                "the server already tracks channels_max = {} channels",
+                config.channels_max
+            ),
+            PublishError::RateLimited { retry_ms } => format!(
+                "this tenant publishes more than tenant_publishes_per_s = {} a second; \
+                 retry in {retry_ms} ms",
+                config.tenant_publishes_per_s
+            ),
             PublishError::Overloaded => "the publish lanes are full; retry later".into(),
             PublishError::Stopping => "the server is shutting down".into(),
             PublishError::ClusterUnavailable => {
@@ -199,7 +218,13 @@ pub struct IngestCore {
     fanout_interval: RefCell<FanoutLatency>,
     /// Connections counted against the limits no shard can keep alone.
     admission: RefCell<admission::Admission>,
+    /// Each publishing tenant's bucket, for `tenant_publishes_per_s`.
+    tenant_buckets: RefCell<HashMap<Box<str>, TokenBucket>>,
+    tenant_publishes_refused_total: Cell<u64>,
 }
+
+/// Tenant buckets kept before the full (idle) ones are dropped.
+const TENANT_BUCKETS_PRUNE_AT: usize = 4_096;
 
 /// Counters of the ingest core itself, for `/v1/stats`.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -218,6 +243,8 @@ pub struct IngestStats {
     pub fanout_pending: usize,
     /// Publishes not timed overall because `fanout_pending` was at its bound.
     pub fanout_untracked_total: u64,
+    /// Publishes refused because their tenant was over `tenant_publishes_per_s`.
+    pub tenant_publishes_refused_total: u64,
 }
 
 impl IngestCore {
@@ -240,6 +267,8 @@ impl IngestCore {
             recoveries_total: Cell::new(0),
             recoveries_failed_total: Cell::new(0),
             admission: RefCell::default(),
+            tenant_buckets: RefCell::default(),
+            tenant_publishes_refused_total: Cell::new(0),
             queries: RefCell::new(HashMap::new()),
             next_query: Cell::new(0),
             stopping: Cell::new(false),
@@ -277,6 +306,7 @@ impl IngestCore {
             shard_queues_len: self.shards.iter().map(Sender::len).sum(),
             fanout_pending: self.fanout_pending.borrow().len(),
             fanout_untracked_total: self.fanout_untracked_total.get(),
+            tenant_publishes_refused_total: self.tenant_publishes_refused_total.get(),
         }
     }
 
@@ -402,6 +432,10 @@ impl IngestCore {
             let _ = done.send(Err(PublishError::Stopping));
             return result;
         }
+        if let Err(err) = self.tenant_allows(&channel) {
+            let _ = done.send(Err(err));
+            return result;
+        }
         let job = Job {
             channel,
             data,
@@ -416,6 +450,33 @@ impl IngestCore {
             }
         }
         result
+    }
+
+    /// Takes a publish token from the bucket of `channel`'s tenant, when it is a tenant's and
+    /// `tenant_publishes_per_s` is set. Buckets that refilled are forgotten once there are
+    /// [`TENANT_BUCKETS_PRUNE_AT`]: a new one starts full, so they hold nothing to keep.
+    fn tenant_allows(&self, channel: &str) -> Result<(), PublishError> {
+        let per_s = self.config.tenant_publishes_per_s;
+        let Some(tenant) = crate::channel::split_scope(channel).0.filter(|_| per_s > 0) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut buckets = self.tenant_buckets.borrow_mut();
+        if buckets.len() >= TENANT_BUCKETS_PRUNE_AT && !buckets.contains_key(tenant) {
+            buckets.retain(|_, bucket| !bucket.is_full(now));
+        }
+        if !buckets.contains_key(tenant) {
+            buckets.insert(tenant.into(), TokenBucket::new(per_s, per_s, now));
+        }
+        let bucket = buckets.get_mut(tenant).expect("inserted above");
+        if bucket.take(now) {
+            return Ok(());
+        }
+        self.tenant_publishes_refused_total
+            .set(self.tenant_publishes_refused_total.get() + 1);
+        Err(PublishError::RateLimited {
+            retry_ms: bucket.wait_ms(now),
+        })
     }
 
     /// Asks every shard for `kind` and gathers the answers, in shard order.
@@ -650,12 +711,13 @@ impl IngestCore {
             Reply::Conn { shard, conn, id } => {
                 let frame = match outcome {
                     Ok(offset) => command::published_frame(&id, &job.channel, offset),
-                    Err(err) => ErrorReply::new(
-                        id,
-                        ErrorCode::Internal,
-                        err.message(self.config.channels_max),
-                    )
-                    .frame(),
+                    Err(err) => {
+                        let code = match err {
+                            PublishError::RateLimited { .. } => ErrorCode::RateLimited,
+                            _ => ErrorCode::Internal,
+                        };
+                        ErrorReply::new(id, code, err.message(&self.config)).frame()
+                    }
                 };
                 self.shards[shard]
                     .push(ToShard::Reply { conn, frame })
@@ -732,10 +794,17 @@ impl IngestCore {
                     accepted: Instant::now(),
                     reply: Reply::Conn { shard, conn, id },
                 };
-                if let Err(Work::Publish(job)) = self.enqueue(Work::Publish(job)) {
+                let refused = match self.tenant_allows(&job.channel) {
+                    Ok(()) => match self.enqueue(Work::Publish(job)) {
+                        Ok(()) => None,
+                        Err(Work::Publish(job)) => Some((job, PublishError::Overloaded)),
+                        Err(Work::Recover(_)) => unreachable!("a publish comes back a publish"),
+                    },
+                    Err(err) => Some((job, err)),
+                };
+                if let Some((job, err)) = refused {
                     let mut touched = vec![false; self.shards.len()];
-                    self.reply(job, Err(PublishError::Overloaded), &mut touched)
-                        .await;
+                    self.reply(job, Err(err), &mut touched).await;
                     self.shards[shard].wake();
                 }
             }
