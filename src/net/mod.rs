@@ -177,7 +177,13 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
                     return;
                 }
             };
-            let place = match admit(&shard, &stream, grant.as_ref(), timeout).await {
+            let tenant = grant.as_ref().and_then(|grant| grant.tenant.as_deref());
+            let admitted = if admission::needed(&shard.config, tenant) {
+                admit(&shard, &stream, tenant, timeout).await.map(Some)
+            } else {
+                Ok(None)
+            };
+            let place = match admitted {
                 Ok(place) => place,
                 Err(reject) => {
                     tracing::debug!(status = %reject.status, reason = %reject.message, "upgrade refused");
@@ -242,19 +248,15 @@ fn authorize(
     Ok(Some(grant))
 }
 
-/// A place under the connection limits the ingest core keeps, when one applies to this
-/// connection (see [`crate::ingest::admission`]): 503 or 429 when refused, 503 when the ingest
-/// core does not answer within `timeout`.
+/// A place under the connection limits the ingest core keeps (see
+/// [`crate::ingest::admission`]): 503 or 429 when refused, 503 when the ingest core does not
+/// answer within `timeout`.
 async fn admit(
     shard: &Rc<ShardCore>,
     stream: &TcpStream,
-    grant: Option<&auth::Grant>,
+    tenant: Option<&str>,
     timeout: Duration,
-) -> Result<Option<Place>, Reject> {
-    let tenant = grant.and_then(|grant| grant.tenant.as_deref());
-    if !admission::needed(&shard.config, tenant) {
-        return Ok(None);
-    }
+) -> Result<Place, Reject> {
     let ip = stream
         .peer_addr()
         .map_err(|err| {
@@ -268,7 +270,7 @@ async fn admit(
     let peer = Peer::new(ip, tenant.map(Box::from));
     let verdict = glommio::timer::timeout(timeout, async { Ok(shard.admit(peer).await) }).await;
     match verdict {
-        Ok(Ok(place)) => Ok(Some(place)),
+        Ok(Ok(place)) => Ok(place),
         Ok(Err(refused)) => {
             shard.count_refused();
             Err(Reject::new(

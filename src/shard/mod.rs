@@ -172,6 +172,9 @@ pub struct ShardCore {
     /// handshaking connection.
     admissions: RefCell<HashMap<u64, Admitting>>,
     next_ticket: Cell<u64>,
+    /// The places of the connections admitted by the ingest core, given back on removal.
+    /// Kept here, not in each handle, so connections no limit applies to pay nothing.
+    places: RefCell<HashMap<ConnId, Place>>,
 }
 
 /// An upgrade waiting for admission: where its verdict goes, and who it is.
@@ -232,6 +235,7 @@ impl ShardCore {
             accepting: Cell::new(true),
             admissions: RefCell::new(HashMap::new()),
             next_ticket: Cell::new(0),
+            places: RefCell::new(HashMap::new()),
             stopping: Cell::new(false),
             stopped: Notify::default(),
         })
@@ -433,10 +437,12 @@ impl ShardCore {
             hello,
             deflate,
             grant,
-            place,
             Instant::now(),
         ));
         entry.insert(handle.clone());
+        if let Some(place) = place {
+            self.places.borrow_mut().insert(id, place);
+        }
         drop(conns);
         self.update_stats(|stats| stats.connections_accepted += 1);
         tracing::debug!(conn = %handle.name, shard = self.id, "connection open");
@@ -882,6 +888,7 @@ impl ShardCore {
                 .remove(&subscription.pattern, handle.id);
             self.withdraw(&subscription.pattern);
         }
+        self.places.borrow_mut().remove(&handle.id);
         let removed = self.conns.borrow_mut().remove(handle.id.slot as usize);
         assert_eq!(
             removed.id, handle.id,

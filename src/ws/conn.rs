@@ -44,7 +44,7 @@ use glommio::timer::Timer;
 use nix::sys::socket::MsgFlags;
 
 use crate::net::auth::Grant;
-use crate::shard::{Place, ShardCore};
+use crate::shard::ShardCore;
 use crate::ws::command::{self, Command, ConnStats, ErrorCode, ErrorReply};
 use crate::ws::deflate::Deflate;
 use crate::ws::frame::{self, ClosePayload, DataKind, FrameError};
@@ -141,12 +141,6 @@ pub struct ConnHandle {
     pub batched: Cell<bool>,
     /// What the connection's token allows; `None` without auth.
     pub grant: RefCell<Option<Grant>>,
-    /// The tenant whose scope the connection lives in, from its token; fixed for its life
-    /// (a `refresh` must keep it). Every channel it names is in this scope.
-    tenant: Option<Box<str>>,
-    /// Its place under the connection limits the ingest core keeps, if any applied; given
-    /// back when the handle is dropped.
-    _place: Option<Place>,
     /// The echo endpoint's connection: messages are sent back, not read as commands.
     echo: bool,
     /// permessage-deflate, if the upgrade agreed on it.
@@ -167,7 +161,6 @@ impl ConnHandle {
         hello: Option<Bytes>,
         deflate: Option<Deflate>,
         grant: Option<Grant>,
-        place: Option<Place>,
         now: Instant,
     ) -> Self {
         ConnHandle {
@@ -185,11 +178,7 @@ impl ConnHandle {
             hello: RefCell::new(hello),
             hello_waits: Cell::new(0),
             batched: Cell::new(false),
-            tenant: grant
-                .as_ref()
-                .and_then(|grant| grant.tenant.as_deref().map(Box::from)),
             grant: RefCell::new(grant),
-            _place: place,
             deflate,
             acks: RefCell::new(Vec::new()),
             messages_in: Cell::new(0),
@@ -198,10 +187,15 @@ impl ConnHandle {
         }
     }
 
-    /// The full name of a channel or pattern as this connection names it: in its tenant's
-    /// scope, if it has one.
+    /// The full name of a channel or pattern as this connection names it: in the scope of its
+    /// token's tenant, if it has one (a `refresh` cannot change the tenant).
     pub fn full_name<'a>(&self, name: &'a str) -> Cow<'a, str> {
-        match &self.tenant {
+        match self
+            .grant
+            .borrow()
+            .as_ref()
+            .and_then(|grant| grant.tenant.as_deref())
+        {
             Some(tenant) => Cow::Owned(crate::channel::scoped(tenant, name)),
             None => Cow::Borrowed(name),
         }
