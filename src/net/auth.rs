@@ -137,7 +137,12 @@ impl Verifier {
         let token = token.ok_or(AuthError::Missing)?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|err| AuthError::Invalid(err.to_string()))?;
-        let mut last = AuthError::Invalid(format!("no configured key takes {:?}", header.alg));
+        let mut last = AuthError::Invalid(match &header.kid {
+            Some(kid) if self.keys.iter().any(|key| key.kid.is_some()) => {
+                format!("no configured {:?} key has kid {kid:?}", header.alg)
+            }
+            _ => format!("no configured key takes {:?}", header.alg),
+        });
         for key in &self.keys {
             if key.algorithm != header.alg {
                 continue;
@@ -181,6 +186,14 @@ impl Verifier {
 fn public_key(path: &Path) -> Result<Key, String> {
     let pem = std::fs::read(path)
         .map_err(|err| key_error(&format!("cannot read {}", path.display()), err))?;
+    // `jsonwebtoken` takes an RSA private key where it asks for a public one, and then refuses
+    // every token at run time; and a private key does not belong on this server at all.
+    if pem.windows(16).any(|label| label == b"PRIVATE KEY-----") {
+        return Err(key_error(
+            &format!("{} holds a private key", path.display()),
+            "give its public key (openssl pkey -in KEY -pubout)",
+        ));
+    }
     if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
         return Ok(Key {
             key,
@@ -294,6 +307,150 @@ mod tests {
             verifier.verify(Some("x.y.z")),
             Err(AuthError::Invalid(_))
         ));
+    }
+
+    /// A fixture of `tests/keys/` (test-only keys; see its README).
+    fn key_file(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/keys")
+            .join(name)
+    }
+
+    fn private_key(name: &str, algorithm: Algorithm) -> EncodingKey {
+        let pem = std::fs::read(key_file(&format!("{name}.pem"))).unwrap();
+        match algorithm {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+            other => panic!("no fixture signs {other:?}"),
+        }
+    }
+
+    /// A token for `ada`, valid for a minute, signed with the fixture `key` (`<name>.pem`).
+    fn signed(algorithm: Algorithm, kid: Option<&str>, key: &str) -> String {
+        let claims = serde_json::json!({"sub": "ada", "exp": now_s() + 60, "channels": ["a.*"]});
+        let header = Header {
+            kid: kid.map(str::to_owned),
+            ..Header::new(algorithm)
+        };
+        encode(&header, &claims, &private_key(key, algorithm)).unwrap()
+    }
+
+    fn verifier_with(public_key: Option<&str>, jwks: Option<&str>) -> Result<Verifier, String> {
+        let config = Config {
+            auth: AuthMode::Jwt,
+            jwt_public_key_file: public_key.map(key_file),
+            jwks_file: jwks.map(key_file),
+            ..Config::default()
+        };
+        Verifier::from_config(&config).map(|verifier| verifier.expect("auth = jwt"))
+    }
+
+    fn refused_because(verifier: &Verifier, token: &str) -> String {
+        match verifier.verify(Some(token)) {
+            Err(AuthError::Invalid(why)) => why,
+            other => panic!("expected the token to be refused as invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_rs256_token_is_verified_by_an_rsa_pem_public_key() {
+        let verifier = verifier_with(Some("rsa-a.pub.pem"), None).unwrap();
+        let grant = verifier
+            .verify(Some(&signed(Algorithm::RS256, None, "rsa-a")))
+            .unwrap();
+        assert_eq!(
+            (grant.sub.as_str(), grant.channels),
+            ("ada", vec!["a.*".into()])
+        );
+        let forged = signed(Algorithm::RS256, None, "rsa-b");
+        assert_eq!(refused_because(&verifier, &forged), "InvalidSignature");
+    }
+
+    #[test]
+    fn an_es256_token_is_verified_by_an_ec_p256_pem_public_key() {
+        let verifier = verifier_with(Some("ec-a.pub.pem"), None).unwrap();
+        let grant = verifier
+            .verify(Some(&signed(Algorithm::ES256, None, "ec-a")))
+            .unwrap();
+        assert_eq!(grant.sub, "ada");
+        let rsa = signed(Algorithm::RS256, None, "rsa-a");
+        assert_eq!(
+            refused_because(&verifier, &rsa),
+            "no configured key takes RS256"
+        );
+    }
+
+    #[test]
+    fn a_jwks_key_is_chosen_by_the_tokens_kid() {
+        let verifier = verifier_with(None, Some("jwks.json")).unwrap();
+        for (algorithm, kid) in [
+            (Algorithm::RS256, "rsa-a"),
+            (Algorithm::RS256, "rsa-b"),
+            (Algorithm::ES256, "ec-a"),
+        ] {
+            let token = signed(algorithm, Some(kid), kid);
+            assert_eq!(verifier.verify(Some(&token)).unwrap().sub, "ada", "{kid}");
+        }
+        // The kid decides: rsa-b's key does not take a token of rsa-a's that claims to be rsa-b's.
+        let misnamed = signed(Algorithm::RS256, Some("rsa-b"), "rsa-a");
+        assert_eq!(refused_because(&verifier, &misnamed), "InvalidSignature");
+        let unknown = signed(Algorithm::RS256, Some("rsa-z"), "rsa-a");
+        assert_eq!(
+            refused_because(&verifier, &unknown),
+            "no configured RS256 key has kid \"rsa-z\""
+        );
+        // Without a kid, each key of the token's algorithm is tried.
+        let kidless = signed(Algorithm::RS256, None, "rsa-b");
+        assert_eq!(verifier.verify(Some(&kidless)).unwrap().sub, "ada");
+    }
+
+    #[test]
+    fn a_token_signed_by_a_key_not_configured_is_refused() {
+        let verifier = verifier_with(None, Some("jwks.json")).unwrap();
+        let stranger = signed(Algorithm::RS256, Some("rsa-a"), "rsa-c");
+        assert_eq!(refused_because(&verifier, &stranger), "InvalidSignature");
+        let kidless = signed(Algorithm::RS256, None, "rsa-c");
+        assert_eq!(refused_because(&verifier, &kidless), "InvalidSignature");
+    }
+
+    #[test]
+    fn an_hs256_token_is_refused_when_only_public_keys_are_configured() {
+        // Algorithm confusion: an HMAC "signature" keyed with the public key's own bytes, which
+        // anyone can read, must not pass for a signature by its private key.
+        for (public_key, jwks) in [(Some("rsa-a.pub.pem"), None), (None, Some("jwks.json"))] {
+            let verifier = verifier_with(public_key, jwks).unwrap();
+            let public = std::fs::read(key_file(public_key.unwrap_or("jwks.json"))).unwrap();
+            let claims = serde_json::json!({"sub": "ada", "exp": now_s() + 60});
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some("rsa-a".into());
+            let confused = encode(&header, &claims, &EncodingKey::from_secret(&public)).unwrap();
+            let why = refused_because(&verifier, &confused);
+            assert!(why.starts_with("no configured"), "{why}");
+        }
+    }
+
+    #[test]
+    fn a_bad_key_file_stops_start_up_naming_the_file() {
+        for (public_key, jwks, says) in [
+            (Some("missing.pem"), None, "cannot read"),
+            (
+                Some("README.md"),
+                None,
+                "is neither an RSA nor an EC public key in PEM",
+            ),
+            (Some("rsa-a.pem"), None, "holds a private key"),
+            (Some("ec-a.pem"), None, "holds a private key"),
+            (None, Some("missing.json"), "cannot read"),
+            (None, Some("rsa-a.pub.pem"), "is not a JWKS"),
+        ] {
+            let name = public_key.or(jwks).unwrap();
+            let err = verifier_with(public_key, jwks).err().unwrap();
+            let path = key_file(name).display().to_string();
+            assert!(
+                err.contains(&path) && err.contains(says),
+                "{name}: expected {says:?} and the path in {err:?}"
+            );
+        }
     }
 
     #[test]
