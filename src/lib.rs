@@ -25,7 +25,7 @@
 //! - [`config`], [`cli`], [`runtime`]: settings, the command line, the core plan and start-up.
 //! - [`client`]: the Rust client library (reconnect, recovery with `since`, ping), and the
 //!   client codec it shares with the bench.
-//! - [`bench`]: the load generator behind `corecast bench`.
+//! - [`bench`](mod@bench): the load generator behind `corecast bench`.
 //! - [`tune`]: `corecast tune check`, the host audit against `tuning/`'s recommendations.
 //!
 //! # Data flow

@@ -1,6 +1,6 @@
 //! The only link between cores: bounded lock-free single-producer/single-consumer queues.
 //!
-//! Each direction between the ingest core and a broadcast shard is one [`Queue`]: a
+//! Each direction between the ingest core and a broadcast shard is one `Queue`: a
 //! `crossbeam_queue::ArrayQueue` plus a waker for each side. The producer pushes a batch, then
 //! calls [`Sender::wake`] once; the consumer drains at most `queue_batch_max` items per poll and
 //! yields. glommio accepts wakes from foreign threads (its wakers queue themselves on the owning

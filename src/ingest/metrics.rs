@@ -87,7 +87,7 @@ pub struct Buckets {
 }
 
 impl FanoutLatency {
-    /// Records one fan-out's `elapsed` time, clamped to [`LATENCY_US_MAX`].
+    /// Records one fan-out's `elapsed` time, clamped to `LATENCY_US_MAX` (60 s).
     pub fn record(&mut self, elapsed: Duration) {
         let us = u64::try_from(elapsed.as_micros())
             .unwrap_or(u64::MAX)

@@ -1,7 +1,7 @@
 //! The ingest core: the control plane, the one sequencer of offsets, and where frames are encoded.
 //!
 //! Every publish, from the HTTP API or from a client's `publish` command relayed by its shard,
-//! becomes a [`Job`] in one of three priority lanes. The sequencer task takes `critical` before
+//! becomes a `Job` in one of three priority lanes. The sequencer task takes `critical` before
 //! `high` before `normal` (decided before an offset is assigned, so offsets always follow the
 //! order of delivery), assigns the channel's next offset, encodes the frame once, and pushes it
 //! to each shard whose interest matches the channel. Shards announce interest by pattern, and the
