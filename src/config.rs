@@ -82,6 +82,28 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::subscriptions_per_conn_max())]
     pub subscriptions_per_conn_max: usize,
 
+    /// Messages a second one connection may send, sustained: the refill rate of its token
+    /// bucket. Each text or binary message and each ping takes a token; one that finds none is
+    /// refused (`rate_limited`). Default 100: far above what a subscriber sends (subscribes,
+    /// acks, pings). Higher lets a connection that publishes over the socket go faster, and
+    /// lets any client make its shard parse and answer more.
+    #[arg(long, default_value_t = defaults::inbound_messages_per_s())]
+    pub inbound_messages_per_s: u64,
+
+    /// Messages one connection may send at once, with a full bucket: its capacity (a
+    /// connection starts full). Default 200: a client subscribing to many channels at start
+    /// sends them in one go. Larger absorbs bigger bursts; a client can spend all of it in
+    /// one read.
+    #[arg(long, default_value_t = defaults::inbound_messages_burst())]
+    pub inbound_messages_burst: u64,
+
+    /// Refusals in a row (no message accepted between them) after which a connection is closed
+    /// with 4029. Only the first of a run is answered; the rest are read, counted and dropped.
+    /// Default 100. Lower closes abusers sooner and is harsher on a client that ignores one
+    /// `rate_limited`; 1 closes at the first refusal, without the error.
+    #[arg(long, default_value_t = defaults::inbound_refusals_max())]
+    pub inbound_refusals_max: u64,
+
     /// Connections one broadcast shard accepts; past it new connections get HTTP 503.
     #[arg(long, default_value_t = defaults::connections_per_shard_max())]
     pub connections_per_shard_max: usize,
@@ -416,6 +438,15 @@ pub mod defaults {
     pub fn subscriptions_per_conn_max() -> usize {
         512
     }
+    pub fn inbound_messages_per_s() -> u64 {
+        100
+    }
+    pub fn inbound_messages_burst() -> u64 {
+        200
+    }
+    pub fn inbound_refusals_max() -> u64 {
+        100
+    }
     pub fn connections_per_shard_max() -> usize {
         200_000
     }
@@ -513,6 +544,9 @@ impl Default for Config {
             outbox_frames_max: defaults::outbox_frames_max(),
             outbox_bytes_max: defaults::outbox_bytes_max(),
             subscriptions_per_conn_max: defaults::subscriptions_per_conn_max(),
+            inbound_messages_per_s: defaults::inbound_messages_per_s(),
+            inbound_messages_burst: defaults::inbound_messages_burst(),
+            inbound_refusals_max: defaults::inbound_refusals_max(),
             connections_per_shard_max: defaults::connections_per_shard_max(),
             publish_body_bytes_max: defaults::publish_body_bytes_max(),
             publish_batch_max: defaults::publish_batch_max(),
@@ -638,6 +672,24 @@ impl Config {
             self.subscriptions_per_conn_max,
             1,
             1 << 20,
+        )?;
+        check_range(
+            "inbound_messages_per_s",
+            self.inbound_messages_per_s,
+            1,
+            10_000_000,
+        )?;
+        check_range(
+            "inbound_messages_burst",
+            self.inbound_messages_burst,
+            1,
+            10_000_000,
+        )?;
+        check_range(
+            "inbound_refusals_max",
+            self.inbound_refusals_max,
+            1,
+            1_000_000,
         )?;
         check_range(
             "connections_per_shard_max",
@@ -950,6 +1002,35 @@ mod tests {
             config.validate().unwrap_err().0,
             "outbox_frames_max = 1 is out of range: allowed 2 to 1048576"
         );
+    }
+
+    #[test]
+    fn inbound_limits_are_refused_out_of_range_by_name() {
+        for (config, says) in [
+            (
+                Config {
+                    inbound_messages_per_s: 0,
+                    ..Config::default()
+                },
+                "inbound_messages_per_s = 0 is out of range: allowed 1 to 10000000",
+            ),
+            (
+                Config {
+                    inbound_messages_burst: 10_000_001,
+                    ..Config::default()
+                },
+                "inbound_messages_burst = 10000001 is out of range: allowed 1 to 10000000",
+            ),
+            (
+                Config {
+                    inbound_refusals_max: 0,
+                    ..Config::default()
+                },
+                "inbound_refusals_max = 0 is out of range: allowed 1 to 1000000",
+            ),
+        ] {
+            assert_eq!(config.validate().unwrap_err().0, says);
+        }
     }
 
     #[test]
