@@ -8,8 +8,9 @@
 //! The folders are the stages a message passes through, in order.
 //! - [`net`]: bind with `SO_REUSEPORT`, accept, read the HTTP upgrade under its limits, and
 //!   [`net::auth`]: the JWT a connection presents and the grant it carries.
-//! - [`ws`]: RFC 6455 frames, reassembled messages, permessage-deflate, JSON commands, and the
-//!   connection task (which also serves the optional echo endpoint for conformance suites).
+//! - [`ws`]: RFC 6455 frames, reassembled messages, permessage-deflate, JSON commands, the
+//!   inbound rate limit, and the connection task (which also serves the optional echo endpoint
+//!   for conformance suites).
 //! - [`shard`]: a broadcast shard's connections, its subscription [`shard::registry`], fan-out.
 //! - [`ingest`]: the control-plane HTTP API, the sequencer of offsets, encode-once,
 //!   [`ingest::history`]: each channel's bounded history, which recoveries read, and

@@ -1,8 +1,9 @@
 //! Hostile clients cost a well-behaved one nothing: while 1,000 slowloris handshakes hang open,
 //! a client sends oversized frames and another floods commands without reading its replies, a
 //! normal subscriber receives every message published meanwhile, exactly and in order; the
-//! oversized frames are closed with 1009, the flooder ends closed as a slow consumer (4008) or
-//! still served, and the slowloris connections are cut at the handshake timeout.
+//! oversized frames are closed with 1009, the flooder ends closed by the inbound rate limit
+//! (4029), as a slow consumer (4008) or still served, and the slowloris connections are cut at
+//! the handshake timeout.
 
 mod common;
 

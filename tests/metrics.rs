@@ -200,6 +200,11 @@ async fn stats_and_metrics_count_publishes_deliveries_and_fanout_latency_exactly
                 "slow_consumer_closes",
             );
             same(
+                "corecast_rate_limited_messages_total",
+                "rate_limited_messages",
+            );
+            same("corecast_rate_limit_closes_total", "rate_limit_closes");
+            same(
                 "corecast_connections_accepted_total",
                 "connections_accepted",
             );

@@ -157,7 +157,7 @@ type ShardFamily = (
     fn(&ShardStats) -> u64,
 );
 
-const SHARD_FAMILIES: [ShardFamily; 9] = [
+const SHARD_FAMILIES: [ShardFamily; 11] = [
     (
         "corecast_connections",
         "Open WebSocket connections.",
@@ -193,6 +193,18 @@ const SHARD_FAMILIES: [ShardFamily; 9] = [
         "Connections closed with 4008 because their outbox overflowed.",
         MetricType::Counter,
         |s| s.slow_consumer_closes,
+    ),
+    (
+        "corecast_rate_limited_messages",
+        "Client messages refused by the inbound rate limit (answered rate_limited or dropped).",
+        MetricType::Counter,
+        |s| s.rate_limited_messages,
+    ),
+    (
+        "corecast_rate_limit_closes",
+        "Connections closed with 4029: too many refusals in a row by the inbound rate limit.",
+        MetricType::Counter,
+        |s| s.rate_limit_closes,
     ),
     (
         "corecast_connections_accepted",

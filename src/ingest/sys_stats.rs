@@ -27,6 +27,7 @@ struct ShardTick {
     /// Messages handed to connections per second over the tick.
     deliveries_per_s: f64,
     slow_consumer_closes: u64,
+    rate_limit_closes: u64,
     drops: u64,
     outbox_bytes: usize,
 }
@@ -41,6 +42,8 @@ struct Tick {
     deliveries_per_s: f64,
     published_per_s: f64,
     slow_consumer_closes: u64,
+    /// Connections closed with 4029 (inbound rate-limit abuse), since start.
+    rate_limit_closes: u64,
     /// Fan-out latency of the publishes whose fan-out finished during this tick.
     fanout_latency_us: LatencySummary,
     shards: Vec<ShardTick>,
@@ -123,6 +126,7 @@ async fn tick(core: &IngestCore, previous: &mut Previous) -> Tick {
             connections: stats.connections,
             deliveries_per_s: rate(delivered, before),
             slow_consumer_closes: stats.slow_consumer_closes,
+            rate_limit_closes: stats.rate_limit_closes,
             drops: stats.drops,
             outbox_bytes: stats.outbox_bytes,
         });
@@ -135,6 +139,7 @@ async fn tick(core: &IngestCore, previous: &mut Previous) -> Tick {
         deliveries_per_s: shards.iter().map(|shard| shard.deliveries_per_s).sum(),
         published_per_s: rate(ingest.published_total, previous.published_total),
         slow_consumer_closes: shards.iter().map(|shard| shard.slow_consumer_closes).sum(),
+        rate_limit_closes: shards.iter().map(|shard| shard.rate_limit_closes).sum(),
         fanout_latency_us: core.take_interval_fanout(),
         shards,
         namespaces: namespace_summaries(core, &reports),

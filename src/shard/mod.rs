@@ -49,6 +49,7 @@ use crate::ws::conn::{self, CloseRequest, ConnHandle, ConnId, Subscription};
 use crate::ws::deflate::Deflate;
 use crate::ws::frame;
 use crate::ws::outbox::{Kind, Shed};
+use crate::ws::rate::Refusal;
 use registry::Registry;
 
 /// What an upgraded connection is for.
@@ -77,6 +78,10 @@ pub struct ShardStats {
     pub bytes_out: u64,
     pub drops: u64,
     pub slow_consumer_closes: u64,
+    /// Client messages refused by the inbound rate limit, answered or dropped silently.
+    pub rate_limited_messages: u64,
+    /// Connections closed with 4029: a run of refusals reached `inbound_refusals_max`.
+    pub rate_limit_closes: u64,
     /// `ack` commands taken.
     pub acks_total: u64,
     pub connections_accepted: u64,
@@ -256,6 +261,14 @@ impl ShardCore {
 
     pub fn count_dropped(&self, frames: usize) {
         self.update_stats(|stats| stats.drops += frames as u64);
+    }
+
+    /// Counts a message the inbound rate limit refused, and the close it may bring.
+    pub fn count_rate_limited(&self, refusal: Refusal) {
+        self.update_stats(|stats| {
+            stats.rate_limited_messages += 1;
+            stats.rate_limit_closes += u64::from(refusal == Refusal::Close);
+        });
     }
 
     /// The counters as of now.

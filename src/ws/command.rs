@@ -184,9 +184,10 @@ fn valid_id(id: &Value) -> bool {
     (id.is_number() || id.is_str()) && id_bytes <= ID_BYTES_MAX
 }
 
-/// The `id` of a command that failed to parse as a whole (a wrong type elsewhere), if the
-/// message is JSON with a valid `id`, so even that error reply can be matched to its request.
-fn salvage_id(text: &str) -> Option<Value> {
+/// The `id` of a command that failed to parse as a whole (a wrong type elsewhere), or was
+/// refused unparsed (rate-limited), if the message is JSON with a valid `id`, so even that
+/// error reply can be matched to its request.
+pub fn salvage_id(text: &str) -> Option<Value> {
     let raw = sonic_rs::get_from_str(text, ["id"]).ok()?;
     let id: Value = sonic_rs::from_str(raw.as_raw_str()).ok()?;
     valid_id(&id).then_some(id)

@@ -24,6 +24,10 @@
 //! compressed twin ([`crate::ws::deflate`]); replies to commands go uncompressed, which the RFC
 //! allows for any message.
 //!
+//! Every message a client sends, and every ping, first takes a token from the connection's
+//! inbound limit ([`crate::ws::rate`]): one refused is not executed; the first refusal of a run
+//! is answered `rate_limited`, and a run of `inbound_refusals_max` closes with 4029.
+//!
 //! An idle connection holds no buffer: input is read into a per-shard scratch buffer and only a
 //! partial frame is kept per connection, until it completes. Nothing here waits on another
 //! connection, so one stalled peer costs nobody else anything.
@@ -50,6 +54,7 @@ use crate::ws::deflate::Deflate;
 use crate::ws::frame::{self, ClosePayload, DataKind, FrameError};
 use crate::ws::message::{Assembler, Event, MessageError};
 use crate::ws::outbox::{Kind, Outbox, Overflow, Shed};
+use crate::ws::rate::{InboundLimit, Refusal};
 
 /// Bytes one write may coalesce from a connection's outbox. Larger frames go out alone, uncopied.
 const WRITE_COALESCE_BYTES_MAX: usize = 64 * 1024;
@@ -92,6 +97,10 @@ impl CloseRequest {
     pub const SLOW_CONSUMER: CloseRequest = CloseRequest {
         code: 4008,
         reason: "slow consumer: outbox overflowed",
+    };
+    pub const RATE_LIMITED: CloseRequest = CloseRequest {
+        code: 4029,
+        reason: "rate limit: too many messages refused in a row",
     };
 }
 
@@ -404,6 +413,8 @@ struct Conn {
     partial: Vec<u8>,
     assembler: Assembler,
     state: State,
+    /// Tokens for the client's messages (see [`crate::ws::rate`]).
+    limit: InboundLimit,
 }
 
 /// Serves a connection until it closes, then removes it from its shard.
@@ -415,6 +426,13 @@ pub async fn serve(
     early: Vec<u8>,
 ) {
     let fd = stream.as_raw_fd();
+    let config = &shard.config;
+    let limit = InboundLimit::new(
+        config.inbound_messages_per_s,
+        config.inbound_messages_burst,
+        config.inbound_refusals_max,
+        handle.last_seen(),
+    );
     let mut conn = Conn {
         shard: shard.clone(),
         handle: handle.clone(),
@@ -422,6 +440,7 @@ pub async fn serve(
         partial: early,
         assembler: Assembler::default(),
         state: State::Open,
+        limit,
     };
     // Declared after `conn`, so that it is dropped first even if this future is dropped
     // mid-way: the descriptor is taken back before the stream closes it.
@@ -625,6 +644,19 @@ impl Conn {
                 Err(err) => return (message_failure(err), buf.len()),
             };
             let open = matches!(self.state, State::Open);
+            let costs_a_token = matches!(event, Event::Text(_) | Event::Binary(_) | Event::Ping(_));
+            if open && costs_a_token {
+                // The time of the read that brought this message.
+                if let Err(refusal) = self.limit.check(self.handle.last_seen()) {
+                    let id = match (refusal, &event) {
+                        (Refusal::Tell { .. }, Event::Text(text)) => command::salvage_id(text),
+                        _ => None,
+                    };
+                    self.assembler.clear();
+                    self.refuse(refusal, id);
+                    continue;
+                }
+            }
             let flow = match event {
                 Event::Text(text) if open && self.handle.echo => {
                     echo(&self.shard, &self.handle, DataKind::Text, text.as_bytes())
@@ -666,6 +698,26 @@ impl Conn {
             }
         }
         (Flow::Continue, used)
+    }
+
+    /// A message the inbound limit refused: it is dropped; the first of a run is answered with
+    /// `rate_limited` (echoing `id`), and the last closes the connection with 4029 after what
+    /// is already queued.
+    fn refuse(&mut self, refusal: Refusal, id: Option<sonic_rs::Value>) {
+        self.shard.count_rate_limited(refusal);
+        match refusal {
+            Refusal::Tell { retry_after } => {
+                let message = self.limit.message(retry_after);
+                let reply = ErrorReply::new(id, ErrorCode::RateLimited, message);
+                self.shard.send_to(&self.handle, reply.frame());
+            }
+            Refusal::Drop => {}
+            Refusal::Close => {
+                let request = CloseRequest::RATE_LIMITED;
+                tracing::debug!(conn = %self.handle.name, "rate limit: closing with 4029");
+                self.start_close(request.code, request.reason);
+            }
+        }
     }
 
     /// The peer sent a close frame: answer it (if we had not closed first) and finish.
