@@ -1,108 +1,139 @@
-//! Token buckets: how the server says "this many per second, with this much burst".
+//! Token buckets: "this many a second, in bursts of up to that many".
 //!
-//! A pure type over explicit instants (no clock inside, no sleeping), so every rule is tested
-//! with made-up times. The ingest core keeps one per tenant for `tenant_publishes_per_s`.
+//! Pure arithmetic over the instants it is given (no clock inside, no sleeping), so tests say
+//! exactly when each event happens. Used by each connection's inbound limit
+//! ([`crate::ws::rate`]) and by the ingest core's per-tenant publish limit.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// Holds up to `burst` tokens and gains `rate_per_s` a second; each event takes one.
+/// A token is this many units, so that a refill of `per_s` tokens a second adds exactly
+/// `per_s` units a nanosecond: integer arithmetic, nothing lost to rounding between refills.
+const UNITS_PER_TOKEN: u64 = 1_000_000_000;
+
+/// Tokens refilled at a steady rate, up to a capacity.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    rate_per_s: f64,
-    burst: f64,
-    tokens: f64,
+    /// Tokens held, in units (see [`UNITS_PER_TOKEN`]).
+    level_units: u64,
+    capacity_units: u64,
+    per_s: u64,
+    /// When `level_units` was last brought up to date.
     at: Instant,
 }
 
 impl TokenBucket {
-    /// A full bucket.
-    ///
-    /// # Panics
-    /// If `rate_per_s` or `burst` is 0: a limit of nothing is no limit to keep (the config
-    /// refuses it, or treats 0 as "off" before building one).
-    pub fn new(rate_per_s: u32, burst: u32, now: Instant) -> Self {
+    /// A full bucket of `burst` tokens refilled at `per_s` tokens a second. Both must be at
+    /// least 1 (`Config::validate` sees to it) and `burst` at most `u64::MAX / 10^9`.
+    pub fn full(per_s: u64, burst: u64, now: Instant) -> Self {
         assert!(
-            rate_per_s > 0 && burst > 0,
-            "a bucket needs a rate and room"
+            per_s >= 1 && burst >= 1,
+            "a bucket refills and holds a token"
         );
+        let capacity_units = burst
+            .checked_mul(UNITS_PER_TOKEN)
+            .expect("burst fits the bucket's units");
         TokenBucket {
-            rate_per_s: f64::from(rate_per_s),
-            burst: f64::from(burst),
-            tokens: f64::from(burst),
+            level_units: capacity_units,
+            capacity_units,
+            per_s,
             at: now,
         }
     }
 
-    fn refill(&mut self, now: Instant) {
-        let elapsed_s = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed_s * self.rate_per_s).min(self.burst);
-        self.at = self.at.max(now);
-    }
-
-    /// Takes a token if one is there.
+    /// Takes a token if one is there at `now`.
     pub fn take(&mut self, now: Instant) -> bool {
         self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        if self.level_units < UNITS_PER_TOKEN {
+            return false;
         }
+        self.level_units -= UNITS_PER_TOKEN;
+        true
     }
 
-    /// Whether the bucket has refilled completely: it remembers nothing a new one would not.
+    /// How long after the last `take` until a token is there again (zero if one is).
+    pub fn next_token_in(&self) -> Duration {
+        let missing_units = UNITS_PER_TOKEN.saturating_sub(self.level_units);
+        Duration::from_nanos(missing_units.div_ceil(self.per_s))
+    }
+
+    /// Whether the bucket is full at `now`: it then remembers nothing a new one would not.
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
-        self.tokens >= self.burst
+        self.level_units == self.capacity_units
     }
 
-    /// Milliseconds until the next token, for a "retry in" hint.
-    pub fn wait_ms(&mut self, now: Instant) -> u64 {
-        self.refill(now);
-        let missing = (1.0 - self.tokens).max(0.0);
-        (missing / self.rate_per_s * 1_000.0).ceil() as u64
+    fn refill(&mut self, now: Instant) {
+        if now <= self.at {
+            return;
+        }
+        let elapsed_ns = now.duration_since(self.at).as_nanos();
+        let added_units = elapsed_ns.saturating_mul(u128::from(self.per_s));
+        let room_units = u128::from(self.capacity_units - self.level_units);
+        // Bounded by the room left, so it fits a u64.
+        self.level_units += added_units.min(room_units) as u64;
+        self.at = now;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    #[test]
-    fn a_burst_then_the_rate() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(10, 3, start);
-        assert!(
-            (0..3).all(|_| bucket.take(start)),
-            "the burst is there at once"
-        );
-        assert!(!bucket.take(start), "then it is empty");
-        assert_eq!(bucket.wait_ms(start), 100);
-        let later = start + Duration::from_millis(250);
-        assert!(
-            bucket.take(later) && bucket.take(later),
-            "2.5 tokens came back"
-        );
-        assert!(!bucket.take(later));
-        assert!(!bucket.is_full(later));
-        assert!(
-            bucket.is_full(later + Duration::from_secs(1)),
-            "capped at the burst"
-        );
-        let mut full = bucket.clone();
-        assert!((0..3).all(|_| full.take(later + Duration::from_secs(5))));
-        assert!(
-            !full.take(later + Duration::from_secs(5)),
-            "never more than the burst"
-        );
+    fn ms(at: u64) -> Duration {
+        Duration::from_millis(at)
     }
 
     #[test]
-    fn time_going_backwards_gives_nothing() {
-        let start = Instant::now() + Duration::from_secs(1);
-        let mut bucket = TokenBucket::new(1, 1, start);
+    fn a_full_bucket_gives_its_burst_then_refills_at_the_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::full(10, 3, start);
+        assert!((0..3).all(|_| bucket.take(start)), "the burst at once");
+        assert!(!bucket.take(start), "then nothing");
+        assert_eq!(bucket.next_token_in(), ms(100));
+        assert!(!bucket.take(start + ms(99)), "a token is 100 ms at 10/s");
+        assert_eq!(bucket.next_token_in(), ms(1));
+        assert!(bucket.take(start + ms(100)));
+        assert!(!bucket.take(start + ms(100)));
+        // A long pause refills to the burst, no more.
+        let later = start + Duration::from_secs(3_600);
+        assert!((0..3).all(|_| bucket.take(later)));
+        assert!(!bucket.take(later));
+    }
+
+    #[test]
+    fn refills_add_up_exactly_across_many_small_steps() {
+        // 3 tokens a second do not divide a second into whole nanoseconds; steps of 1 ms must
+        // still add up to exactly one token per 333.33.. ms. (A burst of 2, so that the bucket
+        // is never full: what accrues while it is full is lost, as it should be.)
+        let start = Instant::now();
+        let mut bucket = TokenBucket::full(3, 2, start);
+        assert!(bucket.take(start) && bucket.take(start));
+        let mut taken = 0;
+        for step in 1..=1_000 {
+            if bucket.take(start + ms(step)) {
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, 3, "three tokens in the second after the first");
+        assert_eq!(bucket.next_token_in(), Duration::from_nanos(333_333_334));
+    }
+
+    #[test]
+    fn a_time_before_the_last_one_refills_nothing() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::full(1_000, 1, start + ms(10));
+        assert!(bucket.take(start + ms(10)));
+        assert!(!bucket.take(start), "an earlier reading of the clock");
+        assert!(bucket.take(start + ms(11)));
+    }
+
+    #[test]
+    fn a_bucket_is_full_again_after_its_burst_at_the_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::full(10, 2, start);
+        assert!(bucket.is_full(start));
         assert!(bucket.take(start));
-        assert!(!bucket.take(start - Duration::from_secs(1)));
+        assert!(!bucket.is_full(start + ms(99)));
+        assert!(bucket.is_full(start + ms(100)));
     }
 }

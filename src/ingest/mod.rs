@@ -466,7 +466,8 @@ impl IngestCore {
             buckets.retain(|_, bucket| !bucket.is_full(now));
         }
         if !buckets.contains_key(tenant) {
-            buckets.insert(tenant.into(), TokenBucket::new(per_s, per_s, now));
+            let per_s = u64::from(per_s);
+            buckets.insert(tenant.into(), TokenBucket::full(per_s, per_s, now));
         }
         let bucket = buckets.get_mut(tenant).expect("inserted above");
         if bucket.take(now) {
@@ -475,7 +476,7 @@ impl IngestCore {
         self.tenant_publishes_refused_total
             .set(self.tenant_publishes_refused_total.get() + 1);
         Err(PublishError::RateLimited {
-            retry_ms: bucket.wait_ms(now),
+            retry_ms: bucket.next_token_in().as_nanos().div_ceil(1_000_000) as u64,
         })
     }
 
