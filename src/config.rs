@@ -283,6 +283,31 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::permessage_deflate(), action = clap::ArgAction::Set)]
     pub permessage_deflate: bool,
 
+    /// TLS on the WebSocket port (`wss://`): a PEM certificate chain, leaf first, and with
+    /// `tls_key_file` its PEM private key. Unset (the default): plain `ws://`. A TLS
+    /// connection encrypts every frame on its own, so it costs CPU per delivery that a plain
+    /// one does not (see the README's TLS section); terminate TLS in front of corecast
+    /// instead when that matters more than one hop less.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+
+    /// The PEM private key of `tls_cert_file` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+
+    /// HTTPS on the control plane: a PEM certificate chain, with `api_tls_key_file`. Unset
+    /// (the default): plain HTTP, for loopback or a private network.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_tls_cert_file: Option<std::path::PathBuf>,
+
+    /// The PEM private key of `api_tls_cert_file`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_tls_key_file: Option<std::path::PathBuf>,
+
     /// Per channel namespace: history limits and slow-consumer policy, in the TOML file only
     /// (`[[namespaces]]` tables). The first namespace whose pattern matches a channel applies;
     /// what it leaves out comes from the top-level settings above.
@@ -581,6 +606,10 @@ impl Default for Config {
             jwks_file: None,
             echo_path: None,
             permessage_deflate: defaults::permessage_deflate(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            api_tls_cert_file: None,
+            api_tls_key_file: None,
             namespaces: Vec::new(),
             api_keys: Vec::new(),
         }
@@ -831,6 +860,26 @@ impl Config {
             if self.api_keys[..at].iter().any(|other| other.key == key.key) {
                 return Err(ConfigError(format!(
                     "api_keys[{at}].key repeats an earlier key: each key names one scope"
+                )));
+            }
+        }
+        for (cert, key, cert_name, key_name) in [
+            (
+                &self.tls_cert_file,
+                &self.tls_key_file,
+                "tls_cert_file",
+                "tls_key_file",
+            ),
+            (
+                &self.api_tls_cert_file,
+                &self.api_tls_key_file,
+                "api_tls_cert_file",
+                "api_tls_key_file",
+            ),
+        ] {
+            if cert.is_some() != key.is_some() {
+                return Err(ConfigError(format!(
+                    "{cert_name} and {key_name} go together: give both (TLS) or neither"
                 )));
             }
         }

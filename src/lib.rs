@@ -6,8 +6,9 @@
 //!
 //! # Layout
 //! The folders are the stages a message passes through, in order.
-//! - [`net`]: bind with `SO_REUSEPORT`, accept, read the HTTP upgrade under its limits, and
-//!   [`net::auth`]: the JWT a connection presents and the grant it carries.
+//! - [`net`]: bind with `SO_REUSEPORT`, accept, read the HTTP upgrade under its limits,
+//!   [`net::auth`]: the JWT a connection presents and the grant it carries, and
+//!   [`net::tls`]: optional TLS, the stream every connection (and the control plane) runs on.
 //! - [`ws`]: RFC 6455 frames, reassembled messages, permessage-deflate, JSON commands, the
 //!   inbound rate limit, and the connection task (which also serves the optional echo endpoint
 //!   for conformance suites).

@@ -222,6 +222,12 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let verifier = crate::net::auth::Verifier::from_config(&config)
         .map_err(StartError)?
         .map(Arc::new);
+    let tls = tls_acceptor("tls_cert_file", &config.tls_cert_file, &config.tls_key_file)?;
+    let api_tls = tls_acceptor(
+        "api_tls_cert_file",
+        &config.api_tls_cert_file,
+        &config.api_tls_key_file,
+    )?;
     if verifier.is_none() {
         tracing::warn!(
             "auth = \"none\": ANY client may connect and subscribe to ANY channel. Fine on a \
@@ -258,7 +264,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
                 );
                 let core =
                     IngestCore::new(ingest_config, ingest_epoch, to_shards, cluster_requests);
-                let ingest = Ingest::start(core, listener, ingest_inboxes);
+                let ingest = Ingest::start(core, listener, api_tls, ingest_inboxes);
                 let _ = ingest_bound.send(("ingest".into(), Ok(())));
                 ingest.run().await;
             })
@@ -274,6 +280,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         let shard_config = config.clone();
         let shard_epoch = epoch.clone();
         let shard_verifier = verifier.clone();
+        let shard_tls = tls.clone();
         let shard_bound = bound_tx.clone();
         let name = format!("shard {shard}");
         executors.push((
@@ -290,8 +297,14 @@ pub fn serve(config: Config) -> Result<(), StartError> {
                             return;
                         }
                     };
-                    let core =
-                        ShardCore::new(shard, shard_config, shard_verifier, shard_epoch, sender);
+                    let core = ShardCore::new(
+                        shard,
+                        shard_config,
+                        shard_verifier,
+                        shard_tls,
+                        shard_epoch,
+                        sender,
+                    );
                     let running = Shard::start(core, listener, inbox);
                     let _ = shard_bound.send((name, Ok(())));
                     running.run().await;
@@ -398,6 +411,25 @@ fn forward_signals(signal_tx: queue::Sender<ToIngest>) -> Result<(), StartError>
         })
         .map_err(|err| StartError(format!("cannot start the signal thread: {err}")))?;
     Ok(())
+}
+
+/// The TLS settings of one port, when its certificate and key are configured (`cert_key`
+/// names the setting, for the error that stops start-up).
+fn tls_acceptor(
+    cert_key: &'static str,
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+) -> Result<Option<futures_rustls::TlsAcceptor>, StartError> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    crate::net::tls::acceptor(&crate::net::tls::Files {
+        cert_key,
+        cert,
+        key,
+    })
+    .map(Some)
+    .map_err(StartError)
 }
 
 #[cfg(test)]

@@ -23,19 +23,40 @@ use super::metrics::{self, Snapshot};
 use super::{IngestCore, Priority, PublishError};
 use crate::channel;
 use crate::net::handshake::ErrorBody;
+use crate::net::tls::{self, Transport};
 use crate::queue::{AckRow, Answer, NamespaceStats, QueryKind, ShardReport};
+use futures_rustls::TlsAcceptor;
+use std::time::Duration;
 
 type HttpResponse = Response<Full<Bytes>>;
 
-/// Accepts control-plane connections until the task is cancelled.
-pub async fn serve(core: Rc<IngestCore>, listener: glommio::net::TcpListener) {
+/// Accepts control-plane connections until the task is cancelled; over TLS with `tls`.
+pub async fn serve(
+    core: Rc<IngestCore>,
+    listener: glommio::net::TcpListener,
+    tls: Option<TlsAcceptor>,
+) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 if let Err(err) = stream.set_nodelay(true) {
                     tracing::debug!(error = %err, "cannot set TCP_NODELAY");
                 }
-                glommio::spawn_local(serve_connection(core.clone(), stream)).detach();
+                let core = core.clone();
+                let tls = tls.clone();
+                glommio::spawn_local(async move {
+                    let timeout = Duration::from_millis(core.config.handshake_timeout_ms);
+                    match tls {
+                        None => serve_connection(core, Transport::Plain(stream)).await,
+                        Some(tls) => match tls::accept(&tls, stream, timeout).await {
+                            Ok(stream) => serve_connection(core, stream).await,
+                            Err(err) => {
+                                tracing::debug!(error = %err, "control-plane TLS handshake failed")
+                            }
+                        },
+                    }
+                })
+                .detach();
             }
             Err(err) => {
                 tracing::warn!(error = %err, "control-plane accept failed; retrying");
@@ -45,7 +66,7 @@ pub async fn serve(core: Rc<IngestCore>, listener: glommio::net::TcpListener) {
     }
 }
 
-async fn serve_connection(core: Rc<IngestCore>, stream: glommio::net::TcpStream) {
+async fn serve_connection(core: Rc<IngestCore>, stream: Transport) {
     let io = smol_hyper::rt::FuturesIo::new(stream);
     let service = hyper::service::service_fn(move |request| {
         let core = core.clone();

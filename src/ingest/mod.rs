@@ -930,13 +930,15 @@ pub struct Ingest {
 
 impl Ingest {
     /// Starts the API server, the sequencer and one drain task per inbound queue.
+    /// `api_tls`: HTTPS on the control plane, when configured.
     pub fn start(
         core: Rc<IngestCore>,
         api: glommio::net::TcpListener,
+        api_tls: Option<futures_rustls::TlsAcceptor>,
         inboxes: Vec<Receiver<ToIngest>>,
     ) -> Ingest {
         let mut tasks = vec![
-            glommio::spawn_local(api::serve(core.clone(), api)).detach(),
+            glommio::spawn_local(api::serve(core.clone(), api, api_tls)).detach(),
             glommio::spawn_local(core.clone().run_sequencer()).detach(),
         ];
         for inbox in inboxes {

@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod handshake;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -22,6 +23,7 @@ use http::StatusCode;
 use crate::ingest::admission::{self, Peer};
 use crate::shard::{Place, Route, ShardCore};
 use handshake::{Limits, Reject, Request};
+use tls::Transport;
 
 /// Bytes read from a handshaking socket at once.
 const HANDSHAKE_READ_BYTES: usize = 1024;
@@ -141,12 +143,22 @@ enum Failed {
     Gone,
 }
 
-async fn handshake_then_serve(shard: Rc<ShardCore>, mut stream: TcpStream) {
+async fn handshake_then_serve(shard: Rc<ShardCore>, stream: TcpStream) {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(error = %err, "cannot set TCP_NODELAY");
     }
     let config = shard.config.clone();
     let timeout = Duration::from_millis(config.handshake_timeout_ms);
+    let mut stream = match &shard.tls {
+        None => Transport::Plain(stream),
+        Some(acceptor) => match tls::accept(acceptor, stream, timeout).await {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::debug!(shard = shard.id, error = %err, "TLS handshake failed");
+                return;
+            }
+        },
+    };
     if !shard.has_room() {
         refuse_full(&shard, &mut stream, timeout).await;
         return;
@@ -253,7 +265,7 @@ fn authorize(
 /// answer within `timeout`.
 async fn admit(
     shard: &Rc<ShardCore>,
-    stream: &TcpStream,
+    stream: &Transport,
     tenant: Option<&str>,
     timeout: Duration,
 ) -> Result<Place, Reject> {
@@ -288,7 +300,7 @@ async fn admit(
 }
 
 /// Answers 503: the shard is at `connections_per_shard_max` or stopping.
-async fn refuse_full(shard: &ShardCore, stream: &mut TcpStream, timeout: Duration) {
+async fn refuse_full(shard: &ShardCore, stream: &mut Transport, timeout: Duration) {
     shard.count_refused();
     let reject = Reject::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -300,7 +312,7 @@ async fn refuse_full(shard: &ShardCore, stream: &mut TcpStream, timeout: Duratio
 
 /// Reads until a complete request, returning it with the bytes read so far.
 async fn read_upgrade(
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     limits: Limits<'_>,
 ) -> Result<(Request, Vec<u8>), Failed> {
     let mut buf = Vec::with_capacity(HANDSHAKE_READ_BYTES);
@@ -320,13 +332,13 @@ async fn read_upgrade(
 }
 
 /// Sends an HTTP error and closes, giving up after `timeout` on a peer that does not read.
-async fn answer(stream: &mut TcpStream, reject: &Reject, timeout: Duration) {
+async fn answer(stream: &mut Transport, reject: &Reject, timeout: Duration) {
     send_and_close(stream, &reject.response(), timeout).await;
 }
 
 /// Sends a complete HTTP response and closes, giving up after `timeout` on a peer that does not
 /// read.
-async fn send_and_close(stream: &mut TcpStream, response: &[u8], timeout: Duration) {
+async fn send_and_close(stream: &mut Transport, response: &[u8], timeout: Duration) {
     let sent = glommio::timer::timeout(timeout, async {
         stream.write_all(response).await?;
         stream.close().await?;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_channel::oneshot;
-use glommio::net::TcpStream;
+use futures_rustls::TlsAcceptor;
 use hashbrown::HashMap;
 use serde::Serialize;
 use slab::Slab;
@@ -39,6 +39,7 @@ use crate::ingest::admission::{Peer, Refused};
 use crate::ingest::metrics::{FanoutLatency, LatencySummary};
 use crate::ingest::Priority;
 use crate::net::auth::{Grant, Verifier};
+use crate::net::tls::Transport;
 use crate::notify::Notify;
 use crate::queue::{
     AckRow, Answer, Delivery, FanoutReport, NamespaceStats, QueryKind, Receiver, Recovered, Sender,
@@ -136,6 +137,8 @@ pub struct ShardCore {
     pub config: Arc<Config>,
     /// Verifies tokens at the upgrade and on `refresh`; `None` with `auth = "none"`.
     pub verifier: Option<Arc<Verifier>>,
+    /// TLS for every connection of the port (`tls_cert_file`); `None`: plain TCP.
+    pub tls: Option<TlsAcceptor>,
     /// The ingest core's current run of offsets, as clients are told it.
     epoch: RefCell<Arc<str>>,
     /// A message `seq` such that every later publish matching a live subscription here reaches
@@ -205,6 +208,7 @@ impl ShardCore {
         id: ShardId,
         config: Arc<Config>,
         verifier: Option<Arc<Verifier>>,
+        tls: Option<TlsAcceptor>,
         epoch: Arc<str>,
         to_ingest: Sender<ToIngest>,
     ) -> Rc<Self> {
@@ -213,6 +217,7 @@ impl ShardCore {
             id,
             config,
             verifier,
+            tls,
             epoch: RefCell::new(epoch),
             position: Cell::new(0),
             batched: RefCell::new(Vec::new()),
@@ -417,7 +422,7 @@ impl ShardCore {
     /// nothing. `deflate`: what permessage-deflate the upgrade agreed on.
     pub fn open_conn(
         self: &Rc<Self>,
-        stream: TcpStream,
+        stream: Transport,
         route: Route,
         grant: Option<Grant>,
         deflate: Option<Deflate>,

@@ -35,7 +35,7 @@
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -43,11 +43,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite, Future};
-use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use nix::sys::socket::MsgFlags;
 
 use crate::net::auth::Grant;
+use crate::net::tls::Transport;
 use crate::shard::ShardCore;
 use crate::ws::command::{self, Command, ConnStats, ErrorCode, ErrorReply};
 use crate::ws::deflate::Deflate;
@@ -408,7 +408,7 @@ enum State {
 struct Conn {
     shard: Rc<ShardCore>,
     handle: Rc<ConnHandle>,
-    stream: TcpStream,
+    stream: Transport,
     /// Bytes of a frame that has not fully arrived yet; empty (unallocated) most of the time.
     partial: Vec<u8>,
     assembler: Assembler,
@@ -422,10 +422,10 @@ struct Conn {
 pub async fn serve(
     shard: Rc<ShardCore>,
     handle: Rc<ConnHandle>,
-    stream: TcpStream,
+    stream: Transport,
     early: Vec<u8>,
 ) {
-    let fd = stream.as_raw_fd();
+    let fd = stream.plain_fd();
     let config = &shard.config;
     let limit = InboundLimit::new(
         config.inbound_messages_per_s,
@@ -443,8 +443,9 @@ pub async fn serve(
         limit,
     };
     // Declared after `conn`, so that it is dropped first even if this future is dropped
-    // mid-way: the descriptor is taken back before the stream closes it.
-    let lent = LentFd::lend(&handle, fd);
+    // mid-way: the descriptor is taken back before the stream closes it. A TLS connection
+    // lends none: its bytes must go through rustls.
+    let lent = fd.map(|fd| LentFd::lend(&handle, fd));
     poll_fn(|cx| conn.poll(cx)).await;
     drop(lent);
     drop(conn);
@@ -486,7 +487,8 @@ impl Conn {
             if let Some(request) = self.handle.close.take() {
                 self.start_close(request.code, request.reason);
             }
-            match self.poll_flush(cx) {
+            let flushed = self.poll_flush(cx);
+            match flushed {
                 Poll::Ready(Err(err)) => {
                     tracing::debug!(conn = %self.handle.name, error = %err, "write failed: dropping the connection");
                     return Poll::Ready(());
@@ -505,9 +507,9 @@ impl Conn {
                 Poll::Pending => {}
             }
             if let State::Failed { shut, .. } = &mut self.state {
-                if !*shut && self.handle.outbox.borrow().frames_len() == 0 {
+                if !*shut && flushed.is_ready() && self.handle.outbox.borrow().frames_len() == 0 {
                     *shut = true;
-                    let fd = self.stream.as_raw_fd();
+                    let fd = self.stream.raw_fd();
                     if let Err(err) =
                         nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write)
                     {
@@ -541,7 +543,8 @@ impl Conn {
         loop {
             let mut outbox = self.handle.outbox.borrow_mut();
             let Some(front) = outbox.front() else {
-                return Poll::Ready(Ok(()));
+                // TLS may still hold records the socket did not take; plain TCP holds none.
+                return Pin::new(&mut self.stream).poll_flush(cx);
             };
             let written = if outbox.frames_len() == 1 || front.len() >= WRITE_COALESCE_BYTES_MAX {
                 Pin::new(&mut self.stream).poll_write(cx, front)
