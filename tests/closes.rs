@@ -1,6 +1,7 @@
 //! Pins down that closes arrive whole: a connection closed while a frame is half written gets
 //! the rest of that frame, then the close frame and nothing after (4008 for a slow consumer,
-//! 1001 at SIGTERM), or, when its socket cannot take the rest within `close_timeout_ms`, the end
+//! 1001 at SIGTERM, 1002 for a protocol violation), or, when its socket cannot take the rest
+//! within `close_timeout_ms`, the end
 //! of the TCP stream without a close frame, never close bytes inside a cut-off message. Raw
 //! clients with small windows stall until the server must close them, then read their stream to
 //! its end with the strict reader of `common::raw`, frame by frame.
@@ -9,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::raw::{Ending, RawWs, FIN, OP_TEXT};
+use common::raw::{unmasked, Ending, RawWs, FIN, OP_TEXT};
 use common::{assert_message, assert_subscribed, watchdog, Server, QUIET, STEP};
 use serde_json::{json, Value};
 
@@ -201,6 +202,48 @@ async fn busy_clients_at_sigterm_read_whole_frames_then_1001_then_eof() {
             "expected the exit once every client answered its close, well within \
              --shutdown-timeout-ms 8000; took {:?}",
             started.elapsed()
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_protocol_violation_behind_a_half_written_frame_closes_1002_after_that_frame() {
+    const MESSAGES: usize = 8;
+    const PAD_BYTES: usize = 64 * 1024;
+    watchdog(async {
+        let server = Server::start(&["--close-timeout-ms", "5000"]).await;
+        let mut client = stalled_subscriber(&server, "broken.1").await;
+        let batch: Vec<(&str, Value)> = (0..MESSAGES)
+            .map(|i| ("broken.1", data(i, PAD_BYTES)))
+            .collect();
+        let first = server.publish_batch(&batch).await[0];
+        let stats = server
+            .poll_json("/v1/stats", |stats| shard_sum(stats, "outbox_frames") >= 4)
+            .await;
+        assert!(
+            shard_sum(&stats, "outbox_frames") >= 4,
+            "expected the client to be behind with frames queued, got {stats}"
+        );
+        // An unmasked frame: the server reads it while its writes to this client are stuck.
+        client.send(&unmasked(FIN | OP_TEXT, b"{}")).await;
+        let ending = client.read_strictly(STEP).await;
+        assert_eq!(
+            (ending.cut.len(), ending.error),
+            (0, None),
+            "expected the stream to end between frames, at EOF"
+        );
+        let (code, reason) = ending.close().unwrap_or_else(|| {
+            panic!(
+                "expected the last frame to be a close, got {:?}",
+                ending.frames.last()
+            )
+        });
+        assert_eq!(code, 1002, "expected close 1002, got {code} {reason:?}");
+        let delivered = assert_deliveries_in_order(&ending, "broken.1", first, PAD_BYTES);
+        assert!(
+            (1..MESSAGES).contains(&delivered),
+            "expected some but not all of {MESSAGES} messages before the close, got {delivered}"
         );
     })
     .await
