@@ -251,13 +251,13 @@ async fn a_protocol_violation_behind_a_half_written_frame_closes_1002_after_that
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_cut_without_a_close_after_close_timeout_ms() {
-    const CLOSE_TIMEOUT: Duration = Duration::from_millis(1500);
+    const CLOSE_TIMEOUT: Duration = Duration::from_millis(2000);
     // Each message is larger than what the kernels buffer for the client, so the rest of the
     // one the socket is taking when the outbox overflows cannot go before the deadline.
     const PAD_BYTES: usize = 200_000;
     watchdog(async {
         let mut args = SMALL_OUTBOX.to_vec();
-        args.extend(["--close-timeout-ms", "1500"]);
+        args.extend(["--close-timeout-ms", "2000"]);
         let server = Server::start(&args).await;
         let mut deaf = stalled_subscriber(&server, "deaf.1").await;
         let (first, published) = flood_until_closed(&server, "deaf.1", 0, (4, PAD_BYTES)).await;
@@ -271,9 +271,10 @@ async fn a_client_that_never_reads_is_cut_without_a_close_after_close_timeout_ms
             0,
             "expected the server to end the connection at close_timeout_ms, got {stats}"
         );
-        // The close was requested a little before `closing` (a batch's fan-out at most).
+        // The close was requested a little before `closing` (a batch or two earlier, on a busy
+        // machine): ending at once would show as nearly nothing.
         assert!(
-            gone_after >= CLOSE_TIMEOUT - Duration::from_millis(500),
+            gone_after >= CLOSE_TIMEOUT / 2,
             "expected the server to wait close_timeout_ms for the socket, it ended the \
              connection after {gone_after:?}"
         );
