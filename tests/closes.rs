@@ -1,16 +1,15 @@
 //! Pins down that closes arrive whole: a connection closed while a frame is half written gets
 //! the rest of that frame, then the close frame and nothing after (4008 for a slow consumer,
 //! 1001 at SIGTERM, 1002 for a protocol violation), or, when its socket cannot take the rest
-//! within `close_timeout_ms`, the end
-//! of the TCP stream without a close frame, never close bytes inside a cut-off message. Raw
-//! clients with small windows stall until the server must close them, then read their stream to
-//! its end with the strict reader of `common::raw`, frame by frame.
+//! within `close_timeout_ms`, the end of the TCP stream without a close frame, never close bytes
+//! inside a cut-off message. Raw clients with small windows stall until the server must close
+//! them, then read their stream to its end with the strict reader of `common::raw`.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::raw::{unmasked, Ending, RawWs, FIN, OP_TEXT};
+use common::raw::{unmasked, Ending, Frame, RawWs, FIN, OP_TEXT};
 use common::{assert_message, assert_subscribed, watchdog, Server, QUIET, STEP};
 use serde_json::{json, Value};
 
@@ -76,6 +75,22 @@ async fn flood_until_closed(
     panic!("expected a slow-consumer close on {channel} within {MESSAGES_MAX} messages");
 }
 
+/// `ending` ended at EOF with no frame cut short; else the failure shows how the cut frame
+/// begins and ends (where close bytes inside it would be).
+fn assert_ends_between_frames_at_eof(ending: &Ending, who: &str) {
+    let cut = &ending.cut;
+    assert!(
+        cut.is_empty() && ending.error.is_none(),
+        "{who}: expected the stream to end between frames, at EOF; it ended with {:?} after {} \
+         frames and {} bytes of the next: {:?} .. {:?}",
+        ending.error,
+        ending.frames.len(),
+        cut.len(),
+        String::from_utf8_lossy(&cut[..cut.len().min(24)]),
+        String::from_utf8_lossy(&cut[cut.len().saturating_sub(48)..])
+    );
+}
+
 /// The text frames of `ending` are the deliveries of `channel` from `first` on, each exact and
 /// none missing: a close drops frames only at the end. Returns how many there are.
 fn assert_deliveries_in_order(
@@ -104,19 +119,12 @@ async fn a_slow_consumer_reads_whole_frames_then_4008_then_eof_every_round() {
             let (first, published) =
                 flood_until_closed(&server, &channel, round, (8, 20_000)).await;
             let ending = slow.read_strictly(STEP).await;
-            assert_eq!(
-                (ending.cut.len(), ending.error),
-                (0, None),
-                "round {round}: expected the stream to end between frames, at EOF, after {} \
-                 frames; cut {:?}",
-                ending.frames.len(),
-                String::from_utf8_lossy(&ending.cut[..ending.cut.len().min(80)])
-            );
+            assert_ends_between_frames_at_eof(&ending, &format!("round {round}"));
             assert_eq!(
                 ending.close(),
                 Some((4008, "slow consumer: outbox overflowed".to_string())),
                 "round {round}: expected the last frame to be the close 4008, got {:?}",
-                ending.frames.last()
+                ending.frames.last().map(Frame::summary)
             );
             let delivered = assert_deliveries_in_order(&ending, &channel, first, 20_000);
             assert!(
@@ -178,16 +186,12 @@ async fn busy_clients_at_sigterm_read_whole_frames_then_1001_then_eof() {
         };
         let (exit, endings) = tokio::join!(terminate, readers);
         for (client, ending) in endings.iter().enumerate() {
-            assert_eq!(
-                (ending.cut.len(), ending.error),
-                (0, None),
-                "client {client}: expected the stream to end between frames, at EOF"
-            );
+            assert_ends_between_frames_at_eof(ending, &format!("client {client}"));
             assert_eq!(
                 ending.close(),
                 Some((1001, "going away".to_string())),
                 "client {client}: expected the last frame to be the close 1001, got {:?}",
-                ending.frames.last()
+                ending.frames.last().map(Frame::summary)
             );
             let delivered = assert_deliveries_in_order(ending, "busy.1", first, PAD_BYTES);
             assert!(
@@ -228,15 +232,11 @@ async fn a_protocol_violation_behind_a_half_written_frame_closes_1002_after_that
         // An unmasked frame: the server reads it while its writes to this client are stuck.
         client.send(&unmasked(FIN | OP_TEXT, b"{}")).await;
         let ending = client.read_strictly(STEP).await;
-        assert_eq!(
-            (ending.cut.len(), ending.error),
-            (0, None),
-            "expected the stream to end between frames, at EOF"
-        );
+        assert_ends_between_frames_at_eof(&ending, "the violator");
         let (code, reason) = ending.close().unwrap_or_else(|| {
             panic!(
                 "expected the last frame to be a close, got {:?}",
-                ending.frames.last()
+                ending.frames.last().map(Frame::summary)
             )
         });
         assert_eq!(code, 1002, "expected close 1002, got {code} {reason:?}");

@@ -322,7 +322,7 @@ async fn a_stalled_wss_subscriber_reads_whole_frames_then_4008() {
             ending.close(),
             Some((4008, "slow consumer: outbox overflowed".to_string())),
             "expected the last frame to be the close 4008, got {:?}",
-            ending.frames.last()
+            ending.frames.last().map(raw::Frame::summary)
         );
         let texts = ending.texts();
         assert!(

@@ -79,6 +79,28 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The frame in a line, for failure messages: header fields, length, and the payload's
+    /// first and last bytes (a message may be megabytes long).
+    pub fn summary(&self) -> String {
+        let payload = &self.payload;
+        let text = if payload.len() <= 96 {
+            String::from_utf8_lossy(payload).to_string()
+        } else {
+            format!(
+                "{} .. {}",
+                String::from_utf8_lossy(&payload[..32]),
+                String::from_utf8_lossy(&payload[payload.len() - 64..])
+            )
+        };
+        format!(
+            "opcode {:#x} fin {} rsv {} with {} bytes: {text:?}",
+            self.opcode,
+            self.fin,
+            self.rsv,
+            payload.len()
+        )
+    }
+
     /// Code and reason of a close frame (1005 when it carries no code).
     pub fn close_code(&self) -> (u16, String) {
         assert_eq!(
@@ -303,8 +325,8 @@ where
         if closed {
             assert!(
                 buf.is_empty(),
-                "expected nothing after the close frame {:?}, got {} more bytes: {:?}",
-                frames.last(),
+                "expected nothing after the close frame {}, got {} more bytes: {:?}",
+                frames.last().map(Frame::summary).unwrap_or_default(),
                 buf.len(),
                 &buf[..buf.len().min(64)]
             );
@@ -328,9 +350,9 @@ where
             Ok(Err(err)) => Some(err.kind()),
             Err(_) => panic!(
                 "expected the server to end the stream within {within:?}; still open after {} \
-                 frames (last {:?}) and {} bytes of the next",
+                 frames (last {}) and {} bytes of the next",
                 frames.len(),
-                frames.last(),
+                frames.last().map(Frame::summary).unwrap_or_default(),
                 buf.len()
             ),
         };
@@ -345,30 +367,35 @@ where
 /// Fails unless `frame` (the `index`th of its stream) is one this server may send.
 fn check_well_formed(frame: &Frame, index: usize) {
     assert_eq!(
-        frame.rsv, 0,
-        "frame {index}: expected no RSV bits in {frame:?}"
+        frame.rsv,
+        0,
+        "frame {index}: expected no RSV bits in {}",
+        frame.summary()
     );
     assert!(
         frame.fin,
-        "frame {index}: expected unfragmented frames, got {frame:?}"
+        "frame {index}: expected unfragmented frames, got {}",
+        frame.summary()
     );
     match frame.opcode {
         OP_TEXT => {
             if let Err(err) = serde_json::from_slice::<Value>(&frame.payload) {
                 panic!(
-                    "frame {index}: expected a text frame of complete JSON, got {} bytes \
-                     ({err}): {:?}",
-                    frame.payload.len(),
-                    String::from_utf8_lossy(&frame.payload)
+                    "frame {index}: expected a text frame of complete JSON ({err}), got {}",
+                    frame.summary()
                 );
             }
         }
         OP_CLOSE | OP_PING | OP_PONG => assert!(
             frame.payload.len() <= 125,
-            "frame {index}: expected a control frame of at most 125 bytes, got {frame:?}"
+            "frame {index}: expected a control frame of at most 125 bytes, got {}",
+            frame.summary()
         ),
         OP_BINARY => {}
-        _ => panic!("frame {index}: expected a known opcode, got {frame:?}"),
+        _ => panic!(
+            "frame {index}: expected a known opcode, got {}",
+            frame.summary()
+        ),
     }
 }
 
