@@ -170,7 +170,11 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::queue_batch_max())]
     pub queue_batch_max: usize,
 
-    /// Milliseconds to wait for a client's close reply before dropping its socket.
+    /// Milliseconds a closing connection has to write the rest of a frame it started, then its
+    /// close frame, and to get the client's close reply. Past it the socket is dropped; a client
+    /// whose socket had not taken the close frame by then sees the stream end without one (its
+    /// last frame possibly cut short, never with close bytes inside). Longer lets slower readers
+    /// see the close code; shorter frees the sockets of stalled clients sooner.
     #[arg(long, default_value_t = defaults::close_timeout_ms())]
     pub close_timeout_ms: u64,
 

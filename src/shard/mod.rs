@@ -320,15 +320,16 @@ impl ShardCore {
         if written > 0 {
             handle.count_written(frames, written);
         }
-        if frames == 0 {
+        if written == 0 {
             let config = &self.config;
-            let rest = frame.slice(written..);
             if handle
-                .push(rest, config.outbox_frames_max, config.outbox_bytes_max)
+                .push(frame, config.outbox_frames_max, config.outbox_bytes_max)
                 .is_err()
             {
                 self.slow_consumer(handle);
             }
+        } else if frames == 0 {
+            handle.push_started(frame, written);
         }
         self.count_written(frames, written);
     }
@@ -337,8 +338,8 @@ impl ShardCore {
     /// counters once per fan-out: returns the frames and bytes written at once. A `critical`
     /// message, or any when there is no batching window, is written at once where the socket
     /// takes it; otherwise it queues under its channel's slow-consumer policy, and a batched
-    /// one waits for the window's end. A tail the socket did not take queues as a plain frame,
-    /// outside the policies: it must follow its head, whole.
+    /// one waits for the window's end. A tail the socket did not take queues as the outbox's
+    /// started front, outside the policies and the limits: it must follow its head, whole.
     fn deliver_to(&self, handle: &ConnHandle, delivery: &Delivery, kind: &Kind) -> (usize, usize) {
         // The compressed twin, made once on the ingest core, for every connection that agreed
         // to permessage-deflate; the plain frame for the others.
@@ -355,9 +356,9 @@ impl ShardCore {
                 return (1, written);
             }
             if written > 0 {
-                // The socket took part of it: the rest is a plain continuation now.
+                // The socket took part of it: the rest is the started front of the outbox now.
                 handle.count_written(0, written);
-                self.send_rest(handle, frame.slice(written..));
+                handle.push_started(frame.clone(), written);
                 return (0, written);
             }
         }
@@ -393,18 +394,6 @@ impl ShardCore {
             waiting.push(handle.id);
         }
         (0, 0)
-    }
-
-    /// Queues the unwritten tail of a frame the socket took part of, past the policies: it
-    /// must follow its head, whole.
-    fn send_rest(&self, handle: &ConnHandle, rest: Bytes) {
-        let config = &self.config;
-        if handle
-            .push(rest, config.outbox_frames_max, config.outbox_bytes_max)
-            .is_err()
-        {
-            self.slow_consumer(handle);
-        }
     }
 
     fn slow_consumer(&self, handle: &ConnHandle) {
