@@ -171,7 +171,8 @@ pub struct Config {
     pub queue_batch_max: usize,
 
     /// Milliseconds a closing connection has to write the rest of a frame it started, then its
-    /// close frame, and to get the client's close reply. Past it the socket is dropped; a client
+    /// close frame, and to get the client's close reply (or, when the client closed first, to
+    /// write what was queued and the answer). Past it the socket is dropped; a client
     /// whose socket had not taken the close frame by then sees the stream end without one (its
     /// last frame possibly cut short, never with close bytes inside). Longer lets slower readers
     /// see the close code; shorter frees the sockets of stalled clients sooner.

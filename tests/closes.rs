@@ -3,13 +3,14 @@
 //! 1001 at SIGTERM, 1002 for a protocol violation), or, when its socket cannot take the rest
 //! within `close_timeout_ms`, the end of the TCP stream without a close frame, never close bytes
 //! inside a cut-off message. Raw clients with small windows stall until the server must close
-//! them, then read their stream to its end with the strict reader of `common::raw`.
+//! them, then read their stream to its end with the strict reader of `common::raw`. A client
+//! that closes first and then stops reading is cut at `close_timeout_ms` too.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::raw::{unmasked, Ending, Frame, RawWs, FIN, OP_TEXT};
+use common::raw::{unmasked, Ending, Frame, RawWs, FIN, OP_CLOSE, OP_TEXT};
 use common::{assert_message, assert_subscribed, watchdog, Server, QUIET, STEP};
 use serde_json::{json, Value};
 
@@ -338,4 +339,38 @@ fn assert_cut_message(cut: &[u8]) {
             String::from_utf8_lossy(around)
         );
     }
+}
+
+#[tokio::test]
+async fn a_client_that_closes_first_and_stops_reading_is_cut_at_close_timeout_ms() {
+    const PAD_BYTES: usize = 200_000;
+    watchdog(async {
+        let server = Server::start(&["--close-timeout-ms", "1000"]).await;
+        let mut deaf = stalled_subscriber(&server, "gone.1").await;
+        // Three large messages back up behind the client's small window, within the outbox's
+        // limits (no 4008): the server's answer to its close waits behind them.
+        let messages: Vec<(&str, Value)> = (0..3).map(|i| ("gone.1", data(i, PAD_BYTES))).collect();
+        server.publish_batch(&messages).await;
+        let stats = server
+            .poll_json("/v1/stats", |stats| shard_sum(stats, "outbox_bytes") > 0)
+            .await;
+        assert!(
+            shard_sum(&stats, "outbox_bytes") > 0,
+            "expected the deliveries to back up in the outbox, got {stats}"
+        );
+        deaf.send(&common::raw::masked(FIN | OP_CLOSE, &1000u16.to_be_bytes()))
+            .await;
+        let closing = Instant::now();
+        let stats = server
+            .poll_json("/v1/stats", |stats| shard_sum(stats, "connections") == 0)
+            .await;
+        assert_eq!(
+            shard_sum(&stats, "connections"),
+            0,
+            "expected the server to end a connection whose peer closed and stopped reading \
+             within close_timeout_ms, got {stats} after {:?}",
+            closing.elapsed()
+        );
+    })
+    .await
 }

@@ -407,8 +407,11 @@ enum State {
         deadline: Timer,
         peer_closed: bool,
     },
-    /// The peer closed first and our answer is queued: close the socket once it is written.
-    Answered,
+    /// The peer closed first and our answer is queued, after what was queued before it: close
+    /// the socket once it is written, or at the deadline if the peer stops reading.
+    Answered {
+        deadline: Timer,
+    },
     /// The peer broke the protocol and our close frame is queued (RFC 6455 section 7.1.7,
     /// "fail the WebSocket connection"). Its input can no longer be read as frames, so it is
     /// discarded; once the close frame is written the socket's sending side is shut (a FIN
@@ -510,7 +513,7 @@ impl Conn {
                     tracing::debug!(conn = %self.handle.name, error = %err, "write failed: dropping the connection");
                     return Poll::Ready(());
                 }
-                Poll::Ready(Ok(())) if matches!(self.state, State::Answered) => {
+                Poll::Ready(Ok(())) if matches!(self.state, State::Answered { .. }) => {
                     return Poll::Ready(());
                 }
                 Poll::Ready(Ok(())) => {
@@ -535,8 +538,9 @@ impl Conn {
                     }
                 }
             }
-            if let State::Closing { deadline, .. } | State::Failed { deadline, .. } =
-                &mut self.state
+            if let State::Closing { deadline, .. }
+            | State::Failed { deadline, .. }
+            | State::Answered { deadline } = &mut self.state
             {
                 if Pin::new(deadline).poll(cx).is_ready() {
                     return Poll::Ready(());
@@ -653,7 +657,7 @@ impl Conn {
                 Err(err) => return (frame_failure(err), buf.len()),
             };
             used += frame.frame_len;
-            if matches!(self.state, State::Answered) {
+            if matches!(self.state, State::Answered { .. }) {
                 continue;
             }
             let payload = &rest[frame.payload_start..frame.payload_end];
@@ -751,10 +755,13 @@ impl Conn {
                     ClosePayload::BadUtf8 => 1007,
                 };
                 self.queue_close_frame(code, "");
-                self.state = State::Answered;
+                let timeout = Duration::from_millis(self.shard.config.close_timeout_ms);
+                self.state = State::Answered {
+                    deadline: Timer::new(timeout),
+                };
             }
             State::Closing { peer_closed, .. } => *peer_closed = true,
-            State::Answered | State::Failed { .. } => {}
+            State::Answered { .. } | State::Failed { .. } => {}
         }
     }
 
