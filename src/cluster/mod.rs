@@ -18,8 +18,9 @@
 //! the ingest core what happened ([`FromCluster`]); the ingest core decides what clients see.
 //! Nothing here parses a client's bytes or touches a connection.
 //!
-//! Every answer to a publish is true. Each round trip has `redis_timeout_ms` (each publish
-//! is answered by then, counted from reaching the bridge); past it Redis counts as stalled
+//! Every answer to a publish is true. Each round trip has `redis_timeout_ms` (the requests
+//! the command thread takes in one batch share it, so each publish is answered by then,
+//! counted from reaching the bridge); past it Redis counts as stalled
 //! ([`Health::Stalled`]) and the connection is given up. A publish that was sent and got no
 //! answer is [`PublishFailure::Unknown`]: Redis may run it when it resumes, and then every
 //! node delivers it in seq order like any other. A publish that was never sent (the bridge
@@ -644,8 +645,11 @@ impl CommandThread {
                     Inbound::Request(ToCluster::Presence { connections: now }) => connections = now,
                 }
             }
+            // The batch's requests share one round trip's time, so that a request that arrives
+            // meanwhile waits at most that long before its turn.
+            let deadline = Instant::now() + self.timeout;
             let dead = match &mut link {
-                Link::Up(redis) if probe => budget(redis, Instant::now() + self.timeout)
+                Link::Up(redis) if probe => budget(redis, deadline)
                     .and_then(|()| redis::cmd("PING").query::<String>(redis))
                     .err(),
                 _ => None,
@@ -669,7 +673,15 @@ impl CommandThread {
                 next_presence = Instant::now() + PRESENCE_PERIOD;
                 connections
             });
-            if let Err(lost) = self.serve(redis, script.get_hash(), publishes, reads, presence) {
+            let served = self.serve(
+                redis,
+                deadline,
+                script.get_hash(),
+                publishes,
+                reads,
+                presence,
+            );
+            if let Err(lost) = served {
                 self.lose(&mut link, lost);
             }
         }
@@ -781,13 +793,14 @@ impl CommandThread {
         );
     }
 
-    /// Does what a batch asks on the live connection: the publishes in one pipeline, then the
-    /// log reads, then the presence refresh when `presence` (the connection count) is given.
-    /// Each round trip has `redis_timeout_ms`. Every request is answered whatever happens;
-    /// `Err` means the connection is no longer usable.
+    /// Does what a batch asks on the live connection: the publishes in one pipeline (each
+    /// answered by its `answer_by`), then the log reads, then the presence refresh when
+    /// `presence` (the connection count) is given, all by `deadline`. Every request is
+    /// answered whatever happens; `Err` means the connection is no longer usable.
     fn serve(
         &self,
         redis: &mut redis::Connection,
+        deadline: Instant,
         script_hash: &str,
         publishes: Vec<PublishRequest>,
         reads: Vec<LogRead>,
@@ -797,7 +810,6 @@ impl CommandThread {
         let mut reads = reads.into_iter();
         if outcome.is_ok() {
             for read in reads.by_ref() {
-                let deadline = Instant::now() + self.timeout;
                 let result =
                     budget(redis, deadline).and_then(|()| read_log(redis, read.after, read.up_to));
                 match result {
@@ -820,7 +832,7 @@ impl CommandThread {
             self.fail_read(read, "the connection to Redis was lost");
         }
         if let (Ok(()), Some(connections)) = (&outcome, presence) {
-            match self.presence(redis, connections, Instant::now() + self.timeout) {
+            match self.presence(redis, connections, deadline) {
                 Ok(nodes) => tell(&self.to_ingest, FromCluster::Nodes(nodes)),
                 Err(err) => {
                     tracing::warn!(error = %err, "Redis presence update failed");
