@@ -86,6 +86,7 @@ struct Paused<'a> {
 }
 
 impl Paused<'_> {
+    /// Resumes the server now: dropping the guard sends SIGCONT.
     fn resume(self) {}
 }
 
