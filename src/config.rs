@@ -250,6 +250,16 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::cluster_log_max())]
     pub cluster_log_max: usize,
 
+    /// Cluster mode: milliseconds Redis has to answer one round trip (a connect, a pipeline of
+    /// publishes, a log read, the presence refresh). Past it Redis counts as stalled: the
+    /// publishes already sent are answered `outcome_unknown` (Redis may still run them when it
+    /// resumes), and later ones `cluster_unavailable` at once until Redis answers again. A
+    /// publish is answered within this of reaching the bridge. Lower answers publishers sooner
+    /// in a stall, but takes a merely slow Redis (a fork for a save, a long command) for a
+    /// stalled one; higher rides out such pauses and keeps publishers waiting as long.
+    #[arg(long, default_value_t = defaults::redis_timeout_ms())]
+    pub redis_timeout_ms: u64,
+
     /// Who may connect: `none` (anyone, for local use: start-up warns loudly) or `jwt` (a
     /// token at the upgrade, `?token=` or `Authorization: Bearer`; its claims `channels` and
     /// `publish` bound what the connection may do, `exp` when it is closed with 4001).
@@ -549,6 +559,9 @@ pub mod defaults {
     pub fn cluster_log_max() -> usize {
         100_000
     }
+    pub fn redis_timeout_ms() -> u64 {
+        1_000
+    }
     pub fn auth() -> AuthMode {
         AuthMode::None
     }
@@ -605,6 +618,7 @@ impl Default for Config {
             sys_stats_interval_ms: defaults::sys_stats_interval_ms(),
             redis_url: None,
             cluster_log_max: defaults::cluster_log_max(),
+            redis_timeout_ms: defaults::redis_timeout_ms(),
             auth: defaults::auth(),
             jwt_secret: None,
             jwt_public_key_file: None,
@@ -792,6 +806,7 @@ impl Config {
         }
         check_range("namespaces", self.namespaces.len(), 0, 1_000)?;
         check_range("cluster_log_max", self.cluster_log_max, 1_000, 100_000_000)?;
+        check_range("redis_timeout_ms", self.redis_timeout_ms, 10, 60_000)?;
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("unix://")) {
                 return Err(ConfigError(format!(
@@ -1056,6 +1071,26 @@ mod tests {
             config.validate().unwrap_err().0,
             "outbox_frames_max = 1 is out of range: allowed 2 to 1048576"
         );
+    }
+
+    #[test]
+    fn redis_timeout_is_refused_out_of_range_by_name() {
+        for (redis_timeout_ms, says) in [
+            (
+                9,
+                "redis_timeout_ms = 9 is out of range: allowed 10 to 60000",
+            ),
+            (
+                60_001,
+                "redis_timeout_ms = 60001 is out of range: allowed 10 to 60000",
+            ),
+        ] {
+            let config = Config {
+                redis_timeout_ms,
+                ..Config::default()
+            };
+            assert_eq!(config.validate().unwrap_err().0, says);
+        }
     }
 
     #[test]

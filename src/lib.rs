@@ -19,7 +19,7 @@
 //!   [`ingest::admission`]: the connection limits over every shard (total, per address, per
 //!   tenant), which an upgrade asks the ingest core for.
 //! - [`queue`]: the only link between cores, bounded lock-free queues with a wake-up.
-//! - [`cluster`]: cluster mode's bridge to Redis, two plain threads beside the executors
+//! - [`cluster`]: cluster mode's bridge to Redis, three plain threads beside the executors
 //!   (the ingest core's side of it is [`ingest::cluster`]).
 //! - [`notify`]: the wake-up between tasks of one core (the cross-core one is [`queue`]).
 //! - [`rate`]: token buckets, for the rate limits.

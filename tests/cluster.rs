@@ -1,10 +1,13 @@
 //! Cluster mode against a real `redis-server` (started here on a free port; `.ci/deps` installs
 //! Debian's package, and without it these tests fail, they never skip) and three real nodes:
 //! a publish on one node reaches subscribers on the others with identical offsets and seqs, in
-//! the same order; a client that moves from one node to another recovers with no gap; and when
+//! the same order; a client that moves from one node to another recovers with no gap; when
 //! Redis dies and comes back empty mid-stream, publishes fail with 503 meanwhile, every client
 //! is closed with 1012, and on reconnecting it is told exactly `recovered:false`,
-//! `epoch_changed`, after which delivery goes on.
+//! `epoch_changed`, after which delivery goes on; and when Redis stalls (SIGSTOP), the publish
+//! in flight is answered `outcome_unknown` within `redis_timeout_ms`, later ones
+//! `cluster_unavailable` at once, stats show the stall, and subscribers receive exactly what
+//! was answered 200, perhaps what was answered `outcome_unknown`, and nothing answered 503.
 
 mod common;
 
@@ -12,7 +15,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_message, watchdog, Client, Server, STEP};
+use common::{assert_error, assert_message, watchdog, Client, HttpReply, Server, QUIET, STEP};
 use serde_json::{json, Value};
 
 /// A `redis-server` child on a free loopback port, without persistence, killed on drop.
@@ -57,6 +60,43 @@ impl Redis {
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// Stops the server with SIGSTOP, as a stall does: it keeps its connections and accepts
+    /// new ones, and answers nothing. It resumes when the guard drops, failing test or not.
+    fn pause(&self) -> Paused<'_> {
+        assert!(
+            self.signal("STOP"),
+            "expected kill -STOP of redis-server to succeed"
+        );
+        Paused { redis: self }
+    }
+
+    /// Sends the signal `name` (`STOP`, `CONT`) to the server; whether `kill` succeeded.
+    fn signal(&self, name: &str) -> bool {
+        Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+}
+
+/// A stopped `redis-server`, resumed (SIGCONT) on drop.
+struct Paused<'a> {
+    redis: &'a Redis,
+}
+
+impl Paused<'_> {
+    /// Resumes the server now: dropping the guard sends SIGCONT.
+    fn resume(self) {}
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        // Never a panic here: this runs while a failing test unwinds too.
+        if !self.redis.signal("CONT") {
+            eprintln!("kill -CONT of redis-server failed");
+        }
+    }
 }
 
 impl Drop for Redis {
@@ -68,10 +108,19 @@ impl Drop for Redis {
 
 /// Starts a node of the cluster and waits until it has synced with Redis.
 async fn node(redis: &Redis) -> Server {
+    node_with(redis, &[]).await
+}
+
+/// [`node`] with `extra` flags.
+async fn node_with(redis: &Redis, extra: &[&str]) -> Server {
     let url = redis.url();
-    let server = Server::start(&["--redis", &url, "--sys-stats-interval-ms", "0"]).await;
+    let mut args = vec!["--redis", &url, "--sys-stats-interval-ms", "0"];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args).await;
     let stats = server
-        .poll_json("/v1/stats", |stats| stats["cluster"]["seq"].is_u64())
+        .poll_json("/v1/stats", |stats| {
+            stats["cluster"]["connected"] == true && stats["cluster"]["seq"].is_u64()
+        })
         .await;
     assert!(
         stats["cluster"]["connected"] == true && stats["cluster"]["seq"].is_u64(),
@@ -199,6 +248,9 @@ async fn when_redis_restarts_empty_clients_are_told_exactly_what_happened() {
         }
 
         drop(redis);
+        // Once the node knows, a publish is refused unsent: certainly not published.
+        a.poll_json("/v1/stats", |stats| stats["cluster"]["connected"] == false)
+            .await;
         let refused = a
             .post(
                 "/v1/publish",
@@ -235,9 +287,12 @@ async fn when_redis_restarts_empty_clients_are_told_exactly_what_happened() {
             (json!(false), json!("epoch_changed")),
             "{reply}"
         );
-        // Both nodes are back on the new epoch before a publish can reach this one.
-        a.poll_json("/v1/stats", |stats| stats["epoch"] == new_epoch.as_str())
-            .await;
+        // Both nodes are back on the new epoch, and A's bridge on Redis, before a publish can
+        // reach this one.
+        a.poll_json("/v1/stats", |stats| {
+            stats["epoch"] == new_epoch.as_str() && stats["cluster"]["connected"] == true
+        })
+        .await;
         let offset = a.publish("rs.1", &json!(5)).await;
         assert_eq!(offset, 1, "offsets restarted with the epoch");
         let got: Value = again.recv().await;
@@ -289,6 +344,353 @@ async fn a_node_whose_subscription_broke_delivers_what_it_missed_in_order() {
             log.contains("Redis events subscription lost"),
             "expected node B to have lost its subscription (so 4.. came from the log): {log}"
         );
+    })
+    .await
+}
+
+/// The `redis_timeout_ms` the stall tests run with, and the flag that sets it.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(1_000);
+const REDIS_TIMEOUT_FLAG: [&str; 2] = ["--redis-timeout-ms", "1000"];
+/// How much later than [`REDIS_TIMEOUT`] an `outcome_unknown` may come on a loaded two-core
+/// machine.
+const SLACK: Duration = Duration::from_secs(2);
+
+/// What a publish was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Published { offset: u64 },
+    Unknown,
+    Unavailable,
+}
+
+/// Reads an HTTP publish reply: exactly `{channel, offset}`, or exactly an error body whose
+/// code goes with its status (504 `outcome_unknown`, 503 `cluster_unavailable`).
+fn http_answer(reply: &HttpReply, what: &str) -> Answer {
+    match reply.status {
+        200 => Answer::Published {
+            offset: reply.json()["offset"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{what}: expected an offset in {}", reply.body)),
+        },
+        504 => {
+            let code = common::assert_http_error_body(reply, what);
+            assert_eq!(code, "outcome_unknown", "{what}");
+            let message = reply.json()["error"]["message"].to_string();
+            assert!(
+                message.contains("may or may not") && message.contains("/v1/history"),
+                "{what}: the message says what happened and how to find out: {message}"
+            );
+            Answer::Unknown
+        }
+        503 => {
+            let code = common::assert_http_error_body(reply, what);
+            assert_eq!(code, "cluster_unavailable", "{what}");
+            Answer::Unavailable
+        }
+        status => panic!(
+            "{what}: expected 200, 503 or 504, got {status} {}",
+            reply.body
+        ),
+    }
+}
+
+/// `POST /v1/publish` of `data` to `channel`: the answer, and how long it took.
+async fn publish_timed(server: &Server, channel: &str, data: u64) -> (Answer, Duration) {
+    let body = json!({"channel": channel, "data": data}).to_string();
+    let started = Instant::now();
+    let reply = server.post("/v1/publish", &body).await;
+    let took = started.elapsed();
+    (http_answer(&reply, &format!("publish of {data}")), took)
+}
+
+/// Waits until `server`'s bridge has just refreshed its presence (the node list it shows
+/// changes with each refresh), so that the next presence round trip is a second away and a
+/// publish sent now is the first round trip to meet a stall.
+async fn after_presence_refresh(server: &Server) {
+    let before = server.stats().await["cluster"]["nodes"].clone();
+    let deadline = Instant::now() + STEP;
+    while server.stats().await["cluster"]["nodes"] == before {
+        assert!(
+            Instant::now() < deadline,
+            "expected the presence refresh every second"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Asserts an `outcome_unknown` came after Redis had `redis_timeout_ms` to answer, and not
+/// much later.
+fn assert_timed_out(took: Duration, what: &str) {
+    assert!(
+        took + Duration::from_millis(50) >= REDIS_TIMEOUT && took < REDIS_TIMEOUT + SLACK,
+        "{what}: expected outcome_unknown after {REDIS_TIMEOUT:?} (at most {SLACK:?} more), \
+         took {took:?}"
+    );
+}
+
+/// Asserts a refusal came at once: well before a round trip could have timed out.
+fn assert_at_once(took: Duration, what: &str) {
+    assert!(
+        took < REDIS_TIMEOUT,
+        "{what}: expected cluster_unavailable at once, not after a timeout; took {took:?}"
+    );
+}
+
+/// Every delivery `client` receives on `channel` until `last` has arrived and then nothing for
+/// [`QUIET`], as `(data, offset, seq)`.
+async fn deliveries(client: &mut Client, channel: &str, last: u64) -> Vec<(u64, u64, u64)> {
+    let mut seen = Vec::new();
+    let mut last_seen = false;
+    loop {
+        let within = if last_seen { QUIET } else { STEP };
+        let Some(got) = client.recv_within(within).await else {
+            assert!(last_seen, "expected {last} to be delivered, got {seen:?}");
+            return seen;
+        };
+        let data = got["data"].as_u64().expect("integer data");
+        let offset = got["offset"].as_u64().expect("an offset");
+        assert_message(&got, channel, offset, &json!(data));
+        seen.push((data, offset, got["seq"].as_u64().expect("a seq")));
+        last_seen |= data == last;
+    }
+}
+
+/// Asserts `seen` is exactly what the answers allow, in order: every publish answered 200,
+/// at the offset it was answered, perhaps those answered `outcome_unknown`, none answered
+/// `cluster_unavailable`; offsets 1, 2, 3.. and seqs rising.
+fn assert_delivered_truly(seen: &[(u64, u64, u64)], answers: &[(u64, Answer)]) {
+    let offsets: Vec<u64> = seen.iter().map(|(_, offset, _)| *offset).collect();
+    assert_eq!(
+        offsets,
+        (1..=seen.len() as u64).collect::<Vec<_>>(),
+        "one offset each, no gap: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).all(|pair| pair[0].2 < pair[1].2),
+        "in seq order: {seen:?}"
+    );
+    for (data, answer) in answers {
+        let at: Vec<u64> = seen
+            .iter()
+            .filter(|(seen, ..)| seen == data)
+            .map(|(_, offset, _)| *offset)
+            .collect();
+        match answer {
+            Answer::Published { offset } => assert_eq!(
+                at,
+                vec![*offset],
+                "{data} was answered 200 at offset {offset}: delivered once, there: {seen:?}"
+            ),
+            Answer::Unknown => assert!(
+                at.len() <= 1,
+                "{data} (outcome_unknown) is delivered at most once: {seen:?}"
+            ),
+            Answer::Unavailable => assert!(
+                at.is_empty(),
+                "{data} was answered cluster_unavailable, yet delivered: {seen:?}"
+            ),
+        }
+    }
+    assert!(
+        seen.iter()
+            .all(|(data, ..)| answers.iter().any(|(answered, _)| answered == data)),
+        "only what was published is delivered: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn in_a_redis_stall_each_publish_is_answered_truly_and_nothing_refused_is_delivered() {
+    watchdog(async {
+        let redis = Redis::start();
+        let a = node_with(&redis, &REDIS_TIMEOUT_FLAG).await;
+        let b = node_with(&redis, &REDIS_TIMEOUT_FLAG).await;
+        let mut on_a = Client::connect(&a).await;
+        let mut on_b = Client::connect(&b).await;
+        subscribe(&mut on_a, "st.1").await;
+        subscribe(&mut on_b, "st.1").await;
+        let mut answers = Vec::new();
+        for data in 1..=3 {
+            let (answer, _) = publish_timed(&a, "st.1", data).await;
+            assert_eq!(answer, Answer::Published { offset: data });
+            answers.push((data, answer));
+        }
+
+        after_presence_refresh(&a).await;
+        let paused = redis.pause();
+        // Sent as Redis stops: no answer ever comes, so its outcome is unknown; meanwhile
+        // stats show it waiting.
+        let started = Instant::now();
+        let ((answer, took), (midway, asked_at)) =
+            tokio::join!(publish_timed(&a, "st.1", 4), async {
+                tokio::time::sleep(REDIS_TIMEOUT / 4).await;
+                let stats = a.stats().await;
+                (stats, started.elapsed())
+            });
+        assert_eq!(answer, Answer::Unknown, "the publish in flight");
+        assert_timed_out(took, "the publish in flight");
+        answers.push((4, answer));
+        // Only a stats reply that came while the publish still waited can show it waiting.
+        if asked_at < REDIS_TIMEOUT * 3 / 4 {
+            let cluster = &midway["cluster"];
+            let waited = cluster["oldest_pending_ms"]
+                .as_u64()
+                .expect("oldest_pending_ms");
+            assert!(
+                (1..REDIS_TIMEOUT.as_millis() as u64).contains(&waited)
+                    && cluster["stalled"] == false
+                    && cluster["connected"] == true,
+                "while the publish waits, within its time: {cluster}"
+            );
+        }
+        // The bridge knows Redis is stalled: later publishes are refused unsent, at once.
+        for data in 5..=7 {
+            let (answer, took) = publish_timed(&a, "st.1", data).await;
+            assert_eq!(
+                answer,
+                Answer::Unavailable,
+                "publish of {data} in the stall"
+            );
+            assert_at_once(took, &format!("publish of {data} in the stall"));
+            answers.push((data, answer));
+        }
+        let cluster = a.stats().await["cluster"].clone();
+        assert_eq!(
+            (
+                cluster["connected"].clone(),
+                cluster["stalled"].clone(),
+                cluster["publishes_outcome_unknown_total"].clone(),
+                cluster["publishes_unavailable_total"].clone(),
+            ),
+            (json!(false), json!(true), json!(1), json!(3)),
+            "in the stall: {cluster}"
+        );
+
+        paused.resume();
+        let stats = a
+            .poll_json("/v1/stats", |stats| {
+                stats["cluster"]["connected"] == true && stats["cluster"]["stalled"] == false
+            })
+            .await;
+        assert_eq!(
+            (
+                stats["cluster"]["connected"].clone(),
+                stats["cluster"]["stalled"].clone(),
+                stats["cluster"]["oldest_pending_ms"].clone(),
+            ),
+            (json!(true), json!(false), json!(0)),
+            "the stall clears once Redis answers again: {stats}"
+        );
+        let mut offset_next = None;
+        for data in 8..=10 {
+            let (answer, _) = publish_timed(&a, "st.1", data).await;
+            let Answer::Published { offset } = answer else {
+                panic!("publish of {data} after the stall: expected 200, got {answer:?}");
+            };
+            assert!(
+                offset_next.is_none_or(|next| offset == next),
+                "offsets go on one by one: {answer:?}"
+            );
+            offset_next = Some(offset + 1);
+            answers.push((data, answer));
+        }
+
+        let seen_a = deliveries(&mut on_a, "st.1", 10).await;
+        let seen_b = deliveries(&mut on_b, "st.1", 10).await;
+        assert_delivered_truly(&seen_a, &answers);
+        assert_eq!(
+            seen_a, seen_b,
+            "every node delivers the same, in the same order"
+        );
+
+        let metrics = a.get("/metrics").await;
+        assert_eq!(metrics.status, 200);
+        for line in [
+            "corecast_cluster_connected 1",
+            "corecast_cluster_stalled 0",
+            "corecast_cluster_publishes_outcome_unknown_total 1",
+            "corecast_cluster_publishes_unavailable_total 3",
+        ] {
+            assert!(
+                metrics.body.lines().any(|got| got == line),
+                "no {line:?} in /metrics:\n{}",
+                metrics.body
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn in_a_redis_stall_socket_publishes_and_batch_entries_get_the_same_answers() {
+    watchdog(async {
+        let redis = Redis::start();
+        let mut flags = REDIS_TIMEOUT_FLAG.to_vec();
+        flags.extend(["--client-publish", "sk.>"]);
+        let a = node_with(&redis, &flags).await;
+        let mut publisher = Client::connect(&a).await;
+        let mut watcher = Client::connect(&a).await;
+        subscribe(&mut watcher, "sk.1").await;
+        let publish =
+            |data: u64| json!({"type": "publish", "channel": "sk.1", "data": data, "id": data});
+        let reply = publisher.request(publish(1)).await;
+        assert_eq!(
+            reply,
+            json!({"type": "published", "id": 1, "channel": "sk.1", "offset": 1})
+        );
+        let mut answers = vec![(1, Answer::Published { offset: 1 })];
+
+        after_presence_refresh(&a).await;
+        let paused = redis.pause();
+        let started = Instant::now();
+        publisher.send(publish(2)).await;
+        let reply = publisher
+            .recv_within(REDIS_TIMEOUT + SLACK)
+            .await
+            .expect("an answer to the socket publish in flight");
+        assert_error(&reply, json!(2), "outcome_unknown");
+        assert_timed_out(started.elapsed(), "the socket publish in flight");
+        answers.push((2, Answer::Unknown));
+
+        let started = Instant::now();
+        let reply = publisher.request(publish(3)).await;
+        assert_error(&reply, json!(3), "cluster_unavailable");
+        assert_at_once(started.elapsed(), "a socket publish in the stall");
+        answers.push((3, Answer::Unavailable));
+
+        let started = Instant::now();
+        let batch = json!({"messages": [{"channel": "sk.1", "data": 30}]}).to_string();
+        let reply = a.post("/v1/publish/batch", &batch).await;
+        assert_eq!(
+            http_answer(&reply, "a batch in the stall"),
+            Answer::Unavailable
+        );
+        assert_at_once(started.elapsed(), "a batch in the stall");
+        answers.push((30, Answer::Unavailable));
+        let cluster = a.stats().await["cluster"].clone();
+        assert_eq!(
+            (
+                cluster["stalled"].clone(),
+                cluster["publishes_outcome_unknown_total"].clone(),
+                cluster["publishes_unavailable_total"].clone(),
+            ),
+            (json!(true), json!(1), json!(2)),
+            "in the stall: {cluster}"
+        );
+
+        paused.resume();
+        a.poll_json("/v1/stats", |stats| {
+            stats["cluster"]["connected"] == true && stats["cluster"]["stalled"] == false
+        })
+        .await;
+        let reply = publisher.request(publish(4)).await;
+        let offset = reply["offset"].as_u64().expect("published after the stall");
+        assert_eq!(
+            reply,
+            json!({"type": "published", "id": 4, "channel": "sk.1", "offset": offset})
+        );
+        answers.push((4, Answer::Published { offset }));
+        let seen = deliveries(&mut watcher, "sk.1", 4).await;
+        assert_delivered_truly(&seen, &answers);
     })
     .await
 }

@@ -727,6 +727,7 @@ async fn prometheus(core: &IngestCore) -> HttpResponse {
         tenants: core.tenant_connections(),
         ingest: core.stats(),
         fanout: core.fanout_buckets(),
+        cluster: core.cluster_stats(),
     };
     Response::builder()
         .status(StatusCode::OK)

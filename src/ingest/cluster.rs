@@ -10,18 +10,26 @@
 //! so clients reconnect and learn from `recovered:false` that their positions are void. On
 //! joining, a node reads the log's recent past into its history, so a client that moves to it
 //! recovers as it would on the node it left.
+//!
+//! Each answer to a publish says what the bridge knows: its offset; `cluster_unavailable`
+//! when it was certainly not published; `outcome_unknown` when it was sent and Redis gave no
+//! answer in time (it may still be published, and is then delivered here like any other).
+//! Both refusals are counted, and `/v1/stats` shows a stall as soon as a publish waits past
+//! `redis_timeout_ms`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
 use super::history::{History, Unnumbered};
 use super::{IngestCore, Job, PublishError};
-use crate::cluster::{self, FromCluster, NodeInfo, Numbered, PublishRequest, ToCluster};
+use crate::cluster::{
+    self, FromCluster, Health, NodeInfo, Numbered, PublishFailure, PublishRequest, Requests,
+    ToCluster,
+};
 use crate::queue::ToShard;
 use crate::ws::command;
 
@@ -36,9 +44,10 @@ enum LogUse {
 
 /// The ingest core's cluster state.
 pub struct ClusterLink {
-    requests: SyncSender<ToCluster>,
-    /// Publishes sent to Redis, waiting for their numbers, by token.
-    pending: RefCell<HashMap<u64, Job>>,
+    requests: Requests,
+    /// Publishes handed to the bridge, waiting for their answer, by token, with when they
+    /// were handed over.
+    pending: RefCell<HashMap<u64, (Job, Instant)>>,
     next_token: Cell<u64>,
     /// Messages from Redis not fanned out yet, in seq order.
     pub(super) arrived: RefCell<VecDeque<Numbered>>,
@@ -48,20 +57,38 @@ pub struct ClusterLink {
     log_wait: Cell<Option<(u64, LogUse)>>,
     /// Missing seqs up to this one are gone from the log: take the jump.
     jump_until: Cell<u64>,
-    connected: Cell<bool>,
+    /// The events subscription is up.
+    subscribed: Cell<bool>,
+    /// The command connection's health, as the bridge last told it.
+    health: Cell<Health>,
+    /// Publishes answered `outcome_unknown`, and `cluster_unavailable`.
+    outcome_unknown_total: Cell<u64>,
+    unavailable_total: Cell<u64>,
     nodes: RefCell<Vec<NodeInfo>>,
 }
 
 /// `cluster` in `/v1/stats`.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ClusterStats {
+    /// Both of the bridge's connections are up: the events subscription, and the command
+    /// connection, whose last round trip was answered in time.
     pub connected: bool,
+    /// Redis is late: a publish has waited past `redis_timeout_ms`, or the last round trip
+    /// did and none has been answered since. Publishes are refused meanwhile.
+    pub stalled: bool,
+    /// How long the oldest publish handed to the bridge has waited for its answer; 0 when
+    /// none waits.
+    pub oldest_pending_ms: u64,
+    /// Publishes answered `outcome_unknown` (sent, no answer in time) and
+    /// `cluster_unavailable` (certainly not published).
+    pub publishes_outcome_unknown_total: u64,
+    pub publishes_unavailable_total: u64,
     pub seq: Option<u64>,
     pub nodes: Vec<NodeInfo>,
 }
 
 impl ClusterLink {
-    pub fn new(requests: SyncSender<ToCluster>) -> ClusterLink {
+    pub fn new(requests: Requests) -> ClusterLink {
         ClusterLink {
             requests,
             pending: RefCell::new(HashMap::new()),
@@ -70,7 +97,10 @@ impl ClusterLink {
             last_seq: Cell::new(None),
             log_wait: Cell::new(None),
             jump_until: Cell::new(0),
-            connected: Cell::new(false),
+            subscribed: Cell::new(false),
+            health: Cell::new(Health::Down),
+            outcome_unknown_total: Cell::new(0),
+            unavailable_total: Cell::new(0),
             nodes: RefCell::new(Vec::new()),
         }
     }
@@ -88,9 +118,22 @@ impl ClusterLink {
             && !self.arrived.borrow().is_empty()
     }
 
-    pub fn stats(&self) -> ClusterStats {
+    /// The figures of `/v1/stats`, as of `now`, with `timeout` = `redis_timeout_ms`.
+    pub fn stats(&self, now: Instant, timeout: Duration) -> ClusterStats {
+        let oldest = self
+            .pending
+            .borrow()
+            .values()
+            .map(|(_, handed)| now.saturating_duration_since(*handed))
+            .max()
+            .unwrap_or_default();
+        let health = self.health.get();
         ClusterStats {
-            connected: self.connected.get(),
+            connected: self.subscribed.get() && health == Health::Ready,
+            stalled: health == Health::Stalled || oldest > timeout,
+            oldest_pending_ms: u64::try_from(oldest.as_millis()).unwrap_or(u64::MAX),
+            publishes_outcome_unknown_total: self.outcome_unknown_total.get(),
+            publishes_unavailable_total: self.unavailable_total.get(),
             seq: self.last_seq.get(),
             nodes: self.nodes.borrow().clone(),
         }
@@ -99,7 +142,7 @@ impl ClusterLink {
     /// This node's connection count, for its presence key.
     pub fn report_connections(&self, connections: usize) {
         // Best effort: a full queue skips one refresh.
-        let _ = cluster::try_send(&self.requests, ToCluster::Presence { connections });
+        let _ = self.requests.try_send(ToCluster::Presence { connections });
     }
 
     /// Asks for the log after `after` up to `up_to`, for `purpose`.
@@ -110,7 +153,7 @@ impl ClusterLink {
             after,
             up_to: up_to.min(after + cluster::LOG_READ_MAX as u64),
         };
-        if cluster::try_send(&self.requests, request).is_ok() {
+        if self.requests.try_send(request).is_ok() {
             self.log_wait.set(Some((token, purpose)));
         }
     }
@@ -123,24 +166,32 @@ impl IngestCore {
             .expect("cluster paths run in cluster mode only")
     }
 
-    /// Cluster mode's publish: Redis numbers it; the reply waits for those numbers, and the
-    /// fan-out for the message's return on `corecast:events`.
+    /// `redis_timeout_ms`.
+    fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.redis_timeout_ms)
+    }
+
+    /// Cluster mode's publish: Redis numbers it; the reply waits for those numbers (at most
+    /// `redis_timeout_ms`: the bridge answers by then), and the fan-out for the message's
+    /// return on `corecast:events`.
     pub(super) async fn cluster_publish(&self, job: Job, touched: &mut [bool]) {
         let link = self.link();
         let token = link.token();
+        let handed = Instant::now();
         let request = ToCluster::Publish(PublishRequest {
             token,
             channel: job.channel.clone(),
             data: job.data.clone(),
             priority: job.priority,
             ts_ms: job.ts_ms,
+            answer_by: handed + self.redis_timeout(),
         });
-        if cluster::try_send(&link.requests, request).is_err() {
+        if link.requests.try_send(request).is_err() {
             self.reply(job, Err(PublishError::Overloaded), touched)
                 .await;
             return;
         }
-        link.pending.borrow_mut().insert(token, job);
+        link.pending.borrow_mut().insert(token, (job, handed));
     }
 
     /// Handles news from the bridge.
@@ -148,24 +199,36 @@ impl IngestCore {
         let link = self.link();
         match news {
             FromCluster::Published { token, result } => {
-                let Some(job) = link.pending.borrow_mut().remove(&token) else {
+                let Some((job, _)) = link.pending.borrow_mut().remove(&token) else {
                     return;
                 };
                 let outcome = match result {
                     Ok(numbered) => Ok(numbered.offset),
-                    Err(reason) => {
-                        tracing::warn!(%reason, channel = %job.channel, "cluster publish failed");
+                    Err(PublishFailure::Refused(reason)) => {
+                        // One per publish while Redis is away: the bridge logs the stall.
+                        tracing::debug!(%reason, channel = %job.channel, "cluster publish refused");
+                        link.unavailable_total.set(link.unavailable_total.get() + 1);
                         Err(PublishError::ClusterUnavailable)
+                    }
+                    Err(PublishFailure::Unknown(reason)) => {
+                        tracing::warn!(%reason, channel = %job.channel, "cluster publish outcome unknown");
+                        link.outcome_unknown_total
+                            .set(link.outcome_unknown_total.get() + 1);
+                        Err(PublishError::OutcomeUnknown)
                     }
                 };
                 self.reply(job, outcome, touched).await;
+            }
+            FromCluster::Health { health, reason } => {
+                link.health.set(health);
+                tracing::debug!(?health, %reason, "Redis command connection health");
             }
             FromCluster::Event(event) => {
                 link.arrived.borrow_mut().push_back(event);
                 self.lanes_ready.notify();
             }
             FromCluster::Subscribed { epoch, seq } => {
-                link.connected.set(true);
+                link.subscribed.set(true);
                 if *epoch != *self.epoch() {
                     self.adopt_epoch(epoch.into()).await;
                 }
@@ -185,7 +248,7 @@ impl IngestCore {
                 }
             }
             FromCluster::Lost { reason } => {
-                if link.connected.replace(false) {
+                if link.subscribed.replace(false) {
                     tracing::warn!(%reason, "cluster unreachable: serving local connections only");
                 }
             }
@@ -366,6 +429,9 @@ impl IngestCore {
 
     /// `cluster` in `/v1/stats`, `None` on a single node.
     pub fn cluster_stats(&self) -> Option<ClusterStats> {
-        self.cluster.as_ref().map(ClusterLink::stats)
+        let timeout = self.redis_timeout();
+        self.cluster
+            .as_ref()
+            .map(|link| link.stats(Instant::now(), timeout))
     }
 }

@@ -23,6 +23,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use serde::Serialize;
 
+use super::cluster::ClusterStats;
 use super::IngestStats;
 use crate::queue::NamespaceStats;
 use crate::shard::ShardStats;
@@ -146,6 +147,8 @@ pub struct Snapshot {
     pub tenants: Vec<(Box<str>, usize)>,
     pub ingest: IngestStats,
     pub fanout: Buckets,
+    /// Cluster mode's figures; `None` on a single node, which shows no `corecast_cluster_*`.
+    pub cluster: Option<ClusterStats>,
 }
 
 /// The per-shard families: name (without `_total`; the encoder adds it to counters), help,
@@ -306,6 +309,9 @@ impl Collector for Snapshot {
             MetricType::Counter,
         )?;
         published.encode_counter::<NoLabelSet, _, u64>(&self.ingest.published_total, None)?;
+        if let Some(cluster) = &self.cluster {
+            encode_cluster(cluster, &mut encoder)?;
+        }
         let fanout = &self.fanout;
         let mut latency = encoder.encode_descriptor(
             "corecast_fanout_latency",
@@ -316,6 +322,59 @@ impl Collector for Snapshot {
         )?;
         latency.encode_histogram::<NoLabelSet>(fanout.sum_s, fanout.count, &fanout.buckets, None)
     }
+}
+
+/// The `corecast_cluster_*` families: the bridge's state and its refusals.
+fn encode_cluster(
+    cluster: &ClusterStats,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), fmt::Error> {
+    for (name, help, value) in [
+        (
+            "corecast_cluster_connected",
+            "1 while both connections to Redis are up and its last round trip was answered in \
+             time.",
+            cluster.connected,
+        ),
+        (
+            "corecast_cluster_stalled",
+            "1 while Redis is late: a round trip passed redis_timeout_ms and none has been \
+             answered since; publishes are refused meanwhile.",
+            cluster.stalled,
+        ),
+    ] {
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Gauge)?
+            .encode_gauge(&u64::from(value))?;
+    }
+    encoder
+        .encode_descriptor(
+            "corecast_cluster_oldest_pending",
+            "How long the oldest publish handed to Redis has waited for its answer (0: none \
+             waits).",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&(cluster.oldest_pending_ms as f64 / 1e3))?;
+    for (name, help, total) in [
+        (
+            "corecast_cluster_publishes_outcome_unknown",
+            "Publishes answered outcome_unknown: sent to Redis, no answer within \
+             redis_timeout_ms; they may or may not be published.",
+            cluster.publishes_outcome_unknown_total,
+        ),
+        (
+            "corecast_cluster_publishes_unavailable",
+            "Publishes answered cluster_unavailable: certainly not published (Redis \
+             unreachable or stalled).",
+            cluster.publishes_unavailable_total,
+        ),
+    ] {
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Counter)?
+            .encode_counter::<NoLabelSet, _, u64>(&total, None)?;
+    }
+    Ok(())
 }
 
 /// The OpenMetrics text of `snapshot`.
@@ -429,7 +488,12 @@ mod tests {
                 tenant_publishes_refused_total: 4,
             },
             fanout: latency.buckets(),
+            cluster: None,
         });
+        assert!(
+            !text.contains("corecast_cluster_"),
+            "a single node shows no cluster families:\n{text}"
+        );
         for line in [
             "# TYPE corecast_messages_sent counter",
             "corecast_messages_sent_total{shard=\"0\"} 7",
@@ -467,6 +531,55 @@ mod tests {
             vec![prometheus_parse::Value::Gauge(2.0); 2],
             "one gauge per shard"
         );
+    }
+
+    #[test]
+    fn cluster_families_show_the_bridge_state_and_its_refusals() {
+        let text = exposition(Snapshot {
+            shards: Vec::new(),
+            namespaces: Vec::new(),
+            tenants: Vec::new(),
+            ingest: IngestStats {
+                published_total: 0,
+                channels: 0,
+                history_messages: 0,
+                history_bytes: 0,
+                recoveries_total: 0,
+                recoveries_failed_total: 0,
+                lanes_len: [0; 3],
+                shard_queues_len: 0,
+                fanout_pending: 0,
+                fanout_untracked_total: 0,
+                tenant_publishes_refused_total: 0,
+            },
+            fanout: FanoutLatency::default().buckets(),
+            cluster: Some(ClusterStats {
+                connected: false,
+                stalled: true,
+                oldest_pending_ms: 1_250,
+                publishes_outcome_unknown_total: 2,
+                publishes_unavailable_total: 7,
+                seq: Some(40),
+                nodes: Vec::new(),
+            }),
+        });
+        for line in [
+            "# TYPE corecast_cluster_connected gauge",
+            "corecast_cluster_connected 0",
+            "corecast_cluster_stalled 1",
+            "# TYPE corecast_cluster_oldest_pending_seconds gauge",
+            "corecast_cluster_oldest_pending_seconds 1.25",
+            "# TYPE corecast_cluster_publishes_outcome_unknown counter",
+            "corecast_cluster_publishes_outcome_unknown_total 2",
+            "corecast_cluster_publishes_unavailable_total 7",
+        ] {
+            assert!(
+                text.lines().any(|got| got == line),
+                "no {line:?} in\n{text}"
+            );
+        }
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("the exposition parses");
     }
 
     #[test]

@@ -88,8 +88,14 @@ pub enum PublishError {
     Overloaded,
     /// The server is shutting down: 503.
     Stopping,
-    /// Cluster mode and Redis did not take it: 503, retry with backoff.
+    /// Cluster mode, and the publish was certainly not published (never sent to Redis, or
+    /// refused by it before running): 503, retry with backoff.
     ClusterUnavailable,
+    /// Cluster mode, and the publish was sent to Redis but no answer came (none within
+    /// `redis_timeout_ms`, or the connection broke, or the script failed while running): it
+    /// may or may not be published. 504: look for it in history (or let receivers drop
+    /// duplicates) before publishing it again.
+    OutcomeUnknown,
     /// Its tenant is over `tenant_publishes_per_s`: 429 (`rate_limited`), retry after
     /// `retry_ms`.
     RateLimited { retry_ms: u64 },
@@ -102,6 +108,7 @@ impl PublishError {
             PublishError::Overloaded => "overloaded",
             PublishError::Stopping => "shutting_down",
             PublishError::ClusterUnavailable => "cluster_unavailable",
+            PublishError::OutcomeUnknown => "outcome_unknown",
             PublishError::RateLimited { .. } => "rate_limited",
         }
     }
@@ -110,6 +117,9 @@ impl PublishError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             PublishError::RateLimited { .. } => http::StatusCode::TOO_MANY_REQUESTS,
+            // Redis, upstream of this server, gave no answer in time: the publish may have
+            // happened, so it is not the "try again" of a 503.
+            PublishError::OutcomeUnknown => http::StatusCode::GATEWAY_TIMEOUT,
             _ => http::StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -128,9 +138,17 @@ impl PublishError {
             PublishError::Overloaded => "the publish lanes are full; retry later".into(),
             PublishError::Stopping => "the server is shutting down".into(),
             PublishError::ClusterUnavailable => {
-                "Redis is unreachable, so the cluster cannot number this publish; retry later"
+                "Redis is unreachable or stalled, so the cluster could not number this publish: \
+                 it was not published; retry later"
                     .into()
             }
+            PublishError::OutcomeUnknown => format!(
+                "Redis gave no answer to this publish (none within redis_timeout_ms = {} ms, or \
+                 its connection broke): it may or may not have been published, and Redis may \
+                 still run it when it resumes; look for it in GET /v1/history before \
+                 publishing it again",
+                config.redis_timeout_ms
+            ),
         }
     }
 }
@@ -252,7 +270,7 @@ impl IngestCore {
         config: Arc<Config>,
         epoch: Arc<str>,
         shards: Vec<Sender<ToShard>>,
-        cluster: Option<std::sync::mpsc::SyncSender<crate::cluster::ToCluster>>,
+        cluster: Option<crate::cluster::Requests>,
     ) -> Rc<Self> {
         Rc::new(IngestCore {
             history: RefCell::new(History::new(config.clone())),
@@ -715,6 +733,8 @@ impl IngestCore {
                     Err(err) => {
                         let code = match err {
                             PublishError::RateLimited { .. } => ErrorCode::RateLimited,
+                            PublishError::ClusterUnavailable => ErrorCode::ClusterUnavailable,
+                            PublishError::OutcomeUnknown => ErrorCode::OutcomeUnknown,
                             _ => ErrorCode::Internal,
                         };
                         ErrorReply::new(id, code, err.message(&self.config)).frame()

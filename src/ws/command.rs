@@ -69,6 +69,11 @@ pub enum ErrorCode {
     TooManySubscriptions,
     RateLimited,
     Internal,
+    /// Cluster mode: the publish was certainly not published (Redis unreachable or stalled).
+    ClusterUnavailable,
+    /// Cluster mode: the publish was sent to Redis, which did not answer in time; it may or
+    /// may not be published.
+    OutcomeUnknown,
 }
 
 /// A recoverable error to send back; the connection stays open.
