@@ -657,8 +657,178 @@ fn classify(head: &[u8], nobody_answered: bool) -> Head {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_lite::future::block_on;
+    use futures_lite::AsyncWriteExt;
 
     const DATE: &str = "date: Fri, 04 Dec 2026 03:15:54 GMT\r\n";
+
+    /// A socket that takes at most `step` bytes a write and reads as closed.
+    struct Sink {
+        out: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncRead for Sink {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(0))
+        }
+    }
+
+    impl AsyncWrite for Sink {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let taken = buf.len().min(this.step);
+            this.out.extend_from_slice(&buf[..taken]);
+            Poll::Ready(Ok(taken))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn guarded(step: usize) -> Guarded<Sink> {
+        let limits = Limits {
+            header_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            head_bytes_max: 16_384,
+        };
+        Guarded::new(
+            Sink {
+                out: Vec::new(),
+                step,
+            },
+            limits,
+            Rc::default(),
+        )
+    }
+
+    fn hyper_error(line: &str) -> String {
+        format!("HTTP/1.1 {line}\r\nconnection: close\r\ncontent-length: 0\r\n{DATE}\r\n")
+    }
+
+    fn json_answer(status: StatusCode, code: &'static str, message: &str) -> Vec<u8> {
+        Reject::new(status, code, message).response()
+    }
+
+    const BAD_REQUEST: &str = "the request is not valid HTTP/1.1 (a malformed request line or \
+        header, or conflicting Content-Length or Transfer-Encoding)";
+
+    #[test]
+    fn our_answers_pass_untouched_and_a_hyper_error_after_them_becomes_json() {
+        // Our response, then hyper's 400 for a pipelined request it could not parse, through
+        // a socket that takes 7 bytes at a time.
+        let ours = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n{DATE}\r\n\
+             {{\"status\":\"ok\"}}"
+        );
+        let mut stream = guarded(7);
+        stream.exchange.took(false);
+        block_on(async {
+            stream.write_all(ours.as_bytes()).await.unwrap();
+            stream
+                .write_all(hyper_error("400 Bad Request").as_bytes())
+                .await
+                .unwrap();
+            stream.flush().await.unwrap();
+            stream.close().await.unwrap();
+        });
+        let mut expected = ours.into_bytes();
+        expected.extend(json_answer(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            BAD_REQUEST,
+        ));
+        assert_eq!(
+            String::from_utf8_lossy(&stream.inner.out),
+            String::from_utf8_lossy(&expected)
+        );
+        assert_eq!(stream.exchange.ended(), Some(Ended::Malformed));
+    }
+
+    #[test]
+    fn a_head_written_in_pieces_is_still_recognised() {
+        let mut stream = guarded(1_000);
+        let error = hyper_error("431 Request Header Fields Too Large");
+        block_on(async {
+            for piece in error.as_bytes().chunks(5) {
+                stream.write_all(piece).await.unwrap();
+            }
+            stream.close().await.unwrap();
+        });
+        let expected = json_answer(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            "the request head exceeds api_head_bytes_max = 16384 bytes or 100 headers",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&stream.inner.out),
+            String::from_utf8_lossy(&expected)
+        );
+
+        // Our own head in pieces, with its body, passes as it came.
+        let mut stream = guarded(3);
+        stream.exchange.took(false);
+        let ours = format!(
+            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 2\r\n{DATE}\r\n{{}}"
+        );
+        block_on(async {
+            for piece in ours.as_bytes().chunks(9) {
+                stream.write_all(piece).await.unwrap();
+            }
+            stream.flush().await.unwrap();
+        });
+        assert_eq!(String::from_utf8_lossy(&stream.inner.out), ours);
+        assert_eq!(stream.scan, Scan::Head, "at the next head");
+        assert_eq!(stream.exchange.ended(), None);
+    }
+
+    #[test]
+    fn the_answers_to_head_and_interim_ones_have_no_body() {
+        let mut stream = guarded(1_000);
+        stream.exchange.took(true);
+        stream.exchange.took(false);
+        let head_answer = format!(
+            "HTTP/1.1 405 Method Not Allowed\r\ncontent-type: application/json\r\n\
+             content-length: 70\r\n{DATE}\r\n"
+        );
+        let interim = "HTTP/1.1 100 Continue\r\n\r\n";
+        let final_answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n{DATE}\r\n{{}}"
+        );
+        block_on(async {
+            stream.write_all(head_answer.as_bytes()).await.unwrap();
+            stream.write_all(interim.as_bytes()).await.unwrap();
+            stream.write_all(final_answer.as_bytes()).await.unwrap();
+            stream
+                .write_all(hyper_error("414 URI Too Long").as_bytes())
+                .await
+                .unwrap();
+            stream.close().await.unwrap();
+        });
+        let mut expected = format!("{head_answer}{interim}{final_answer}").into_bytes();
+        expected.extend(json_answer(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            "the request target is too long",
+        ));
+        assert_eq!(
+            String::from_utf8_lossy(&stream.inner.out),
+            String::from_utf8_lossy(&expected)
+        );
+    }
 
     #[test]
     fn hyper_parse_error_heads_are_recognised_exactly() {
