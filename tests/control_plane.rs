@@ -582,6 +582,30 @@ async fn hyper_errors_after_answered_requests_are_json_too() {
         let garbage = raw::read_http_response(&mut stream, &mut buf).await;
         assert_json_error(&garbage, 400, "bad_request", "garbage after two requests");
         assert_closed(&mut stream, SLACK, "after the 400").await;
+
+        // The HTTP/2 preface after an answered request is answered too (hyper alone closes).
+        let mut stream = raw::connect(server.api).await;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(
+            raw::read_http_response(&mut stream, &mut buf).await.status,
+            200
+        );
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let preface = raw::read_http_response(&mut stream, &mut buf).await;
+        assert_json_error(
+            &preface,
+            505,
+            "version_not_supported",
+            "the preface, second",
+        );
+        assert_closed(&mut stream, SLACK, "after the 505").await;
     })
     .await
 }

@@ -17,8 +17,9 @@
 //!   no request is being answered) for the same status with the contract's JSON body. hyper
 //!   closes after such an error, so nothing of its follows. Our own responses pass untouched,
 //!   at the cost of one `httparse` of each head.
-//! - **The HTTP/2 preface**, which hyper's HTTP/1 server meets with silence: a connection whose
-//!   first bytes are `PRI * HTTP/2.0` is answered 505 `version_not_supported`.
+//! - **The HTTP/2 preface**, which hyper's HTTP/1 server meets with silence: a request that
+//!   begins `PRI * HTTP/2.0` (as a connection with prior knowledge opens) is answered 505
+//!   `version_not_supported`.
 //!
 //! When it ends a connection itself it records why ([`Ended`]) for the serve loop to count,
 //! and after an answer it reads and drops what the client still sends for [`LINGER`] before
@@ -72,7 +73,7 @@ pub enum Ended {
     SendTimeout,
     /// hyper could not parse a request and answered it itself; the answer went out in JSON.
     Malformed,
-    /// The connection opened with the HTTP/2 preface: answered 505.
+    /// A request began with the HTTP/2 preface: answered 505.
     Http2,
     /// Over `api_connections_max` at accept: answered 503 (see [`Guarded::refusing`]).
     Refused,
@@ -159,7 +160,8 @@ pub struct Guarded<S> {
     /// Bytes to write before any other: our own answer, or a held head once it is followed.
     staged: Vec<u8>,
     staged_at: usize,
-    /// While `Some(n)`: the connection's first `n` bytes are the start of [`HTTP2_PREFACE`].
+    /// While `Some(n)`: the first `n` bytes of the request being read (of the connection, or
+    /// since the last response) are the start of [`HTTP2_PREFACE`].
     preface: Option<usize>,
     /// Since when the connection has waited for a request (its start, or a response's end).
     idle_since: Instant,
@@ -370,7 +372,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
         }
     }
 
-    /// Checks the connection's first bytes for the HTTP/2 preface.
+    /// Checks a request's first bytes for the HTTP/2 preface.
     fn check_preface(&mut self, read: &[u8]) {
         let Some(matched) = self.preface else { return };
         let take = read.len().min(HTTP2_PREFACE.len() - matched);
@@ -405,6 +407,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
         if self.exchange.answering.borrow().is_empty() {
             self.idle_since = Instant::now();
             self.head_since = None;
+            // The next bytes start a request, which may be the HTTP/2 preface as well.
+            self.preface = Some(0);
             if let Some(waker) = self.read_waker.take() {
                 waker.wake();
             }
