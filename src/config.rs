@@ -116,6 +116,53 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::publish_batch_max())]
     pub publish_batch_max: usize,
 
+    /// Control-plane connections open at once (TLS handshakes included); one more is answered
+    /// 503 `too_many_connections` and closed. Default 1024: far more than the backends that
+    /// publish need. It may be at most half the file descriptors left after the server's own
+    /// (checked against RLIMIT_NOFILE at start-up), so a flood of API connections always leaves
+    /// the other half to WebSocket upgrades. Higher serves more publishers at once and lets
+    /// idle ones hold more descriptors.
+    #[arg(long, default_value_t = defaults::api_connections_max())]
+    pub api_connections_max: usize,
+
+    /// Largest control-plane request head (request line and headers) in bytes; larger gets 431
+    /// `headers_too_large` (as do more than 100 headers). It is also the most hyper buffers per
+    /// connection while reading, so at most `api_connections_max` times this is held by
+    /// partial heads. Larger admits bigger headers and costs that memory per slow client.
+    #[arg(long, default_value_t = defaults::api_head_bytes_max())]
+    pub api_head_bytes_max: usize,
+
+    /// Milliseconds from a request's first byte to the end of its head; past it the client
+    /// gets 408 `header_timeout` and the connection is closed (slow-header clients). Longer
+    /// tolerates slower links and lets a slowloris hold a connection longer.
+    #[arg(long, default_value_t = defaults::api_header_timeout_ms())]
+    pub api_header_timeout_ms: u64,
+
+    /// Milliseconds from the end of a request's head to the end of its body; past it the
+    /// client gets 408 `body_timeout` and the connection is closed. Default 30000: a
+    /// `publish_body_bytes_max` body at 300 kbit/s. Longer tolerates slower uploads and lets a
+    /// slow sender hold its share of `api_body_bytes_in_flight_max` longer.
+    #[arg(long, default_value_t = defaults::api_body_timeout_ms())]
+    pub api_body_timeout_ms: u64,
+
+    /// Milliseconds a control-plane connection may wait with no request in progress (after it
+    /// opens and after each response), and a response may wait for a client that does not
+    /// read it; past it the connection is closed without an answer (there is no request to
+    /// answer). Shorter frees idle connections' places sooner; keep it above the idle timeout
+    /// of the publishers' connection pools, or they will now and then send on a connection
+    /// being closed and have to retry.
+    #[arg(long, default_value_t = defaults::api_idle_timeout_ms())]
+    pub api_idle_timeout_ms: u64,
+
+    /// Bytes that control-plane request bodies being read may hold together. A body that
+    /// declares its length reserves it before it is read; one that does not (chunked) reserves
+    /// as it arrives. One that finds no room gets 503 `overloaded` (retry later) and the
+    /// connection is closed. At least `publish_body_bytes_max`. Default 64 MiB: 64 bodies of
+    /// the largest size at once. Larger lets more big publishes upload at once and lets slow
+    /// uploads hold more memory.
+    #[arg(long, default_value_t = defaults::api_body_bytes_in_flight_max())]
+    pub api_body_bytes_in_flight_max: usize,
+
     /// Distinct channels the sequencer tracks offsets for; a publish to a new channel past it
     /// gets 503 `channels_full`. Each costs about 100 bytes on the ingest core.
     #[arg(long, default_value_t = defaults::channels_max())]
@@ -496,6 +543,24 @@ pub mod defaults {
     pub fn publish_batch_max() -> usize {
         1_000
     }
+    pub fn api_connections_max() -> usize {
+        1_024
+    }
+    pub fn api_head_bytes_max() -> usize {
+        16 * 1024
+    }
+    pub fn api_header_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn api_body_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn api_idle_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn api_body_bytes_in_flight_max() -> usize {
+        64 * 1024 * 1024
+    }
     pub fn channels_max() -> usize {
         1_000_000
     }
@@ -593,6 +658,12 @@ impl Default for Config {
             connections_per_shard_max: defaults::connections_per_shard_max(),
             publish_body_bytes_max: defaults::publish_body_bytes_max(),
             publish_batch_max: defaults::publish_batch_max(),
+            api_connections_max: defaults::api_connections_max(),
+            api_head_bytes_max: defaults::api_head_bytes_max(),
+            api_header_timeout_ms: defaults::api_header_timeout_ms(),
+            api_body_timeout_ms: defaults::api_body_timeout_ms(),
+            api_idle_timeout_ms: defaults::api_idle_timeout_ms(),
+            api_body_bytes_in_flight_max: defaults::api_body_bytes_in_flight_max(),
             channels_max: defaults::channels_max(),
             client_publish: Vec::new(),
             channel_bytes_max: defaults::channel_bytes_max(),
@@ -752,6 +823,37 @@ impl Config {
             256 << 20,
         )?;
         check_range("publish_batch_max", self.publish_batch_max, 1, 1_000_000)?;
+        check_range(
+            "api_connections_max",
+            self.api_connections_max,
+            1,
+            1_000_000,
+        )?;
+        check_range(
+            "api_head_bytes_max",
+            self.api_head_bytes_max,
+            API_HEAD_BYTES_MIN,
+            1 << 20,
+        )?;
+        check_range(
+            "api_header_timeout_ms",
+            self.api_header_timeout_ms,
+            10,
+            600_000,
+        )?;
+        check_range("api_body_timeout_ms", self.api_body_timeout_ms, 10, 600_000)?;
+        check_range(
+            "api_idle_timeout_ms",
+            self.api_idle_timeout_ms,
+            10,
+            3_600_000,
+        )?;
+        check_range(
+            "api_body_bytes_in_flight_max",
+            self.api_body_bytes_in_flight_max,
+            self.publish_body_bytes_max,
+            1 << 36,
+        )?;
         check_range("channels_max", self.channels_max, 1, 100_000_000)?;
         check_range("queue_items_max", self.queue_items_max, 16, 1 << 24)?;
         check_range(
@@ -970,6 +1072,40 @@ impl Config {
 
 /// The shortest control-plane key accepted: 16 bytes, so that guessing one is hopeless.
 const API_KEY_BYTES_MIN: usize = 16;
+
+/// The smallest `api_head_bytes_max`: hyper's read buffer cannot be smaller (it panics).
+const API_HEAD_BYTES_MIN: usize = 8 * 1024;
+
+/// File descriptors the server keeps open whatever its load: stdio, the signal pipe, files
+/// read at start-up, cluster mode's Redis connections.
+const FDS_RESERVED: u64 = 32;
+
+/// File descriptors each executor keeps open: its listener, io_uring rings and eventfds
+/// (7 measured on Linux 6.x with glommio 0.9).
+const FDS_PER_EXECUTOR: u64 = 8;
+
+impl Config {
+    /// Checks the limits that depend on the open-file limit `nofile` (RLIMIT_NOFILE, as raised
+    /// at start-up) for a server of `executors` executors: the control plane may hold at most
+    /// half of the descriptors left after the server's own, so that however many API
+    /// connections are opened, the other half stays for WebSocket upgrades.
+    pub fn check_file_limit(&self, nofile: u64, executors: usize) -> Result<(), ConfigError> {
+        let reserved = FDS_RESERVED + FDS_PER_EXECUTOR * executors as u64;
+        let api = self.api_connections_max as u64;
+        let needed = 2 * api + reserved;
+        if nofile < needed {
+            return Err(ConfigError(format!(
+                "api_connections_max = {api} needs RLIMIT_NOFILE of at least {needed} (twice it, \
+                 so WebSocket upgrades keep the other half, plus {reserved} for the server's own \
+                 descriptors), and this process may open {nofile} files: lower \
+                 api_connections_max to at most {} or raise the limit (LimitNOFILE=, \
+                 limits.conf; see tuning/)",
+                nofile.saturating_sub(reserved) / 2
+            )));
+        }
+        Ok(())
+    }
+}
 
 /// An `allowed_origins` entry: `scheme://host[:port]`, the host's first label possibly `*`.
 fn check_origin(origin: &str) -> Result<(), ConfigError> {
@@ -1200,6 +1336,76 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn control_plane_limits_are_range_checked_by_name() {
+        for (config, says) in [
+            (
+                Config {
+                    api_connections_max: 0,
+                    ..Config::default()
+                },
+                "api_connections_max = 0 is out of range: allowed 1 to 1000000",
+            ),
+            (
+                Config {
+                    api_head_bytes_max: 4096,
+                    ..Config::default()
+                },
+                "api_head_bytes_max = 4096 is out of range: allowed 8192 to 1048576",
+            ),
+            (
+                Config {
+                    api_header_timeout_ms: 5,
+                    ..Config::default()
+                },
+                "api_header_timeout_ms = 5 is out of range: allowed 10 to 600000",
+            ),
+            (
+                Config {
+                    api_body_timeout_ms: 600_001,
+                    ..Config::default()
+                },
+                "api_body_timeout_ms = 600001 is out of range: allowed 10 to 600000",
+            ),
+            (
+                Config {
+                    api_idle_timeout_ms: 0,
+                    ..Config::default()
+                },
+                "api_idle_timeout_ms = 0 is out of range: allowed 10 to 3600000",
+            ),
+            (
+                Config {
+                    api_body_bytes_in_flight_max: 1024,
+                    ..Config::default()
+                },
+                "api_body_bytes_in_flight_max = 1024 is out of range: allowed 1048576 to \
+                 68719476736",
+            ),
+        ] {
+            assert_eq!(config.validate().unwrap_err().0, says);
+        }
+    }
+
+    #[test]
+    fn the_control_plane_may_hold_half_the_file_descriptors_left() {
+        let config = Config {
+            api_connections_max: 100,
+            ..Config::default()
+        };
+        // 3 executors: 32 + 3 x 8 = 56 descriptors of the server's own.
+        config.check_file_limit(256, 3).unwrap();
+        assert_eq!(
+            config.check_file_limit(255, 3).unwrap_err().0,
+            "api_connections_max = 100 needs RLIMIT_NOFILE of at least 256 (twice it, so \
+             WebSocket upgrades keep the other half, plus 56 for the server's own descriptors), \
+             and this process may open 255 files: lower api_connections_max to at most 99 or \
+             raise the limit (LimitNOFILE=, limits.conf; see tuning/)"
+        );
+        Config::default().check_file_limit(20_000, 3).unwrap();
+        assert!(Config::default().check_file_limit(1_024, 3).is_err());
     }
 
     #[test]

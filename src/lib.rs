@@ -13,7 +13,8 @@
 //!   inbound rate limit, and the connection task (which also serves the optional echo endpoint
 //!   for conformance suites).
 //! - [`shard`]: a broadcast shard's connections, its subscription [`shard::registry`], fan-out.
-//! - [`ingest`]: the control-plane HTTP API, the sequencer of offsets, encode-once,
+//! - [`ingest`]: the control-plane HTTP API (its connections' deadlines and its answers to
+//!   what hyper cannot parse: [`ingest::api_stream`]), the sequencer of offsets, encode-once,
 //!   [`ingest::history`]: each channel's bounded history, which recoveries read, and
 //!   [`ingest::metrics`]: fan-out latency histograms and the Prometheus `/metrics` exposition,
 //!   [`ingest::admission`]: the connection limits over every shard (total, per address, per

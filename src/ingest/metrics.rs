@@ -23,6 +23,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use serde::Serialize;
 
+use super::api::ApiStats;
 use super::cluster::ClusterStats;
 use super::IngestStats;
 use crate::queue::NamespaceStats;
@@ -146,6 +147,8 @@ pub struct Snapshot {
     /// Live connections per tenant (tenants with none are absent).
     pub tenants: Vec<(Box<str>, usize)>,
     pub ingest: IngestStats,
+    /// The control plane's connections and refusals.
+    pub api: ApiStats,
     pub fanout: Buckets,
     /// Cluster mode's figures; `None` on a single node, which shows no `corecast_cluster_*`.
     pub cluster: Option<ClusterStats>,
@@ -160,7 +163,7 @@ type ShardFamily = (
     fn(&ShardStats) -> u64,
 );
 
-const SHARD_FAMILIES: [ShardFamily; 11] = [
+const SHARD_FAMILIES: [ShardFamily; 12] = [
     (
         "corecast_connections",
         "Open WebSocket connections.",
@@ -222,11 +225,69 @@ const SHARD_FAMILIES: [ShardFamily; 11] = [
         |s| s.connections_refused,
     ),
     (
+        "corecast_accept_errors",
+        "Accepts of WebSocket connections that failed (out of file descriptors, say).",
+        MetricType::Counter,
+        |s| s.accept_errors,
+    ),
+    (
         "corecast_ingest_queue_length",
         "Messages from the shard waiting for the ingest core.",
         MetricType::Gauge,
         |s| s.ingest_queue_len as u64,
     ),
+];
+
+/// The control plane's families: name (without `_total`), help, type, field of [`ApiStats`].
+type ApiFamily = (&'static str, &'static str, MetricType, fn(&ApiStats) -> u64);
+
+const API_FAMILIES: [ApiFamily; 6] = [
+    (
+        "corecast_api_connections",
+        "Open control-plane connections (at most api_connections_max).",
+        MetricType::Gauge,
+        |a| a.connections as u64,
+    ),
+    (
+        "corecast_api_connections_refused",
+        "Control-plane connections answered 503 at accept: api_connections_max were open.",
+        MetricType::Counter,
+        |a| a.connections_refused_total,
+    ),
+    (
+        "corecast_api_accept_errors",
+        "Accepts of control-plane connections that failed (out of file descriptors, say).",
+        MetricType::Counter,
+        |a| a.accept_errors_total,
+    ),
+    (
+        "corecast_api_malformed_requests",
+        "Control-plane requests that were not valid HTTP/1.1 (400, 414, 431) or were HTTP/2 (505).",
+        MetricType::Counter,
+        |a| a.malformed_requests_total,
+    ),
+    (
+        "corecast_api_bodies_refused",
+        "Control-plane bodies answered 503: api_body_bytes_in_flight_max was reached.",
+        MetricType::Counter,
+        |a| a.bodies_refused_total,
+    ),
+    (
+        "corecast_api_body_bytes_in_flight",
+        "Bytes the control-plane request bodies being read hold.",
+        MetricType::Gauge,
+        |a| a.body_bytes_in_flight as u64,
+    ),
+];
+
+/// One phase of `corecast_api_timeouts_total`: its label, and the field of [`ApiStats`].
+type ApiTimeoutPhase = (&'static str, fn(&ApiStats) -> u64);
+
+const API_TIMEOUT_PHASES: [ApiTimeoutPhase; 4] = [
+    ("idle", |a| a.idle_timeouts_total),
+    ("header", |a| a.header_timeouts_total),
+    ("body", |a| a.body_timeouts_total),
+    ("send", |a| a.send_timeouts_total),
 ];
 
 /// The per-namespace counter families: name (without `_total`), help, field.
@@ -302,6 +363,29 @@ impl Collector for Snapshot {
             &self.ingest.tenant_publishes_refused_total,
             None,
         )?;
+        for (name, help, metric_type, field) in API_FAMILIES {
+            let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+            match metric_type {
+                MetricType::Counter => {
+                    family.encode_counter::<NoLabelSet, _, u64>(&field(&self.api), None)?
+                }
+                _ => family.encode_gauge(&field(&self.api))?,
+            }
+        }
+        let mut timeouts = encoder.encode_descriptor(
+            "corecast_api_timeouts",
+            "Control-plane connections ended by a deadline: idle (api_idle_timeout_ms), header \
+             (api_header_timeout_ms, 408), body (api_body_timeout_ms, 408), send (a response \
+             the client did not read within api_idle_timeout_ms).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (phase, field) in API_TIMEOUT_PHASES {
+            let labels = [("phase", phase)];
+            timeouts
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&field(&self.api), None)?;
+        }
         let mut published = encoder.encode_descriptor(
             "corecast_published",
             "Publishes accepted and sequenced by the ingest core.",
@@ -487,6 +571,12 @@ mod tests {
                 fanout_untracked_total: 0,
                 tenant_publishes_refused_total: 4,
             },
+            api: ApiStats {
+                connections: 3,
+                header_timeouts_total: 5,
+                malformed_requests_total: 6,
+                ..ApiStats::default()
+            },
             fanout: latency.buckets(),
             cluster: None,
         });
@@ -504,6 +594,12 @@ mod tests {
             "corecast_tenant_publishes_refused_total 4",
             "corecast_namespace_conflated_total{namespace=\"prices.>\"} 5",
             "corecast_namespace_deliveries_total{namespace=\"default\"} 0",
+            "corecast_accept_errors_total{shard=\"0\"} 0",
+            "corecast_api_connections 3",
+            "corecast_api_connections_refused_total 0",
+            "corecast_api_malformed_requests_total 6",
+            "corecast_api_timeouts_total{phase=\"header\"} 5",
+            "corecast_api_timeouts_total{phase=\"idle\"} 0",
             "# TYPE corecast_fanout_latency_seconds histogram",
             "corecast_fanout_latency_seconds_count 2",
             "corecast_fanout_latency_seconds_bucket{le=\"0.0001\"} 0",

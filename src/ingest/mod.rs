@@ -21,6 +21,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod api_stream;
 pub mod cluster;
 pub mod encode;
 pub mod history;
@@ -239,6 +240,8 @@ pub struct IngestCore {
     /// Each publishing tenant's bucket, for `tenant_publishes_per_s`.
     tenant_buckets: RefCell<HashMap<Box<str>, TokenBucket>>,
     tenant_publishes_refused_total: Cell<u64>,
+    /// The control plane's connections, body memory and refusals.
+    pub api: api::Plane,
 }
 
 /// Tenant buckets kept before the full (idle) ones are dropped.
@@ -297,6 +300,7 @@ impl IngestCore {
             fanout_untracked_total: Cell::new(0),
             fanout: RefCell::new(FanoutLatency::default()),
             fanout_interval: RefCell::new(FanoutLatency::default()),
+            api: api::Plane::default(),
         })
     }
 

@@ -87,6 +87,8 @@ pub struct ShardStats {
     pub acks_total: u64,
     pub connections_accepted: u64,
     pub connections_refused: u64,
+    /// Accepts that failed (out of file descriptors, say); see [`crate::net::accept`].
+    pub accept_errors: u64,
     pub ingest_queue_len: usize,
     /// Frames waiting in this shard's outboxes, summed over its connections.
     pub outbox_frames: usize,
@@ -309,6 +311,10 @@ impl ShardCore {
 
     pub fn count_refused(&self) {
         self.update_stats(|stats| stats.connections_refused += 1);
+    }
+
+    pub fn count_accept_error(&self) {
+        self.update_stats(|stats| stats.accept_errors += 1);
     }
 
     /// Sends a reply or control `frame` to a connection: at once where its socket takes it
