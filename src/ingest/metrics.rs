@@ -648,6 +648,7 @@ mod tests {
                 fanout_untracked_total: 0,
                 tenant_publishes_refused_total: 0,
             },
+            api: ApiStats::default(),
             fanout: FanoutLatency::default().buckets(),
             cluster: Some(ClusterStats {
                 connected: false,
