@@ -581,14 +581,14 @@ impl IngestCore {
             self.cluster_publish(job, touched).await;
             return;
         }
-        let assigned = self.history.borrow_mut().assign(&job.channel);
+        let publish = self.published_total.get() + 1;
+        let assigned = self.history.borrow_mut().assign(&job.channel, publish);
         let Ok(assigned) = assigned else {
             self.reply(job, Err(PublishError::ChannelsFull), touched)
                 .await;
             return;
         };
         let offset = assigned.offset;
-        let publish = self.published_total.get() + 1;
         self.published_total.set(publish);
         let delivery = self.encode(
             &job.channel,
