@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
-use super::history::{History, Unnumbered};
+use super::history::{Assigned, History, Unnumbered};
 use super::{IngestCore, Job, PublishError};
 use crate::cluster::{
     self, FromCluster, Health, NodeInfo, Numbered, PublishFailure, PublishRequest, Requests,
@@ -194,6 +194,23 @@ impl IngestCore {
         link.pending.borrow_mut().insert(token, (job, handed));
     }
 
+    /// `History::assign_numbered`, reclaiming slots of forgettable channels first when the
+    /// channel is new here and the table is full.
+    fn assign_numbered(
+        &self,
+        event: &Numbered,
+    ) -> Result<(Assigned, Option<(u64, u64)>), Unnumbered> {
+        let assign = || {
+            self.history
+                .borrow_mut()
+                .assign_numbered(&event.channel, event.offset, event.seq)
+        };
+        match assign() {
+            Err(Unnumbered::ChannelsFull) if self.reclaim() > 0 => assign(),
+            assigned => assigned,
+        }
+    }
+
     /// Handles news from the bridge.
     pub(super) async fn cluster_news(&self, news: FromCluster, touched: &mut [bool]) {
         let link = self.link();
@@ -302,11 +319,7 @@ impl IngestCore {
             if *entry.epoch != *self.epoch() {
                 continue;
             }
-            let assigned =
-                self.history
-                    .borrow_mut()
-                    .assign_numbered(&entry.channel, entry.offset, entry.seq);
-            let Ok((assigned, _)) = assigned else {
+            let Ok((assigned, _)) = self.assign_numbered(entry) else {
                 continue;
             };
             let delivery = self.encode_numbered(entry, assigned.policy, now);
@@ -371,11 +384,7 @@ impl IngestCore {
         link.last_seq.set(Some(event.seq));
         self.published_total.set(event.seq);
         let now = Instant::now();
-        let assigned =
-            self.history
-                .borrow_mut()
-                .assign_numbered(&event.channel, event.offset, event.seq);
-        let (assigned, gap) = match assigned {
+        let (assigned, gap) = match self.assign_numbered(&event) {
             Ok(assigned) => assigned,
             Err(Unnumbered::Stale) => return,
             Err(Unnumbered::ChannelsFull) => {

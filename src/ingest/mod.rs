@@ -14,7 +14,10 @@
 //! The sequencer also keeps every channel's bounded [`history`] and answers recoveries (a
 //! `subscribe` with `since`) as one more job in the critical lane: handled between two
 //! publishes, its snapshot of history and the shard's queue order together give the client
-//! every missed message once, then every later one live.
+//! every missed message once, then every later one live. A sweep every
+//! `CHANNELS_SWEEP_INTERVAL` (100 ms) forgets channels with no history left and no route (no shard
+//! subscribed), `channels_sweep_max` slots at a time, so that `channels_max` bounds the channels
+//! live, not those ever published to.
 //!
 //! This core owns all cross-shard state; it must never touch a connection, and it never waits on
 //! a shard except for room in that shard's queue.
@@ -63,6 +66,12 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// 40 bytes: 5 MiB at the default `queue_items_max` of 65,536. A publish that finds the table
 /// full is not timed overall and counts in `fanout_untracked_total`.
 const FANOUT_PENDING_QUEUES: usize = 2;
+
+/// How often the sweep of the channel table runs (see [`history::History::sweep`]). With
+/// `channels_sweep_max` slots a tick, a table of C channels is gone through every
+/// C / channels_sweep_max ticks: 100 s for a million at the default of 1,000, so a channel is
+/// forgotten at most that long after it could be.
+const CHANNELS_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A publish's lane. Critical events overtake queued high and normal ones.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -217,6 +226,8 @@ pub struct IngestCore {
     /// Cluster mode's state; `None` on a single node.
     cluster: Option<cluster::ClusterLink>,
     history: RefCell<History>,
+    /// Channels the sweep and reclaims forgot, over every epoch.
+    channels_forgotten_total: Cell<u64>,
     /// Hashes `conflate_key` values; any hasher will do, they are only compared on this node.
     conflate_hasher: hashbrown::DefaultHashBuilder,
     recoveries_total: Cell<u64>,
@@ -251,7 +262,10 @@ const TENANT_BUCKETS_PRUNE_AT: usize = 4_096;
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct IngestStats {
     pub published_total: u64,
+    /// Channels tracked now (live: with history left or a subscriber), at most `channels_max`.
     pub channels: usize,
+    /// Channels forgotten because they had neither.
+    pub channels_forgotten_total: u64,
     /// Messages and bytes held in history, over all channels.
     pub history_messages: usize,
     pub history_bytes: usize,
@@ -277,6 +291,7 @@ impl IngestCore {
     ) -> Rc<Self> {
         Rc::new(IngestCore {
             history: RefCell::new(History::new(config.clone())),
+            channels_forgotten_total: Cell::new(0),
             config,
             shards,
             routes: RefCell::new(Registry::new()),
@@ -320,6 +335,7 @@ impl IngestCore {
         IngestStats {
             published_total: self.published_total.get(),
             channels: history.channels_len(),
+            channels_forgotten_total: self.channels_forgotten_total.get(),
             history_messages,
             history_bytes,
             recoveries_total: self.recoveries_total.get(),
@@ -582,17 +598,27 @@ impl IngestCore {
             return;
         }
         let publish = self.published_total.get() + 1;
-        let assigned = self.history.borrow_mut().assign(&job.channel, publish);
-        let Ok(assigned) = assigned else {
+        let Ok(assigned) = self.assign(&job.channel, publish) else {
             self.reply(job, Err(PublishError::ChannelsFull), touched)
                 .await;
             return;
         };
-        let offset = assigned.offset;
+        self.sequence_assigned(&job, assigned, touched).await;
+        self.reply(job, Ok(assigned.offset), touched).await;
+    }
+
+    /// Numbers, encodes, keeps and routes one message just `assigned` its offset.
+    async fn sequence_assigned(
+        &self,
+        job: &Job,
+        assigned: history::Assigned,
+        touched: &mut [bool],
+    ) {
+        let publish = self.published_total.get() + 1;
         self.published_total.set(publish);
         let delivery = self.encode(
             &job.channel,
-            offset,
+            assigned.offset,
             job.ts_ms,
             &job.data,
             job.priority,
@@ -604,7 +630,64 @@ impl IngestCore {
         );
         self.fan_out(delivery, &job.channel, Instant::now(), touched)
             .await;
-        self.reply(job, Ok(offset), touched).await;
+    }
+
+    /// The next offset of `channel` (message number `seq`), reclaiming slots of forgettable
+    /// channels first when it is new and the table is full.
+    fn assign(&self, channel: &str, seq: u64) -> Result<history::Assigned, history::ChannelsFull> {
+        let assigned = self.history.borrow_mut().assign(channel, seq);
+        match assigned {
+            Err(history::ChannelsFull) if self.reclaim() > 0 => {
+                self.history.borrow_mut().assign(channel, seq)
+            }
+            assigned => assigned,
+        }
+    }
+
+    /// Whether some shard has a subscriber to `channel`; `matched` is scratch space.
+    fn subscribed(routes: &Registry<ShardId>, matched: &mut Vec<ShardId>, channel: &str) -> bool {
+        matched.clear();
+        routes.collect_matches(channel, matched);
+        !matched.is_empty()
+    }
+
+    /// For a new channel that found the table full: forgets what the bounded reclaim finds
+    /// (see [`History::reclaim`]); returns how many.
+    fn reclaim(&self) -> usize {
+        let routes = self.routes.borrow();
+        let mut matched = Vec::new();
+        let forgotten = self.history.borrow_mut().reclaim(
+            self.config.channels_sweep_max,
+            Instant::now(),
+            |channel| Self::subscribed(&routes, &mut matched, channel),
+        );
+        self.count_forgotten(forgotten);
+        forgotten
+    }
+
+    /// One tick of the sweep (see [`History::sweep`]).
+    fn sweep_channels(&self) {
+        let routes = self.routes.borrow();
+        let mut matched = Vec::new();
+        let forgotten = self.history.borrow_mut().sweep(
+            self.config.channels_sweep_max,
+            Instant::now(),
+            |channel| Self::subscribed(&routes, &mut matched, channel),
+        );
+        self.count_forgotten(forgotten);
+    }
+
+    fn count_forgotten(&self, forgotten: usize) {
+        self.channels_forgotten_total
+            .set(self.channels_forgotten_total.get() + forgotten as u64);
+    }
+
+    /// Sweeps the channel table every [`CHANNELS_SWEEP_INTERVAL`] until the task is cancelled.
+    async fn run_channel_sweep(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(CHANNELS_SWEEP_INTERVAL).await;
+            self.sweep_channels();
+        }
     }
 
     /// The shards with a subscriber to `channel`.
@@ -964,6 +1047,7 @@ impl Ingest {
         let mut tasks = vec![
             glommio::spawn_local(api::serve(core.clone(), api, api_tls)).detach(),
             glommio::spawn_local(core.clone().run_sequencer()).detach(),
+            glommio::spawn_local(core.clone().run_channel_sweep()).detach(),
         ];
         for inbox in inboxes {
             tasks.push(glommio::spawn_local(core.clone().run_inbox(inbox)).detach());
