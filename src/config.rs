@@ -112,7 +112,8 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::publish_body_bytes_max())]
     pub publish_body_bytes_max: usize,
 
-    /// Messages one `/v1/publish/batch` may carry; more gets 413.
+    /// Messages one `/v1/publish/batch` may carry; more gets 413. A batch waits whole in the
+    /// ingest lanes, so it is at most `queue_items_max`.
     #[arg(long, default_value_t = defaults::publish_batch_max())]
     pub publish_batch_max: usize,
 
@@ -874,6 +875,13 @@ impl Config {
         check_range("channels_max", self.channels_max, 1, 100_000_000)?;
         check_range("channels_sweep_max", self.channels_sweep_max, 1, 1_000_000)?;
         check_range("queue_items_max", self.queue_items_max, 16, 1 << 24)?;
+        if self.publish_batch_max > self.queue_items_max {
+            return Err(ConfigError(format!(
+                "publish_batch_max = {} must be at most queue_items_max = {}: a batch waits \
+                 whole in the ingest lanes, so a larger one could never be taken",
+                self.publish_batch_max, self.queue_items_max
+            )));
+        }
         check_range(
             "queue_batch_max",
             self.queue_batch_max,
@@ -1216,7 +1224,17 @@ mod tests {
     }
 
     #[test]
-    fn the_sweep_is_bounded_by_its_range() {
+    fn a_batch_must_fit_the_ingest_lanes_and_the_sweep_its_range() {
+        let config = Config {
+            publish_batch_max: 2_000,
+            queue_items_max: 1_024,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().0;
+        assert!(
+            err.starts_with("publish_batch_max = 2000 must be at most queue_items_max = 1024"),
+            "{err}"
+        );
         let config = Config {
             channels_sweep_max: 0,
             ..Config::default()

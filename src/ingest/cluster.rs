@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 
 use super::history::{Assigned, History, Unnumbered};
-use super::{IngestCore, Job, PublishError};
+use super::{Batch, BatchParts, IngestCore, Job, PublishError, Reply, BRIDGE_QUEUE_SLACK};
 use crate::cluster::{
     self, FromCluster, Health, NodeInfo, Numbered, PublishFailure, PublishRequest, Requests,
     ToCluster,
@@ -192,6 +192,32 @@ impl IngestCore {
             return;
         }
         link.pending.borrow_mut().insert(token, (job, handed));
+    }
+
+    /// Cluster mode's batch: each message goes to Redis as a publish of its own, all in a row,
+    /// and the batch is answered when the last is. It is refused whole when the bridge's queue
+    /// lacks room for all of them, and a Redis down or stalled refuses each of them at once (the
+    /// batch is then answered with that refusal: nothing was published). Redis failing or
+    /// stalling while the batch is sent is [`PublishError::Interrupted`], the one answer after
+    /// which part of a batch may be published.
+    pub(super) async fn cluster_publish_batch(&self, batch: Batch, touched: &mut [bool]) {
+        let link = self.link();
+        let room = self
+            .config
+            .queue_items_max
+            .saturating_sub(BRIDGE_QUEUE_SLACK + link.pending.borrow().len());
+        if batch.jobs.len() > room {
+            let _ = batch.done.send(Err(PublishError::Overloaded));
+            return;
+        }
+        let parts = BatchParts::new(batch.jobs.len(), batch.done);
+        for (at, job) in batch.jobs.into_iter().enumerate() {
+            let job = Job {
+                reply: Reply::Part(parts.clone(), at),
+                ..job
+            };
+            self.cluster_publish(job, touched).await;
+        }
     }
 
     /// `History::assign_numbered`, reclaiming slots of forgettable channels first when the
