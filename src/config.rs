@@ -112,7 +112,8 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::publish_body_bytes_max())]
     pub publish_body_bytes_max: usize,
 
-    /// Messages one `/v1/publish/batch` may carry; more gets 413.
+    /// Messages one `/v1/publish/batch` may carry; more gets 413. A batch waits whole in the
+    /// ingest lanes, so it is at most `queue_items_max`.
     #[arg(long, default_value_t = defaults::publish_batch_max())]
     pub publish_batch_max: usize,
 
@@ -163,10 +164,23 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::api_body_bytes_in_flight_max())]
     pub api_body_bytes_in_flight_max: usize,
 
-    /// Distinct channels the sequencer tracks offsets for; a publish to a new channel past it
-    /// gets 503 `channels_full`. Each costs about 100 bytes on the ingest core.
+    /// Channels the sequencer tracks at once; a publish to a new channel past it gets 503
+    /// `channels_full`. A channel with no history left and no subscriber is forgotten and its
+    /// place reused, so this bounds the channels live, not those ever seen. Each costs the
+    /// ingest core about 110 bytes with its name, and about 80 more while it holds history
+    /// (`benches/channels.rs`; the messages' own bytes are `history_*`'s). Lower bounds the
+    /// ingest core's memory and refuses new channels sooner.
     #[arg(long, default_value_t = defaults::channels_max())]
     pub channels_max: usize,
+
+    /// Channels the sweep examines every 100 ms, forgetting those with no history left and no
+    /// subscriber (the expired history of a channel nobody reads is trimmed there); a new
+    /// channel that finds `channels_max` reached examines as many once more before it is
+    /// refused. Default 1000: a million channels are gone through in 100 s. Higher frees the
+    /// places of idle channels sooner and makes each tick (and a refusal) take longer on the
+    /// ingest core (well under a microsecond a channel); lower spreads the work thinner.
+    #[arg(long, default_value_t = defaults::channels_sweep_max())]
+    pub channels_sweep_max: usize,
 
     /// Channel patterns clients may publish to over the socket (repeat the flag). Empty: none.
     #[arg(long = "client-publish")]
@@ -564,6 +578,9 @@ pub mod defaults {
     pub fn channels_max() -> usize {
         1_000_000
     }
+    pub fn channels_sweep_max() -> usize {
+        1_000
+    }
     pub fn channel_bytes_max() -> usize {
         crate::channel::CHANNEL_BYTES_MAX
     }
@@ -665,6 +682,7 @@ impl Default for Config {
             api_idle_timeout_ms: defaults::api_idle_timeout_ms(),
             api_body_bytes_in_flight_max: defaults::api_body_bytes_in_flight_max(),
             channels_max: defaults::channels_max(),
+            channels_sweep_max: defaults::channels_sweep_max(),
             client_publish: Vec::new(),
             channel_bytes_max: defaults::channel_bytes_max(),
             connections_max: defaults::connections_max(),
@@ -855,7 +873,15 @@ impl Config {
             1 << 36,
         )?;
         check_range("channels_max", self.channels_max, 1, 100_000_000)?;
+        check_range("channels_sweep_max", self.channels_sweep_max, 1, 1_000_000)?;
         check_range("queue_items_max", self.queue_items_max, 16, 1 << 24)?;
+        if self.publish_batch_max > self.queue_items_max {
+            return Err(ConfigError(format!(
+                "publish_batch_max = {} must be at most queue_items_max = {}: a batch waits \
+                 whole in the ingest lanes, so a larger one could never be taken",
+                self.publish_batch_max, self.queue_items_max
+            )));
+        }
         check_range(
             "queue_batch_max",
             self.queue_batch_max,
@@ -1195,6 +1221,28 @@ mod tests {
         };
         let err = config.validate().unwrap_err().0;
         assert!(err.contains("idle_timeout_s = 30"), "{err}");
+    }
+
+    #[test]
+    fn a_batch_must_fit_the_ingest_lanes_and_the_sweep_its_range() {
+        let config = Config {
+            publish_batch_max: 2_000,
+            queue_items_max: 1_024,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().0;
+        assert!(
+            err.starts_with("publish_batch_max = 2000 must be at most queue_items_max = 1024"),
+            "{err}"
+        );
+        let config = Config {
+            channels_sweep_max: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err().0,
+            "channels_sweep_max = 0 is out of range: allowed 1 to 1000000"
+        );
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! the same order; a client that moves from one node to another recovers with no gap; when
 //! Redis dies and comes back empty mid-stream, publishes fail with 503 meanwhile, every client
 //! is closed with 1012, and on reconnecting it is told exactly `recovered:false`,
-//! `epoch_changed`, after which delivery goes on; and when Redis stalls (SIGSTOP), the publish
+//! `epoch_changed`, after which delivery goes on; when Redis stalls (SIGSTOP), the publish
 //! in flight is answered `outcome_unknown` within `redis_timeout_ms`, later ones
 //! `cluster_unavailable` at once, stats show the stall, and subscribers receive exactly what
-//! was answered 200, perhaps what was answered `outcome_unknown`, and nothing answered 503.
+//! was answered 200, perhaps what was answered `outcome_unknown`, and nothing answered 503; and
+//! a channel a node forgot (no subscriber, history expired) comes back there with the cluster's
+//! offsets, and a batch is numbered whole.
 
 mod common;
 
@@ -691,6 +693,56 @@ async fn in_a_redis_stall_socket_publishes_and_batch_entries_get_the_same_answer
         answers.push((4, Answer::Published { offset }));
         let seen = deliveries(&mut watcher, "sk.1", 4).await;
         assert_delivered_truly(&seen, &answers);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_channel_a_node_forgot_comes_back_with_the_clusters_offsets() {
+    watchdog(async {
+        let redis = Redis::start();
+        let a = node_with(&redis, &["--history-age-s", "1"]).await;
+        let mut first = Client::connect(&a).await;
+        let epoch = first.hello["epoch"].as_str().unwrap().to_owned();
+        subscribe(&mut first, "fc.x").await;
+        let offsets = a
+            .publish_batch(&[("fc.x", json!(1)), ("fc.x", json!(2))])
+            .await;
+        assert_eq!(offsets, [1, 2], "a batch, numbered by Redis");
+        assert_message(&first.recv().await, "fc.x", 1, &json!(1));
+        assert_message(&first.recv().await, "fc.x", 2, &json!(2));
+        drop(first);
+        let stats = a
+            .poll_json("/v1/stats", |stats| {
+                stats["ingest"]["channels_forgotten_total"] == 1
+            })
+            .await;
+        assert_eq!(stats["ingest"]["channels_forgotten_total"], 1, "{stats}");
+        assert_eq!(stats["ingest"]["channels"], 0, "{stats}");
+        assert_eq!(
+            a.publish("fc.x", &json!(3)).await,
+            3,
+            "Redis's offsets never forget"
+        );
+        let mut again = Client::connect(&a).await;
+        for (offset, recovered) in [(1, false), (2, true)] {
+            let reply = again
+                .request(json!({"type": "subscribe", "channel": "fc.x", "id": 9,
+                                "since": {"epoch": epoch, "offset": offset}}))
+                .await;
+            assert_eq!(reply["type"], "subscribed", "{reply}");
+            assert_eq!(
+                reply["recovered"], recovered,
+                "since offset {offset}: {reply}"
+            );
+            if recovered {
+                assert_message(&again.recv().await, "fc.x", 3, &json!(3));
+            } else {
+                assert_eq!(reply["reason"], "history_trimmed", "{reply}");
+                again.unsubscribe("fc.x", 2).await;
+            }
+        }
+        again.expect_silence("fc.x:3 came once").await;
     })
     .await
 }

@@ -803,20 +803,25 @@ async fn publish_batch(core: &IngestCore, body: &[u8], caller: &Caller) -> HttpR
             }
         }
     }
-    let pending: Vec<_> = checked
-        .into_iter()
-        .map(|(name, data, priority)| (name.clone(), core.publish(name, data, priority)))
-        .collect();
-    let mut results = Vec::with_capacity(pending.len());
-    for (name, result) in pending {
-        match outcome(result).await {
-            Ok(offset) => results.push((name, offset)),
-            Err(err) => return publish_failure(core, err),
-        }
-    }
-    let results: Vec<Published> = results
+    // All or nothing: refused whole before any message is numbered (see `publish_batch`).
+    let names: Vec<Box<str>> = checked.iter().map(|(name, ..)| name.clone()).collect();
+    let Ok(outcome) = core.publish_batch(checked).await else {
+        // The sequencer was stopped, perhaps in the middle of the batch.
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PublishError::Stopping.code(),
+            "the server shut down before the batch was answered: part of it may have been \
+             published",
+        );
+    };
+    let offsets = match outcome {
+        Ok(offsets) => offsets,
+        Err(err) => return error(err.status(), err.code(), err.batch_message(&core.config)),
+    };
+    let results: Vec<Published> = names
         .iter()
-        .map(|(name, offset)| Published::new(name, *offset))
+        .zip(offsets)
+        .map(|(name, offset)| Published::new(name, offset))
         .collect();
     #[derive(Serialize)]
     struct Results<'a> {

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
-use super::history::{History, Unnumbered};
-use super::{IngestCore, Job, PublishError};
+use super::history::{Assigned, History, Unnumbered};
+use super::{Batch, BatchParts, IngestCore, Job, PublishError, Reply, BRIDGE_QUEUE_SLACK};
 use crate::cluster::{
     self, FromCluster, Health, NodeInfo, Numbered, PublishFailure, PublishRequest, Requests,
     ToCluster,
@@ -194,6 +194,49 @@ impl IngestCore {
         link.pending.borrow_mut().insert(token, (job, handed));
     }
 
+    /// Cluster mode's batch: each message goes to Redis as a publish of its own, all in a row,
+    /// and the batch is answered when the last is. It is refused whole when the bridge's queue
+    /// lacks room for all of them, and a Redis down or stalled refuses each of them at once (the
+    /// batch is then answered with that refusal: nothing was published). Redis failing or
+    /// stalling while the batch is sent is [`PublishError::Interrupted`], the one answer after
+    /// which part of a batch may be published.
+    pub(super) async fn cluster_publish_batch(&self, batch: Batch, touched: &mut [bool]) {
+        let link = self.link();
+        let room = self
+            .config
+            .queue_items_max
+            .saturating_sub(BRIDGE_QUEUE_SLACK + link.pending.borrow().len());
+        if batch.jobs.len() > room {
+            let _ = batch.done.send(Err(PublishError::Overloaded));
+            return;
+        }
+        let parts = BatchParts::new(batch.jobs.len(), batch.done);
+        for (at, job) in batch.jobs.into_iter().enumerate() {
+            let job = Job {
+                reply: Reply::Part(parts.clone(), at),
+                ..job
+            };
+            self.cluster_publish(job, touched).await;
+        }
+    }
+
+    /// `History::assign_numbered`, reclaiming slots of forgettable channels first when the
+    /// channel is new here and the table is full.
+    fn assign_numbered(
+        &self,
+        event: &Numbered,
+    ) -> Result<(Assigned, Option<(u64, u64)>), Unnumbered> {
+        let assign = || {
+            self.history
+                .borrow_mut()
+                .assign_numbered(&event.channel, event.offset, event.seq)
+        };
+        match assign() {
+            Err(Unnumbered::ChannelsFull) if self.reclaim() > 0 => assign(),
+            assigned => assigned,
+        }
+    }
+
     /// Handles news from the bridge.
     pub(super) async fn cluster_news(&self, news: FromCluster, touched: &mut [bool]) {
         let link = self.link();
@@ -302,11 +345,7 @@ impl IngestCore {
             if *entry.epoch != *self.epoch() {
                 continue;
             }
-            let assigned =
-                self.history
-                    .borrow_mut()
-                    .assign_numbered(&entry.channel, entry.offset, entry.seq);
-            let Ok((assigned, _)) = assigned else {
+            let Ok((assigned, _)) = self.assign_numbered(entry) else {
                 continue;
             };
             let delivery = self.encode_numbered(entry, assigned.policy, now);
@@ -371,11 +410,7 @@ impl IngestCore {
         link.last_seq.set(Some(event.seq));
         self.published_total.set(event.seq);
         let now = Instant::now();
-        let assigned =
-            self.history
-                .borrow_mut()
-                .assign_numbered(&event.channel, event.offset, event.seq);
-        let (assigned, gap) = match assigned {
+        let (assigned, gap) = match self.assign_numbered(&event) {
             Ok(assigned) => assigned,
             Err(Unnumbered::Stale) => return,
             Err(Unnumbered::ChannelsFull) => {

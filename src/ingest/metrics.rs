@@ -393,6 +393,22 @@ impl Collector for Snapshot {
             MetricType::Counter,
         )?;
         published.encode_counter::<NoLabelSet, _, u64>(&self.ingest.published_total, None)?;
+        let mut channels = encoder.encode_descriptor(
+            "corecast_channels",
+            "Channels the sequencer tracks: with history left or a subscriber (at most channels_max).",
+            None,
+            MetricType::Gauge,
+        )?;
+        channels.encode_gauge(&(self.ingest.channels as u64))?;
+        let mut forgotten = encoder.encode_descriptor(
+            "corecast_channels_forgotten",
+            "Channels forgotten, their places reused, because they had no history left and no \
+             subscriber.",
+            None,
+            MetricType::Counter,
+        )?;
+        forgotten
+            .encode_counter::<NoLabelSet, _, u64>(&self.ingest.channels_forgotten_total, None)?;
         if let Some(cluster) = &self.cluster {
             encode_cluster(cluster, &mut encoder)?;
         }
@@ -561,6 +577,7 @@ mod tests {
             ingest: IngestStats {
                 published_total: 2,
                 channels: 1,
+                channels_forgotten_total: 6,
                 history_messages: 2,
                 history_bytes: 200,
                 recoveries_total: 0,
@@ -590,6 +607,10 @@ mod tests {
             "corecast_messages_sent_total{shard=\"1\"} 9",
             "corecast_connections{shard=\"1\"} 2",
             "corecast_published_total 2",
+            "# TYPE corecast_channels gauge",
+            "corecast_channels 1",
+            "# TYPE corecast_channels_forgotten counter",
+            "corecast_channels_forgotten_total 6",
             "corecast_tenant_connections{tenant=\"acme\"} 3",
             "corecast_tenant_publishes_refused_total 4",
             "corecast_namespace_conflated_total{namespace=\"prices.>\"} 5",
@@ -638,6 +659,7 @@ mod tests {
             ingest: IngestStats {
                 published_total: 0,
                 channels: 0,
+                channels_forgotten_total: 0,
                 history_messages: 0,
                 history_bytes: 0,
                 recoveries_total: 0,
