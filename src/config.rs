@@ -749,7 +749,7 @@ fn check_echo_path(path: &str) -> Result<(), ConfigError> {
              at most 255 printable ASCII bytes, without '?' or '#'"
         )));
     }
-    if path == "/" || path == "/ws" || crate::client::web::asset(path).is_some() {
+    if path == "/" || path == "/ws" || crate::web::asset(path).is_some() {
         return Err(ConfigError(format!(
             "echo_path = {path:?} is taken: /, /ws and the browser client's files keep their meaning"
         )));

@@ -30,6 +30,8 @@
 //!   client codec it shares with the bench.
 //! - [`bench`](mod@bench): the load generator behind `corecast bench`.
 //! - [`tune`]: `corecast tune check`, the host audit against `tuning/`'s recommendations.
+//! - [`web`]: the browser client (`/client.js`, `/client.d.ts`) the WebSocket port and the
+//!   control plane serve, embedded.
 //!
 //! # Data flow
 //! ```text
@@ -85,4 +87,5 @@ pub mod rate;
 pub mod runtime;
 pub mod shard;
 pub mod tune;
+pub mod web;
 pub mod ws;

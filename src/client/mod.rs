@@ -1,6 +1,6 @@
 //! `corecast::client`: a blocking Rust client of the wire contract (`PROTOCOL.md`) and its
 //! delivery extensions (README, "Delivery guarantees"), plus the client codec it shares with
-//! the bench, and ([`web`]) the browser client the server serves.
+//! the bench.
 //!
 //! Owns the client side of a connection's life: connect to `ws://host:port/ws`, read
 //! `connected`, subscribe, publish, ack, measure an app-level ping, and reconnect with
@@ -21,7 +21,6 @@
 //! - [`backoff`]: the reconnect delay.
 //! - `session`: the background thread: connection, reading, ping timer, reconnects.
 //! - [`cli`]: `corecast subscribe` and `corecast publish`.
-//! - [`web`]: the dependency-free browser client, `/client.js` and `/client.d.ts`, embedded.
 
 pub mod backoff;
 pub mod buffer;
@@ -29,7 +28,6 @@ pub mod cli;
 pub mod event;
 mod session;
 pub mod track;
-pub mod web;
 pub mod wire;
 
 use std::io::Write;
