@@ -74,7 +74,7 @@
 #![deny(unsafe_code)]
 
 pub mod bench;
-pub mod channel;
+pub use corecast_proto::channel;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -323,7 +323,7 @@ impl BenchArgs {
 
     /// The CPUs of `--server-cpus`.
     fn server_cpu_list(&self) -> Result<Vec<usize>, String> {
-        crate::config::parse_cpu_list(&self.server_cpus)
+        corecast_proto::host::parse_cpu_list(&self.server_cpus)
             .map_err(|error| format!("--server-cpus: {error}"))
     }
 
@@ -610,7 +610,7 @@ fn check_local_ports(subscribers: u64) -> Result<(), String> {
     let Ok(text) = std::fs::read_to_string(PATH) else {
         return Ok(());
     };
-    let Some(ports) = crate::tune::local_port_count(&text) else {
+    let Some(ports) = corecast_proto::host::local_port_count(&text) else {
         return Ok(());
     };
     if subscribers > ports {

@@ -23,12 +23,12 @@
 //! - [`cli`]: `corecast subscribe` and `corecast publish`.
 
 pub mod backoff;
-pub mod buffer;
 pub mod cli;
 pub mod event;
 mod session;
 pub mod track;
-pub mod wire;
+
+pub use corecast_proto::{buffer, wire};
 
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
