@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{assert_recent_ms, watchdog, Server, STEP};
-use corecast::client::{Client, ClientConfig, Event, Position};
+use corecast::client::{Client, ClientConfig, Cursor, Event};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -751,7 +751,7 @@ async fn resubscribes_carry_the_since_of_each_position() {
         );
         assert_eq!(
             client.position("rec.exact"),
-            Some(Position {
+            Some(Cursor {
                 epoch: Some("e2".into()),
                 seq: Some(3),
                 offset: None

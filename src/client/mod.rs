@@ -38,9 +38,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use corecast_proto::{Position, Since};
 pub use event::{Event, Message};
 pub use session::ConnectError;
-pub use track::{Position, Since};
+pub use track::Cursor;
 
 use crate::channel::{validate_channel, validate_pattern, ChannelError};
 use track::Subscriptions;
@@ -310,7 +311,7 @@ impl Client {
     /// Subscribes to `pattern` from now on; kept across reconnects (resent with `since`).
     /// Subscribing a pattern twice is a no-op.
     pub fn subscribe(&self, pattern: &str) -> Result<(), ClientError> {
-        self.add_subscription(pattern, Position::default())
+        self.add_subscription(pattern, Cursor::default())
     }
 
     /// Subscribes to `pattern` resuming after `since` (a position from an earlier run of the
@@ -319,7 +320,7 @@ impl Client {
         self.add_subscription(pattern, since.into())
     }
 
-    fn add_subscription(&self, pattern: &str, position: Position) -> Result<(), ClientError> {
+    fn add_subscription(&self, pattern: &str, position: Cursor) -> Result<(), ClientError> {
         validate_pattern(pattern).map_err(|error| ClientError::InvalidChannel {
             name: pattern.to_string(),
             error,
@@ -402,7 +403,7 @@ impl Client {
 
     /// Where the subscription to `pattern` stands: what a reconnect would resume from, and
     /// what an application persists to resume in a later run ([`Client::subscribe_since`]).
-    pub fn position(&self, pattern: &str) -> Option<Position> {
+    pub fn position(&self, pattern: &str) -> Option<Cursor> {
         self.shared.lock().subscriptions.position(pattern).cloned()
     }
 
