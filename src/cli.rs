@@ -36,9 +36,9 @@ enum Command {
     },
     /// Subscribe with the Rust client and print every event as a JSON line (reconnects and
     /// resumes on its own).
-    Subscribe(Box<crate::client::cli::SubscribeArgs>),
+    Subscribe(Box<corecast_client::cli::SubscribeArgs>),
     /// Publish one event through the control-plane API and print the reply.
-    Publish(Box<crate::client::cli::PublishArgs>),
+    Publish(Box<corecast_client::cli::PublishArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,8 +63,8 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Bench(args) => crate::bench::main(*args),
         Command::Tune { command } => crate::tune::main(command),
-        Command::Subscribe(args) => crate::client::cli::subscribe_main(*args),
-        Command::Publish(args) => crate::client::cli::publish_main(*args),
+        Command::Subscribe(args) => corecast_client::cli::subscribe_main(*args),
+        Command::Publish(args) => corecast_client::cli::publish_main(*args),
         Command::Serve(args) => {
             let serve_matches = matches
                 .subcommand_matches("serve")

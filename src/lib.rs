@@ -76,7 +76,6 @@
 pub mod bench;
 pub use corecast_proto::channel;
 pub mod cli;
-pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod ingest;

@@ -31,7 +31,7 @@
 //!   output, stop.
 //! - `floor`: the floor servers, their thread and their side of the wire.
 //! - `wire`: the bench's upgrade requests and the delivery field scan, over the client codec
-//!   ([`crate::client::wire`], [`crate::client::buffer`]) it shares with `corecast::client`.
+//!   ([`corecast_proto::wire`], [`corecast_proto::buffer`]) it shares with the Rust client.
 //! - `conn`: one subscriber connection: its socket and its protocol state machine.
 //! - `receiver`: the event loop that owns every connection, and their admission.
 //! - `recorder`: latency histogram, per-event counts and times, loss/duplicate/order counters,

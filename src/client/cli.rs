@@ -14,9 +14,9 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::wire::publish_url;
-use super::{Client, ClientConfig, Event};
-use crate::channel::{is_pattern, validate_channel, validate_pattern};
+use crate::wire::publish_url;
+use crate::{Client, ClientConfig, Event};
+use corecast_proto::channel::{is_pattern, validate_channel, validate_pattern};
 use corecast_proto::{Position, Priority, Since};
 
 /// How long `subscribe` waits on the event channel between looks at stdout; any value works,
@@ -307,13 +307,12 @@ pub fn publish_main(args: PublishArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Message;
+    use crate::Message;
 
     #[test]
     fn a_message_line_is_the_servers_frame() {
         let frame = r#"{"type":"message","channel":"a.b","offset":7,"seq":12,"ts_ms":5,"data":{"z":1,"a":2}}"#;
-        let Ok(crate::client::event::Frame::Event(event)) =
-            crate::client::event::parse_frame(frame.as_bytes())
+        let Ok(crate::event::Frame::Event(event)) = crate::event::parse_frame(frame.as_bytes())
         else {
             panic!("a message")
         };

@@ -1,6 +1,6 @@
-//! `corecast::client`: a blocking Rust client of the wire contract (`PROTOCOL.md`) and its
-//! delivery extensions (README, "Delivery guarantees"), plus the client codec it shares with
-//! the bench.
+//! corecast-client: a blocking Rust client of the wire contract (`PROTOCOL.md`) and its
+//! delivery extensions (README, "Delivery guarantees"), and the `corecast subscribe` and
+//! `corecast publish` commands built on it.
 //!
 //! Owns the client side of a connection's life: connect to `ws://host:port/ws`, read
 //! `connected`, subscribe, publish, ack, measure an app-level ping, and reconnect with
@@ -11,11 +11,12 @@
 //! It uses std threads and `std::net` only (no async runtime), never deduplicates or reorders
 //! what the server sends (the server guarantees no gap and no duplicate on recovery; a gap it
 //! cannot avoid arrives as [`Event::Gap`] or `recovered: false`), and never blocks the
-//! application for longer than `write_timeout_ms` on a write.
+//! application for longer than `write_timeout_ms` on a write. It speaks the protocol through
+//! `corecast-proto` alone (channel rules, [`Since`], and the client codec, `wire` and `buffer`,
+//! that it shares with the bench) and must never depend on the server's crate: an application
+//! that links the client links none of the server.
 //!
 //! # Layout
-//! - [`wire`]: `ws://` URLs, the upgrade exchange and masked client frames, pure over bytes.
-//! - [`buffer`]: the read buffer and the server-frame splitter.
 //! - [`event`]: the [`Event`]s handed to the application, read from the server's frames.
 //! - [`track`]: the subscriptions and their positions, and the `subscribe` commands they make.
 //! - [`backoff`]: the reconnect delay.
@@ -27,8 +28,6 @@ pub mod cli;
 pub mod event;
 mod session;
 pub mod track;
-
-pub use corecast_proto::{buffer, wire};
 
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
@@ -43,7 +42,8 @@ pub use event::{Event, Message};
 pub use session::ConnectError;
 pub use track::Cursor;
 
-use crate::channel::{validate_channel, validate_pattern, ChannelError};
+use corecast_proto::channel::{validate_channel, validate_pattern, ChannelError};
+use corecast_proto::{buffer, wire};
 use track::Subscriptions;
 use wire::{WsTarget, CLOSE_NORMAL_PAYLOAD, CONTROL_FRAME_BYTES_MAX, OPCODE_CLOSE};
 
