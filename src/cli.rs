@@ -28,7 +28,7 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Measure fan-out latency: of a running server, of the kernel floors (--baseline), or of
     /// corecast, the floors and peers side by side (--compare); see `corecast bench --help`.
-    Bench(Box<crate::bench::BenchArgs>),
+    Bench(Box<corecast_bench::BenchArgs>),
     /// Audit the host against tuning/'s recommendations (`corecast tune check`).
     Tune {
         #[command(subcommand)]
@@ -61,7 +61,7 @@ pub fn run() -> ExitCode {
         Err(err) => err.exit(),
     };
     match cli.command {
-        Command::Bench(args) => crate::bench::main(*args),
+        Command::Bench(args) => corecast_bench::main(*args),
         Command::Tune { command } => crate::tune::main(command),
         Command::Subscribe(args) => corecast_client::cli::subscribe_main(*args),
         Command::Publish(args) => corecast_client::cli::publish_main(*args),

@@ -73,7 +73,6 @@
 // (`bench::floor::uring`), which queues sends on a ring of its own; see its SAFETY comments.
 #![deny(unsafe_code)]
 
-pub mod bench;
 pub use corecast_proto::channel;
 pub mod cli;
 pub mod cluster;

@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use mio::net::TcpStream;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-use super::recorder::{ConnOrder, Recorder};
-use super::wire::{
+use crate::recorder::{ConnOrder, Recorder};
+use crate::wire::{
     self, Scanner, UpgradeError, CLOSE_NORMAL_PAYLOAD, CONTROL_FRAME_BYTES_MAX,
     CONTROL_PAYLOAD_BYTES_MAX, OPCODE_CLOSE, OPCODE_PONG,
 };
