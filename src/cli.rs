@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, LogFormat};
+use corecast::config::{Config, ConfigError, LogFormat};
 
 /// A thread-per-core WebSocket fan-out server on io_uring.
 #[derive(Debug, Parser)]
@@ -32,7 +32,7 @@ enum Command {
     /// Audit the host against tuning/'s recommendations (`corecast tune check`).
     Tune {
         #[command(subcommand)]
-        command: crate::tune::TuneCommand,
+        command: corecast::tune::TuneCommand,
     },
     /// Subscribe with the Rust client and print every event as a JSON line (reconnects and
     /// resumes on its own).
@@ -62,7 +62,7 @@ pub fn run() -> ExitCode {
     };
     match cli.command {
         Command::Bench(args) => corecast_bench::main(*args),
-        Command::Tune { command } => crate::tune::main(command),
+        Command::Tune { command } => corecast::tune::main(command),
         Command::Subscribe(args) => corecast_client::cli::subscribe_main(*args),
         Command::Publish(args) => corecast_client::cli::publish_main(*args),
         Command::Serve(args) => {
@@ -81,7 +81,7 @@ pub fn run() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             init_logging(config.log_format);
-            match crate::runtime::serve(config) {
+            match corecast::runtime::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("corecast: {err}");
