@@ -22,6 +22,7 @@
 //! - [`backoff`]: the reconnect delay.
 //! - `session`: the background thread: connection, reading, ping timer, reconnects.
 //! - [`cli`]: `corecast subscribe` and `corecast publish`.
+#![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod cli;
