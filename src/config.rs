@@ -749,7 +749,7 @@ fn check_echo_path(path: &str) -> Result<(), ConfigError> {
              at most 255 printable ASCII bytes, without '?' or '#'"
         )));
     }
-    if path == "/" || path == "/ws" || crate::client::web::asset(path).is_some() {
+    if path == "/" || path == "/ws" || crate::web::asset(path).is_some() {
         return Err(ConfigError(format!(
             "echo_path = {path:?} is taken: /, /ws and the browser client's files keep their meaning"
         )));
@@ -1170,35 +1170,8 @@ fn check_policy(
     Ok(())
 }
 
-/// Parses `0,2,4-7` into `[0, 2, 4, 5, 6, 7]`.
-pub fn parse_cpu_list(text: &str) -> Result<CpuList, String> {
-    let mut cpus = Vec::new();
-    for part in text
-        .split(',')
-        .map(str::trim)
-        .filter(|part| !part.is_empty())
-    {
-        let parse = |s: &str| {
-            s.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("{s:?} in {text:?} is not a CPU id"))
-        };
-        match part.split_once('-') {
-            Some((first, last)) => {
-                let (first, last) = (parse(first)?, parse(last)?);
-                if first > last || last - first > 4_096 {
-                    return Err(format!("CPU range {part:?} is empty or too large"));
-                }
-                cpus.extend(first..=last);
-            }
-            None => cpus.push(parse(part)?),
-        }
-    }
-    if cpus.is_empty() {
-        return Err(format!("{text:?} names no CPU"));
-    }
-    Ok(cpus)
-}
+/// Parses `0,2,4-7` into `[0, 2, 4, 5, 6, 7]`; shared with `corecast tune` and the bench.
+pub use corecast_proto::host::parse_cpu_list;
 
 #[cfg(test)]
 mod tests {

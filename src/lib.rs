@@ -4,6 +4,21 @@
 //! receives each one, in publish order, with a per-channel offset. The wire contract is
 //! `PROTOCOL.md` (shared with client authors); this crate is its server.
 //!
+//! # Workspace
+//! This library is the server alone: it never depends on the tools beside it, so it links none
+//! of their dependencies (`cargo build -p corecast --lib --no-default-features`). The layers,
+//! bottom to top; a layer may import only those below it (between crates, cargo enforces it):
+//! - `corecast-proto` (`src/proto/`): what the server, the client and the bench all speak:
+//!   channel names and patterns ([`channel`], re-exported here), positions ([`queue::Since`]),
+//!   priorities ([`ingest::Priority`]), error and close codes, and the client-side frame codec.
+//! - This crate: [`config`], then the pure stages ([`ws`], [`net`], [`cluster`]), then
+//!   [`ingest`] and [`shard`], then [`runtime`].
+//! - The tools, crates of their own that depend on `corecast-proto` and never on this one:
+//!   `corecast-client` (`src/client/`, the Rust client and `corecast subscribe`/`publish`) and
+//!   `corecast-bench` (`benches/load/`, the load generator behind `corecast bench`).
+//! - The `corecast` binary (`src/main.rs`, `src/cli.rs`): the command line over all of them,
+//!   behind the default feature `cli`.
+//!
 //! # Layout
 //! The folders are the stages a message passes through, in order.
 //! - [`net`]: bind with `SO_REUSEPORT`, accept, read the HTTP upgrade under its limits,
@@ -24,12 +39,13 @@
 //!   (the ingest core's side of it is [`ingest::cluster`]).
 //! - [`notify`]: the wake-up between tasks of one core (the cross-core one is [`queue`]).
 //! - [`rate`]: token buckets, for the rate limits.
-//! - [`channel`]: channel names and wildcard patterns, shared by every stage.
-//! - [`config`], [`cli`], [`runtime`]: settings, the command line, the core plan and start-up.
-//! - [`client`]: the Rust client library (reconnect, recovery with `since`, ping), and the
-//!   client codec it shares with the bench.
-//! - [`bench`](mod@bench): the load generator behind `corecast bench`.
+//! - [`channel`]: channel names and wildcard patterns, shared by every stage (from
+//!   `corecast-proto`).
+//! - [`config`], [`runtime`]: settings (the `serve` flags and the TOML file), the core plan and
+//!   start-up.
 //! - [`tune`]: `corecast tune check`, the host audit against `tuning/`'s recommendations.
+//! - [`web`]: the browser client (`/client.js`, `/client.d.ts`) the WebSocket port and the
+//!   control plane serve, embedded.
 //!
 //! # Data flow
 //! ```text
@@ -67,14 +83,9 @@
 //! - **tenant**: a token's `tenant` claim; its connections live in its own namespace, where a
 //!   channel's *full name* carries the scope (`$t:acme.leads.42`) that its clients never see
 //!   (see [`channel::TENANT_MARK`]).
-// No unsafe code, but in one place that allows it by name: the bench's io_uring floor
-// (`bench::floor::uring`), which queues sends on a ring of its own; see its SAFETY comments.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
-pub mod bench;
-pub mod channel;
-pub mod cli;
-pub mod client;
+pub use corecast_proto::channel;
 pub mod cluster;
 pub mod config;
 pub mod ingest;
@@ -85,4 +96,5 @@ pub mod rate;
 pub mod runtime;
 pub mod shard;
 pub mod tune;
+pub mod web;
 pub mod ws;

@@ -337,7 +337,7 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
         "/v1/history" => history(core, request.uri().query().unwrap_or(""), &caller),
         "/dashboard" => dashboard(core),
         "/client.js" | "/client.d.ts" => {
-            let asset = crate::client::web::asset(&path).expect("routed above");
+            let asset = crate::web::asset(&path).expect("routed above");
             Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, asset.content_type)

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use hashbrown::HashMap;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sonic_rs::Value;
 
 use crate::config::{Config, SlowConsumer};
@@ -81,21 +81,8 @@ const CHANNELS_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// so that a cluster batch that fits the rest is sent whole.
 const BRIDGE_QUEUE_SLACK: usize = 64;
 
-/// A publish's lane. Critical events overtake queued high and normal ones.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    Critical,
-    High,
-    #[default]
-    Normal,
-}
-
-impl Priority {
-    fn lane(self) -> usize {
-        self as usize
-    }
-}
+/// A publish's lane: the protocol's own type.
+pub use corecast_proto::Priority;
 
 /// Why a publish was not sequenced.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -58,23 +58,8 @@ pub enum Command<'a> {
     },
 }
 
-/// The contract's error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    BadRequest,
-    InvalidChannel,
-    Forbidden,
-    NotSubscribed,
-    TooManySubscriptions,
-    RateLimited,
-    Internal,
-    /// Cluster mode: the publish was certainly not published (Redis unreachable or stalled).
-    ClusterUnavailable,
-    /// Cluster mode: the publish was sent to Redis, which did not answer in time; it may or
-    /// may not be published.
-    OutcomeUnknown,
-}
+/// The contract's error codes: the protocol's own type.
+pub use corecast_proto::ErrorCode;
 
 /// A recoverable error to send back; the connection stays open.
 #[derive(Debug)]
