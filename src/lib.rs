@@ -86,13 +86,16 @@
 #![forbid(unsafe_code)]
 
 pub use corecast_proto::channel;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod ingest;
+pub mod latency;
 pub mod net;
 pub mod notify;
 pub mod queue;
 pub mod rate;
+pub mod registry;
 pub mod runtime;
 pub mod shard;
 pub mod tune;

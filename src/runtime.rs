@@ -152,21 +152,6 @@ pub fn preflight(config: &Config, executors: usize) -> Result<(), StartError> {
     Ok(())
 }
 
-/// A fresh epoch: 16 hex digits from the OS-seeded keys of a std `RandomState` and the clock,
-/// so two starts of the server (even in the same nanosecond) almost surely differ. Clients
-/// only compare epochs for equality.
-pub fn new_epoch() -> Arc<str> {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos()),
-    );
-    hasher.write_u32(std::process::id());
-    format!("{:016x}", hasher.finish()).into()
-}
-
 /// What an executor reports once it has bound its port (or failed to).
 type Bound = Result<(), String>;
 
@@ -192,7 +177,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let mut config = config;
     config.listen = ws_addr;
     let config = Arc::new(config);
-    let epoch = new_epoch();
+    let epoch = crate::clock::new_epoch();
     tracing::info!(%epoch, "offsets start at 1 in a new epoch");
     let shards = plan.shard_cpus.len();
 

@@ -480,7 +480,7 @@ fn subscribe_and_forward(
     let mut pubsub = events.as_pubsub();
     pubsub.subscribe(EVENTS_CHANNEL)?;
     // Subscribed first, so nothing published after this read is missed.
-    let (epoch, seq) = cluster_position(&mut state, &crate::runtime::new_epoch())?;
+    let (epoch, seq) = cluster_position(&mut state, &crate::clock::new_epoch())?;
     drop(state);
     tracing::info!(%epoch, seq, "subscribed to the cluster's events");
     tell(
@@ -878,7 +878,7 @@ impl CommandThread {
         let Some(first) = publishes.first() else {
             return Ok(());
         };
-        let proposed = crate::runtime::new_epoch();
+        let proposed = crate::clock::new_epoch();
         let mut packed = Vec::new();
         for publish in &publishes {
             redis::cmd("EVALSHA")
@@ -962,7 +962,7 @@ impl CommandThread {
             node: self.node.clone(),
             ws: self.config.listen.to_string(),
             connections,
-            ts_ms: crate::ws::conn::unix_ms(),
+            ts_ms: crate::clock::unix_ms(),
         };
         let key = format!("{NODE_KEY_PREFIX}{}", self.node);
         let text = serde_json::to_string(&info).expect("node info serializes");

@@ -944,7 +944,7 @@ async fn stats(core: &IngestCore) -> HttpResponse {
         connections: usize,
         epoch: &'a str,
         ingest: super::IngestStats,
-        fanout_latency_us: metrics::LatencySummary,
+        fanout_latency_us: crate::latency::LatencySummary,
         namespaces: Vec<NamespaceSummary>,
         acks: Vec<AckSummary>,
         tenants: Vec<TenantSummary>,

@@ -47,18 +47,19 @@ use hashbrown::HashMap;
 use serde::Serialize;
 use sonic_rs::Value;
 
+use crate::clock::unix_ms;
 use crate::config::{Config, SlowConsumer};
+use crate::latency::{Buckets, FanoutLatency, LatencySummary};
 use crate::notify::Notify;
 use crate::queue::{
     Answer, FanoutReport, QueryKind, Receiver, Recovered, Sender, ShardId, Since, Slow, Stamp,
     ToIngest, ToShard,
 };
 use crate::rate::TokenBucket;
-use crate::shard::registry::Registry;
+use crate::registry::Registry;
 use crate::ws::command::{self, ErrorCode, ErrorReply, Unrecovered};
-use crate::ws::conn::{unix_ms, ConnId};
+use crate::ws::conn::ConnId;
 use history::{History, RecoveryLimits};
-use metrics::{FanoutLatency, LatencySummary};
 
 /// How long `/v1/stats` and `/v1/channels` wait for every shard's answer.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -497,7 +498,7 @@ impl IngestCore {
     }
 
     /// The overall fan-out latency in Prometheus buckets.
-    pub fn fanout_buckets(&self) -> metrics::Buckets {
+    pub fn fanout_buckets(&self) -> Buckets {
         self.fanout.borrow().buckets()
     }
 

@@ -17,8 +17,6 @@
 //! that drains the ingest core's queue; that one-way rule is what keeps the two queues of a
 //! shard from waiting on each other.
 
-pub mod registry;
-
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
@@ -36,8 +34,8 @@ use sonic_rs::Value;
 use crate::channel;
 use crate::config::Config;
 use crate::ingest::admission::{Peer, Refused};
-use crate::ingest::metrics::{FanoutLatency, LatencySummary};
 use crate::ingest::Priority;
+use crate::latency::{FanoutLatency, LatencySummary};
 use crate::net::auth::{Grant, Verifier};
 use crate::net::tls::Transport;
 use crate::notify::Notify;
@@ -45,13 +43,13 @@ use crate::queue::{
     AckRow, Answer, Delivery, FanoutReport, NamespaceStats, QueryKind, Receiver, Recovered, Sender,
     ShardId, ShardReport, Since, ToIngest, ToShard,
 };
+use crate::registry::Registry;
 use crate::ws::command::{self, ErrorCode, ErrorReply};
 use crate::ws::conn::{self, CloseRequest, ConnHandle, ConnId, Subscription};
 use crate::ws::deflate::Deflate;
 use crate::ws::frame;
 use crate::ws::outbox::{Kind, Shed};
 use crate::ws::rate::Refusal;
-use registry::Registry;
 
 /// What an upgraded connection is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,7 +434,7 @@ impl ShardCore {
         let hello = command::connected_frame(
             &name,
             self.id,
-            conn::unix_ms(),
+            crate::clock::unix_ms(),
             self.config.heartbeat_s,
             &self.epoch.borrow(),
         );
@@ -1127,7 +1125,7 @@ impl ShardCore {
         loop {
             glommio::timer::sleep(TICK).await;
             let now = Instant::now();
-            let now_s = conn::unix_ms() / 1000;
+            let now_s = crate::clock::unix_ms() / 1000;
             for (_, handle) in self.conns.borrow().iter() {
                 if handle.is_closing() {
                     continue;

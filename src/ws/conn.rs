@@ -825,13 +825,6 @@ fn message_failure(err: MessageError) -> Flow {
     Flow::Close(err.close_code(), err.to_string())
 }
 
-/// Milliseconds since the UNIX epoch, as the contract's `*_ms` fields use.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
-}
-
 /// Sends a message back on the echo endpoint, as the same kind, compressed when the
 /// connection negotiated permessage-deflate.
 fn echo(shard: &ShardCore, handle: &ConnHandle, kind: DataKind, payload: &[u8]) -> Flow {
@@ -860,7 +853,10 @@ fn handle_command(shard: &ShardCore, handle: &Rc<ConnHandle>, text: &str) -> Flo
         Ok(Command::Publish { channel, data, id }) => {
             shard.client_publish(handle, &channel, data, id)
         }
-        Ok(Command::Ping { id }) => Ok(Some(command::pong_reply_frame(&id, unix_ms()))),
+        Ok(Command::Ping { id }) => Ok(Some(command::pong_reply_frame(
+            &id,
+            crate::clock::unix_ms(),
+        ))),
         Ok(Command::GetStats { id }) => Ok(Some(command::stats_frame(
             &id,
             &handle.name,

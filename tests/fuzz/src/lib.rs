@@ -15,7 +15,7 @@
 use corecast::channel;
 use corecast::config::defaults;
 use corecast::net::handshake::{self, Limits, Reject, Request, Upgrade};
-use corecast::shard::registry::Registry;
+use corecast::registry::Registry;
 use corecast::ws::command::{self, Command, ErrorCode, ErrorReply};
 use corecast::ws::frame::{
     self, parse_close_payload, ClientFrame, ClosePayload, FrameError, Opcode,
