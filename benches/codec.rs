@@ -40,7 +40,7 @@ use serde::Serialize;
 use corecast::config::defaults;
 use corecast::ingest::encode;
 use corecast::ingest::Priority;
-use corecast::queue::{Slow, Stamp};
+use corecast::msg::{Slow, Stamp};
 use corecast::ws::command;
 use corecast::ws::frame::{self, Opcode};
 

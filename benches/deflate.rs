@@ -27,7 +27,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use corecast::ingest::encode;
 use corecast::ingest::Priority;
-use corecast::queue::{Slow, Stamp};
+use corecast::msg::{Slow, Stamp};
 use corecast::ws::deflate::{compress_into, Inflater};
 use corecast::ws::frame;
 

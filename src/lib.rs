@@ -91,6 +91,7 @@ pub mod cluster;
 pub mod config;
 pub mod ingest;
 pub mod latency;
+pub mod msg;
 pub mod net;
 pub mod notify;
 pub mod queue;

@@ -17,7 +17,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::config::Config;
 use crate::ingest::{Ingest, IngestCore};
-use crate::queue::{self, ToIngest, ToShard};
+use crate::msg::{ToIngest, ToShard};
+use crate::queue;
 use crate::shard::{Shard, ShardCore};
 use crate::tune::{self, MEMLOCK_BYTES_MIN};
 
@@ -97,20 +98,6 @@ impl CorePlan {
     }
 }
 
-/// CPUs this process may run on (its affinity mask).
-pub fn allowed_cpus() -> Vec<usize> {
-    let mut cpus: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|core| core.id)
-        .collect();
-    if cpus.is_empty() {
-        cpus.push(0);
-    }
-    cpus.sort_unstable();
-    cpus
-}
-
 /// Checks the host for what glommio and the configured load need, raising soft limits to the
 /// hard ones where that is all it takes.
 pub fn preflight(config: &Config, executors: usize) -> Result<(), StartError> {
@@ -158,7 +145,7 @@ type Bound = Result<(), String>;
 /// Runs the server until SIGINT or SIGTERM. Prints the core plan and then
 /// `listening ws=ADDR api=ADDR` on stdout once every executor is serving.
 pub fn serve(config: Config) -> Result<(), StartError> {
-    let plan = CorePlan::new(&config, &allowed_cpus())?;
+    let plan = CorePlan::new(&config, &tune::host::allowed_cpus())?;
     preflight(&config, plan.shard_cpus.len() + 1)?;
     for (name, addr) in [("WebSocket", config.listen), ("API", config.api)] {
         crate::net::ensure_unused(addr).map_err(|err| {

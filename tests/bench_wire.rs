@@ -5,7 +5,7 @@
 //! (`corecast-bench`) must not depend on the server; pure over bytes, they need no watchdog.
 
 use corecast::ingest::{encode, Priority};
-use corecast::queue::{Slow, Stamp};
+use corecast::msg::{Slow, Stamp};
 use corecast_bench::formats::{connected_frame, message_frame, message_parts, write_data, Scanner};
 
 #[test]

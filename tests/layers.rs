@@ -13,10 +13,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("protocol types (corecast-proto, re-exported)", &["channel"]),
     (
         "shared pieces",
-        &["clock", "json", "notify", "rate", "web", "queue"],
+        &["clock", "notify", "rate", "web", "queue"],
     ),
     ("shared pieces over shared pieces", &["latency", "registry"]),
-    ("the cross-core vocabulary", &["link"]),
+    ("the cross-core vocabulary", &["msg"]),
     ("configuration", &["config"]),
     ("pure stages", &["ws", "cluster", "tune"]),
     ("pure stages over codecs", &["net"]),
@@ -199,7 +199,7 @@ fn every_module_of_lib_rs_has_a_layer() {
 
 #[test]
 fn the_path_reader_finds_plain_grouped_and_nested_paths() {
-    assert_eq!(crate_paths("use crate::ws::conn::ConnId;"), ["ws"]);
+    assert_eq!(crate_paths("use crate::ws::frame::Frame;"), ["ws"]);
     assert_eq!(
         crate_paths("use crate::{config::Config, queue};"),
         ["config", "queue"]

@@ -38,8 +38,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::ingest::Priority;
-use crate::queue::{self, ToIngest};
+use crate::msg::ToIngest;
+use crate::queue;
+use corecast_proto::Priority;
 
 /// The channel every node subscribes to.
 const EVENTS_CHANNEL: &str = "corecast:events";

@@ -35,10 +35,10 @@ use super::metrics::{self, Snapshot};
 use super::{IngestCore, Priority, PublishError};
 use crate::channel;
 use crate::config::Config;
+use crate::msg::{AckRow, Answer, NamespaceStats, QueryKind, ShardReport};
 use crate::net::accept;
 use crate::net::handshake::{ErrorBody, Reject};
 use crate::net::tls::{self, Transport};
-use crate::queue::{AckRow, Answer, NamespaceStats, QueryKind, ShardReport};
 use futures_rustls::TlsAcceptor;
 use std::time::Duration;
 
@@ -939,7 +939,7 @@ async fn stats(core: &IngestCore) -> HttpResponse {
     let shards: Vec<_> = reports.iter().map(|report| report.stats).collect();
     #[derive(Serialize)]
     struct Stats<'a> {
-        shards: &'a [crate::shard::ShardStats],
+        shards: &'a [crate::msg::ShardStats],
         shards_answered: usize,
         connections: usize,
         epoch: &'a str,

@@ -24,13 +24,14 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 
+use super::encode;
 use super::history::{Assigned, History, Unnumbered};
 use super::{Batch, BatchParts, IngestCore, Job, PublishError, Reply, BRIDGE_QUEUE_SLACK};
 use crate::cluster::{
     self, FromCluster, Health, NodeInfo, Numbered, PublishFailure, PublishRequest, Requests,
     ToCluster,
 };
-use crate::queue::ToShard;
+use crate::msg::ToShard;
 use crate::ws::command;
 
 /// What a read of the cluster's log is for.
@@ -354,7 +355,7 @@ impl IngestCore {
                 entry.offset,
                 entry.seq,
                 delivery.frame.clone(),
-                delivery.payload_start(),
+                encode::payload_start(&delivery),
                 now,
             );
         }
@@ -442,7 +443,7 @@ impl IngestCore {
         event: &Numbered,
         policy: usize,
         now: Instant,
-    ) -> crate::queue::Delivery {
+    ) -> crate::msg::Delivery {
         self.encode(
             &event.channel,
             event.offset,
@@ -450,7 +451,7 @@ impl IngestCore {
             &event.data,
             event.priority,
             policy,
-            crate::queue::Stamp {
+            crate::msg::Stamp {
                 publish: event.seq,
                 accepted: now,
             },

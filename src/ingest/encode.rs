@@ -14,7 +14,7 @@ use bytes::BufMut;
 
 use crate::channel;
 use crate::ingest::Priority;
-use crate::queue::{Delivery, Slow, Stamp};
+use crate::msg::{Delivery, Slow, Stamp};
 use crate::ws::frame::text_frame_with;
 
 /// The start of every message's JSON; the channel name follows it directly.
@@ -24,6 +24,13 @@ const OFFSET_KEY: &[u8] = br#"","offset":"#;
 const SEQ_KEY: &[u8] = br#","seq":"#;
 const TS_KEY: &[u8] = br#","ts_ms":"#;
 const DATA_KEY: &[u8] = br#","data":"#;
+
+/// Where a delivery's JSON payload starts in its frame (after the WebSocket header): the
+/// channel name sits right after [`PREFIX`], and this module alone knows that layout.
+pub fn payload_start(delivery: &Delivery) -> u8 {
+    let start = usize::from(delivery.channel_start) - PREFIX.len();
+    u8::try_from(start).expect("a frame header is at most 10 bytes")
+}
 
 /// Builds the `message` frame for one publish, in one allocation of exactly its size. Its
 /// `seq` is the publish number of `stamp`. `full` is the channel's full name; the frame names
@@ -158,7 +165,7 @@ mod tests {
         inflater.finish(&mut out, 1 << 20).unwrap();
         assert_eq!(
             out,
-            &delivery.frame[usize::from(delivery.payload_start())..]
+            &delivery.frame[usize::from(payload_start(&delivery))..]
         );
     }
 

@@ -17,8 +17,8 @@ use super::api::ApiStats;
 use super::cluster::ClusterStats;
 use super::IngestStats;
 use crate::latency::Buckets;
-use crate::queue::NamespaceStats;
-use crate::shard::ShardStats;
+use crate::msg::NamespaceStats;
+use crate::msg::ShardStats;
 
 /// The content type of `GET /metrics`: the OpenMetrics text format, which is what
 /// `prometheus_client::encoding::text::encode` writes (Prometheus scrapes it natively).

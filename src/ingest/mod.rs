@@ -50,15 +50,15 @@ use sonic_rs::Value;
 use crate::clock::unix_ms;
 use crate::config::{Config, SlowConsumer};
 use crate::latency::{Buckets, FanoutLatency, LatencySummary};
-use crate::notify::Notify;
-use crate::queue::{
-    Answer, FanoutReport, QueryKind, Receiver, Recovered, Sender, ShardId, Since, Slow, Stamp,
-    ToIngest, ToShard,
+use crate::msg::ConnId;
+use crate::msg::{
+    Answer, FanoutReport, QueryKind, Recovered, ShardId, Since, Slow, Stamp, ToIngest, ToShard,
 };
+use crate::notify::Notify;
+use crate::queue::{Receiver, Sender};
 use crate::rate::TokenBucket;
 use crate::registry::Registry;
 use crate::ws::command::{self, ErrorCode, ErrorReply, Unrecovered};
-use crate::ws::conn::ConnId;
 use history::{History, RecoveryLimits};
 
 /// How long `/v1/stats` and `/v1/channels` wait for every shard's answer.
@@ -841,7 +841,7 @@ impl IngestCore {
         priority: Priority,
         policy: usize,
         stamp: Stamp,
-    ) -> crate::queue::Delivery {
+    ) -> crate::msg::Delivery {
         let mut delivery = encode::message(
             channel,
             offset,
@@ -998,7 +998,7 @@ impl IngestCore {
     /// Keeps a numbered message in history and sends it to every shard with a subscriber.
     async fn fan_out(
         &self,
-        mut delivery: crate::queue::Delivery,
+        mut delivery: crate::msg::Delivery,
         channel: &str,
         now: Instant,
         touched: &mut [bool],
@@ -1012,7 +1012,7 @@ impl IngestCore {
             delivery.offset,
             publish,
             delivery.frame.clone(),
-            delivery.payload_start(),
+            encode::payload_start(&delivery),
             now,
         );
         // One shared `Bytes` goes to every shard, not a copy per shard. `benches/shared_bytes.rs`

@@ -23,7 +23,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use http::StatusCode;
 
-use crate::ingest::admission::{self, Peer};
+use crate::msg::Peer;
 use crate::shard::{Place, Route, ShardCore};
 use handshake::{Limits, Reject, Request};
 use tls::Transport;
@@ -205,7 +205,7 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, stream: TcpStream) {
                 }
             };
             let tenant = grant.as_ref().and_then(|grant| grant.tenant.as_deref());
-            let admitted = if admission::needed(&shard.config, tenant) {
+            let admitted = if shard.config.admission_needed(tenant) {
                 admit(&shard, &stream, tenant, timeout).await.map(Some)
             } else {
                 Ok(None)

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sonic_rs::{JsonValueTrait, LazyValue, Value};
 
 use crate::channel::{self, ChannelError};
-use crate::queue::{Position, Since};
+use crate::msg::{Position, Since};
 use crate::ws::frame::text_frame_with;
 
 /// Largest `id` a client may attach, as JSON text. Ids are echoed, so this bounds what a

@@ -54,6 +54,7 @@ use futures_lite::{AsyncRead, AsyncWrite, Future};
 use glommio::timer::Timer;
 use nix::sys::socket::MsgFlags;
 
+use crate::msg::ConnId;
 use crate::net::auth::Grant;
 use crate::net::tls::Transport;
 use crate::shard::ShardCore;
@@ -69,14 +70,6 @@ const WRITE_COALESCE_BYTES_MAX: usize = 64 * 1024;
 
 /// Reads one connection may do per wake-up before it yields to the others on its shard.
 const READS_PER_POLL_MAX: usize = 16;
-
-/// A connection's identity on its shard: its slab slot and a sequence number that is never
-/// reused, so a late reply for a closed connection cannot reach the next one in that slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId {
-    pub slot: u32,
-    pub seq: u32,
-}
 
 /// Why and how a connection is to be closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

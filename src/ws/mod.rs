@@ -12,5 +12,3 @@ pub mod frame;
 pub mod message;
 pub mod outbox;
 pub mod rate;
-
-pub use conn::ConnId;

@@ -496,7 +496,7 @@ pub fn check_command(data: &[u8]) {
         Command::Subscribe { channel, since, id } => {
             if let Some(since) = since {
                 assert!(since.epoch.len() <= 64, "epoch {:?}", since.epoch);
-                if matches!(since.position, corecast::queue::Position::Offset(_)) {
+                if matches!(since.position, corecast::msg::Position::Offset(_)) {
                     assert!(!channel::is_pattern(channel), "offset on {channel:?}");
                 }
             }
