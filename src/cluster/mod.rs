@@ -61,7 +61,9 @@ const PRESENCE_PERIOD: Duration = Duration::from_secs(1);
 /// connection down dials again no sooner than `RETRY_FIRST` after the last dial ended.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_CAP: Duration = Duration::from_secs(5);
-/// Publishes sent to Redis in one pipelined round trip, at most.
+/// Messages sent to Redis in one pipelined round trip, a batch counting each of its own: the
+/// command thread takes no more requests once it holds this many, so a round trip carries at
+/// most this many and one batch more (a batch is never split).
 const PIPELINE_MAX: usize = 256;
 /// Log entries one read returns, at most.
 pub const LOG_READ_MAX: usize = 10_000;
@@ -319,6 +321,16 @@ enum Inbound {
     /// The events subscription broke: the command connection, to the same Redis, may be dead
     /// too. It is checked before anything more is sent on it.
     Probe,
+}
+
+impl Inbound {
+    /// What it counts against [`PIPELINE_MAX`]: a batch's messages, else one.
+    fn weight(&self) -> usize {
+        match self {
+            Inbound::Request(ToCluster::PublishBatch(batch)) => batch.entries.len(),
+            _ => 1,
+        }
+    }
 }
 
 /// The ingest core's way to the bridge's command thread.
@@ -812,14 +824,21 @@ impl CommandThread {
                 Link::Down(redial) => redial.retry_at.saturating_duration_since(now),
             };
             let mut batch = Vec::new();
+            let mut weight = 0;
             match inbox.recv_timeout(wait) {
-                Ok(first) => batch.push(first),
+                Ok(first) => {
+                    weight += first.weight();
+                    batch.push(first);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            while batch.len() < PIPELINE_MAX {
+            while weight < PIPELINE_MAX {
                 match inbox.try_recv() {
-                    Ok(next) => batch.push(next),
+                    Ok(next) => {
+                        weight += next.weight();
+                        batch.push(next);
+                    }
                     Err(_) => break,
                 }
             }
