@@ -7,9 +7,13 @@
 //! `epoch_changed`, after which delivery goes on; when Redis stalls (SIGSTOP), the publish
 //! in flight is answered `outcome_unknown` within `redis_timeout_ms`, later ones
 //! `cluster_unavailable` at once, stats show the stall, and subscribers receive exactly what
-//! was answered 200, perhaps what was answered `outcome_unknown`, and nothing answered 503; and
-//! a channel a node forgot (no subscriber, history expired) comes back there with the cluster's
-//! offsets, and a batch is numbered whole.
+//! was answered 200, perhaps what was answered `outcome_unknown`, and nothing answered 503; a
+//! channel a node forgot (no subscriber, history expired) comes back there with the cluster's
+//! offsets, and a batch is numbered whole. A batch has one fate: numbered in a row on every
+//! node, consecutive seqs, while another node publishes; sent into a stall, answered
+//! `outcome_unknown` whole and then delivered whole or not at all; while Redis is down, or when
+//! Redis refuses it for memory, refused whole with nothing delivered and no number taken; and
+//! when its script fails while running, answered `outcome_unknown` with none of it delivered.
 
 mod common;
 
@@ -743,6 +747,359 @@ async fn a_channel_a_node_forgot_comes_back_with_the_clusters_offsets() {
             }
         }
         again.expect_silence("fc.x:3 came once").await;
+    })
+    .await
+}
+
+/// The body of a `/v1/publish/batch` of `data` to `channel`, one message each.
+fn batch_body(channel: &str, data: impl IntoIterator<Item = Value>) -> String {
+    let messages: Vec<Value> = data
+        .into_iter()
+        .map(|data| json!({"channel": channel, "data": data}))
+        .collect();
+    json!({ "messages": messages }).to_string()
+}
+
+/// `POST /v1/publish/batch` of `body`: the answer for the whole batch (its offsets when 200,
+/// checked to be one per message, on `channel`, in a row), and how long it took.
+async fn publish_batch_timed(
+    server: &Server,
+    channel: &str,
+    body: &str,
+) -> (Result<Vec<u64>, Answer>, Duration) {
+    let started = Instant::now();
+    let reply = server.post("/v1/publish/batch", body).await;
+    let took = started.elapsed();
+    if reply.status != 200 {
+        let answer = http_answer(&reply, "a batch");
+        let message = reply.json()["error"]["message"].to_string();
+        match answer {
+            Answer::Unknown => assert!(
+                message.contains("whole or not at all"),
+                "an unknown batch is published whole or not at all: {message}"
+            ),
+            _ => assert!(
+                message.contains("nothing of the batch was published"),
+                "a refused batch says nothing of it was published: {message}"
+            ),
+        }
+        return (Err(answer), took);
+    }
+    let results = reply.json()["results"].clone();
+    let offsets: Vec<u64> = results
+        .as_array()
+        .unwrap_or_else(|| panic!("expected results in {}", reply.body))
+        .iter()
+        .map(|result| {
+            assert_eq!(result["channel"], channel, "{result}");
+            result["offset"].as_u64().expect("an offset")
+        })
+        .collect();
+    assert!(
+        offsets.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "a batch to one channel has offsets in a row: {offsets:?}"
+    );
+    (Ok(offsets), took)
+}
+
+/// Asserts `seen` (as [`deliveries`] gives) holds the messages `data` (in order, consecutive
+/// offsets from `offset_first`, consecutive seqs) or none of them, never some; whether all.
+fn assert_all_or_none(seen: &[(u64, u64, u64)], data: &[u64], offset_first: u64) -> bool {
+    let of_batch: Vec<&(u64, u64, u64)> = seen
+        .iter()
+        .filter(|(seen, ..)| data.contains(seen))
+        .collect();
+    if of_batch.is_empty() {
+        return false;
+    }
+    let got: Vec<u64> = of_batch.iter().map(|(data, ..)| *data).collect();
+    assert_eq!(got, data, "all of the batch, in order, or none: {seen:?}");
+    let offsets: Vec<u64> = of_batch.iter().map(|(_, offset, _)| *offset).collect();
+    assert_eq!(
+        offsets,
+        (offset_first..offset_first + data.len() as u64).collect::<Vec<_>>(),
+        "{seen:?}"
+    );
+    assert!(
+        of_batch.windows(2).all(|pair| pair[1].2 == pair[0].2 + 1),
+        "the batch's seqs are consecutive: {seen:?}"
+    );
+    true
+}
+
+#[tokio::test]
+async fn a_batch_sent_into_a_redis_stall_is_answered_once_and_delivered_whole_or_not_at_all() {
+    watchdog(async {
+        let redis = Redis::start();
+        let a = node_with(&redis, &REDIS_TIMEOUT_FLAG).await;
+        let b = node_with(&redis, &REDIS_TIMEOUT_FLAG).await;
+        let mut on_a = Client::connect(&a).await;
+        let mut on_b = Client::connect(&b).await;
+        subscribe(&mut on_a, "sb.1").await;
+        subscribe(&mut on_b, "sb.1").await;
+        let (answer, _) = publish_timed(&a, "sb.1", 1).await;
+        assert_eq!(answer, Answer::Published { offset: 1 });
+
+        after_presence_refresh(&a).await;
+        let paused = redis.pause();
+        let batch: Vec<u64> = (100..150).collect();
+        let body = batch_body("sb.1", batch.iter().map(|data| json!(data)));
+        let (answer, took) = publish_batch_timed(&a, "sb.1", &body).await;
+        assert_eq!(answer, Err(Answer::Unknown), "the batch in flight, whole");
+        assert_timed_out(took, "the batch in flight");
+        // Redis is known stalled now: a batch is refused whole, unsent, at once.
+        let refused: Vec<u64> = (200..203).collect();
+        let body = batch_body("sb.1", refused.iter().map(|data| json!(data)));
+        let (answer, took) = publish_batch_timed(&a, "sb.1", &body).await;
+        assert_eq!(answer, Err(Answer::Unavailable), "a batch in the stall");
+        assert_at_once(took, "a batch in the stall");
+        let cluster = a.stats().await["cluster"].clone();
+        assert_eq!(
+            (
+                cluster["stalled"].clone(),
+                cluster["publishes_outcome_unknown_total"].clone(),
+                cluster["publishes_unavailable_total"].clone(),
+            ),
+            (json!(true), json!(50), json!(3)),
+            "each message of a batch counts: {cluster}"
+        );
+
+        paused.resume();
+        a.poll_json("/v1/stats", |stats| {
+            stats["cluster"]["connected"] == true && stats["cluster"]["stalled"] == false
+        })
+        .await;
+        let (answer, _) = publish_timed(&a, "sb.1", 999).await;
+        let Answer::Published { offset: last } = answer else {
+            panic!("a publish after the stall: expected 200, got {answer:?}");
+        };
+        let seen_a = deliveries(&mut on_a, "sb.1", 999).await;
+        let seen_b = deliveries(&mut on_b, "sb.1", 999).await;
+        assert_eq!(seen_a, seen_b, "every node delivers the same");
+        let whole = assert_all_or_none(&seen_a, &batch, 2);
+        let data: Vec<u64> = seen_a.iter().map(|(data, ..)| *data).collect();
+        let mut expected = vec![1];
+        if whole {
+            expected.extend(&batch);
+        }
+        expected.push(999);
+        assert_eq!(data, expected, "nothing refused is delivered");
+        assert_eq!(last, if whole { 52 } else { 2 }, "{seen_a:?}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_batch_while_redis_is_down_is_refused_whole_and_nothing_of_it_is_delivered() {
+    watchdog(async {
+        let redis = Redis::start();
+        let (a, b) = (node(&redis).await, node(&redis).await);
+        let mut on_b = Client::connect(&b).await;
+        subscribe(&mut on_b, "dn.1").await;
+        let offsets = a
+            .publish_batch(&[("dn.1", json!(1)), ("dn.1", json!(2))])
+            .await;
+        assert_eq!(offsets, [1, 2]);
+        assert_message(&on_b.recv().await, "dn.1", 1, &json!(1));
+        assert_message(&on_b.recv().await, "dn.1", 2, &json!(2));
+
+        drop(redis);
+        a.poll_json("/v1/stats", |stats| stats["cluster"]["connected"] == false)
+            .await;
+        let body = batch_body("dn.1", (10..60).map(|data| json!(data)));
+        let (answer, took) = publish_batch_timed(&a, "dn.1", &body).await;
+        assert_eq!(answer, Err(Answer::Unavailable));
+        assert_at_once(took, "a batch while Redis is down");
+        assert_eq!(
+            a.stats().await["cluster"]["publishes_unavailable_total"],
+            50,
+            "each of its messages counts"
+        );
+        on_b.expect_silence("nothing of a refused batch is delivered")
+            .await;
+    })
+    .await
+}
+
+/// Every delivery `client` receives until `count` have arrived and then nothing for
+/// [`QUIET`].
+async fn receive(client: &mut Client, count: usize) -> Vec<Value> {
+    let mut got = Vec::with_capacity(count);
+    while got.len() < count {
+        got.push(client.recv().await);
+    }
+    client
+        .expect_silence("nothing more than was published")
+        .await;
+    got
+}
+
+#[tokio::test]
+async fn a_batch_is_numbered_in_a_row_on_every_node_while_another_node_publishes() {
+    watchdog(async {
+        let redis = Redis::start();
+        let (a, b, c) = (node(&redis).await, node(&redis).await, node(&redis).await);
+        let mut clients = Vec::new();
+        for server in [&a, &b, &c] {
+            let mut client = Client::connect(server).await;
+            subscribe(&mut client, "nr.*").await;
+            clients.push(client);
+        }
+        // Large messages make each batch many of Redis's reads, so that node C's publishes
+        // would land among its messages if a batch were not one command.
+        let pad = "x".repeat(2_000);
+        const BATCHES: u64 = 3;
+        const SIZE: u64 = 50;
+        const SINGLES: u64 = 60;
+        let singles = c.publish_many("nr.single", (0..SINGLES).map(|i| json!(i)).collect());
+        let batches = async {
+            let mut answered = Vec::new();
+            for k in 0..BATCHES {
+                let body = batch_body(
+                    "nr.batch",
+                    (0..SIZE).map(|i| json!({"k": k, "i": i, "pad": pad})),
+                );
+                let (answer, _) = publish_batch_timed(&a, "nr.batch", &body).await;
+                answered.push(answer.expect("a batch while Redis is up"));
+            }
+            answered
+        };
+        let (singles, batches) = tokio::join!(singles, batches);
+        assert_eq!(singles, (1..=SINGLES).collect::<Vec<_>>());
+        let total = (BATCHES * SIZE + SINGLES) as usize;
+        let mut seen = Vec::new();
+        for client in &mut clients {
+            seen.push(receive(client, total).await);
+        }
+        assert!(
+            seen.iter().all(|node| *node == seen[0]),
+            "every node delivers the same messages with the same numbers, in the same order"
+        );
+        let stream = &seen[0];
+        let seqs: Vec<u64> = stream
+            .iter()
+            .map(|got| got["seq"].as_u64().unwrap())
+            .collect();
+        assert!(
+            seqs.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "one seq per publish, cluster-wide: {seqs:?}"
+        );
+        for (k, offsets) in batches.iter().enumerate() {
+            let at = stream
+                .iter()
+                .position(|got| got["data"]["k"] == k && got["data"]["i"] == 0)
+                .unwrap_or_else(|| panic!("batch {k} was delivered"));
+            let run = &stream[at..at + SIZE as usize];
+            for (i, got) in run.iter().enumerate() {
+                let data = json!({"k": k, "i": i, "pad": pad});
+                assert_message(got, "nr.batch", offsets[i], &data);
+            }
+        }
+        let singles: Vec<u64> = stream
+            .iter()
+            .filter(|got| got["channel"] == "nr.single")
+            .map(|got| got["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(singles, (1..=SINGLES).collect::<Vec<_>>());
+        drop((a, b, c));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_batch_redis_refuses_for_want_of_memory_is_refused_whole_and_takes_no_numbers() {
+    watchdog(async {
+        let redis = Redis::start();
+        let a = node(&redis).await;
+        let mut on_a = Client::connect(&a).await;
+        subscribe(&mut on_a, "om.1").await;
+        a.publish("om.1", &json!(1)).await;
+        let first = on_a.recv().await;
+        assert_message(&first, "om.1", 1, &json!(1));
+
+        // Between two presence refreshes (which Redis would refuse too), so the refusal is
+        // the batch script's own: Redis checks memory at a script's first write.
+        after_presence_refresh(&a).await;
+        let set = redis_command(&redis, "CONFIG SET maxmemory 1");
+        assert_eq!(set, "+OK\r\n");
+        let body = batch_body("om.1", (10..15).map(|data| json!(data)));
+        let (answer, took) = publish_batch_timed(&a, "om.1", &body).await;
+        let set = redis_command(&redis, "CONFIG SET maxmemory 0");
+        assert_eq!(set, "+OK\r\n");
+        assert_eq!(
+            answer,
+            Err(Answer::Unavailable),
+            "OOM: refused before it ran"
+        );
+        assert_at_once(took, "a batch Redis refused");
+        let cluster = a.stats().await["cluster"].clone();
+        assert_eq!(
+            (
+                cluster["connected"].clone(),
+                cluster["publishes_unavailable_total"].clone()
+            ),
+            (json!(true), json!(5)),
+            "Redis answered the refusal; the connection stands: {cluster}"
+        );
+
+        a.publish("om.1", &json!(2)).await;
+        let next = on_a.recv().await;
+        assert_message(&next, "om.1", 2, &json!(2));
+        assert_eq!(
+            next["seq"].as_u64(),
+            first["seq"].as_u64().map(|seq| seq + 1),
+            "the refused batch took no seq"
+        );
+        on_a.expect_silence("nothing of the refused batch").await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_batch_script_that_fails_while_running_is_unknown_and_delivers_none_of_it() {
+    watchdog(async {
+        let redis = Redis::start();
+        let a = node(&redis).await;
+        let mut on_a = Client::connect(&a).await;
+        subscribe(&mut on_a, "rt.*").await;
+        a.publish("rt.ok", &json!(1)).await;
+        assert_message(&on_a.recv().await, "rt.ok", 1, &json!(1));
+
+        // Something other than corecast breaks a channel's counter: the batch's script fails
+        // at that message's offset, after the messages before it took theirs.
+        let set = redis_command(&redis, "HSET corecast:offsets rt.bad oops");
+        assert_eq!(set, ":1\r\n");
+        let body = json!({"messages": [
+            {"channel": "rt.ok", "data": 2},
+            {"channel": "rt.ok", "data": 3},
+            {"channel": "rt.bad", "data": 4},
+        ]})
+        .to_string();
+        let (answer, took) = publish_batch_timed(&a, "rt.ok", &body).await;
+        assert_eq!(
+            answer,
+            Err(Answer::Unknown),
+            "the script failed while running"
+        );
+        assert_at_once(took, "a batch whose script failed");
+        on_a.expect_silence("none of the failed batch is delivered")
+            .await;
+        let del = redis_command(&redis, "HDEL corecast:offsets rt.bad");
+        assert_eq!(del, ":1\r\n");
+
+        assert_eq!(a.publish("rt.ok", &json!(5)).await, 4);
+        let gap = on_a.recv().await;
+        assert_eq!(
+            gap,
+            json!({"type": "gap", "channel": "rt.ok", "from": 2, "to": 3}),
+            "the offsets the failed batch took are announced as lost, never delivered"
+        );
+        assert_message(&on_a.recv().await, "rt.ok", 4, &json!(5));
+        on_a.expect_silence("nothing else").await;
+        assert_eq!(
+            a.stats().await["cluster"]["publishes_outcome_unknown_total"],
+            3
+        );
     })
     .await
 }

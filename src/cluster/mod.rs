@@ -6,12 +6,14 @@
 //! message's `seq` as its entry ID, bounded to `cluster_log_max` entries. One Lua script
 //! ([`PUBLISH_SCRIPT`]) assigns a message its seq and offset, appends it to the log and
 //! `PUBLISH`es it on `corecast:events`, atomically, so every node receives every message in seq
-//! order with the same numbers. Each node's ingest core keeps its own history from that stream,
-//! so recovery is exact on any node; what a node missed while cut off it reads back from the
-//! log by seq.
+//! order with the same numbers. A batch is one run of another script
+//! ([`PUBLISH_BATCH_SCRIPT`]) that does the same for all of its messages: Redis runs a script
+//! whole with nothing between, so the batch's seqs are consecutive, and it has one fate. Each
+//! node's ingest core keeps its own history from that stream, so recovery is exact on any node;
+//! what a node missed while cut off it reads back from the log by seq.
 //!
 //! This module is the bridge: three plain threads, never a glommio executor, so a slow or
-//! absent Redis never blocks a broadcast shard. The *command* thread runs the publish script
+//! absent Redis never blocks a broadcast shard. The *command* thread runs the publish scripts
 //! (pipelined: every request waiting is sent in one round trip), log reads and the node's
 //! presence; the *dialer* opens its connections, so the command thread never waits on a
 //! connect; the *events* thread holds the `SUBSCRIBE`. They reconnect with backoff and tell
@@ -27,7 +29,8 @@
 //! had no connection that answers, or the publish waited out its time behind another round
 //! trip), or that Redis refused before the script changed anything, is
 //! [`PublishFailure::Refused`]: it is certainly not published. While the command connection
-//! is down or stalled, publishes are refused at once, never queued behind the stall.
+//! is down or stalled, publishes are refused at once, never queued behind the stall. A batch
+//! is one request, one command and one answer, so all of this holds for the batch as a whole.
 
 use std::io;
 use std::sync::mpsc::{Receiver as StdReceiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -59,7 +62,9 @@ const PRESENCE_PERIOD: Duration = Duration::from_secs(1);
 /// connection down dials again no sooner than `RETRY_FIRST` after the last dial ended.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_CAP: Duration = Duration::from_secs(5);
-/// Publishes sent to Redis in one pipelined round trip, at most.
+/// Messages sent to Redis in one pipelined round trip, a batch counting each of its own: the
+/// command thread takes no more requests once it holds this many, so a round trip carries at
+/// most this many and one batch more (a batch is never split).
 const PIPELINE_MAX: usize = 256;
 /// Log entries one read returns, at most.
 pub const LOG_READ_MAX: usize = 10_000;
@@ -67,9 +72,9 @@ pub const LOG_READ_MAX: usize = 10_000;
 /// Error codes with which Redis refuses a script before it changed anything, so the publish
 /// is certainly not published: it never ran (`NOSCRIPT`, `LOADING`, `BUSY`, `NOAUTH`), or its
 /// first write was refused (`OOM`, `MISCONF`, `READONLY`, `NOREPLICAS`, `MASTERDOWN`: Redis 7
-/// checks these at a script's first write command, and [`PUBLISH_SCRIPT`] writes nothing
-/// before it). Any other error (`ERR` from a failing script, `NOPERM` from an ACL that denies
-/// a later command) may come after some of its writes: the outcome is unknown.
+/// checks these at a script's first write command, and neither publish script writes
+/// anything before it). Any other error (`ERR` from a failing script, `NOPERM` from an ACL
+/// that denies a later command) may come after some of its writes: the outcome is unknown.
 const REFUSED_BEFORE_RUNNING: [&str; 9] = [
     "NOSCRIPT",
     "LOADING",
@@ -104,6 +109,54 @@ redis.call('PUBLISH', KEYS[5], '{"e":"' .. epoch .. '","s":' .. seq .. ',"o":' .
 return {epoch, seq, offset}
 "#;
 
+/// Numbers every message of a batch, in a row, as [`PUBLISH_SCRIPT`] numbers one: the same
+/// seq, offset, log entry and event for each, in batch order, all in this one run, so no other
+/// publish comes between them. Answers the offsets in order.
+///
+/// One script rather than `MULTI`, one `EVALSHA` per message and `EXEC`: a transaction does
+/// not roll back a command that fails while `EXEC` runs, so one message's failure would leave
+/// the others published; a refused `EXEC` leaves the connection inside `MULTI`; and a refused
+/// `MULTI` would let the `EVALSHA`s run one by one. A script is one command: Redis runs it
+/// whole, or refuses it before it starts (`OOM` included: Redis checks it at a script's first
+/// write, and this one writes nothing before).
+///
+/// Its writes come in three rounds, so that a failure while it runs delivers none of the
+/// batch (only a Redis whose `corecast:` keys or ACLs something else changed can fail it
+/// then; the answer is `outcome_unknown`): first the counters (an `offsets` field that is not
+/// a number fails there, the numbers taken so far skipped, as when a single publish fails),
+/// then the log entries (the same command on the same key with rising IDs: if one fails, the
+/// first does), then the events (`PUBLISH` fails only for an ACL, and then at the first: the
+/// whole batch is in the log, none of it delivered live).
+/// KEYS: epoch, seq, offsets, log, events. ARGV: proposed epoch, log max, then for each
+/// message: channel, data, ts_ms, priority.
+pub const PUBLISH_BATCH_SCRIPT: &str = r#"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+end
+local n = (#ARGV - 2) / 4
+local first = redis.call('INCRBY', KEYS[2], n) - n + 1
+local offsets = {}
+for i = 1, n do
+  offsets[i] = redis.call('HINCRBY', KEYS[3], ARGV[4 * i - 1], 1)
+end
+for i = 1, n do
+  local at = 4 * i - 1
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], (first + i - 1) .. '-0',
+    'e', epoch, 'o', offsets[i], 't', ARGV[at + 2], 'p', ARGV[at + 3], 'c', ARGV[at],
+    'd', ARGV[at + 1])
+end
+for i = 1, n do
+  local at = 4 * i - 1
+  redis.call('PUBLISH', KEYS[5], '{"e":"' .. epoch .. '","s":' .. (first + i - 1) .. ',"o":' ..
+    offsets[i] .. ',"t":' .. ARGV[at + 2] .. ',"p":"' .. ARGV[at + 3] .. '","c":"' .. ARGV[at] ..
+    '","d":' .. ARGV[at + 1] .. '}')
+end
+return offsets
+"#;
+
 /// A message as the cluster numbered it, on its way to every node's ingest core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Numbered {
@@ -128,6 +181,26 @@ pub struct PublishRequest {
     /// When it must be answered: `redis_timeout_ms` after the ingest core handed it over.
     /// Still unsent then, it is refused; sent and unanswered then, its outcome is unknown.
     pub answer_by: Instant,
+}
+
+/// A batch the ingest core hands the bridge whole: one request, numbered by one run of
+/// [`PUBLISH_BATCH_SCRIPT`] and answered once, for all of its messages.
+#[derive(Debug)]
+pub struct BatchRequest {
+    pub token: u64,
+    /// Its messages, in order; never empty.
+    pub entries: Vec<BatchEntry>,
+    /// As [`PublishRequest::answer_by`], for the batch as a whole.
+    pub answer_by: Instant,
+}
+
+/// One message of a [`BatchRequest`].
+#[derive(Debug)]
+pub struct BatchEntry {
+    pub channel: Box<str>,
+    pub data: Box<str>,
+    pub priority: Priority,
+    pub ts_ms: u64,
 }
 
 /// Why a publish has no numbers, as far as the bridge can tell.
@@ -159,6 +232,8 @@ pub enum Health {
 #[derive(Debug)]
 pub enum ToCluster {
     Publish(PublishRequest),
+    /// A batch, to be numbered as one (see [`PUBLISH_BATCH_SCRIPT`]).
+    PublishBatch(BatchRequest),
     /// Log entries with seq in `after + 1 ..= up_to`, in order.
     ReadLog {
         token: u64,
@@ -187,6 +262,11 @@ pub enum FromCluster {
     Published {
         token: u64,
         result: Result<Numbered, PublishFailure>,
+    },
+    /// The one answer to a batch: every message's offset, in order, or why none has one.
+    PublishedBatch {
+        token: u64,
+        result: Result<Vec<u64>, PublishFailure>,
     },
     /// The command connection's health changed; `reason` for the log.
     Health { health: Health, reason: String },
@@ -244,6 +324,16 @@ enum Inbound {
     Probe,
 }
 
+impl Inbound {
+    /// What it counts against [`PIPELINE_MAX`]: a batch's messages, else one.
+    fn weight(&self) -> usize {
+        match self {
+            Inbound::Request(ToCluster::PublishBatch(batch)) => batch.entries.len(),
+            _ => 1,
+        }
+    }
+}
+
 /// The ingest core's way to the bridge's command thread.
 #[derive(Clone)]
 pub struct Requests(SyncSender<Inbound>);
@@ -262,6 +352,30 @@ impl Requests {
                     }
                 }
             })
+    }
+}
+
+/// The far end of [`Requests::unattached`]: what the ingest core sent, for its tests.
+#[cfg(test)]
+pub(crate) struct Unattached(StdReceiver<Inbound>);
+
+#[cfg(test)]
+impl Unattached {
+    /// The next request sent, if any.
+    pub(crate) fn take(&self) -> Option<ToCluster> {
+        match self.0.try_recv() {
+            Ok(Inbound::Request(request)) => Some(request),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Requests {
+    /// A queue of `capacity` requests with no bridge behind it, for the ingest core's tests.
+    pub(crate) fn unattached(capacity: usize) -> (Requests, Unattached) {
+        let (requests, inbox) = std::sync::mpsc::sync_channel(capacity);
+        (Requests(requests), Unattached(inbox))
     }
 }
 
@@ -420,8 +534,29 @@ fn health_after(err: &redis::RedisError) -> Health {
     }
 }
 
-/// The dialer thread: opens a command connection, with the publish script loaded, each time
-/// the command thread asks, and hands it over. The whole dial has one `timeout`; the script's
+/// The publish scripts, loaded on every command connection; `EVALSHA` after that.
+struct Scripts {
+    one: redis::Script,
+    batch: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            one: redis::Script::new(PUBLISH_SCRIPT),
+            batch: redis::Script::new(PUBLISH_BATCH_SCRIPT),
+        }
+    }
+
+    fn load(&self, redis: &mut redis::Connection) -> redis::RedisResult<()> {
+        self.one.load(redis)?;
+        self.batch.load(redis)?;
+        Ok(())
+    }
+}
+
+/// The dialer thread: opens a command connection, with the publish scripts loaded, each time
+/// the command thread asks, and hands it over. The whole dial has one `timeout`; the scripts'
 /// load is also the proof that Redis answers (a stopped Redis still takes TCP connections).
 fn run_dialer(
     client: &redis::Client,
@@ -429,13 +564,12 @@ fn run_dialer(
     asks: &StdReceiver<()>,
     commands: &SyncSender<Inbound>,
 ) {
-    let script = redis::Script::new(PUBLISH_SCRIPT);
+    let scripts = Scripts::new();
     for () in asks {
         let deadline = Instant::now() + timeout;
         let dialed = connect(client, timeout).and_then(|mut fresh| {
             budget(&fresh, deadline)?;
-            // Loaded once per connection; EVALSHA after that.
-            script.load(&mut fresh)?;
+            scripts.load(&mut fresh)?;
             Ok(fresh)
         });
         if commands.send(Inbound::Dialed(dialed)).is_err() {
@@ -528,6 +662,85 @@ struct LogRead {
     up_to: u64,
 }
 
+/// A publish as the command thread sends it: one message, or a batch as one command.
+enum Publish {
+    One(PublishRequest),
+    Batch(BatchRequest),
+}
+
+impl Publish {
+    fn answer_by(&self) -> Instant {
+        match self {
+            Publish::One(publish) => publish.answer_by,
+            Publish::Batch(batch) => batch.answer_by,
+        }
+    }
+
+    /// Appends its script's `EVALSHA` to `packed`; `proposed` is the epoch to take if Redis
+    /// has none.
+    fn pack(&self, scripts: &Scripts, proposed: &str, log_max: usize, packed: &mut Vec<u8>) {
+        let script = match self {
+            Publish::One(_) => &scripts.one,
+            Publish::Batch(_) => &scripts.batch,
+        };
+        let mut command = redis::cmd("EVALSHA");
+        command
+            .arg(script.get_hash())
+            .arg(5)
+            .arg(EPOCH_KEY)
+            .arg(SEQ_KEY)
+            .arg(OFFSETS_KEY)
+            .arg(LOG_KEY)
+            .arg(EVENTS_CHANNEL);
+        match self {
+            Publish::One(publish) => {
+                command
+                    .arg(&*publish.channel)
+                    .arg(&*publish.data)
+                    .arg(publish.ts_ms)
+                    .arg(priority_name(publish.priority))
+                    .arg(proposed)
+                    .arg(log_max);
+            }
+            Publish::Batch(batch) => {
+                assert!(
+                    !batch.entries.is_empty(),
+                    "the ingest core sends no empty batch"
+                );
+                command.arg(proposed).arg(log_max);
+                for entry in &batch.entries {
+                    command
+                        .arg(&*entry.channel)
+                        .arg(&*entry.data)
+                        .arg(entry.ts_ms)
+                        .arg(priority_name(entry.priority));
+                }
+            }
+        }
+        command.write_packed_command(packed);
+    }
+}
+
+/// The epoch, seq and offset of one publish from [`PUBLISH_SCRIPT`]'s answer `value`.
+fn publish_numbers(value: redis::Value) -> Result<(String, u64, u64), PublishFailure> {
+    redis::from_redis_value(value)
+        .map_err(|err| PublishFailure::Unknown(format!("Redis answered the script oddly: {err}")))
+}
+
+/// The offsets of a batch's `len` messages from [`PUBLISH_BATCH_SCRIPT`]'s answer `value`.
+fn batch_offsets(value: redis::Value, len: usize) -> Result<Vec<u64>, PublishFailure> {
+    let offsets: Vec<u64> = redis::from_redis_value(value).map_err(|err| {
+        PublishFailure::Unknown(format!("Redis answered the batch script oddly: {err}"))
+    })?;
+    if offsets.len() != len {
+        return Err(PublishFailure::Unknown(format!(
+            "Redis answered {} offsets for a batch of {len}",
+            offsets.len()
+        )));
+    }
+    Ok(offsets)
+}
+
 /// Why the command connection was given up: the health that follows, and why.
 struct Lost {
     health: Health,
@@ -591,7 +804,7 @@ struct CommandThread {
 
 impl CommandThread {
     fn run(mut self, inbox: StdReceiver<Inbound>) {
-        let script = redis::Script::new(PUBLISH_SCRIPT);
+        let scripts = Scripts::new();
         let mut link = Link::Down(Redial::now(Instant::now()));
         let mut connections = 0;
         let mut next_presence = Instant::now();
@@ -612,14 +825,21 @@ impl CommandThread {
                 Link::Down(redial) => redial.retry_at.saturating_duration_since(now),
             };
             let mut batch = Vec::new();
+            let mut weight = 0;
             match inbox.recv_timeout(wait) {
-                Ok(first) => batch.push(first),
+                Ok(first) => {
+                    weight += first.weight();
+                    batch.push(first);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            while batch.len() < PIPELINE_MAX {
+            while weight < PIPELINE_MAX {
                 match inbox.try_recv() {
-                    Ok(next) => batch.push(next),
+                    Ok(next) => {
+                        weight += next.weight();
+                        batch.push(next);
+                    }
                     Err(_) => break,
                 }
             }
@@ -633,7 +853,12 @@ impl CommandThread {
                         next_presence = Instant::now();
                     }
                     Inbound::Probe => probe = true,
-                    Inbound::Request(ToCluster::Publish(publish)) => publishes.push(publish),
+                    Inbound::Request(ToCluster::Publish(publish)) => {
+                        publishes.push(Publish::One(publish))
+                    }
+                    Inbound::Request(ToCluster::PublishBatch(batch)) => {
+                        publishes.push(Publish::Batch(batch))
+                    }
                     Inbound::Request(ToCluster::ReadLog {
                         token,
                         after,
@@ -674,14 +899,7 @@ impl CommandThread {
                 next_presence = Instant::now() + PRESENCE_PERIOD;
                 connections
             });
-            let served = self.serve(
-                redis,
-                deadline,
-                script.get_hash(),
-                publishes,
-                reads,
-                presence,
-            );
+            let served = self.serve(redis, deadline, &scripts, publishes, reads, presence);
             if let Err(lost) = served {
                 self.lose(&mut link, lost);
             }
@@ -746,28 +964,37 @@ impl CommandThread {
         tell(&self.to_ingest, FromCluster::Health { health, reason });
     }
 
-    /// Answers `publish` and queues the answer for the ingest core (the caller wakes it).
-    fn answer(&self, publish: PublishRequest, result: Result<(String, u64, u64), PublishFailure>) {
-        let result = result.map(|(epoch, seq, offset)| Numbered {
-            epoch: epoch.into(),
-            seq,
-            offset,
-            ts_ms: publish.ts_ms,
-            priority: publish.priority,
-            channel: publish.channel,
-            data: publish.data,
-        });
-        queue_for_ingest(
-            &self.to_ingest,
-            FromCluster::Published {
-                token: publish.token,
-                result,
+    /// Answers `publish` with Redis's answer to its script (`Ok`, not an error) or why it has
+    /// none, and queues the answer for the ingest core (the caller wakes it).
+    fn answer(&self, publish: Publish, reply: Result<redis::Value, PublishFailure>) {
+        let message = match publish {
+            Publish::One(publish) => {
+                let result = reply
+                    .and_then(publish_numbers)
+                    .map(|(epoch, seq, offset)| Numbered {
+                        epoch: epoch.into(),
+                        seq,
+                        offset,
+                        ts_ms: publish.ts_ms,
+                        priority: publish.priority,
+                        channel: publish.channel,
+                        data: publish.data,
+                    });
+                FromCluster::Published {
+                    token: publish.token,
+                    result,
+                }
+            }
+            Publish::Batch(batch) => FromCluster::PublishedBatch {
+                token: batch.token,
+                result: reply.and_then(|value| batch_offsets(value, batch.entries.len())),
             },
-        );
+        };
+        queue_for_ingest(&self.to_ingest, message);
     }
 
     /// Refuses every publish of `publishes`, unsent, while the connection is down.
-    fn refuse_all(&self, publishes: Vec<PublishRequest>) {
+    fn refuse_all(&self, publishes: Vec<Publish>) {
         if publishes.is_empty() {
             return;
         }
@@ -794,20 +1021,20 @@ impl CommandThread {
         );
     }
 
-    /// Does what a batch asks on the live connection: the publishes in one pipeline (each
-    /// answered by its `answer_by`), then the log reads, then the presence refresh when
+    /// Does what the requests taken together ask on the live connection: the publishes (a
+    /// batch is one) in one pipeline (each answered by its `answer_by`), then the log reads, then the presence refresh when
     /// `presence` (the connection count) is given, all by `deadline`. Every request is
     /// answered whatever happens; `Err` means the connection is no longer usable.
     fn serve(
         &self,
         redis: &mut redis::Connection,
         deadline: Instant,
-        script_hash: &str,
-        publishes: Vec<PublishRequest>,
+        scripts: &Scripts,
+        publishes: Vec<Publish>,
         reads: Vec<LogRead>,
         presence: Option<usize>,
     ) -> Result<(), Lost> {
-        let mut outcome = self.publish_all(redis, script_hash, publishes);
+        let mut outcome = self.publish_all(redis, scripts, publishes);
         let mut reads = reads.into_iter();
         if outcome.is_ok() {
             for read in reads.by_ref() {
@@ -844,14 +1071,15 @@ impl CommandThread {
         outcome
     }
 
-    /// Runs the publish script for every request in one pipeline and answers each by its
-    /// `answer_by`: its numbers; refused, when its time ran out before it was sent or Redis
-    /// refused it before running; unknown, when it was sent and no answer came in time.
+    /// Runs the publish script for every request (a batch's for a batch) in one pipeline and
+    /// answers each by its `answer_by`: its numbers; refused, when its time ran out before it
+    /// was sent or Redis refused it before running; unknown, when it was sent and no answer
+    /// came in time.
     fn publish_all(
         &self,
         redis: &mut redis::Connection,
-        script_hash: &str,
-        publishes: Vec<PublishRequest>,
+        scripts: &Scripts,
+        publishes: Vec<Publish>,
     ) -> Result<(), Lost> {
         if publishes.is_empty() {
             return Ok(());
@@ -859,12 +1087,12 @@ impl CommandThread {
         let now = Instant::now();
         let (late, publishes): (Vec<_>, Vec<_>) = publishes
             .into_iter()
-            .partition(|publish| publish.answer_by <= now);
+            .partition(|publish| publish.answer_by() <= now);
         for publish in late {
             let reason = "it waited out redis_timeout_ms behind another round trip; not sent";
             self.answer(publish, Err(PublishFailure::Refused(reason.into())));
         }
-        let outcome = self.send_and_answer(redis, script_hash, publishes);
+        let outcome = self.send_and_answer(redis, scripts, publishes);
         // One wake-up for the whole pipeline's answers.
         self.to_ingest.wake();
         outcome
@@ -873,8 +1101,8 @@ impl CommandThread {
     fn send_and_answer(
         &self,
         redis: &mut redis::Connection,
-        script_hash: &str,
-        publishes: Vec<PublishRequest>,
+        scripts: &Scripts,
+        publishes: Vec<Publish>,
     ) -> Result<(), Lost> {
         let Some(first) = publishes.first() else {
             return Ok(());
@@ -882,24 +1110,11 @@ impl CommandThread {
         let proposed = crate::clock::new_epoch();
         let mut packed = Vec::new();
         for publish in &publishes {
-            redis::cmd("EVALSHA")
-                .arg(script_hash)
-                .arg(5)
-                .arg(EPOCH_KEY)
-                .arg(SEQ_KEY)
-                .arg(OFFSETS_KEY)
-                .arg(LOG_KEY)
-                .arg(EVENTS_CHANNEL)
-                .arg(&*publish.channel)
-                .arg(&*publish.data)
-                .arg(publish.ts_ms)
-                .arg(priority_name(publish.priority))
-                .arg(&*proposed)
-                .arg(self.config.cluster_log_max)
-                .write_packed_command(&mut packed);
+            publish.pack(scripts, &proposed, self.config.cluster_log_max, &mut packed);
         }
         // Answers come in the order sent, so the first publish has the earliest deadline.
-        let sent = budget(redis, first.answer_by).and_then(|()| redis.send_packed_command(&packed));
+        let sent =
+            budget(redis, first.answer_by()).and_then(|()| redis.send_packed_command(&packed));
         let mut publishes = publishes.into_iter();
         if let Err(err) = sent {
             // A write that failed may have got some of the pipeline to Redis.
@@ -911,7 +1126,7 @@ impl CommandThread {
         }
         let mut outcome = Ok(());
         while let Some(publish) = publishes.next() {
-            let reply = left_until(publish.answer_by)
+            let reply = left_until(publish.answer_by())
                 .and_then(|left| redis.set_read_timeout(Some(left)))
                 .and_then(|()| redis.recv_response());
             match reply {
@@ -919,19 +1134,14 @@ impl CommandThread {
                     if err.code() == "NOSCRIPT" {
                         outcome = Err(Lost {
                             health: Health::Down,
-                            reason: "Redis lost the publish script (SCRIPT FLUSH or a restart): \
-                                     reconnecting to load it"
+                            reason: "Redis lost the publish scripts (SCRIPT FLUSH or a restart): \
+                                     reconnecting to load them"
                                 .into(),
                         });
                     }
                     self.answer(publish, Err(failure_of(&err)));
                 }
-                Ok(value) => {
-                    let numbers = redis::from_redis_value(value).map_err(|err| {
-                        PublishFailure::Unknown(format!("Redis answered the script oddly: {err}"))
-                    });
-                    self.answer(publish, numbers);
-                }
+                Ok(value) => self.answer(publish, Ok(value)),
                 Err(err) => {
                     let reason = if err.is_timeout() {
                         format!(
@@ -1091,6 +1301,89 @@ mod tests {
                 "{unknown}"
             );
         }
+    }
+
+    #[test]
+    fn a_batch_script_error_is_a_refusal_only_before_it_ran() {
+        // As Redis 7 answers the batch script: out of memory at its first write, and a
+        // counter that something else made not a number.
+        let refused = "-OOM command not allowed when used memory > 'maxmemory'. script: \
+                       25295507da9a6fe5b60a47724459922afa224aa5, on @user_script:8.";
+        assert!(matches!(failure(refused), PublishFailure::Refused(_)));
+        let unknown = "-ERR hash value is not an integer script: \
+                       25295507da9a6fe5b60a47724459922afa224aa5, on @user_script:11.";
+        assert!(matches!(failure(unknown), PublishFailure::Unknown(_)));
+    }
+
+    /// `line` (RESP) as the bridge reads an answer.
+    fn value(line: &str) -> redis::Value {
+        redis::parse_redis_value(line.as_bytes()).expect("RESP")
+    }
+
+    #[test]
+    fn a_batch_is_answered_with_every_offset_in_order_or_as_unknown() {
+        assert_eq!(
+            batch_offsets(value("*3\r\n:4\r\n:1\r\n:5\r\n"), 3),
+            Ok(vec![4, 1, 5])
+        );
+        for (odd, len) in [
+            ("*3\r\n:4\r\n:1\r\n:5\r\n", 2),
+            (":3\r\n", 1),
+            ("*1\r\n$1\r\nx\r\n", 1),
+        ] {
+            assert!(
+                matches!(
+                    batch_offsets(value(odd), len),
+                    Err(PublishFailure::Unknown(_))
+                ),
+                "{odd:?} for {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_goes_to_redis_as_one_command() {
+        let scripts = Scripts::new();
+        let entry = |channel: &str, data: &str| BatchEntry {
+            channel: channel.into(),
+            data: data.into(),
+            priority: Priority::High,
+            ts_ms: 7,
+        };
+        let batch = Publish::Batch(BatchRequest {
+            token: 1,
+            entries: vec![entry("a.b", "1"), entry("a.c", r#"{"x":2}"#)],
+            answer_by: Instant::now(),
+        });
+        let mut packed = Vec::new();
+        batch.pack(&scripts, "ep", 100, &mut packed);
+        let mut one = redis::cmd("EVALSHA");
+        for arg in [
+            scripts.batch.get_hash(),
+            "5",
+            EPOCH_KEY,
+            SEQ_KEY,
+            OFFSETS_KEY,
+            LOG_KEY,
+            EVENTS_CHANNEL,
+            "ep",
+            "100",
+            "a.b",
+            "1",
+            "7",
+            "high",
+            "a.c",
+            r#"{"x":2}"#,
+            "7",
+            "high",
+        ] {
+            one.arg(arg);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&packed),
+            String::from_utf8_lossy(&one.get_packed_command()),
+            "one EVALSHA of the batch script, each message's four arguments in order"
+        );
     }
 
     #[test]

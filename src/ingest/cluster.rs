@@ -14,22 +14,25 @@
 //! Each answer to a publish says what the bridge knows: its offset; `cluster_unavailable`
 //! when it was certainly not published; `outcome_unknown` when it was sent and Redis gave no
 //! answer in time (it may still be published, and is then delivered here like any other).
-//! Both refusals are counted, and `/v1/stats` shows a stall as soon as a publish waits past
-//! `redis_timeout_ms`.
+//! A batch is handed to the bridge as one request, which Redis numbers in one script run, and
+//! gets one of the same three answers for all of its messages: every offset, or one refusal.
+//! Both refusals are counted (a batch's once per message), and `/v1/stats` shows a stall as
+//! soon as a publish waits past `redis_timeout_ms`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_channel::oneshot;
 use hashbrown::HashMap;
 
 use super::encode;
 use super::history::{Assigned, History, Unnumbered};
-use super::{Batch, BatchParts, IngestCore, Job, PublishError, Reply, BRIDGE_QUEUE_SLACK};
+use super::{Batch, BatchOutcome, IngestCore, Job, PublishError};
 use crate::cluster::{
-    self, FromCluster, Health, NodeInfo, Numbered, PublishFailure, PublishRequest, Requests,
-    ToCluster,
+    self, BatchEntry, BatchRequest, FromCluster, Health, NodeInfo, Numbered, PublishFailure,
+    PublishRequest, Requests, ToCluster,
 };
 use crate::msg::ToShard;
 use crate::ws::command;
@@ -43,12 +46,23 @@ enum LogUse {
     Fill { up_to: u64 },
 }
 
+/// What waits for the bridge's answer to a publish.
+enum Waiting {
+    /// A publish: its answer goes where its job says.
+    One(Job),
+    /// A batch of `len` messages: one answer for all of them.
+    Batch {
+        done: oneshot::Sender<BatchOutcome>,
+        len: usize,
+    },
+}
+
 /// The ingest core's cluster state.
 pub struct ClusterLink {
     requests: Requests,
-    /// Publishes handed to the bridge, waiting for their answer, by token, with when they
-    /// were handed over.
-    pending: RefCell<HashMap<u64, (Job, Instant)>>,
+    /// Publishes and batches handed to the bridge, waiting for their answer, by token, with
+    /// when they were handed over.
+    pending: RefCell<HashMap<u64, (Waiting, Instant)>>,
     next_token: Cell<u64>,
     /// Messages from Redis not fanned out yet, in seq order.
     pub(super) arrived: RefCell<VecDeque<Numbered>>,
@@ -81,7 +95,7 @@ pub struct ClusterStats {
     /// none waits.
     pub oldest_pending_ms: u64,
     /// Publishes answered `outcome_unknown` (sent, no answer in time) and
-    /// `cluster_unavailable` (certainly not published).
+    /// `cluster_unavailable` (certainly not published); a batch counts each of its messages.
     pub publishes_outcome_unknown_total: u64,
     pub publishes_unavailable_total: u64,
     pub seq: Option<u64>,
@@ -146,6 +160,32 @@ impl ClusterLink {
         let _ = self.requests.try_send(ToCluster::Presence { connections });
     }
 
+    /// What the publisher of `messages` messages (one, or a batch's) is told of `failure`;
+    /// counted once per message.
+    fn publish_error(&self, failure: &PublishFailure, messages: usize) -> PublishError {
+        let messages = messages as u64;
+        match failure {
+            PublishFailure::Refused(_) => {
+                self.unavailable_total
+                    .set(self.unavailable_total.get() + messages);
+                PublishError::ClusterUnavailable
+            }
+            PublishFailure::Unknown(_) => {
+                self.outcome_unknown_total
+                    .set(self.outcome_unknown_total.get() + messages);
+                PublishError::OutcomeUnknown
+            }
+        }
+    }
+
+    /// Takes what waits for the answer `token`, if anything does.
+    fn answered(&self, token: u64) -> Option<Waiting> {
+        self.pending
+            .borrow_mut()
+            .remove(&token)
+            .map(|(waiting, _)| waiting)
+    }
+
     /// Asks for the log after `after` up to `up_to`, for `purpose`.
     fn read_log(&self, after: u64, up_to: u64, purpose: LogUse) {
         let token = self.token();
@@ -192,33 +232,50 @@ impl IngestCore {
                 .await;
             return;
         }
-        link.pending.borrow_mut().insert(token, (job, handed));
+        link.pending
+            .borrow_mut()
+            .insert(token, (Waiting::One(job), handed));
     }
 
-    /// Cluster mode's batch: each message goes to Redis as a publish of its own, all in a row,
-    /// and the batch is answered when the last is. It is refused whole when the bridge's queue
-    /// lacks room for all of them, and a Redis down or stalled refuses each of them at once (the
-    /// batch is then answered with that refusal: nothing was published). Redis failing or
-    /// stalling while the batch is sent is [`PublishError::Interrupted`], the one answer after
-    /// which part of a batch may be published.
-    pub(super) async fn cluster_publish_batch(&self, batch: Batch, touched: &mut [bool]) {
+    /// Cluster mode's batch: handed to the bridge as one request, which Redis numbers in one
+    /// run of [`cluster::PUBLISH_BATCH_SCRIPT`] (all of it in a row, or none), and answered
+    /// once by the bridge's one answer (by `redis_timeout_ms`): every offset in order,
+    /// `cluster_unavailable` or `outcome_unknown` for the whole batch. Refused `overloaded`
+    /// when the bridge's queue is full. Its messages fan out as they come back from Redis,
+    /// like any others.
+    pub(super) fn cluster_publish_batch(&self, batch: Batch) {
+        assert!(
+            !batch.jobs.is_empty(),
+            "an empty batch is answered before it is queued"
+        );
         let link = self.link();
-        let room = self
-            .config
-            .queue_items_max
-            .saturating_sub(BRIDGE_QUEUE_SLACK + link.pending.borrow().len());
-        if batch.jobs.len() > room {
+        let token = link.token();
+        let handed = Instant::now();
+        let len = batch.jobs.len();
+        let entries = batch
+            .jobs
+            .into_iter()
+            .map(|job| BatchEntry {
+                channel: job.channel,
+                data: job.data,
+                priority: job.priority,
+                ts_ms: job.ts_ms,
+            })
+            .collect();
+        let request = ToCluster::PublishBatch(BatchRequest {
+            token,
+            entries,
+            answer_by: handed + self.redis_timeout(),
+        });
+        if link.requests.try_send(request).is_err() {
             let _ = batch.done.send(Err(PublishError::Overloaded));
             return;
         }
-        let parts = BatchParts::new(batch.jobs.len(), batch.done);
-        for (at, job) in batch.jobs.into_iter().enumerate() {
-            let job = Job {
-                reply: Reply::Part(parts.clone(), at),
-                ..job
-            };
-            self.cluster_publish(job, touched).await;
-        }
+        let waiting = Waiting::Batch {
+            done: batch.done,
+            len,
+        };
+        link.pending.borrow_mut().insert(token, (waiting, handed));
     }
 
     /// `History::assign_numbered`, reclaiming slots of forgettable channels first when the
@@ -243,25 +300,36 @@ impl IngestCore {
         let link = self.link();
         match news {
             FromCluster::Published { token, result } => {
-                let Some((job, _)) = link.pending.borrow_mut().remove(&token) else {
+                let Some(waiting) = link.answered(token) else {
                     return;
                 };
+                let Waiting::One(job) = waiting else {
+                    unreachable!("the bridge answers a publish with Published");
+                };
+                let outcome = result.map(|numbered| numbered.offset).map_err(|failure| {
+                    log_failure(&failure, format_args!("to {}", job.channel));
+                    link.publish_error(&failure, 1)
+                });
+                self.reply(job, outcome, touched).await;
+            }
+            FromCluster::PublishedBatch { token, result } => {
+                let Some(waiting) = link.answered(token) else {
+                    return;
+                };
+                let Waiting::Batch { done, len } = waiting else {
+                    unreachable!("the bridge answers a batch with PublishedBatch");
+                };
                 let outcome = match result {
-                    Ok(numbered) => Ok(numbered.offset),
-                    Err(PublishFailure::Refused(reason)) => {
-                        // One per publish while Redis is away: the bridge logs the stall.
-                        tracing::debug!(%reason, channel = %job.channel, "cluster publish refused");
-                        link.unavailable_total.set(link.unavailable_total.get() + 1);
-                        Err(PublishError::ClusterUnavailable)
+                    Ok(offsets) => {
+                        assert_eq!(offsets.len(), len, "the bridge checks the batch's offsets");
+                        Ok(offsets)
                     }
-                    Err(PublishFailure::Unknown(reason)) => {
-                        tracing::warn!(%reason, channel = %job.channel, "cluster publish outcome unknown");
-                        link.outcome_unknown_total
-                            .set(link.outcome_unknown_total.get() + 1);
-                        Err(PublishError::OutcomeUnknown)
+                    Err(failure) => {
+                        log_failure(&failure, format_args!("a batch of {len}"));
+                        Err(link.publish_error(&failure, len))
                     }
                 };
-                self.reply(job, outcome, touched).await;
+                let _ = done.send(outcome);
             }
             FromCluster::Health { health, reason } => {
                 link.health.set(health);
@@ -469,5 +537,160 @@ impl IngestCore {
         self.cluster
             .as_ref()
             .map(|link| link.stats(Instant::now(), timeout))
+    }
+}
+
+/// Logs why a publish (`what` it was) has no numbers: a refusal at debug (one per publish
+/// while Redis is away: the bridge logs the stall), an unknown outcome as a warning.
+fn log_failure(failure: &PublishFailure, what: std::fmt::Arguments<'_>) {
+    match failure {
+        PublishFailure::Refused(reason) => {
+            tracing::debug!(%reason, publish = %what, "cluster publish refused");
+        }
+        PublishFailure::Unknown(reason) => {
+            tracing::warn!(%reason, publish = %what, "cluster publish outcome unknown");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::ingest::{Priority, Reply};
+    use crate::queue;
+
+    fn batch_of(channels: &[&str]) -> (Batch, oneshot::Receiver<BatchOutcome>) {
+        let (done, result) = oneshot::channel();
+        let jobs = channels
+            .iter()
+            .map(|&channel| Job {
+                channel: channel.into(),
+                data: "1".into(),
+                priority: Priority::Normal,
+                ts_ms: 5,
+                accepted: Instant::now(),
+                reply: Reply::None,
+            })
+            .collect();
+        (Batch { jobs, done }, result)
+    }
+
+    /// A batch's outcome if it was answered already.
+    fn answered(result: &mut oneshot::Receiver<BatchOutcome>) -> Option<BatchOutcome> {
+        result
+            .try_recv()
+            .expect("the sender is kept until answered")
+    }
+
+    #[test]
+    fn a_cluster_batch_is_one_request_with_one_answer_for_all_of_it() {
+        let (outcomes, stats) = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(|| async {
+                let (requests, bridge) = Requests::unattached(1);
+                let config = Arc::new(Config::default());
+                let shards = vec![queue::bounded(4).0];
+                let core = IngestCore::new(config, "e".into(), shards, Some(requests));
+                let mut touched = [false];
+                let mut outcomes = Vec::new();
+                for answer in [
+                    Ok(vec![7, 1, 8]),
+                    Err(PublishFailure::Refused("not sent".into())),
+                    Err(PublishFailure::Unknown("no answer".into())),
+                ] {
+                    let (first, mut result) = batch_of(&["a", "b", "a"]);
+                    core.sequence_batch(first, &mut touched).await;
+                    let Some(ToCluster::PublishBatch(request)) = bridge.take() else {
+                        panic!("expected the batch handed to the bridge as one request");
+                    };
+                    assert!(bridge.take().is_none(), "and nothing more");
+                    let channels: Vec<&str> = request
+                        .entries
+                        .iter()
+                        .map(|entry| &*entry.channel)
+                        .collect();
+                    assert_eq!(channels, ["a", "b", "a"], "in batch order");
+                    assert!(request.entries.iter().all(|entry| entry.ts_ms == 5));
+                    assert_eq!(answered(&mut result), None, "waiting for the bridge");
+                    // While it waits, the bridge's queue (of one) is free: a second batch
+                    // takes it, and a third finds it full.
+                    let (second, mut second_result) = batch_of(&["c"]);
+                    core.sequence_batch(second, &mut touched).await;
+                    let (third, mut third_result) = batch_of(&["d"]);
+                    core.sequence_batch(third, &mut touched).await;
+                    assert_eq!(
+                        answered(&mut third_result),
+                        Some(Err(PublishError::Overloaded))
+                    );
+                    let Some(ToCluster::PublishBatch(second)) = bridge.take() else {
+                        panic!("expected the second batch");
+                    };
+                    let news = FromCluster::PublishedBatch {
+                        token: request.token,
+                        result: answer,
+                    };
+                    core.cluster_news(news, &mut touched).await;
+                    outcomes.push(answered(&mut result));
+                    let news = FromCluster::PublishedBatch {
+                        token: second.token,
+                        result: Ok(vec![1]),
+                    };
+                    core.cluster_news(news, &mut touched).await;
+                    assert_eq!(answered(&mut second_result), Some(Ok(vec![1])));
+                }
+                let stats = core
+                    .cluster_stats()
+                    .expect("cluster mode has cluster stats");
+                (outcomes, stats)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                Some(Ok(vec![7, 1, 8])),
+                Some(Err(PublishError::ClusterUnavailable)),
+                Some(Err(PublishError::OutcomeUnknown)),
+            ],
+            "the bridge's one answer is the batch's"
+        );
+        assert_eq!(
+            (
+                stats.publishes_unavailable_total,
+                stats.publishes_outcome_unknown_total,
+                stats.oldest_pending_ms,
+            ),
+            (3, 3, 0),
+            "each refusal counts the batch's three messages; nothing waits"
+        );
+    }
+
+    #[test]
+    fn a_refused_cluster_batch_says_nothing_of_it_was_published_and_an_unknown_one_whole_or_none() {
+        let config = Config::default();
+        let unavailable = PublishError::ClusterUnavailable;
+        assert_eq!(
+            (unavailable.status(), unavailable.code()),
+            (http::StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable")
+        );
+        assert!(unavailable
+            .batch_message(&config)
+            .starts_with("nothing of the batch was published: "));
+        let unknown = PublishError::OutcomeUnknown;
+        assert_eq!(
+            (unknown.status(), unknown.code()),
+            (http::StatusCode::GATEWAY_TIMEOUT, "outcome_unknown")
+        );
+        let message = unknown.batch_message(&config);
+        for said in [
+            "may or may not",
+            "whole or not at all",
+            "redis_timeout_ms = 1000 ms",
+            "GET /v1/history",
+        ] {
+            assert!(message.contains(said), "{said:?} in {message:?}");
+        }
+        assert!(!message.contains("nothing of the batch"), "{message}");
     }
 }

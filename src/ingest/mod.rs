@@ -21,7 +21,8 @@
 //!
 //! A `/v1/publish/batch` is one job: the sequencer numbers all of its messages in a row or, when
 //! it cannot take them all (a channel past `channels_max`), none; what is checked at the door
-//! (the tenants' rates, room in the lanes) is checked for the whole batch too.
+//! (the tenants' rates, room in the lanes) is checked for the whole batch too. In cluster mode
+//! the batch goes to Redis as one request, numbered in one script run, and has one answer.
 //!
 //! This core owns all cross-shard state; it must never touch a connection, and it never waits on
 //! a shard except for room in that shard's queue.
@@ -78,10 +79,6 @@ const FANOUT_PENDING_QUEUES: usize = 2;
 /// forgotten at most that long after it could be.
 const CHANNELS_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Room kept in the cluster bridge's request queue for its other requests (log reads, presence),
-/// so that a cluster batch that fits the rest is sent whole.
-const BRIDGE_QUEUE_SLACK: usize = 64;
-
 /// A publish's lane: the protocol's own type.
 pub use corecast_proto::Priority;
 
@@ -99,8 +96,8 @@ pub enum PublishError {
     ClusterUnavailable,
     /// Cluster mode, and the publish was sent to Redis but no answer came (none within
     /// `redis_timeout_ms`, or the connection broke, or the script failed while running): it
-    /// may or may not be published. 504: look for it in history (or let receivers drop
-    /// duplicates) before publishing it again.
+    /// may or may not be published (a batch: whole or not at all). 504: look for it in history
+    /// (or let receivers drop duplicates) before publishing it again.
     OutcomeUnknown,
     /// Its tenant is over `tenant_publishes_per_s`: 429 (`rate_limited`), retry after
     /// `retry_ms`.
@@ -108,15 +105,6 @@ pub enum PublishError {
     /// A batch holds more messages of one tenant than `tenant_publishes_per_s` lets it publish
     /// at once: 413 (`batch_too_large`), split the batch.
     BatchOverRate { messages: usize },
-    /// Cluster mode: Redis failed while a batch's `of` messages were sent: `published` of them
-    /// were, `unknown` may or may not have been (answered [`PublishError::OutcomeUnknown`]),
-    /// the others certainly not. 504 (`outcome_unknown`) when some are unknown, else 503
-    /// (`cluster_unavailable`); look in history before publishing them again.
-    Interrupted {
-        published: usize,
-        unknown: usize,
-        of: usize,
-    },
 }
 
 impl PublishError {
@@ -127,8 +115,6 @@ impl PublishError {
             PublishError::Stopping => "shutting_down",
             PublishError::ClusterUnavailable => "cluster_unavailable",
             PublishError::OutcomeUnknown => "outcome_unknown",
-            PublishError::Interrupted { unknown: 0, .. } => "cluster_unavailable",
-            PublishError::Interrupted { .. } => "outcome_unknown",
             PublishError::RateLimited { .. } => "rate_limited",
             PublishError::BatchOverRate { .. } => "batch_too_large",
         }
@@ -141,9 +127,6 @@ impl PublishError {
             // Redis, upstream of this server, gave no answer in time: the publish may have
             // happened, so it is not the "try again" of a 503.
             PublishError::OutcomeUnknown => http::StatusCode::GATEWAY_TIMEOUT,
-            PublishError::Interrupted { unknown, .. } if *unknown > 0 => {
-                http::StatusCode::GATEWAY_TIMEOUT
-            }
             PublishError::BatchOverRate { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
             _ => http::StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -179,24 +162,22 @@ impl PublishError {
                  tenant_publishes_per_s = {} lets it publish at once; split the batch",
                 config.tenant_publishes_per_s
             ),
-            PublishError::Interrupted {
-                published,
-                unknown,
-                of,
-            } => format!(
-                "Redis failed in the middle of the batch: of its {of} messages, {published} \
-                 were published, {unknown} may or may not have been (Redis gave no answer in \
-                 time) and the others were not; look for them in GET /v1/history before \
-                 publishing them again"
-            ),
         }
     }
 
-    /// The message of a refused batch: every refusal but those of Redis failing while the
-    /// batch was sent comes before any of its messages is numbered.
+    /// The message of a refused batch. Every refusal comes before any of its messages is
+    /// numbered but `outcome_unknown` (cluster mode), after which Redis may have numbered the
+    /// batch: all of it, as it runs a batch as one script (see [`cluster`]), or none.
     pub fn batch_message(&self, config: &Config) -> String {
         match self {
-            PublishError::Interrupted { .. } | PublishError::OutcomeUnknown => self.message(config),
+            PublishError::OutcomeUnknown => format!(
+                "Redis gave no answer to this batch (none within redis_timeout_ms = {} ms, or \
+                 its connection broke, or its script failed while running): it may or may not \
+                 have been published, but whole or not at all, as Redis runs a batch as one \
+                 script, and Redis may still run it when it resumes; look for its messages in \
+                 GET /v1/history before publishing it again",
+                config.redis_timeout_ms
+            ),
             _ => format!(
                 "nothing of the batch was published: {}",
                 self.message(config)
@@ -215,69 +196,11 @@ enum Reply {
         conn: ConnId,
         id: Option<Value>,
     },
-    /// Message `at` of a cluster batch (see [`cluster`]).
-    Part(Rc<BatchParts>, usize),
 }
 
-/// The outcome of a whole batch: every offset in order, or why none (or, after
-/// [`PublishError::Interrupted`], not all) of its messages was published.
+/// The outcome of a whole batch: every offset in order, or why none of its messages was
+/// published (or, `outcome_unknown`, why it is not known whether all of them were).
 type BatchOutcome = Result<Vec<u64>, PublishError>;
-
-/// A cluster batch's messages, each numbered by Redis on its own: the batch is answered when
-/// the last one is.
-struct BatchParts {
-    offsets: RefCell<Vec<Option<u64>>>,
-    left: Cell<usize>,
-    /// Messages answered [`PublishError::OutcomeUnknown`].
-    unknown: Cell<usize>,
-    /// The first refusal of a message certainly not published.
-    refused: RefCell<Option<PublishError>>,
-    done: RefCell<Option<oneshot::Sender<BatchOutcome>>>,
-}
-
-impl BatchParts {
-    fn new(len: usize, done: oneshot::Sender<BatchOutcome>) -> Rc<BatchParts> {
-        Rc::new(BatchParts {
-            offsets: RefCell::new(vec![None; len]),
-            left: Cell::new(len),
-            unknown: Cell::new(0),
-            refused: RefCell::new(None),
-            done: RefCell::new(Some(done)),
-        })
-    }
-
-    /// Takes message `at`'s outcome; the last one answers the batch: with every offset, with
-    /// the refusal when none was published (a Redis down or stalled refuses them all), else
-    /// with what is known of each.
-    fn settle(&self, at: usize, outcome: Result<u64, PublishError>) {
-        match outcome {
-            Ok(offset) => self.offsets.borrow_mut()[at] = Some(offset),
-            Err(PublishError::OutcomeUnknown) => self.unknown.set(self.unknown.get() + 1),
-            Err(err) => {
-                self.refused.borrow_mut().get_or_insert(err);
-            }
-        }
-        self.left.set(self.left.get() - 1);
-        if self.left.get() > 0 {
-            return;
-        }
-        let offsets = std::mem::take(&mut *self.offsets.borrow_mut());
-        let published = offsets.iter().flatten().count();
-        let unknown = self.unknown.get();
-        let outcome = match self.refused.borrow_mut().take() {
-            None if unknown == 0 => Ok(offsets.into_iter().flatten().collect()),
-            Some(refused) if published == 0 && unknown == 0 => Err(refused),
-            _ => Err(PublishError::Interrupted {
-                published,
-                unknown,
-                of: offsets.len(),
-            }),
-        };
-        if let Some(done) = self.done.borrow_mut().take() {
-            let _ = done.send(outcome);
-        }
-    }
-}
 
 /// One publish waiting in a lane.
 pub(crate) struct Job {
@@ -902,7 +825,7 @@ impl IngestCore {
     /// reclaim), none of its messages is numbered. In cluster mode Redis numbers them.
     async fn sequence_batch(&self, batch: Batch, touched: &mut [bool]) {
         if self.cluster.is_some() {
-            self.cluster_publish_batch(batch, touched).await;
+            self.cluster_publish_batch(batch);
             return;
         }
         let names = || batch.jobs.iter().map(|job| &*job.channel);
@@ -1112,7 +1035,6 @@ impl IngestCore {
             Reply::Http(done) => {
                 let _ = done.send(outcome);
             }
-            Reply::Part(parts, at) => parts.settle(at, outcome),
             Reply::Conn { shard, conn, id } => {
                 let frame = match outcome {
                     Ok(offset) => command::published_frame(&id, &job.channel, offset),
@@ -1477,64 +1399,6 @@ mod tests {
             "more than a second's worth can never be taken at once"
         );
         assert_eq!(core.stats().lanes_len, [0, 0, 8]);
-    }
-
-    #[test]
-    fn a_cluster_batch_says_what_is_known_of_each_message() {
-        let settle = |outcomes: Vec<Result<u64, PublishError>>| {
-            let (done, result) = oneshot::channel();
-            let parts = BatchParts::new(outcomes.len(), done);
-            for (at, outcome) in outcomes.into_iter().enumerate().rev() {
-                parts.settle(at, outcome);
-            }
-            answered(result).expect("the last part answers")
-        };
-        assert_eq!(settle(vec![Ok(4), Ok(7)]), Ok(vec![4, 7]), "in batch order");
-        let refused = settle(vec![
-            Err(PublishError::ClusterUnavailable),
-            Err(PublishError::ClusterUnavailable),
-        ]);
-        assert_eq!(refused, Err(PublishError::ClusterUnavailable));
-        assert_eq!(
-            PublishError::ClusterUnavailable
-                .batch_message(&Config::default())
-                .split(':')
-                .next(),
-            Some("nothing of the batch was published")
-        );
-        let cut = settle(vec![Ok(1), Err(PublishError::ClusterUnavailable)]);
-        let interrupted = PublishError::Interrupted {
-            published: 1,
-            unknown: 0,
-            of: 2,
-        };
-        assert_eq!(cut, Err(interrupted.clone()));
-        assert_eq!(
-            (interrupted.status(), interrupted.code()),
-            (http::StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable")
-        );
-        let unknown = settle(vec![
-            Err(PublishError::OutcomeUnknown),
-            Err(PublishError::ClusterUnavailable),
-        ]);
-        let Err(unknown) = unknown else {
-            panic!("one message may have been published");
-        };
-        assert_eq!(
-            unknown,
-            PublishError::Interrupted {
-                published: 0,
-                unknown: 1,
-                of: 2
-            }
-        );
-        assert_eq!(
-            (unknown.status(), unknown.code()),
-            (http::StatusCode::GATEWAY_TIMEOUT, "outcome_unknown")
-        );
-        assert!(!unknown
-            .batch_message(&Config::default())
-            .contains("nothing of the batch"));
     }
 
     fn job(channel: &str) -> Job {
