@@ -210,8 +210,6 @@ pub enum ToIngest {
         shard: ShardId,
         answer: Answer,
     },
-    /// News from the Redis bridge (cluster mode).
-    Cluster(crate::cluster::FromCluster),
     /// SIGINT or SIGTERM arrived.
     Shutdown,
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use glommio::{LocalExecutorBuilder, Placement};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
+use crate::cluster::FromCluster;
 use crate::config::Config;
 use crate::ingest::{Ingest, IngestCore};
 use crate::msg::{ToIngest, ToShard};
@@ -184,16 +185,16 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     ingest_inboxes.push(signal_rx);
     let bridge = match &config.redis_url {
         Some(url) => {
-            let (tx, rx) = queue::bounded::<ToIngest>(config.queue_items_max);
-            ingest_inboxes.push(rx);
+            let (tx, rx) = queue::bounded::<FromCluster>(config.queue_items_max);
             let node = crate::ingest::sys_stats::node_token(&config);
             let bridge =
                 crate::cluster::Bridge::start(config.clone(), url, node, tx).map_err(StartError)?;
             tracing::info!(redis = %url, threads = bridge.threads(), "cluster mode: publishes go through Redis");
-            Some(bridge)
+            Some((bridge, rx))
         }
         None => None,
     };
+    let (bridge, cluster_inbox) = bridge.unzip();
     let cluster_requests = bridge.as_ref().map(crate::cluster::Bridge::requests);
     let verifier = crate::net::auth::Verifier::from_config(&config)
         .map_err(StartError)?
@@ -240,7 +241,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
                 );
                 let core =
                     IngestCore::new(ingest_config, ingest_epoch, to_shards, cluster_requests);
-                let ingest = Ingest::start(core, listener, api_tls, ingest_inboxes);
+                let ingest = Ingest::start(core, listener, api_tls, ingest_inboxes, cluster_inbox);
                 let _ = ingest_bound.send(("ingest".into(), Ok(())));
                 ingest.run().await;
             })

@@ -41,7 +41,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::msg::ToIngest;
 use crate::queue;
 use corecast_proto::Priority;
 
@@ -403,7 +402,7 @@ impl Bridge {
         config: Arc<Config>,
         url: &str,
         node: String,
-        to_ingest: queue::Sender<ToIngest>,
+        to_ingest: queue::Sender<FromCluster>,
     ) -> Result<Bridge, String> {
         let client = redis::Client::open(url)
             .map_err(|err| format!("redis_url {url:?} is not a Redis URL: {err}"))?;
@@ -462,14 +461,14 @@ impl Bridge {
 
 /// Hands `message` to the ingest core, waiting while its inbox is full (this is a plain
 /// thread: waiting here slows only the bridge), and wakes it.
-fn tell(to_ingest: &queue::Sender<ToIngest>, message: FromCluster) {
+fn tell(to_ingest: &queue::Sender<FromCluster>, message: FromCluster) {
     queue_for_ingest(to_ingest, message);
     to_ingest.wake();
 }
 
 /// `tell` without the wake-up, for a batch: the caller wakes the ingest core once after it.
-fn queue_for_ingest(to_ingest: &queue::Sender<ToIngest>, message: FromCluster) {
-    let mut message = ToIngest::Cluster(message);
+fn queue_for_ingest(to_ingest: &queue::Sender<FromCluster>, message: FromCluster) {
+    let mut message = message;
     while let Err(back) = to_ingest.try_push(message) {
         message = back;
         to_ingest.wake();
@@ -582,7 +581,7 @@ fn run_dialer(
 fn run_events(
     client: &redis::Client,
     timeout: Duration,
-    to_ingest: &queue::Sender<ToIngest>,
+    to_ingest: &queue::Sender<FromCluster>,
     commands: &SyncSender<Inbound>,
 ) {
     let mut failures = 0;
@@ -607,7 +606,7 @@ fn run_events(
 fn subscribe_and_forward(
     client: &redis::Client,
     timeout: Duration,
-    to_ingest: &queue::Sender<ToIngest>,
+    to_ingest: &queue::Sender<FromCluster>,
     failures: &mut u32,
 ) -> redis::RedisResult<()> {
     let mut events = connect(client, timeout)?;
@@ -795,7 +794,7 @@ struct CommandThread {
     node: String,
     /// `redis_timeout_ms`.
     timeout: Duration,
-    to_ingest: Arc<queue::Sender<ToIngest>>,
+    to_ingest: Arc<queue::Sender<FromCluster>>,
     /// Asks the dialer for a connection.
     dialer: std::sync::mpsc::Sender<()>,
     /// The health the ingest core was last told, so that each change is told once.

@@ -49,6 +49,7 @@ use serde::Serialize;
 use sonic_rs::Value;
 
 use crate::clock::unix_ms;
+use crate::cluster::FromCluster;
 use crate::config::{Config, SlowConsumer};
 use crate::latency::{Buckets, FanoutLatency, LatencySummary};
 use crate::msg::ConnId;
@@ -1218,15 +1219,6 @@ impl IngestCore {
                     }
                 }
             }
-            ToIngest::Cluster(news) => {
-                let mut touched = vec![false; self.shards.len()];
-                self.cluster_news(news, &mut touched).await;
-                for (shard, touched) in touched.into_iter().enumerate() {
-                    if touched {
-                        self.shards[shard].wake();
-                    }
-                }
-            }
             ToIngest::Shutdown => self.stop(),
         }
     }
@@ -1251,6 +1243,26 @@ impl IngestCore {
             glommio::yield_if_needed().await;
         }
     }
+
+    /// Takes the Redis bridge's news (cluster mode), a batch at a time, waking each shard it
+    /// sent something to once per batch.
+    async fn run_cluster_inbox(self: Rc<Self>, inbox: Receiver<FromCluster>) {
+        let mut touched = vec![false; self.shards.len()];
+        loop {
+            inbox.ready().await;
+            for _ in 0..self.config.queue_batch_max {
+                let Some(news) = inbox.pop() else { break };
+                self.cluster_news(news, &mut touched).await;
+            }
+            inbox.release();
+            for (shard, touched) in touched.iter_mut().enumerate() {
+                if std::mem::take(touched) {
+                    self.shards[shard].wake();
+                }
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
 }
 
 /// The ingest core's life: `start` its tasks, `run` until a signal, then `stop` the shards.
@@ -1267,6 +1279,7 @@ impl Ingest {
         api: glommio::net::TcpListener,
         api_tls: Option<futures_rustls::TlsAcceptor>,
         inboxes: Vec<Receiver<ToIngest>>,
+        cluster_inbox: Option<Receiver<FromCluster>>,
     ) -> Ingest {
         let mut tasks = vec![
             glommio::spawn_local(api::serve(core.clone(), api, api_tls)).detach(),
@@ -1275,6 +1288,9 @@ impl Ingest {
         ];
         for inbox in inboxes {
             tasks.push(glommio::spawn_local(core.clone().run_inbox(inbox)).detach());
+        }
+        if let Some(inbox) = cluster_inbox {
+            tasks.push(glommio::spawn_local(core.clone().run_cluster_inbox(inbox)).detach());
         }
         if core.config.sys_stats_interval_ms > 0 {
             tasks.push(glommio::spawn_local(sys_stats::run(core.clone())).detach());
