@@ -17,6 +17,8 @@
 //! that drains the ingest core's queue; that one-way rule is what keeps the two queues of a
 //! shard from waiting on each other.
 
+pub mod accept;
+
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
@@ -1132,7 +1134,7 @@ impl Shard {
         inbox: Receiver<ToShard>,
     ) -> Shard {
         let mut tasks = vec![
-            glommio::spawn_local(crate::net::accept_loop(core.clone(), listener)).detach(),
+            glommio::spawn_local(accept::run(core.clone(), listener)).detach(),
             glommio::spawn_local(core.clone().run_inbox(inbox)).detach(),
             glommio::spawn_local(core.clone().run_backlog()).detach(),
             glommio::spawn_local(core.clone().run_ticker()).detach(),
