@@ -37,7 +37,7 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-/// The `.rs` files of the server crate with their top-level module (`src/ws/conn.rs` -> `ws`).
+/// The `.rs` files of the server crate with their top-level module (`src/ws/frame.rs` -> `ws`).
 fn server_files() -> Vec<(PathBuf, String)> {
     let mut files = Vec::new();
     let mut pending = vec![src()];

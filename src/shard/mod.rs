@@ -18,6 +18,7 @@
 //! shard from waiting on each other.
 
 pub mod accept;
+pub mod conn;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -46,18 +47,19 @@ use crate::notify::Notify;
 use crate::queue::{Receiver, Sender};
 use crate::registry::Registry;
 use crate::ws::command::{self, ErrorCode, ErrorReply};
-use crate::ws::conn::{self, CloseRequest, ConnHandle, Subscription};
 use crate::ws::deflate::Deflate;
 use crate::ws::frame;
 use crate::ws::outbox::{Kind, Shed};
 use crate::ws::rate::Refusal;
+use crate::ws::session::CloseRequest;
+use conn::{ConnHandle, Subscription};
 
 /// What an upgraded connection is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// The contract's endpoint (`/ws`): greeted, subscribes to these channels at connect.
     Broadcast(Vec<String>),
-    /// The `echo_path` endpoint: every message is sent back (see `ws::conn`).
+    /// The `echo_path` endpoint: every message is sent back (see `shard::conn`).
     Echo,
 }
 

@@ -334,7 +334,7 @@ impl Model {
 /// `data` is `[limits, chunk, stream...]`: the first byte picks the limits ([`frame_limits`]),
 /// the second the size of the reads the stream arrives in (0: all at once), and the rest is
 /// what a client sent after its upgrade. The stream is driven through `parse_client_frame` and
-/// an `Assembler` as `ws::conn` does; every frame must agree with [`reference_frame`] (header,
+/// an `Assembler` as `ws::session` does; every frame must agree with [`reference_frame`] (header,
 /// bounds, unmasking, errors), every event with the [`Model`] (never over `message_bytes_max`,
 /// text exactly the UTF-8 of its fragments), and the run must not depend on the read size.
 pub fn check_client_frames(data: &[u8]) {
