@@ -12,7 +12,10 @@
 //!   `parse` would cost had it been written on serde_json.
 //!
 //! Load: a subscribe command (57 bytes) and a publish command with a 100-byte `data` object
-//! (160 bytes), each parsed from the same `&str` on every call, on one thread.
+//! (160 bytes), each parsed from the same `&str` on every call, on one thread; and two large
+//! publishes that show what the checks run before sonic-rs cost per byte: `publish_text`, whose
+//! `data` is one 16 KiB string with an escape every 64 bytes, and `publish_numbers`, whose
+//! `data` is an array of 2,000 integers (11.8 KB, no string bytes).
 //!
 //! Run: `cargo bench --bench command -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -55,6 +58,32 @@ const PUBLISH_DATA: &str = concat!(
     r#"{"lead":42,"score":19,"stage":"qualified","owner":"ana@acme.io","#,
     r#""tags":["eu","web"],"at":1700000000}"#,
 );
+
+/// A publish whose `data` is one long string: `{"text":"..."}`, 16 KiB of text with a `\n`
+/// or `\"` escape every 64 bytes.
+fn publish_text() -> String {
+    let mut text = String::new();
+    while text.len() < 16 * 1024 {
+        text.push_str("The quick brown fox jumps over the lazy dog, then naps a while");
+        text.push_str(if text.len() % 128 == 62 {
+            "\\n"
+        } else {
+            "\\\""
+        });
+    }
+    format!(r#"{{"type":"publish","channel":"docs.1","id":1,"data":{{"text":"{text}"}}}}"#)
+}
+
+/// A publish whose `data` is an array of 2,000 integers.
+fn publish_numbers() -> String {
+    let numbers: Vec<String> = (0..2_000u32)
+        .map(|n| (n * 7919 % 100_000).to_string())
+        .collect();
+    format!(
+        r#"{{"type":"publish","channel":"ticks.1","id":2,"data":[{}]}}"#,
+        numbers.join(",")
+    )
+}
 
 /// The shape `ws::command::parse` deserializes with sonic-rs (its own struct is private).
 #[derive(Deserialize)]
@@ -162,11 +191,24 @@ fn check_inputs() {
     assert_eq!(sonic.r#type.as_deref(), Some("publish"));
     assert_eq!(sonic.channel.as_deref(), Some("leads.42"));
     assert!(sonic.id.is_some());
+    for (text, data_bytes) in [(publish_text(), 16_395), (publish_numbers(), 11_770)] {
+        match command::parse(&text) {
+            Ok(Command::Publish { data, .. }) => assert_eq!(data.len(), data_bytes, "{data}"),
+            other => panic!("a large publish parsed as {other:?}"),
+        }
+    }
 }
 
 fn parse_commands(c: &mut Criterion) {
     check_inputs();
-    for (name, text) in [("subscribe", SUBSCRIBE), ("publish", PUBLISH)] {
+    let (text, numbers) = (publish_text(), publish_numbers());
+    let documents = [
+        ("subscribe", SUBSCRIBE),
+        ("publish", PUBLISH),
+        ("publish_text", text.as_str()),
+        ("publish_numbers", numbers.as_str()),
+    ];
+    for (name, text) in documents {
         let mut group = c.benchmark_group(format!("command/{name}"));
         group.throughput(Throughput::Bytes(text.len() as u64));
         group.bench_function("corecast_parse", |b| {
