@@ -4,8 +4,8 @@
 //! cost per command bounds how many commands a shard takes per second. corecast uses sonic-rs
 //! (SIMD) and keeps a publish's `data` as raw validated text; this bench checks that choice
 //! against serde_json doing the same job, side by side in one group per document:
-//! - `corecast_parse`: `ws::command::parse`, the real path (sonic-rs, plus the `id` check and
-//!   the dispatch on `type`);
+//! - `corecast_parse`: `ws::command::parse`, the real path (the depth and escape pass of
+//!   `json::check`, sonic-rs, the `id` check and the dispatch on `type`);
 //! - `sonic_rs_struct` / `serde_json_struct`: deserializing alone into the same borrowed shape
 //!   (`data` as sonic-rs `LazyValue` / serde_json `&RawValue`, `id` as each crate's `Value`);
 //! - `serde_json_parse`: serde_json followed by the same checks `parse` makes, i.e. what
@@ -43,6 +43,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use corecast::config::defaults;
 use corecast::ws::command::{self, Command, ID_BYTES_MAX};
 
 const SUBSCRIBE: &str = r#"{"type":"subscribe","channel":"prices.eu.EURUSD","id":17}"#;
@@ -146,14 +147,14 @@ fn serde_json_parse(text: &str) -> Option<(Parsed<'_>, Option<serde_json::Value>
 }
 
 fn check_inputs() {
-    match command::parse(SUBSCRIBE) {
+    match command::parse(SUBSCRIBE, defaults::json_depth_max()) {
         Ok(Command::Subscribe { channel, id, .. }) => {
             assert_eq!(channel, "prices.eu.EURUSD");
             assert_eq!(id, Some(sonic_rs::Value::from(17u64)));
         }
         other => panic!("subscribe parsed as {other:?}"),
     }
-    match command::parse(PUBLISH) {
+    match command::parse(PUBLISH, defaults::json_depth_max()) {
         Ok(Command::Publish { channel, data, id }) => {
             assert_eq!((channel.as_ref(), data), ("leads.42", PUBLISH_DATA));
             assert_eq!(id, Some(sonic_rs::Value::from("req-7")));
@@ -192,7 +193,7 @@ fn check_inputs() {
     assert_eq!(sonic.channel.as_deref(), Some("leads.42"));
     assert!(sonic.id.is_some());
     for (text, data_bytes) in [(publish_text(), 16_395), (publish_numbers(), 11_770)] {
-        match command::parse(&text) {
+        match command::parse(&text, defaults::json_depth_max()) {
             Ok(Command::Publish { data, .. }) => assert_eq!(data.len(), data_bytes, "{data}"),
             other => panic!("a large publish parsed as {other:?}"),
         }
@@ -212,7 +213,7 @@ fn parse_commands(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("command/{name}"));
         group.throughput(Throughput::Bytes(text.len() as u64));
         group.bench_function("corecast_parse", |b| {
-            b.iter(|| command::parse(black_box(text)).is_ok())
+            b.iter(|| command::parse(black_box(text), defaults::json_depth_max()).is_ok())
         });
         group.bench_function("sonic_rs_struct", |b| {
             b.iter(|| sonic_rs::from_str::<SonicCommand>(black_box(text)).is_ok())

@@ -24,6 +24,8 @@
 //! - [`notify`]: the wake-up between tasks of one core (the cross-core one is [`queue`]).
 //! - [`rate`]: token buckets, for the rate limits.
 //! - [`channel`]: channel names and wildcard patterns, shared by every stage.
+//! - [`json`]: the checks every JSON parse runs first (nesting depth, `\u` escapes), and the
+//!   stack a thread that parses JSON needs.
 //! - [`config`], [`cli`], [`runtime`]: settings, the command line, the core plan and start-up.
 //! - [`client`]: the Rust client library (reconnect, recovery with `since`, ping), and the
 //!   client codec it shares with the bench.
@@ -77,6 +79,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod ingest;
+pub mod json;
 pub mod net;
 pub mod notify;
 pub mod queue;

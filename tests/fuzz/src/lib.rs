@@ -485,7 +485,7 @@ pub fn check_command(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let command = match command::parse(text) {
+    let command = match command::parse(text, defaults::json_depth_max()) {
         Ok(command) => command,
         Err(reply) => return check_error_reply(&reply, ErrorCode::BadRequest),
     };
