@@ -206,12 +206,15 @@ impl Bridge {
             .map_err(|err| format!("redis_url {url:?} is not a Redis URL: {err}"))?;
         let (requests, inbox) = std::sync::mpsc::sync_channel(config.queue_items_max);
         let to_ingest = Arc::new(to_ingest);
+        // Both threads parse JSON from Redis (events, log entries) up to this depth.
         let depth_max = config.json_depth_max;
+        let stack_bytes = crate::json::thread_stack_bytes(depth_max);
         let commands = {
             let client = client.clone();
             let to_ingest = to_ingest.clone();
             std::thread::Builder::new()
                 .name("corecast-redis".into())
+                .stack_size(stack_bytes)
                 .spawn(move || {
                     CommandThread {
                         client,
@@ -225,6 +228,7 @@ impl Bridge {
         };
         let events = std::thread::Builder::new()
             .name("corecast-redis-events".into())
+            .stack_size(stack_bytes)
             .spawn(move || run_events(&client, &to_ingest, depth_max))
             .map_err(|err| format!("cannot start the Redis events thread: {err}"))?;
         Ok(Bridge {
