@@ -344,15 +344,23 @@ fn first_line(err: &sonic_rs::Error) -> String {
     err.to_string().lines().next().unwrap_or("").to_owned()
 }
 
-/// Parses a body nested at most `depth_max` levels (`json_depth_max`; its outermost `{` is
-/// level 1): deeper is refused before sonic-rs, which recurses once per level, reads it.
+/// Parses a UTF-8 body nested at most `depth_max` levels (`json_depth_max`; its outermost `{`
+/// is level 1): deeper is refused before sonic-rs, which recurses once per level, reads it.
+/// UTF-8 is checked first as well: sonic-rs's `from_slice` reports invalid UTF-8 only after
+/// the whole parse, and hands a `LazyValue` its raw text as a `str` before that, unchecked
+/// (a debug build panics there, on the ingest core).
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8], depth_max: usize) -> Result<T, Refusal> {
     let bad = |message: String| (StatusCode::BAD_REQUEST, "bad_request", message);
+    let text = std::str::from_utf8(body).map_err(|err| {
+        bad(format!(
+            "invalid JSON body: not UTF-8 (at byte {})",
+            err.valid_up_to()
+        ))
+    })?;
     if let Err(err) = crate::json::check(body, depth_max) {
         return Err(bad(format!("invalid JSON body: {err}")));
     }
-    sonic_rs::from_slice(body)
-        .map_err(|err| bad(format!("invalid JSON body: {}", first_line(&err))))
+    sonic_rs::from_str(text).map_err(|err| bad(format!("invalid JSON body: {}", first_line(&err))))
 }
 
 /// Parses a `POST /v1/publish` body (`batch`: a `/v1/publish/batch` body) as those routes do,
