@@ -6,6 +6,7 @@
 //! against serde_json doing the same job, side by side in one group per document:
 //! - `corecast_parse`: `ws::command::parse`, the real path (the depth and escape pass of
 //!   `json::check`, sonic-rs, the `id` check and the dispatch on `type`);
+//! - `json_check`: that pass alone, what `parse` spends before sonic-rs;
 //! - `sonic_rs_struct` / `serde_json_struct`: deserializing alone into the same borrowed shape
 //!   (`data` as sonic-rs `LazyValue` / serde_json `&RawValue`, `id` as each crate's `Value`);
 //! - `serde_json_parse`: serde_json followed by the same checks `parse` makes, i.e. what
@@ -35,6 +36,23 @@
 //! sonic-rs form allocates an arena) saves 14-42 ns with either crate and leaves serde_json
 //! ahead (138 against 200 ns, 319 against 375 ns); building with `-C target-cpu=native`, which
 //! sonic-rs asks for to use its SIMD and corecast does not set, did not change the order.
+//!
+//! `json_depth_max` (`json::check` in place of `ws::command::check_escapes`), same machine and
+//! flags, pinned to CPU 1, but shared with other builds (1-minute load 1.4 to 5.7): first the
+//! pass alone against the escape-only pass it replaced, both in one bench binary, three runs
+//! each (median); the old pass is not kept in this file.
+//!
+//! | the pass before sonic-rs          | subscribe | publish | publish_text | publish_numbers |
+//! |-----------------------------------|----------:|--------:|-------------:|----------------:|
+//! | `check_escapes` (memchr for `\`)  |      6 ns |    7 ns |      1.93 µs |           73 ns |
+//! | `json::check` (memchr3, + depth)  |     14 ns |   31 ns |      2.43 µs |          173 ns |
+//!
+//! +8 ns on a subscribe and +24 ns on a publish (memchr3 stops at each `[` and `{` as well as
+//! each `\`): 3% and 5% of the whole parse (`corecast_parse`, 247-296 ns and 466-565 ns in two
+//! before/after rounds, within the noise of this machine); +0.5 µs on 16 KiB of string with
+//! 257 escapes (memchr3 against memchr per stop) and +0.1 µs on 11.8 KB of numbers, against
+//! sonic-rs's 2.2-2.8 µs and 15-22 µs for the same documents. None of these nests past 128
+//! brackets in all, so none takes the second, depth-counting pass.
 
 use std::borrow::Cow;
 use std::hint::black_box;
@@ -44,6 +62,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use corecast::config::defaults;
+use corecast::json;
 use corecast::ws::command::{self, Command, ID_BYTES_MAX};
 
 const SUBSCRIBE: &str = r#"{"type":"subscribe","channel":"prices.eu.EURUSD","id":17}"#;
@@ -214,6 +233,9 @@ fn parse_commands(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(text.len() as u64));
         group.bench_function("corecast_parse", |b| {
             b.iter(|| command::parse(black_box(text), defaults::json_depth_max()).is_ok())
+        });
+        group.bench_function("json_check", |b| {
+            b.iter(|| json::check(black_box(text).as_bytes(), defaults::json_depth_max()).is_ok())
         });
         group.bench_function("sonic_rs_struct", |b| {
             b.iter(|| sonic_rs::from_str::<SonicCommand>(black_box(text)).is_ok())

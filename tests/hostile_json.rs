@@ -45,9 +45,10 @@ fn on_small_stack<T: Send>(stack_bytes: usize, work: impl FnOnce() -> T + Send) 
 // ---------------------------------------------------------------------------------------------
 // The model: an independent, byte-at-a-time reading of a document
 
-/// The first reason a document must be refused before parsing, by a plain state machine
-/// written apart from `json::check`: one byte at a time, a flag for "inside a string" and one
-/// for "after a backslash".
+/// The first reason a document must be refused before parsing, found apart from
+/// `json::check`, one byte at a time: a `\u` escape without four hex digits anywhere (every
+/// backslash escapes the byte after it), else the first bracket outside strings, found with an
+/// "inside a string" and an "after a backslash" flag, that opens one level too many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
     /// The `[` or `{` at this byte opens level `depth_max + 1`.
@@ -58,15 +59,24 @@ enum Verdict {
 }
 
 fn verdict(doc: &[u8], depth_max: usize) -> Verdict {
+    let mut at = 0;
+    while at < doc.len() {
+        if doc[at] == b'\\' {
+            let hex = doc.get(at + 2..at + 6);
+            if doc.get(at + 1) == Some(&b'u')
+                && !hex.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+            {
+                return Verdict::BadEscape(at);
+            }
+            at += 1;
+        }
+        at += 1;
+    }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for (at, &byte) in doc.iter().enumerate() {
         if in_string {
             if escaped {
                 escaped = false;
-                let hex = doc.get(at + 1..at + 5);
-                if byte == b'u' && !hex.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
-                    return Verdict::BadEscape(at - 1);
-                }
             } else if byte == b'\\' {
                 escaped = true;
             } else if byte == b'"' {

@@ -490,8 +490,8 @@ pub fn check_command(data: &[u8]) {
     let command = match command::parse(text, depth_max) {
         Ok(command) => command,
         Err(reply) => {
-            // Past the limit nothing is parsed (unless a bad escape comes first); within it,
-            // depth is never the reason.
+            // Past the limit nothing is parsed (a bad escape anywhere is reported instead);
+            // within it, depth is never the reason.
             let too_deep = format!("nested deeper than json_depth_max = {depth_max}");
             if reply.message.contains(&too_deep) {
                 assert!(deepest > depth_max, "refused at {deepest} levels");
