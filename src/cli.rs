@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, LogFormat};
+use corecast::config::{Config, ConfigError, LogFormat};
 
 /// A thread-per-core WebSocket fan-out server on io_uring.
 #[derive(Debug, Parser)]
@@ -28,17 +28,17 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Measure fan-out latency: of a running server, of the kernel floors (--baseline), or of
     /// corecast, the floors and peers side by side (--compare); see `corecast bench --help`.
-    Bench(Box<crate::bench::BenchArgs>),
+    Bench(Box<corecast_bench::BenchArgs>),
     /// Audit the host against tuning/'s recommendations (`corecast tune check`).
     Tune {
         #[command(subcommand)]
-        command: crate::tune::TuneCommand,
+        command: corecast::tune::TuneCommand,
     },
     /// Subscribe with the Rust client and print every event as a JSON line (reconnects and
     /// resumes on its own).
-    Subscribe(Box<crate::client::cli::SubscribeArgs>),
+    Subscribe(Box<corecast_client::cli::SubscribeArgs>),
     /// Publish one event through the control-plane API and print the reply.
-    Publish(Box<crate::client::cli::PublishArgs>),
+    Publish(Box<corecast_client::cli::PublishArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,10 +61,10 @@ pub fn run() -> ExitCode {
         Err(err) => err.exit(),
     };
     match cli.command {
-        Command::Bench(args) => crate::bench::main(*args),
-        Command::Tune { command } => crate::tune::main(command),
-        Command::Subscribe(args) => crate::client::cli::subscribe_main(*args),
-        Command::Publish(args) => crate::client::cli::publish_main(*args),
+        Command::Bench(args) => corecast_bench::main(*args),
+        Command::Tune { command } => corecast::tune::main(command),
+        Command::Subscribe(args) => corecast_client::cli::subscribe_main(*args),
+        Command::Publish(args) => corecast_client::cli::publish_main(*args),
         Command::Serve(args) => {
             let serve_matches = matches
                 .subcommand_matches("serve")
@@ -81,7 +81,7 @@ pub fn run() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             init_logging(config.log_format);
-            match crate::runtime::serve(config) {
+            match corecast::runtime::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("corecast: {err}");

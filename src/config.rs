@@ -125,14 +125,75 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::publish_body_bytes_max())]
     pub publish_body_bytes_max: usize,
 
-    /// Messages one `/v1/publish/batch` may carry; more gets 413.
+    /// Messages one `/v1/publish/batch` may carry; more gets 413. A batch waits whole in the
+    /// ingest lanes, so it is at most `queue_items_max`.
     #[arg(long, default_value_t = defaults::publish_batch_max())]
     pub publish_batch_max: usize,
 
-    /// Distinct channels the sequencer tracks offsets for; a publish to a new channel past it
-    /// gets 503 `channels_full`. Each costs about 100 bytes on the ingest core.
+    /// Control-plane connections open at once (TLS handshakes included); one more is answered
+    /// 503 `too_many_connections` and closed. Default 1024: far more than the backends that
+    /// publish need. It may be at most half the file descriptors left after the server's own
+    /// (checked against RLIMIT_NOFILE at start-up), so a flood of API connections always leaves
+    /// the other half to WebSocket upgrades. Higher serves more publishers at once and lets
+    /// idle ones hold more descriptors.
+    #[arg(long, default_value_t = defaults::api_connections_max())]
+    pub api_connections_max: usize,
+
+    /// Largest control-plane request head (request line and headers) in bytes; larger gets 431
+    /// `headers_too_large` (as do more than 100 headers). It is also the most hyper buffers per
+    /// connection while reading, so at most `api_connections_max` times this is held by
+    /// partial heads. Larger admits bigger headers and costs that memory per slow client.
+    #[arg(long, default_value_t = defaults::api_head_bytes_max())]
+    pub api_head_bytes_max: usize,
+
+    /// Milliseconds from a request's first byte to the end of its head; past it the client
+    /// gets 408 `header_timeout` and the connection is closed (slow-header clients). Longer
+    /// tolerates slower links and lets a slowloris hold a connection longer.
+    #[arg(long, default_value_t = defaults::api_header_timeout_ms())]
+    pub api_header_timeout_ms: u64,
+
+    /// Milliseconds from the end of a request's head to the end of its body; past it the
+    /// client gets 408 `body_timeout` and the connection is closed. Default 30000: a
+    /// `publish_body_bytes_max` body at 300 kbit/s. Longer tolerates slower uploads and lets a
+    /// slow sender hold its share of `api_body_bytes_in_flight_max` longer.
+    #[arg(long, default_value_t = defaults::api_body_timeout_ms())]
+    pub api_body_timeout_ms: u64,
+
+    /// Milliseconds a control-plane connection may wait with no request in progress (after it
+    /// opens and after each response), and a response may wait for a client that does not
+    /// read it; past it the connection is closed without an answer (there is no request to
+    /// answer). Shorter frees idle connections' places sooner; keep it above the idle timeout
+    /// of the publishers' connection pools, or they will now and then send on a connection
+    /// being closed and have to retry.
+    #[arg(long, default_value_t = defaults::api_idle_timeout_ms())]
+    pub api_idle_timeout_ms: u64,
+
+    /// Bytes that control-plane request bodies being read may hold together. A body that
+    /// declares its length reserves it before it is read; one that does not (chunked) reserves
+    /// as it arrives. One that finds no room gets 503 `overloaded` (retry later) and the
+    /// connection is closed. At least `publish_body_bytes_max`. Default 64 MiB: 64 bodies of
+    /// the largest size at once. Larger lets more big publishes upload at once and lets slow
+    /// uploads hold more memory.
+    #[arg(long, default_value_t = defaults::api_body_bytes_in_flight_max())]
+    pub api_body_bytes_in_flight_max: usize,
+
+    /// Channels the sequencer tracks at once; a publish to a new channel past it gets 503
+    /// `channels_full`. A channel with no history left and no subscriber is forgotten and its
+    /// place reused, so this bounds the channels live, not those ever seen. Each costs the
+    /// ingest core about 110 bytes with its name, and about 80 more while it holds history
+    /// (`benches/channels.rs`; the messages' own bytes are `history_*`'s). Lower bounds the
+    /// ingest core's memory and refuses new channels sooner.
     #[arg(long, default_value_t = defaults::channels_max())]
     pub channels_max: usize,
+
+    /// Channels the sweep examines every 100 ms, forgetting those with no history left and no
+    /// subscriber (the expired history of a channel nobody reads is trimmed there); a new
+    /// channel that finds `channels_max` reached examines as many once more before it is
+    /// refused. Default 1000: a million channels are gone through in 100 s. Higher frees the
+    /// places of idle channels sooner and makes each tick (and a refusal) take longer on the
+    /// ingest core (well under a microsecond a channel); lower spreads the work thinner.
+    #[arg(long, default_value_t = defaults::channels_sweep_max())]
+    pub channels_sweep_max: usize,
 
     /// Channel patterns clients may publish to over the socket (repeat the flag). Empty: none.
     #[arg(long = "client-publish")]
@@ -183,7 +244,12 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::queue_batch_max())]
     pub queue_batch_max: usize,
 
-    /// Milliseconds to wait for a client's close reply before dropping its socket.
+    /// Milliseconds a closing connection has to write the rest of a frame it started, then its
+    /// close frame, and to get the client's close reply (or, when the client closed first, to
+    /// write what was queued and the answer). Past it the socket is dropped; a client
+    /// whose socket had not taken the close frame by then sees the stream end without one (its
+    /// last frame possibly cut short, never with close bytes inside). Longer lets slower readers
+    /// see the close code; shorter frees the sockets of stalled clients sooner.
     #[arg(long, default_value_t = defaults::close_timeout_ms())]
     pub close_timeout_ms: u64,
 
@@ -257,6 +323,16 @@ pub struct Config {
     /// when they join; more covers longer breaks and costs Redis memory.
     #[arg(long, default_value_t = defaults::cluster_log_max())]
     pub cluster_log_max: usize,
+
+    /// Cluster mode: milliseconds Redis has to answer one round trip (a connect, a pipeline of
+    /// publishes, a log read, the presence refresh). Past it Redis counts as stalled: the
+    /// publishes already sent are answered `outcome_unknown` (Redis may still run them when it
+    /// resumes), and later ones `cluster_unavailable` at once until Redis answers again. A
+    /// publish is answered within this of reaching the bridge. Lower answers publishers sooner
+    /// in a stall, but takes a merely slow Redis (a fork for a save, a long command) for a
+    /// stalled one; higher rides out such pauses and keeps publishers waiting as long.
+    #[arg(long, default_value_t = defaults::redis_timeout_ms())]
+    pub redis_timeout_ms: u64,
 
     /// Who may connect: `none` (anyone, for local use: start-up warns loudly) or `jwt` (a
     /// token at the upgrade, `?token=` or `Authorization: Bearer`; its claims `channels` and
@@ -497,8 +573,29 @@ pub mod defaults {
     pub fn publish_batch_max() -> usize {
         1_000
     }
+    pub fn api_connections_max() -> usize {
+        1_024
+    }
+    pub fn api_head_bytes_max() -> usize {
+        16 * 1024
+    }
+    pub fn api_header_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn api_body_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn api_idle_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn api_body_bytes_in_flight_max() -> usize {
+        64 * 1024 * 1024
+    }
     pub fn channels_max() -> usize {
         1_000_000
+    }
+    pub fn channels_sweep_max() -> usize {
+        1_000
     }
     pub fn channel_bytes_max() -> usize {
         crate::channel::CHANNEL_BYTES_MAX
@@ -560,6 +657,9 @@ pub mod defaults {
     pub fn cluster_log_max() -> usize {
         100_000
     }
+    pub fn redis_timeout_ms() -> u64 {
+        1_000
+    }
     pub fn auth() -> AuthMode {
         AuthMode::None
     }
@@ -592,7 +692,14 @@ impl Default for Config {
             connections_per_shard_max: defaults::connections_per_shard_max(),
             publish_body_bytes_max: defaults::publish_body_bytes_max(),
             publish_batch_max: defaults::publish_batch_max(),
+            api_connections_max: defaults::api_connections_max(),
+            api_head_bytes_max: defaults::api_head_bytes_max(),
+            api_header_timeout_ms: defaults::api_header_timeout_ms(),
+            api_body_timeout_ms: defaults::api_body_timeout_ms(),
+            api_idle_timeout_ms: defaults::api_idle_timeout_ms(),
+            api_body_bytes_in_flight_max: defaults::api_body_bytes_in_flight_max(),
             channels_max: defaults::channels_max(),
+            channels_sweep_max: defaults::channels_sweep_max(),
             client_publish: Vec::new(),
             channel_bytes_max: defaults::channel_bytes_max(),
             connections_max: defaults::connections_max(),
@@ -617,6 +724,7 @@ impl Default for Config {
             sys_stats_interval_ms: defaults::sys_stats_interval_ms(),
             redis_url: None,
             cluster_log_max: defaults::cluster_log_max(),
+            redis_timeout_ms: defaults::redis_timeout_ms(),
             auth: defaults::auth(),
             jwt_secret: None,
             jwt_public_key_file: None,
@@ -658,7 +766,7 @@ fn check_echo_path(path: &str) -> Result<(), ConfigError> {
              at most 255 printable ASCII bytes, without '?' or '#'"
         )));
     }
-    if path == "/" || path == "/ws" || crate::client::web::asset(path).is_some() {
+    if path == "/" || path == "/ws" || crate::web::asset(path).is_some() {
         return Err(ConfigError(format!(
             "echo_path = {path:?} is taken: /, /ws and the browser client's files keep their meaning"
         )));
@@ -759,8 +867,47 @@ impl Config {
             256 << 20,
         )?;
         check_range("publish_batch_max", self.publish_batch_max, 1, 1_000_000)?;
+        check_range(
+            "api_connections_max",
+            self.api_connections_max,
+            1,
+            1_000_000,
+        )?;
+        check_range(
+            "api_head_bytes_max",
+            self.api_head_bytes_max,
+            API_HEAD_BYTES_MIN,
+            1 << 20,
+        )?;
+        check_range(
+            "api_header_timeout_ms",
+            self.api_header_timeout_ms,
+            10,
+            600_000,
+        )?;
+        check_range("api_body_timeout_ms", self.api_body_timeout_ms, 10, 600_000)?;
+        check_range(
+            "api_idle_timeout_ms",
+            self.api_idle_timeout_ms,
+            10,
+            3_600_000,
+        )?;
+        check_range(
+            "api_body_bytes_in_flight_max",
+            self.api_body_bytes_in_flight_max,
+            self.publish_body_bytes_max,
+            1 << 36,
+        )?;
         check_range("channels_max", self.channels_max, 1, 100_000_000)?;
+        check_range("channels_sweep_max", self.channels_sweep_max, 1, 1_000_000)?;
         check_range("queue_items_max", self.queue_items_max, 16, 1 << 24)?;
+        if self.publish_batch_max > self.queue_items_max {
+            return Err(ConfigError(format!(
+                "publish_batch_max = {} must be at most queue_items_max = {}: a batch waits \
+                 whole in the ingest lanes, so a larger one could never be taken",
+                self.publish_batch_max, self.queue_items_max
+            )));
+        }
         check_range(
             "queue_batch_max",
             self.queue_batch_max,
@@ -813,6 +960,7 @@ impl Config {
         }
         check_range("namespaces", self.namespaces.len(), 0, 1_000)?;
         check_range("cluster_log_max", self.cluster_log_max, 1_000, 100_000_000)?;
+        check_range("redis_timeout_ms", self.redis_timeout_ms, 10, 60_000)?;
         if let Some(url) = &self.redis_url {
             if !(url.starts_with("redis://") || url.starts_with("unix://")) {
                 return Err(ConfigError(format!(
@@ -977,6 +1125,40 @@ impl Config {
 /// The shortest control-plane key accepted: 16 bytes, so that guessing one is hopeless.
 const API_KEY_BYTES_MIN: usize = 16;
 
+/// The smallest `api_head_bytes_max`: hyper's read buffer cannot be smaller (it panics).
+const API_HEAD_BYTES_MIN: usize = 8 * 1024;
+
+/// File descriptors the server keeps open whatever its load: stdio, the signal pipe, files
+/// read at start-up, cluster mode's Redis connections.
+const FDS_RESERVED: u64 = 32;
+
+/// File descriptors each executor keeps open: its listener, io_uring rings and eventfds
+/// (7 measured on Linux 6.x with glommio 0.9).
+const FDS_PER_EXECUTOR: u64 = 8;
+
+impl Config {
+    /// Checks the limits that depend on the open-file limit `nofile` (RLIMIT_NOFILE, as raised
+    /// at start-up) for a server of `executors` executors: the control plane may hold at most
+    /// half of the descriptors left after the server's own, so that however many API
+    /// connections are opened, the other half stays for WebSocket upgrades.
+    pub fn check_file_limit(&self, nofile: u64, executors: usize) -> Result<(), ConfigError> {
+        let reserved = FDS_RESERVED + FDS_PER_EXECUTOR * executors as u64;
+        let api = self.api_connections_max as u64;
+        let needed = 2 * api + reserved;
+        if nofile < needed {
+            return Err(ConfigError(format!(
+                "api_connections_max = {api} needs RLIMIT_NOFILE of at least {needed} (twice it, \
+                 so WebSocket upgrades keep the other half, plus {reserved} for the server's own \
+                 descriptors), and this process may open {nofile} files: lower \
+                 api_connections_max to at most {} or raise the limit (LimitNOFILE=, \
+                 limits.conf; see tuning/)",
+                nofile.saturating_sub(reserved) / 2
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// An `allowed_origins` entry: `scheme://host[:port]`, the host's first label possibly `*`.
 fn check_origin(origin: &str) -> Result<(), ConfigError> {
     let host = origin
@@ -1014,35 +1196,8 @@ fn check_policy(
     Ok(())
 }
 
-/// Parses `0,2,4-7` into `[0, 2, 4, 5, 6, 7]`.
-pub fn parse_cpu_list(text: &str) -> Result<CpuList, String> {
-    let mut cpus = Vec::new();
-    for part in text
-        .split(',')
-        .map(str::trim)
-        .filter(|part| !part.is_empty())
-    {
-        let parse = |s: &str| {
-            s.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("{s:?} in {text:?} is not a CPU id"))
-        };
-        match part.split_once('-') {
-            Some((first, last)) => {
-                let (first, last) = (parse(first)?, parse(last)?);
-                if first > last || last - first > 4_096 {
-                    return Err(format!("CPU range {part:?} is empty or too large"));
-                }
-                cpus.extend(first..=last);
-            }
-            None => cpus.push(parse(part)?),
-        }
-    }
-    if cpus.is_empty() {
-        return Err(format!("{text:?} names no CPU"));
-    }
-    Ok(cpus)
-}
+/// Parses `0,2,4-7` into `[0, 2, 4, 5, 6, 7]`; shared with `corecast tune` and the bench.
+pub use corecast_proto::host::parse_cpu_list;
 
 #[cfg(test)]
 mod tests {
@@ -1065,6 +1220,28 @@ mod tests {
         };
         let err = config.validate().unwrap_err().0;
         assert!(err.contains("idle_timeout_s = 30"), "{err}");
+    }
+
+    #[test]
+    fn a_batch_must_fit_the_ingest_lanes_and_the_sweep_its_range() {
+        let config = Config {
+            publish_batch_max: 2_000,
+            queue_items_max: 1_024,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().0;
+        assert!(
+            err.starts_with("publish_batch_max = 2000 must be at most queue_items_max = 1024"),
+            "{err}"
+        );
+        let config = Config {
+            channels_sweep_max: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err().0,
+            "channels_sweep_max = 0 is out of range: allowed 1 to 1000000"
+        );
     }
 
     #[test]
@@ -1101,6 +1278,26 @@ mod tests {
                     json::STACK_BYTES_PER_LEVEL
                 )
             );
+        }
+    }
+
+    #[test]
+    fn redis_timeout_is_refused_out_of_range_by_name() {
+        for (redis_timeout_ms, says) in [
+            (
+                9,
+                "redis_timeout_ms = 9 is out of range: allowed 10 to 60000",
+            ),
+            (
+                60_001,
+                "redis_timeout_ms = 60001 is out of range: allowed 10 to 60000",
+            ),
+        ] {
+            let config = Config {
+                redis_timeout_ms,
+                ..Config::default()
+            };
+            assert_eq!(config.validate().unwrap_err().0, says);
         }
     }
 
@@ -1211,6 +1408,76 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn control_plane_limits_are_range_checked_by_name() {
+        for (config, says) in [
+            (
+                Config {
+                    api_connections_max: 0,
+                    ..Config::default()
+                },
+                "api_connections_max = 0 is out of range: allowed 1 to 1000000",
+            ),
+            (
+                Config {
+                    api_head_bytes_max: 4096,
+                    ..Config::default()
+                },
+                "api_head_bytes_max = 4096 is out of range: allowed 8192 to 1048576",
+            ),
+            (
+                Config {
+                    api_header_timeout_ms: 5,
+                    ..Config::default()
+                },
+                "api_header_timeout_ms = 5 is out of range: allowed 10 to 600000",
+            ),
+            (
+                Config {
+                    api_body_timeout_ms: 600_001,
+                    ..Config::default()
+                },
+                "api_body_timeout_ms = 600001 is out of range: allowed 10 to 600000",
+            ),
+            (
+                Config {
+                    api_idle_timeout_ms: 0,
+                    ..Config::default()
+                },
+                "api_idle_timeout_ms = 0 is out of range: allowed 10 to 3600000",
+            ),
+            (
+                Config {
+                    api_body_bytes_in_flight_max: 1024,
+                    ..Config::default()
+                },
+                "api_body_bytes_in_flight_max = 1024 is out of range: allowed 1048576 to \
+                 68719476736",
+            ),
+        ] {
+            assert_eq!(config.validate().unwrap_err().0, says);
+        }
+    }
+
+    #[test]
+    fn the_control_plane_may_hold_half_the_file_descriptors_left() {
+        let config = Config {
+            api_connections_max: 100,
+            ..Config::default()
+        };
+        // 3 executors: 32 + 3 x 8 = 56 descriptors of the server's own.
+        config.check_file_limit(256, 3).unwrap();
+        assert_eq!(
+            config.check_file_limit(255, 3).unwrap_err().0,
+            "api_connections_max = 100 needs RLIMIT_NOFILE of at least 256 (twice it, so \
+             WebSocket upgrades keep the other half, plus 56 for the server's own descriptors), \
+             and this process may open 255 files: lower api_connections_max to at most 99 or \
+             raise the limit (LimitNOFILE=, limits.conf; see tuning/)"
+        );
+        Config::default().check_file_limit(20_000, 3).unwrap();
+        assert!(Config::default().check_file_limit(1_024, 3).is_err());
     }
 
     #[test]

@@ -4,6 +4,21 @@
 //! receives each one, in publish order, with a per-channel offset. The wire contract is
 //! `PROTOCOL.md` (shared with client authors); this crate is its server.
 //!
+//! # Workspace
+//! This library is the server alone: it never depends on the tools beside it, so it links none
+//! of their dependencies (`cargo build -p corecast --lib --no-default-features`). The layers,
+//! bottom to top; a layer may import only those below it (between crates, cargo enforces it):
+//! - `corecast-proto` (`src/proto/`): what the server, the client and the bench all speak:
+//!   channel names and patterns ([`channel`], re-exported here), positions ([`queue::Since`]),
+//!   priorities ([`ingest::Priority`]), error and close codes, and the client-side frame codec.
+//! - This crate: [`config`], then the pure stages ([`ws`], [`net`], [`cluster`]), then
+//!   [`ingest`] and [`shard`], then [`runtime`].
+//! - The tools, crates of their own that depend on `corecast-proto` and never on this one:
+//!   `corecast-client` (`src/client/`, the Rust client and `corecast subscribe`/`publish`) and
+//!   `corecast-bench` (`benches/load/`, the load generator behind `corecast bench`).
+//! - The `corecast` binary (`src/main.rs`, `src/cli.rs`): the command line over all of them,
+//!   behind the default feature `cli`.
+//!
 //! # Layout
 //! The folders are the stages a message passes through, in order.
 //! - [`net`]: bind with `SO_REUSEPORT`, accept, read the HTTP upgrade under its limits,
@@ -13,24 +28,26 @@
 //!   inbound rate limit, and the connection task (which also serves the optional echo endpoint
 //!   for conformance suites).
 //! - [`shard`]: a broadcast shard's connections, its subscription [`shard::registry`], fan-out.
-//! - [`ingest`]: the control-plane HTTP API, the sequencer of offsets, encode-once,
+//! - [`ingest`]: the control-plane HTTP API (its connections' deadlines and its answers to
+//!   what hyper cannot parse: [`ingest::api_stream`]), the sequencer of offsets, encode-once,
 //!   [`ingest::history`]: each channel's bounded history, which recoveries read, and
 //!   [`ingest::metrics`]: fan-out latency histograms and the Prometheus `/metrics` exposition,
 //!   [`ingest::admission`]: the connection limits over every shard (total, per address, per
 //!   tenant), which an upgrade asks the ingest core for.
 //! - [`queue`]: the only link between cores, bounded lock-free queues with a wake-up.
-//! - [`cluster`]: cluster mode's bridge to Redis, two plain threads beside the executors
+//! - [`cluster`]: cluster mode's bridge to Redis, three plain threads beside the executors
 //!   (the ingest core's side of it is [`ingest::cluster`]).
 //! - [`notify`]: the wake-up between tasks of one core (the cross-core one is [`queue`]).
 //! - [`rate`]: token buckets, for the rate limits.
-//! - [`channel`]: channel names and wildcard patterns, shared by every stage.
+//! - [`channel`]: channel names and wildcard patterns, shared by every stage (from
+//!   `corecast-proto`).
+//! - [`config`], [`runtime`]: settings (the `serve` flags and the TOML file), the core plan and
+//!   start-up.
 //! - [`json`]: the checks every JSON parse runs first (nesting depth, `\u` escapes), and the
 //!   stack a thread that parses JSON needs.
-//! - [`config`], [`cli`], [`runtime`]: settings, the command line, the core plan and start-up.
-//! - [`client`]: the Rust client library (reconnect, recovery with `since`, ping), and the
-//!   client codec it shares with the bench.
-//! - [`bench`](mod@bench): the load generator behind `corecast bench`.
 //! - [`tune`]: `corecast tune check`, the host audit against `tuning/`'s recommendations.
+//! - [`web`]: the browser client (`/client.js`, `/client.d.ts`) the WebSocket port and the
+//!   control plane serve, embedded.
 //!
 //! # Data flow
 //! ```text
@@ -68,14 +85,9 @@
 //! - **tenant**: a token's `tenant` claim; its connections live in its own namespace, where a
 //!   channel's *full name* carries the scope (`$t:acme.leads.42`) that its clients never see
 //!   (see [`channel::TENANT_MARK`]).
-// No unsafe code, but in one place that allows it by name: the bench's io_uring floor
-// (`bench::floor::uring`), which queues sends on a ring of its own; see its SAFETY comments.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
-pub mod bench;
-pub mod channel;
-pub mod cli;
-pub mod client;
+pub use corecast_proto::channel;
 pub mod cluster;
 pub mod config;
 pub mod ingest;
@@ -87,4 +99,5 @@ pub mod rate;
 pub mod runtime;
 pub mod shard;
 pub mod tune;
+pub mod web;
 pub mod ws;

@@ -1,5 +1,8 @@
-//! The `corecast` binary: parses the command line and hands over to the library.
+//! The `corecast` binary: parses the command line ([`cli`]) and hands over to the server
+//! library, the load generator (`corecast-bench`) or the client (`corecast-client`).
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    corecast::cli::run()
+    cli::run()
 }

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
+use corecast_proto::Priority;
 use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 
 use crate::ingest::admission::{Peer, Refused};
-use crate::ingest::Priority;
 use crate::shard::ShardStats;
 use crate::ws::ConnId;
 
@@ -236,19 +236,8 @@ pub enum QueryKind {
     StopAccepting,
 }
 
-/// Where a recovering client was: its epoch and the last position it received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Since {
-    pub epoch: Box<str>,
-    pub position: Position,
-}
-
-/// A position in the stream: a channel's `offset` (exact channels) or the node-wide `seq`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Position {
-    Offset(u64),
-    Seq(u64),
-}
+/// Where a recovering client was, and the position it gives: the protocol's own types.
+pub use corecast_proto::position::{Position, Since};
 
 /// One shard's acknowledgements of one channel, for `/v1/stats`.
 #[derive(Debug, Clone, PartialEq, Eq)]

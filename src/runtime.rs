@@ -1,7 +1,8 @@
 //! Start-up and shutdown: the core plan, the host checks, one pinned glommio executor per core.
 //!
 //! [`CorePlan`] decides which CPU runs the ingest core and each broadcast shard. [`preflight`]
-//! checks what glommio needs from the host (memlock, io_uring, file descriptors) and turns a
+//! checks what glommio needs from the host (memlock, io_uring, file descriptors, enough of them
+//! for `api_connections_max`: see [`Config::check_file_limit`]) and turns a
 //! shortfall into a message that says what to change (the thresholds and host reads are
 //! [`crate::tune`]'s, shared with `corecast tune check`). [`serve`] wires the queues, starts every
 //! executor, waits until each has bound its port, prints the plan and the `listening` line, and
@@ -140,6 +141,9 @@ pub fn preflight(config: &Config, executors: usize) -> Result<(), StartError> {
     }
     let nofile = rlimit::increase_nofile_limit(u64::MAX)
         .map_err(|err| StartError(format!("cannot raise RLIMIT_NOFILE: {err}")))?;
+    config
+        .check_file_limit(nofile, executors)
+        .map_err(|err| StartError(err.0))?;
     let wanted = (config.connections_per_shard_max as u64).min(1_000_000);
     if nofile < wanted {
         tracing::info!(

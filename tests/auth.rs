@@ -1,5 +1,5 @@
 //! JWT connection auth against the real binary (`--auth jwt --jwt-secret`): a missing, forged
-//! or expired token gets 401 with a JSON reason at the upgrade, from `?token=` or
+//! or expired token, or one not valid yet (`nbf` or `iat` an hour ahead), gets 401 with a JSON reason at the upgrade, from `?token=` or
 //! `Authorization: Bearer` alike; the token's `channels` and `publish` claims bound what the
 //! connection may subscribe and publish (`forbidden` otherwise, 403 for connect-time channels);
 //! `refresh` extends a live connection, and one left to expire is closed with 4001. A
@@ -53,10 +53,23 @@ async fn missing_forged_and_expired_tokens_get_401_with_a_reason() {
         };
         let forged = token("another-secret", 60, &[">"], &[]);
         let expired = token(SECRET, -5, &[">"], &[]);
+        let from_the_future = |claim: &str| {
+            let mut claims = json!({"sub": "ada", "exp": now_s() + 7200, "channels": [">"]});
+            claims[claim] = json!(now_s() + 3600);
+            encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .expect("a token encodes")
+        };
+        let (not_before, issued) = (from_the_future("nbf"), from_the_future("iat"));
         for (path, header, says) in [
             ("/ws".to_string(), "", "authentication required"),
             (format!("/ws?token={forged}"), "", "InvalidSignature"),
             (format!("/ws?token={expired}"), "", "expired"),
+            (format!("/ws?token={not_before}"), "", "not valid yet"),
+            (format!("/ws?token={issued}"), "", "not valid yet"),
             (
                 "/ws".to_string(),
                 "Authorization: Bearer not.a.jwt\r\n",

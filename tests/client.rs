@@ -1,10 +1,11 @@
-//! Pins down `corecast::client` against the real server: it receives, reconnects after a TCP
-//! cut (made by a proxy in this file between client and server) and resubscribes with `since`
-//! so that every offset published during the cut arrives exactly once; it measures the
-//! app-level ping, answers the server's pings and replaces a connection whose pongs stop; and
-//! `corecast publish` and `corecast subscribe --count` round-trip through the binary. Against a
-//! scripted server it pins the exact `since` of every resubscribe (README, "Delivery guarantees",
-//! "Clients"). Every wait is bounded and every test runs under the watchdog.
+//! Pins down the Rust client (`corecast_client`) against the real server: it receives,
+//! reconnects after a TCP cut (made by a proxy in this file between client and server) and
+//! resubscribes with `since` so that every offset published during the cut arrives exactly
+//! once; it measures the app-level ping, answers the server's pings and replaces a connection
+//! whose pongs stop; and `corecast publish` and `corecast subscribe --count` round-trip through
+//! the binary. Against a scripted server it pins the exact `since` of every resubscribe
+//! (README, "Delivery guarantees", "Clients"). Every wait is bounded and every test runs under
+//! the watchdog.
 
 mod common;
 
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{assert_recent_ms, watchdog, Server, STEP};
-use corecast::client::{Client, ClientConfig, Event, Position};
+use corecast_client::{Client, ClientConfig, Cursor, Event};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -751,7 +752,7 @@ async fn resubscribes_carry_the_since_of_each_position() {
         );
         assert_eq!(
             client.position("rec.exact"),
-            Some(Position {
+            Some(Cursor {
                 epoch: Some("e2".into()),
                 seq: Some(3),
                 offset: None

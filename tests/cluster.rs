@@ -1,10 +1,19 @@
 //! Cluster mode against a real `redis-server` (started here on a free port; `.ci/deps` installs
 //! Debian's package, and without it these tests fail, they never skip) and three real nodes:
 //! a publish on one node reaches subscribers on the others with identical offsets and seqs, in
-//! the same order; a client that moves from one node to another recovers with no gap; and when
+//! the same order; a client that moves from one node to another recovers with no gap; when
 //! Redis dies and comes back empty mid-stream, publishes fail with 503 meanwhile, every client
 //! is closed with 1012, and on reconnecting it is told exactly `recovered:false`,
-//! `epoch_changed`, after which delivery goes on.
+//! `epoch_changed`, after which delivery goes on; when Redis stalls (SIGSTOP), the publish
+//! in flight is answered `outcome_unknown` within `redis_timeout_ms`, later ones
+//! `cluster_unavailable` at once, stats show the stall, and subscribers receive exactly what
+//! was answered 200, perhaps what was answered `outcome_unknown`, and nothing answered 503; a
+//! channel a node forgot (no subscriber, history expired) comes back there with the cluster's
+//! offsets, and a batch is numbered whole. A batch has one fate: numbered in a row on every
+//! node, consecutive seqs, while another node publishes; sent into a stall, answered
+//! `outcome_unknown` whole and then delivered whole or not at all; while Redis is down, or when
+//! Redis refuses it for memory, refused whole with nothing delivered and no number taken; and
+//! when its script fails while running, answered `outcome_unknown` with none of it delivered.
 
 mod common;
 
@@ -12,7 +21,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_message, watchdog, Client, Server, STEP};
+use common::{assert_error, assert_message, watchdog, Client, HttpReply, Server, QUIET, STEP};
 use serde_json::{json, Value};
 
 /// A `redis-server` child on a free loopback port, without persistence, killed on drop.
@@ -57,6 +66,43 @@ impl Redis {
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// Stops the server with SIGSTOP, as a stall does: it keeps its connections and accepts
+    /// new ones, and answers nothing. It resumes when the guard drops, failing test or not.
+    fn pause(&self) -> Paused<'_> {
+        assert!(
+            self.signal("STOP"),
+            "expected kill -STOP of redis-server to succeed"
+        );
+        Paused { redis: self }
+    }
+
+    /// Sends the signal `name` (`STOP`, `CONT`) to the server; whether `kill` succeeded.
+    fn signal(&self, name: &str) -> bool {
+        Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+}
+
+/// A stopped `redis-server`, resumed (SIGCONT) on drop.
+struct Paused<'a> {
+    redis: &'a Redis,
+}
+
+impl Paused<'_> {
+    /// Resumes the server now: dropping the guard sends SIGCONT.
+    fn resume(self) {}
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        // Never a panic here: this runs while a failing test unwinds too.
+        if !self.redis.signal("CONT") {
+            eprintln!("kill -CONT of redis-server failed");
+        }
+    }
 }
 
 impl Drop for Redis {
@@ -68,10 +114,19 @@ impl Drop for Redis {
 
 /// Starts a node of the cluster and waits until it has synced with Redis.
 async fn node(redis: &Redis) -> Server {
+    node_with(redis, &[]).await
+}
+
+/// [`node`] with `extra` flags.
+async fn node_with(redis: &Redis, extra: &[&str]) -> Server {
     let url = redis.url();
-    let server = Server::start(&["--redis", &url, "--sys-stats-interval-ms", "0"]).await;
+    let mut args = vec!["--redis", &url, "--sys-stats-interval-ms", "0"];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args).await;
     let stats = server
-        .poll_json("/v1/stats", |stats| stats["cluster"]["seq"].is_u64())
+        .poll_json("/v1/stats", |stats| {
+            stats["cluster"]["connected"] == true && stats["cluster"]["seq"].is_u64()
+        })
         .await;
     assert!(
         stats["cluster"]["connected"] == true && stats["cluster"]["seq"].is_u64(),
@@ -199,6 +254,9 @@ async fn when_redis_restarts_empty_clients_are_told_exactly_what_happened() {
         }
 
         drop(redis);
+        // Once the node knows, a publish is refused unsent: certainly not published.
+        a.poll_json("/v1/stats", |stats| stats["cluster"]["connected"] == false)
+            .await;
         let refused = a
             .post(
                 "/v1/publish",
@@ -235,9 +293,12 @@ async fn when_redis_restarts_empty_clients_are_told_exactly_what_happened() {
             (json!(false), json!("epoch_changed")),
             "{reply}"
         );
-        // Both nodes are back on the new epoch before a publish can reach this one.
-        a.poll_json("/v1/stats", |stats| stats["epoch"] == new_epoch.as_str())
-            .await;
+        // Both nodes are back on the new epoch, and A's bridge on Redis, before a publish can
+        // reach this one.
+        a.poll_json("/v1/stats", |stats| {
+            stats["epoch"] == new_epoch.as_str() && stats["cluster"]["connected"] == true
+        })
+        .await;
         let offset = a.publish("rs.1", &json!(5)).await;
         assert_eq!(offset, 1, "offsets restarted with the epoch");
         let got: Value = again.recv().await;
@@ -288,6 +349,756 @@ async fn a_node_whose_subscription_broke_delivers_what_it_missed_in_order() {
         assert!(
             log.contains("Redis events subscription lost"),
             "expected node B to have lost its subscription (so 4.. came from the log): {log}"
+        );
+    })
+    .await
+}
+
+/// The `redis_timeout_ms` the stall tests run with, and the flag that sets it.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(1_000);
+const REDIS_TIMEOUT_FLAG: [&str; 2] = ["--redis-timeout-ms", "1000"];
+/// How much later than [`REDIS_TIMEOUT`] an `outcome_unknown` may come on a loaded two-core
+/// machine.
+const SLACK: Duration = Duration::from_secs(2);
+
+/// What a publish was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Published { offset: u64 },
+    Unknown,
+    Unavailable,
+}
+
+/// Reads an HTTP publish reply: exactly `{channel, offset}`, or exactly an error body whose
+/// code goes with its status (504 `outcome_unknown`, 503 `cluster_unavailable`).
+fn http_answer(reply: &HttpReply, what: &str) -> Answer {
+    match reply.status {
+        200 => Answer::Published {
+            offset: reply.json()["offset"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{what}: expected an offset in {}", reply.body)),
+        },
+        504 => {
+            let code = common::assert_http_error_body(reply, what);
+            assert_eq!(code, "outcome_unknown", "{what}");
+            let message = reply.json()["error"]["message"].to_string();
+            assert!(
+                message.contains("may or may not") && message.contains("/v1/history"),
+                "{what}: the message says what happened and how to find out: {message}"
+            );
+            Answer::Unknown
+        }
+        503 => {
+            let code = common::assert_http_error_body(reply, what);
+            assert_eq!(code, "cluster_unavailable", "{what}");
+            Answer::Unavailable
+        }
+        status => panic!(
+            "{what}: expected 200, 503 or 504, got {status} {}",
+            reply.body
+        ),
+    }
+}
+
+/// `POST /v1/publish` of `data` to `channel`: the answer, and how long it took.
+async fn publish_timed(server: &Server, channel: &str, data: u64) -> (Answer, Duration) {
+    let body = json!({"channel": channel, "data": data}).to_string();
+    let started = Instant::now();
+    let reply = server.post("/v1/publish", &body).await;
+    let took = started.elapsed();
+    (http_answer(&reply, &format!("publish of {data}")), took)
+}
+
+/// Waits until `server`'s bridge has just refreshed its presence (the node list it shows
+/// changes with each refresh), so that the next presence round trip is a second away and a
+/// publish sent now is the first round trip to meet a stall.
+async fn after_presence_refresh(server: &Server) {
+    let before = server.stats().await["cluster"]["nodes"].clone();
+    let deadline = Instant::now() + STEP;
+    while server.stats().await["cluster"]["nodes"] == before {
+        assert!(
+            Instant::now() < deadline,
+            "expected the presence refresh every second"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Asserts an `outcome_unknown` came after Redis had `redis_timeout_ms` to answer, and not
+/// much later.
+fn assert_timed_out(took: Duration, what: &str) {
+    assert!(
+        took + Duration::from_millis(50) >= REDIS_TIMEOUT && took < REDIS_TIMEOUT + SLACK,
+        "{what}: expected outcome_unknown after {REDIS_TIMEOUT:?} (at most {SLACK:?} more), \
+         took {took:?}"
+    );
+}
+
+/// Asserts a refusal came at once: well before a round trip could have timed out.
+fn assert_at_once(took: Duration, what: &str) {
+    assert!(
+        took < REDIS_TIMEOUT,
+        "{what}: expected cluster_unavailable at once, not after a timeout; took {took:?}"
+    );
+}
+
+/// Every delivery `client` receives on `channel` until `last` has arrived and then nothing for
+/// [`QUIET`], as `(data, offset, seq)`.
+async fn deliveries(client: &mut Client, channel: &str, last: u64) -> Vec<(u64, u64, u64)> {
+    let mut seen = Vec::new();
+    let mut last_seen = false;
+    loop {
+        let within = if last_seen { QUIET } else { STEP };
+        let Some(got) = client.recv_within(within).await else {
+            assert!(last_seen, "expected {last} to be delivered, got {seen:?}");
+            return seen;
+        };
+        let data = got["data"].as_u64().expect("integer data");
+        let offset = got["offset"].as_u64().expect("an offset");
+        assert_message(&got, channel, offset, &json!(data));
+        seen.push((data, offset, got["seq"].as_u64().expect("a seq")));
+        last_seen |= data == last;
+    }
+}
+
+/// Asserts `seen` is exactly what the answers allow, in order: every publish answered 200,
+/// at the offset it was answered, perhaps those answered `outcome_unknown`, none answered
+/// `cluster_unavailable`; offsets 1, 2, 3.. and seqs rising.
+fn assert_delivered_truly(seen: &[(u64, u64, u64)], answers: &[(u64, Answer)]) {
+    let offsets: Vec<u64> = seen.iter().map(|(_, offset, _)| *offset).collect();
+    assert_eq!(
+        offsets,
+        (1..=seen.len() as u64).collect::<Vec<_>>(),
+        "one offset each, no gap: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).all(|pair| pair[0].2 < pair[1].2),
+        "in seq order: {seen:?}"
+    );
+    for (data, answer) in answers {
+        let at: Vec<u64> = seen
+            .iter()
+            .filter(|(seen, ..)| seen == data)
+            .map(|(_, offset, _)| *offset)
+            .collect();
+        match answer {
+            Answer::Published { offset } => assert_eq!(
+                at,
+                vec![*offset],
+                "{data} was answered 200 at offset {offset}: delivered once, there: {seen:?}"
+            ),
+            Answer::Unknown => assert!(
+                at.len() <= 1,
+                "{data} (outcome_unknown) is delivered at most once: {seen:?}"
+            ),
+            Answer::Unavailable => assert!(
+                at.is_empty(),
+                "{data} was answered cluster_unavailable, yet delivered: {seen:?}"
+            ),
+        }
+    }
+    assert!(
+        seen.iter()
+            .all(|(data, ..)| answers.iter().any(|(answered, _)| answered == data)),
+        "only what was published is delivered: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn in_a_redis_stall_each_publish_is_answered_truly_and_nothing_refused_is_delivered() {
+    watchdog(async {
+        let redis = Redis::start();
+        let a = node_with(&redis, &REDIS_TIMEOUT_FLAG).await;
+        let b = node_with(&redis, &REDIS_TIMEOUT_FLAG).await;
+        let mut on_a = Client::connect(&a).await;
+        let mut on_b = Client::connect(&b).await;
+        subscribe(&mut on_a, "st.1").await;
+        subscribe(&mut on_b, "st.1").await;
+        let mut answers = Vec::new();
+        for data in 1..=3 {
+            let (answer, _) = publish_timed(&a, "st.1", data).await;
+            assert_eq!(answer, Answer::Published { offset: data });
+            answers.push((data, answer));
+        }
+
+        after_presence_refresh(&a).await;
+        let paused = redis.pause();
+        // Sent as Redis stops: no answer ever comes, so its outcome is unknown; meanwhile
+        // stats show it waiting.
+        let started = Instant::now();
+        let ((answer, took), (midway, asked_at)) =
+            tokio::join!(publish_timed(&a, "st.1", 4), async {
+                tokio::time::sleep(REDIS_TIMEOUT / 4).await;
+                let stats = a.stats().await;
+                (stats, started.elapsed())
+            });
+        assert_eq!(answer, Answer::Unknown, "the publish in flight");
+        assert_timed_out(took, "the publish in flight");
+        answers.push((4, answer));
+        // Only a stats reply that came while the publish still waited can show it waiting.
+        if asked_at < REDIS_TIMEOUT * 3 / 4 {
+            let cluster = &midway["cluster"];
+            let waited = cluster["oldest_pending_ms"]
+                .as_u64()
+                .expect("oldest_pending_ms");
+            assert!(
+                (1..REDIS_TIMEOUT.as_millis() as u64).contains(&waited)
+                    && cluster["stalled"] == false
+                    && cluster["connected"] == true,
+                "while the publish waits, within its time: {cluster}"
+            );
+        }
+        // The bridge knows Redis is stalled: later publishes are refused unsent, at once.
+        for data in 5..=7 {
+            let (answer, took) = publish_timed(&a, "st.1", data).await;
+            assert_eq!(
+                answer,
+                Answer::Unavailable,
+                "publish of {data} in the stall"
+            );
+            assert_at_once(took, &format!("publish of {data} in the stall"));
+            answers.push((data, answer));
+        }
+        let cluster = a.stats().await["cluster"].clone();
+        assert_eq!(
+            (
+                cluster["connected"].clone(),
+                cluster["stalled"].clone(),
+                cluster["publishes_outcome_unknown_total"].clone(),
+                cluster["publishes_unavailable_total"].clone(),
+            ),
+            (json!(false), json!(true), json!(1), json!(3)),
+            "in the stall: {cluster}"
+        );
+
+        paused.resume();
+        let stats = a
+            .poll_json("/v1/stats", |stats| {
+                stats["cluster"]["connected"] == true && stats["cluster"]["stalled"] == false
+            })
+            .await;
+        assert_eq!(
+            (
+                stats["cluster"]["connected"].clone(),
+                stats["cluster"]["stalled"].clone(),
+                stats["cluster"]["oldest_pending_ms"].clone(),
+            ),
+            (json!(true), json!(false), json!(0)),
+            "the stall clears once Redis answers again: {stats}"
+        );
+        let mut offset_next = None;
+        for data in 8..=10 {
+            let (answer, _) = publish_timed(&a, "st.1", data).await;
+            let Answer::Published { offset } = answer else {
+                panic!("publish of {data} after the stall: expected 200, got {answer:?}");
+            };
+            assert!(
+                offset_next.is_none_or(|next| offset == next),
+                "offsets go on one by one: {answer:?}"
+            );
+            offset_next = Some(offset + 1);
+            answers.push((data, answer));
+        }
+
+        let seen_a = deliveries(&mut on_a, "st.1", 10).await;
+        let seen_b = deliveries(&mut on_b, "st.1", 10).await;
+        assert_delivered_truly(&seen_a, &answers);
+        assert_eq!(
+            seen_a, seen_b,
+            "every node delivers the same, in the same order"
+        );
+
+        let metrics = a.get("/metrics").await;
+        assert_eq!(metrics.status, 200);
+        for line in [
+            "corecast_cluster_connected 1",
+            "corecast_cluster_stalled 0",
+            "corecast_cluster_publishes_outcome_unknown_total 1",
+            "corecast_cluster_publishes_unavailable_total 3",
+        ] {
+            assert!(
+                metrics.body.lines().any(|got| got == line),
+                "no {line:?} in /metrics:\n{}",
+                metrics.body
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn in_a_redis_stall_socket_publishes_and_batch_entries_get_the_same_answers() {
+    watchdog(async {
+        let redis = Redis::start();
+        let mut flags = REDIS_TIMEOUT_FLAG.to_vec();
+        flags.extend(["--client-publish", "sk.>"]);
+        let a = node_with(&redis, &flags).await;
+        let mut publisher = Client::connect(&a).await;
+        let mut watcher = Client::connect(&a).await;
+        subscribe(&mut watcher, "sk.1").await;
+        let publish =
+            |data: u64| json!({"type": "publish", "channel": "sk.1", "data": data, "id": data});
+        let reply = publisher.request(publish(1)).await;
+        assert_eq!(
+            reply,
+            json!({"type": "published", "id": 1, "channel": "sk.1", "offset": 1})
+        );
+        let mut answers = vec![(1, Answer::Published { offset: 1 })];
+
+        after_presence_refresh(&a).await;
+        let paused = redis.pause();
+        let started = Instant::now();
+        publisher.send(publish(2)).await;
+        let reply = publisher
+            .recv_within(REDIS_TIMEOUT + SLACK)
+            .await
+            .expect("an answer to the socket publish in flight");
+        assert_error(&reply, json!(2), "outcome_unknown");
+        assert_timed_out(started.elapsed(), "the socket publish in flight");
+        answers.push((2, Answer::Unknown));
+
+        let started = Instant::now();
+        let reply = publisher.request(publish(3)).await;
+        assert_error(&reply, json!(3), "cluster_unavailable");
+        assert_at_once(started.elapsed(), "a socket publish in the stall");
+        answers.push((3, Answer::Unavailable));
+
+        let started = Instant::now();
+        let batch = json!({"messages": [{"channel": "sk.1", "data": 30}]}).to_string();
+        let reply = a.post("/v1/publish/batch", &batch).await;
+        assert_eq!(
+            http_answer(&reply, "a batch in the stall"),
+            Answer::Unavailable
+        );
+        assert_at_once(started.elapsed(), "a batch in the stall");
+        answers.push((30, Answer::Unavailable));
+        let cluster = a.stats().await["cluster"].clone();
+        assert_eq!(
+            (
+                cluster["stalled"].clone(),
+                cluster["publishes_outcome_unknown_total"].clone(),
+                cluster["publishes_unavailable_total"].clone(),
+            ),
+            (json!(true), json!(1), json!(2)),
+            "in the stall: {cluster}"
+        );
+
+        paused.resume();
+        a.poll_json("/v1/stats", |stats| {
+            stats["cluster"]["connected"] == true && stats["cluster"]["stalled"] == false
+        })
+        .await;
+        let reply = publisher.request(publish(4)).await;
+        let offset = reply["offset"].as_u64().expect("published after the stall");
+        assert_eq!(
+            reply,
+            json!({"type": "published", "id": 4, "channel": "sk.1", "offset": offset})
+        );
+        answers.push((4, Answer::Published { offset }));
+        let seen = deliveries(&mut watcher, "sk.1", 4).await;
+        assert_delivered_truly(&seen, &answers);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_channel_a_node_forgot_comes_back_with_the_clusters_offsets() {
+    watchdog(async {
+        let redis = Redis::start();
+        let a = node_with(&redis, &["--history-age-s", "1"]).await;
+        let mut first = Client::connect(&a).await;
+        let epoch = first.hello["epoch"].as_str().unwrap().to_owned();
+        subscribe(&mut first, "fc.x").await;
+        let offsets = a
+            .publish_batch(&[("fc.x", json!(1)), ("fc.x", json!(2))])
+            .await;
+        assert_eq!(offsets, [1, 2], "a batch, numbered by Redis");
+        assert_message(&first.recv().await, "fc.x", 1, &json!(1));
+        assert_message(&first.recv().await, "fc.x", 2, &json!(2));
+        drop(first);
+        let stats = a
+            .poll_json("/v1/stats", |stats| {
+                stats["ingest"]["channels_forgotten_total"] == 1
+            })
+            .await;
+        assert_eq!(stats["ingest"]["channels_forgotten_total"], 1, "{stats}");
+        assert_eq!(stats["ingest"]["channels"], 0, "{stats}");
+        assert_eq!(
+            a.publish("fc.x", &json!(3)).await,
+            3,
+            "Redis's offsets never forget"
+        );
+        let mut again = Client::connect(&a).await;
+        for (offset, recovered) in [(1, false), (2, true)] {
+            let reply = again
+                .request(json!({"type": "subscribe", "channel": "fc.x", "id": 9,
+                                "since": {"epoch": epoch, "offset": offset}}))
+                .await;
+            assert_eq!(reply["type"], "subscribed", "{reply}");
+            assert_eq!(
+                reply["recovered"], recovered,
+                "since offset {offset}: {reply}"
+            );
+            if recovered {
+                assert_message(&again.recv().await, "fc.x", 3, &json!(3));
+            } else {
+                assert_eq!(reply["reason"], "history_trimmed", "{reply}");
+                again.unsubscribe("fc.x", 2).await;
+            }
+        }
+        again.expect_silence("fc.x:3 came once").await;
+    })
+    .await
+}
+
+/// The body of a `/v1/publish/batch` of `data` to `channel`, one message each.
+fn batch_body(channel: &str, data: impl IntoIterator<Item = Value>) -> String {
+    let messages: Vec<Value> = data
+        .into_iter()
+        .map(|data| json!({"channel": channel, "data": data}))
+        .collect();
+    json!({ "messages": messages }).to_string()
+}
+
+/// `POST /v1/publish/batch` of `body`: the answer for the whole batch (its offsets when 200,
+/// checked to be one per message, on `channel`, in a row), and how long it took.
+async fn publish_batch_timed(
+    server: &Server,
+    channel: &str,
+    body: &str,
+) -> (Result<Vec<u64>, Answer>, Duration) {
+    let started = Instant::now();
+    let reply = server.post("/v1/publish/batch", body).await;
+    let took = started.elapsed();
+    if reply.status != 200 {
+        let answer = http_answer(&reply, "a batch");
+        let message = reply.json()["error"]["message"].to_string();
+        match answer {
+            Answer::Unknown => assert!(
+                message.contains("whole or not at all"),
+                "an unknown batch is published whole or not at all: {message}"
+            ),
+            _ => assert!(
+                message.contains("nothing of the batch was published"),
+                "a refused batch says nothing of it was published: {message}"
+            ),
+        }
+        return (Err(answer), took);
+    }
+    let results = reply.json()["results"].clone();
+    let offsets: Vec<u64> = results
+        .as_array()
+        .unwrap_or_else(|| panic!("expected results in {}", reply.body))
+        .iter()
+        .map(|result| {
+            assert_eq!(result["channel"], channel, "{result}");
+            result["offset"].as_u64().expect("an offset")
+        })
+        .collect();
+    assert!(
+        offsets.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "a batch to one channel has offsets in a row: {offsets:?}"
+    );
+    (Ok(offsets), took)
+}
+
+/// Asserts `seen` (as [`deliveries`] gives) holds the messages `data` (in order, consecutive
+/// offsets from `offset_first`, consecutive seqs) or none of them, never some; whether all.
+fn assert_all_or_none(seen: &[(u64, u64, u64)], data: &[u64], offset_first: u64) -> bool {
+    let of_batch: Vec<&(u64, u64, u64)> = seen
+        .iter()
+        .filter(|(seen, ..)| data.contains(seen))
+        .collect();
+    if of_batch.is_empty() {
+        return false;
+    }
+    let got: Vec<u64> = of_batch.iter().map(|(data, ..)| *data).collect();
+    assert_eq!(got, data, "all of the batch, in order, or none: {seen:?}");
+    let offsets: Vec<u64> = of_batch.iter().map(|(_, offset, _)| *offset).collect();
+    assert_eq!(
+        offsets,
+        (offset_first..offset_first + data.len() as u64).collect::<Vec<_>>(),
+        "{seen:?}"
+    );
+    assert!(
+        of_batch.windows(2).all(|pair| pair[1].2 == pair[0].2 + 1),
+        "the batch's seqs are consecutive: {seen:?}"
+    );
+    true
+}
+
+#[tokio::test]
+async fn a_batch_sent_into_a_redis_stall_is_answered_once_and_delivered_whole_or_not_at_all() {
+    watchdog(async {
+        let redis = Redis::start();
+        let a = node_with(&redis, &REDIS_TIMEOUT_FLAG).await;
+        let b = node_with(&redis, &REDIS_TIMEOUT_FLAG).await;
+        let mut on_a = Client::connect(&a).await;
+        let mut on_b = Client::connect(&b).await;
+        subscribe(&mut on_a, "sb.1").await;
+        subscribe(&mut on_b, "sb.1").await;
+        let (answer, _) = publish_timed(&a, "sb.1", 1).await;
+        assert_eq!(answer, Answer::Published { offset: 1 });
+
+        after_presence_refresh(&a).await;
+        let paused = redis.pause();
+        let batch: Vec<u64> = (100..150).collect();
+        let body = batch_body("sb.1", batch.iter().map(|data| json!(data)));
+        let (answer, took) = publish_batch_timed(&a, "sb.1", &body).await;
+        assert_eq!(answer, Err(Answer::Unknown), "the batch in flight, whole");
+        assert_timed_out(took, "the batch in flight");
+        // Redis is known stalled now: a batch is refused whole, unsent, at once.
+        let refused: Vec<u64> = (200..203).collect();
+        let body = batch_body("sb.1", refused.iter().map(|data| json!(data)));
+        let (answer, took) = publish_batch_timed(&a, "sb.1", &body).await;
+        assert_eq!(answer, Err(Answer::Unavailable), "a batch in the stall");
+        assert_at_once(took, "a batch in the stall");
+        let cluster = a.stats().await["cluster"].clone();
+        assert_eq!(
+            (
+                cluster["stalled"].clone(),
+                cluster["publishes_outcome_unknown_total"].clone(),
+                cluster["publishes_unavailable_total"].clone(),
+            ),
+            (json!(true), json!(50), json!(3)),
+            "each message of a batch counts: {cluster}"
+        );
+
+        paused.resume();
+        a.poll_json("/v1/stats", |stats| {
+            stats["cluster"]["connected"] == true && stats["cluster"]["stalled"] == false
+        })
+        .await;
+        let (answer, _) = publish_timed(&a, "sb.1", 999).await;
+        let Answer::Published { offset: last } = answer else {
+            panic!("a publish after the stall: expected 200, got {answer:?}");
+        };
+        let seen_a = deliveries(&mut on_a, "sb.1", 999).await;
+        let seen_b = deliveries(&mut on_b, "sb.1", 999).await;
+        assert_eq!(seen_a, seen_b, "every node delivers the same");
+        let whole = assert_all_or_none(&seen_a, &batch, 2);
+        let data: Vec<u64> = seen_a.iter().map(|(data, ..)| *data).collect();
+        let mut expected = vec![1];
+        if whole {
+            expected.extend(&batch);
+        }
+        expected.push(999);
+        assert_eq!(data, expected, "nothing refused is delivered");
+        assert_eq!(last, if whole { 52 } else { 2 }, "{seen_a:?}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_batch_while_redis_is_down_is_refused_whole_and_nothing_of_it_is_delivered() {
+    watchdog(async {
+        let redis = Redis::start();
+        let (a, b) = (node(&redis).await, node(&redis).await);
+        let mut on_b = Client::connect(&b).await;
+        subscribe(&mut on_b, "dn.1").await;
+        let offsets = a
+            .publish_batch(&[("dn.1", json!(1)), ("dn.1", json!(2))])
+            .await;
+        assert_eq!(offsets, [1, 2]);
+        assert_message(&on_b.recv().await, "dn.1", 1, &json!(1));
+        assert_message(&on_b.recv().await, "dn.1", 2, &json!(2));
+
+        drop(redis);
+        a.poll_json("/v1/stats", |stats| stats["cluster"]["connected"] == false)
+            .await;
+        let body = batch_body("dn.1", (10..60).map(|data| json!(data)));
+        let (answer, took) = publish_batch_timed(&a, "dn.1", &body).await;
+        assert_eq!(answer, Err(Answer::Unavailable));
+        assert_at_once(took, "a batch while Redis is down");
+        assert_eq!(
+            a.stats().await["cluster"]["publishes_unavailable_total"],
+            50,
+            "each of its messages counts"
+        );
+        on_b.expect_silence("nothing of a refused batch is delivered")
+            .await;
+    })
+    .await
+}
+
+/// Every delivery `client` receives until `count` have arrived and then nothing for
+/// [`QUIET`].
+async fn receive(client: &mut Client, count: usize) -> Vec<Value> {
+    let mut got = Vec::with_capacity(count);
+    while got.len() < count {
+        got.push(client.recv().await);
+    }
+    client
+        .expect_silence("nothing more than was published")
+        .await;
+    got
+}
+
+#[tokio::test]
+async fn a_batch_is_numbered_in_a_row_on_every_node_while_another_node_publishes() {
+    watchdog(async {
+        let redis = Redis::start();
+        let (a, b, c) = (node(&redis).await, node(&redis).await, node(&redis).await);
+        let mut clients = Vec::new();
+        for server in [&a, &b, &c] {
+            let mut client = Client::connect(server).await;
+            subscribe(&mut client, "nr.*").await;
+            clients.push(client);
+        }
+        // Large messages make each batch many of Redis's reads, so that node C's publishes
+        // would land among its messages if a batch were not one command.
+        let pad = "x".repeat(2_000);
+        const BATCHES: u64 = 3;
+        const SIZE: u64 = 50;
+        const SINGLES: u64 = 60;
+        let singles = c.publish_many("nr.single", (0..SINGLES).map(|i| json!(i)).collect());
+        let batches = async {
+            let mut answered = Vec::new();
+            for k in 0..BATCHES {
+                let body = batch_body(
+                    "nr.batch",
+                    (0..SIZE).map(|i| json!({"k": k, "i": i, "pad": pad})),
+                );
+                let (answer, _) = publish_batch_timed(&a, "nr.batch", &body).await;
+                answered.push(answer.expect("a batch while Redis is up"));
+            }
+            answered
+        };
+        let (singles, batches) = tokio::join!(singles, batches);
+        assert_eq!(singles, (1..=SINGLES).collect::<Vec<_>>());
+        let total = (BATCHES * SIZE + SINGLES) as usize;
+        let mut seen = Vec::new();
+        for client in &mut clients {
+            seen.push(receive(client, total).await);
+        }
+        assert!(
+            seen.iter().all(|node| *node == seen[0]),
+            "every node delivers the same messages with the same numbers, in the same order"
+        );
+        let stream = &seen[0];
+        let seqs: Vec<u64> = stream
+            .iter()
+            .map(|got| got["seq"].as_u64().unwrap())
+            .collect();
+        assert!(
+            seqs.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "one seq per publish, cluster-wide: {seqs:?}"
+        );
+        for (k, offsets) in batches.iter().enumerate() {
+            let at = stream
+                .iter()
+                .position(|got| got["data"]["k"] == k && got["data"]["i"] == 0)
+                .unwrap_or_else(|| panic!("batch {k} was delivered"));
+            let run = &stream[at..at + SIZE as usize];
+            for (i, got) in run.iter().enumerate() {
+                let data = json!({"k": k, "i": i, "pad": pad});
+                assert_message(got, "nr.batch", offsets[i], &data);
+            }
+        }
+        let singles: Vec<u64> = stream
+            .iter()
+            .filter(|got| got["channel"] == "nr.single")
+            .map(|got| got["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(singles, (1..=SINGLES).collect::<Vec<_>>());
+        drop((a, b, c));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_batch_redis_refuses_for_want_of_memory_is_refused_whole_and_takes_no_numbers() {
+    watchdog(async {
+        let redis = Redis::start();
+        let a = node(&redis).await;
+        let mut on_a = Client::connect(&a).await;
+        subscribe(&mut on_a, "om.1").await;
+        a.publish("om.1", &json!(1)).await;
+        let first = on_a.recv().await;
+        assert_message(&first, "om.1", 1, &json!(1));
+
+        // Between two presence refreshes (which Redis would refuse too), so the refusal is
+        // the batch script's own: Redis checks memory at a script's first write.
+        after_presence_refresh(&a).await;
+        let set = redis_command(&redis, "CONFIG SET maxmemory 1");
+        assert_eq!(set, "+OK\r\n");
+        let body = batch_body("om.1", (10..15).map(|data| json!(data)));
+        let (answer, took) = publish_batch_timed(&a, "om.1", &body).await;
+        let set = redis_command(&redis, "CONFIG SET maxmemory 0");
+        assert_eq!(set, "+OK\r\n");
+        assert_eq!(
+            answer,
+            Err(Answer::Unavailable),
+            "OOM: refused before it ran"
+        );
+        assert_at_once(took, "a batch Redis refused");
+        let cluster = a.stats().await["cluster"].clone();
+        assert_eq!(
+            (
+                cluster["connected"].clone(),
+                cluster["publishes_unavailable_total"].clone()
+            ),
+            (json!(true), json!(5)),
+            "Redis answered the refusal; the connection stands: {cluster}"
+        );
+
+        a.publish("om.1", &json!(2)).await;
+        let next = on_a.recv().await;
+        assert_message(&next, "om.1", 2, &json!(2));
+        assert_eq!(
+            next["seq"].as_u64(),
+            first["seq"].as_u64().map(|seq| seq + 1),
+            "the refused batch took no seq"
+        );
+        on_a.expect_silence("nothing of the refused batch").await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_batch_script_that_fails_while_running_is_unknown_and_delivers_none_of_it() {
+    watchdog(async {
+        let redis = Redis::start();
+        let a = node(&redis).await;
+        let mut on_a = Client::connect(&a).await;
+        subscribe(&mut on_a, "rt.*").await;
+        a.publish("rt.ok", &json!(1)).await;
+        assert_message(&on_a.recv().await, "rt.ok", 1, &json!(1));
+
+        // Something other than corecast breaks a channel's counter: the batch's script fails
+        // at that message's offset, after the messages before it took theirs.
+        let set = redis_command(&redis, "HSET corecast:offsets rt.bad oops");
+        assert_eq!(set, ":1\r\n");
+        let body = json!({"messages": [
+            {"channel": "rt.ok", "data": 2},
+            {"channel": "rt.ok", "data": 3},
+            {"channel": "rt.bad", "data": 4},
+        ]})
+        .to_string();
+        let (answer, took) = publish_batch_timed(&a, "rt.ok", &body).await;
+        assert_eq!(
+            answer,
+            Err(Answer::Unknown),
+            "the script failed while running"
+        );
+        assert_at_once(took, "a batch whose script failed");
+        on_a.expect_silence("none of the failed batch is delivered")
+            .await;
+        let del = redis_command(&redis, "HDEL corecast:offsets rt.bad");
+        assert_eq!(del, ":1\r\n");
+
+        assert_eq!(a.publish("rt.ok", &json!(5)).await, 4);
+        let gap = on_a.recv().await;
+        assert_eq!(
+            gap,
+            json!({"type": "gap", "channel": "rt.ok", "from": 2, "to": 3}),
+            "the offsets the failed batch took are announced as lost, never delivered"
+        );
+        assert_message(&on_a.recv().await, "rt.ok", 4, &json!(5));
+        on_a.expect_silence("nothing else").await;
+        assert_eq!(
+            a.stats().await["cluster"]["publishes_outcome_unknown_total"],
+            3
         );
     })
     .await

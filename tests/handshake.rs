@@ -275,12 +275,12 @@ async fn get_client_js_and_types_are_served_and_other_paths_keep_their_answers()
             (
                 "/client.js",
                 "text/javascript; charset=utf-8",
-                &include_bytes!("../src/client/web/client.js")[..],
+                &include_bytes!("../src/web/client.js")[..],
             ),
             (
                 "/client.d.ts",
                 "application/typescript; charset=utf-8",
-                &include_bytes!("../src/client/web/client.d.ts")[..],
+                &include_bytes!("../src/web/client.d.ts")[..],
             ),
         ] {
             let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", server.ws);

@@ -1,8 +1,9 @@
 //! TLS against the real binary, with a self-signed certificate made for the test (rcgen): a
 //! `wss://` client is greeted, subscribes, and receives a message published over HTTPS to the
 //! control plane, byte for byte; a client that speaks plain HTTP or nothing to the TLS port is
-//! closed, not left hanging; a certificate the server cannot read stops start-up, naming the
-//! file.
+//! closed, not left hanging; a stalled `wss://` subscriber closed as a slow consumer reads
+//! whole frames and then the close (strictly, as `closes.rs` reads plain TCP); a certificate the
+//! server cannot read stops start-up, naming the file.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{watchdog, Server};
+use common::{raw, watchdog, Server};
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
@@ -48,6 +49,12 @@ async fn tls_connect(
     addr: std::net::SocketAddr,
     certificate: &Certificate,
 ) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    tls_over(tcp, certificate).await
+}
+
+/// Runs the TLS handshake over `tcp`, trusting only `certificate`, for the name `localhost`.
+async fn tls_over(tcp: TcpStream, certificate: &Certificate) -> TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certificate.der.clone()).expect("a trusted root");
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -57,7 +64,6 @@ async fn tls_connect(
     .expect("TLS 1.2 and 1.3")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await.expect("connect");
     TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -200,6 +206,132 @@ async fn plain_or_silent_clients_on_the_tls_port_are_closed() {
             })
             .await;
             assert!(ended.is_ok(), "expected the server to close within 3 s");
+        }
+    })
+    .await
+}
+
+/// The next text frame on a raw `wss://` connection, as JSON; bytes past it stay in `buf`.
+async fn next_raw_json(stream: &mut TlsStream<TcpStream>, buf: &mut Vec<u8>) -> Value {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(frame) = raw::parse_frame(buf) {
+            assert_eq!(
+                frame.opcode,
+                raw::OP_TEXT,
+                "expected a text frame: {frame:?}"
+            );
+            return serde_json::from_slice(&frame.payload).expect("JSON");
+        }
+        let read = tokio::time::timeout(common::STEP, stream.read(&mut chunk))
+            .await
+            .expect("a frame within STEP")
+            .expect("the stream is open");
+        assert!(read > 0, "expected a frame, the stream ended");
+        buf.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Over TLS the connection's task writes every frame through rustls, which takes a frame's
+/// plaintext in part when its record buffer fills: the close must wait for the rest of it.
+#[tokio::test]
+async fn a_stalled_wss_subscriber_reads_whole_frames_then_4008() {
+    watchdog(async {
+        let certificate = certificate("stalled");
+        let server = Server::start(&[
+            "--tls-cert-file",
+            certificate.cert.to_str().unwrap(),
+            "--tls-key-file",
+            certificate.key.to_str().unwrap(),
+            "--outbox-frames-max",
+            "64",
+            "--outbox-bytes-max",
+            "65536",
+            "--close-timeout-ms",
+            "5000",
+        ])
+        .await;
+        // A small window, so that the subscriber backs up into the server within ~100 KB.
+        let tcp = raw::connect_small_window(server.ws, 4096, 1024);
+        let mut stream = tls_over(tcp, &certificate).await;
+        stream
+            .write_all(raw::upgrade_request(server.ws, "/ws").as_bytes())
+            .await
+            .expect("send the upgrade");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let read = stream.read(&mut chunk).await.expect("the upgrade response");
+            assert!(read > 0, "expected a response to the upgrade");
+            buf.extend_from_slice(&chunk[..read]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        buf.drain(..head_end);
+        let hello = next_raw_json(&mut stream, &mut buf).await;
+        common::assert_connected_shape(&hello);
+        let subscribe = json!({"type": "subscribe", "channel": "stalled.1", "id": 1});
+        stream
+            .write_all(&raw::masked(
+                raw::FIN | raw::OP_TEXT,
+                subscribe.to_string().as_bytes(),
+            ))
+            .await
+            .expect("send subscribe");
+        let subscribed = next_raw_json(&mut stream, &mut buf).await;
+        common::assert_subscribed(&subscribed, "stalled.1", json!(1));
+
+        // One message at a time, so that the task writes between them (a batch would overflow
+        // the outbox in one fan-out, before anything was written).
+        let data = |i: usize| json!({"i": i, "pad": "x".repeat(20_000)});
+        let mut published = 0;
+        loop {
+            server.publish("stalled.1", &data(published)).await;
+            published += 1;
+            let stats = server.stats().await;
+            let closes: u64 = stats["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|shard| shard["slow_consumer_closes"].as_u64().unwrap())
+                .sum();
+            if closes > 0 {
+                break;
+            }
+            assert!(
+                published < 4_000,
+                "expected a slow-consumer close, got {stats}"
+            );
+        }
+        let ending = raw::read_strictly(&mut stream, buf, common::STEP).await;
+        assert_eq!(
+            ending.cut.len(),
+            0,
+            "expected the stream to end between frames, after {} frames",
+            ending.frames.len()
+        );
+        assert!(
+            matches!(ending.error, None | Some(std::io::ErrorKind::UnexpectedEof)),
+            "expected the stream to end at EOF (with or without close_notify), got {:?}",
+            ending.error
+        );
+        assert_eq!(
+            ending.close(),
+            Some((4008, "slow consumer: outbox overflowed".to_string())),
+            "expected the last frame to be the close 4008, got {:?}",
+            ending.frames.last().map(raw::Frame::summary)
+        );
+        let texts = ending.texts();
+        assert!(
+            (1..published).contains(&texts.len()),
+            "expected some but not all of {published} messages, got {}",
+            texts.len()
+        );
+        for (i, got) in texts.iter().enumerate() {
+            common::assert_message(got, "stalled.1", 1 + i as u64, &data(i));
         }
     })
     .await

@@ -14,9 +14,10 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::wire::publish_url;
-use super::{Client, ClientConfig, Event, Since};
-use crate::channel::{is_pattern, validate_channel, validate_pattern};
+use crate::wire::publish_url;
+use crate::{Client, ClientConfig, Event};
+use corecast_proto::channel::{is_pattern, validate_channel, validate_pattern};
+use corecast_proto::{Position, Priority, Since};
 
 /// How long `subscribe` waits on the event channel between looks at stdout; any value works,
 /// this only bounds how late a closed stdout is noticed.
@@ -69,24 +70,6 @@ pub struct PublishArgs {
     priority: Option<Priority>,
 }
 
-/// `--priority`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum Priority {
-    Critical,
-    High,
-    Normal,
-}
-
-impl Priority {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Critical => "critical",
-            Self::High => "high",
-            Self::Normal => "normal",
-        }
-    }
-}
-
 impl SubscribeArgs {
     /// The `since` every pattern starts from, checked against the patterns.
     fn since(&self) -> Result<Option<Since>, String> {
@@ -94,9 +77,9 @@ impl SubscribeArgs {
             return Ok(None);
         };
         match (self.since_seq, self.since_offset) {
-            (Some(seq), None) => Ok(Some(Since::Seq {
-                epoch: epoch.clone(),
-                seq,
+            (Some(seq), None) => Ok(Some(Since {
+                epoch: epoch.as_str().into(),
+                position: Position::Seq(seq),
             })),
             (None, Some(offset)) => {
                 if let Some(pattern) = self.patterns.iter().find(|p| is_pattern(p)) {
@@ -105,9 +88,9 @@ impl SubscribeArgs {
                          pattern (use --since-seq)"
                     ));
                 }
-                Ok(Some(Since::Offset {
-                    epoch: epoch.clone(),
-                    offset,
+                Ok(Some(Since {
+                    epoch: epoch.as_str().into(),
+                    position: Position::Offset(offset),
                 }))
             }
             _ => Err("--since-epoch needs exactly one of --since-seq or --since-offset".into()),
@@ -324,13 +307,12 @@ pub fn publish_main(args: PublishArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Message;
+    use crate::Message;
 
     #[test]
     fn a_message_line_is_the_servers_frame() {
         let frame = r#"{"type":"message","channel":"a.b","offset":7,"seq":12,"ts_ms":5,"data":{"z":1,"a":2}}"#;
-        let Ok(crate::client::event::Frame::Event(event)) =
-            crate::client::event::parse_frame(frame.as_bytes())
+        let Ok(crate::event::Frame::Event(event)) = crate::event::parse_frame(frame.as_bytes())
         else {
             panic!("a message")
         };
@@ -390,16 +372,16 @@ mod tests {
         };
         assert_eq!(
             args(&["a.*"], Some(4), None).since(),
-            Ok(Some(Since::Seq {
+            Ok(Some(Since {
                 epoch: "e".into(),
-                seq: 4
+                position: Position::Seq(4)
             }))
         );
         assert_eq!(
             args(&["a.b"], None, Some(2)).since(),
-            Ok(Some(Since::Offset {
+            Ok(Some(Since {
                 epoch: "e".into(),
-                offset: 2
+                position: Position::Offset(2)
             }))
         );
         assert_eq!(

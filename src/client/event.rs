@@ -39,13 +39,13 @@ pub enum Event {
     /// The server dropped the messages of `channel` with offsets `from..=to` for this client (a
     /// slow consumer on a `drop_oldest` namespace); they are in the server's history.
     Gap { channel: String, from: u64, to: u64 },
-    /// The reply to [`Client::publish`](super::Client::publish).
+    /// The reply to [`Client::publish`](crate::Client::publish).
     Published {
         id: u64,
         channel: String,
         offset: u64,
     },
-    /// The reply to [`Client::ack`](super::Client::ack).
+    /// The reply to [`Client::ack`](crate::Client::ack).
     Acked {
         id: u64,
         channel: String,
@@ -93,14 +93,14 @@ pub enum Frame {
 /// Why a server text frame could not be read. The session reports it as an
 /// [`Event::Error`] with code `bad_frame` and keeps the connection.
 #[derive(Debug)]
-pub enum FrameError {
+pub enum BadFrame {
     /// Not JSON, or a field of the wrong JSON type; carries the parser's message.
     Json(String),
     /// A frame of a known `type` lacks a field it must carry.
     Missing { kind: String, field: &'static str },
 }
 
-impl std::fmt::Display for FrameError {
+impl std::fmt::Display for BadFrame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Json(why) => write!(f, "server frame is not the expected JSON: {why}"),
@@ -131,17 +131,17 @@ struct Incoming {
 }
 
 /// `value`, or which field of which frame is missing.
-fn need<T>(value: Option<T>, kind: &str, field: &'static str) -> Result<T, FrameError> {
-    value.ok_or_else(|| FrameError::Missing {
+fn need<T>(value: Option<T>, kind: &str, field: &'static str) -> Result<T, BadFrame> {
+    value.ok_or_else(|| BadFrame::Missing {
         kind: kind.to_string(),
         field,
     })
 }
 
 /// Reads one server text frame.
-pub fn parse_frame(text: &[u8]) -> Result<Frame, FrameError> {
+pub fn parse_frame(text: &[u8]) -> Result<Frame, BadFrame> {
     let incoming: Incoming =
-        serde_json::from_slice(text).map_err(|err| FrameError::Json(err.to_string()))?;
+        serde_json::from_slice(text).map_err(|err| BadFrame::Json(err.to_string()))?;
     let kind = incoming.kind.as_str();
     let id = incoming.id.as_ref().and_then(serde_json::Value::as_u64);
     let event = match kind {
@@ -265,6 +265,6 @@ mod tests {
         ));
         let err = parse_frame(br#"{"type":"message","channel":"a"}"#).unwrap_err();
         assert_eq!(err.to_string(), r#"server "message" frame lacks "offset""#);
-        assert!(matches!(parse_frame(b"nope"), Err(FrameError::Json(_))));
+        assert!(matches!(parse_frame(b"nope"), Err(BadFrame::Json(_))));
     }
 }

@@ -21,12 +21,12 @@ use tungstenite::handshake::client::generate_key;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-use super::backoff::Backoff;
-use super::buffer::{self, ReadBuffer};
-use super::event::{parse_frame, Event, Frame};
-use super::track::Reply;
-use super::wire::{self, UpgradeError, CONTROL_PAYLOAD_BYTES_MAX, OPCODE_CLOSE, OPCODE_PONG};
-use super::{Shared, Writer};
+use crate::backoff::Backoff;
+use crate::buffer::{self, ReadBuffer};
+use crate::event::{parse_frame, Event, Frame};
+use crate::track::Reply;
+use crate::wire::{self, UpgradeError, CONTROL_PAYLOAD_BYTES_MAX, OPCODE_CLOSE, OPCODE_PONG};
+use crate::{Shared, Writer};
 
 /// Longest wait on one socket read while connected: the ping timer and a stop request are
 /// looked at least this often. Shorter reacts faster, longer wakes an idle client less.
@@ -37,7 +37,7 @@ const READ_WAIT_MS_MIN: u64 = 5;
 
 /// Why a connection attempt failed before `connected`. The session reports it in
 /// [`Event::Disconnected`] and tries again after the backoff delay; only the first attempt's
-/// failure reaches the caller, from [`Client::connect`](super::Client::connect).
+/// failure reaches the caller, from [`Client::connect`](crate::Client::connect).
 #[derive(Debug)]
 pub enum ConnectError {
     /// Name resolution, connect or a read or write of the upgrade failed.

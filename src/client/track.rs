@@ -10,11 +10,12 @@
 
 use serde_json::json;
 
-use crate::channel::{is_pattern, pattern_matches};
+use corecast_proto::channel::{is_pattern, pattern_matches};
+use corecast_proto::{Position, Since};
 
 /// Where a subscription resumes from: the `since` of its next `subscribe`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Position {
+pub struct Cursor {
     /// The server run the numbers below belong to; `None` before a server named one.
     pub epoch: Option<String>,
     /// The last `seq` received through the subscription, or of its last `subscribed` reply.
@@ -23,25 +24,20 @@ pub struct Position {
     pub offset: Option<u64>,
 }
 
-/// Where the application asks a new subscription to start (`corecast subscribe --since-*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Since {
-    /// After this node-wide `seq` of `epoch`; any pattern.
-    Seq { epoch: String, seq: u64 },
-    /// After this `offset` of `epoch`; exact channels only (the server refuses it on a pattern).
-    Offset { epoch: String, offset: u64 },
-}
-
-impl From<Since> for Position {
+/// Where the application asks a new subscription to start (`corecast subscribe --since-*`):
+/// after a node-wide `seq` of its epoch (any pattern), or after an `offset` (exact channels
+/// only; the server refuses it on a pattern).
+impl From<Since> for Cursor {
     fn from(since: Since) -> Self {
-        match since {
-            Since::Seq { epoch, seq } => Position {
-                epoch: Some(epoch),
+        let epoch = Some(since.epoch.into());
+        match since.position {
+            Position::Seq(seq) => Cursor {
+                epoch,
                 seq: Some(seq),
                 offset: None,
             },
-            Since::Offset { epoch, offset } => Position {
-                epoch: Some(epoch),
+            Position::Offset(offset) => Cursor {
+                epoch,
                 seq: None,
                 offset: Some(offset),
             },
@@ -55,7 +51,7 @@ struct Subscription {
     pattern: String,
     /// Whether `pattern` names one channel (no `*` or `>`), so offsets apply to it.
     exact: bool,
-    position: Position,
+    position: Cursor,
 }
 
 /// Every pattern the application subscribed and has not unsubscribed, in subscribe order.
@@ -86,7 +82,7 @@ impl Subscriptions {
 
     /// Adds `pattern` resuming from `position` (default: only what is published from now on);
     /// `false` if it was subscribed already (its position is kept).
-    pub fn add(&mut self, pattern: &str, position: Position) -> bool {
+    pub fn add(&mut self, pattern: &str, position: Cursor) -> bool {
         if self.contains(pattern) {
             return false;
         }
@@ -106,7 +102,7 @@ impl Subscriptions {
     }
 
     /// The position of `pattern`, if subscribed.
-    pub fn position(&self, pattern: &str) -> Option<&Position> {
+    pub fn position(&self, pattern: &str) -> Option<&Cursor> {
         self.entries
             .iter()
             .find(|entry| entry.pattern == pattern)
@@ -159,7 +155,7 @@ impl Subscriptions {
             None => position.seq.is_none() && position.offset.is_none(),
         };
         if start_over {
-            *position = Position {
+            *position = Cursor {
                 epoch: reply.epoch.map(str::to_string),
                 seq: reply.seq,
                 offset: None,
@@ -231,8 +227,8 @@ mod tests {
     #[test]
     fn a_fresh_subscription_resubscribes_from_its_reply_seq() {
         let mut subscriptions = Subscriptions::default();
-        assert!(subscriptions.add("leads.*", Position::default()));
-        assert!(!subscriptions.add("leads.*", Position::default()));
+        assert!(subscriptions.add("leads.*", Cursor::default()));
+        assert!(!subscriptions.add("leads.*", Cursor::default()));
         assert_eq!(
             commands(&subscriptions),
             [json!({"type": "subscribe", "channel": "leads.*", "id": 1})]
@@ -248,9 +244,9 @@ mod tests {
     #[test]
     fn messages_move_the_matching_subscriptions_only() {
         let mut subscriptions = Subscriptions::default();
-        subscriptions.add("leads.*", Position::default());
-        subscriptions.add("leads.42", Position::default());
-        subscriptions.add("prices.eu", Position::default());
+        subscriptions.add("leads.*", Cursor::default());
+        subscriptions.add("leads.42", Cursor::default());
+        subscriptions.add("prices.eu", Cursor::default());
         for pattern in ["leads.*", "leads.42", "prices.eu"] {
             subscriptions.on_subscribed(reply(pattern, 10, None));
         }
@@ -272,14 +268,14 @@ mod tests {
     #[test]
     fn recovery_keeps_the_position_and_a_refusal_starts_over() {
         let mut subscriptions = Subscriptions::default();
-        subscriptions.add("a.b", Position::default());
+        subscriptions.add("a.b", Cursor::default());
         subscriptions.on_subscribed(reply("a.b", 5, None));
         subscriptions.on_message(Some("e1"), "a.b", 2, Some(7));
         // Recovered: the reply's seq is past the missed messages still to come.
         subscriptions.on_subscribed(reply("a.b", 20, Some(true)));
         assert_eq!(
             subscriptions.position("a.b"),
-            Some(&Position {
+            Some(&Cursor {
                 epoch: Some("e1".into()),
                 seq: Some(7),
                 offset: Some(2)
@@ -305,7 +301,7 @@ mod tests {
     #[test]
     fn a_server_without_positions_gets_plain_subscribes() {
         let mut subscriptions = Subscriptions::default();
-        subscriptions.add("a.b", Position::default());
+        subscriptions.add("a.b", Cursor::default());
         subscriptions.on_subscribed(Reply {
             pattern: "a.b",
             epoch: None,
@@ -324,17 +320,17 @@ mod tests {
         let mut subscriptions = Subscriptions::default();
         subscriptions.add(
             "a.b",
-            Since::Offset {
+            Since {
                 epoch: "e0".into(),
-                offset: 0,
+                position: Position::Offset(0),
             }
             .into(),
         );
         subscriptions.add(
             "a.>",
-            Since::Seq {
+            Since {
                 epoch: "e0".into(),
-                seq: 9,
+                position: Position::Seq(9),
             }
             .into(),
         );

@@ -6,17 +6,33 @@
 //! message's `seq` as its entry ID, bounded to `cluster_log_max` entries. One Lua script
 //! ([`PUBLISH_SCRIPT`]) assigns a message its seq and offset, appends it to the log and
 //! `PUBLISH`es it on `corecast:events`, atomically, so every node receives every message in seq
-//! order with the same numbers. Each node's ingest core keeps its own history from that stream,
-//! so recovery is exact on any node; what a node missed while cut off it reads back from the
-//! log by seq.
+//! order with the same numbers. A batch is one run of another script
+//! ([`PUBLISH_BATCH_SCRIPT`]) that does the same for all of its messages: Redis runs a script
+//! whole with nothing between, so the batch's seqs are consecutive, and it has one fate. Each
+//! node's ingest core keeps its own history from that stream, so recovery is exact on any node;
+//! what a node missed while cut off it reads back from the log by seq.
 //!
-//! This module is the bridge: two plain threads, never a glommio executor, so a slow or absent
-//! Redis never blocks a broadcast shard. The *command* thread runs the publish script
+//! This module is the bridge: three plain threads, never a glommio executor, so a slow or
+//! absent Redis never blocks a broadcast shard. The *command* thread runs the publish scripts
 //! (pipelined: every request waiting is sent in one round trip), log reads and the node's
-//! presence; the *events* thread holds the `SUBSCRIBE`. Both reconnect with backoff and tell
+//! presence; the *dialer* opens its connections, so the command thread never waits on a
+//! connect; the *events* thread holds the `SUBSCRIBE`. They reconnect with backoff and tell
 //! the ingest core what happened ([`FromCluster`]); the ingest core decides what clients see.
 //! Nothing here parses a client's bytes or touches a connection.
+//!
+//! Every answer to a publish is true. Each round trip has `redis_timeout_ms` (the requests
+//! the command thread takes in one batch share it, so each publish is answered by then,
+//! counted from reaching the bridge); past it Redis counts as stalled
+//! ([`Health::Stalled`]) and the connection is given up. A publish that was sent and got no
+//! answer is [`PublishFailure::Unknown`]: Redis may run it when it resumes, and then every
+//! node delivers it in seq order like any other. A publish that was never sent (the bridge
+//! had no connection that answers, or the publish waited out its time behind another round
+//! trip), or that Redis refused before the script changed anything, is
+//! [`PublishFailure::Refused`]: it is certainly not published. While the command connection
+//! is down or stalled, publishes are refused at once, never queued behind the stall. A batch
+//! is one request, one command and one answer, so all of this holds for the batch as a whole.
 
+use std::io;
 use std::sync::mpsc::{Receiver as StdReceiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -41,15 +57,34 @@ const NODE_KEY_PREFIX: &str = "corecast:node:";
 const NODE_TTL_S: u64 = 5;
 /// How often the command thread refreshes this node's presence and reads the others'.
 const PRESENCE_PERIOD: Duration = Duration::from_secs(1);
-/// Longest wait for Redis on one command or connect; past it the connection counts as lost.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-/// Reconnect backoff: doubling from the first, capped.
+/// Reconnect backoff: doubling from the first, capped. A request that finds the command
+/// connection down dials again no sooner than `RETRY_FIRST` after the last dial ended.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_CAP: Duration = Duration::from_secs(5);
-/// Publishes sent to Redis in one pipelined round trip, at most.
+/// Messages sent to Redis in one pipelined round trip, a batch counting each of its own: the
+/// command thread takes no more requests once it holds this many, so a round trip carries at
+/// most this many and one batch more (a batch is never split).
 const PIPELINE_MAX: usize = 256;
 /// Log entries one read returns, at most.
 pub const LOG_READ_MAX: usize = 10_000;
+
+/// Error codes with which Redis refuses a script before it changed anything, so the publish
+/// is certainly not published: it never ran (`NOSCRIPT`, `LOADING`, `BUSY`, `NOAUTH`), or its
+/// first write was refused (`OOM`, `MISCONF`, `READONLY`, `NOREPLICAS`, `MASTERDOWN`: Redis 7
+/// checks these at a script's first write command, and neither publish script writes
+/// anything before it). Any other error (`ERR` from a failing script, `NOPERM` from an ACL
+/// that denies a later command) may come after some of its writes: the outcome is unknown.
+const REFUSED_BEFORE_RUNNING: [&str; 9] = [
+    "NOSCRIPT",
+    "LOADING",
+    "BUSY",
+    "NOAUTH",
+    "OOM",
+    "MISCONF",
+    "READONLY",
+    "NOREPLICAS",
+    "MASTERDOWN",
+];
 
 /// Assigns the next seq and the channel's next offset, appends the message to the log and
 /// publishes it to every node; answers `{epoch, seq, offset}`. A Redis that lost its data (a
@@ -73,6 +108,54 @@ redis.call('PUBLISH', KEYS[5], '{"e":"' .. epoch .. '","s":' .. seq .. ',"o":' .
 return {epoch, seq, offset}
 "#;
 
+/// Numbers every message of a batch, in a row, as [`PUBLISH_SCRIPT`] numbers one: the same
+/// seq, offset, log entry and event for each, in batch order, all in this one run, so no other
+/// publish comes between them. Answers the offsets in order.
+///
+/// One script rather than `MULTI`, one `EVALSHA` per message and `EXEC`: a transaction does
+/// not roll back a command that fails while `EXEC` runs, so one message's failure would leave
+/// the others published; a refused `EXEC` leaves the connection inside `MULTI`; and a refused
+/// `MULTI` would let the `EVALSHA`s run one by one. A script is one command: Redis runs it
+/// whole, or refuses it before it starts (`OOM` included: Redis checks it at a script's first
+/// write, and this one writes nothing before).
+///
+/// Its writes come in three rounds, so that a failure while it runs delivers none of the
+/// batch (only a Redis whose `corecast:` keys or ACLs something else changed can fail it
+/// then; the answer is `outcome_unknown`): first the counters (an `offsets` field that is not
+/// a number fails there, the numbers taken so far skipped, as when a single publish fails),
+/// then the log entries (the same command on the same key with rising IDs: if one fails, the
+/// first does), then the events (`PUBLISH` fails only for an ACL, and then at the first: the
+/// whole batch is in the log, none of it delivered live).
+/// KEYS: epoch, seq, offsets, log, events. ARGV: proposed epoch, log max, then for each
+/// message: channel, data, ts_ms, priority.
+pub const PUBLISH_BATCH_SCRIPT: &str = r#"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+end
+local n = (#ARGV - 2) / 4
+local first = redis.call('INCRBY', KEYS[2], n) - n + 1
+local offsets = {}
+for i = 1, n do
+  offsets[i] = redis.call('HINCRBY', KEYS[3], ARGV[4 * i - 1], 1)
+end
+for i = 1, n do
+  local at = 4 * i - 1
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], (first + i - 1) .. '-0',
+    'e', epoch, 'o', offsets[i], 't', ARGV[at + 2], 'p', ARGV[at + 3], 'c', ARGV[at],
+    'd', ARGV[at + 1])
+end
+for i = 1, n do
+  local at = 4 * i - 1
+  redis.call('PUBLISH', KEYS[5], '{"e":"' .. epoch .. '","s":' .. (first + i - 1) .. ',"o":' ..
+    offsets[i] .. ',"t":' .. ARGV[at + 2] .. ',"p":"' .. ARGV[at + 3] .. '","c":"' .. ARGV[at] ..
+    '","d":' .. ARGV[at + 1] .. '}')
+end
+return offsets
+"#;
+
 /// A message as the cluster numbered it, on its way to every node's ingest core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Numbered {
@@ -94,12 +177,62 @@ pub struct PublishRequest {
     pub data: Box<str>,
     pub priority: Priority,
     pub ts_ms: u64,
+    /// When it must be answered: `redis_timeout_ms` after the ingest core handed it over.
+    /// Still unsent then, it is refused; sent and unanswered then, its outcome is unknown.
+    pub answer_by: Instant,
+}
+
+/// A batch the ingest core hands the bridge whole: one request, numbered by one run of
+/// [`PUBLISH_BATCH_SCRIPT`] and answered once, for all of its messages.
+#[derive(Debug)]
+pub struct BatchRequest {
+    pub token: u64,
+    /// Its messages, in order; never empty.
+    pub entries: Vec<BatchEntry>,
+    /// As [`PublishRequest::answer_by`], for the batch as a whole.
+    pub answer_by: Instant,
+}
+
+/// One message of a [`BatchRequest`].
+#[derive(Debug)]
+pub struct BatchEntry {
+    pub channel: Box<str>,
+    pub data: Box<str>,
+    pub priority: Priority,
+    pub ts_ms: u64,
+}
+
+/// Why a publish has no numbers, as far as the bridge can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishFailure {
+    /// Certainly not published: never sent (Redis unreachable or stalled, or the publish
+    /// waited out its time behind another round trip), or Redis refused the script before it
+    /// changed anything. The publisher may retry it as it is.
+    Refused(String),
+    /// Sent, with no answer: none within `redis_timeout_ms`, the connection broke, or the
+    /// script failed while running. Redis may have published it, or may when it resumes; the
+    /// publisher has to look (history) before publishing it again.
+    Unknown(String),
+}
+
+/// How the command connection stands, as the bridge last found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Connected, and Redis answered the last round trip in time: publishes are sent.
+    Ready,
+    /// A round trip got no answer within `redis_timeout_ms`: Redis takes connections but does
+    /// not answer (stopped, swapping, a long script). Publishes are refused until `Ready`.
+    Stalled,
+    /// No connection: Redis refused it, or it broke. Publishes are refused until `Ready`.
+    Down,
 }
 
 /// What the ingest core asks of the bridge.
 #[derive(Debug)]
 pub enum ToCluster {
     Publish(PublishRequest),
+    /// A batch, to be numbered as one (see [`PUBLISH_BATCH_SCRIPT`]).
+    PublishBatch(BatchRequest),
     /// Log entries with seq in `after + 1 ..= up_to`, in order.
     ReadLog {
         token: u64,
@@ -124,11 +257,18 @@ pub struct NodeInfo {
 /// What the bridge tells the ingest core.
 #[derive(Debug)]
 pub enum FromCluster {
-    /// The answer to a publish: its numbers, or why Redis could not take it.
+    /// The answer to a publish: its numbers, or why it has none.
     Published {
         token: u64,
-        result: Result<Numbered, String>,
+        result: Result<Numbered, PublishFailure>,
     },
+    /// The one answer to a batch: every message's offset, in order, or why none has one.
+    PublishedBatch {
+        token: u64,
+        result: Result<Vec<u64>, PublishFailure>,
+    },
+    /// The command connection's health changed; `reason` for the log.
+    Health { health: Health, reason: String },
     /// A message from `corecast:events`, in seq order as Redis sent it.
     Event(Numbered),
     /// The events subscription is (re)established: the cluster's epoch and latest seq as of
@@ -176,9 +316,74 @@ pub fn parse_event(payload: &str, depth_max: usize) -> Result<Numbered, String> 
     })
 }
 
-/// The bridge's two threads and the ingest core's way to them.
+/// What reaches the command thread.
+enum Inbound {
+    Request(ToCluster),
+    /// The dialer's new connection, or why there is none.
+    Dialed(redis::RedisResult<redis::Connection>),
+    /// The events subscription broke: the command connection, to the same Redis, may be dead
+    /// too. It is checked before anything more is sent on it.
+    Probe,
+}
+
+impl Inbound {
+    /// What it counts against [`PIPELINE_MAX`]: a batch's messages, else one.
+    fn weight(&self) -> usize {
+        match self {
+            Inbound::Request(ToCluster::PublishBatch(batch)) => batch.entries.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// The ingest core's way to the bridge's command thread.
+#[derive(Clone)]
+pub struct Requests(SyncSender<Inbound>);
+
+impl Requests {
+    /// Sends `request` without waiting; gives it back when the bridge's queue is full (the
+    /// ingest core answers the publish `overloaded`).
+    pub fn try_send(&self, request: ToCluster) -> Result<(), ToCluster> {
+        self.0
+            .try_send(Inbound::Request(request))
+            .map_err(|err| match err {
+                TrySendError::Full(inbound) | TrySendError::Disconnected(inbound) => {
+                    match inbound {
+                        Inbound::Request(request) => request,
+                        _ => unreachable!("a request comes back a request"),
+                    }
+                }
+            })
+    }
+}
+
+/// The far end of [`Requests::unattached`]: what the ingest core sent, for its tests.
+#[cfg(test)]
+pub(crate) struct Unattached(StdReceiver<Inbound>);
+
+#[cfg(test)]
+impl Unattached {
+    /// The next request sent, if any.
+    pub(crate) fn take(&self) -> Option<ToCluster> {
+        match self.0.try_recv() {
+            Ok(Inbound::Request(request)) => Some(request),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Requests {
+    /// A queue of `capacity` requests with no bridge behind it, for the ingest core's tests.
+    pub(crate) fn unattached(capacity: usize) -> (Requests, Unattached) {
+        let (requests, inbox) = std::sync::mpsc::sync_channel(capacity);
+        (Requests(requests), Unattached(inbox))
+    }
+}
+
+/// The bridge's threads and the ingest core's way to them.
 pub struct Bridge {
-    requests: SyncSender<ToCluster>,
+    requests: Requests,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -204,41 +409,56 @@ impl Bridge {
     ) -> Result<Bridge, String> {
         let client = redis::Client::open(url)
             .map_err(|err| format!("redis_url {url:?} is not a Redis URL: {err}"))?;
+        let timeout = Duration::from_millis(config.redis_timeout_ms);
         let (requests, inbox) = std::sync::mpsc::sync_channel(config.queue_items_max);
+        let (dialer, dials) = std::sync::mpsc::channel();
         let to_ingest = Arc::new(to_ingest);
-        // Both threads parse JSON from Redis (events, log entries) up to this depth.
+        // The command and events threads parse JSON from Redis (log entries, events) up to
+        // this depth.
         let depth_max = config.json_depth_max;
         let stack_bytes = crate::json::thread_stack_bytes(depth_max);
         let commands = {
-            let client = client.clone();
             let to_ingest = to_ingest.clone();
             std::thread::Builder::new()
                 .name("corecast-redis".into())
                 .stack_size(stack_bytes)
                 .spawn(move || {
                     CommandThread {
-                        client,
                         config,
                         node,
+                        timeout,
                         to_ingest,
+                        dialer,
+                        told: None,
                     }
                     .run(inbox)
                 })
                 .map_err(|err| format!("cannot start the Redis command thread: {err}"))?
         };
-        let events = std::thread::Builder::new()
-            .name("corecast-redis-events".into())
-            .stack_size(stack_bytes)
-            .spawn(move || run_events(&client, &to_ingest, depth_max))
-            .map_err(|err| format!("cannot start the Redis events thread: {err}"))?;
+        let dialing = {
+            let client = client.clone();
+            let requests = requests.clone();
+            std::thread::Builder::new()
+                .name("corecast-redis-dial".into())
+                .spawn(move || run_dialer(&client, timeout, &dials, &requests))
+                .map_err(|err| format!("cannot start the Redis dialer thread: {err}"))?
+        };
+        let events = {
+            let requests = requests.clone();
+            std::thread::Builder::new()
+                .name("corecast-redis-events".into())
+                .stack_size(stack_bytes)
+                .spawn(move || run_events(&client, timeout, &to_ingest, &requests, depth_max))
+                .map_err(|err| format!("cannot start the Redis events thread: {err}"))?
+        };
         Ok(Bridge {
-            requests,
-            threads: vec![commands, events],
+            requests: Requests(requests),
+            threads: vec![commands, dialing, events],
         })
     }
 
     /// A handle for the ingest core to send requests with.
-    pub fn requests(&self) -> SyncSender<ToCluster> {
+    pub fn requests(&self) -> Requests {
         self.requests.clone()
     }
 
@@ -265,43 +485,143 @@ fn queue_for_ingest(to_ingest: &queue::Sender<ToIngest>, message: FromCluster) {
     }
 }
 
-/// Sleeps the reconnect delay after `failures` failed attempts in a row.
-fn backoff(failures: u32) {
-    let delay = RETRY_FIRST.saturating_mul(1 << failures.min(8));
-    std::thread::sleep(delay.min(RETRY_CAP));
+/// The reconnect delay after `failures` failed attempts in a row.
+fn backoff(failures: u32) -> Duration {
+    RETRY_FIRST
+        .saturating_mul(1 << failures.min(8))
+        .min(RETRY_CAP)
 }
 
-fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
-    let connection = client.get_connection_with_timeout(REDIS_TIMEOUT)?;
-    connection.set_read_timeout(Some(REDIS_TIMEOUT))?;
-    connection.set_write_timeout(Some(REDIS_TIMEOUT))?;
+/// What is left until `deadline`, the end of a round trip's time; a timeout error, as a late
+/// answer would give, when nothing is.
+fn left_until(deadline: Instant) -> redis::RedisResult<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no time left for this round trip (redis_timeout_ms)",
+        )
+        .into());
+    }
+    Ok(left)
+}
+
+/// Sets the connection's timeouts to what is left until `deadline`. They bound each wait for
+/// Redis's bytes, so a command whose answer comes in one piece (every one here, unless Redis
+/// trickles) is answered or given up by then.
+fn budget(redis: &redis::Connection, deadline: Instant) -> redis::RedisResult<()> {
+    let left = left_until(deadline)?;
+    redis.set_read_timeout(Some(left))?;
+    redis.set_write_timeout(Some(left))
+}
+
+/// A connection whose connect and every later command wait at most `timeout` for Redis.
+fn connect(client: &redis::Client, timeout: Duration) -> redis::RedisResult<redis::Connection> {
+    let connection = client.get_connection_with_timeout(timeout)?;
+    connection.set_read_timeout(Some(timeout))?;
+    connection.set_write_timeout(Some(timeout))?;
     Ok(connection)
 }
 
+/// What an error answer to the publish script says of the publish.
+fn failure_of(err: &redis::ServerError) -> PublishFailure {
+    let reason = format!("Redis answered an error: {err}");
+    if REFUSED_BEFORE_RUNNING.contains(&err.code()) {
+        PublishFailure::Refused(reason)
+    } else {
+        PublishFailure::Unknown(reason)
+    }
+}
+
+/// What a failed round trip says about Redis: late, or gone.
+fn health_after(err: &redis::RedisError) -> Health {
+    if err.is_timeout() {
+        Health::Stalled
+    } else {
+        Health::Down
+    }
+}
+
+/// The publish scripts, loaded on every command connection; `EVALSHA` after that.
+struct Scripts {
+    one: redis::Script,
+    batch: redis::Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            one: redis::Script::new(PUBLISH_SCRIPT),
+            batch: redis::Script::new(PUBLISH_BATCH_SCRIPT),
+        }
+    }
+
+    fn load(&self, redis: &mut redis::Connection) -> redis::RedisResult<()> {
+        self.one.load(redis)?;
+        self.batch.load(redis)?;
+        Ok(())
+    }
+}
+
+/// The dialer thread: opens a command connection, with the publish scripts loaded, each time
+/// the command thread asks, and hands it over. The whole dial has one `timeout`; the scripts'
+/// load is also the proof that Redis answers (a stopped Redis still takes TCP connections).
+fn run_dialer(
+    client: &redis::Client,
+    timeout: Duration,
+    asks: &StdReceiver<()>,
+    commands: &SyncSender<Inbound>,
+) {
+    let scripts = Scripts::new();
+    for () in asks {
+        let deadline = Instant::now() + timeout;
+        let dialed = connect(client, timeout).and_then(|mut fresh| {
+            budget(&fresh, deadline)?;
+            scripts.load(&mut fresh)?;
+            Ok(fresh)
+        });
+        if commands.send(Inbound::Dialed(dialed)).is_err() {
+            return;
+        }
+    }
+}
+
 /// The events thread: `SUBSCRIBE`, then the cluster's position, then every event, forever.
-fn run_events(client: &redis::Client, to_ingest: &queue::Sender<ToIngest>, depth_max: usize) {
+fn run_events(
+    client: &redis::Client,
+    timeout: Duration,
+    to_ingest: &queue::Sender<ToIngest>,
+    commands: &SyncSender<Inbound>,
+    depth_max: usize,
+) {
     let mut failures = 0;
     loop {
-        let outcome = subscribe_and_forward(client, to_ingest, depth_max, &mut failures);
+        let outcome = subscribe_and_forward(client, timeout, to_ingest, depth_max, &mut failures);
         let reason = match outcome {
             Ok(()) => "the events subscription ended".to_owned(),
             Err(err) => err.to_string(),
         };
         tracing::warn!(%reason, "Redis events subscription lost; serving local connections, retrying");
+        // The command thread hears first, so that a publish sent after the ingest core knew
+        // is never written to a connection that died with this one.
+        if commands.send(Inbound::Probe).is_err() {
+            return;
+        }
         tell(to_ingest, FromCluster::Lost { reason });
-        backoff(failures);
+        std::thread::sleep(backoff(failures));
         failures += 1;
     }
 }
 
 fn subscribe_and_forward(
     client: &redis::Client,
+    timeout: Duration,
     to_ingest: &queue::Sender<ToIngest>,
     depth_max: usize,
     failures: &mut u32,
 ) -> redis::RedisResult<()> {
-    let mut events = connect(client)?;
-    let mut state = connect(client)?;
+    let mut events = connect(client, timeout)?;
+    let mut state = connect(client, timeout)?;
     let mut pubsub = events.as_pubsub();
     pubsub.subscribe(EVENTS_CHANNEL)?;
     // Subscribed first, so nothing published after this read is missed.
@@ -345,122 +665,323 @@ fn cluster_position(
     Ok((epoch, seq.unwrap_or(0)))
 }
 
+/// A `ReadLog` request.
+struct LogRead {
+    token: u64,
+    after: u64,
+    up_to: u64,
+}
+
+/// A publish as the command thread sends it: one message, or a batch as one command.
+enum Publish {
+    One(PublishRequest),
+    Batch(BatchRequest),
+}
+
+impl Publish {
+    fn answer_by(&self) -> Instant {
+        match self {
+            Publish::One(publish) => publish.answer_by,
+            Publish::Batch(batch) => batch.answer_by,
+        }
+    }
+
+    /// Appends its script's `EVALSHA` to `packed`; `proposed` is the epoch to take if Redis
+    /// has none.
+    fn pack(&self, scripts: &Scripts, proposed: &str, log_max: usize, packed: &mut Vec<u8>) {
+        let script = match self {
+            Publish::One(_) => &scripts.one,
+            Publish::Batch(_) => &scripts.batch,
+        };
+        let mut command = redis::cmd("EVALSHA");
+        command
+            .arg(script.get_hash())
+            .arg(5)
+            .arg(EPOCH_KEY)
+            .arg(SEQ_KEY)
+            .arg(OFFSETS_KEY)
+            .arg(LOG_KEY)
+            .arg(EVENTS_CHANNEL);
+        match self {
+            Publish::One(publish) => {
+                command
+                    .arg(&*publish.channel)
+                    .arg(&*publish.data)
+                    .arg(publish.ts_ms)
+                    .arg(priority_name(publish.priority))
+                    .arg(proposed)
+                    .arg(log_max);
+            }
+            Publish::Batch(batch) => {
+                assert!(
+                    !batch.entries.is_empty(),
+                    "the ingest core sends no empty batch"
+                );
+                command.arg(proposed).arg(log_max);
+                for entry in &batch.entries {
+                    command
+                        .arg(&*entry.channel)
+                        .arg(&*entry.data)
+                        .arg(entry.ts_ms)
+                        .arg(priority_name(entry.priority));
+                }
+            }
+        }
+        command.write_packed_command(packed);
+    }
+}
+
+/// The epoch, seq and offset of one publish from [`PUBLISH_SCRIPT`]'s answer `value`.
+fn publish_numbers(value: redis::Value) -> Result<(String, u64, u64), PublishFailure> {
+    redis::from_redis_value(value)
+        .map_err(|err| PublishFailure::Unknown(format!("Redis answered the script oddly: {err}")))
+}
+
+/// The offsets of a batch's `len` messages from [`PUBLISH_BATCH_SCRIPT`]'s answer `value`.
+fn batch_offsets(value: redis::Value, len: usize) -> Result<Vec<u64>, PublishFailure> {
+    let offsets: Vec<u64> = redis::from_redis_value(value).map_err(|err| {
+        PublishFailure::Unknown(format!("Redis answered the batch script oddly: {err}"))
+    })?;
+    if offsets.len() != len {
+        return Err(PublishFailure::Unknown(format!(
+            "Redis answered {} offsets for a batch of {len}",
+            offsets.len()
+        )));
+    }
+    Ok(offsets)
+}
+
+/// Why the command connection was given up: the health that follows, and why.
+struct Lost {
+    health: Health,
+    reason: String,
+}
+
+impl From<redis::RedisError> for Lost {
+    fn from(err: redis::RedisError) -> Lost {
+        Lost {
+            health: health_after(&err),
+            reason: err.to_string(),
+        }
+    }
+}
+
+/// The command connection, or the way back to one.
+enum Link {
+    Up(redis::Connection),
+    Down(Redial),
+}
+
+/// While the command connection is down: the dialing, and the log reads that wait for it
+/// (publishes never wait: they are refused).
+struct Redial {
+    /// A dial is in flight; its outcome comes as [`Inbound::Dialed`].
+    dialing: bool,
+    /// When to dial next unless a request asks sooner.
+    retry_at: Instant,
+    /// Failed dials in a row, for the backoff.
+    failures: u32,
+    /// When the last dial ended (or the connection was lost).
+    ended: Instant,
+    reads: Vec<LogRead>,
+}
+
+impl Redial {
+    /// Down from `now`: dial again at once.
+    fn now(now: Instant) -> Redial {
+        Redial {
+            dialing: false,
+            retry_at: now,
+            failures: 0,
+            ended: now,
+            reads: Vec::new(),
+        }
+    }
+}
+
 /// The command thread's state.
 struct CommandThread {
-    client: redis::Client,
     config: Arc<Config>,
     node: String,
+    /// `redis_timeout_ms`.
+    timeout: Duration,
     to_ingest: Arc<queue::Sender<ToIngest>>,
+    /// Asks the dialer for a connection.
+    dialer: std::sync::mpsc::Sender<()>,
+    /// The health the ingest core was last told, so that each change is told once.
+    told: Option<Health>,
 }
 
 impl CommandThread {
-    fn run(self, inbox: StdReceiver<ToCluster>) {
-        let script = redis::Script::new(PUBLISH_SCRIPT);
-        let mut connection: Option<redis::Connection> = None;
-        let mut failures = 0;
+    fn run(mut self, inbox: StdReceiver<Inbound>) {
+        let scripts = Scripts::new();
+        let mut link = Link::Down(Redial::now(Instant::now()));
         let mut connections = 0;
         let mut next_presence = Instant::now();
         loop {
-            let first = match inbox.recv_timeout(PRESENCE_PERIOD) {
-                Ok(first) => Some(first),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
+            let now = Instant::now();
+            if let Link::Down(redial) = &mut link {
+                if !redial.dialing && now >= redial.retry_at {
+                    if self.dialer.send(()).is_err() {
+                        return;
+                    }
+                    redial.dialing = true;
+                }
+            }
+            let wait = match &link {
+                Link::Up(_) => next_presence.saturating_duration_since(now),
+                // The dial's outcome arrives in the inbox.
+                Link::Down(redial) if redial.dialing => PRESENCE_PERIOD,
+                Link::Down(redial) => redial.retry_at.saturating_duration_since(now),
             };
-            let mut batch: Vec<ToCluster> = first.into_iter().collect();
-            while batch.len() < PIPELINE_MAX {
+            let mut batch = Vec::new();
+            let mut weight = 0;
+            match inbox.recv_timeout(wait) {
+                Ok(first) => {
+                    weight += first.weight();
+                    batch.push(first);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while weight < PIPELINE_MAX {
                 match inbox.try_recv() {
-                    Ok(next) => batch.push(next),
+                    Ok(next) => {
+                        weight += next.weight();
+                        batch.push(next);
+                    }
                     Err(_) => break,
                 }
             }
-            if connection.is_none() {
-                // Loaded once per connection; EVALSHA after that.
-                let connected = connect(&self.client).and_then(|mut fresh| {
-                    script.prepare_invoke().load(&mut fresh)?;
-                    Ok(fresh)
-                });
-                match connected {
-                    Ok(fresh) => {
-                        connection = Some(fresh);
-                        failures = 0;
-                    }
-                    Err(err) => {
-                        self.fail_all(batch, &format!("Redis is unreachable: {err}"));
-                        backoff(failures);
-                        failures += 1;
-                        continue;
-                    }
-                }
-            }
-            let redis = connection.as_mut().expect("connected above");
             let mut publishes = Vec::new();
-            for request in batch {
-                match request {
-                    ToCluster::Publish(publish) => publishes.push(publish),
-                    ToCluster::Presence { connections: now } => connections = now,
-                    ToCluster::ReadLog {
+            let mut reads = Vec::new();
+            let mut probe = false;
+            for inbound in batch {
+                match inbound {
+                    Inbound::Dialed(dialed) => {
+                        reads.extend(self.dialed(&mut link, dialed));
+                        next_presence = Instant::now();
+                    }
+                    Inbound::Probe => probe = true,
+                    Inbound::Request(ToCluster::Publish(publish)) => {
+                        publishes.push(Publish::One(publish))
+                    }
+                    Inbound::Request(ToCluster::PublishBatch(batch)) => {
+                        publishes.push(Publish::Batch(batch))
+                    }
+                    Inbound::Request(ToCluster::ReadLog {
                         token,
                         after,
                         up_to,
-                    } => {
-                        let depth_max = self.config.json_depth_max;
-                        let result =
-                            read_log(redis, after, up_to, depth_max).map_err(|err| err.to_string());
-                        tell(&self.to_ingest, FromCluster::Log { token, result });
-                    }
+                    }) => reads.push(LogRead {
+                        token,
+                        after,
+                        up_to,
+                    }),
+                    Inbound::Request(ToCluster::Presence { connections: now }) => connections = now,
                 }
             }
-            if let Err(err) = self.publish_all(redis, &script, publishes) {
-                tracing::warn!(error = %err, "Redis command connection lost; retrying");
-                connection = None;
-                continue;
+            // The batch's requests share one round trip's time, so that a request that arrives
+            // meanwhile waits at most that long before its turn.
+            let deadline = Instant::now() + self.timeout;
+            let dead = match &mut link {
+                Link::Up(redis) if probe => budget(redis, deadline)
+                    .and_then(|()| redis::cmd("PING").query::<String>(redis))
+                    .err(),
+                _ => None,
+            };
+            if let Some(err) = dead {
+                self.lose(&mut link, err.into());
             }
-            if Instant::now() >= next_presence {
+            let redis = match &mut link {
+                Link::Up(redis) => redis,
+                Link::Down(redial) => {
+                    // Someone wants Redis: dial again soon rather than at the backoff's end.
+                    if !publishes.is_empty() || !reads.is_empty() {
+                        redial.retry_at = redial.retry_at.min(redial.ended + RETRY_FIRST);
+                    }
+                    redial.reads.extend(reads);
+                    self.refuse_all(publishes);
+                    continue;
+                }
+            };
+            let presence = (Instant::now() >= next_presence).then(|| {
                 next_presence = Instant::now() + PRESENCE_PERIOD;
-                match self.presence(redis, connections) {
-                    Ok(nodes) => tell(&self.to_ingest, FromCluster::Nodes(nodes)),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "Redis presence update failed");
-                        connection = None;
-                    }
-                }
+                connections
+            });
+            let served = self.serve(redis, deadline, &scripts, publishes, reads, presence);
+            if let Err(lost) = served {
+                self.lose(&mut link, lost);
             }
         }
     }
 
-    /// Runs the publish script for every request in one pipeline and answers each.
-    fn publish_all(
-        &self,
-        redis: &mut redis::Connection,
-        script: &redis::Script,
-        publishes: Vec<PublishRequest>,
-    ) -> redis::RedisResult<()> {
-        if publishes.is_empty() {
-            return Ok(());
+    /// Takes the dialer's outcome; gives back the log reads that waited for a connection it
+    /// brought, and answers them when it brought none.
+    fn dialed(
+        &mut self,
+        link: &mut Link,
+        dialed: redis::RedisResult<redis::Connection>,
+    ) -> Vec<LogRead> {
+        let Link::Down(redial) = link else {
+            unreachable!("the dialer is asked only while the link is down");
+        };
+        assert!(redial.dialing, "a dial's outcome follows a dial");
+        match dialed {
+            Ok(connection) => {
+                let reads = std::mem::take(&mut redial.reads);
+                *link = Link::Up(connection);
+                self.tell_health(Health::Ready, "connected, and Redis answers".into());
+                reads
+            }
+            Err(err) => {
+                let now = Instant::now();
+                redial.dialing = false;
+                redial.ended = now;
+                redial.retry_at = now + backoff(redial.failures);
+                redial.failures += 1;
+                let reason = format!("cannot connect to Redis: {err}");
+                for read in std::mem::take(&mut redial.reads) {
+                    self.fail_read(read, &reason);
+                }
+                self.tell_health(health_after(&err), reason);
+                Vec::new()
+            }
         }
-        let proposed = crate::runtime::new_epoch();
-        let mut pipe = redis::pipe();
-        for publish in &publishes {
-            pipe.cmd("EVALSHA")
-                .arg(script.get_hash())
-                .arg(5)
-                .arg(EPOCH_KEY)
-                .arg(SEQ_KEY)
-                .arg(OFFSETS_KEY)
-                .arg(LOG_KEY)
-                .arg(EVENTS_CHANNEL)
-                .arg(&*publish.channel)
-                .arg(&*publish.data)
-                .arg(publish.ts_ms)
-                .arg(priority_name(publish.priority))
-                .arg(&*proposed)
-                .arg(self.config.cluster_log_max);
+    }
+
+    /// Gives up the connection: every later publish is refused until a dial brings another.
+    fn lose(&mut self, link: &mut Link, lost: Lost) {
+        *link = Link::Down(Redial::now(Instant::now()));
+        self.tell_health(lost.health, lost.reason);
+    }
+
+    /// Tells the ingest core the command connection's health, when it changed.
+    fn tell_health(&mut self, health: Health, reason: String) {
+        if self.told == Some(health) {
+            return;
         }
-        let replies: Result<Vec<(String, u64, u64)>, _> = pipe.query(redis);
-        match replies {
-            Ok(replies) => {
-                for (publish, (epoch, seq, offset)) in publishes.into_iter().zip(replies) {
-                    let numbered = Numbered {
+        self.told = Some(health);
+        match health {
+            Health::Ready => tracing::info!(%reason, "Redis command connection ready"),
+            Health::Stalled => {
+                tracing::warn!(%reason, "Redis stalled: refusing publishes until it answers")
+            }
+            Health::Down => {
+                tracing::warn!(%reason, "Redis command connection down: refusing publishes, retrying")
+            }
+        }
+        tell(&self.to_ingest, FromCluster::Health { health, reason });
+    }
+
+    /// Answers `publish` with Redis's answer to its script (`Ok`, not an error) or why it has
+    /// none, and queues the answer for the ingest core (the caller wakes it).
+    fn answer(&self, publish: Publish, reply: Result<redis::Value, PublishFailure>) {
+        let message = match publish {
+            Publish::One(publish) => {
+                let result = reply
+                    .and_then(publish_numbers)
+                    .map(|(epoch, seq, offset)| Numbered {
                         epoch: epoch.into(),
                         seq,
                         offset,
@@ -468,58 +989,196 @@ impl CommandThread {
                         priority: publish.priority,
                         channel: publish.channel,
                         data: publish.data,
-                    };
-                    queue_for_ingest(
-                        &self.to_ingest,
-                        FromCluster::Published {
-                            token: publish.token,
-                            result: Ok(numbered),
-                        },
-                    );
+                    });
+                FromCluster::Published {
+                    token: publish.token,
+                    result,
                 }
-                // One wake-up for the whole pipeline's answers.
-                self.to_ingest.wake();
-                Ok(())
             }
-            Err(err) => {
-                let reason = format!("Redis did not take the publish: {err}");
-                self.fail_all(
-                    publishes.into_iter().map(ToCluster::Publish).collect(),
-                    &reason,
-                );
-                Err(err)
-            }
-        }
+            Publish::Batch(batch) => FromCluster::PublishedBatch {
+                token: batch.token,
+                result: reply.and_then(|value| batch_offsets(value, batch.entries.len())),
+            },
+        };
+        queue_for_ingest(&self.to_ingest, message);
     }
 
-    /// Answers every request of `batch` with `reason`.
-    fn fail_all(&self, batch: Vec<ToCluster>, reason: &str) {
-        for request in batch {
-            match request {
-                ToCluster::Publish(publish) => tell(
-                    &self.to_ingest,
-                    FromCluster::Published {
-                        token: publish.token,
-                        result: Err(reason.to_owned()),
-                    },
-                ),
-                ToCluster::ReadLog { token, .. } => tell(
-                    &self.to_ingest,
-                    FromCluster::Log {
-                        token,
-                        result: Err(reason.to_owned()),
-                    },
-                ),
-                ToCluster::Presence { .. } => {}
-            }
+    /// Refuses every publish of `publishes`, unsent, while the connection is down.
+    fn refuse_all(&self, publishes: Vec<Publish>) {
+        if publishes.is_empty() {
+            return;
         }
+        let reason = match self.told {
+            Some(Health::Stalled) => format!(
+                "Redis has not answered within redis_timeout_ms = {}; not sent",
+                self.timeout.as_millis()
+            ),
+            _ => "Redis is unreachable; not sent".to_owned(),
+        };
+        for publish in publishes {
+            self.answer(publish, Err(PublishFailure::Refused(reason.clone())));
+        }
+        self.to_ingest.wake();
     }
 
-    /// Refreshes this node's presence and reads every node's.
+    fn fail_read(&self, read: LogRead, reason: &str) {
+        tell(
+            &self.to_ingest,
+            FromCluster::Log {
+                token: read.token,
+                result: Err(reason.to_owned()),
+            },
+        );
+    }
+
+    /// Does what the requests taken together ask on the live connection: the publishes (a
+    /// batch is one) in one pipeline (each answered by its `answer_by`), then the log reads, then the presence refresh when
+    /// `presence` (the connection count) is given, all by `deadline`. Every request is
+    /// answered whatever happens; `Err` means the connection is no longer usable.
+    fn serve(
+        &self,
+        redis: &mut redis::Connection,
+        deadline: Instant,
+        scripts: &Scripts,
+        publishes: Vec<Publish>,
+        reads: Vec<LogRead>,
+        presence: Option<usize>,
+    ) -> Result<(), Lost> {
+        let mut outcome = self.publish_all(redis, scripts, publishes);
+        let mut reads = reads.into_iter();
+        if outcome.is_ok() {
+            for read in reads.by_ref() {
+                let depth_max = self.config.json_depth_max;
+                let result = budget(redis, deadline)
+                    .and_then(|()| read_log(redis, read.after, read.up_to, depth_max));
+                match result {
+                    Ok(entries) => tell(
+                        &self.to_ingest,
+                        FromCluster::Log {
+                            token: read.token,
+                            result: Ok(entries),
+                        },
+                    ),
+                    Err(err) => {
+                        self.fail_read(read, &err.to_string());
+                        outcome = Err(err.into());
+                        break;
+                    }
+                }
+            }
+        }
+        for read in reads {
+            self.fail_read(read, "the connection to Redis was lost");
+        }
+        if let (Ok(()), Some(connections)) = (&outcome, presence) {
+            match self.presence(redis, connections, deadline) {
+                Ok(nodes) => tell(&self.to_ingest, FromCluster::Nodes(nodes)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "Redis presence update failed");
+                    outcome = Err(err.into());
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Runs the publish script for every request (a batch's for a batch) in one pipeline and
+    /// answers each by its `answer_by`: its numbers; refused, when its time ran out before it
+    /// was sent or Redis refused it before running; unknown, when it was sent and no answer
+    /// came in time.
+    fn publish_all(
+        &self,
+        redis: &mut redis::Connection,
+        scripts: &Scripts,
+        publishes: Vec<Publish>,
+    ) -> Result<(), Lost> {
+        if publishes.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let (late, publishes): (Vec<_>, Vec<_>) = publishes
+            .into_iter()
+            .partition(|publish| publish.answer_by() <= now);
+        for publish in late {
+            let reason = "it waited out redis_timeout_ms behind another round trip; not sent";
+            self.answer(publish, Err(PublishFailure::Refused(reason.into())));
+        }
+        let outcome = self.send_and_answer(redis, scripts, publishes);
+        // One wake-up for the whole pipeline's answers.
+        self.to_ingest.wake();
+        outcome
+    }
+
+    fn send_and_answer(
+        &self,
+        redis: &mut redis::Connection,
+        scripts: &Scripts,
+        publishes: Vec<Publish>,
+    ) -> Result<(), Lost> {
+        let Some(first) = publishes.first() else {
+            return Ok(());
+        };
+        let proposed = crate::runtime::new_epoch();
+        let mut packed = Vec::new();
+        for publish in &publishes {
+            publish.pack(scripts, &proposed, self.config.cluster_log_max, &mut packed);
+        }
+        // Answers come in the order sent, so the first publish has the earliest deadline.
+        let sent =
+            budget(redis, first.answer_by()).and_then(|()| redis.send_packed_command(&packed));
+        let mut publishes = publishes.into_iter();
+        if let Err(err) = sent {
+            // A write that failed may have got some of the pipeline to Redis.
+            let reason = format!("sending to Redis failed: {err}");
+            for publish in publishes {
+                self.answer(publish, Err(PublishFailure::Unknown(reason.clone())));
+            }
+            return Err(err.into());
+        }
+        let mut outcome = Ok(());
+        while let Some(publish) = publishes.next() {
+            let reply = left_until(publish.answer_by())
+                .and_then(|left| redis.set_read_timeout(Some(left)))
+                .and_then(|()| redis.recv_response());
+            match reply {
+                Ok(redis::Value::ServerError(err)) => {
+                    if err.code() == "NOSCRIPT" {
+                        outcome = Err(Lost {
+                            health: Health::Down,
+                            reason: "Redis lost the publish scripts (SCRIPT FLUSH or a restart): \
+                                     reconnecting to load them"
+                                .into(),
+                        });
+                    }
+                    self.answer(publish, Err(failure_of(&err)));
+                }
+                Ok(value) => self.answer(publish, Ok(value)),
+                Err(err) => {
+                    let reason = if err.is_timeout() {
+                        format!(
+                            "Redis did not answer within redis_timeout_ms = {}",
+                            self.timeout.as_millis()
+                        )
+                    } else {
+                        format!("the connection to Redis broke before its answer: {err}")
+                    };
+                    self.answer(publish, Err(PublishFailure::Unknown(reason.clone())));
+                    for publish in publishes {
+                        self.answer(publish, Err(PublishFailure::Unknown(reason.clone())));
+                    }
+                    return Err(err.into());
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Refreshes this node's presence and reads every node's, by `deadline`.
     fn presence(
         &self,
         redis: &mut redis::Connection,
         connections: usize,
+        deadline: Instant,
     ) -> redis::RedisResult<Vec<NodeInfo>> {
         let info = NodeInfo {
             node: self.node.clone(),
@@ -529,21 +1188,27 @@ impl CommandThread {
         };
         let key = format!("{NODE_KEY_PREFIX}{}", self.node);
         let text = serde_json::to_string(&info).expect("node info serializes");
+        budget(redis, deadline)?;
         let _: () = redis::cmd("SET")
             .arg(&key)
             .arg(text)
             .arg("EX")
             .arg(NODE_TTL_S)
             .query(redis)?;
+        budget(redis, deadline)?;
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{NODE_KEY_PREFIX}*"))
             .query(redis)?;
         let mut nodes = Vec::with_capacity(keys.len());
-        for key in keys {
-            let text: Option<String> = redis::cmd("GET").arg(&key).query(redis)?;
-            if let Some(node) = text.and_then(|text| serde_json::from_str(&text).ok()) {
-                nodes.push(node);
-            }
+        if !keys.is_empty() {
+            budget(redis, deadline)?;
+            let texts: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(redis)?;
+            nodes.extend(
+                texts
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|text| serde_json::from_str(&text).ok()),
+            );
         }
         nodes.sort_by(|a: &NodeInfo, b| a.node.cmp(&b.node));
         Ok(nodes)
@@ -601,14 +1266,6 @@ fn read_log(
     Ok(numbered)
 }
 
-/// Sends `request` without waiting: `Err` when the bridge's queue is full (the ingest core
-/// answers the publish with 503).
-pub fn try_send(requests: &SyncSender<ToCluster>, request: ToCluster) -> Result<(), ToCluster> {
-    requests.try_send(request).map_err(|err| match err {
-        TrySendError::Full(request) | TrySendError::Disconnected(request) => request,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,5 +1306,131 @@ mod tests {
                     .into()
             )
         );
+    }
+
+    /// The script's error answer `line` (RESP), as the bridge reads it.
+    fn failure(line: &str) -> PublishFailure {
+        match redis::parse_redis_value(format!("{line}\r\n").as_bytes()) {
+            Ok(redis::Value::ServerError(err)) => failure_of(&err),
+            other => panic!("expected an error answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_before_the_script_ran_are_refusals_and_others_unknown() {
+        for refused in [
+            "-NOSCRIPT No matching script. Please use EVAL.",
+            "-BUSY Redis is busy running a script.",
+            "-LOADING Redis is loading the dataset in memory",
+            "-OOM command not allowed when used memory > 'maxmemory'. script: x, on @user_script:8.",
+            "-READONLY You can't write against a read only replica.",
+        ] {
+            assert!(
+                matches!(failure(refused), PublishFailure::Refused(_)),
+                "{refused}"
+            );
+        }
+        for unknown in [
+            "-ERR user_script:12: Script attempted to access nonexistent global variable",
+            "-NOPERM this user has no permissions to run the 'xadd' command",
+        ] {
+            assert!(
+                matches!(failure(unknown), PublishFailure::Unknown(_)),
+                "{unknown}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_script_error_is_a_refusal_only_before_it_ran() {
+        // As Redis 7 answers the batch script: out of memory at its first write, and a
+        // counter that something else made not a number.
+        let refused = "-OOM command not allowed when used memory > 'maxmemory'. script: \
+                       25295507da9a6fe5b60a47724459922afa224aa5, on @user_script:8.";
+        assert!(matches!(failure(refused), PublishFailure::Refused(_)));
+        let unknown = "-ERR hash value is not an integer script: \
+                       25295507da9a6fe5b60a47724459922afa224aa5, on @user_script:11.";
+        assert!(matches!(failure(unknown), PublishFailure::Unknown(_)));
+    }
+
+    /// `line` (RESP) as the bridge reads an answer.
+    fn value(line: &str) -> redis::Value {
+        redis::parse_redis_value(line.as_bytes()).expect("RESP")
+    }
+
+    #[test]
+    fn a_batch_is_answered_with_every_offset_in_order_or_as_unknown() {
+        assert_eq!(
+            batch_offsets(value("*3\r\n:4\r\n:1\r\n:5\r\n"), 3),
+            Ok(vec![4, 1, 5])
+        );
+        for (odd, len) in [
+            ("*3\r\n:4\r\n:1\r\n:5\r\n", 2),
+            (":3\r\n", 1),
+            ("*1\r\n$1\r\nx\r\n", 1),
+        ] {
+            assert!(
+                matches!(
+                    batch_offsets(value(odd), len),
+                    Err(PublishFailure::Unknown(_))
+                ),
+                "{odd:?} for {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_goes_to_redis_as_one_command() {
+        let scripts = Scripts::new();
+        let entry = |channel: &str, data: &str| BatchEntry {
+            channel: channel.into(),
+            data: data.into(),
+            priority: Priority::High,
+            ts_ms: 7,
+        };
+        let batch = Publish::Batch(BatchRequest {
+            token: 1,
+            entries: vec![entry("a.b", "1"), entry("a.c", r#"{"x":2}"#)],
+            answer_by: Instant::now(),
+        });
+        let mut packed = Vec::new();
+        batch.pack(&scripts, "ep", 100, &mut packed);
+        let mut one = redis::cmd("EVALSHA");
+        for arg in [
+            scripts.batch.get_hash(),
+            "5",
+            EPOCH_KEY,
+            SEQ_KEY,
+            OFFSETS_KEY,
+            LOG_KEY,
+            EVENTS_CHANNEL,
+            "ep",
+            "100",
+            "a.b",
+            "1",
+            "7",
+            "high",
+            "a.c",
+            r#"{"x":2}"#,
+            "7",
+            "high",
+        ] {
+            one.arg(arg);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&packed),
+            String::from_utf8_lossy(&one.get_packed_command()),
+            "one EVALSHA of the batch script, each message's four arguments in order"
+        );
+    }
+
+    #[test]
+    fn the_backoff_doubles_from_the_first_delay_to_the_cap() {
+        let delays: Vec<Duration> = (0..8).map(backoff).collect();
+        assert_eq!(delays[0], RETRY_FIRST);
+        assert_eq!(delays[1], RETRY_FIRST * 2);
+        assert_eq!(delays[5], RETRY_FIRST * 32);
+        assert_eq!(delays[6], RETRY_CAP, "6.4 s is past the cap");
+        assert!(delays.windows(2).all(|pair| pair[0] <= pair[1]));
     }
 }

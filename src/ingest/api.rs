@@ -7,23 +7,37 @@
 //! before anything is queued, so a bad request never reaches the sequencer. Every error is a
 //! JSON body `{"error":{"code":..,"message":..}}` with the contract's status. A body nested
 //! deeper than `json_depth_max` is refused with 400 before any parser reads it.
+//!
+//! No client can wedge it: at most `api_connections_max` connections are served at once (one
+//! more is answered 503 and closed, and the accept loop backs off when accepting fails, see
+//! [`crate::net::accept`]); each connection runs through [`api_stream::Guarded`], which keeps
+//! its idle and header deadlines and puts hyper's own error answers in JSON; a body must
+//! arrive within `api_body_timeout_ms` (else 408), and the bodies being read hold at most
+//! `api_body_bytes_in_flight_max` bytes together (past it 503). Every refusal and timeout is
+//! counted in [`Plane`]'s [`ApiStats`], which `/v1/stats` (`api`) and `/metrics` show.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::convert::Infallible;
+use std::io;
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_channel::oneshot;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use sonic_rs::LazyValue;
 
+use super::api_stream::{self, Ended, Exchange, Guarded};
 use super::metrics::{self, Snapshot};
 use super::{IngestCore, Priority, PublishError};
 use crate::channel;
-use crate::net::handshake::ErrorBody;
+use crate::config::Config;
+use crate::net::accept;
+use crate::net::handshake::{ErrorBody, Reject};
 use crate::net::tls::{self, Transport};
 use crate::queue::{AckRow, Answer, NamespaceStats, QueryKind, ShardReport};
 use futures_rustls::TlsAcceptor;
@@ -31,21 +45,103 @@ use std::time::Duration;
 
 type HttpResponse = Response<Full<Bytes>>;
 
+/// Connections refused at once at most (each answered 503 and lingered on, for up to twice
+/// [`api_stream::LINGER`]); past it a refused connection is closed without an answer.
+const REFUSALS_MAX: usize = 64;
+
+/// The control plane's own state on the ingest core: how many connections it serves, how
+/// much its request bodies hold, and what it refused.
+#[derive(Debug, Default)]
+pub struct Plane {
+    stats: Cell<ApiStats>,
+    /// Connections being refused now (answered, lingered on), at most [`REFUSALS_MAX`].
+    refusing: Cell<usize>,
+}
+
+/// The control plane's counters, for `/v1/stats` (`api`) and `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ApiStats {
+    /// Connections open now, at most `api_connections_max`.
+    pub connections: usize,
+    /// Connections answered 503 at accept because `api_connections_max` were open.
+    pub connections_refused_total: u64,
+    /// Accepts that failed (out of file descriptors, say); see [`crate::net::accept`].
+    pub accept_errors_total: u64,
+    /// Connections closed after `api_idle_timeout_ms` without a request.
+    pub idle_timeouts_total: u64,
+    /// Requests answered 408 `header_timeout` (`api_header_timeout_ms`).
+    pub header_timeouts_total: u64,
+    /// Requests answered 408 `body_timeout` (`api_body_timeout_ms`).
+    pub body_timeouts_total: u64,
+    /// Connections closed because the client did not read a response (`api_idle_timeout_ms`).
+    pub send_timeouts_total: u64,
+    /// Requests hyper could not parse (answered 400, 414 or 431) and HTTP/2 prefaces (505).
+    pub malformed_requests_total: u64,
+    /// Bodies answered 503 because `api_body_bytes_in_flight_max` was reached.
+    pub bodies_refused_total: u64,
+    /// Bytes the request bodies being read hold now.
+    pub body_bytes_in_flight: usize,
+}
+
+impl Plane {
+    pub fn stats(&self) -> ApiStats {
+        self.stats.get()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut ApiStats)) {
+        let mut stats = self.stats.get();
+        change(&mut stats);
+        self.stats.set(stats);
+    }
+}
+
+/// A connection's place under `api_connections_max`, given back when it is dropped.
+struct Place(Rc<IngestCore>);
+
+impl Place {
+    fn take(core: Rc<IngestCore>) -> Place {
+        core.api.update(|stats| stats.connections += 1);
+        Place(core)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.api.update(|stats| stats.connections -= 1);
+    }
+}
+
+/// The deadlines and limits of a control-plane connection's stream.
+fn stream_limits(config: &Config) -> api_stream::Limits {
+    api_stream::Limits {
+        header_timeout: Duration::from_millis(config.api_header_timeout_ms),
+        idle_timeout: Duration::from_millis(config.api_idle_timeout_ms),
+        head_bytes_max: config.api_head_bytes_max,
+    }
+}
+
 /// Accepts control-plane connections until the task is cancelled; over TLS with `tls`.
 pub async fn serve(
     core: Rc<IngestCore>,
     listener: glommio::net::TcpListener,
     tls: Option<TlsAcceptor>,
 ) {
+    let mut backoff = accept::Backoff::default();
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                backoff.succeeded();
                 if let Err(err) = stream.set_nodelay(true) {
                     tracing::debug!(error = %err, "cannot set TCP_NODELAY");
                 }
-                let core = core.clone();
+                if core.api.stats().connections >= core.config.api_connections_max {
+                    refuse(&core, stream, tls.is_some());
+                    continue;
+                }
+                let place = Place::take(core.clone());
                 let tls = tls.clone();
                 glommio::spawn_local(async move {
+                    let core = place.0.clone();
                     let timeout = Duration::from_millis(core.config.handshake_timeout_ms);
                     match tls {
                         None => serve_connection(core, Transport::Plain(stream)).await,
@@ -56,28 +152,89 @@ pub async fn serve(
                             }
                         },
                     }
+                    drop(place);
                 })
                 .detach();
             }
             Err(err) => {
-                tracing::warn!(error = %err, "control-plane accept failed; retrying");
-                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                core.api.update(|stats| stats.accept_errors_total += 1);
+                let failed = backoff.failed(Instant::now());
+                if let Some(failures) = failed.warn {
+                    tracing::warn!(
+                        error = %err,
+                        failures,
+                        pause_ms = failed.pause.as_millis() as u64,
+                        "control-plane accept failed; backing off (one warning per {:?} at \
+                         most: failures counts those since the previous one)",
+                        accept::WARN_INTERVAL
+                    );
+                }
+                glommio::timer::sleep(failed.pause).await;
             }
         }
     }
 }
 
+/// Answers a connection over `api_connections_max` with 503 `too_many_connections` and closes
+/// it. A TLS one, or one past [`REFUSALS_MAX`] refused at once, is closed without an answer
+/// (a TLS answer would first need a handshake).
+fn refuse(core: &Rc<IngestCore>, stream: glommio::net::TcpStream, tls: bool) {
+    core.api
+        .update(|stats| stats.connections_refused_total += 1);
+    if tls || core.api.refusing.get() >= REFUSALS_MAX {
+        return;
+    }
+    let answer = Reject::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_connections",
+        format!(
+            "the control plane serves api_connections_max = {} connections already; retry later",
+            core.config.api_connections_max
+        ),
+    )
+    .response();
+    let limits = api_stream::Limits {
+        idle_timeout: api_stream::LINGER,
+        ..stream_limits(&core.config)
+    };
+    let mut stream = Guarded::refusing(Transport::Plain(stream), limits, answer);
+    core.api.refusing.set(core.api.refusing.get() + 1);
+    let core = core.clone();
+    glommio::spawn_local(async move {
+        std::future::poll_fn(|cx| stream.poll_goodbye(cx)).await;
+        core.api.refusing.set(core.api.refusing.get() - 1);
+    })
+    .detach();
+}
+
 async fn serve_connection(core: Rc<IngestCore>, stream: Transport) {
+    let exchange = Rc::new(Exchange::default());
+    let stream = Guarded::new(stream, stream_limits(&core.config), exchange.clone());
     let io = smol_hyper::rt::FuturesIo::new(stream);
-    let service = hyper::service::service_fn(move |request| {
-        let core = core.clone();
+    let service_core = core.clone();
+    let taken = exchange.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        taken.took(request.method() == Method::HEAD);
+        let core = service_core.clone();
         async move { Ok::<_, Infallible>(route(&core, request).await) }
     });
+    // Flat writes: hyper then hands each response head to the stream in one piece.
     if let Err(err) = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(core.config.api_head_bytes_max)
+        .writev(false)
         .serve_connection(io, service)
         .await
     {
         tracing::debug!(error = %err, "control-plane connection ended with an error");
+    }
+    match exchange.ended() {
+        Some(Ended::IdleTimeout) => core.api.update(|stats| stats.idle_timeouts_total += 1),
+        Some(Ended::HeaderTimeout) => core.api.update(|stats| stats.header_timeouts_total += 1),
+        Some(Ended::SendTimeout) => core.api.update(|stats| stats.send_timeouts_total += 1),
+        Some(Ended::Malformed | Ended::Http2) => {
+            core.api.update(|stats| stats.malformed_requests_total += 1);
+        }
+        Some(Ended::Refused) | None => {}
     }
 }
 
@@ -94,6 +251,15 @@ fn json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
 /// The contract's error body.
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
     json(status, &ErrorBody::new(code, &message.into()))
+}
+
+/// `response` with `connection: close`: for a refusal that leaves the body unread.
+fn closing(mut response: HttpResponse) -> HttpResponse {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
@@ -172,7 +338,7 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
         "/v1/history" => history(core, request.uri().query().unwrap_or(""), &caller),
         "/dashboard" => dashboard(core),
         "/client.js" | "/client.d.ts" => {
-            let asset = crate::client::web::asset(&path).expect("routed above");
+            let asset = crate::web::asset(&path).expect("routed above");
             Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, asset.content_type)
@@ -269,15 +435,156 @@ fn check_name(core: &IngestCore, name: &str, what: &str) -> Result<(), Refusal> 
         })
 }
 
-/// Reads the body under `publish_body_bytes_max`.
-async fn read_body(core: &IngestCore, request: Request<Incoming>) -> Result<Bytes, HttpResponse> {
+/// A request body read whole. It holds its share of `api_body_bytes_in_flight_max` until it is
+/// dropped, when the route is done with it.
+struct Body<'a> {
+    bytes: BodyBuf,
+    _share: Share<'a>,
+}
+
+impl std::ops::Deref for Body<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.bytes.as_slice()
+    }
+}
+
+/// Bodies from this size up are read into pages of their own (see [`BodyBuf`]); smaller ones,
+/// most publishes, into the heap.
+const BODY_MAPPED_BYTES_MIN: usize = 64 * 1024;
+
+/// Where a body is read into. A large one gets pages of its own from the kernel, given back
+/// to it when the body is dropped: glibc's malloc keeps freed blocks of that size in its
+/// arenas once it has freed one (its mmap threshold rises), so bodies read into the heap
+/// left their peak resident after they closed (measured in the README's Limits section).
+enum BodyBuf {
+    Heap(Vec<u8>),
+    Mapped { pages: memmap2::MmapMut, len: usize },
+}
+
+impl BodyBuf {
+    /// A buffer for a body of `declared` bytes, or of a length it does not say.
+    fn new(declared: Option<usize>) -> io::Result<BodyBuf> {
+        Ok(match declared {
+            Some(len) if len >= BODY_MAPPED_BYTES_MIN => BodyBuf::Mapped {
+                pages: memmap2::MmapMut::map_anon(len)?,
+                len: 0,
+            },
+            Some(len) => BodyBuf::Heap(Vec::with_capacity(len)),
+            None => BodyBuf::Heap(Vec::new()),
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            BodyBuf::Heap(bytes) => bytes.len(),
+            BodyBuf::Mapped { len, .. } => *len,
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            BodyBuf::Heap(bytes) => bytes,
+            BodyBuf::Mapped { pages, len } => &pages[..*len],
+        }
+    }
+
+    /// Appends `data`; the caller has checked that the body stays within `max` bytes (and
+    /// hyper, that it stays within its declared length). A body that did not declare its
+    /// length moves to `max` bytes of mapped pages once it reaches
+    /// [`BODY_MAPPED_BYTES_MIN`]: only the pages written to take memory.
+    fn push(&mut self, data: &[u8], max: usize) -> io::Result<()> {
+        let end = self.len() + data.len();
+        assert!(
+            end <= max,
+            "the caller bounds the body by publish_body_bytes_max"
+        );
+        if let BodyBuf::Heap(bytes) = self {
+            if end > bytes.capacity() && end >= BODY_MAPPED_BYTES_MIN {
+                let mut pages = memmap2::MmapMut::map_anon(max)?;
+                pages[..bytes.len()].copy_from_slice(bytes);
+                *self = BodyBuf::Mapped {
+                    len: bytes.len(),
+                    pages,
+                };
+            }
+        }
+        match self {
+            BodyBuf::Heap(bytes) => bytes.extend_from_slice(data),
+            BodyBuf::Mapped { pages, len } => {
+                assert!(
+                    end <= pages.len(),
+                    "hyper stops a body at its declared length"
+                );
+                pages[*len..end].copy_from_slice(data);
+                *len = end;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of `api_body_bytes_in_flight_max` one body holds, given back when dropped.
+struct Share<'a> {
+    plane: &'a Plane,
+    bytes: usize,
+}
+
+impl Share<'_> {
+    /// Holds `bytes` in all, if the bodies in flight leave room for them under `max`.
+    fn grow(&mut self, bytes: usize, max: usize) -> bool {
+        let more = bytes.saturating_sub(self.bytes);
+        let room = self.plane.stats().body_bytes_in_flight + more <= max;
+        if room {
+            self.plane
+                .update(|stats| stats.body_bytes_in_flight += more);
+            self.bytes += more;
+        }
+        room
+    }
+}
+
+impl Drop for Share<'_> {
+    fn drop(&mut self) {
+        let bytes = self.bytes;
+        self.plane
+            .update(|stats| stats.body_bytes_in_flight -= bytes);
+    }
+}
+
+/// Reads the body under `publish_body_bytes_max` (413), within `api_body_timeout_ms` (408)
+/// and in a share of `api_body_bytes_in_flight_max` (503). A body that declares its length
+/// reserves all of it first, into one buffer of that size: hyper's chunks are copied there
+/// and freed as they come, so a body costs its length and one read buffer. A refusal leaves
+/// the body unread and closes the connection.
+async fn read_body(
+    core: &IngestCore,
+    request: Request<Incoming>,
+) -> Result<Body<'_>, HttpResponse> {
     let max = core.config.publish_body_bytes_max;
     let too_large = || {
-        error(
+        closing(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("the body exceeds publish_body_bytes_max = {max} bytes"),
-        )
+        ))
+    };
+    let in_flight_max = core.config.api_body_bytes_in_flight_max;
+    let overloaded = || {
+        core.api.update(|stats| stats.bodies_refused_total += 1);
+        let mut response = closing(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!(
+                "the request bodies being read hold api_body_bytes_in_flight_max = \
+                 {in_flight_max} bytes; retry later"
+            ),
+        ));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        response
     };
     let declared = request
         .headers()
@@ -287,14 +594,69 @@ async fn read_body(core: &IngestCore, request: Request<Incoming>) -> Result<Byte
     if declared.is_some_and(|len| len > max as u64) {
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(err) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("cannot read the body: {err}"),
-        )),
+    let declared = declared.map(|len| len as usize);
+    let mut share = Share {
+        plane: &core.api,
+        bytes: 0,
+    };
+    if !share.grow(declared.unwrap_or(0), in_flight_max) {
+        return Err(overloaded());
+    }
+    let no_memory = |err: io::Error| {
+        closing(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!("no memory for the body: {err}; retry later"),
+        ))
+    };
+    let mut bytes = BodyBuf::new(declared).map_err(no_memory)?;
+    let mut body = request.into_body();
+    let timeout = Duration::from_millis(core.config.api_body_timeout_ms);
+    let read = glommio::timer::timeout(timeout, async {
+        while let Some(frame) = body.frame().await {
+            let data = match frame.map(hyper::body::Frame::into_data) {
+                Ok(Ok(data)) => data,
+                Ok(Err(_trailers)) => continue,
+                Err(err) => {
+                    return Ok(Err(error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("cannot read the body: {err}"),
+                    )))
+                }
+            };
+            let len = bytes.len() + data.len();
+            if len > max {
+                return Ok(Err(too_large()));
+            }
+            // A body without a declared length (chunked) takes its share as it comes.
+            if !share.grow(len, in_flight_max) {
+                return Ok(Err(overloaded()));
+            }
+            if let Err(err) = bytes.push(&data, max) {
+                return Ok(Err(no_memory(err)));
+            }
+        }
+        Ok(Ok(()))
+    })
+    .await;
+    match read {
+        Ok(Ok(())) => Ok(Body {
+            bytes,
+            _share: share,
+        }),
+        Ok(Err(response)) => Err(response),
+        Err(_) => {
+            core.api.update(|stats| stats.body_timeouts_total += 1);
+            Err(closing(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within api_body_timeout_ms = {}",
+                    core.config.api_body_timeout_ms
+                ),
+            )))
+        }
     }
 }
 
@@ -462,20 +824,25 @@ async fn publish_batch(core: &IngestCore, body: &[u8], caller: &Caller) -> HttpR
             }
         }
     }
-    let pending: Vec<_> = checked
-        .into_iter()
-        .map(|(name, data, priority)| (name.clone(), core.publish(name, data, priority)))
-        .collect();
-    let mut results = Vec::with_capacity(pending.len());
-    for (name, result) in pending {
-        match outcome(result).await {
-            Ok(offset) => results.push((name, offset)),
-            Err(err) => return publish_failure(core, err),
-        }
-    }
-    let results: Vec<Published> = results
+    // All or nothing: refused whole before any message is numbered (see `publish_batch`).
+    let names: Vec<Box<str>> = checked.iter().map(|(name, ..)| name.clone()).collect();
+    let Ok(outcome) = core.publish_batch(checked).await else {
+        // The sequencer was stopped, perhaps in the middle of the batch.
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            PublishError::Stopping.code(),
+            "the server shut down before the batch was answered: part of it may have been \
+             published",
+        );
+    };
+    let offsets = match outcome {
+        Ok(offsets) => offsets,
+        Err(err) => return error(err.status(), err.code(), err.batch_message(&core.config)),
+    };
+    let results: Vec<Published> = names
         .iter()
-        .map(|(name, offset)| Published::new(name, *offset))
+        .zip(offsets)
+        .map(|(name, offset)| Published::new(name, offset))
         .collect();
     #[derive(Serialize)]
     struct Results<'a> {
@@ -602,6 +969,7 @@ async fn stats(core: &IngestCore) -> HttpResponse {
         namespaces: Vec<NamespaceSummary>,
         acks: Vec<AckSummary>,
         tenants: Vec<TenantSummary>,
+        api: ApiStats,
         #[serde(skip_serializing_if = "Option::is_none")]
         cluster: Option<super::cluster::ClusterStats>,
     }
@@ -629,6 +997,7 @@ async fn stats(core: &IngestCore) -> HttpResponse {
                     connections,
                 })
                 .collect(),
+            api: core.api.stats(),
             cluster: core.cluster_stats(),
         },
     )
@@ -747,7 +1116,9 @@ async fn prometheus(core: &IngestCore) -> HttpResponse {
         shards: reports.iter().map(|report| report.stats).collect(),
         tenants: core.tenant_connections(),
         ingest: core.stats(),
+        api: core.api.stats(),
         fanout: core.fanout_buckets(),
+        cluster: core.cluster_stats(),
     };
     Response::builder()
         .status(StatusCode::OK)

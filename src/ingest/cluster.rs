@@ -10,18 +10,29 @@
 //! so clients reconnect and learn from `recovered:false` that their positions are void. On
 //! joining, a node reads the log's recent past into its history, so a client that moves to it
 //! recovers as it would on the node it left.
+//!
+//! Each answer to a publish says what the bridge knows: its offset; `cluster_unavailable`
+//! when it was certainly not published; `outcome_unknown` when it was sent and Redis gave no
+//! answer in time (it may still be published, and is then delivered here like any other).
+//! A batch is handed to the bridge as one request, which Redis numbers in one script run, and
+//! gets one of the same three answers for all of its messages: every offset, or one refusal.
+//! Both refusals are counted (a batch's once per message), and `/v1/stats` shows a stall as
+//! soon as a publish waits past `redis_timeout_ms`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use futures_channel::oneshot;
 use hashbrown::HashMap;
 
-use super::history::{History, Unnumbered};
-use super::{IngestCore, Job, PublishError};
-use crate::cluster::{self, FromCluster, NodeInfo, Numbered, PublishRequest, ToCluster};
+use super::history::{Assigned, History, Unnumbered};
+use super::{Batch, BatchOutcome, IngestCore, Job, PublishError};
+use crate::cluster::{
+    self, BatchEntry, BatchRequest, FromCluster, Health, NodeInfo, Numbered, PublishFailure,
+    PublishRequest, Requests, ToCluster,
+};
 use crate::queue::ToShard;
 use crate::ws::command;
 
@@ -34,11 +45,23 @@ enum LogUse {
     Fill { up_to: u64 },
 }
 
+/// What waits for the bridge's answer to a publish.
+enum Waiting {
+    /// A publish: its answer goes where its job says.
+    One(Job),
+    /// A batch of `len` messages: one answer for all of them.
+    Batch {
+        done: oneshot::Sender<BatchOutcome>,
+        len: usize,
+    },
+}
+
 /// The ingest core's cluster state.
 pub struct ClusterLink {
-    requests: SyncSender<ToCluster>,
-    /// Publishes sent to Redis, waiting for their numbers, by token.
-    pending: RefCell<HashMap<u64, Job>>,
+    requests: Requests,
+    /// Publishes and batches handed to the bridge, waiting for their answer, by token, with
+    /// when they were handed over.
+    pending: RefCell<HashMap<u64, (Waiting, Instant)>>,
     next_token: Cell<u64>,
     /// Messages from Redis not fanned out yet, in seq order.
     pub(super) arrived: RefCell<VecDeque<Numbered>>,
@@ -48,20 +71,38 @@ pub struct ClusterLink {
     log_wait: Cell<Option<(u64, LogUse)>>,
     /// Missing seqs up to this one are gone from the log: take the jump.
     jump_until: Cell<u64>,
-    connected: Cell<bool>,
+    /// The events subscription is up.
+    subscribed: Cell<bool>,
+    /// The command connection's health, as the bridge last told it.
+    health: Cell<Health>,
+    /// Publishes answered `outcome_unknown`, and `cluster_unavailable`.
+    outcome_unknown_total: Cell<u64>,
+    unavailable_total: Cell<u64>,
     nodes: RefCell<Vec<NodeInfo>>,
 }
 
 /// `cluster` in `/v1/stats`.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ClusterStats {
+    /// Both of the bridge's connections are up: the events subscription, and the command
+    /// connection, whose last round trip was answered in time.
     pub connected: bool,
+    /// Redis is late: a publish has waited past `redis_timeout_ms`, or the last round trip
+    /// did and none has been answered since. Publishes are refused meanwhile.
+    pub stalled: bool,
+    /// How long the oldest publish handed to the bridge has waited for its answer; 0 when
+    /// none waits.
+    pub oldest_pending_ms: u64,
+    /// Publishes answered `outcome_unknown` (sent, no answer in time) and
+    /// `cluster_unavailable` (certainly not published); a batch counts each of its messages.
+    pub publishes_outcome_unknown_total: u64,
+    pub publishes_unavailable_total: u64,
     pub seq: Option<u64>,
     pub nodes: Vec<NodeInfo>,
 }
 
 impl ClusterLink {
-    pub fn new(requests: SyncSender<ToCluster>) -> ClusterLink {
+    pub fn new(requests: Requests) -> ClusterLink {
         ClusterLink {
             requests,
             pending: RefCell::new(HashMap::new()),
@@ -70,7 +111,10 @@ impl ClusterLink {
             last_seq: Cell::new(None),
             log_wait: Cell::new(None),
             jump_until: Cell::new(0),
-            connected: Cell::new(false),
+            subscribed: Cell::new(false),
+            health: Cell::new(Health::Down),
+            outcome_unknown_total: Cell::new(0),
+            unavailable_total: Cell::new(0),
             nodes: RefCell::new(Vec::new()),
         }
     }
@@ -88,9 +132,22 @@ impl ClusterLink {
             && !self.arrived.borrow().is_empty()
     }
 
-    pub fn stats(&self) -> ClusterStats {
+    /// The figures of `/v1/stats`, as of `now`, with `timeout` = `redis_timeout_ms`.
+    pub fn stats(&self, now: Instant, timeout: Duration) -> ClusterStats {
+        let oldest = self
+            .pending
+            .borrow()
+            .values()
+            .map(|(_, handed)| now.saturating_duration_since(*handed))
+            .max()
+            .unwrap_or_default();
+        let health = self.health.get();
         ClusterStats {
-            connected: self.connected.get(),
+            connected: self.subscribed.get() && health == Health::Ready,
+            stalled: health == Health::Stalled || oldest > timeout,
+            oldest_pending_ms: u64::try_from(oldest.as_millis()).unwrap_or(u64::MAX),
+            publishes_outcome_unknown_total: self.outcome_unknown_total.get(),
+            publishes_unavailable_total: self.unavailable_total.get(),
             seq: self.last_seq.get(),
             nodes: self.nodes.borrow().clone(),
         }
@@ -99,7 +156,33 @@ impl ClusterLink {
     /// This node's connection count, for its presence key.
     pub fn report_connections(&self, connections: usize) {
         // Best effort: a full queue skips one refresh.
-        let _ = cluster::try_send(&self.requests, ToCluster::Presence { connections });
+        let _ = self.requests.try_send(ToCluster::Presence { connections });
+    }
+
+    /// What the publisher of `messages` messages (one, or a batch's) is told of `failure`;
+    /// counted once per message.
+    fn publish_error(&self, failure: &PublishFailure, messages: usize) -> PublishError {
+        let messages = messages as u64;
+        match failure {
+            PublishFailure::Refused(_) => {
+                self.unavailable_total
+                    .set(self.unavailable_total.get() + messages);
+                PublishError::ClusterUnavailable
+            }
+            PublishFailure::Unknown(_) => {
+                self.outcome_unknown_total
+                    .set(self.outcome_unknown_total.get() + messages);
+                PublishError::OutcomeUnknown
+            }
+        }
+    }
+
+    /// Takes what waits for the answer `token`, if anything does.
+    fn answered(&self, token: u64) -> Option<Waiting> {
+        self.pending
+            .borrow_mut()
+            .remove(&token)
+            .map(|(waiting, _)| waiting)
     }
 
     /// Asks for the log after `after` up to `up_to`, for `purpose`.
@@ -110,7 +193,7 @@ impl ClusterLink {
             after,
             up_to: up_to.min(after + cluster::LOG_READ_MAX as u64),
         };
-        if cluster::try_send(&self.requests, request).is_ok() {
+        if self.requests.try_send(request).is_ok() {
             self.log_wait.set(Some((token, purpose)));
         }
     }
@@ -123,24 +206,92 @@ impl IngestCore {
             .expect("cluster paths run in cluster mode only")
     }
 
-    /// Cluster mode's publish: Redis numbers it; the reply waits for those numbers, and the
-    /// fan-out for the message's return on `corecast:events`.
+    /// `redis_timeout_ms`.
+    fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.redis_timeout_ms)
+    }
+
+    /// Cluster mode's publish: Redis numbers it; the reply waits for those numbers (at most
+    /// `redis_timeout_ms`: the bridge answers by then), and the fan-out for the message's
+    /// return on `corecast:events`.
     pub(super) async fn cluster_publish(&self, job: Job, touched: &mut [bool]) {
         let link = self.link();
         let token = link.token();
+        let handed = Instant::now();
         let request = ToCluster::Publish(PublishRequest {
             token,
             channel: job.channel.clone(),
             data: job.data.clone(),
             priority: job.priority,
             ts_ms: job.ts_ms,
+            answer_by: handed + self.redis_timeout(),
         });
-        if cluster::try_send(&link.requests, request).is_err() {
+        if link.requests.try_send(request).is_err() {
             self.reply(job, Err(PublishError::Overloaded), touched)
                 .await;
             return;
         }
-        link.pending.borrow_mut().insert(token, job);
+        link.pending
+            .borrow_mut()
+            .insert(token, (Waiting::One(job), handed));
+    }
+
+    /// Cluster mode's batch: handed to the bridge as one request, which Redis numbers in one
+    /// run of [`cluster::PUBLISH_BATCH_SCRIPT`] (all of it in a row, or none), and answered
+    /// once by the bridge's one answer (by `redis_timeout_ms`): every offset in order,
+    /// `cluster_unavailable` or `outcome_unknown` for the whole batch. Refused `overloaded`
+    /// when the bridge's queue is full. Its messages fan out as they come back from Redis,
+    /// like any others.
+    pub(super) fn cluster_publish_batch(&self, batch: Batch) {
+        assert!(
+            !batch.jobs.is_empty(),
+            "an empty batch is answered before it is queued"
+        );
+        let link = self.link();
+        let token = link.token();
+        let handed = Instant::now();
+        let len = batch.jobs.len();
+        let entries = batch
+            .jobs
+            .into_iter()
+            .map(|job| BatchEntry {
+                channel: job.channel,
+                data: job.data,
+                priority: job.priority,
+                ts_ms: job.ts_ms,
+            })
+            .collect();
+        let request = ToCluster::PublishBatch(BatchRequest {
+            token,
+            entries,
+            answer_by: handed + self.redis_timeout(),
+        });
+        if link.requests.try_send(request).is_err() {
+            let _ = batch.done.send(Err(PublishError::Overloaded));
+            return;
+        }
+        let waiting = Waiting::Batch {
+            done: batch.done,
+            len,
+        };
+        link.pending.borrow_mut().insert(token, (waiting, handed));
+    }
+
+    /// `History::assign_numbered`, reclaiming slots of forgettable channels first when the
+    /// channel is new here and the table is full.
+    fn assign_numbered(
+        &self,
+        event: &Numbered,
+    ) -> Result<(Assigned, Option<(u64, u64)>), Unnumbered> {
+        let assign = || {
+            self.history
+                .borrow_mut()
+                .assign_numbered(&event.channel, event.offset, event.seq)
+        };
+        match assign() {
+            Err(Unnumbered::ChannelsFull) if self.reclaim() > 0 => assign(),
+            assigned => assigned,
+        }
     }
 
     /// Handles news from the bridge.
@@ -148,24 +299,47 @@ impl IngestCore {
         let link = self.link();
         match news {
             FromCluster::Published { token, result } => {
-                let Some(job) = link.pending.borrow_mut().remove(&token) else {
+                let Some(waiting) = link.answered(token) else {
                     return;
                 };
+                let Waiting::One(job) = waiting else {
+                    unreachable!("the bridge answers a publish with Published");
+                };
+                let outcome = result.map(|numbered| numbered.offset).map_err(|failure| {
+                    log_failure(&failure, format_args!("to {}", job.channel));
+                    link.publish_error(&failure, 1)
+                });
+                self.reply(job, outcome, touched).await;
+            }
+            FromCluster::PublishedBatch { token, result } => {
+                let Some(waiting) = link.answered(token) else {
+                    return;
+                };
+                let Waiting::Batch { done, len } = waiting else {
+                    unreachable!("the bridge answers a batch with PublishedBatch");
+                };
                 let outcome = match result {
-                    Ok(numbered) => Ok(numbered.offset),
-                    Err(reason) => {
-                        tracing::warn!(%reason, channel = %job.channel, "cluster publish failed");
-                        Err(PublishError::ClusterUnavailable)
+                    Ok(offsets) => {
+                        assert_eq!(offsets.len(), len, "the bridge checks the batch's offsets");
+                        Ok(offsets)
+                    }
+                    Err(failure) => {
+                        log_failure(&failure, format_args!("a batch of {len}"));
+                        Err(link.publish_error(&failure, len))
                     }
                 };
-                self.reply(job, outcome, touched).await;
+                let _ = done.send(outcome);
+            }
+            FromCluster::Health { health, reason } => {
+                link.health.set(health);
+                tracing::debug!(?health, %reason, "Redis command connection health");
             }
             FromCluster::Event(event) => {
                 link.arrived.borrow_mut().push_back(event);
                 self.lanes_ready.notify();
             }
             FromCluster::Subscribed { epoch, seq } => {
-                link.connected.set(true);
+                link.subscribed.set(true);
                 if *epoch != *self.epoch() {
                     self.adopt_epoch(epoch.into()).await;
                 }
@@ -185,7 +359,7 @@ impl IngestCore {
                 }
             }
             FromCluster::Lost { reason } => {
-                if link.connected.replace(false) {
+                if link.subscribed.replace(false) {
                     tracing::warn!(%reason, "cluster unreachable: serving local connections only");
                 }
             }
@@ -239,11 +413,7 @@ impl IngestCore {
             if *entry.epoch != *self.epoch() {
                 continue;
             }
-            let assigned =
-                self.history
-                    .borrow_mut()
-                    .assign_numbered(&entry.channel, entry.offset, entry.seq);
-            let Ok((assigned, _)) = assigned else {
+            let Ok((assigned, _)) = self.assign_numbered(entry) else {
                 continue;
             };
             let delivery = self.encode_numbered(entry, assigned.policy, now);
@@ -308,11 +478,7 @@ impl IngestCore {
         link.last_seq.set(Some(event.seq));
         self.published_total.set(event.seq);
         let now = Instant::now();
-        let assigned =
-            self.history
-                .borrow_mut()
-                .assign_numbered(&event.channel, event.offset, event.seq);
-        let (assigned, gap) = match assigned {
+        let (assigned, gap) = match self.assign_numbered(&event) {
             Ok(assigned) => assigned,
             Err(Unnumbered::Stale) => return,
             Err(Unnumbered::ChannelsFull) => {
@@ -366,6 +532,164 @@ impl IngestCore {
 
     /// `cluster` in `/v1/stats`, `None` on a single node.
     pub fn cluster_stats(&self) -> Option<ClusterStats> {
-        self.cluster.as_ref().map(ClusterLink::stats)
+        let timeout = self.redis_timeout();
+        self.cluster
+            .as_ref()
+            .map(|link| link.stats(Instant::now(), timeout))
+    }
+}
+
+/// Logs why a publish (`what` it was) has no numbers: a refusal at debug (one per publish
+/// while Redis is away: the bridge logs the stall), an unknown outcome as a warning.
+fn log_failure(failure: &PublishFailure, what: std::fmt::Arguments<'_>) {
+    match failure {
+        PublishFailure::Refused(reason) => {
+            tracing::debug!(%reason, publish = %what, "cluster publish refused");
+        }
+        PublishFailure::Unknown(reason) => {
+            tracing::warn!(%reason, publish = %what, "cluster publish outcome unknown");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::ingest::{Priority, Reply};
+    use crate::queue;
+
+    fn batch_of(channels: &[&str]) -> (Batch, oneshot::Receiver<BatchOutcome>) {
+        let (done, result) = oneshot::channel();
+        let jobs = channels
+            .iter()
+            .map(|&channel| Job {
+                channel: channel.into(),
+                data: "1".into(),
+                priority: Priority::Normal,
+                ts_ms: 5,
+                accepted: Instant::now(),
+                reply: Reply::None,
+            })
+            .collect();
+        (Batch { jobs, done }, result)
+    }
+
+    /// A batch's outcome if it was answered already.
+    fn answered(result: &mut oneshot::Receiver<BatchOutcome>) -> Option<BatchOutcome> {
+        result
+            .try_recv()
+            .expect("the sender is kept until answered")
+    }
+
+    #[test]
+    fn a_cluster_batch_is_one_request_with_one_answer_for_all_of_it() {
+        let (outcomes, stats) = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(|| async {
+                let (requests, bridge) = Requests::unattached(1);
+                let config = Arc::new(Config::default());
+                let shards = vec![queue::bounded(4).0];
+                let core = IngestCore::new(config, "e".into(), shards, Some(requests));
+                let mut touched = [false];
+                let mut outcomes = Vec::new();
+                for answer in [
+                    Ok(vec![7, 1, 8]),
+                    Err(PublishFailure::Refused("not sent".into())),
+                    Err(PublishFailure::Unknown("no answer".into())),
+                ] {
+                    let (first, mut result) = batch_of(&["a", "b", "a"]);
+                    core.sequence_batch(first, &mut touched).await;
+                    let Some(ToCluster::PublishBatch(request)) = bridge.take() else {
+                        panic!("expected the batch handed to the bridge as one request");
+                    };
+                    assert!(bridge.take().is_none(), "and nothing more");
+                    let channels: Vec<&str> = request
+                        .entries
+                        .iter()
+                        .map(|entry| &*entry.channel)
+                        .collect();
+                    assert_eq!(channels, ["a", "b", "a"], "in batch order");
+                    assert!(request.entries.iter().all(|entry| entry.ts_ms == 5));
+                    assert_eq!(answered(&mut result), None, "waiting for the bridge");
+                    // While it waits, the bridge's queue (of one) is free: a second batch
+                    // takes it, and a third finds it full.
+                    let (second, mut second_result) = batch_of(&["c"]);
+                    core.sequence_batch(second, &mut touched).await;
+                    let (third, mut third_result) = batch_of(&["d"]);
+                    core.sequence_batch(third, &mut touched).await;
+                    assert_eq!(
+                        answered(&mut third_result),
+                        Some(Err(PublishError::Overloaded))
+                    );
+                    let Some(ToCluster::PublishBatch(second)) = bridge.take() else {
+                        panic!("expected the second batch");
+                    };
+                    let news = FromCluster::PublishedBatch {
+                        token: request.token,
+                        result: answer,
+                    };
+                    core.cluster_news(news, &mut touched).await;
+                    outcomes.push(answered(&mut result));
+                    let news = FromCluster::PublishedBatch {
+                        token: second.token,
+                        result: Ok(vec![1]),
+                    };
+                    core.cluster_news(news, &mut touched).await;
+                    assert_eq!(answered(&mut second_result), Some(Ok(vec![1])));
+                }
+                let stats = core
+                    .cluster_stats()
+                    .expect("cluster mode has cluster stats");
+                (outcomes, stats)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                Some(Ok(vec![7, 1, 8])),
+                Some(Err(PublishError::ClusterUnavailable)),
+                Some(Err(PublishError::OutcomeUnknown)),
+            ],
+            "the bridge's one answer is the batch's"
+        );
+        assert_eq!(
+            (
+                stats.publishes_unavailable_total,
+                stats.publishes_outcome_unknown_total,
+                stats.oldest_pending_ms,
+            ),
+            (3, 3, 0),
+            "each refusal counts the batch's three messages; nothing waits"
+        );
+    }
+
+    #[test]
+    fn a_refused_cluster_batch_says_nothing_of_it_was_published_and_an_unknown_one_whole_or_none() {
+        let config = Config::default();
+        let unavailable = PublishError::ClusterUnavailable;
+        assert_eq!(
+            (unavailable.status(), unavailable.code()),
+            (http::StatusCode::SERVICE_UNAVAILABLE, "cluster_unavailable")
+        );
+        assert!(unavailable
+            .batch_message(&config)
+            .starts_with("nothing of the batch was published: "));
+        let unknown = PublishError::OutcomeUnknown;
+        assert_eq!(
+            (unknown.status(), unknown.code()),
+            (http::StatusCode::GATEWAY_TIMEOUT, "outcome_unknown")
+        );
+        let message = unknown.batch_message(&config);
+        for said in [
+            "may or may not",
+            "whole or not at all",
+            "redis_timeout_ms = 1000 ms",
+            "GET /v1/history",
+        ] {
+            assert!(message.contains(said), "{said:?} in {message:?}");
+        }
+        assert!(!message.contains("nothing of the batch"), "{message}");
     }
 }

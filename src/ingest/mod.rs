@@ -14,13 +14,22 @@
 //! The sequencer also keeps every channel's bounded [`history`] and answers recoveries (a
 //! `subscribe` with `since`) as one more job in the critical lane: handled between two
 //! publishes, its snapshot of history and the shard's queue order together give the client
-//! every missed message once, then every later one live.
+//! every missed message once, then every later one live. A sweep every
+//! `CHANNELS_SWEEP_INTERVAL` (100 ms) forgets channels with no history left and no route (no shard
+//! subscribed), `channels_sweep_max` slots at a time, so that `channels_max` bounds the channels
+//! live, not those ever published to.
+//!
+//! A `/v1/publish/batch` is one job: the sequencer numbers all of its messages in a row or, when
+//! it cannot take them all (a channel past `channels_max`), none; what is checked at the door
+//! (the tenants' rates, room in the lanes) is checked for the whole batch too. In cluster mode
+//! the batch goes to Redis as one request, numbered in one script run, and has one answer.
 //!
 //! This core owns all cross-shard state; it must never touch a connection, and it never waits on
 //! a shard except for room in that shard's queue.
 
 pub mod admission;
 pub mod api;
+pub mod api_stream;
 pub mod cluster;
 pub mod encode;
 pub mod history;
@@ -36,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use hashbrown::HashMap;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sonic_rs::Value;
 
 use crate::config::{Config, SlowConsumer};
@@ -63,21 +72,14 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// full is not timed overall and counts in `fanout_untracked_total`.
 const FANOUT_PENDING_QUEUES: usize = 2;
 
-/// A publish's lane. Critical events overtake queued high and normal ones.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    Critical,
-    High,
-    #[default]
-    Normal,
-}
+/// How often the sweep of the channel table runs (see [`history::History::sweep`]). With
+/// `channels_sweep_max` slots a tick, a table of C channels is gone through every
+/// C / channels_sweep_max ticks: 100 s for a million at the default of 1,000, so a channel is
+/// forgotten at most that long after it could be.
+const CHANNELS_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
-impl Priority {
-    fn lane(self) -> usize {
-        self as usize
-    }
-}
+/// A publish's lane: the protocol's own type.
+pub use corecast_proto::Priority;
 
 /// Why a publish was not sequenced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,11 +90,20 @@ pub enum PublishError {
     Overloaded,
     /// The server is shutting down: 503.
     Stopping,
-    /// Cluster mode and Redis did not take it: 503, retry with backoff.
+    /// Cluster mode, and the publish was certainly not published (never sent to Redis, or
+    /// refused by it before running): 503, retry with backoff.
     ClusterUnavailable,
+    /// Cluster mode, and the publish was sent to Redis but no answer came (none within
+    /// `redis_timeout_ms`, or the connection broke, or the script failed while running): it
+    /// may or may not be published (a batch: whole or not at all). 504: look for it in history
+    /// (or let receivers drop duplicates) before publishing it again.
+    OutcomeUnknown,
     /// Its tenant is over `tenant_publishes_per_s`: 429 (`rate_limited`), retry after
     /// `retry_ms`.
     RateLimited { retry_ms: u64 },
+    /// A batch holds more messages of one tenant than `tenant_publishes_per_s` lets it publish
+    /// at once: 413 (`batch_too_large`), split the batch.
+    BatchOverRate { messages: usize },
 }
 
 impl PublishError {
@@ -102,7 +113,9 @@ impl PublishError {
             PublishError::Overloaded => "overloaded",
             PublishError::Stopping => "shutting_down",
             PublishError::ClusterUnavailable => "cluster_unavailable",
+            PublishError::OutcomeUnknown => "outcome_unknown",
             PublishError::RateLimited { .. } => "rate_limited",
+            PublishError::BatchOverRate { .. } => "batch_too_large",
         }
     }
 
@@ -110,6 +123,10 @@ impl PublishError {
     pub fn status(&self) -> http::StatusCode {
         match self {
             PublishError::RateLimited { .. } => http::StatusCode::TOO_MANY_REQUESTS,
+            // Redis, upstream of this server, gave no answer in time: the publish may have
+            // happened, so it is not the "try again" of a 503.
+            PublishError::OutcomeUnknown => http::StatusCode::GATEWAY_TIMEOUT,
+            PublishError::BatchOverRate { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
             _ => http::StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -128,9 +145,42 @@ impl PublishError {
             PublishError::Overloaded => "the publish lanes are full; retry later".into(),
             PublishError::Stopping => "the server is shutting down".into(),
             PublishError::ClusterUnavailable => {
-                "Redis is unreachable, so the cluster cannot number this publish; retry later"
+                "Redis is unreachable or stalled, so the cluster could not number this publish: \
+                 it was not published; retry later"
                     .into()
             }
+            PublishError::OutcomeUnknown => format!(
+                "Redis gave no answer to this publish (none within redis_timeout_ms = {} ms, or \
+                 its connection broke): it may or may not have been published, and Redis may \
+                 still run it when it resumes; look for it in GET /v1/history before \
+                 publishing it again",
+                config.redis_timeout_ms
+            ),
+            PublishError::BatchOverRate { messages } => format!(
+                "the batch holds {messages} messages of one tenant, more than \
+                 tenant_publishes_per_s = {} lets it publish at once; split the batch",
+                config.tenant_publishes_per_s
+            ),
+        }
+    }
+
+    /// The message of a refused batch. Every refusal comes before any of its messages is
+    /// numbered but `outcome_unknown` (cluster mode), after which Redis may have numbered the
+    /// batch: all of it, as it runs a batch as one script (see [`cluster`]), or none.
+    pub fn batch_message(&self, config: &Config) -> String {
+        match self {
+            PublishError::OutcomeUnknown => format!(
+                "Redis gave no answer to this batch (none within redis_timeout_ms = {} ms, or \
+                 its connection broke, or its script failed while running): it may or may not \
+                 have been published, but whole or not at all, as Redis runs a batch as one \
+                 script, and Redis may still run it when it resumes; look for its messages in \
+                 GET /v1/history before publishing it again",
+                config.redis_timeout_ms
+            ),
+            _ => format!(
+                "nothing of the batch was published: {}",
+                self.message(config)
+            ),
         }
     }
 }
@@ -147,6 +197,10 @@ enum Reply {
     },
 }
 
+/// The outcome of a whole batch: every offset in order, or why none of its messages was
+/// published (or, `outcome_unknown`, why it is not known whether all of them were).
+type BatchOutcome = Result<Vec<u64>, PublishError>;
+
 /// One publish waiting in a lane.
 pub(crate) struct Job {
     channel: Box<str>,
@@ -158,6 +212,24 @@ pub(crate) struct Job {
     reply: Reply,
 }
 
+/// A `/v1/publish/batch` waiting in the lane of its highest priority, to be sequenced whole.
+/// Its jobs answer nobody: the batch answers for them.
+pub(crate) struct Batch {
+    jobs: Vec<Job>,
+    done: oneshot::Sender<BatchOutcome>,
+}
+
+impl Batch {
+    /// The lane of its most urgent message, so that none waits behind what it would overtake.
+    fn priority(&self) -> Priority {
+        self.jobs
+            .iter()
+            .map(|job| job.priority)
+            .min()
+            .unwrap_or_default()
+    }
+}
+
 /// A `subscribe` with `since` waiting in the critical lane for its snapshot of history.
 struct Recovery {
     shard: ShardId,
@@ -167,10 +239,29 @@ struct Recovery {
     since: Since,
 }
 
-/// What waits in a lane: a publish to sequence, or a recovery to answer between two.
+/// What waits in a lane: a publish or a batch to sequence, or a recovery to answer between two.
 enum Work {
     Publish(Job),
+    Batch(Batch),
     Recover(Recovery),
+}
+
+impl Work {
+    /// What it counts against `queue_items_max`: its publishes, or one for a recovery.
+    fn weight(&self) -> usize {
+        match self {
+            Work::Batch(batch) => batch.jobs.len(),
+            Work::Publish(_) | Work::Recover(_) => 1,
+        }
+    }
+
+    fn lane(&self) -> usize {
+        match self {
+            Work::Publish(job) => job.priority.lane(),
+            Work::Batch(batch) => batch.priority().lane(),
+            Work::Recover(_) => Priority::Critical.lane(),
+        }
+    }
 }
 
 /// A publish whose shards have not all reported their fan-out time yet.
@@ -191,6 +282,9 @@ pub struct IngestCore {
     shards: Vec<Sender<ToShard>>,
     routes: RefCell<Registry<ShardId>>,
     lanes: RefCell<[VecDeque<Work>; 3]>,
+    /// Publishes (a batch's each) and recoveries waiting in each lane: what `queue_items_max`
+    /// bounds.
+    lanes_len: [Cell<usize>; 3],
     lanes_ready: Notify,
     /// This run of offsets, as clients are told it: new at every start (history is in memory),
     /// or the cluster's.
@@ -198,6 +292,8 @@ pub struct IngestCore {
     /// Cluster mode's state; `None` on a single node.
     cluster: Option<cluster::ClusterLink>,
     history: RefCell<History>,
+    /// Channels the sweep and reclaims forgot, over every epoch.
+    channels_forgotten_total: Cell<u64>,
     /// Hashes `conflate_key` values; any hasher will do, they are only compared on this node.
     conflate_hasher: hashbrown::DefaultHashBuilder,
     recoveries_total: Cell<u64>,
@@ -221,6 +317,8 @@ pub struct IngestCore {
     /// Each publishing tenant's bucket, for `tenant_publishes_per_s`.
     tenant_buckets: RefCell<HashMap<Box<str>, TokenBucket>>,
     tenant_publishes_refused_total: Cell<u64>,
+    /// The control plane's connections, body memory and refusals.
+    pub api: api::Plane,
 }
 
 /// Tenant buckets kept before the full (idle) ones are dropped.
@@ -230,7 +328,10 @@ const TENANT_BUCKETS_PRUNE_AT: usize = 4_096;
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct IngestStats {
     pub published_total: u64,
+    /// Channels tracked now (live: with history left or a subscriber), at most `channels_max`.
     pub channels: usize,
+    /// Channels forgotten because they had neither.
+    pub channels_forgotten_total: u64,
     /// Messages and bytes held in history, over all channels.
     pub history_messages: usize,
     pub history_bytes: usize,
@@ -252,14 +353,16 @@ impl IngestCore {
         config: Arc<Config>,
         epoch: Arc<str>,
         shards: Vec<Sender<ToShard>>,
-        cluster: Option<std::sync::mpsc::SyncSender<crate::cluster::ToCluster>>,
+        cluster: Option<crate::cluster::Requests>,
     ) -> Rc<Self> {
         Rc::new(IngestCore {
             history: RefCell::new(History::new(config.clone())),
+            channels_forgotten_total: Cell::new(0),
             config,
             shards,
             routes: RefCell::new(Registry::new()),
             lanes: RefCell::new(Default::default()),
+            lanes_len: Default::default(),
             lanes_ready: Notify::default(),
             epoch: RefCell::new(epoch),
             cluster: cluster.map(cluster::ClusterLink::new),
@@ -279,6 +382,7 @@ impl IngestCore {
             fanout_untracked_total: Cell::new(0),
             fanout: RefCell::new(FanoutLatency::default()),
             fanout_interval: RefCell::new(FanoutLatency::default()),
+            api: api::Plane::default(),
         })
     }
 
@@ -292,17 +396,17 @@ impl IngestCore {
     }
 
     pub fn stats(&self) -> IngestStats {
-        let lanes = self.lanes.borrow();
         let history = self.history.borrow();
         let (history_messages, history_bytes) = history.held();
         IngestStats {
             published_total: self.published_total.get(),
             channels: history.channels_len(),
+            channels_forgotten_total: self.channels_forgotten_total.get(),
             history_messages,
             history_bytes,
             recoveries_total: self.recoveries_total.get(),
             recoveries_failed_total: self.recoveries_failed_total.get(),
-            lanes_len: [lanes[0].len(), lanes[1].len(), lanes[2].len()],
+            lanes_len: self.lanes_len.each_ref().map(Cell::get),
             shard_queues_len: self.shards.iter().map(Sender::len).sum(),
             fanout_pending: self.fanout_pending.borrow().len(),
             fanout_untracked_total: self.fanout_untracked_total.get(),
@@ -391,21 +495,28 @@ impl IngestCore {
         }
     }
 
-    /// Queues work in its lane: a publish by its priority, a recovery in the critical one.
+    /// Queues work in its lane: a publish by its priority, a batch by its most urgent
+    /// message's, a recovery in the critical one; whole, or not at all past `queue_items_max`.
     fn enqueue(&self, work: Work) -> Result<(), Work> {
-        let mut lanes = self.lanes.borrow_mut();
-        let queued: usize = lanes.iter().map(VecDeque::len).sum();
-        if queued >= self.config.queue_items_max {
+        let queued: usize = self.lanes_len.iter().map(Cell::get).sum();
+        if queued + work.weight() > self.config.queue_items_max {
             return Err(work);
         }
-        let lane = match &work {
-            Work::Publish(job) => job.priority.lane(),
-            Work::Recover(_) => Priority::Critical.lane(),
-        };
-        lanes[lane].push_back(work);
-        drop(lanes);
+        let lane = work.lane();
+        self.lanes_len[lane].set(self.lanes_len[lane].get() + work.weight());
+        self.lanes.borrow_mut()[lane].push_back(work);
         self.lanes_ready.notify();
         Ok(())
+    }
+
+    /// Takes the next work of the first of `lanes` that has some.
+    fn dequeue(&self, lanes: &[usize]) -> Option<Work> {
+        let mut queued = self.lanes.borrow_mut();
+        lanes.iter().find_map(|&lane| {
+            let work = queued[lane].pop_front()?;
+            self.lanes_len[lane].set(self.lanes_len[lane].get() - work.weight());
+            Some(work)
+        })
     }
 
     /// The latest offset of `channel`, 0 if it has none.
@@ -450,6 +561,121 @@ impl IngestCore {
             }
         }
         result
+    }
+
+    /// Queues a `/v1/publish/batch` (each message already validated) to be sequenced whole;
+    /// resolves to every offset in order, or to why nothing was published. Refused at once,
+    /// whole, when stopping, when a tenant lacks the tokens for all its messages, or when the
+    /// lanes lack room for all of them; the sequencer refuses it whole when its new channels do
+    /// not fit `channels_max` (cluster mode has its own, see `cluster_publish_batch`).
+    pub fn publish_batch(
+        &self,
+        messages: Vec<(Box<str>, Box<str>, Priority)>,
+    ) -> oneshot::Receiver<BatchOutcome> {
+        let (done, result) = oneshot::channel();
+        if messages.is_empty() {
+            let _ = done.send(Ok(Vec::new()));
+            return result;
+        }
+        if self.stopping.get() {
+            let _ = done.send(Err(PublishError::Stopping));
+            return result;
+        }
+        if let Err(err) = self.tenants_allow(messages.iter().map(|(channel, ..)| &**channel)) {
+            let _ = done.send(Err(err));
+            return result;
+        }
+        let (ts_ms, accepted) = (unix_ms(), Instant::now());
+        let jobs = messages
+            .into_iter()
+            .map(|(channel, data, priority)| Job {
+                channel,
+                data,
+                priority,
+                ts_ms,
+                accepted,
+                reply: Reply::None,
+            })
+            .collect();
+        let batch = Batch { jobs, done };
+        if let Err(Work::Batch(batch)) = self.enqueue(Work::Batch(batch)) {
+            let _ = batch.done.send(Err(PublishError::Overloaded));
+        }
+        result
+    }
+
+    /// Takes the publish tokens of every message of a batch to `channels` from their tenants'
+    /// buckets (see [`IngestCore::tenant_allows`]): all of them, or none when one tenant lacks
+    /// some.
+    fn tenants_allow<'a>(
+        &self,
+        channels: impl Iterator<Item = &'a str>,
+    ) -> Result<(), PublishError> {
+        let per_s = self.config.tenant_publishes_per_s;
+        if per_s == 0 {
+            return Ok(());
+        }
+        let mut wanted: HashMap<&str, usize> = HashMap::new();
+        for tenant in channels.filter_map(|channel| crate::channel::split_scope(channel).0) {
+            *wanted.entry(tenant).or_default() += 1;
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let per_s = u64::from(per_s);
+        let mut buckets = self.tenant_buckets.borrow_mut();
+        if buckets.len() >= TENANT_BUCKETS_PRUNE_AT {
+            buckets.retain(|_, bucket| !bucket.is_full(now));
+        }
+        let mut taken = Vec::with_capacity(wanted.len());
+        let mut refused: Option<PublishError> = None;
+        let mut refused_messages = 0;
+        for (&tenant, &messages) in &wanted {
+            if messages as u64 > per_s {
+                refused = Some(PublishError::BatchOverRate { messages });
+                refused_messages += messages;
+                continue;
+            }
+            let mut bucket = buckets
+                .get(tenant)
+                .cloned()
+                .unwrap_or_else(|| TokenBucket::full(per_s, per_s, now));
+            let got = (0..messages).take_while(|_| bucket.take(now)).count();
+            if got == messages {
+                taken.push((tenant, bucket));
+                continue;
+            }
+            // Past the next token, each missing one takes 1/per_s seconds more.
+            let missing_after_next = (messages - got - 1) as u128;
+            let wait_ns = bucket.next_token_in().as_nanos()
+                + missing_after_next * 1_000_000_000 / u128::from(per_s);
+            let retry_ms = u64::try_from(wait_ns.div_ceil(1_000_000)).unwrap_or(u64::MAX);
+            refused_messages += messages;
+            refused = match refused {
+                Some(PublishError::RateLimited { retry_ms: before }) => {
+                    Some(PublishError::RateLimited {
+                        retry_ms: before.max(retry_ms),
+                    })
+                }
+                None => Some(PublishError::RateLimited { retry_ms }),
+                over => over,
+            };
+        }
+        if let Some(err) = refused {
+            self.tenant_publishes_refused_total
+                .set(self.tenant_publishes_refused_total.get() + refused_messages as u64);
+            return Err(err);
+        }
+        for (tenant, bucket) in taken {
+            match buckets.get_mut(tenant) {
+                Some(kept) => *kept = bucket,
+                None => {
+                    buckets.insert(tenant.into(), bucket);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Takes a publish token from the bucket of `channel`'s tenant, when it is a tenant's and
@@ -559,18 +785,28 @@ impl IngestCore {
             self.cluster_publish(job, touched).await;
             return;
         }
-        let assigned = self.history.borrow_mut().assign(&job.channel);
-        let Ok(assigned) = assigned else {
+        let publish = self.published_total.get() + 1;
+        let Ok(assigned) = self.assign(&job.channel, publish) else {
             self.reply(job, Err(PublishError::ChannelsFull), touched)
                 .await;
             return;
         };
-        let offset = assigned.offset;
+        self.sequence_assigned(&job, assigned, touched).await;
+        self.reply(job, Ok(assigned.offset), touched).await;
+    }
+
+    /// Numbers, encodes, keeps and routes one message just `assigned` its offset.
+    async fn sequence_assigned(
+        &self,
+        job: &Job,
+        assigned: history::Assigned,
+        touched: &mut [bool],
+    ) {
         let publish = self.published_total.get() + 1;
         self.published_total.set(publish);
         let delivery = self.encode(
             &job.channel,
-            offset,
+            assigned.offset,
             job.ts_ms,
             &job.data,
             job.priority,
@@ -582,7 +818,96 @@ impl IngestCore {
         );
         self.fan_out(delivery, &job.channel, Instant::now(), touched)
             .await;
-        self.reply(job, Ok(offset), touched).await;
+    }
+
+    /// Sequences a batch whole: when its new channels do not all fit `channels_max` (after a
+    /// reclaim), none of its messages is numbered. In cluster mode Redis numbers them.
+    async fn sequence_batch(&self, batch: Batch, touched: &mut [bool]) {
+        if self.cluster.is_some() {
+            self.cluster_publish_batch(batch);
+            return;
+        }
+        let names = || batch.jobs.iter().map(|job| &*job.channel);
+        let fits = || {
+            let history = self.history.borrow();
+            history.untracked(names()) <= history.slots_free()
+        };
+        if !fits() && (self.reclaim() == 0 || !fits()) {
+            let _ = batch.done.send(Err(PublishError::ChannelsFull));
+            return;
+        }
+        let mut offsets = Vec::with_capacity(batch.jobs.len());
+        for job in &batch.jobs {
+            let publish = self.published_total.get() + 1;
+            // Only the sequencer tracks new channels, and the sweep that may run while this
+            // batch waits for a shard frees one slot for each channel it forgets.
+            let assigned = self
+                .history
+                .borrow_mut()
+                .assign(&job.channel, publish)
+                .expect("the batch's new channels were counted before its first message");
+            self.sequence_assigned(job, assigned, touched).await;
+            offsets.push(assigned.offset);
+        }
+        let _ = batch.done.send(Ok(offsets));
+    }
+
+    /// The next offset of `channel` (message number `seq`), reclaiming slots of forgettable
+    /// channels first when it is new and the table is full.
+    fn assign(&self, channel: &str, seq: u64) -> Result<history::Assigned, history::ChannelsFull> {
+        let assigned = self.history.borrow_mut().assign(channel, seq);
+        match assigned {
+            Err(history::ChannelsFull) if self.reclaim() > 0 => {
+                self.history.borrow_mut().assign(channel, seq)
+            }
+            assigned => assigned,
+        }
+    }
+
+    /// Whether some shard has a subscriber to `channel`; `matched` is scratch space.
+    fn subscribed(routes: &Registry<ShardId>, matched: &mut Vec<ShardId>, channel: &str) -> bool {
+        matched.clear();
+        routes.collect_matches(channel, matched);
+        !matched.is_empty()
+    }
+
+    /// For a new channel that found the table full: forgets what the bounded reclaim finds
+    /// (see [`History::reclaim`]); returns how many.
+    fn reclaim(&self) -> usize {
+        let routes = self.routes.borrow();
+        let mut matched = Vec::new();
+        let forgotten = self.history.borrow_mut().reclaim(
+            self.config.channels_sweep_max,
+            Instant::now(),
+            |channel| Self::subscribed(&routes, &mut matched, channel),
+        );
+        self.count_forgotten(forgotten);
+        forgotten
+    }
+
+    /// One tick of the sweep (see [`History::sweep`]).
+    fn sweep_channels(&self) {
+        let routes = self.routes.borrow();
+        let mut matched = Vec::new();
+        let forgotten = self.history.borrow_mut().sweep(
+            self.config.channels_sweep_max,
+            Instant::now(),
+            |channel| Self::subscribed(&routes, &mut matched, channel),
+        );
+        self.count_forgotten(forgotten);
+    }
+
+    fn count_forgotten(&self, forgotten: usize) {
+        self.channels_forgotten_total
+            .set(self.channels_forgotten_total.get() + forgotten as u64);
+    }
+
+    /// Sweeps the channel table every [`CHANNELS_SWEEP_INTERVAL`] until the task is cancelled.
+    async fn run_channel_sweep(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(CHANNELS_SWEEP_INTERVAL).await;
+            self.sweep_channels();
+        }
     }
 
     /// The shards with a subscriber to `channel`.
@@ -715,6 +1040,8 @@ impl IngestCore {
                     Err(err) => {
                         let code = match err {
                             PublishError::RateLimited { .. } => ErrorCode::RateLimited,
+                            PublishError::ClusterUnavailable => ErrorCode::ClusterUnavailable,
+                            PublishError::OutcomeUnknown => ErrorCode::OutcomeUnknown,
                             _ => ErrorCode::Internal,
                         };
                         ErrorReply::new(id, code, err.message(&self.config)).frame()
@@ -745,7 +1072,7 @@ impl IngestCore {
         loop {
             self.lanes_ready.wait_until(|| self.has_work()).await;
             for _ in 0..self.config.queue_batch_max {
-                let critical = self.lanes.borrow_mut()[Priority::Critical.lane()].pop_front();
+                let critical = self.dequeue(&[Priority::Critical.lane()]);
                 let work = match critical {
                     Some(work) => Some(work),
                     None if self
@@ -756,14 +1083,15 @@ impl IngestCore {
                         self.take_arrived(&mut touched).await;
                         continue;
                     }
-                    None => self
-                        .lanes
-                        .borrow_mut()
-                        .iter_mut()
-                        .find_map(VecDeque::pop_front),
+                    None => self.dequeue(&[
+                        Priority::Critical.lane(),
+                        Priority::High.lane(),
+                        Priority::Normal.lane(),
+                    ]),
                 };
                 match work {
                     Some(Work::Publish(job)) => self.sequence(job, &mut touched).await,
+                    Some(Work::Batch(batch)) => self.sequence_batch(batch, &mut touched).await,
                     Some(Work::Recover(recovery)) => self.recover(recovery, &mut touched).await,
                     None => break,
                 }
@@ -799,7 +1127,9 @@ impl IngestCore {
                     Ok(()) => match self.enqueue(Work::Publish(job)) {
                         Ok(()) => None,
                         Err(Work::Publish(job)) => Some((job, PublishError::Overloaded)),
-                        Err(Work::Recover(_)) => unreachable!("a publish comes back a publish"),
+                        Err(Work::Recover(_) | Work::Batch(_)) => {
+                            unreachable!("a publish comes back a publish")
+                        }
                     },
                     Err(err) => Some((job, err)),
                 };
@@ -940,6 +1270,7 @@ impl Ingest {
         let mut tasks = vec![
             glommio::spawn_local(api::serve(core.clone(), api, api_tls)).detach(),
             glommio::spawn_local(core.clone().run_sequencer()).detach(),
+            glommio::spawn_local(core.clone().run_channel_sweep()).detach(),
         ];
         for inbox in inboxes {
             tasks.push(glommio::spawn_local(core.clone().run_inbox(inbox)).detach());
@@ -980,12 +1311,195 @@ mod tests {
     use crate::queue;
 
     fn core(shards: usize, queue_items_max: usize) -> Rc<IngestCore> {
-        let config = Config {
-            queue_items_max,
-            ..Config::default()
-        };
+        core_with(
+            shards,
+            Config {
+                queue_items_max,
+                ..Config::default()
+            },
+        )
+    }
+
+    fn core_with(shards: usize, config: Config) -> Rc<IngestCore> {
         let senders = (0..shards).map(|_| queue::bounded(4).0).collect();
         IngestCore::new(Arc::new(config), "e".into(), senders, None)
+    }
+
+    fn batch_of(channels: &[&str]) -> Vec<(Box<str>, Box<str>, Priority)> {
+        channels
+            .iter()
+            .map(|&channel| (channel.into(), "1".into(), Priority::Normal))
+            .collect()
+    }
+
+    /// A batch's outcome if it was answered already.
+    fn answered(mut result: oneshot::Receiver<BatchOutcome>) -> Option<BatchOutcome> {
+        result
+            .try_recv()
+            .expect("the sender is kept until answered")
+    }
+
+    #[test]
+    fn a_batch_without_room_for_all_of_it_in_the_lanes_is_refused_whole() {
+        let core = core(1, 16);
+        for _ in 0..10 {
+            drop(core.publish("single".into(), "1".into(), Priority::Normal));
+        }
+        let refused = core.publish_batch(batch_of(&["b"; 7]));
+        assert_eq!(answered(refused), Some(Err(PublishError::Overloaded)));
+        assert_eq!(
+            core.stats().lanes_len,
+            [0, 0, 10],
+            "nothing of it was queued"
+        );
+        let mut fits = batch_of(&["b"; 6]);
+        fits[3].2 = Priority::High;
+        let queued = core.publish_batch(fits);
+        assert_eq!(answered(queued), None, "queued, waiting for the sequencer");
+        assert_eq!(
+            core.stats().lanes_len,
+            [0, 6, 10],
+            "whole, in the lane of its most urgent message"
+        );
+    }
+
+    #[test]
+    fn a_batch_takes_every_tenant_token_it_needs_or_none() {
+        let core = core_with(
+            1,
+            Config {
+                tenant_publishes_per_s: 4,
+                ..Config::default()
+            },
+        );
+        let acme = crate::channel::scoped("acme", "x");
+        let beta = crate::channel::scoped("beta", "y");
+        let queued = core.publish_batch(batch_of(&[acme.as_str(); 4]));
+        assert_eq!(answered(queued), None, "acme's four tokens");
+        let mixed = core.publish_batch(batch_of(&[&beta, &beta, &acme, &beta, &beta]));
+        let Some(Err(PublishError::RateLimited { retry_ms })) = answered(mixed) else {
+            panic!("acme has no token left: the whole batch is refused");
+        };
+        assert!(
+            (1..=250).contains(&retry_ms),
+            "one token of acme: {retry_ms} ms"
+        );
+        assert_eq!(core.stats().tenant_publishes_refused_total, 1);
+        let beta_alone = core.publish_batch(batch_of(&[beta.as_str(); 4]));
+        assert_eq!(
+            answered(beta_alone),
+            None,
+            "the refused batch took none of beta's tokens"
+        );
+        let over = core.publish_batch(batch_of(&[beta.as_str(); 5]));
+        assert_eq!(
+            answered(over),
+            Some(Err(PublishError::BatchOverRate { messages: 5 })),
+            "more than a second's worth can never be taken at once"
+        );
+        assert_eq!(core.stats().lanes_len, [0, 0, 8]);
+    }
+
+    fn job(channel: &str) -> Job {
+        Job {
+            channel: channel.into(),
+            data: "1".into(),
+            priority: Priority::Normal,
+            ts_ms: 0,
+            accepted: Instant::now(),
+            reply: Reply::None,
+        }
+    }
+
+    #[test]
+    fn a_new_channel_at_channels_max_reclaims_forgettable_ones_first() {
+        let (offsets, forgotten) = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(|| async {
+                // No history: a channel nobody subscribes to is forgettable at once.
+                let core = core_with(
+                    1,
+                    Config {
+                        channels_max: 2,
+                        history_messages_max: 0,
+                        ..Config::default()
+                    },
+                );
+                let mut touched = [false];
+                core.sequence(job("a"), &mut touched).await;
+                let (done, result) = oneshot::channel();
+                let jobs = vec![job("b"), job("c")];
+                core.sequence_batch(Batch { jobs, done }, &mut touched)
+                    .await;
+                let batch = answered(result).expect("sequenced");
+                core.sequence(job("d"), &mut touched).await;
+                let history = core.history.borrow();
+                let offsets = ["a", "b", "c", "d"].map(|name| history.offset(name));
+                ((batch, offsets), core.stats().channels_forgotten_total)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(
+            offsets,
+            (Ok(vec![2, 3]), [0, 0, 0, 4]),
+            "the batch's two channels took a's place and the free one, d theirs"
+        );
+        assert_eq!(forgotten, 3, "a for the batch, then b and c for d");
+    }
+
+    #[test]
+    fn a_batch_whose_new_channels_do_not_fit_numbers_none_of_its_messages() {
+        let outcomes = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(|| async {
+                let core = core_with(
+                    1,
+                    Config {
+                        channels_max: 2,
+                        ..Config::default()
+                    },
+                );
+                let mut touched = [false];
+                let mut outcomes = Vec::new();
+                for channels in [&["a"][..], &["a", "b", "c", "a"], &["b", "a", "b"]] {
+                    let (done, result) = oneshot::channel();
+                    let jobs = batch_of(channels)
+                        .into_iter()
+                        .map(|(channel, data, priority)| Job {
+                            channel,
+                            data,
+                            priority,
+                            ts_ms: 0,
+                            accepted: Instant::now(),
+                            reply: Reply::None,
+                        })
+                        .collect();
+                    core.sequence_batch(Batch { jobs, done }, &mut touched)
+                        .await;
+                    outcomes.push(answered(result).expect("sequenced"));
+                    let history = core.history.borrow();
+                    outcomes.push(Ok(vec![
+                        history.offset("a"),
+                        history.offset("b"),
+                        core.published_total.get(),
+                    ]));
+                }
+                outcomes
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                Ok(vec![1]),
+                Ok(vec![1, 0, 1]),
+                Err(PublishError::ChannelsFull),
+                Ok(vec![1, 0, 1]),
+                Ok(vec![1, 2, 2]),
+                Ok(vec![2, 2, 4]),
+            ],
+            "the refused batch moved no offset and no seq"
+        );
     }
 
     fn report(publish: u64, elapsed_us: u64) -> FanoutReport {

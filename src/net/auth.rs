@@ -22,6 +22,9 @@ pub enum AuthError {
     Missing,
     /// Past its `exp`.
     Expired,
+    /// Before its `nbf` (not valid yet), or issued (`iat`) after now: a token from the future,
+    /// or from an issuer whose clock runs ahead of this server's.
+    NotYetValid,
     /// Any other verification failure (signature, algorithm, shape, missing claim).
     Invalid(String),
 }
@@ -33,6 +36,9 @@ impl std::fmt::Display for AuthError {
                 "authentication required: send a JWT as ?token= or Authorization: Bearer",
             ),
             AuthError::Expired => f.write_str("the token has expired"),
+            AuthError::NotYetValid => f.write_str(
+                "the token is not valid yet: its nbf or iat is after this server's clock",
+            ),
             AuthError::Invalid(why) => write!(f, "invalid token: {why}"),
         }
     }
@@ -45,11 +51,19 @@ struct Claims {
     #[serde(default)]
     tenant: Option<String>,
     exp: u64,
+    /// Checked here: `jsonwebtoken` checks `exp` and `nbf`, not `iat`.
+    #[serde(default)]
+    iat: Option<u64>,
     #[serde(default)]
     channels: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
 }
+
+/// Seconds of clock difference allowed when checking `exp`, `nbf` and `iat`: none. An issuer
+/// whose clock runs ahead gets its fresh tokens refused as not valid yet, which a leeway would
+/// hide; one that runs behind gets them accepted past their real expiry, which is worse.
+const LEEWAY_S: u64 = 0;
 
 /// What a verified token allows its connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +146,7 @@ impl Verifier {
         Ok(Some(Verifier { keys }))
     }
 
-    /// Verifies `token` (signature, `exp`, claims) and returns its grant.
+    /// Verifies `token` (signature, `exp`, `nbf`, `iat`, claims) and returns its grant.
     pub fn verify(&self, token: Option<&str>) -> Result<Grant, AuthError> {
         let token = token.ok_or(AuthError::Missing)?;
         let header = jsonwebtoken::decode_header(token)
@@ -153,11 +167,18 @@ impl Verifier {
                 }
             }
             let mut validation = Validation::new(key.algorithm);
-            validation.leeway = 0;
+            validation.leeway = LEEWAY_S;
+            validation.validate_nbf = true;
             validation.set_required_spec_claims(&["exp", "sub"]);
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => {
                     let claims = data.claims;
+                    if claims
+                        .iat
+                        .is_some_and(|iat| iat > jsonwebtoken::get_current_timestamp() + LEEWAY_S)
+                    {
+                        return Err(AuthError::NotYetValid);
+                    }
                     if let Some(tenant) = &claims.tenant {
                         channel::validate_tenant(tenant)
                             .map_err(|why| AuthError::Invalid(format!("claim `tenant`: {why}")))?;
@@ -173,6 +194,9 @@ impl Verifier {
                 Err(err) => {
                     last = match err.kind() {
                         jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                        jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                            AuthError::NotYetValid
+                        }
                         _ => AuthError::Invalid(err.to_string()),
                     };
                 }
@@ -305,6 +329,49 @@ mod tests {
         ));
         assert!(matches!(
             verifier.verify(Some("x.y.z")),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    fn token_with(claims: serde_json::Value) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_token_from_the_future_is_refused_by_its_nbf_or_iat() {
+        let verifier = verifier();
+        let now = now_s();
+        for (claim, at, accepted) in [
+            ("nbf", now + 3600, false),
+            ("nbf", now + 2, false),
+            ("nbf", now.saturating_sub(1), true),
+            ("iat", now + 3600, false),
+            ("iat", now + 2, false),
+            ("iat", now.saturating_sub(1), true),
+        ] {
+            let mut claims = serde_json::json!({"sub": "ada", "exp": now + 7200});
+            claims[claim] = at.into();
+            let got = verifier.verify(Some(&token_with(claims)));
+            if accepted {
+                assert_eq!(got.map(|grant| grant.sub).as_deref(), Ok("ada"), "{claim}");
+            } else {
+                assert_eq!(
+                    got,
+                    Err(AuthError::NotYetValid),
+                    "{claim} = now + {}",
+                    at - now
+                );
+            }
+        }
+        assert!(AuthError::NotYetValid.to_string().contains("not valid yet"));
+        let text_iat = serde_json::json!({"sub": "ada", "exp": now + 60, "iat": "yesterday"});
+        assert!(matches!(
+            verifier.verify(Some(&token_with(text_iat))),
             Err(AuthError::Invalid(_))
         ));
     }

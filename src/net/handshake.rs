@@ -12,7 +12,7 @@ use http::StatusCode;
 use serde::Serialize;
 
 use crate::channel;
-use crate::client::web::{self, Asset};
+use crate::web::{self, Asset};
 use crate::ws::deflate::{self, Deflate};
 
 /// Headers an upgrade request may carry; more gets 431.

@@ -6,8 +6,11 @@
 //! `handshake_timeout_ms` and `handshake_bytes_max`, then hands the socket to its shard. A client
 //! that is slow, malformed or over a limit gets an HTTP error and is closed here; it never
 //! reaches the shard's state. So does a plain `GET` of the browser client (`/client.js`), which
-//! gets the file and is closed.
+//! gets the file and is closed. An accept that fails (out of file descriptors, say) is counted
+//! and backed off, with a warning at most once per interval ([`accept`], which the control
+//! plane's accept loop shares).
 
+pub mod accept;
 pub mod auth;
 pub mod handshake;
 pub mod tls;
@@ -27,9 +30,6 @@ use tls::Transport;
 
 /// Bytes read from a handshaking socket at once.
 const HANDSHAKE_READ_BYTES: usize = 1024;
-
-/// Pause after a failed accept (out of file descriptors, say) before trying again.
-const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
 /// Fails if a socket of this network namespace already listens on `addr`'s port at an
 /// address that overlaps it (the same address, or either one the wildcard). The shards bind
@@ -121,16 +121,31 @@ pub fn reserve(addr: SocketAddr) -> std::io::Result<(socket2::Socket, SocketAddr
     Ok((socket, bound))
 }
 
-/// Accepts connections for `shard` until the task is cancelled.
+/// Accepts connections for `shard` until the task is cancelled. A failed accept (out of file
+/// descriptors, say) is counted and backed off (see [`accept::Backoff`]).
 pub async fn accept_loop(shard: Rc<ShardCore>, listener: TcpListener) {
+    let mut backoff = accept::Backoff::default();
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                backoff.succeeded();
                 glommio::spawn_local(handshake_then_serve(shard.clone(), stream)).detach();
             }
             Err(err) => {
-                tracing::warn!(shard = shard.id, error = %err, "accept failed; retrying");
-                glommio::timer::sleep(ACCEPT_RETRY).await;
+                shard.count_accept_error();
+                let failed = backoff.failed(std::time::Instant::now());
+                if let Some(failures) = failed.warn {
+                    tracing::warn!(
+                        shard = shard.id,
+                        error = %err,
+                        failures,
+                        pause_ms = failed.pause.as_millis() as u64,
+                        "accept failed; backing off (one warning per {:?} at most: failures \
+                         counts those since the previous one)",
+                        accept::WARN_INTERVAL
+                    );
+                }
+                glommio::timer::sleep(failed.pause).await;
             }
         }
     }

@@ -87,6 +87,8 @@ pub struct ShardStats {
     pub acks_total: u64,
     pub connections_accepted: u64,
     pub connections_refused: u64,
+    /// Accepts that failed (out of file descriptors, say); see [`crate::net::accept`].
+    pub accept_errors: u64,
     pub ingest_queue_len: usize,
     /// Frames waiting in this shard's outboxes, summed over its connections.
     pub outbox_frames: usize,
@@ -311,6 +313,10 @@ impl ShardCore {
         self.update_stats(|stats| stats.connections_refused += 1);
     }
 
+    pub fn count_accept_error(&self) {
+        self.update_stats(|stats| stats.accept_errors += 1);
+    }
+
     /// Sends a reply or control `frame` to a connection: at once where its socket takes it
     /// (see `ConnHandle::write_now`), the rest through its outbox and task. A full outbox
     /// closes it as a slow consumer.
@@ -320,15 +326,16 @@ impl ShardCore {
         if written > 0 {
             handle.count_written(frames, written);
         }
-        if frames == 0 {
+        if written == 0 {
             let config = &self.config;
-            let rest = frame.slice(written..);
             if handle
-                .push(rest, config.outbox_frames_max, config.outbox_bytes_max)
+                .push(frame, config.outbox_frames_max, config.outbox_bytes_max)
                 .is_err()
             {
                 self.slow_consumer(handle);
             }
+        } else if frames == 0 {
+            handle.push_started(frame, written);
         }
         self.count_written(frames, written);
     }
@@ -337,8 +344,8 @@ impl ShardCore {
     /// counters once per fan-out: returns the frames and bytes written at once. A `critical`
     /// message, or any when there is no batching window, is written at once where the socket
     /// takes it; otherwise it queues under its channel's slow-consumer policy, and a batched
-    /// one waits for the window's end. A tail the socket did not take queues as a plain frame,
-    /// outside the policies: it must follow its head, whole.
+    /// one waits for the window's end. A tail the socket did not take queues as the outbox's
+    /// started front, outside the policies and the limits: it must follow its head, whole.
     fn deliver_to(&self, handle: &ConnHandle, delivery: &Delivery, kind: &Kind) -> (usize, usize) {
         // The compressed twin, made once on the ingest core, for every connection that agreed
         // to permessage-deflate; the plain frame for the others.
@@ -355,9 +362,9 @@ impl ShardCore {
                 return (1, written);
             }
             if written > 0 {
-                // The socket took part of it: the rest is a plain continuation now.
+                // The socket took part of it: the rest is the started front of the outbox now.
                 handle.count_written(0, written);
-                self.send_rest(handle, frame.slice(written..));
+                handle.push_started(frame.clone(), written);
                 return (0, written);
             }
         }
@@ -393,18 +400,6 @@ impl ShardCore {
             waiting.push(handle.id);
         }
         (0, 0)
-    }
-
-    /// Queues the unwritten tail of a frame the socket took part of, past the policies: it
-    /// must follow its head, whole.
-    fn send_rest(&self, handle: &ConnHandle, rest: Bytes) {
-        let config = &self.config;
-        if handle
-            .push(rest, config.outbox_frames_max, config.outbox_bytes_max)
-            .is_err()
-        {
-            self.slow_consumer(handle);
-        }
     }
 
     fn slow_consumer(&self, handle: &ConnHandle) {

@@ -1,11 +1,14 @@
 //! The checks of `corecast tune check`: pure functions from what `host` read to a table row.
 //!
 //! Owns the thresholds and the fix commands, and the parsers of the kernel's texts
-//! (`/proc/interrupts`, `tcp_mem`, `ip_local_port_range`). Nothing here touches the host, so
-//! every check is tested with sample file contents.
+//! (`/proc/interrupts`, `tcp_mem`; `ip_local_port_range`'s, which the bench shares, is
+//! [`corecast_proto::host`]'s). Nothing here touches the host, so every check is tested with
+//! sample file contents.
 //!
 //! Which checks can fail: `nofile`, `memlock` and `io_uring`, because each stops corecast from
 //! starting or from holding 10,000 connections. Everything else is advice: `warn` at worst.
+
+use corecast_proto::host::parse_port_range;
 
 use super::host::Snapshot;
 use super::{memlock_bytes_wanted, Row, Status, MEMLOCK_BYTES_MIN};
@@ -246,14 +249,6 @@ fn somaxconn(text: Option<&str>) -> Row {
         row("somaxconn", value.to_string(), recommended, status),
         format!("sysctl -w net.core.somaxconn={SOMAXCONN_RECOMMENDED}"),
     )
-}
-
-/// `(low, high)` of `ip_local_port_range` (`"32768\t60999\n"`).
-pub(super) fn parse_port_range(text: &str) -> Option<(u64, u64)> {
-    let mut bounds = text.split_whitespace().map(str::parse::<u64>);
-    let low = bounds.next()?.ok()?;
-    let high = bounds.next()?.ok()?;
-    (low <= high).then_some((low, high))
 }
 
 fn port_range(text: Option<&str>) -> Row {

@@ -34,12 +34,6 @@ pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
 /// else the process pins. 1 MiB covers both with room on the kernels corecast runs on.
 const MEMLOCK_SLACK_BYTES: u64 = 1024 * 1024;
 
-/// How many local ports an `ip_local_port_range` text allows (`"32768\t60999\n"` gives
-/// 28,232): the bench checks its subscribers against it.
-pub fn local_port_count(range: &str) -> Option<u64> {
-    checks::parse_port_range(range).map(|(low, high)| high - low + 1)
-}
-
 /// Locked memory a process with `executors` glommio executors of `io_memory_bytes` each needs.
 pub fn memlock_bytes_wanted(executors: usize, io_memory_bytes: usize) -> u64 {
     executors as u64 * io_memory_bytes as u64 + MEMLOCK_SLACK_BYTES
@@ -222,13 +216,6 @@ fn table(rows: &[Row], cores: &[usize]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn local_port_count_counts_both_ends() {
-        assert_eq!(local_port_count("32768\t60999\n"), Some(28_232));
-        assert_eq!(local_port_count("60999 32768"), None);
-        assert_eq!(local_port_count("garbage"), None);
-    }
 
     #[test]
     fn default_cores_leave_the_first_cpu_to_ingest_and_interrupts() {

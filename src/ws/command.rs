@@ -59,18 +59,8 @@ pub enum Command<'a> {
     },
 }
 
-/// The contract's error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    BadRequest,
-    InvalidChannel,
-    Forbidden,
-    NotSubscribed,
-    TooManySubscriptions,
-    RateLimited,
-    Internal,
-}
+/// The contract's error codes: the protocol's own type.
+pub use corecast_proto::ErrorCode;
 
 /// A recoverable error to send back; the connection stays open.
 #[derive(Debug)]

@@ -8,13 +8,21 @@
 //!
 //! Writes take a short cut when nothing is queued: [`ConnHandle::write_now`] sends a frame from
 //! the shard's fan-out loop with one non-blocking `send()` on the socket's descriptor, and only
-//! what the socket does not take goes to the outbox and wakes the task. A fan-out is then one
-//! loop of sends, as in the floor of `corecast bench --baseline`, instead of one task wake-up,
-//! poll and write per connection (measured in the README's Performance section). The task lends
-//! the descriptor for as long as it owns the open stream and takes it back before the stream
-//! closes (see [`serve`]), so a descriptor number the kernel hands to a new socket is never
-//! written to; and the short cut is only taken with an empty outbox and no close under way, so
-//! bytes never overtake queued ones.
+//! what the socket does not take goes to the outbox, as its started front frame, and wakes the
+//! task. A fan-out is then one loop of sends, as in the floor of `corecast bench --baseline`,
+//! instead of one task wake-up, poll and write per connection (measured in the README's
+//! Performance section). The task lends the descriptor for as long as it owns the open stream
+//! and takes it back before the stream closes (see [`serve`]), so a descriptor number the kernel
+//! hands to a new socket is never written to; and the short cut is only taken with an empty
+//! outbox and no close under way, so bytes never overtake queued ones.
+//!
+//! Closes arrive whole: a close that discards queued frames (4008, 1001, a protocol violation)
+//! keeps the unwritten tail of a frame the peer already has the head of, whether the task or a
+//! direct write started it, and queues the close frame after it; the other closes queue it after
+//! everything. If the socket cannot take them within `close_timeout_ms`, the connection ends
+//! without a close frame: the peer may see its last frame cut by the end of the TCP stream, but
+//! never close bytes inside a frame. TLS keeps the same order: the outbox counts what rustls
+//! took as written, and rustls sends the records of it before those of the close frame.
 //!
 //! The same task serves the echo endpoint (`echo_path`, off by default): there every text or
 //! binary message goes back as the same kind of message instead of being read as a command, so
@@ -214,7 +222,8 @@ impl ConnHandle {
     /// queued ahead of it: the connection is greeted, its outbox is empty, no close is under
     /// way, and the task has lent the descriptor. Returns the bytes sent, 0 when it could not
     /// send (or the socket is full, or failed: the task's own write then finds out and closes).
-    /// The caller queues the rest with `push`.
+    /// The caller queues a frame it could not send with `push`, and the rest of one it sent
+    /// part of with `push_started`.
     pub fn write_now(&self, frame: &[u8]) -> usize {
         let Some(fd) = self.fd.get() else {
             return 0;
@@ -310,6 +319,14 @@ impl ConnHandle {
         Ok(shed)
     }
 
+    /// Queues the rest of `frame` after `write_now` sent its first `written_bytes`: the outbox's
+    /// started front, past its limits, so that it follows its head whole even if the connection
+    /// closes now (see [`Outbox::push_started`]).
+    pub fn push_started(&self, frame: Bytes, written_bytes: usize) {
+        self.outbox.borrow_mut().push_started(frame, written_bytes);
+        self.wake();
+    }
+
     /// Queues recovered history past the outbox limits: the ingest core bounded it to
     /// `outbox_bytes_max` already, and it must not be refused after the subscription went live.
     pub fn push_recovered(&self, frames: Bytes) {
@@ -390,8 +407,11 @@ enum State {
         deadline: Timer,
         peer_closed: bool,
     },
-    /// The peer closed first and our answer is queued: close the socket once it is written.
-    Answered,
+    /// The peer closed first and our answer is queued, after what was queued before it: close
+    /// the socket once it is written, or at the deadline if the peer stops reading.
+    Answered {
+        deadline: Timer,
+    },
     /// The peer broke the protocol and our close frame is queued (RFC 6455 section 7.1.7,
     /// "fail the WebSocket connection"). Its input can no longer be read as frames, so it is
     /// discarded; once the close frame is written the socket's sending side is shut (a FIN
@@ -493,7 +513,7 @@ impl Conn {
                     tracing::debug!(conn = %self.handle.name, error = %err, "write failed: dropping the connection");
                     return Poll::Ready(());
                 }
-                Poll::Ready(Ok(())) if matches!(self.state, State::Answered) => {
+                Poll::Ready(Ok(())) if matches!(self.state, State::Answered { .. }) => {
                     return Poll::Ready(());
                 }
                 Poll::Ready(Ok(())) => {
@@ -518,8 +538,9 @@ impl Conn {
                     }
                 }
             }
-            if let State::Closing { deadline, .. } | State::Failed { deadline, .. } =
-                &mut self.state
+            if let State::Closing { deadline, .. }
+            | State::Failed { deadline, .. }
+            | State::Answered { deadline } = &mut self.state
             {
                 if Pin::new(deadline).poll(cx).is_ready() {
                     return Poll::Ready(());
@@ -636,7 +657,7 @@ impl Conn {
                 Err(err) => return (frame_failure(err), buf.len()),
             };
             used += frame.frame_len;
-            if matches!(self.state, State::Answered) {
+            if matches!(self.state, State::Answered { .. }) {
                 continue;
             }
             let payload = &rest[frame.payload_start..frame.payload_end];
@@ -736,22 +757,25 @@ impl Conn {
                     ClosePayload::BadUtf8 => 1007,
                 };
                 self.queue_close_frame(code, "");
-                self.state = State::Answered;
+                let timeout = Duration::from_millis(self.shard.config.close_timeout_ms);
+                self.state = State::Answered {
+                    deadline: Timer::new(timeout),
+                };
             }
             State::Closing { peer_closed, .. } => *peer_closed = true,
-            State::Answered | State::Failed { .. } => {}
+            State::Answered { .. } | State::Failed { .. } => {}
         }
     }
 
-    /// A protocol violation: close with `code` right away, dropping whatever was queued.
-    /// Once closing, the close frame is already queued and the deadline ends the connection.
+    /// A protocol violation: close with `code` right away, dropping whatever was queued but the
+    /// rest of a started frame. Once closing, the close frame is already queued and the deadline
+    /// ends the connection.
     fn fail(&mut self, code: u16, reason: &str) {
         if !matches!(self.state, State::Open) {
             return;
         }
         tracing::debug!(conn = %self.handle.name, code, reason, "closing on protocol violation");
-        let dropped = self.handle.outbox.borrow_mut().clear();
-        self.shard.count_dropped(dropped);
+        self.drop_queued();
         self.queue_close_frame(code, reason);
         let timeout = Duration::from_millis(self.shard.config.close_timeout_ms);
         self.state = State::Failed {
@@ -760,14 +784,15 @@ impl Conn {
         };
     }
 
-    /// Queues our close frame and waits (bounded) for the peer's.
+    /// Queues our close frame and waits (bounded) for the peer's. A slow consumer's and a
+    /// shutdown's close go out as soon as a started frame is whole; the others after everything
+    /// queued.
     fn start_close(&mut self, code: u16, reason: &str) {
         if !matches!(self.state, State::Open) {
             return;
         }
         if code == CloseRequest::SLOW_CONSUMER.code || code == CloseRequest::GOING_AWAY.code {
-            let dropped = self.handle.outbox.borrow_mut().clear();
-            self.shard.count_dropped(dropped);
+            self.drop_queued();
         }
         self.queue_close_frame(code, reason);
         let timeout = Duration::from_millis(self.shard.config.close_timeout_ms);
@@ -775,6 +800,13 @@ impl Conn {
             deadline: Timer::new(timeout),
             peer_closed: false,
         };
+    }
+
+    /// Drops the queued frames a close discards, counting them: all but the unwritten tail of a
+    /// frame the socket has started on, which must come whole before the close frame.
+    fn drop_queued(&mut self) {
+        let dropped = self.handle.outbox.borrow_mut().drop_unstarted();
+        self.shard.count_dropped(dropped);
     }
 
     /// Queues a close frame past the outbox limits: it is the last frame this connection sends.

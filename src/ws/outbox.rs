@@ -16,6 +16,11 @@
 //!
 //! Critical messages are never dropped or conflated, and nothing is ever taken out of a frame
 //! the socket has started on.
+//!
+//! That last rule holds for closes too. A frame the socket took part of, here or by the shard's
+//! direct write ([`Outbox::push_started`] queues the rest of one), is the started front; a close
+//! that drops what is queued keeps its unwritten tail ([`Outbox::drop_unstarted`]), so the close
+//! frame queued next follows a whole frame: never bytes inside a frame the peer is still reading.
 
 use std::collections::VecDeque;
 
@@ -90,6 +95,27 @@ impl Outbox {
     /// history, whose size the ingest core bounded already.
     pub fn push_unbounded(&mut self, frame: Bytes) {
         self.bytes += frame.len();
+        self.entries.push_back(Entry {
+            frame,
+            kind: Kind::Control,
+        });
+    }
+
+    /// Queues the rest of a frame whose first `written_bytes` the socket already took, outside
+    /// the outbox (the shard's direct write to an empty outbox): it becomes the started front.
+    /// Past the limits, like the close frame: the peer has the frame's head, so the tail must
+    /// follow it whole, and it is a slice of a frame held anyway, one at most per outbox.
+    pub fn push_started(&mut self, frame: Bytes, written_bytes: usize) {
+        assert!(
+            self.entries.is_empty(),
+            "a direct write only goes out when nothing is queued ahead of it"
+        );
+        assert!(
+            0 < written_bytes && written_bytes < frame.len(),
+            "a started frame has a written head and an unwritten tail"
+        );
+        self.bytes += frame.len() - written_bytes;
+        self.front_written = written_bytes;
         self.entries.push_back(Entry {
             frame,
             kind: Kind::Control,
@@ -374,10 +400,16 @@ impl Outbox {
         frames_done
     }
 
-    /// Drops every queued frame (the connection is closing); returns how many were dropped.
-    pub fn clear(&mut self) -> usize {
-        let dropped = self.entries.len();
-        *self = Outbox::default();
+    /// Drops every frame the socket has not started on, for a close that discards what is
+    /// queued: a started front frame stays, its unwritten tail exactly, so that whatever is
+    /// queued next (the close frame) follows a whole frame. Returns the frames dropped; the
+    /// kept one is not among them, and counts as written once its tail is.
+    pub fn drop_unstarted(&mut self) -> usize {
+        let kept = usize::from(self.front_written > 0);
+        let dropped = self.entries.len() - kept;
+        for entry in self.entries.drain(kept..) {
+            self.bytes -= entry.frame.len();
+        }
         dropped
     }
 }
@@ -457,6 +489,85 @@ mod tests {
         outbox.gather(&mut out, 100);
         assert_eq!(out, b"bcccccc");
         assert_eq!(outbox.advance(7), 2);
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.bytes_len(), 0);
+    }
+
+    #[test]
+    fn a_close_keeps_the_started_front_exactly_and_drops_the_rest() {
+        let mut outbox = Outbox::default();
+        for frame in [&b"aaaa"[..], b"bbbbbb", b"cc"] {
+            outbox
+                .push(Bytes::copy_from_slice(frame), control(), 10, 100)
+                .unwrap();
+        }
+        let (frame, kind) = message("q", 1, true, Slow::Disconnect);
+        outbox.push_message(frame, kind, 10, 100).unwrap();
+        assert_eq!(outbox.advance(6), 1, "aaaa went, bbbbbb is started");
+        assert_eq!(
+            outbox.drop_unstarted(),
+            2,
+            "cc and the critical message go; the started frame is no drop"
+        );
+        assert_eq!(queued(&outbox), "bbbb");
+        assert_eq!((outbox.frames_len(), outbox.bytes_len()), (1, 4));
+        outbox.push_unbounded(Bytes::from_static(b"close;"));
+        let mut out = Vec::new();
+        outbox.gather(&mut out, 100);
+        assert_eq!(out, b"bbbbclose;", "the close follows the whole frame");
+        assert_eq!(
+            outbox.advance(10),
+            2,
+            "the kept tail counts as one written frame"
+        );
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.bytes_len(), 0);
+    }
+
+    #[test]
+    fn a_close_drops_an_unstarted_front_and_an_empty_outbox_stays_empty() {
+        let mut outbox = Outbox::default();
+        assert_eq!(outbox.drop_unstarted(), 0);
+        for frame in [&b"aaaa"[..], b"bb"] {
+            outbox
+                .push(Bytes::copy_from_slice(frame), control(), 10, 100)
+                .unwrap();
+        }
+        assert_eq!(outbox.drop_unstarted(), 2, "nothing was started: all go");
+        assert!(outbox.is_empty());
+        assert_eq!((outbox.bytes_len(), outbox.front()), (0, None));
+        outbox
+            .push(Bytes::from_static(b"next;"), control(), 10, 100)
+            .unwrap();
+        assert_eq!(
+            outbox.front(),
+            Some(&b"next;"[..]),
+            "nothing of the old front is left"
+        );
+    }
+
+    #[test]
+    fn the_rest_of_a_direct_write_is_a_started_front_past_the_limits() {
+        let mut outbox = Outbox::default();
+        outbox.push_started(Bytes::from_static(b"0123456789"), 3);
+        assert_eq!(outbox.front(), Some(&b"3456789"[..]));
+        assert_eq!((outbox.frames_len(), outbox.bytes_len()), (1, 7));
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"x"), control(), 10, 7),
+            Err(Overflow),
+            "the tail counts against the limits of what follows"
+        );
+        let (frame, kind) = message("alert", 1, true, Slow::Disconnect);
+        outbox.push_message(frame, kind, 10, 100).unwrap();
+        assert_eq!(
+            queued(&outbox),
+            "3456789alert:1;",
+            "nothing overtakes a started frame"
+        );
+        assert_eq!(outbox.bytes_len(), frame_bytes(&outbox));
+        assert_eq!(outbox.drop_unstarted(), 1);
+        assert_eq!(queued(&outbox), "3456789");
+        assert_eq!(outbox.advance(7), 1);
         assert!(outbox.is_empty());
         assert_eq!(outbox.bytes_len(), 0);
     }

@@ -135,6 +135,21 @@ impl Server {
     /// Starts `corecast serve --listen 127.0.0.1:0 --api 127.0.0.1:0 --shards 2 <extra>` and waits
     /// for its `listening ws=ADDR api=ADDR` line.
     pub async fn start(extra: &[&str]) -> Server {
+        Server::start_command(Command::new(env!("CARGO_BIN_EXE_corecast")), extra).await
+    }
+
+    /// [`Server::start`] with RLIMIT_NOFILE (soft and hard) lowered to `nofile` for the server
+    /// process, through util-linux's `prlimit`, which then runs it under the same pid.
+    pub async fn start_with_nofile(extra: &[&str], nofile: u64) -> Server {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_corecast"));
+        Server::start_command(command, extra).await
+    }
+
+    async fn start_command(mut command: Command, extra: &[&str]) -> Server {
         let mut args = vec![
             "serve",
             "--listen",
@@ -145,7 +160,7 @@ impl Server {
             "2",
         ];
         args.extend_from_slice(extra);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_corecast"))
+        let mut child = command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

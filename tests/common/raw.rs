@@ -1,12 +1,13 @@
 //! Hand-built bytes for what client libraries refuse to send: an upgrade request written by hand,
 //! frames masked or not with any header bits, and a minimal parser of what the server sends back
-//! (HTTP responses and unmasked server frames).
+//! (HTTP responses and unmasked server frames), and a strict reader of a server's stream to its
+//! end that fails on a frame cut short, on bytes after a close frame, and on text that is no JSON.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::STEP;
@@ -78,6 +79,28 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The frame in a line, for failure messages: header fields, length, and the payload's
+    /// first and last bytes (a message may be megabytes long).
+    pub fn summary(&self) -> String {
+        let payload = &self.payload;
+        let text = if payload.len() <= 96 {
+            String::from_utf8_lossy(payload).to_string()
+        } else {
+            format!(
+                "{} .. {}",
+                String::from_utf8_lossy(&payload[..32]),
+                String::from_utf8_lossy(&payload[payload.len() - 64..])
+            )
+        };
+        format!(
+            "opcode {:#x} fin {} rsv {} with {} bytes: {text:?}",
+            self.opcode,
+            self.fin,
+            self.rsv,
+            payload.len()
+        )
+    }
+
     /// Code and reason of a close frame (1005 when it carries no code).
     pub fn close_code(&self) -> (u16, String) {
         assert_eq!(
@@ -252,6 +275,130 @@ pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<
     }
 }
 
+/// A server's stream read to its end by [`read_strictly`].
+#[derive(Debug)]
+pub struct Ending {
+    /// Every complete frame in order, each well formed (unmasked, no RSV bits, a known opcode,
+    /// final, control frames of at most 125 bytes, text frames complete JSON); a close frame, if
+    /// any, is the last, and nothing followed it.
+    pub frames: Vec<Frame>,
+    /// The bytes of a frame the stream ended inside; empty when it ended between frames.
+    pub cut: Vec<u8>,
+    /// How the stream ended: `None` at EOF, else the read error (a reset; for TLS, a TCP end
+    /// without `close_notify`).
+    pub error: Option<std::io::ErrorKind>,
+}
+
+impl Ending {
+    /// The close frame's code and reason, if the stream ended with one.
+    pub fn close(&self) -> Option<(u16, String)> {
+        self.frames
+            .last()
+            .filter(|frame| frame.opcode == OP_CLOSE)
+            .map(Frame::close_code)
+    }
+
+    /// The JSON of every text frame, in order.
+    pub fn texts(&self) -> Vec<Value> {
+        self.frames
+            .iter()
+            .filter(|frame| frame.opcode == OP_TEXT)
+            .map(|frame| serde_json::from_slice(&frame.payload).expect("checked when read"))
+            .collect()
+    }
+}
+
+/// Reads `stream` (after the bytes already in `buf`) until the server ends it, parsing frames as
+/// they come and failing on anything but whole, well-formed frames (see [`Ending`]). A close
+/// frame is answered with the same code, as a client does, so that the server ends the TCP
+/// connection at once; any byte after it fails. A frame cut by the end of the stream is returned
+/// in [`Ending::cut`] for the caller to judge. Panics if the stream is still open after `within`.
+pub async fn read_strictly<S>(stream: &mut S, mut buf: Vec<u8>, within: Duration) -> Ending
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let closed = frames.last().is_some_and(|frame| frame.opcode == OP_CLOSE);
+        if closed {
+            assert!(
+                buf.is_empty(),
+                "expected nothing after the close frame {}, got {} more bytes: {:?}",
+                frames.last().map(Frame::summary).unwrap_or_default(),
+                buf.len(),
+                &buf[..buf.len().min(64)]
+            );
+        } else if let Some(frame) = parse_frame(&mut buf) {
+            check_well_formed(&frame, frames.len());
+            if frame.opcode == OP_CLOSE {
+                let answer = frame.payload.get(..2).unwrap_or_default().to_vec();
+                // The server may have ended the connection already: a failed answer is fine.
+                let _ = stream.write_all(&masked(FIN | OP_CLOSE, &answer)).await;
+            }
+            frames.push(frame);
+            continue;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let error = match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) => None,
+            Ok(Ok(n)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                continue;
+            }
+            Ok(Err(err)) => Some(err.kind()),
+            Err(_) => panic!(
+                "expected the server to end the stream within {within:?}; still open after {} \
+                 frames (last {}) and {} bytes of the next",
+                frames.len(),
+                frames.last().map(Frame::summary).unwrap_or_default(),
+                buf.len()
+            ),
+        };
+        return Ending {
+            frames,
+            cut: buf,
+            error,
+        };
+    }
+}
+
+/// Fails unless `frame` (the `index`th of its stream) is one this server may send.
+fn check_well_formed(frame: &Frame, index: usize) {
+    assert_eq!(
+        frame.rsv,
+        0,
+        "frame {index}: expected no RSV bits in {}",
+        frame.summary()
+    );
+    assert!(
+        frame.fin,
+        "frame {index}: expected unfragmented frames, got {}",
+        frame.summary()
+    );
+    match frame.opcode {
+        OP_TEXT => {
+            if let Err(err) = serde_json::from_slice::<Value>(&frame.payload) {
+                panic!(
+                    "frame {index}: expected a text frame of complete JSON ({err}), got {}",
+                    frame.summary()
+                );
+            }
+        }
+        OP_CLOSE | OP_PING | OP_PONG => assert!(
+            frame.payload.len() <= 125,
+            "frame {index}: expected a control frame of at most 125 bytes, got {}",
+            frame.summary()
+        ),
+        OP_BINARY => {}
+        _ => panic!(
+            "frame {index}: expected a known opcode, got {}",
+            frame.summary()
+        ),
+    }
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -294,6 +441,33 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
         .unwrap_or_else(|err| panic!("expected to connect to {addr}: {err}"))
 }
 
+/// A TCP connection whose receive buffer (SO_RCVBUF) and segment size (TCP_MAXSEG) are set
+/// before connecting; see [`RawWs::connect_ready_small_window`].
+pub fn connect_small_window(
+    addr: SocketAddr,
+    recv_buffer_bytes: usize,
+    segment_bytes: u32,
+) -> TcpStream {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .expect("a TCP socket");
+    socket
+        .set_recv_buffer_size(recv_buffer_bytes)
+        .expect("expected to set SO_RCVBUF");
+    socket
+        .set_tcp_mss(segment_bytes)
+        .expect("expected to set TCP_MAXSEG");
+    // A blocking connect: on loopback it completes at once.
+    socket
+        .connect(&addr.into())
+        .unwrap_or_else(|err| panic!("expected to connect to {addr}: {err}"));
+    socket.set_nonblocking(true).expect("a non-blocking socket");
+    TcpStream::from_std(socket.into()).expect("a tokio stream")
+}
+
 /// A WebSocket connection driven byte by byte.
 pub struct RawWs {
     pub stream: TcpStream,
@@ -321,6 +495,23 @@ impl RawWs {
             .await
             .unwrap_or_else(|_| panic!("expected to connect to {addr} within {STEP:?}"))
             .unwrap_or_else(|err| panic!("expected to connect to {addr}: {err}"));
+        let mut raw = RawWs::upgrade(stream, addr, "/ws").await;
+        let hello = raw.next_json().await;
+        super::assert_connected_shape(&hello);
+        raw
+    }
+
+    /// Like [`RawWs::connect_ready_small_buffer`], also asking for segments of at most
+    /// `segment_bytes` (TCP_MAXSEG, before connecting). The server's kernel sizes its send buffer
+    /// by the segment size, so a stalled client then backs up into the server after about
+    /// 100 KB instead of the few MB loopback's 64 KB segments buffer: many stalled clients stay
+    /// cheap, and a few large messages leave each with a frame half written.
+    pub async fn connect_ready_small_window(
+        addr: SocketAddr,
+        recv_buffer_bytes: usize,
+        segment_bytes: u32,
+    ) -> RawWs {
+        let stream = connect_small_window(addr, recv_buffer_bytes, segment_bytes);
         let mut raw = RawWs::upgrade(stream, addr, "/ws").await;
         let hello = raw.next_json().await;
         super::assert_connected_shape(&hello);
@@ -467,6 +658,13 @@ impl RawWs {
                 None => panic!("expected a close frame before the socket ended"),
             }
         }
+    }
+
+    /// Reads the rest of the stream strictly (see [`read_strictly`]), bytes already buffered
+    /// first.
+    pub async fn read_strictly(&mut self, within: Duration) -> Ending {
+        let buf = std::mem::take(&mut self.buf);
+        read_strictly(&mut self.stream, buf, within).await
     }
 
     /// After a close frame: the server must close the TCP connection within `within`.

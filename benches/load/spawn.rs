@@ -190,35 +190,39 @@ impl Spawned {
         }
     }
 
-    /// Sends SIGTERM to its process group and waits up to `STOP_GRACE_MS` for it to end, then
-    /// sends SIGKILL. A server that exits with success or dies of the SIGTERM (one without a
-    /// handler) has stopped cleanly, and its log is removed.
+    /// Sends SIGTERM to its process group and waits up to `STOP_GRACE_MS` for the whole group
+    /// to end (a shell's children too: a peer that still held its port would meet the next
+    /// round), then sends SIGKILL. A server that exits with success or dies of the SIGTERM (one
+    /// without a handler) has stopped cleanly, and its log is removed.
     pub fn stop(mut self) -> Result<(), String> {
         use std::os::unix::process::ExitStatusExt;
         self.stopped = true;
         self.signal(Signal::SIGTERM);
         let give_up = Instant::now() + Duration::from_millis(STOP_GRACE_MS);
+        let mut exited = None;
         loop {
-            match self.child.try_wait() {
-                Ok(Some(status))
-                    if status.success() || status.signal() == Some(Signal::SIGTERM as i32) =>
-                {
+            if exited.is_none() {
+                match self.child.try_wait() {
+                    Ok(status) => exited = status,
+                    Err(_) => break,
+                }
+            }
+            if let Some(status) = exited.filter(|_| !self.group_running()) {
+                if status.success() || status.signal() == Some(Signal::SIGTERM as i32) {
                     // Nothing to keep: the server had nothing to say that went wrong.
                     let _ = std::fs::remove_file(&self.log);
                     return Ok(());
                 }
-                Ok(Some(status)) => {
-                    return Err(format!(
-                        "{} ended with {status} after SIGTERM; its output: {}",
-                        self.name,
-                        self.log.display()
-                    ));
-                }
-                Ok(None) if Instant::now() < give_up => {
-                    std::thread::sleep(Duration::from_millis(PROBE_INTERVAL_MS));
-                }
-                Ok(None) | Err(_) => break,
+                return Err(format!(
+                    "{} ended with {status} after SIGTERM; its output: {}",
+                    self.name,
+                    self.log.display()
+                ));
             }
+            if Instant::now() >= give_up {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(PROBE_INTERVAL_MS));
         }
         self.signal(Signal::SIGKILL);
         // Reaps the child; it cannot outlive SIGKILL.
@@ -228,6 +232,25 @@ impl Spawned {
             self.name,
             self.log.display()
         ))
+    }
+
+    /// Whether a process of its group still runs. Read from `/proc`, not with a signal 0: a
+    /// member that exited is a zombie until its new parent reaps it, and in a container that
+    /// parent may never do so.
+    fn group_running(&self) -> bool {
+        let group = self.child.id().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        entries.flatten().any(|entry| {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // After the command name in parentheses: state, ppid, pgrp, ...
+            let fields = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let mut fields = fields.split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1);
+            pgrp == Some(group.as_str()) && state.is_some_and(|state| state != "Z" && state != "X")
+        })
     }
 
     fn signal(&self, signal: Signal) {

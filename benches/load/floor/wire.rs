@@ -3,9 +3,9 @@
 //!
 //! Owns every byte the floor reads or writes. Like the bench's own `wire`, it never touches a
 //! socket or a clock: each function is pure over bytes and a partial request is "need more", so
-//! the tests below pin the bytes against RFC 6455's sample key and against corecast's own
-//! encoders. The floor must send exactly what corecast sends, byte for byte, or a comparison of
-//! the two would measure different workloads.
+//! the tests below pin the bytes against RFC 6455's sample key, and the root package's
+//! `tests/bench_wire.rs` against corecast's own encoders. The floor must send exactly what
+//! corecast sends, byte for byte, or a comparison of the two would measure different workloads.
 
 use std::fmt::Write as _;
 
@@ -157,10 +157,7 @@ fn push_text_header(payload_bytes: usize, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::publish::write_data;
-    use crate::bench::wire::{self as client, Scanner};
-    use crate::ingest::{encode, Priority};
-    use crate::queue::{Slow, Stamp};
+    use crate::wire as client;
 
     #[test]
     fn request_key_is_read_once_the_head_is_complete() {
@@ -198,68 +195,6 @@ mod tests {
               Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
         );
         assert_eq!(client::parse_upgrade_response(&out), Ok(Some(out.len())));
-    }
-
-    #[test]
-    fn greeting_is_the_frame_corecast_sends() {
-        let mut out = Vec::new();
-        connected_frame(
-            "floor-7",
-            1_700_000_000_123,
-            25,
-            "00000000000000ff",
-            &mut out,
-        );
-        let corecast = crate::ws::command::connected_frame(
-            "floor-7",
-            0,
-            1_700_000_000_123,
-            25,
-            "00000000000000ff",
-        );
-        assert_eq!(out, corecast);
-        assert_eq!(
-            &out[2..],
-            br#"{"type":"connected","conn_id":"floor-7","shard":0,"server_time_ms":1700000000123,"heartbeat_s":25,"epoch":"00000000000000ff"}"#
-        );
-        assert!(Scanner::default().is_connected(&out[2..]));
-    }
-
-    #[test]
-    fn message_is_the_frame_corecast_encodes_at_every_header_size() {
-        let mut data = String::new();
-        let mut frame = Vec::new();
-        // 7-bit, 16-bit and 64-bit payload lengths.
-        for payload_bytes in [64, 100, 1_000, 70_000] {
-            data.clear();
-            write_data(&mut data, 12, 1_700_000_000_123_456, payload_bytes);
-            message_frame(
-                &mut frame,
-                r#""bench.fanout""#,
-                13,
-                13,
-                1_700_000_000_123,
-                &data,
-            );
-            let corecast = encode::message(
-                "bench.fanout",
-                13,
-                1_700_000_000_123,
-                &data,
-                Priority::Normal,
-                Slow::Disconnect,
-                Stamp {
-                    publish: 13,
-                    accepted: std::time::Instant::now(),
-                },
-            );
-            assert_eq!(frame, corecast.frame, "payload_bytes {payload_bytes}");
-        }
-        let delivery = Scanner::default().delivery(&frame[10..]).unwrap();
-        assert_eq!(
-            (delivery.seq, delivery.sent_us),
-            (12, 1_700_000_000_123_456)
-        );
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! upgrade exchange, and masked client frames (control and text).
 //!
 //! Owns every byte format a client writes on a WebSocket and the upgrade answer it reads (server
-//! frames are split by [`super::buffer`]). Shared by [`super::Client`] and `corecast bench`. It
-//! never touches a socket, a clock or a random source: keys and masks come from the caller, each
-//! function reports "need more" on partial input, and the formats are pinned by byte-literal
-//! tests below, so a connection only moves bytes.
+//! frames are split by [`crate::buffer`]). Shared by the Rust client (`corecast-client`) and
+//! `corecast bench` (`corecast-bench`). It never touches a socket, a clock or a random source:
+//! keys and masks come from the caller, each function reports "need more" on partial input, and
+//! the formats are pinned by byte-literal tests below, so a connection only moves bytes.
 
 /// Largest payload of a control frame (RFC 6455 section 5.5).
 pub const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
@@ -218,7 +218,7 @@ pub fn accept_matches(head: &[u8], expected: &str) -> bool {
 }
 
 /// The payload of a Close frame with status 1000 (normal closure) and no reason.
-pub const CLOSE_NORMAL_PAYLOAD: [u8; 2] = 1000u16.to_be_bytes();
+pub const CLOSE_NORMAL_PAYLOAD: [u8; 2] = crate::close::NORMAL.to_be_bytes();
 
 #[cfg(test)]
 mod tests {

@@ -15,12 +15,12 @@ use std::net::SocketAddr;
 use mio::net::TcpStream;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-use super::recorder::{ConnOrder, Recorder};
-use super::wire::{
+use crate::recorder::{ConnOrder, Recorder};
+use crate::wire::{
     self, Scanner, UpgradeError, CLOSE_NORMAL_PAYLOAD, CONTROL_FRAME_BYTES_MAX,
     CONTROL_PAYLOAD_BYTES_MAX, OPCODE_CLOSE, OPCODE_PONG,
 };
-use crate::client::buffer::{FrameError, ReadBuffer};
+use corecast_proto::buffer::{FrameError, ReadBuffer};
 
 /// Largest server frame the bench accepts, in bytes; a larger one fails the connection. The
 /// bench's deliveries are under 1 KiB, so this only stops a runaway server.
@@ -66,7 +66,7 @@ impl std::fmt::Display for ConnError {
             Self::UpgradeTooLong => write!(
                 f,
                 "upgrade response head is over {} bytes",
-                crate::client::buffer::READ_BUFFER_BYTES
+                corecast_proto::buffer::READ_BUFFER_BYTES
             ),
             Self::Frame(error) => write!(f, "{error}"),
             Self::NoGreeting => f.write_str(r#"first text frame is not {"type":"connected"}"#),
@@ -566,7 +566,7 @@ mod tests {
             Err(ConnError::NoGreeting)
         ));
         let mut session = upgrading();
-        let endless = vec![b'x'; crate::client::buffer::READ_BUFFER_BYTES];
+        let endless = vec![b'x'; corecast_proto::buffer::READ_BUFFER_BYTES];
         assert!(matches!(
             feed(&mut session, &recorder, &endless, 0),
             Err(ConnError::UpgradeTooLong)

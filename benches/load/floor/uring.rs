@@ -329,7 +329,7 @@ mod tests {
     use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
     use super::*;
-    use crate::bench::floor::tests::{within_watchdog, WATCHDOG};
+    use crate::floor::tests::{within_watchdog, WATCHDOG};
 
     /// The socket buffer sizes, in bytes, that make a large frame's send short: the kernel
     /// doubles them and rounds up to its minimum of a few KiB.

@@ -1,6 +1,6 @@
 //! A client connection's read buffer and the server-frame splitter over it.
 //!
-//! Owns the bytes a client (the [`Client`](super::Client) or a bench subscriber) has read but
+//! Owns the bytes a client (the Rust client's `Client` or a bench subscriber) has read but
 //! not yet consumed. It never touches the socket: the connection reads into `spare()` and then
 //! takes whole frames out with `next_frame()`, which says "need more" on partial input. The
 //! buffer is allocated once per connection and reused for every read; it grows only when one
@@ -26,7 +26,7 @@ pub struct Frame {
 }
 
 /// Why the server's bytes are not frames a client can take. Every variant ends the
-/// connection: the caller records it and stops reading (the [`Client`](super::Client) then
+/// connection: the caller records it and stops reading (the Rust client's `Client` then
 /// reconnects).
 #[derive(Debug, PartialEq, Eq)]
 pub enum FrameError {

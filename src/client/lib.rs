@@ -1,6 +1,6 @@
-//! `corecast::client`: a blocking Rust client of the wire contract (`PROTOCOL.md`) and its
-//! delivery extensions (README, "Delivery guarantees"), plus the client codec it shares with
-//! the bench, and ([`web`]) the browser client the server serves.
+//! corecast-client: a blocking Rust client of the wire contract (`PROTOCOL.md`) and its
+//! delivery extensions (README, "Delivery guarantees"), and the `corecast subscribe` and
+//! `corecast publish` commands built on it.
 //!
 //! Owns the client side of a connection's life: connect to `ws://host:port/ws`, read
 //! `connected`, subscribe, publish, ack, measure an app-level ping, and reconnect with
@@ -11,26 +11,24 @@
 //! It uses std threads and `std::net` only (no async runtime), never deduplicates or reorders
 //! what the server sends (the server guarantees no gap and no duplicate on recovery; a gap it
 //! cannot avoid arrives as [`Event::Gap`] or `recovered: false`), and never blocks the
-//! application for longer than `write_timeout_ms` on a write.
+//! application for longer than `write_timeout_ms` on a write. It speaks the protocol through
+//! `corecast-proto` alone (channel rules, [`Since`], and the client codec, `wire` and `buffer`,
+//! that it shares with the bench) and must never depend on the server's crate: an application
+//! that links the client links none of the server.
 //!
 //! # Layout
-//! - [`wire`]: `ws://` URLs, the upgrade exchange and masked client frames, pure over bytes.
-//! - [`buffer`]: the read buffer and the server-frame splitter.
 //! - [`event`]: the [`Event`]s handed to the application, read from the server's frames.
 //! - [`track`]: the subscriptions and their positions, and the `subscribe` commands they make.
 //! - [`backoff`]: the reconnect delay.
 //! - `session`: the background thread: connection, reading, ping timer, reconnects.
 //! - [`cli`]: `corecast subscribe` and `corecast publish`.
-//! - [`web`]: the dependency-free browser client, `/client.js` and `/client.d.ts`, embedded.
+#![forbid(unsafe_code)]
 
 pub mod backoff;
-pub mod buffer;
 pub mod cli;
 pub mod event;
 mod session;
 pub mod track;
-pub mod web;
-pub mod wire;
 
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
@@ -40,11 +38,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use corecast_proto::{Position, Since};
 pub use event::{Event, Message};
 pub use session::ConnectError;
-pub use track::{Position, Since};
+pub use track::Cursor;
 
-use crate::channel::{validate_channel, validate_pattern, ChannelError};
+use corecast_proto::channel::{validate_channel, validate_pattern, ChannelError};
+use corecast_proto::{buffer, wire};
 use track::Subscriptions;
 use wire::{WsTarget, CLOSE_NORMAL_PAYLOAD, CONTROL_FRAME_BYTES_MAX, OPCODE_CLOSE};
 
@@ -312,7 +312,7 @@ impl Client {
     /// Subscribes to `pattern` from now on; kept across reconnects (resent with `since`).
     /// Subscribing a pattern twice is a no-op.
     pub fn subscribe(&self, pattern: &str) -> Result<(), ClientError> {
-        self.add_subscription(pattern, Position::default())
+        self.add_subscription(pattern, Cursor::default())
     }
 
     /// Subscribes to `pattern` resuming after `since` (a position from an earlier run of the
@@ -321,7 +321,7 @@ impl Client {
         self.add_subscription(pattern, since.into())
     }
 
-    fn add_subscription(&self, pattern: &str, position: Position) -> Result<(), ClientError> {
+    fn add_subscription(&self, pattern: &str, position: Cursor) -> Result<(), ClientError> {
         validate_pattern(pattern).map_err(|error| ClientError::InvalidChannel {
             name: pattern.to_string(),
             error,
@@ -404,7 +404,7 @@ impl Client {
 
     /// Where the subscription to `pattern` stands: what a reconnect would resume from, and
     /// what an application persists to resume in a later run ([`Client::subscribe_since`]).
-    pub fn position(&self, pattern: &str) -> Option<Position> {
+    pub fn position(&self, pattern: &str) -> Option<Cursor> {
         self.shared.lock().subscriptions.position(pattern).cloned()
     }
 

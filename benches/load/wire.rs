@@ -1,6 +1,6 @@
 //! The bench's side of the wire: its upgrade requests and the field scan of a delivery, over
-//! the client codec it shares with `corecast::client` (re-exported here: URL parsing, the
-//! upgrade answer, masked client frames).
+//! the client codec it shares with the Rust client, `corecast_proto::wire` (re-exported here:
+//! URL parsing, the upgrade answer, masked client frames).
 //!
 //! Owns the byte formats only the bench reads or writes. It never touches a socket or a clock:
 //! each function is pure over bytes, so the formats are pinned by byte-literal tests below and
@@ -10,8 +10,8 @@
 
 use memchr::memmem::Finder;
 
-use crate::client::wire::request_head;
-pub use crate::client::wire::{
+use corecast_proto::wire::request_head;
+pub use corecast_proto::wire::{
     encode_control_frame, masked_text_frame, parse_upgrade_response, parse_ws_url, publish_url,
     UpgradeError, WsTarget, CLOSE_NORMAL_PAYLOAD, CONTROL_FRAME_BYTES_MAX,
     CONTROL_PAYLOAD_BYTES_MAX, OPCODE_CLOSE, OPCODE_PONG,

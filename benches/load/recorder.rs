@@ -11,7 +11,7 @@ use std::cell::{Cell, RefCell};
 
 use hdrhistogram::Histogram;
 
-use super::wire::Delivery;
+use crate::wire::Delivery;
 
 /// Highest latency the histogram resolves, in microseconds (one hour); a larger value is
 /// recorded as this. Fixed bounds keep `record` from ever resizing the histogram.

@@ -19,14 +19,14 @@ const ASSETS: [(&str, Asset); 2] = [
         "/client.js",
         Asset {
             content_type: "text/javascript; charset=utf-8",
-            body: include_str!("web/client.js").as_bytes(),
+            body: include_str!("client.js").as_bytes(),
         },
     ),
     (
         "/client.d.ts",
         Asset {
             content_type: "application/typescript; charset=utf-8",
-            body: include_str!("web/client.d.ts").as_bytes(),
+            body: include_str!("client.d.ts").as_bytes(),
         },
     ),
 ];
@@ -47,10 +47,10 @@ mod tests {
     fn the_client_and_its_types_are_served_with_their_media_types() {
         let script = asset("/client.js").expect("/client.js is embedded");
         assert_eq!(script.content_type, "text/javascript; charset=utf-8");
-        assert_eq!(script.body, include_bytes!("web/client.js"));
+        assert_eq!(script.body, include_bytes!("client.js"));
         let types = asset("/client.d.ts").expect("/client.d.ts is embedded");
         assert_eq!(types.content_type, "application/typescript; charset=utf-8");
-        assert_eq!(types.body, include_bytes!("web/client.d.ts"));
+        assert_eq!(types.body, include_bytes!("client.d.ts"));
     }
 
     #[test]

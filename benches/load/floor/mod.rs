@@ -33,7 +33,7 @@
 //! `accept` (the handle's `WakeAccept` connects once); `stop` joins the thread.
 
 mod uring;
-mod wire;
+pub(crate) mod wire;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -41,8 +41,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::probe;
-use super::publish::{self, Outcome, Phase, Published, Publisher, WakeAccept};
+use crate::probe;
+use crate::publish::{self, Outcome, Phase, Published, Publisher, WakeAccept};
 
 /// How a floor writes each event's frame to its subscribers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -468,9 +468,9 @@ mod tests {
     //! and its end from `accept` when the run gives up early. Each test carries a watchdog.
 
     use super::*;
-    use crate::bench::wire::{self as client, Scanner};
+    use crate::wire::{self as client, Scanner};
 
-    pub(super) use crate::bench::tests::WATCHDOG;
+    pub(super) use crate::tests::WATCHDOG;
 
     fn config(kind: Kind, subscribers: usize) -> Config {
         Config {
@@ -488,7 +488,7 @@ mod tests {
     pub(super) fn within_watchdog<T: Send + 'static>(
         body: impl FnOnce() -> T + Send + 'static,
     ) -> T {
-        crate::bench::tests::within_watchdog(WATCHDOG, body)
+        crate::tests::within_watchdog(WATCHDOG, body)
     }
 
     fn read_exactly(stream: &mut TcpStream, bytes: usize) -> Vec<u8> {

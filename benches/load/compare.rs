@@ -16,14 +16,14 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::floor::{self, Floor};
-use super::probe::Process;
-use super::publish::Via;
-use super::report::Report;
-use super::spawn::{self, PeerSpec, Spawned};
-use super::target::{Server, Target};
-use super::wire::{self, WsTarget};
-use super::{BenchArgs, Finished};
+use crate::floor::{self, Floor};
+use crate::probe::Process;
+use crate::publish::Via;
+use crate::report::Report;
+use crate::spawn::{self, PeerSpec, Spawned};
+use crate::target::{Server, Target};
+use crate::wire::{self, WsTarget};
+use crate::{BenchArgs, Finished};
 
 /// Time between one target's stop and the next one's start, in milliseconds: the stopped
 /// server's sockets are closed and the CPUs are idle before the next one is measured.
@@ -493,9 +493,9 @@ fn write_json(path: &std::path::Path, rows: &[Row]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::recorder::Summary;
-    use crate::bench::report::Cost;
-    use crate::bench::tests::{parse, within_watchdog};
+    use crate::recorder::Summary;
+    use crate::report::Cost;
+    use crate::tests::{parse, within_watchdog};
 
     fn finished(target: &str, fanout_p50_us: u64) -> Finished {
         let summary = Summary {

@@ -8,7 +8,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::recorder::Summary;
+use crate::recorder::Summary;
 
 /// Everything a run reports. Optional fields are left out of the JSON when not measured.
 #[derive(Debug, Clone, Serialize)]

@@ -1,14 +1,13 @@
-//! `corecast bench`: the fan-out load generator. It opens N subscriber WebSocket connections,
-//! publishes M events through the control-plane API (or, for a server without one, through a
-//! publisher WebSocket the server relays), stamps every delivery on arrival and reports
+//! corecast-bench: `corecast bench`, the fan-out load generator. It opens N subscriber WebSocket
+//! connections, publishes M events through the control-plane API (or, for a server without one,
+//! through a publisher WebSocket the server relays), stamps every delivery on arrival and reports
 //! latency, fan-out completion, throughput, loss and the server's memory per connection, as a
 //! table, a JSON file and an SVG plot of the distributions. With `--baseline` it measures the
-//! floors instead of a server: a minimal server on a pinned thread of its own process that
-//! writes each event to every socket with a blocking write() loop, then with batched io_uring
-//! sends, so that a server's figures can be read against what the kernel alone costs on the same
-//! host with the same receiver (see `floor`). With `--compare` it measures the floors,
-//! corecast and any `--peer` in turn on the same CPUs and prints one table of ratios (see
-//! `compare`).
+//! floors instead of a server: a minimal server on a pinned thread of its own process that writes
+//! each event to every socket with a blocking write() loop, then with batched io_uring sends, so
+//! that a server's figures can be read against what the kernel alone costs on the same host with
+//! the same receiver (see `floor`). With `--compare` it measures the floors, corecast and any
+//! `--peer` in turn on the same CPUs and prints one table of ratios (see `compare`).
 //!
 //! Owns one target's run: check the host (open-file limit, local ports, the CPUs), connect and
 //! await every `connected`, publish warm-up events and await them, publish the measured events
@@ -23,6 +22,12 @@
 //! (with `--server-pid`, for a server the bench started, or for the floor's thread), with a
 //! warning when the bench's is the larger, so that a run says whether it measured itself.
 //!
+//! It speaks to a server only through the wire: the protocol's types and the client codec come
+//! from `corecast-proto`, and it must never depend on the server's crate, whose binary runs it
+//! (and which it measures as a separate process). The tests that pin its bytes against the
+//! server's own encoders therefore live above both, in the root package's `tests/bench_wire.rs`
+//! (see [`formats`]).
+//!
 //! # Layout
 //! - `compare`: `--baseline` and `--compare`: the targets in turn, the table of ratios.
 //! - `target`: what a run measures, a server or a floor: how it is published to, where its
@@ -31,7 +36,7 @@
 //!   output, stop.
 //! - `floor`: the floor servers, their thread and their side of the wire.
 //! - `wire`: the bench's upgrade requests and the delivery field scan, over the client codec
-//!   ([`crate::client::wire`], [`crate::client::buffer`]) it shares with `corecast::client`.
+//!   ([`corecast_proto::wire`], [`corecast_proto::buffer`]) it shares with the Rust client.
 //! - `conn`: one subscriber connection: its socket and its protocol state machine.
 //! - `receiver`: the event loop that owns every connection, and their admission.
 //! - `recorder`: latency histogram, per-event counts and times, loss/duplicate/order counters,
@@ -42,6 +47,10 @@
 //!   the bench and of one of its threads, from `/proc`.
 //! - `report`: the result record and its table and JSON renderings.
 //! - `plot`: the SVG plot of the latency distributions, one curve per target.
+
+// No unsafe code, but in one place that allows it by name: the io_uring floor
+// (`floor::uring`), which queues sends on a ring of its own; see its SAFETY comments.
+#![deny(unsafe_code)]
 
 mod compare;
 mod conn;
@@ -56,6 +65,16 @@ mod spawn;
 mod target;
 mod wire;
 
+/// The bytes the bench writes in a server's place (the floor's greeting and message frames, the
+/// publisher's message text and event data) and the scan it reads deliveries with: public only
+/// so that the root package's `tests/bench_wire.rs` can pin them against the server's own
+/// encoders, since this crate must not depend on the server.
+pub mod formats {
+    pub use crate::floor::wire::{connected_frame, message_frame};
+    pub use crate::publish::{message_parts, write_data};
+    pub use crate::wire::{Delivery, Scanner};
+}
+
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -63,6 +82,7 @@ use std::process::ExitCode;
 use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use corecast_proto::channel::CHANNEL_BYTES_MAX;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use probe::Process;
@@ -97,9 +117,6 @@ const CONNECT_CONCURRENCY_MAX: usize = 65_536;
 
 /// Longest watchdog, in seconds (one day).
 const TIMEOUT_S_MAX: u64 = 86_400;
-
-/// Longest channel name, in bytes (the wire contract's maximum).
-const CHANNEL_BYTES_MAX: usize = 255;
 
 /// File descriptors the process needs besides its subscribers' sockets: stdio, the epoll
 /// instance, the publisher's HTTP connection or the floor's listener, `/proc` reads.
@@ -323,7 +340,7 @@ impl BenchArgs {
 
     /// The CPUs of `--server-cpus`.
     fn server_cpu_list(&self) -> Result<Vec<usize>, String> {
-        crate::config::parse_cpu_list(&self.server_cpus)
+        corecast_proto::host::parse_cpu_list(&self.server_cpus)
             .map_err(|error| format!("--server-cpus: {error}"))
     }
 
@@ -610,7 +627,7 @@ fn check_local_ports(subscribers: u64) -> Result<(), String> {
     let Ok(text) = std::fs::read_to_string(PATH) else {
         return Ok(());
     };
-    let Some(ports) = crate::tune::local_port_count(&text) else {
+    let Some(ports) = corecast_proto::host::local_port_count(&text) else {
         return Ok(());
     };
     if subscribers > ports {

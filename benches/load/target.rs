@@ -7,10 +7,10 @@
 //! the target alone and a server's figures can be read against the floor's. It never measures
 //! anything itself: the run reads every figure the same way whatever the target.
 
-use super::floor::Floor;
-use super::probe::Process;
-use super::publish::{self, Plan, Publisher};
-use super::spawn::Spawned;
+use crate::floor::Floor;
+use crate::probe::Process;
+use crate::publish::{self, Plan, Publisher};
+use crate::spawn::Spawned;
 
 /// The system under measurement.
 pub enum Target {

@@ -23,9 +23,9 @@ use std::time::Duration;
 use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 
-use super::conn::{Conn, ConnError, Phase, Shared};
-use super::recorder::Recorder;
-use super::wire::Scanner;
+use crate::conn::{Conn, ConnError, Phase, Shared};
+use crate::recorder::Recorder;
+use crate::wire::Scanner;
 
 /// Most readiness events taken from one `poll()`. They share one receive time, taken when
 /// `poll()` returns and so after each of them became readable; a larger batch means fewer
@@ -287,8 +287,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::bench::conn::mask_for;
-    use crate::bench::wire::{
+    use crate::conn::mask_for;
+    use crate::wire::{
         encode_control_frame, CLOSE_NORMAL_PAYLOAD, CONTROL_FRAME_BYTES_MAX, OPCODE_CLOSE,
         OPCODE_PONG,
     };

@@ -23,7 +23,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::wire::{self, WsTarget, CLOSE_NORMAL_PAYLOAD, CONTROL_FRAME_BYTES_MAX, OPCODE_CLOSE};
+use crate::wire::{self, WsTarget, CLOSE_NORMAL_PAYLOAD, CONTROL_FRAME_BYTES_MAX, OPCODE_CLOSE};
 
 /// Longest one publish may take, in milliseconds, before the run fails: an HTTP request, the
 /// publisher connection's connect and upgrade, or the write of one message.
@@ -469,10 +469,10 @@ impl Masks {
 
 /// The JSON text corecast delivers for one publish, as consecutive pieces:
 /// `{"type":"message","channel":..,"offset":..,"ts_ms":..,"data":..}`, the bytes its
-/// encode-once step builds (pinned against it in the tests below). `channel_json` is the
+/// encode-once step builds (pinned against it in `tests/bench_wire.rs`). `channel_json` is the
 /// channel as a JSON string, quotes included; `data` is the raw JSON of the event's data, as
 /// `write_data` builds it.
-fn message_parts<'a>(
+pub fn message_parts<'a>(
     channel_json: &'a str,
     offset_text: &'a str,
     seq_text: &'a str,
@@ -547,11 +547,9 @@ mod tests {
     use tungstenite::Message;
 
     use super::*;
-    use crate::bench::wire::Scanner;
-    use crate::ingest::{encode, Priority};
-    use crate::queue::{Slow, Stamp};
+    use crate::wire::Scanner;
 
-    use crate::bench::tests::WATCHDOG;
+    use crate::tests::WATCHDOG;
 
     /// Bytes the fake server sends the publisher before reading anything: more than loopback
     /// socket buffers hold, so that it blocks, and the test hangs, unless the publisher drains
@@ -560,7 +558,7 @@ mod tests {
 
     /// Runs `body` under the bench tests' watchdog.
     fn within_watchdog<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
-        crate::bench::tests::within_watchdog(WATCHDOG, body)
+        crate::tests::within_watchdog(WATCHDOG, body)
     }
 
     fn relay_plan(url: &str, payload_bytes: usize) -> Plan {
@@ -616,43 +614,6 @@ mod tests {
             };
             Seen { path, texts, close }
         })
-    }
-
-    #[test]
-    fn message_text_is_what_corecast_delivers() {
-        let mut data = String::new();
-        let mut text = String::new();
-        for payload_bytes in [0, 100, 1_000, 70_000] {
-            data.clear();
-            write_data(&mut data, 12, 1_700_000_000_123_456, payload_bytes);
-            text.clear();
-            text.extend(message_parts(
-                r#""bench.fanout""#,
-                "13",
-                "13",
-                "1700000000123",
-                &data,
-            ));
-            let corecast = encode::message(
-                "bench.fanout",
-                13,
-                1_700_000_000_123,
-                &data,
-                Priority::Normal,
-                Slow::Disconnect,
-                Stamp {
-                    publish: 13,
-                    accepted: std::time::Instant::now(),
-                },
-            );
-            let header_bytes = corecast.frame.len() - text.len();
-            assert!([2, 4, 10].contains(&header_bytes), "{payload_bytes} bytes");
-            assert_eq!(
-                &corecast.frame[header_bytes..],
-                text.as_bytes(),
-                "{payload_bytes} bytes"
-            );
-        }
     }
 
     #[test]
