@@ -43,6 +43,8 @@
 //!   `corecast-proto`).
 //! - [`config`], [`runtime`]: settings (the `serve` flags and the TOML file), the core plan and
 //!   start-up.
+//! - [`json`]: the checks every JSON parse runs first (nesting depth, `\u` escapes), and the
+//!   stack a thread that parses JSON needs.
 //! - [`tune`]: `corecast tune check`, the host audit against `tuning/`'s recommendations.
 //! - [`web`]: the browser client (`/client.js`, `/client.d.ts`) the WebSocket port and the
 //!   control plane serve, embedded.
@@ -89,6 +91,7 @@ pub use corecast_proto::channel;
 pub mod cluster;
 pub mod config;
 pub mod ingest;
+pub mod json;
 pub mod net;
 pub mod notify;
 pub mod queue;

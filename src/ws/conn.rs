@@ -673,7 +673,9 @@ impl Conn {
                 // The time of the read that brought this message.
                 if let Err(refusal) = self.limit.check(self.handle.last_seen()) {
                     let id = match (refusal, &event) {
-                        (Refusal::Tell { .. }, Event::Text(text)) => command::salvage_id(text),
+                        (Refusal::Tell { .. }, Event::Text(text)) => {
+                            command::salvage_id(text, self.shard.config.json_depth_max)
+                        }
                         _ => None,
                     };
                     self.assembler.clear();
@@ -846,7 +848,7 @@ fn echo(shard: &ShardCore, handle: &ConnHandle, kind: DataKind, payload: &[u8]) 
 /// Answers one client command. Recoverable errors become `error` frames on this connection.
 fn handle_command(shard: &ShardCore, handle: &Rc<ConnHandle>, text: &str) -> Flow {
     handle.messages_in.set(handle.messages_in.get() + 1);
-    let reply = match command::parse(text) {
+    let reply = match command::parse(text, shard.config.json_depth_max) {
         Ok(Command::Subscribe { channel, since, id }) => {
             shard.subscribe(handle, &channel, since, id)
         }
