@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::channel;
+use crate::json;
 
 /// Every tunable of `corecast serve`. Units are last in every name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
@@ -68,6 +69,18 @@ pub struct Config {
     /// Commands are small: a larger limit only lets clients make the server buffer more.
     #[arg(long, default_value_t = defaults::message_bytes_max())]
     pub message_bytes_max: usize,
+
+    /// Deepest nesting of any JSON the server parses: a client's command, a control-plane
+    /// body, an event back from the cluster. Every `[` or `{` open at once counts, the
+    /// document's own outermost one too, so a command's `data` may nest one level less (a
+    /// batch entry's three less). Deeper is refused whole, `bad_request` on the socket, 400 on
+    /// the control plane, before a parser sees it: the parser recurses once per level. Each
+    /// thread that parses JSON reserves stack for this many levels (1 KiB each in a release
+    /// build, see `json::STACK_BYTES_PER_LEVEL`), so a larger limit costs address space on
+    /// every executor and lets a client make its shard recurse deeper. Default 128, as
+    /// serde_json (whose limit of 128 lets 127 levels through); at most 1024.
+    #[arg(long, default_value_t = defaults::json_depth_max())]
+    pub json_depth_max: usize,
 
     /// Frames a connection may have queued for sending before it is closed with 4008.
     /// Larger rides out longer client stalls and costs memory for every slow client.
@@ -530,6 +543,9 @@ pub mod defaults {
     pub fn message_bytes_max() -> usize {
         64 * 1024
     }
+    pub fn json_depth_max() -> usize {
+        128
+    }
     pub fn outbox_frames_max() -> usize {
         1024
     }
@@ -666,6 +682,7 @@ impl Default for Config {
             handshake_bytes_max: defaults::handshake_bytes_max(),
             frame_bytes_max: defaults::frame_bytes_max(),
             message_bytes_max: defaults::message_bytes_max(),
+            json_depth_max: defaults::json_depth_max(),
             outbox_frames_max: defaults::outbox_frames_max(),
             outbox_bytes_max: defaults::outbox_bytes_max(),
             subscriptions_per_conn_max: defaults::subscriptions_per_conn_max(),
@@ -808,6 +825,15 @@ impl Config {
             self.frame_bytes_max,
             256 << 20,
         )?;
+        if !(1..=json::DEPTH_MAX_LIMIT).contains(&self.json_depth_max) {
+            return Err(ConfigError(format!(
+                "json_depth_max = {} is out of range: allowed 1 to {} (each level reserves {} \
+                 bytes of stack on every thread that parses JSON)",
+                self.json_depth_max,
+                json::DEPTH_MAX_LIMIT,
+                json::STACK_BYTES_PER_LEVEL
+            )));
+        }
         check_range("outbox_frames_max", self.outbox_frames_max, 2, 1 << 20)?;
         check_range("outbox_bytes_max", self.outbox_bytes_max, 1024, 1 << 30)?;
         check_range(
@@ -1234,6 +1260,31 @@ mod tests {
             config.validate().unwrap_err().0,
             "outbox_frames_max = 1 is out of range: allowed 2 to 1048576"
         );
+    }
+
+    #[test]
+    fn json_depth_max_is_refused_past_what_a_thread_stack_is_sized_for() {
+        for depth_max in [1, 128, json::DEPTH_MAX_LIMIT] {
+            let config = Config {
+                json_depth_max: depth_max,
+                ..Config::default()
+            };
+            config.validate().unwrap();
+        }
+        for depth_max in [0, json::DEPTH_MAX_LIMIT + 1, 100_000] {
+            let config = Config {
+                json_depth_max: depth_max,
+                ..Config::default()
+            };
+            assert_eq!(
+                config.validate().unwrap_err().0,
+                format!(
+                    "json_depth_max = {depth_max} is out of range: allowed 1 to 1024 (each \
+                     level reserves {} bytes of stack on every thread that parses JSON)",
+                    json::STACK_BYTES_PER_LEVEL
+                )
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! shortfall into a message that says what to change (the thresholds and host reads are
 //! [`crate::tune`]'s, shared with `corecast tune check`). [`serve`] wires the queues, starts every
 //! executor, waits until each has bound its port, prints the plan and the `listening` line, and
-//! joins them after a signal. This module holds no per-message logic.
+//! joins them after a signal. Each executor runs on a thread of its own whose stack is sized
+//! for JSON nested `json_depth_max` deep ([`crate::json::thread_stack_bytes`]). This module
+//! holds no per-message logic.
 
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
@@ -18,6 +20,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::cluster::FromCluster;
 use crate::config::Config;
 use crate::ingest::{Ingest, IngestCore};
+use crate::json;
 use crate::msg::{ToIngest, ToShard};
 use crate::queue;
 use crate::shard::{Shard, ShardCore};
@@ -221,10 +224,11 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let ingest_bound = bound_tx.clone();
     executors.push((
         "ingest".to_owned(),
-        LocalExecutorBuilder::new(Placement::Fixed(plan.ingest_cpu))
-            .name("corecast-ingest")
-            .io_memory(config.io_memory_bytes)
-            .spawn(move || async move {
+        spawn_executor(
+            &config,
+            "corecast-ingest",
+            plan.ingest_cpu,
+            move || async move {
                 let listener = match glommio::net::TcpListener::bind(ingest_config.api) {
                     Ok(listener) => listener,
                     Err(err) => {
@@ -244,8 +248,9 @@ pub fn serve(config: Config) -> Result<(), StartError> {
                 let ingest = Ingest::start(core, listener, api_tls, ingest_inboxes, cluster_inbox);
                 let _ = ingest_bound.send(("ingest".into(), Ok(())));
                 ingest.run().await;
-            })
-            .map_err(|err| StartError(format!("cannot start the ingest executor: {err}")))?,
+            },
+        )
+        .map_err(|err| StartError(format!("cannot start the ingest executor: {err}")))?,
     ));
 
     for (shard, (cpu, (inbox, sender))) in plan
@@ -262,10 +267,11 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         let name = format!("shard {shard}");
         executors.push((
             name.clone(),
-            LocalExecutorBuilder::new(Placement::Fixed(*cpu))
-                .name(&format!("corecast-shard{shard}"))
-                .io_memory(config.io_memory_bytes)
-                .spawn(move || async move {
+            spawn_executor(
+                &config,
+                &format!("corecast-shard{shard}"),
+                *cpu,
+                move || async move {
                     let listener = match glommio::net::TcpListener::bind(ws_addr) {
                         Ok(listener) => listener,
                         Err(err) => {
@@ -285,8 +291,9 @@ pub fn serve(config: Config) -> Result<(), StartError> {
                     let running = Shard::start(core, listener, inbox);
                     let _ = shard_bound.send((name, Ok(())));
                     running.run().await;
-                })
-                .map_err(|err| StartError(format!("cannot start shard {shard}: {err}")))?,
+                },
+            )
+            .map_err(|err| StartError(format!("cannot start shard {shard}: {err}")))?,
         ));
     }
     drop(bound_tx);
@@ -306,11 +313,8 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         let _ = signal_tx.try_push(ToIngest::Shutdown);
         signal_tx.wake();
         for (who, handle) in executors {
-            if let Err(err) = handle.join() {
-                failures.push(format!(
-                    "{who}: {}",
-                    explain_executor_error(&err.to_string())
-                ));
+            if let Err(err) = join(handle) {
+                failures.push(format!("{who}: {}", explain_executor_error(&err)));
             }
         }
         return Err(StartError(format!(
@@ -335,7 +339,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
 
     let mut failed = Vec::new();
     for (who, handle) in executors {
-        if let Err(err) = handle.join() {
+        if let Err(err) = join(handle) {
             failed.push(format!("{who}: {err}"));
         }
     }
@@ -347,6 +351,45 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             "executors failed: {}",
             failed.join("; ")
         )))
+    }
+}
+
+/// A running executor's thread; it ends with glommio's error if the executor could not start.
+type Executor = std::thread::JoinHandle<Result<(), glommio::GlommioError<()>>>;
+
+/// Starts an executor pinned to `cpu` on a thread named `name`, running `task`, on a stack
+/// sized for JSON nested `json_depth_max` deep ([`json::thread_stack_bytes`]): sonic-rs
+/// recurses once per level. This is what glommio's `LocalExecutorBuilder::spawn` does (a
+/// thread, then `make` and `run` on it), but that thread gets Rust's default stack (2 MiB, or
+/// `RUST_MIN_STACK`), which glommio 0.9 offers no way to set.
+fn spawn_executor<G, F>(
+    config: &Config,
+    name: &str,
+    cpu: usize,
+    task: G,
+) -> std::io::Result<Executor>
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: std::future::Future<Output = ()> + 'static,
+{
+    let io_memory = config.io_memory_bytes;
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .stack_size(json::thread_stack_bytes(config.json_depth_max))
+        .spawn(move || {
+            let executor = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .io_memory(io_memory)
+                .make()?;
+            executor.run(task());
+            Ok(())
+        })
+}
+
+/// Waits for an executor to end: its start-up error or a panic, as text.
+fn join(executor: Executor) -> Result<(), String> {
+    match executor.join() {
+        Ok(outcome) => outcome.map_err(|err| err.to_string()),
+        Err(_) => Err("the executor's thread panicked".to_owned()),
     }
 }
 

@@ -9,17 +9,20 @@ use std::path::Path;
 #[path = "fuzz/src/lib.rs"]
 mod checks;
 
-/// Stack for the replay thread. Unoptimized builds spend far more stack per JSON nesting level
-/// than the server's release build: a `data` nested 50 deep already overflows a test thread's
-/// 2 MiB here, while sonic-rs stops any input at 255 levels. The fuzz build is optimized, as
-/// the server is, and runs on libFuzzer's 8 MiB main-thread stack.
-const REPLAY_STACK_BYTES: usize = 64 << 20;
+/// Stack for the replay thread: what a shard's thread gets under the default
+/// `json_depth_max`, since no command parses deeper than that (`json::check` refuses it
+/// first). Unoptimized builds spend far more stack per level than the server's release build
+/// (about 55 KiB against 257 bytes), which `json::thread_stack_bytes` sizes for; the fuzz
+/// build is optimized, as the server is, and runs on libFuzzer's 8 MiB main-thread stack.
+fn replay_stack_bytes() -> usize {
+    corecast::json::thread_stack_bytes(corecast::config::defaults::json_depth_max())
+}
 
 #[test]
 fn every_corpus_file_keeps_its_target_invariants() {
     std::thread::Builder::new()
         .name("corpus-replay".into())
-        .stack_size(REPLAY_STACK_BYTES)
+        .stack_size(replay_stack_bytes())
         .spawn(replay_corpus)
         .expect("a replay thread")
         .join()

@@ -13,7 +13,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("protocol types (corecast-proto, re-exported)", &["channel"]),
     (
         "shared pieces",
-        &["clock", "notify", "rate", "web", "queue"],
+        &["clock", "json", "notify", "rate", "web", "queue"],
     ),
     ("shared pieces over shared pieces", &["latency", "registry"]),
     ("the cross-core vocabulary", &["msg"]),

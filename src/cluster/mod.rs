@@ -298,8 +298,11 @@ struct WireEvent<'a> {
     d: sonic_rs::LazyValue<'a>,
 }
 
-/// Reads one `corecast:events` payload.
-pub fn parse_event(payload: &str) -> Result<Numbered, String> {
+/// Reads one `corecast:events` payload nested at most `depth_max` levels (`json_depth_max`:
+/// the event's own `{` is level 1, so every `data` a node with the same limit accepted fits).
+pub fn parse_event(payload: &str, depth_max: usize) -> Result<Numbered, String> {
+    crate::json::check(payload.as_bytes(), depth_max)
+        .map_err(|err| format!("a corecast:events message is refused: {err}"))?;
     let event: WireEvent = sonic_rs::from_str(payload)
         .map_err(|err| format!("a corecast:events message is not an event: {err}"))?;
     Ok(Numbered {
@@ -410,10 +413,15 @@ impl Bridge {
         let (requests, inbox) = std::sync::mpsc::sync_channel(config.queue_items_max);
         let (dialer, dials) = std::sync::mpsc::channel();
         let to_ingest = Arc::new(to_ingest);
+        // The command and events threads parse JSON from Redis (log entries, events) up to
+        // this depth.
+        let depth_max = config.json_depth_max;
+        let stack_bytes = crate::json::thread_stack_bytes(depth_max);
         let commands = {
             let to_ingest = to_ingest.clone();
             std::thread::Builder::new()
                 .name("corecast-redis".into())
+                .stack_size(stack_bytes)
                 .spawn(move || {
                     CommandThread {
                         config,
@@ -439,7 +447,8 @@ impl Bridge {
             let requests = requests.clone();
             std::thread::Builder::new()
                 .name("corecast-redis-events".into())
-                .spawn(move || run_events(&client, timeout, &to_ingest, &requests))
+                .stack_size(stack_bytes)
+                .spawn(move || run_events(&client, timeout, &to_ingest, &requests, depth_max))
                 .map_err(|err| format!("cannot start the Redis events thread: {err}"))?
         };
         Ok(Bridge {
@@ -583,10 +592,11 @@ fn run_events(
     timeout: Duration,
     to_ingest: &queue::Sender<FromCluster>,
     commands: &SyncSender<Inbound>,
+    depth_max: usize,
 ) {
     let mut failures = 0;
     loop {
-        let outcome = subscribe_and_forward(client, timeout, to_ingest, &mut failures);
+        let outcome = subscribe_and_forward(client, timeout, to_ingest, depth_max, &mut failures);
         let reason = match outcome {
             Ok(()) => "the events subscription ended".to_owned(),
             Err(err) => err.to_string(),
@@ -607,6 +617,7 @@ fn subscribe_and_forward(
     client: &redis::Client,
     timeout: Duration,
     to_ingest: &queue::Sender<FromCluster>,
+    depth_max: usize,
     failures: &mut u32,
 ) -> redis::RedisResult<()> {
     let mut events = connect(client, timeout)?;
@@ -629,7 +640,7 @@ fn subscribe_and_forward(
     loop {
         let message = pubsub.get_message()?;
         let payload: String = message.get_payload()?;
-        match parse_event(&payload) {
+        match parse_event(&payload, depth_max) {
             Ok(event) => tell(to_ingest, FromCluster::Event(event)),
             Err(err) => tracing::error!(error = %err, "ignoring a malformed cluster event"),
         }
@@ -1037,8 +1048,9 @@ impl CommandThread {
         let mut reads = reads.into_iter();
         if outcome.is_ok() {
             for read in reads.by_ref() {
-                let result =
-                    budget(redis, deadline).and_then(|()| read_log(redis, read.after, read.up_to));
+                let depth_max = self.config.json_depth_max;
+                let result = budget(redis, deadline)
+                    .and_then(|()| read_log(redis, read.after, read.up_to, depth_max));
                 match result {
                     Ok(entries) => tell(
                         &self.to_ingest,
@@ -1203,11 +1215,14 @@ impl CommandThread {
     }
 }
 
-/// Log entries with seq in `after + 1 ..= up_to` (at most [`LOG_READ_MAX`]).
+/// Log entries with seq in `after + 1 ..= up_to` (at most [`LOG_READ_MAX`]). An entry whose
+/// data nests deeper than its event could (`depth_max - 1`, see [`parse_event`]) is left out,
+/// as one the log no longer holds would be.
 fn read_log(
     redis: &mut redis::Connection,
     after: u64,
     up_to: u64,
+    depth_max: usize,
 ) -> redis::RedisResult<Vec<Numbered>> {
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(LOG_KEY)
@@ -1229,6 +1244,10 @@ fn read_log(
                 .map(|(_, value)| value.as_str())
                 .unwrap_or_default()
         };
+        if let Err(err) = crate::json::check(field("d").as_bytes(), depth_max - 1) {
+            tracing::error!(seq, error = %err, "ignoring a cluster log entry: its data is refused");
+            continue;
+        }
         let priority = match field("p") {
             "critical" => Priority::Critical,
             "high" => Priority::High,
@@ -1255,7 +1274,7 @@ mod tests {
     fn events_parse_as_the_script_writes_them() {
         let payload = r#"{"e":"00ff","s":12,"o":3,"t":1700000000000,"p":"critical","c":"a.b","d":{"x":[1, 2]}}"#;
         assert_eq!(
-            parse_event(payload),
+            parse_event(payload, 128),
             Ok(Numbered {
                 epoch: "00ff".into(),
                 seq: 12,
@@ -1266,7 +1285,27 @@ mod tests {
                 data: r#"{"x":[1, 2]}"#.into(),
             })
         );
-        assert!(parse_event("{}").is_err());
+        assert!(parse_event("{}", 128).is_err());
+    }
+
+    #[test]
+    fn an_event_nests_at_most_depth_max_levels_its_own_brace_included() {
+        let event = |depth: usize| {
+            let data = "[".repeat(depth) + &"]".repeat(depth);
+            format!(r#"{{"e":"00ff","s":1,"o":1,"t":1,"p":"normal","c":"a","d":{data}}}"#)
+        };
+        assert_eq!(
+            parse_event(&event(4), 5).map(|event| event.data),
+            Ok("[[[[]]]]".into())
+        );
+        assert_eq!(
+            parse_event(&event(5), 5),
+            Err(
+                "a corecast:events message is refused: nested deeper than json_depth_max = 5 \
+                 (at byte 59)"
+                    .into()
+            )
+        );
     }
 
     /// The script's error answer `line` (RESP), as the bridge reads it.

@@ -5,7 +5,8 @@
 //! [`super::metrics`]), and `GET /dashboard`, a live page fed by `$sys.stats` (see
 //! [`super::sys_stats`]) with the browser client it uses (`/client.js`, `/client.d.ts`). Bodies are read under `publish_body_bytes_max` and validated with sonic-rs
 //! before anything is queued, so a bad request never reaches the sequencer. Every error is a
-//! JSON body `{"error":{"code":..,"message":..}}` with the contract's status.
+//! JSON body `{"error":{"code":..,"message":..}}` with the contract's status. A body nested
+//! deeper than `json_depth_max` is refused with 400 before any parser reads it.
 //!
 //! No client can wedge it: at most `api_connections_max` connections are served at once (one
 //! more is answered 503 and closed, and the accept loop backs off when accepting fails, see
@@ -705,22 +706,41 @@ fn first_line(err: &sonic_rs::Error) -> String {
     err.to_string().lines().next().unwrap_or("").to_owned()
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Refusal> {
-    // sonic-rs skips `data` without checking its `\u` escapes; see `check_escapes`.
-    if let Err(at) = crate::ws::command::check_escapes(body) {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("invalid JSON body: invalid \\u escape at byte {at}"),
-        ));
+/// Parses a UTF-8 body nested at most `depth_max` levels (`json_depth_max`; its outermost `{`
+/// is level 1): deeper is refused before sonic-rs, which recurses once per level, reads it.
+/// UTF-8 is checked first as well: sonic-rs's `from_slice` reports invalid UTF-8 only after
+/// the whole parse, and hands a `LazyValue` its raw text as a `str` before that, unchecked
+/// (a debug build panics there, on the ingest core).
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8], depth_max: usize) -> Result<T, Refusal> {
+    let bad = |message: String| (StatusCode::BAD_REQUEST, "bad_request", message);
+    let text = std::str::from_utf8(body).map_err(|err| {
+        bad(format!(
+            "invalid JSON body: not UTF-8 (at byte {})",
+            err.valid_up_to()
+        ))
+    })?;
+    if let Err(err) = crate::json::check(body, depth_max) {
+        return Err(bad(format!("invalid JSON body: {err}")));
     }
-    sonic_rs::from_slice(body).map_err(|err| {
-        (
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("invalid JSON body: {}", first_line(&err)),
-        )
-    })
+    sonic_rs::from_str(text).map_err(|err| bad(format!("invalid JSON body: {}", first_line(&err))))
+}
+
+/// Parses a `POST /v1/publish` body (`batch`: a `/v1/publish/batch` body) as those routes do,
+/// before anything it names is checked: each message's raw `data` (`None` where it has
+/// none), or the 400's message. The routes' parse without an ingest core, for the tests that
+/// replay hostile bodies.
+pub fn parse_body(
+    body: &[u8],
+    batch: bool,
+    depth_max: usize,
+) -> Result<Vec<Option<Box<str>>>, String> {
+    let data = |message: PublishBody<'_>| message.data.map(|data| data.as_raw_str().into());
+    let parsed = match batch {
+        false => parse_json::<PublishBody>(body, depth_max).map(|body| vec![data(body)]),
+        true => parse_json::<BatchBody>(body, depth_max)
+            .map(|batch| batch.messages.into_iter().map(data).collect()),
+    };
+    parsed.map_err(|(_, _, message)| message)
 }
 
 /// Checks one publish and takes what the sequencer needs: the channel's full name, the data,
@@ -766,7 +786,8 @@ async fn outcome(
 }
 
 async fn publish(core: &IngestCore, body: &[u8], caller: &Caller) -> HttpResponse {
-    let checked = parse_json::<PublishBody>(body).and_then(|body| check(core, caller, body));
+    let checked = parse_json::<PublishBody>(body, core.config.json_depth_max)
+        .and_then(|body| check(core, caller, body));
     let (name, data, priority) = match checked {
         Ok(checked) => checked,
         Err((status, code, message)) => return error(status, code, message),
@@ -779,7 +800,7 @@ async fn publish(core: &IngestCore, body: &[u8], caller: &Caller) -> HttpRespons
 }
 
 async fn publish_batch(core: &IngestCore, body: &[u8], caller: &Caller) -> HttpResponse {
-    let batch = match parse_json::<BatchBody>(body) {
+    let batch = match parse_json::<BatchBody>(body, core.config.json_depth_max) {
         Ok(batch) => batch,
         Err((status, code, message)) => return error(status, code, message),
     };

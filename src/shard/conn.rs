@@ -385,6 +385,7 @@ pub async fn serve(
     let limits = session::Limits {
         frame_bytes_max: config.frame_bytes_max,
         message_bytes_max: config.message_bytes_max,
+        json_depth_max: config.json_depth_max,
         deflate: handle.deflate.is_some(),
     };
     let mut conn = Conn {
@@ -613,7 +614,7 @@ fn echo(shard: &ShardCore, handle: &ConnHandle, kind: DataKind, payload: &[u8]) 
 /// Answers one client command. Recoverable errors become `error` frames on this connection.
 fn handle_command(shard: &ShardCore, handle: &Rc<ConnHandle>, text: &str) {
     handle.messages_in.set(handle.messages_in.get() + 1);
-    let reply = match command::parse(text) {
+    let reply = match command::parse(text, shard.config.json_depth_max) {
         Ok(Command::Subscribe { channel, since, id }) => {
             shard.subscribe(handle, &channel, since, id)
         }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sonic_rs::{JsonValueTrait, LazyValue, Value};
 
 use crate::channel::{self, ChannelError};
+use crate::json;
 use crate::msg::{Position, Since};
 use crate::ws::frame::text_frame_with;
 
@@ -176,49 +177,34 @@ fn valid_id(id: &Value) -> bool {
 
 /// The `id` of a command that failed to parse as a whole (a wrong type elsewhere), or was
 /// refused unparsed (rate-limited), if the message is JSON with a valid `id`, so even that
-/// error reply can be matched to its request.
-pub fn salvage_id(text: &str) -> Option<Value> {
+/// error reply can be matched to its request. A message nested deeper than `depth_max` has
+/// none: finding its `id` would recurse through it.
+pub fn salvage_id(text: &str, depth_max: usize) -> Option<Value> {
+    json::check(text.as_bytes(), depth_max).ok()?;
+    salvage_checked_id(text)
+}
+
+/// [`salvage_id`] of a message [`json::check`] has passed.
+fn salvage_checked_id(text: &str) -> Option<Value> {
     let raw = sonic_rs::get_from_str(text, ["id"]).ok()?;
     let id: Value = sonic_rs::from_str(raw.as_raw_str()).ok()?;
     valid_id(&id).then_some(id)
 }
 
-/// Finds a `\u` escape that is not followed by four hex digits, as the byte offset of its
-/// backslash. sonic-rs skips the values it does not decode (`data`, unknown fields) checking only
-/// that four bytes follow a `\u`, so `"\u00'9"` passes, and so does `"\u0"x"`, whose skip runs
-/// past the closing quote; a `data` kept as raw text would carry that to every subscriber. In
-/// valid JSON every backslash starts an escape inside a string, so one pass over the backslashes
-/// closes the gap without decoding anything.
-pub fn check_escapes(json: &[u8]) -> Result<(), usize> {
-    let mut from = 0;
-    while let Some(found) = json
-        .get(from..)
-        .and_then(|rest| memchr::memchr(b'\\', rest))
-    {
-        let at = from + found;
-        if json.get(at + 1) == Some(&b'u') {
-            let digits = json.get(at + 2..at + 6);
-            if !digits.is_some_and(|digits| digits.iter().all(u8::is_ascii_hexdigit)) {
-                return Err(at);
-            }
-        }
-        from = at + 2;
-    }
-    Ok(())
-}
-
-/// Parses one text message into a command, or the error to answer with.
-pub fn parse(text: &str) -> Result<Command<'_>, ErrorReply> {
-    if let Err(at) = check_escapes(text.as_bytes()) {
+/// Parses one text message into a command, or the error to answer with. A message nested
+/// deeper than `depth_max` (`json_depth_max`; its outermost `{` is level 1) is refused before
+/// sonic-rs reads it, without an `id`: finding one would recurse through it.
+pub fn parse(text: &str, depth_max: usize) -> Result<Command<'_>, ErrorReply> {
+    if let Err(err) = json::check(text.as_bytes(), depth_max) {
         return Err(ErrorReply::new(
             None,
             ErrorCode::BadRequest,
-            format!("not a valid command: invalid \\u escape at byte {at}"),
+            format!("not a valid command: {err}"),
         ));
     }
     let raw: RawCommand = sonic_rs::from_str(text).map_err(|err| {
         ErrorReply::new(
-            salvage_id(text),
+            salvage_checked_id(text),
             ErrorCode::BadRequest,
             format!("not a valid command: {}", first_line(&err)),
         )
@@ -584,6 +570,11 @@ pub fn stats_frame(
 mod tests {
     use super::*;
 
+    /// [`super::parse`] under the default `json_depth_max`.
+    fn parse(text: &str) -> Result<Command<'_>, ErrorReply> {
+        super::parse(text, crate::config::defaults::json_depth_max())
+    }
+
     fn payload(frame: &Bytes) -> &str {
         let header_len = if frame[1] == 126 { 4 } else { 2 };
         std::str::from_utf8(&frame[header_len..]).unwrap()
@@ -699,12 +690,71 @@ mod tests {
             assert_eq!(err.code, ErrorCode::BadRequest, "{text}");
             assert!(err.message.contains("invalid \\u escape"), "{text}");
         }
-        assert_eq!(check_escapes(br#""\u00e9\\u00zz\n""#), Ok(()));
-        assert_eq!(check_escapes(br#""ab\u00E"#), Err(3));
         match parse(r#"{"type":"publish","channel":"c","data":"\u00e9\\u"}"#).unwrap() {
             Command::Publish { data, .. } => assert_eq!(data, r#""\u00e9\\u""#),
             other => panic!("expected publish, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_command_nests_at_most_depth_max_levels_counting_its_own_braces() {
+        let nested = |depth: usize| "[".repeat(depth) + &"]".repeat(depth);
+        // The command's `{` is level 1, so `data` may nest 4 levels under a limit of 5.
+        let publish = |depth| {
+            format!(
+                r#"{{"type":"publish","channel":"c","data":{},"id":9}}"#,
+                nested(depth)
+            )
+        };
+        match super::parse(&publish(4), 5).unwrap() {
+            Command::Publish { data, .. } => assert_eq!(data, "[[[[]]]]"),
+            other => panic!("expected publish, got {other:?}"),
+        }
+        let err = super::parse(&publish(5), 5).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(
+            err.id.is_none(),
+            "a too-deep command is not searched for its id"
+        );
+        assert_eq!(
+            err.message,
+            "not a valid command: nested deeper than json_depth_max = 5 (at byte 43)"
+        );
+        // Every place a value can sit, and broken JSON, is refused the same way.
+        for text in [
+            format!(r#"{{"type":"ping","id":{}}}"#, nested(5)),
+            format!(r#"{{"type":"ping","extra":{}}}"#, nested(5)),
+            format!(
+                r#"{{"type":"subscribe","channel":"a","since":{}}}"#,
+                nested(5)
+            ),
+            nested(6),
+            format!(r#"{{"type":"ping","id":{} "#, "[".repeat(5)),
+        ] {
+            let err = super::parse(&text, 5).unwrap_err();
+            assert!(
+                err.message
+                    .contains("nested deeper than json_depth_max = 5"),
+                "{text}: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn salvage_finds_no_id_in_a_message_too_deep_to_search() {
+        let deep = format!(r#"{{"x":{},"id":7}}"#, "[".repeat(8) + &"]".repeat(8));
+        assert_eq!(salvage_id(&deep, 8), None);
+        assert_eq!(
+            salvage_id(&deep, 9).map(|id| sonic_rs::to_string(&id).unwrap()),
+            Some("7".to_owned())
+        );
+        // A command that fails to parse below the limit still has its id salvaged.
+        let err = parse(r#"{"type":"ping","since":[[1]],"id":"r"}"#).unwrap_err();
+        assert_eq!(
+            err.id.map(|id| sonic_rs::to_string(&id).unwrap()),
+            Some(r#""r""#.to_owned())
+        );
     }
 
     #[test]

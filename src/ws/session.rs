@@ -111,6 +111,8 @@ pub trait Host {
 pub struct Limits {
     pub frame_bytes_max: usize,
     pub message_bytes_max: usize,
+    /// `json_depth_max`: a refused message's `id` is looked for only within it.
+    pub json_depth_max: usize,
     /// The upgrade agreed on permessage-deflate: RSV1 marks a compressed message.
     pub deflate: bool,
 }
@@ -253,7 +255,9 @@ impl Session {
             if open && costs_a_token {
                 if let Err(refusal) = self.limit.check(now) {
                     let id = match (refusal, &event) {
-                        (Refusal::Tell { .. }, Event::Text(text)) => command::salvage_id(text),
+                        (Refusal::Tell { .. }, Event::Text(text)) => {
+                            command::salvage_id(text, limits.json_depth_max)
+                        }
                         _ => None,
                     };
                     self.assembler.clear();
@@ -361,6 +365,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         frame_bytes_max: 1024,
         message_bytes_max: 4096,
+        json_depth_max: 128,
         deflate: false,
     };
 

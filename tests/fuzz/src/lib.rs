@@ -485,10 +485,34 @@ pub fn check_command(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let command = match command::parse(text) {
+    let depth_max = defaults::json_depth_max();
+    let deepest = nesting(data);
+    let command = match command::parse(text, depth_max) {
         Ok(command) => command,
-        Err(reply) => return check_error_reply(&reply, ErrorCode::BadRequest),
+        Err(reply) => {
+            // Past the limit nothing is parsed (a bad escape anywhere is reported instead);
+            // within it, depth is never the reason.
+            let too_deep = format!("nested deeper than json_depth_max = {depth_max}");
+            if reply.message.contains(&too_deep) {
+                assert!(deepest > depth_max, "refused at {deepest} levels");
+                assert!(
+                    reply.id.is_none(),
+                    "a too-deep command is not searched for an id"
+                );
+            } else if deepest > depth_max {
+                assert!(
+                    reply.message.contains("invalid \\u escape"),
+                    "{}",
+                    reply.message
+                );
+            }
+            return check_error_reply(&reply, ErrorCode::BadRequest);
+        }
     };
+    assert!(
+        deepest <= depth_max,
+        "accepted a command {deepest} levels deep"
+    );
     // serde_json, a second parser, reads what the client said; it accepts only valid JSON.
     let said: Said = serde_json::from_str(text)
         .unwrap_or_else(|err| panic!("a parsed command is JSON, but serde_json says {err}"));
@@ -558,6 +582,29 @@ pub fn check_command(data: &[u8]) {
     if let Some(id) = id {
         assert_eq!(&reply["id"], id, "the reply echoes the id");
     }
+}
+
+/// How many `[` and `{` outside strings `json` has open at once at most, read one byte at a
+/// time with an "inside a string" and an "after a backslash" flag; an independent model of
+/// the depth `json::check` counts.
+fn nesting(json: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for &byte in json {
+        match (in_string, escaped, byte) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            (false, _, _) => {}
+        }
+    }
+    deepest
 }
 
 /// The fields of a command as serde_json reads them, unknown ones skipped.
