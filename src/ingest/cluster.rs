@@ -512,18 +512,18 @@ impl IngestCore {
         policy: usize,
         now: Instant,
     ) -> crate::msg::Delivery {
-        self.encode(
-            &event.channel,
-            event.offset,
-            event.ts_ms,
-            &event.data,
-            event.priority,
-            policy,
-            crate::msg::Stamp {
+        let message = encode::Message {
+            channel: &event.channel,
+            offset: event.offset,
+            ts_ms: event.ts_ms,
+            data: &event.data,
+            priority: event.priority,
+            stamp: crate::msg::Stamp {
                 publish: event.seq,
                 accepted: now,
             },
-        )
+        };
+        self.encode(&message, policy)
     }
 
     /// The cluster state, `None` on a single node.

@@ -752,32 +752,15 @@ impl IngestCore {
         }
     }
 
-    /// Encodes a numbered message once, with its channel's slow-consumer policy and namespace
-    /// (`policy`: the index of both): for a local publish and for one back from the cluster.
-    // The message's fields, one argument each: the two callers hold them in different structs.
-    #[allow(clippy::too_many_arguments)]
-    fn encode(
-        &self,
-        channel: &str,
-        offset: u64,
-        ts_ms: u64,
-        data: &str,
-        priority: Priority,
-        policy: usize,
-        stamp: Stamp,
-    ) -> crate::msg::Delivery {
-        let mut delivery = encode::message(
-            channel,
-            offset,
-            ts_ms,
-            data,
-            priority,
-            self.slow(policy, data),
-            stamp,
-        );
-        delivery.namespace =
-            u16::try_from(policy).expect("config validation bounds the namespaces");
-        delivery
+    /// Encodes a numbered message once, local or back from the cluster, as its channel's
+    /// namespace (`policy`) and the config say it is delivered.
+    fn encode(&self, message: &encode::Message<'_>, policy: usize) -> crate::msg::Delivery {
+        let treatment = encode::Treatment {
+            slow: self.slow(policy, message.data),
+            namespace: u16::try_from(policy).expect("config validation bounds the namespaces"),
+            deflate: self.config.permessage_deflate,
+        };
+        encode::delivery(message, treatment)
     }
 
     /// Sequences one job: offset, encode once, keep in history, route, reply. In cluster mode
@@ -806,18 +789,18 @@ impl IngestCore {
     ) {
         let publish = self.published_total.get() + 1;
         self.published_total.set(publish);
-        let delivery = self.encode(
-            &job.channel,
-            assigned.offset,
-            job.ts_ms,
-            &job.data,
-            job.priority,
-            assigned.policy,
-            Stamp {
+        let message = encode::Message {
+            channel: &job.channel,
+            offset: assigned.offset,
+            ts_ms: job.ts_ms,
+            data: &job.data,
+            priority: job.priority,
+            stamp: Stamp {
                 publish,
                 accepted: job.accepted,
             },
-        );
+        };
+        let delivery = self.encode(&message, assigned.policy);
         self.fan_out(delivery, &job.channel, Instant::now(), touched)
             .await;
     }
@@ -922,15 +905,12 @@ impl IngestCore {
     /// Keeps a numbered message in history and sends it to every shard with a subscriber.
     async fn fan_out(
         &self,
-        mut delivery: crate::msg::Delivery,
+        delivery: crate::msg::Delivery,
         channel: &str,
         now: Instant,
         touched: &mut [bool],
     ) {
         let publish = delivery.stamp.publish;
-        if self.config.permessage_deflate {
-            encode::deflate(&mut delivery);
-        }
         self.history.borrow_mut().record(
             channel,
             delivery.offset,
