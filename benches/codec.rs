@@ -1,6 +1,6 @@
 //! What one frame costs to build on the ingest core and to parse on a shard.
 //!
-//! Every publish is encoded once, by `ingest::encode::message`, on the single ingest core, so
+//! Every publish is encoded once, by `ingest::encode::delivery`, on the single ingest core, so
 //! its cost per message caps the publish rate of the whole server; replies (`published`, and
 //! every frame built by `ws::command::json_frame`) are built on the shards. Every client frame
 //! passes `ws::frame::parse_client_frame`, which reads the header and unmasks the payload in
@@ -19,7 +19,7 @@
 //! rustc 1.95, release profile (thin LTO), no `target-cpu`; machine otherwise idle (1-minute
 //! load under 0.3 at the start, other processes under 0.2 CPU-seconds during the run):
 //! - `encode/message/100`: 174 ns per frame; `encode/message/4096`: 215 ns (17.8 GiB/s of
-//!   `data`). Both reallocate their buffer on every call, because `encode::message` sizes it 5
+//!   `data`). Both reallocate their buffer on every call, because `encode::delivery` sizes it 5
 //!   bytes short (`+ 24` for 29 fixed bytes), and whether `realloc` grows in place depends on
 //!   the heap, so `message/100` has ranged from 65 to 272 ns between builds and runs; with the
 //!   hint corrected (tried on a copy) it was a steady 101 ns, and `message/4096` 182-209 ns.
@@ -40,7 +40,7 @@ use serde::Serialize;
 use corecast::config::defaults;
 use corecast::ingest::encode;
 use corecast::ingest::Priority;
-use corecast::queue::{Slow, Stamp};
+use corecast::msg::{Slow, Stamp};
 use corecast::ws::command;
 use corecast::ws::frame::{self, Opcode};
 
@@ -101,27 +101,39 @@ fn encode_frames(c: &mut Criterion) {
             publish: 1,
             accepted: Instant::now(),
         };
-        let delivery = encode::message(
-            "leads.42",
-            1,
-            2,
-            &data,
-            Priority::Normal,
-            Slow::Disconnect,
-            stamp,
+        let delivery = encode::delivery(
+            &encode::Message {
+                channel: "leads.42",
+                offset: 1,
+                ts_ms: 2,
+                data: &data,
+                priority: Priority::Normal,
+                stamp,
+            },
+            encode::Treatment {
+                slow: Slow::Disconnect,
+                namespace: 0,
+                deflate: false,
+            },
         );
         assert!(delivery.frame.ends_with(format!("{data}}}").as_bytes()));
         group.throughput(Throughput::Bytes(data_bytes as u64));
         group.bench_function(format!("message/{data_bytes}"), |b| {
             b.iter(|| {
-                encode::message(
-                    black_box("leads.42"),
-                    black_box(1_234_567),
-                    black_box(1_700_000_000_000),
-                    black_box(&data),
-                    Priority::Normal,
-                    Slow::Disconnect,
-                    stamp,
+                encode::delivery(
+                    &encode::Message {
+                        channel: black_box("leads.42"),
+                        offset: black_box(1_234_567),
+                        ts_ms: black_box(1_700_000_000_000),
+                        data: black_box(&data),
+                        priority: Priority::Normal,
+                        stamp,
+                    },
+                    encode::Treatment {
+                        slow: Slow::Disconnect,
+                        namespace: 0,
+                        deflate: false,
+                    },
                 )
             })
         });

@@ -1,7 +1,7 @@
 //! What permessage-deflate costs per publish: the compressed twin the ingest core makes of every
-//! `message` frame when `permessage_deflate` is on (`ws::frame::deflated_twin`, through
-//! `ingest::encode::deflate`), next to the plain encode it comes on top of, and what a shard
-//! pays to inflate a client's compressed command.
+//! `message` frame when `permessage_deflate` is on (`ws::frame::deflated_twin`, which
+//! `ingest::encode::delivery` calls when its `Treatment` says `deflate`), next to the plain
+//! encode it comes on top of, and what a shard pays to inflate a client's compressed command.
 //!
 //! The twin is made once per publish on the single ingest core, whatever the number of
 //! subscribers, so its time per message is what deflate takes from the node's publish rate.
@@ -27,7 +27,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use corecast::ingest::encode;
 use corecast::ingest::Priority;
-use corecast::queue::{Slow, Stamp};
+use corecast::msg::{Slow, Stamp};
 use corecast::ws::deflate::{compress_into, Inflater};
 use corecast::ws::frame;
 
@@ -68,14 +68,20 @@ fn per_publish(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish");
     for len_bytes in [100usize, 1024, 16 * 1024] {
         let data = json_object(len_bytes);
-        let plain = encode::message(
-            "leads.42",
-            7,
-            1_700_000_000_000,
-            &data,
-            Priority::Normal,
-            Slow::Disconnect,
-            stamp(),
+        let plain = encode::delivery(
+            &encode::Message {
+                channel: "leads.42",
+                offset: 7,
+                ts_ms: 1_700_000_000_000,
+                data: &data,
+                priority: Priority::Normal,
+                stamp: stamp(),
+            },
+            encode::Treatment {
+                slow: Slow::Disconnect,
+                namespace: 0,
+                deflate: false,
+            },
         );
         let twin = frame::deflated_twin(&plain.frame);
         println!(
@@ -86,14 +92,20 @@ fn per_publish(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(plain.frame.len() as u64));
         group.bench_function(format!("encode/{len_bytes}"), |b| {
             b.iter(|| {
-                encode::message(
-                    "leads.42",
-                    black_box(7),
-                    1_700_000_000_000,
-                    black_box(&data),
-                    Priority::Normal,
-                    Slow::Disconnect,
-                    stamp(),
+                encode::delivery(
+                    &encode::Message {
+                        channel: "leads.42",
+                        offset: black_box(7),
+                        ts_ms: 1_700_000_000_000,
+                        data: black_box(&data),
+                        priority: Priority::Normal,
+                        stamp: stamp(),
+                    },
+                    encode::Treatment {
+                        slow: Slow::Disconnect,
+                        namespace: 0,
+                        deflate: false,
+                    },
                 )
             })
         });

@@ -40,8 +40,9 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 use corecast::config::defaults;
-use corecast::queue::{self, Receiver, Sender, ToShard};
-use corecast::ws::ConnId;
+use corecast::msg::ConnId;
+use corecast::msg::ToShard;
+use corecast::queue::{self, Receiver, Sender};
 
 /// Items per cross-core run.
 const CROSS_CORE_ITEMS: u64 = 1_000_000;

@@ -52,7 +52,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use corecast::channel;
-use corecast::shard::registry::Registry;
+use corecast::registry::Registry;
 
 /// Connection keys in the registry.
 const KEYS: u32 = 10_000;

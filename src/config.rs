@@ -789,6 +789,12 @@ fn check_range<T: PartialOrd + std::fmt::Display>(
 }
 
 impl Config {
+    /// Whether a connection of `tenant` must ask the ingest core for a place under the
+    /// connection limits over every shard (`ingest::admission`): only when one applies to it.
+    pub fn admission_needed(&self, tenant: Option<&str>) -> bool {
+        self.connections_max > 0 || self.connections_per_ip_max > 0 || tenant.is_some()
+    }
+
     /// Checks every field and every relationship between fields, naming the field at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_range("heartbeat_s", self.heartbeat_s, 1, 3_600)?;

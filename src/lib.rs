@@ -6,48 +6,45 @@
 //!
 //! # Workspace
 //! This library is the server alone: it never depends on the tools beside it, so it links none
-//! of their dependencies (`cargo build -p corecast --lib --no-default-features`). The layers,
-//! bottom to top; a layer may import only those below it (between crates, cargo enforces it):
+//! of their dependencies (`cargo build -p corecast --lib --no-default-features`).
 //! - `corecast-proto` (`src/proto/`): what the server, the client and the bench all speak:
-//!   channel names and patterns ([`channel`], re-exported here), positions ([`queue::Since`]),
+//!   channel names and patterns ([`channel`], re-exported here), positions ([`msg::Since`]),
 //!   priorities ([`ingest::Priority`]), error and close codes, and the client-side frame codec.
-//! - This crate: [`config`], then the pure stages ([`ws`], [`net`], [`cluster`]), then
-//!   [`ingest`] and [`shard`], then [`runtime`].
+//! - This crate, in the layers below.
 //! - The tools, crates of their own that depend on `corecast-proto` and never on this one:
 //!   `corecast-client` (`src/client/`, the Rust client and `corecast subscribe`/`publish`) and
 //!   `corecast-bench` (`benches/load/`, the load generator behind `corecast bench`).
 //! - The `corecast` binary (`src/main.rs`, `src/cli.rs`): the command line over all of them,
 //!   behind the default feature `cli`.
 //!
-//! # Layout
-//! The folders are the stages a message passes through, in order.
-//! - [`net`]: bind with `SO_REUSEPORT`, accept, read the HTTP upgrade under its limits,
-//!   [`net::auth`]: the JWT a connection presents and the grant it carries, and
-//!   [`net::tls`]: optional TLS, the stream every connection (and the control plane) runs on.
-//! - [`ws`]: RFC 6455 frames, reassembled messages, permessage-deflate, JSON commands, the
-//!   inbound rate limit, and the connection task (which also serves the optional echo endpoint
-//!   for conformance suites).
-//! - [`shard`]: a broadcast shard's connections, its subscription [`shard::registry`], fan-out.
-//! - [`ingest`]: the control-plane HTTP API (its connections' deadlines and its answers to
-//!   what hyper cannot parse: [`ingest::api_stream`]), the sequencer of offsets, encode-once,
-//!   [`ingest::history`]: each channel's bounded history, which recoveries read, and
-//!   [`ingest::metrics`]: fan-out latency histograms and the Prometheus `/metrics` exposition,
-//!   [`ingest::admission`]: the connection limits over every shard (total, per address, per
-//!   tenant), which an upgrade asks the ingest core for.
-//! - [`queue`]: the only link between cores, bounded lock-free queues with a wake-up.
-//! - [`cluster`]: cluster mode's bridge to Redis, three plain threads beside the executors
-//!   (the ingest core's side of it is [`ingest::cluster`]).
-//! - [`notify`]: the wake-up between tasks of one core (the cross-core one is [`queue`]).
-//! - [`rate`]: token buckets, for the rate limits.
-//! - [`channel`]: channel names and wildcard patterns, shared by every stage (from
-//!   `corecast-proto`).
-//! - [`config`], [`runtime`]: settings (the `serve` flags and the TOML file), the core plan and
-//!   start-up.
-//! - [`json`]: the checks every JSON parse runs first (nesting depth, `\u` escapes), and the
-//!   stack a thread that parses JSON needs.
-//! - [`tune`]: `corecast tune check`, the host audit against `tuning/`'s recommendations.
-//! - [`web`]: the browser client (`/client.js`, `/client.d.ts`) the WebSocket port and the
-//!   control plane serve, embedded.
+//! # Layers
+//! Bottom to top. A module imports only modules of lower layers, never one of its own layer:
+//! so there is no import cycle, and the two cores' halves meet only in the vocabulary and the
+//! queue beneath them. `tests/layers.rs` reads every `crate::` path of `src/` and fails on one
+//! that breaks this, naming the file and line; between crates, cargo enforces it.
+//! 1. Protocol types: [`channel`] (from `corecast-proto`).
+//! 2. Shared pieces: [`clock`] (the wall clock and epochs), [`json`] (the checks every JSON
+//!    parse runs first), [`notify`] (the wake-up between tasks of one core), [`rate`] (token
+//!    buckets), [`web`] (the embedded browser client), [`queue`] (the cross-core transport,
+//!    which knows only `T`).
+//! 3. Shared pieces over those: [`latency`] (fan-out histograms), [`registry`] (patterns to
+//!    keys, for a shard's connections and the ingest core's routes).
+//! 4. [`msg`]: the cross-core vocabulary, everything the cores say to each other.
+//! 5. [`config`]: the settings (the `serve` flags and the TOML file), validated.
+//! 6. Pure stages: [`ws`] (RFC 6455 codecs, the outbox, a connection's protocol state
+//!    machine), [`cluster`] (the bridge to Redis: plain threads beside the executors),
+//!    [`tune`] (`corecast tune check`, the host audit).
+//! 7. [`net`]: bind with `SO_REUSEPORT`, read an HTTP upgrade under its limits ([`net::auth`]:
+//!    the JWT it presents and the grant it carries; [`net::tls`]: the stream every connection
+//!    runs on), answer and close.
+//! 8. The two cores' halves. [`shard`]: a broadcast shard's accept loop ([`shard::accept`]),
+//!    its connections' tasks ([`shard::conn`]), its registry, fan-out. [`ingest`]: the
+//!    control-plane API ([`ingest::api_stream`]: its connections' deadlines and its answers to
+//!    what hyper cannot parse), the sequencer of offsets, encode-once ([`ingest::encode`], the
+//!    only owner of the frame layout), [`ingest::history`], [`ingest::metrics`] (the
+//!    `/metrics` exposition), [`ingest::admission`] (the connection limits over every shard)
+//!    and [`ingest::cluster`] (its side of the bridge).
+//! 9. [`runtime`]: the core plan, start-up and shutdown: wiring.
 //!
 //! # Data flow
 //! ```text
@@ -88,14 +85,18 @@
 #![forbid(unsafe_code)]
 
 pub use corecast_proto::channel;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod ingest;
 pub mod json;
+pub mod latency;
+pub mod msg;
 pub mod net;
 pub mod notify;
 pub mod queue;
 pub mod rate;
+pub mod registry;
 pub mod runtime;
 pub mod shard;
 pub mod tune;

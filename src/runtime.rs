@@ -17,10 +17,12 @@ use std::time::Duration;
 use glommio::{LocalExecutorBuilder, Placement};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
+use crate::cluster::FromCluster;
 use crate::config::Config;
 use crate::ingest::{Ingest, IngestCore};
 use crate::json;
-use crate::queue::{self, ToIngest, ToShard};
+use crate::msg::{ToIngest, ToShard};
+use crate::queue;
 use crate::shard::{Shard, ShardCore};
 use crate::tune::{self, MEMLOCK_BYTES_MIN};
 
@@ -100,20 +102,6 @@ impl CorePlan {
     }
 }
 
-/// CPUs this process may run on (its affinity mask).
-pub fn allowed_cpus() -> Vec<usize> {
-    let mut cpus: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|core| core.id)
-        .collect();
-    if cpus.is_empty() {
-        cpus.push(0);
-    }
-    cpus.sort_unstable();
-    cpus
-}
-
 /// Checks the host for what glommio and the configured load need, raising soft limits to the
 /// hard ones where that is all it takes.
 pub fn preflight(config: &Config, executors: usize) -> Result<(), StartError> {
@@ -155,28 +143,13 @@ pub fn preflight(config: &Config, executors: usize) -> Result<(), StartError> {
     Ok(())
 }
 
-/// A fresh epoch: 16 hex digits from the OS-seeded keys of a std `RandomState` and the clock,
-/// so two starts of the server (even in the same nanosecond) almost surely differ. Clients
-/// only compare epochs for equality.
-pub fn new_epoch() -> Arc<str> {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos()),
-    );
-    hasher.write_u32(std::process::id());
-    format!("{:016x}", hasher.finish()).into()
-}
-
 /// What an executor reports once it has bound its port (or failed to).
 type Bound = Result<(), String>;
 
 /// Runs the server until SIGINT or SIGTERM. Prints the core plan and then
 /// `listening ws=ADDR api=ADDR` on stdout once every executor is serving.
 pub fn serve(config: Config) -> Result<(), StartError> {
-    let plan = CorePlan::new(&config, &allowed_cpus())?;
+    let plan = CorePlan::new(&config, &tune::host::allowed_cpus())?;
     preflight(&config, plan.shard_cpus.len() + 1)?;
     for (name, addr) in [("WebSocket", config.listen), ("API", config.api)] {
         crate::net::ensure_unused(addr).map_err(|err| {
@@ -195,7 +168,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let mut config = config;
     config.listen = ws_addr;
     let config = Arc::new(config);
-    let epoch = new_epoch();
+    let epoch = crate::clock::new_epoch();
     tracing::info!(%epoch, "offsets start at 1 in a new epoch");
     let shards = plan.shard_cpus.len();
 
@@ -215,16 +188,16 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     ingest_inboxes.push(signal_rx);
     let bridge = match &config.redis_url {
         Some(url) => {
-            let (tx, rx) = queue::bounded::<ToIngest>(config.queue_items_max);
-            ingest_inboxes.push(rx);
+            let (tx, rx) = queue::bounded::<FromCluster>(config.queue_items_max);
             let node = crate::ingest::sys_stats::node_token(&config);
             let bridge =
                 crate::cluster::Bridge::start(config.clone(), url, node, tx).map_err(StartError)?;
             tracing::info!(redis = %url, threads = bridge.threads(), "cluster mode: publishes go through Redis");
-            Some(bridge)
+            Some((bridge, rx))
         }
         None => None,
     };
+    let (bridge, cluster_inbox) = bridge.unzip();
     let cluster_requests = bridge.as_ref().map(crate::cluster::Bridge::requests);
     let verifier = crate::net::auth::Verifier::from_config(&config)
         .map_err(StartError)?
@@ -272,7 +245,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
                 );
                 let core =
                     IngestCore::new(ingest_config, ingest_epoch, to_shards, cluster_requests);
-                let ingest = Ingest::start(core, listener, api_tls, ingest_inboxes);
+                let ingest = Ingest::start(core, listener, api_tls, ingest_inboxes, cluster_inbox);
                 let _ = ingest_bound.send(("ingest".into(), Ok(())));
                 ingest.run().await;
             },

@@ -5,7 +5,7 @@
 //! (`corecast-bench`) must not depend on the server; pure over bytes, they need no watchdog.
 
 use corecast::ingest::{encode, Priority};
-use corecast::queue::{Slow, Stamp};
+use corecast::msg::{Slow, Stamp};
 use corecast_bench::formats::{connected_frame, message_frame, message_parts, write_data, Scanner};
 
 #[test]
@@ -49,16 +49,22 @@ fn message_is_the_frame_corecast_encodes_at_every_header_size() {
             1_700_000_000_123,
             &data,
         );
-        let corecast = encode::message(
-            "bench.fanout",
-            13,
-            1_700_000_000_123,
-            &data,
-            Priority::Normal,
-            Slow::Disconnect,
-            Stamp {
-                publish: 13,
-                accepted: std::time::Instant::now(),
+        let corecast = encode::delivery(
+            &encode::Message {
+                channel: "bench.fanout",
+                offset: 13,
+                ts_ms: 1_700_000_000_123,
+                data: &data,
+                priority: Priority::Normal,
+                stamp: Stamp {
+                    publish: 13,
+                    accepted: std::time::Instant::now(),
+                },
+            },
+            encode::Treatment {
+                slow: Slow::Disconnect,
+                namespace: 0,
+                deflate: false,
             },
         );
         assert_eq!(frame, corecast.frame, "payload_bytes {payload_bytes}");
@@ -85,16 +91,22 @@ fn message_text_is_what_corecast_delivers() {
             "1700000000123",
             &data,
         ));
-        let corecast = encode::message(
-            "bench.fanout",
-            13,
-            1_700_000_000_123,
-            &data,
-            Priority::Normal,
-            Slow::Disconnect,
-            Stamp {
-                publish: 13,
-                accepted: std::time::Instant::now(),
+        let corecast = encode::delivery(
+            &encode::Message {
+                channel: "bench.fanout",
+                offset: 13,
+                ts_ms: 1_700_000_000_123,
+                data: &data,
+                priority: Priority::Normal,
+                stamp: Stamp {
+                    publish: 13,
+                    accepted: std::time::Instant::now(),
+                },
+            },
+            encode::Treatment {
+                slow: Slow::Disconnect,
+                namespace: 0,
+                deflate: false,
             },
         );
         let header_bytes = corecast.frame.len() - text.len();

@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::ingest::Priority;
-use crate::queue::{self, ToIngest};
+use crate::queue;
+use corecast_proto::Priority;
 
 /// The channel every node subscribes to.
 const EVENTS_CHANNEL: &str = "corecast:events";
@@ -405,7 +405,7 @@ impl Bridge {
         config: Arc<Config>,
         url: &str,
         node: String,
-        to_ingest: queue::Sender<ToIngest>,
+        to_ingest: queue::Sender<FromCluster>,
     ) -> Result<Bridge, String> {
         let client = redis::Client::open(url)
             .map_err(|err| format!("redis_url {url:?} is not a Redis URL: {err}"))?;
@@ -470,14 +470,14 @@ impl Bridge {
 
 /// Hands `message` to the ingest core, waiting while its inbox is full (this is a plain
 /// thread: waiting here slows only the bridge), and wakes it.
-fn tell(to_ingest: &queue::Sender<ToIngest>, message: FromCluster) {
+fn tell(to_ingest: &queue::Sender<FromCluster>, message: FromCluster) {
     queue_for_ingest(to_ingest, message);
     to_ingest.wake();
 }
 
 /// `tell` without the wake-up, for a batch: the caller wakes the ingest core once after it.
-fn queue_for_ingest(to_ingest: &queue::Sender<ToIngest>, message: FromCluster) {
-    let mut message = ToIngest::Cluster(message);
+fn queue_for_ingest(to_ingest: &queue::Sender<FromCluster>, message: FromCluster) {
+    let mut message = message;
     while let Err(back) = to_ingest.try_push(message) {
         message = back;
         to_ingest.wake();
@@ -590,7 +590,7 @@ fn run_dialer(
 fn run_events(
     client: &redis::Client,
     timeout: Duration,
-    to_ingest: &queue::Sender<ToIngest>,
+    to_ingest: &queue::Sender<FromCluster>,
     commands: &SyncSender<Inbound>,
     depth_max: usize,
 ) {
@@ -616,7 +616,7 @@ fn run_events(
 fn subscribe_and_forward(
     client: &redis::Client,
     timeout: Duration,
-    to_ingest: &queue::Sender<ToIngest>,
+    to_ingest: &queue::Sender<FromCluster>,
     depth_max: usize,
     failures: &mut u32,
 ) -> redis::RedisResult<()> {
@@ -625,7 +625,7 @@ fn subscribe_and_forward(
     let mut pubsub = events.as_pubsub();
     pubsub.subscribe(EVENTS_CHANNEL)?;
     // Subscribed first, so nothing published after this read is missed.
-    let (epoch, seq) = cluster_position(&mut state, &crate::runtime::new_epoch())?;
+    let (epoch, seq) = cluster_position(&mut state, &crate::clock::new_epoch())?;
     drop(state);
     tracing::info!(%epoch, seq, "subscribed to the cluster's events");
     tell(
@@ -805,7 +805,7 @@ struct CommandThread {
     node: String,
     /// `redis_timeout_ms`.
     timeout: Duration,
-    to_ingest: Arc<queue::Sender<ToIngest>>,
+    to_ingest: Arc<queue::Sender<FromCluster>>,
     /// Asks the dialer for a connection.
     dialer: std::sync::mpsc::Sender<()>,
     /// The health the ingest core was last told, so that each change is told once.
@@ -1118,7 +1118,7 @@ impl CommandThread {
         let Some(first) = publishes.first() else {
             return Ok(());
         };
-        let proposed = crate::runtime::new_epoch();
+        let proposed = crate::clock::new_epoch();
         let mut packed = Vec::new();
         for publish in &publishes {
             publish.pack(scripts, &proposed, self.config.cluster_log_max, &mut packed);
@@ -1184,7 +1184,7 @@ impl CommandThread {
             node: self.node.clone(),
             ws: self.config.listen.to_string(),
             connections,
-            ts_ms: crate::ws::conn::unix_ms(),
+            ts_ms: crate::clock::unix_ms(),
         };
         let key = format!("{NODE_KEY_PREFIX}{}", self.node);
         let text = serde_json::to_string(&info).expect("node info serializes");

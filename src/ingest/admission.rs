@@ -2,7 +2,7 @@
 //!
 //! `connections_max`, `connections_per_ip_max` and `tenant_connections_max` count connections
 //! over every shard, and nothing but the queues is shared between cores, so a shard asks the
-//! ingest core for a place before it answers an upgrade ([`crate::queue::ToIngest::Admit`]) and
+//! ingest core for a place before it answers an upgrade ([`crate::msg::ToIngest::Admit`]) and
 //! gives it back when the connection ends (`Leave`). This table is the ingest core's side: pure
 //! counting, no sockets, no waiting. A shard asks only when some limit applies to the
 //! connection, so a server with none set pays nothing per connect; a tenant's connections
@@ -13,78 +13,7 @@ use std::net::IpAddr;
 use hashbrown::HashMap;
 
 use crate::config::Config;
-
-/// Who a connection is, for counting: its address (an IPv6 address by its /64, which one
-/// host commonly owns whole) and its tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    pub ip: IpAddr,
-    pub tenant: Option<Box<str>>,
-}
-
-impl Peer {
-    pub fn new(ip: IpAddr, tenant: Option<Box<str>>) -> Self {
-        let ip = match ip.to_canonical() {
-            IpAddr::V6(v6) => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(prefix.into())
-            }
-            v4 => v4,
-        };
-        Peer { ip, tenant }
-    }
-}
-
-/// Which limit refused a connection. Each variant is the client's (or its tenant's) to wait
-/// out: answer with [`Refused::status`] and the message, and count nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// `connections_max`: the server is full (503).
-    Total(usize),
-    /// `connections_per_ip_max`: this address holds its share (429).
-    Ip(usize),
-    /// `tenant_connections_max`: this tenant holds its share (429).
-    Tenant(usize),
-    /// The shard is stopping: no answer will come (503).
-    Stopping,
-}
-
-impl Refused {
-    /// The HTTP status the upgrade gets.
-    pub fn status(self) -> http::StatusCode {
-        match self {
-            Refused::Total(_) | Refused::Stopping => http::StatusCode::SERVICE_UNAVAILABLE,
-            Refused::Ip(_) | Refused::Tenant(_) => http::StatusCode::TOO_MANY_REQUESTS,
-        }
-    }
-}
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refused::Total(max) => {
-                write!(
-                    f,
-                    "the server holds its connections_max = {max} connections"
-                )
-            }
-            Refused::Ip(max) => write!(
-                f,
-                "this address holds its connections_per_ip_max = {max} connections"
-            ),
-            Refused::Tenant(max) => write!(
-                f,
-                "this tenant holds its tenant_connections_max = {max} connections"
-            ),
-            Refused::Stopping => f.write_str("the server is shutting down"),
-        }
-    }
-}
-
-/// Whether a connection must be admitted by the ingest core under `config`.
-pub fn needed(config: &Config, tenant: Option<&str>) -> bool {
-    config.connections_max > 0 || config.connections_per_ip_max > 0 || tenant.is_some()
-}
+use crate::msg::{Peer, Refused};
 
 /// The admitted connections, counted three ways. Entries that reach zero are removed, so the
 /// maps hold only addresses and tenants with live connections.
@@ -213,7 +142,7 @@ mod tests {
                 .admit(&config, &peer("10.0.0.1", Some("acme")))
                 .unwrap();
         }
-        assert!(!needed(&config, None));
-        assert!(needed(&config, Some("acme")));
+        assert!(!config.admission_needed(None));
+        assert!(config.admission_needed(Some("acme")));
     }
 }

@@ -36,10 +36,10 @@ use super::metrics::{self, Snapshot};
 use super::{IngestCore, Priority, PublishError};
 use crate::channel;
 use crate::config::Config;
+use crate::msg::{AckRow, Answer, NamespaceStats, QueryKind, ShardReport};
 use crate::net::accept;
 use crate::net::handshake::{ErrorBody, Reject};
 use crate::net::tls::{self, Transport};
-use crate::queue::{AckRow, Answer, NamespaceStats, QueryKind, ShardReport};
 use futures_rustls::TlsAcceptor;
 use std::time::Duration;
 
@@ -960,12 +960,12 @@ async fn stats(core: &IngestCore) -> HttpResponse {
     let shards: Vec<_> = reports.iter().map(|report| report.stats).collect();
     #[derive(Serialize)]
     struct Stats<'a> {
-        shards: &'a [crate::shard::ShardStats],
+        shards: &'a [crate::msg::ShardStats],
         shards_answered: usize,
         connections: usize,
         epoch: &'a str,
         ingest: super::IngestStats,
-        fanout_latency_us: metrics::LatencySummary,
+        fanout_latency_us: crate::latency::LatencySummary,
         namespaces: Vec<NamespaceSummary>,
         acks: Vec<AckSummary>,
         tenants: Vec<TenantSummary>,

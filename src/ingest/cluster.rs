@@ -27,13 +27,14 @@ use std::time::{Duration, Instant};
 use futures_channel::oneshot;
 use hashbrown::HashMap;
 
+use super::encode;
 use super::history::{Assigned, History, Unnumbered};
 use super::{Batch, BatchOutcome, IngestCore, Job, PublishError};
 use crate::cluster::{
     self, BatchEntry, BatchRequest, FromCluster, Health, NodeInfo, Numbered, PublishFailure,
     PublishRequest, Requests, ToCluster,
 };
-use crate::queue::ToShard;
+use crate::msg::ToShard;
 use crate::ws::command;
 
 /// What a read of the cluster's log is for.
@@ -422,7 +423,7 @@ impl IngestCore {
                 entry.offset,
                 entry.seq,
                 delivery.frame.clone(),
-                delivery.payload_start(),
+                encode::payload_start(&delivery),
                 now,
             );
         }
@@ -510,19 +511,19 @@ impl IngestCore {
         event: &Numbered,
         policy: usize,
         now: Instant,
-    ) -> crate::queue::Delivery {
-        self.encode(
-            &event.channel,
-            event.offset,
-            event.ts_ms,
-            &event.data,
-            event.priority,
-            policy,
-            crate::queue::Stamp {
+    ) -> crate::msg::Delivery {
+        let message = encode::Message {
+            channel: &event.channel,
+            offset: event.offset,
+            ts_ms: event.ts_ms,
+            data: &event.data,
+            priority: event.priority,
+            stamp: crate::msg::Stamp {
                 publish: event.seq,
                 accepted: now,
             },
-        )
+        };
+        self.encode(&message, policy)
     }
 
     /// The cluster state, `None` on a single node.

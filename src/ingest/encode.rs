@@ -14,7 +14,7 @@ use bytes::BufMut;
 
 use crate::channel;
 use crate::ingest::Priority;
-use crate::queue::{Delivery, Slow, Stamp};
+use crate::msg::{Delivery, Slow, Stamp};
 use crate::ws::frame::text_frame_with;
 
 /// The start of every message's JSON; the channel name follows it directly.
@@ -25,19 +25,52 @@ const SEQ_KEY: &[u8] = br#","seq":"#;
 const TS_KEY: &[u8] = br#","ts_ms":"#;
 const DATA_KEY: &[u8] = br#","data":"#;
 
-/// Builds the `message` frame for one publish, in one allocation of exactly its size. Its
-/// `seq` is the publish number of `stamp`. `full` is the channel's full name; the frame names
-/// it as its subscribers do, without a tenant's scope (see [`channel::TENANT_MARK`]). The
-/// delivery's `namespace` is 0; the sequencer sets it.
-pub fn message(
-    full: &str,
-    offset: u64,
-    ts_ms: u64,
-    data: &str,
-    priority: Priority,
-    slow: Slow,
-    stamp: Stamp,
-) -> Delivery {
+/// Where a delivery's JSON payload starts in its frame (after the WebSocket header): the
+/// channel name sits right after [`PREFIX`], and this module alone knows that layout.
+pub fn payload_start(delivery: &Delivery) -> u8 {
+    let start = usize::from(delivery.channel_start) - PREFIX.len();
+    u8::try_from(start).expect("a frame header is at most 10 bytes")
+}
+
+/// One numbered message, from a local publish or back from the cluster: everything its
+/// delivery is made of but how this node treats its channel.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// The channel's full name (with a tenant's scope, if any).
+    pub channel: &'a str,
+    pub offset: u64,
+    pub ts_ms: u64,
+    /// Raw, validated JSON.
+    pub data: &'a str,
+    pub priority: Priority,
+    /// Its `seq` is the publish number.
+    pub stamp: Stamp,
+}
+
+/// How this node delivers a channel's messages, resolved by the sequencer from the channel's
+/// namespace and the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Treatment {
+    pub slow: Slow,
+    /// See [`Delivery::namespace`].
+    pub namespace: u16,
+    /// Make the compressed twin (`permessage_deflate`).
+    pub deflate: bool,
+}
+
+/// The one place a message becomes its delivery: the `message` frame, in one allocation of
+/// exactly its size, its compressed twin when `treatment` asks for one, its channel's
+/// slow-consumer policy and namespace, and its stamp. The frame names the channel as its
+/// subscribers do, without a tenant's scope (see [`channel::TENANT_MARK`]).
+pub fn delivery(message: &Message<'_>, treatment: Treatment) -> Delivery {
+    let Message {
+        channel: full,
+        offset,
+        ts_ms,
+        data,
+        priority,
+        stamp,
+    } = *message;
     let (tenant, channel) = channel::split_scope(full);
     assert!(
         channel.len() <= usize::from(u8::MAX) && channel.is_ascii(),
@@ -73,17 +106,20 @@ pub fn message(
         buf.put_slice(data.as_bytes());
         buf.put_u8(b'}');
     });
+    let deflated = treatment
+        .deflate
+        .then(|| crate::ws::frame::deflated_twin(&frame));
     let delivery = Delivery {
         frame,
-        deflated: None,
+        deflated,
         channel_start: u16::try_from(header_len + PREFIX.len())
             .expect("a header is at most 10 bytes"),
         channel_len: channel.len() as u8,
         scoped: tenant.map(|_| Arc::from(full)),
         priority,
         offset,
-        slow,
-        namespace: 0,
+        slow: treatment.slow,
+        namespace: treatment.namespace,
         stamp,
     };
     assert_eq!(
@@ -99,34 +135,46 @@ pub fn message(
     delivery
 }
 
-/// Adds the compressed twin of `delivery`'s frame, once, for every shard and connection.
-pub fn deflate(delivery: &mut Delivery) {
-    assert!(delivery.deflated.is_none(), "a frame is compressed once");
-    delivery.deflated = Some(crate::ws::frame::deflated_twin(&delivery.frame));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn stamp() -> Stamp {
-        Stamp {
-            publish: 1,
-            accepted: std::time::Instant::now(),
+    const PLAIN: Treatment = Treatment {
+        slow: Slow::Disconnect,
+        namespace: 0,
+        deflate: false,
+    };
+
+    fn message<'a>(channel: &'a str, offset: u64, ts_ms: u64, data: &'a str) -> Message<'a> {
+        Message {
+            channel,
+            offset,
+            ts_ms,
+            data,
+            priority: Priority::Normal,
+            stamp: Stamp {
+                publish: 1,
+                accepted: std::time::Instant::now(),
+            },
         }
     }
 
     #[test]
     fn message_frame_is_exact_and_locates_its_channel() {
-        let delivery = message(
-            "leads.42",
-            7,
-            1_700_000_000_000,
-            r#"{"score":9}"#,
-            Priority::Normal,
-            Slow::Disconnect,
-            stamp(),
+        let conflating = Treatment {
+            slow: Slow::Conflate(Some(3)),
+            namespace: 2,
+            deflate: false,
+        };
+        let delivery = delivery(
+            &message("leads.42", 7, 1_700_000_000_000, r#"{"score":9}"#),
+            conflating,
         );
+        assert_eq!(
+            (delivery.slow, delivery.namespace, delivery.offset),
+            (Slow::Conflate(Some(3)), 2, 7)
+        );
+        assert!(delivery.deflated.is_none());
         let json = r#"{"type":"message","channel":"leads.42","offset":7,"seq":1,"ts_ms":1700000000000,"data":{"score":9}}"#;
         assert_eq!(&delivery.frame[..2], &[0x81, json.len() as u8]);
         assert_eq!(&delivery.frame[2..], json.as_bytes());
@@ -138,16 +186,12 @@ mod tests {
 
     #[test]
     fn the_deflated_twin_is_the_same_message() {
-        let mut delivery = message(
-            "leads.42",
-            7,
-            1,
-            &format!("\"{}\"", "ab".repeat(200)),
-            Priority::Normal,
-            Slow::Disconnect,
-            stamp(),
-        );
-        deflate(&mut delivery);
+        let data = format!("\"{}\"", "ab".repeat(200));
+        let compressing = Treatment {
+            deflate: true,
+            ..PLAIN
+        };
+        let delivery = delivery(&message("leads.42", 7, 1, &data), compressing);
         let twin = delivery.deflated.clone().unwrap();
         assert_eq!(twin[0], 0xC1);
         assert!(twin.len() < delivery.frame.len() / 2);
@@ -158,22 +202,14 @@ mod tests {
         inflater.finish(&mut out, 1 << 20).unwrap();
         assert_eq!(
             out,
-            &delivery.frame[usize::from(delivery.payload_start())..]
+            &delivery.frame[usize::from(payload_start(&delivery))..]
         );
     }
 
     #[test]
     fn large_data_gets_a_longer_header() {
         let data = format!("\"{}\"", "x".repeat(70_000));
-        let delivery = message(
-            "a",
-            1,
-            2,
-            &data,
-            Priority::Critical,
-            Slow::Disconnect,
-            stamp(),
-        );
+        let delivery = delivery(&message("a", 1, 2, &data), PLAIN);
         assert_eq!(delivery.frame[1], 127);
         assert_eq!(delivery.channel(), "a");
     }

@@ -42,7 +42,7 @@ use hashbrown::{DefaultHashBuilder, HashSet, HashTable};
 
 use crate::channel;
 use crate::config::{ChannelPolicy, Config};
-use crate::queue::{Missed, Position};
+use crate::msg::{Missed, Position};
 use crate::ws::command::Unrecovered;
 
 /// One published message as history keeps it. Its offset is its place: a channel's stored

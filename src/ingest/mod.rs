@@ -48,18 +48,20 @@ use hashbrown::HashMap;
 use serde::Serialize;
 use sonic_rs::Value;
 
+use crate::clock::unix_ms;
+use crate::cluster::FromCluster;
 use crate::config::{Config, SlowConsumer};
-use crate::notify::Notify;
-use crate::queue::{
-    Answer, FanoutReport, QueryKind, Receiver, Recovered, Sender, ShardId, Since, Slow, Stamp,
-    ToIngest, ToShard,
+use crate::latency::{Buckets, FanoutLatency, LatencySummary};
+use crate::msg::ConnId;
+use crate::msg::{
+    Answer, FanoutReport, QueryKind, Recovered, ShardId, Since, Slow, Stamp, ToIngest, ToShard,
 };
+use crate::notify::Notify;
+use crate::queue::{Receiver, Sender};
 use crate::rate::TokenBucket;
-use crate::shard::registry::Registry;
+use crate::registry::Registry;
 use crate::ws::command::{self, ErrorCode, ErrorReply, Unrecovered};
-use crate::ws::conn::{unix_ms, ConnId};
 use history::{History, RecoveryLimits};
-use metrics::{FanoutLatency, LatencySummary};
 
 /// How long `/v1/stats` and `/v1/channels` wait for every shard's answer.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -420,7 +422,7 @@ impl IngestCore {
     }
 
     /// The overall fan-out latency in Prometheus buckets.
-    pub fn fanout_buckets(&self) -> metrics::Buckets {
+    pub fn fanout_buckets(&self) -> Buckets {
         self.fanout.borrow().buckets()
     }
 
@@ -750,32 +752,15 @@ impl IngestCore {
         }
     }
 
-    /// Encodes a numbered message once, with its channel's slow-consumer policy and namespace
-    /// (`policy`: the index of both): for a local publish and for one back from the cluster.
-    // The message's fields, one argument each: the two callers hold them in different structs.
-    #[allow(clippy::too_many_arguments)]
-    fn encode(
-        &self,
-        channel: &str,
-        offset: u64,
-        ts_ms: u64,
-        data: &str,
-        priority: Priority,
-        policy: usize,
-        stamp: Stamp,
-    ) -> crate::queue::Delivery {
-        let mut delivery = encode::message(
-            channel,
-            offset,
-            ts_ms,
-            data,
-            priority,
-            self.slow(policy, data),
-            stamp,
-        );
-        delivery.namespace =
-            u16::try_from(policy).expect("config validation bounds the namespaces");
-        delivery
+    /// Encodes a numbered message once, local or back from the cluster, as its channel's
+    /// namespace (`policy`) and the config say it is delivered.
+    fn encode(&self, message: &encode::Message<'_>, policy: usize) -> crate::msg::Delivery {
+        let treatment = encode::Treatment {
+            slow: self.slow(policy, message.data),
+            namespace: u16::try_from(policy).expect("config validation bounds the namespaces"),
+            deflate: self.config.permessage_deflate,
+        };
+        encode::delivery(message, treatment)
     }
 
     /// Sequences one job: offset, encode once, keep in history, route, reply. In cluster mode
@@ -804,18 +789,18 @@ impl IngestCore {
     ) {
         let publish = self.published_total.get() + 1;
         self.published_total.set(publish);
-        let delivery = self.encode(
-            &job.channel,
-            assigned.offset,
-            job.ts_ms,
-            &job.data,
-            job.priority,
-            assigned.policy,
-            Stamp {
+        let message = encode::Message {
+            channel: &job.channel,
+            offset: assigned.offset,
+            ts_ms: job.ts_ms,
+            data: &job.data,
+            priority: job.priority,
+            stamp: Stamp {
                 publish,
                 accepted: job.accepted,
             },
-        );
+        };
+        let delivery = self.encode(&message, assigned.policy);
         self.fan_out(delivery, &job.channel, Instant::now(), touched)
             .await;
     }
@@ -920,21 +905,18 @@ impl IngestCore {
     /// Keeps a numbered message in history and sends it to every shard with a subscriber.
     async fn fan_out(
         &self,
-        mut delivery: crate::queue::Delivery,
+        delivery: crate::msg::Delivery,
         channel: &str,
         now: Instant,
         touched: &mut [bool],
     ) {
         let publish = delivery.stamp.publish;
-        if self.config.permessage_deflate {
-            encode::deflate(&mut delivery);
-        }
         self.history.borrow_mut().record(
             channel,
             delivery.offset,
             publish,
             delivery.frame.clone(),
-            delivery.payload_start(),
+            encode::payload_start(&delivery),
             now,
         );
         // One shared `Bytes` goes to every shard, not a copy per shard. `benches/shared_bytes.rs`
@@ -1217,15 +1199,6 @@ impl IngestCore {
                     }
                 }
             }
-            ToIngest::Cluster(news) => {
-                let mut touched = vec![false; self.shards.len()];
-                self.cluster_news(news, &mut touched).await;
-                for (shard, touched) in touched.into_iter().enumerate() {
-                    if touched {
-                        self.shards[shard].wake();
-                    }
-                }
-            }
             ToIngest::Shutdown => self.stop(),
         }
     }
@@ -1250,6 +1223,26 @@ impl IngestCore {
             glommio::yield_if_needed().await;
         }
     }
+
+    /// Takes the Redis bridge's news (cluster mode), a batch at a time, waking each shard it
+    /// sent something to once per batch.
+    async fn run_cluster_inbox(self: Rc<Self>, inbox: Receiver<FromCluster>) {
+        let mut touched = vec![false; self.shards.len()];
+        loop {
+            inbox.ready().await;
+            for _ in 0..self.config.queue_batch_max {
+                let Some(news) = inbox.pop() else { break };
+                self.cluster_news(news, &mut touched).await;
+            }
+            inbox.release();
+            for (shard, touched) in touched.iter_mut().enumerate() {
+                if std::mem::take(touched) {
+                    self.shards[shard].wake();
+                }
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
 }
 
 /// The ingest core's life: `start` its tasks, `run` until a signal, then `stop` the shards.
@@ -1266,6 +1259,7 @@ impl Ingest {
         api: glommio::net::TcpListener,
         api_tls: Option<futures_rustls::TlsAcceptor>,
         inboxes: Vec<Receiver<ToIngest>>,
+        cluster_inbox: Option<Receiver<FromCluster>>,
     ) -> Ingest {
         let mut tasks = vec![
             glommio::spawn_local(api::serve(core.clone(), api, api_tls)).detach(),
@@ -1274,6 +1268,9 @@ impl Ingest {
         ];
         for inbox in inboxes {
             tasks.push(glommio::spawn_local(core.clone().run_inbox(inbox)).detach());
+        }
+        if let Some(inbox) = cluster_inbox {
+            tasks.push(glommio::spawn_local(core.clone().run_cluster_inbox(inbox)).detach());
         }
         if core.config.sys_stats_interval_ms > 0 {
             tasks.push(glommio::spawn_local(sys_stats::run(core.clone())).detach());

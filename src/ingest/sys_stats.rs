@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::api::{namespace_summaries, shard_reports, NamespaceSummary};
-use super::metrics::LatencySummary;
 use super::{IngestCore, Priority};
+use crate::latency::LatencySummary;
 
 /// The channel the figures go to.
 pub const CHANNEL: &str = "$sys.stats";
@@ -132,7 +132,7 @@ async fn tick(core: &IngestCore, previous: &mut Previous) -> Tick {
         });
     }
     let tick = Tick {
-        ts_ms: crate::ws::conn::unix_ms(),
+        ts_ms: crate::clock::unix_ms(),
         interval_ms: core.config.sys_stats_interval_ms,
         epoch,
         connections: shards.iter().map(|shard| shard.connections).sum(),

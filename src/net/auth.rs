@@ -300,7 +300,7 @@ mod tests {
     }
 
     fn now_s() -> u64 {
-        crate::ws::conn::unix_ms() / 1000
+        crate::clock::unix_ms() / 1000
     }
 
     #[test]

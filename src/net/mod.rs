@@ -2,13 +2,13 @@
 //!
 //! Every broadcast shard binds the same address with `SO_REUSEPORT` (glommio's listener sets it),
 //! so the kernel spreads new connections across shards and no connection ever changes core.
-//! [`accept_loop`] gives each accepted socket its own task that reads the upgrade request under
-//! `handshake_timeout_ms` and `handshake_bytes_max`, then hands the socket to its shard. A client
-//! that is slow, malformed or over a limit gets an HTTP error and is closed here; it never
-//! reaches the shard's state. So does a plain `GET` of the browser client (`/client.js`), which
-//! gets the file and is closed. An accept that fails (out of file descriptors, say) is counted
-//! and backed off, with a warning at most once per interval ([`accept`], which the control
-//! plane's accept loop shares).
+//! This stage owns the pieces of a handshake that need no shard: reading the upgrade request
+//! under its limits ([`read_upgrade`], [`handshake`]), checking its token ([`authorize`],
+//! [`auth`]), answering an HTTP error or a file and closing ([`answer`], [`send_and_close`]),
+//! TLS ([`tls`]), and backing off a failing accept ([`accept`], which both accept loops share).
+//! The shard's accept loop (`shard::accept`) drives them for each accepted socket, so a client
+//! that is slow, malformed or over a limit is answered and closed before it reaches the shard's
+//! state. This module never holds a shard or a connection's state.
 
 pub mod accept;
 pub mod auth;
@@ -16,15 +16,11 @@ pub mod handshake;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
 use http::StatusCode;
 
-use crate::ingest::admission::{self, Peer};
-use crate::shard::{Place, Route, ShardCore};
 use handshake::{Limits, Reject, Request};
 use tls::Transport;
 
@@ -121,141 +117,20 @@ pub fn reserve(addr: SocketAddr) -> std::io::Result<(socket2::Socket, SocketAddr
     Ok((socket, bound))
 }
 
-/// Accepts connections for `shard` until the task is cancelled. A failed accept (out of file
-/// descriptors, say) is counted and backed off (see [`accept::Backoff`]).
-pub async fn accept_loop(shard: Rc<ShardCore>, listener: TcpListener) {
-    let mut backoff = accept::Backoff::default();
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                backoff.succeeded();
-                glommio::spawn_local(handshake_then_serve(shard.clone(), stream)).detach();
-            }
-            Err(err) => {
-                shard.count_accept_error();
-                let failed = backoff.failed(std::time::Instant::now());
-                if let Some(failures) = failed.warn {
-                    tracing::warn!(
-                        shard = shard.id,
-                        error = %err,
-                        failures,
-                        pause_ms = failed.pause.as_millis() as u64,
-                        "accept failed; backing off (one warning per {:?} at most: failures \
-                         counts those since the previous one)",
-                        accept::WARN_INTERVAL
-                    );
-                }
-                glommio::timer::sleep(failed.pause).await;
-            }
-        }
-    }
-}
-
 /// Why a handshake ended without an upgrade.
-enum Failed {
+pub enum Failed {
     Reject(Reject),
     /// The peer went away or the socket failed: nothing to answer.
     Gone,
 }
 
-async fn handshake_then_serve(shard: Rc<ShardCore>, stream: TcpStream) {
-    if let Err(err) = stream.set_nodelay(true) {
-        tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-    }
-    let config = shard.config.clone();
-    let timeout = Duration::from_millis(config.handshake_timeout_ms);
-    let mut stream = match &shard.tls {
-        None => Transport::Plain(stream),
-        Some(acceptor) => match tls::accept(acceptor, stream, timeout).await {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::debug!(shard = shard.id, error = %err, "TLS handshake failed");
-                return;
-            }
-        },
-    };
-    if !shard.has_room() {
-        refuse_full(&shard, &mut stream, timeout).await;
-        return;
-    }
-    let limits = Limits {
-        request_bytes_max: config.handshake_bytes_max,
-        channels_max: config.subscriptions_per_conn_max,
-        echo_path: config.echo_path.as_deref(),
-        deflate: config.permessage_deflate,
-        channel_bytes_max: config.channel_bytes_max,
-        allowed_origins: &config.allowed_origins,
-    };
-    let outcome = glommio::timer::timeout(timeout, async {
-        Ok(read_upgrade(&mut stream, limits).await)
-    })
-    .await;
-    match outcome {
-        Ok(Ok((_, _))) if !shard.has_room() => refuse_full(&shard, &mut stream, timeout).await,
-        Ok(Ok((Request::Asset(asset), _))) => {
-            send_and_close(&mut stream, &handshake::asset_response(asset), timeout).await;
-        }
-        Ok(Ok((Request::Upgrade(upgrade), mut buf))) => {
-            let grant = match authorize(&shard, &upgrade) {
-                Ok(grant) => grant,
-                Err(reject) => {
-                    tracing::debug!(status = %reject.status, reason = %reject.message, "upgrade refused");
-                    answer(&mut stream, &reject, timeout).await;
-                    return;
-                }
-            };
-            let tenant = grant.as_ref().and_then(|grant| grant.tenant.as_deref());
-            let admitted = if admission::needed(&shard.config, tenant) {
-                admit(&shard, &stream, tenant, timeout).await.map(Some)
-            } else {
-                Ok(None)
-            };
-            let place = match admitted {
-                Ok(place) => place,
-                Err(reject) => {
-                    tracing::debug!(status = %reject.status, reason = %reject.message, "upgrade refused");
-                    answer(&mut stream, &reject, timeout).await;
-                    return;
-                }
-            };
-            if stream.write_all(&upgrade.response).await.is_err() {
-                return;
-            }
-            buf.drain(..upgrade.request_bytes);
-            if buf.capacity() > 0 && buf.is_empty() {
-                buf = Vec::new();
-            }
-            let route = if upgrade.echo {
-                Route::Echo
-            } else {
-                Route::Broadcast(upgrade.channels)
-            };
-            shard.open_conn(stream, route, grant, upgrade.deflate, place, buf);
-        }
-        Ok(Err(Failed::Reject(reject))) => {
-            tracing::debug!(status = %reject.status, reason = %reject.message, "handshake refused");
-            answer(&mut stream, &reject, timeout).await;
-        }
-        Ok(Err(Failed::Gone)) => {}
-        Err(_) => {
-            tracing::debug!(shard = shard.id, "handshake timed out");
-            let reject = Reject::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "handshake_timeout",
-                format!("the upgrade request did not arrive within {timeout:?}"),
-            );
-            answer(&mut stream, &reject, Duration::from_millis(100)).await;
-        }
-    }
-}
-
 /// Checks the upgrade's token when auth is on: 401 for a missing, invalid or expired one, 403
 /// for connect-time `channels` outside its grant. `None` when auth is off.
-fn authorize(
-    shard: &ShardCore,
+pub fn authorize(
+    verifier: Option<&auth::Verifier>,
     upgrade: &handshake::Upgrade,
 ) -> Result<Option<auth::Grant>, Reject> {
-    let Some(verifier) = &shard.verifier else {
+    let Some(verifier) = verifier else {
         return Ok(None);
     };
     let grant = verifier
@@ -275,58 +150,8 @@ fn authorize(
     Ok(Some(grant))
 }
 
-/// A place under the connection limits the ingest core keeps (see
-/// [`crate::ingest::admission`]): 503 or 429 when refused, 503 when the ingest core does not
-/// answer within `timeout`.
-async fn admit(
-    shard: &Rc<ShardCore>,
-    stream: &Transport,
-    tenant: Option<&str>,
-    timeout: Duration,
-) -> Result<Place, Reject> {
-    let ip = stream
-        .peer_addr()
-        .map_err(|err| {
-            Reject::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("the connection has no peer address: {err}"),
-            )
-        })?
-        .ip();
-    let peer = Peer::new(ip, tenant.map(Box::from));
-    let verdict = glommio::timer::timeout(timeout, async { Ok(shard.admit(peer).await) }).await;
-    match verdict {
-        Ok(Ok(place)) => Ok(place),
-        Ok(Err(refused)) => {
-            shard.count_refused();
-            Err(Reject::new(
-                refused.status(),
-                "too_many_connections",
-                refused.to_string(),
-            ))
-        }
-        Err(_) => Err(Reject::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            format!("the server did not admit the connection within {timeout:?}; retry later"),
-        )),
-    }
-}
-
-/// Answers 503: the shard is at `connections_per_shard_max` or stopping.
-async fn refuse_full(shard: &ShardCore, stream: &mut Transport, timeout: Duration) {
-    shard.count_refused();
-    let reject = Reject::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too_many_connections",
-        "this shard is full or shutting down",
-    );
-    answer(stream, &reject, timeout).await;
-}
-
 /// Reads until a complete request, returning it with the bytes read so far.
-async fn read_upgrade(
+pub async fn read_upgrade(
     stream: &mut Transport,
     limits: Limits<'_>,
 ) -> Result<(Request, Vec<u8>), Failed> {
@@ -347,13 +172,13 @@ async fn read_upgrade(
 }
 
 /// Sends an HTTP error and closes, giving up after `timeout` on a peer that does not read.
-async fn answer(stream: &mut Transport, reject: &Reject, timeout: Duration) {
+pub async fn answer(stream: &mut Transport, reject: &Reject, timeout: Duration) {
     send_and_close(stream, &reject.response(), timeout).await;
 }
 
 /// Sends a complete HTTP response and closes, giving up after `timeout` on a peer that does not
 /// read.
-async fn send_and_close(stream: &mut Transport, response: &[u8], timeout: Duration) {
+pub async fn send_and_close(stream: &mut Transport, response: &[u8], timeout: Duration) {
     let sent = glommio::timer::timeout(timeout, async {
         stream.write_all(response).await?;
         stream.close().await?;

@@ -8,7 +8,7 @@
 //!
 //! What TLS costs: encode-once still holds for the plaintext frame, but each connection
 //! encrypts it on its own, so a TLS connection never takes the shard's direct-`send()` short
-//! cut ([`crate::ws::conn::ConnHandle::write_now`]): it has no descriptor to lend, and its
+//! cut ([`crate::shard::conn::ConnHandle::write_now`]): it has no descriptor to lend, and its
 //! frames go through its outbox and its task, which writes them through rustls.
 
 use std::io;

@@ -17,7 +17,8 @@
 //! that drains the ingest core's queue; that one-way rule is what keeps the two queues of a
 //! shard from waiting on each other.
 
-pub mod registry;
+pub mod accept;
+pub mod conn;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -26,39 +27,39 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use corecast_proto::Priority;
 use futures_channel::oneshot;
 use futures_rustls::TlsAcceptor;
 use hashbrown::HashMap;
-use serde::Serialize;
 use slab::Slab;
 use sonic_rs::Value;
 
 use crate::channel;
 use crate::config::Config;
-use crate::ingest::admission::{Peer, Refused};
-use crate::ingest::metrics::{FanoutLatency, LatencySummary};
-use crate::ingest::Priority;
+use crate::latency::FanoutLatency;
+use crate::msg::{
+    AckRow, Answer, ConnId, Delivery, FanoutReport, NamespaceStats, Peer, QueryKind, Recovered,
+    Refused, ShardId, ShardReport, ShardStats, Since, ToIngest, ToShard,
+};
 use crate::net::auth::{Grant, Verifier};
 use crate::net::tls::Transport;
 use crate::notify::Notify;
-use crate::queue::{
-    AckRow, Answer, Delivery, FanoutReport, NamespaceStats, QueryKind, Receiver, Recovered, Sender,
-    ShardId, ShardReport, Since, ToIngest, ToShard,
-};
+use crate::queue::{Receiver, Sender};
+use crate::registry::Registry;
 use crate::ws::command::{self, ErrorCode, ErrorReply};
-use crate::ws::conn::{self, CloseRequest, ConnHandle, ConnId, Subscription};
 use crate::ws::deflate::Deflate;
 use crate::ws::frame;
 use crate::ws::outbox::{Kind, Shed};
 use crate::ws::rate::Refusal;
-use registry::Registry;
+use crate::ws::session::CloseRequest;
+use conn::{ConnHandle, Subscription};
 
 /// What an upgraded connection is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// The contract's endpoint (`/ws`): greeted, subscribes to these channels at connect.
     Broadcast(Vec<String>),
-    /// The `echo_path` endpoint: every message is sent back (see `ws::conn`).
+    /// The `echo_path` endpoint: every message is sent back (see `shard::conn`).
     Echo,
 }
 
@@ -67,36 +68,6 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// Size of the per-shard read scratch buffer every connection reads into.
 const READ_BUF_BYTES: usize = 64 * 1024;
-
-/// A shard's counters, for `/v1/stats`. Plain numbers: only the shard writes them, and the
-/// ingest core asks for a copy through the queue.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct ShardStats {
-    pub shard: ShardId,
-    pub connections: usize,
-    pub subscriptions: usize,
-    pub messages_out: u64,
-    pub bytes_out: u64,
-    pub drops: u64,
-    pub slow_consumer_closes: u64,
-    /// Client messages refused by the inbound rate limit, answered or dropped silently.
-    pub rate_limited_messages: u64,
-    /// Connections closed with 4029: a run of refusals reached `inbound_refusals_max`.
-    pub rate_limit_closes: u64,
-    /// `ack` commands taken.
-    pub acks_total: u64,
-    pub connections_accepted: u64,
-    pub connections_refused: u64,
-    /// Accepts that failed (out of file descriptors, say); see [`crate::net::accept`].
-    pub accept_errors: u64,
-    pub ingest_queue_len: usize,
-    /// Frames waiting in this shard's outboxes, summed over its connections.
-    pub outbox_frames: usize,
-    /// Bytes of those frames not yet written.
-    pub outbox_bytes: usize,
-    /// This shard's fan-out times (see [`crate::ingest::metrics`]), in microseconds.
-    pub fanout_latency_us: LatencySummary,
-}
 
 /// `forbidden` unless the connection's token grants subscribing to `pattern` (as the client
 /// wrote it: grants are in the tenant's own names).
@@ -436,7 +407,7 @@ impl ShardCore {
         let hello = command::connected_frame(
             &name,
             self.id,
-            conn::unix_ms(),
+            crate::clock::unix_ms(),
             self.config.heartbeat_s,
             &self.epoch.borrow(),
         );
@@ -1127,7 +1098,7 @@ impl ShardCore {
         loop {
             glommio::timer::sleep(TICK).await;
             let now = Instant::now();
-            let now_s = conn::unix_ms() / 1000;
+            let now_s = crate::clock::unix_ms() / 1000;
             for (_, handle) in self.conns.borrow().iter() {
                 if handle.is_closing() {
                     continue;
@@ -1165,7 +1136,7 @@ impl Shard {
         inbox: Receiver<ToShard>,
     ) -> Shard {
         let mut tasks = vec![
-            glommio::spawn_local(crate::net::accept_loop(core.clone(), listener)).detach(),
+            glommio::spawn_local(accept::run(core.clone(), listener)).detach(),
             glommio::spawn_local(core.clone().run_inbox(inbox)).detach(),
             glommio::spawn_local(core.clone().run_backlog()).detach(),
             glommio::spawn_local(core.clone().run_ticker()).detach(),

@@ -48,7 +48,7 @@ impl Snapshot {
     pub fn read() -> Snapshot {
         let online_cpus = read("/sys/devices/system/cpu/online")
             .and_then(|text| parse_cpu_list(text.trim()).ok())
-            .unwrap_or_else(crate::runtime::allowed_cpus);
+            .unwrap_or_else(allowed_cpus);
         let governors = online_cpus
             .iter()
             .map(|cpu| {
@@ -109,4 +109,18 @@ fn page_bytes() -> u64 {
 
 fn read(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok()
+}
+
+/// CPUs this process may run on (its affinity mask).
+pub fn allowed_cpus() -> Vec<usize> {
+    let mut cpus: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|core| core.id)
+        .collect();
+    if cpus.is_empty() {
+        cpus.push(0);
+    }
+    cpus.sort_unstable();
+    cpus
 }

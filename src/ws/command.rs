@@ -15,7 +15,7 @@ use sonic_rs::{JsonValueTrait, LazyValue, Value};
 
 use crate::channel::{self, ChannelError};
 use crate::json;
-use crate::queue::{Position, Since};
+use crate::msg::{Position, Since};
 use crate::ws::frame::text_frame_with;
 
 /// Largest `id` a client may attach, as JSON text. Ids are echoed, so this bounds what a

@@ -1,16 +1,15 @@
-//! The WebSocket stage: frames, messages, commands and the connection that ties them to a socket.
+//! The WebSocket stage: frames, messages, commands, and one connection's protocol, all pure.
 //!
-//! `frame`, `message`, `deflate` and `command` are pure codecs over bytes (tungstenite does the
-//! frame header arithmetic); `rate` is the inbound rate limit, pure over the times it is given;
-//! `outbox` is the bounded send queue; `conn` is the only part that touches a socket, one
-//! glommio task per connection, owned by the shard that accepted it.
+//! `frame`, `message`, `deflate` and `command` are codecs over bytes (tungstenite does the frame
+//! header arithmetic); `rate` is the inbound rate limit, pure over the times it is given;
+//! `outbox` is the bounded send queue; `session` is a connection's protocol state machine, handed
+//! the bytes its connection read. Nothing here touches a socket, a timer or a shard: the task
+//! that owns a connection's socket is its shard's (`shard::conn`).
 
 pub mod command;
-pub mod conn;
 pub mod deflate;
 pub mod frame;
 pub mod message;
 pub mod outbox;
 pub mod rate;
-
-pub use conn::ConnId;
+pub mod session;

@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::queue::Slow;
+use crate::msg::Slow;
 use crate::ws::command;
 
 /// The outbox refused a frame: the connection is a slow consumer.

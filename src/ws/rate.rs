@@ -10,7 +10,7 @@
 //! that reaches `inbound_refusals_max` refusals closes the connection with 4029.
 //!
 //! Pure arithmetic over times it is given, so tests say exactly when each message arrives. It
-//! never touches a socket or the shard: `ws::conn` acts on its verdicts.
+//! never touches a socket or the shard: `ws::session` acts on its verdicts.
 
 use std::time::{Duration, Instant};
 

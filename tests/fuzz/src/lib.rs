@@ -15,7 +15,7 @@
 use corecast::channel;
 use corecast::config::defaults;
 use corecast::net::handshake::{self, Limits, Reject, Request, Upgrade};
-use corecast::shard::registry::Registry;
+use corecast::registry::Registry;
 use corecast::ws::command::{self, Command, ErrorCode, ErrorReply};
 use corecast::ws::frame::{
     self, parse_close_payload, ClientFrame, ClosePayload, FrameError, Opcode,
@@ -334,7 +334,7 @@ impl Model {
 /// `data` is `[limits, chunk, stream...]`: the first byte picks the limits ([`frame_limits`]),
 /// the second the size of the reads the stream arrives in (0: all at once), and the rest is
 /// what a client sent after its upgrade. The stream is driven through `parse_client_frame` and
-/// an `Assembler` as `ws::conn` does; every frame must agree with [`reference_frame`] (header,
+/// an `Assembler` as `ws::session` does; every frame must agree with [`reference_frame`] (header,
 /// bounds, unmasking, errors), every event with the [`Model`] (never over `message_bytes_max`,
 /// text exactly the UTF-8 of its fragments), and the run must not depend on the read size.
 pub fn check_client_frames(data: &[u8]) {
@@ -520,7 +520,7 @@ pub fn check_command(data: &[u8]) {
         Command::Subscribe { channel, since, id } => {
             if let Some(since) = since {
                 assert!(since.epoch.len() <= 64, "epoch {:?}", since.epoch);
-                if matches!(since.position, corecast::queue::Position::Offset(_)) {
+                if matches!(since.position, corecast::msg::Position::Offset(_)) {
                     assert!(!channel::is_pattern(channel), "offset on {channel:?}");
                 }
             }

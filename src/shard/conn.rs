@@ -1,10 +1,12 @@
-//! One WebSocket connection after its handshake: the only code that reads and writes its socket.
+//! One WebSocket connection after its handshake, as its shard holds it: the only code that reads
+//! and writes its socket.
 //!
 //! A connection is two halves. [`ConnHandle`] is what its shard sees: the outbox, the counters,
 //! the subscriptions, a waker, and a close request slot. [`serve`] is the glommio task that owns
-//! the `TcpStream`: it flushes the outbox (coalescing pending frames into one write), reads and
-//! parses client frames into the shard's scratch buffer, answers commands, and runs the close
-//! handshake. Both halves live on the shard's core for the connection's whole life.
+//! the stream: it flushes the outbox (coalescing pending frames into one write), reads into the
+//! shard's scratch buffer and hands the bytes to the connection's protocol state machine
+//! ([`crate::ws::session`]), answers the commands it yields, and keeps the close deadline
+//! (`close_timeout_ms`). Both halves live on the shard's core for the connection's whole life.
 //!
 //! Writes take a short cut when nothing is queued: [`ConnHandle::write_now`] sends a frame from
 //! the shard's fan-out loop with one non-blocking `send()` on the socket's descriptor, and only
@@ -32,10 +34,6 @@
 //! compressed twin ([`crate::ws::deflate`]); replies to commands go uncompressed, which the RFC
 //! allows for any message.
 //!
-//! Every message a client sends, and every ping, first takes a token from the connection's
-//! inbound limit ([`crate::ws::rate`]): one refused is not executed; the first refusal of a run
-//! is answered `rate_limited`, and a run of `inbound_refusals_max` closes with 4029.
-//!
 //! An idle connection holds no buffer: input is read into a per-shard scratch buffer and only a
 //! partial frame is kept per connection, until it completes. Nothing here waits on another
 //! connection, so one stalled peer costs nobody else anything.
@@ -54,63 +52,22 @@ use futures_lite::{AsyncRead, AsyncWrite, Future};
 use glommio::timer::Timer;
 use nix::sys::socket::MsgFlags;
 
+use super::ShardCore;
+use crate::msg::ConnId;
 use crate::net::auth::Grant;
 use crate::net::tls::Transport;
-use crate::shard::ShardCore;
 use crate::ws::command::{self, Command, ConnStats, ErrorCode, ErrorReply};
 use crate::ws::deflate::Deflate;
-use crate::ws::frame::{self, ClosePayload, DataKind, FrameError};
-use crate::ws::message::{Assembler, Event, MessageError};
+use crate::ws::frame::{self, DataKind};
 use crate::ws::outbox::{Kind, Outbox, Overflow, Shed};
 use crate::ws::rate::{InboundLimit, Refusal};
+use crate::ws::session::{self, CloseRequest, Host, Phase, Session};
 
 /// Bytes one write may coalesce from a connection's outbox. Larger frames go out alone, uncopied.
 const WRITE_COALESCE_BYTES_MAX: usize = 64 * 1024;
 
 /// Reads one connection may do per wake-up before it yields to the others on its shard.
 const READS_PER_POLL_MAX: usize = 16;
-
-/// A connection's identity on its shard: its slab slot and a sequence number that is never
-/// reused, so a late reply for a closed connection cannot reach the next one in that slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId {
-    pub slot: u32,
-    pub seq: u32,
-}
-
-/// Why and how a connection is to be closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseRequest {
-    pub code: u16,
-    pub reason: &'static str,
-}
-
-impl CloseRequest {
-    pub const GOING_AWAY: CloseRequest = CloseRequest {
-        code: 1001,
-        reason: "going away",
-    };
-    pub const IDLE: CloseRequest = CloseRequest {
-        code: 1000,
-        reason: "idle timeout",
-    };
-    pub const TOKEN_EXPIRED: CloseRequest = CloseRequest {
-        code: 4001,
-        reason: "token expired: reconnect with a new one, or refresh before exp",
-    };
-    pub const EPOCH_CHANGED: CloseRequest = CloseRequest {
-        code: 1012,
-        reason: "epoch changed: offsets restarted; resubscribe",
-    };
-    pub const SLOW_CONSUMER: CloseRequest = CloseRequest {
-        code: 4008,
-        reason: "slow consumer: outbox overflowed",
-    };
-    pub const RATE_LIMITED: CloseRequest = CloseRequest {
-        code: 4029,
-        reason: "rate limit: too many messages refused in a row",
-    };
-}
 
 /// One of a connection's subscriptions.
 #[derive(Debug)]
@@ -399,42 +356,14 @@ impl ConnHandle {
     }
 }
 
-/// Where a connection is in its life.
-enum State {
-    Open,
-    /// Our close frame is queued or sent; waiting for the peer's (or the deadline).
-    Closing {
-        deadline: Timer,
-        peer_closed: bool,
-    },
-    /// The peer closed first and our answer is queued, after what was queued before it: close
-    /// the socket once it is written, or at the deadline if the peer stops reading.
-    Answered {
-        deadline: Timer,
-    },
-    /// The peer broke the protocol and our close frame is queued (RFC 6455 section 7.1.7,
-    /// "fail the WebSocket connection"). Its input can no longer be read as frames, so it is
-    /// discarded; once the close frame is written the socket's sending side is shut (a FIN
-    /// right after the close frame, so the peer sees both), and the connection ends when the
-    /// peer closes its side or at the deadline. Closing the socket at once instead would answer
-    /// the peer's unread bytes with a reset, which can destroy the close frame in flight.
-    Failed {
-        deadline: Timer,
-        shut: bool,
-    },
-}
-
 /// The task half of a connection.
 struct Conn {
     shard: Rc<ShardCore>,
     handle: Rc<ConnHandle>,
     stream: Transport,
-    /// Bytes of a frame that has not fully arrived yet; empty (unallocated) most of the time.
-    partial: Vec<u8>,
-    assembler: Assembler,
-    state: State,
-    /// Tokens for the client's messages (see [`crate::ws::rate`]).
-    limit: InboundLimit,
+    session: Session,
+    /// Armed when the session leaves `Open`: the connection ends by `close_timeout_ms`.
+    deadline: Option<Timer>,
 }
 
 /// Serves a connection until it closes, then removes it from its shard.
@@ -453,14 +382,18 @@ pub async fn serve(
         config.inbound_refusals_max,
         handle.last_seen(),
     );
+    let limits = session::Limits {
+        frame_bytes_max: config.frame_bytes_max,
+        message_bytes_max: config.message_bytes_max,
+        json_depth_max: config.json_depth_max,
+        deflate: handle.deflate.is_some(),
+    };
     let mut conn = Conn {
         shard: shard.clone(),
         handle: handle.clone(),
         stream,
-        partial: early,
-        assembler: Assembler::default(),
-        state: State::Open,
-        limit,
+        session: Session::new(limits, limit, early),
+        deadline: None,
     };
     // Declared after `conn`, so that it is dropped first even if this future is dropped
     // mid-way: the descriptor is taken back before the stream closes it. A TLS connection
@@ -489,10 +422,54 @@ impl Drop for LentFd<'_> {
     }
 }
 
-/// What handling some input asks of the connection next.
-enum Flow {
-    Continue,
-    Close(u16, String),
+/// The session's host: where its frames go and who answers its messages.
+struct Answering<'a> {
+    shard: &'a ShardCore,
+    handle: &'a Rc<ConnHandle>,
+}
+
+impl Host for Answering<'_> {
+    fn text(&mut self, text: &str) {
+        if self.handle.echo {
+            echo(self.shard, self.handle, DataKind::Text, text.as_bytes());
+        } else {
+            handle_command(self.shard, self.handle, text);
+        }
+    }
+
+    fn binary(&mut self, payload: &[u8]) {
+        if self.handle.echo {
+            echo(self.shard, self.handle, DataKind::Binary, payload);
+        } else {
+            let reply = ErrorReply::new(
+                None,
+                ErrorCode::BadRequest,
+                "commands are JSON text frames; binary frames are not accepted",
+            );
+            self.shard.send_to(self.handle, reply.frame());
+        }
+    }
+
+    fn send(&mut self, frame: Bytes) {
+        self.shard.send_to(self.handle, frame);
+    }
+
+    fn refused(&mut self, refusal: Refusal) {
+        self.shard.count_rate_limited(refusal);
+        if refusal == Refusal::Close {
+            tracing::debug!(conn = %self.handle.name, "rate limit: closing with 4029");
+        }
+    }
+
+    fn close(&mut self, close_frame: Bytes, drop_queued: bool) {
+        let mut outbox = self.handle.outbox.borrow_mut();
+        if drop_queued {
+            self.shard.count_dropped(outbox.drop_unstarted());
+        }
+        // Past the outbox limits: it is the last frame this connection sends.
+        self.handle.closing.set(true);
+        outbox.push_unbounded(close_frame);
+    }
 }
 
 impl Conn {
@@ -505,7 +482,11 @@ impl Conn {
         }
         for _ in 0..READS_PER_POLL_MAX {
             if let Some(request) = self.handle.close.take() {
-                self.start_close(request.code, request.reason);
+                let mut host = Answering {
+                    shard: &self.shard,
+                    handle: &self.handle,
+                };
+                self.session.close(request, &mut host);
             }
             let flushed = self.poll_flush(cx);
             match flushed {
@@ -513,38 +494,25 @@ impl Conn {
                     tracing::debug!(conn = %self.handle.name, error = %err, "write failed: dropping the connection");
                     return Poll::Ready(());
                 }
-                Poll::Ready(Ok(())) if matches!(self.state, State::Answered { .. }) => {
+                Poll::Ready(Ok(())) if self.session.done_when_flushed() => {
                     return Poll::Ready(());
                 }
-                Poll::Ready(Ok(())) => {
-                    if let State::Closing {
-                        peer_closed: true, ..
-                    } = self.state
-                    {
-                        return Poll::Ready(());
-                    }
-                }
-                Poll::Pending => {}
+                Poll::Ready(Ok(())) | Poll::Pending => {}
             }
-            if let State::Failed { shut, .. } = &mut self.state {
-                if !*shut && flushed.is_ready() && self.handle.outbox.borrow().frames_len() == 0 {
-                    *shut = true;
-                    let fd = self.stream.raw_fd();
-                    if let Err(err) =
-                        nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write)
-                    {
-                        tracing::debug!(conn = %self.handle.name, error = %err, "shutdown failed");
-                        return Poll::Ready(());
-                    }
-                }
-            }
-            if let State::Closing { deadline, .. }
-            | State::Failed { deadline, .. }
-            | State::Answered { deadline } = &mut self.state
+            if self.session.wants_shutdown()
+                && flushed.is_ready()
+                && self.handle.outbox.borrow().frames_len() == 0
             {
-                if Pin::new(deadline).poll(cx).is_ready() {
+                self.session.shut();
+                let fd = self.stream.raw_fd();
+                if let Err(err) = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write)
+                {
+                    tracing::debug!(conn = %self.handle.name, error = %err, "shutdown failed");
                     return Poll::Ready(());
                 }
+            }
+            if self.deadline_passed(cx) {
+                return Poll::Ready(());
             }
             if !self.handle.hello_sent() {
                 return Poll::Pending;
@@ -557,6 +525,17 @@ impl Conn {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Whether a closing connection's `close_timeout_ms` ran out; arms it when the session has
+    /// just left `Open`.
+    fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.session.phase() == Phase::Open {
+            return false;
+        }
+        let timeout = Duration::from_millis(self.shard.config.close_timeout_ms);
+        let deadline = self.deadline.get_or_insert_with(|| Timer::new(timeout));
+        Pin::new(deadline).poll(cx).is_ready()
     }
 
     /// Writes queued frames until the outbox is empty or the socket is full.
@@ -590,7 +569,7 @@ impl Conn {
         }
     }
 
-    /// Reads once and handles every complete frame. `Ready(Err)` means the socket is done.
+    /// Reads once and hands the bytes to the session. `Ready(Err)` means the socket is done.
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
         let shard = self.shard.clone();
         let mut scratch = shard.read_buf.borrow_mut();
@@ -606,247 +585,34 @@ impl Conn {
             Poll::Ready(Ok(bytes)) => bytes,
             Poll::Pending => return Poll::Pending,
         };
-        self.handle.last_seen.set(Instant::now());
-        let flow = if self.partial.is_empty() {
-            let (flow, used) = self.handle_frames(&mut scratch[..read_bytes]);
-            self.partial.extend_from_slice(&scratch[used..read_bytes]);
-            flow
-        } else {
-            let mut pending = std::mem::take(&mut self.partial);
-            pending.extend_from_slice(&scratch[..read_bytes]);
-            let (flow, used) = self.handle_frames(&mut pending);
-            pending.drain(..used);
-            self.partial = pending;
-            flow
+        let now = Instant::now();
+        self.handle.last_seen.set(now);
+        let was_open = self.session.phase() == Phase::Open;
+        let mut host = Answering {
+            shard: &shard,
+            handle: &self.handle,
         };
-        if self.partial.is_empty() && self.partial.capacity() > 0 {
-            self.partial = Vec::new();
-        }
-        if let Flow::Close(code, reason) = flow {
-            self.fail(code, &reason);
+        self.session
+            .receive(&mut scratch[..read_bytes], now, &mut host);
+        if was_open && matches!(self.session.phase(), Phase::Failed { .. }) {
+            tracing::debug!(conn = %self.handle.name, "closing on protocol violation");
         }
         Poll::Ready(Ok(()))
     }
-
-    /// Handles every complete frame at the start of `buf`; returns how many bytes it used.
-    fn handle_frames(&mut self, buf: &mut [u8]) -> (Flow, usize) {
-        if matches!(self.state, State::Failed { .. }) {
-            // What follows a protocol violation cannot be read as frames: discard it.
-            return (Flow::Continue, buf.len());
-        }
-        let mut used = 0;
-        while used < buf.len() {
-            let rest = &mut buf[used..];
-            let max = self.shard.config.frame_bytes_max;
-            let deflate = self.handle.deflate.is_some();
-            let frame = match frame::parse_client_frame(rest, max, deflate) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => {
-                    // Fail fast: the text of a frame still arriving is checked as it comes.
-                    let arriving = frame::partial_frame(rest)
-                        .filter(|_| matches!(self.state, State::Open))
-                        .map(|head| {
-                            let arrived = &rest[head.payload_start.min(rest.len())..];
-                            self.assembler.check_arriving(head, arrived)
-                        });
-                    if let Some(Err(err)) = arriving {
-                        return (message_failure(err), buf.len());
-                    }
-                    break;
-                }
-                Err(err) => return (frame_failure(err), buf.len()),
-            };
-            used += frame.frame_len;
-            if matches!(self.state, State::Answered { .. }) {
-                continue;
-            }
-            let payload = &rest[frame.payload_start..frame.payload_end];
-            let max = self.shard.config.message_bytes_max;
-            let event = match self.assembler.push(frame, payload, max) {
-                Ok(Some(event)) => event,
-                Ok(None) => continue,
-                Err(err) => return (message_failure(err), buf.len()),
-            };
-            let open = matches!(self.state, State::Open);
-            let costs_a_token = matches!(event, Event::Text(_) | Event::Binary(_) | Event::Ping(_));
-            if open && costs_a_token {
-                // The time of the read that brought this message.
-                if let Err(refusal) = self.limit.check(self.handle.last_seen()) {
-                    let id = match (refusal, &event) {
-                        (Refusal::Tell { .. }, Event::Text(text)) => {
-                            command::salvage_id(text, self.shard.config.json_depth_max)
-                        }
-                        _ => None,
-                    };
-                    self.assembler.clear();
-                    self.refuse(refusal, id);
-                    continue;
-                }
-            }
-            let flow = match event {
-                Event::Text(text) if open && self.handle.echo => {
-                    echo(&self.shard, &self.handle, DataKind::Text, text.as_bytes())
-                }
-                Event::Binary(payload) if open && self.handle.echo => {
-                    echo(&self.shard, &self.handle, DataKind::Binary, payload)
-                }
-                Event::Text(text) => {
-                    if open {
-                        handle_command(&self.shard, &self.handle, text)
-                    } else {
-                        Flow::Continue
-                    }
-                }
-                Event::Binary(_) => {
-                    if open {
-                        let reply = ErrorReply::new(
-                            None,
-                            ErrorCode::BadRequest,
-                            "commands are JSON text frames; binary frames are not accepted",
-                        );
-                        self.shard.send_to(&self.handle, reply.frame());
-                    }
-                    Flow::Continue
-                }
-                Event::Ping(payload) => {
-                    self.shard.send_to(&self.handle, frame::pong_frame(payload));
-                    Flow::Continue
-                }
-                Event::Pong => Flow::Continue,
-                Event::Close(payload) => {
-                    self.peer_close(payload);
-                    Flow::Continue
-                }
-            };
-            self.assembler.clear();
-            if let Flow::Close(..) = flow {
-                return (flow, buf.len());
-            }
-        }
-        (Flow::Continue, used)
-    }
-
-    /// A message the inbound limit refused: it is dropped; the first of a run is answered with
-    /// `rate_limited` (echoing `id`), and the last closes the connection with 4029 after what
-    /// is already queued.
-    fn refuse(&mut self, refusal: Refusal, id: Option<sonic_rs::Value>) {
-        self.shard.count_rate_limited(refusal);
-        match refusal {
-            Refusal::Tell { retry_after } => {
-                let message = self.limit.message(retry_after);
-                let reply = ErrorReply::new(id, ErrorCode::RateLimited, message);
-                self.shard.send_to(&self.handle, reply.frame());
-            }
-            Refusal::Drop => {}
-            Refusal::Close => {
-                let request = CloseRequest::RATE_LIMITED;
-                tracing::debug!(conn = %self.handle.name, "rate limit: closing with 4029");
-                self.start_close(request.code, request.reason);
-            }
-        }
-    }
-
-    /// The peer sent a close frame: answer it (if we had not closed first) and finish.
-    fn peer_close(&mut self, payload: ClosePayload) {
-        match &mut self.state {
-            State::Open => {
-                let code = match payload {
-                    ClosePayload::Empty => 1000,
-                    ClosePayload::Code(code) => code,
-                    ClosePayload::Invalid => 1002,
-                    ClosePayload::BadUtf8 => 1007,
-                };
-                self.queue_close_frame(code, "");
-                let timeout = Duration::from_millis(self.shard.config.close_timeout_ms);
-                self.state = State::Answered {
-                    deadline: Timer::new(timeout),
-                };
-            }
-            State::Closing { peer_closed, .. } => *peer_closed = true,
-            State::Answered { .. } | State::Failed { .. } => {}
-        }
-    }
-
-    /// A protocol violation: close with `code` right away, dropping whatever was queued but the
-    /// rest of a started frame. Once closing, the close frame is already queued and the deadline
-    /// ends the connection.
-    fn fail(&mut self, code: u16, reason: &str) {
-        if !matches!(self.state, State::Open) {
-            return;
-        }
-        tracing::debug!(conn = %self.handle.name, code, reason, "closing on protocol violation");
-        self.drop_queued();
-        self.queue_close_frame(code, reason);
-        let timeout = Duration::from_millis(self.shard.config.close_timeout_ms);
-        self.state = State::Failed {
-            deadline: Timer::new(timeout),
-            shut: false,
-        };
-    }
-
-    /// Queues our close frame and waits (bounded) for the peer's. A slow consumer's and a
-    /// shutdown's close go out as soon as a started frame is whole; the others after everything
-    /// queued.
-    fn start_close(&mut self, code: u16, reason: &str) {
-        if !matches!(self.state, State::Open) {
-            return;
-        }
-        if code == CloseRequest::SLOW_CONSUMER.code || code == CloseRequest::GOING_AWAY.code {
-            self.drop_queued();
-        }
-        self.queue_close_frame(code, reason);
-        let timeout = Duration::from_millis(self.shard.config.close_timeout_ms);
-        self.state = State::Closing {
-            deadline: Timer::new(timeout),
-            peer_closed: false,
-        };
-    }
-
-    /// Drops the queued frames a close discards, counting them: all but the unwritten tail of a
-    /// frame the socket has started on, which must come whole before the close frame.
-    fn drop_queued(&mut self) {
-        let dropped = self.handle.outbox.borrow_mut().drop_unstarted();
-        self.shard.count_dropped(dropped);
-    }
-
-    /// Queues a close frame past the outbox limits: it is the last frame this connection sends.
-    fn queue_close_frame(&mut self, code: u16, reason: &str) {
-        self.handle.closing.set(true);
-        self.handle
-            .outbox
-            .borrow_mut()
-            .push_unbounded(frame::close_frame(code, reason));
-    }
-}
-
-fn frame_failure(err: FrameError) -> Flow {
-    Flow::Close(err.close_code(), err.to_string())
-}
-
-fn message_failure(err: MessageError) -> Flow {
-    Flow::Close(err.close_code(), err.to_string())
-}
-
-/// Milliseconds since the UNIX epoch, as the contract's `*_ms` fields use.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
 }
 
 /// Sends a message back on the echo endpoint, as the same kind, compressed when the
 /// connection negotiated permessage-deflate.
-fn echo(shard: &ShardCore, handle: &ConnHandle, kind: DataKind, payload: &[u8]) -> Flow {
+fn echo(shard: &ShardCore, handle: &ConnHandle, kind: DataKind, payload: &[u8]) {
     handle.messages_in.set(handle.messages_in.get() + 1);
     shard.send_to(
         handle,
         frame::data_frame(kind, handle.compresses(), payload),
     );
-    Flow::Continue
 }
 
 /// Answers one client command. Recoverable errors become `error` frames on this connection.
-fn handle_command(shard: &ShardCore, handle: &Rc<ConnHandle>, text: &str) -> Flow {
+fn handle_command(shard: &ShardCore, handle: &Rc<ConnHandle>, text: &str) {
     handle.messages_in.set(handle.messages_in.get() + 1);
     let reply = match command::parse(text, shard.config.json_depth_max) {
         Ok(Command::Subscribe { channel, since, id }) => {
@@ -862,7 +628,10 @@ fn handle_command(shard: &ShardCore, handle: &Rc<ConnHandle>, text: &str) -> Flo
         Ok(Command::Publish { channel, data, id }) => {
             shard.client_publish(handle, &channel, data, id)
         }
-        Ok(Command::Ping { id }) => Ok(Some(command::pong_reply_frame(&id, unix_ms()))),
+        Ok(Command::Ping { id }) => Ok(Some(command::pong_reply_frame(
+            &id,
+            crate::clock::unix_ms(),
+        ))),
         Ok(Command::GetStats { id }) => Ok(Some(command::stats_frame(
             &id,
             &handle.name,
@@ -877,5 +646,4 @@ fn handle_command(shard: &ShardCore, handle: &Rc<ConnHandle>, text: &str) -> Flo
         Ok(None) => {}
         Err(err) => shard.send_to(handle, err.frame()),
     }
-    Flow::Continue
 }
