@@ -308,3 +308,39 @@ async fn get_client_js_and_types_are_served_and_other_paths_keep_their_answers()
     })
     .await
 }
+
+#[tokio::test]
+async fn a_command_sent_with_the_upgrade_is_answered_without_waiting_for_more_input() {
+    watchdog(async {
+        // The heartbeat is far off, so nothing but the pipelined frame itself can wake the
+        // connection: the answer must not wait for the client's next bytes.
+        let server = Server::start(&["--heartbeat-s", "60", "--idle-timeout-s", "120"]).await;
+        let mut stream = connect(server.ws).await;
+        let mut request = upgrade_request(server.ws, "/ws").into_bytes();
+        let subscribe = br#"{"type":"subscribe","channel":"early.1","id":7}"#;
+        request.extend(common::raw::masked(
+            common::raw::FIN | common::raw::OP_TEXT,
+            subscribe,
+        ));
+        stream.write_all(&request).await.unwrap();
+        let mut buf = Vec::new();
+        let response = common::raw::read_http_response(&mut stream, &mut buf).await;
+        assert_eq!(response.status, 101, "{}", response.head);
+        let mut texts = Vec::new();
+        while texts.len() < 2 {
+            while let Some(frame) = common::raw::parse_frame(&mut buf) {
+                texts.push(serde_json::from_slice::<serde_json::Value>(&frame.payload).unwrap());
+            }
+            if texts.len() < 2 {
+                let read = common::raw::read_some(&mut stream, &mut buf, STEP).await;
+                assert!(
+                    read.is_some_and(|n| n > 0),
+                    "expected connected and subscribed"
+                );
+            }
+        }
+        assert_eq!(texts[0]["type"], "connected", "{}", texts[0]);
+        common::assert_subscribed(&texts[1], "early.1", serde_json::json!(7));
+    })
+    .await
+}

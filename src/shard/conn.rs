@@ -364,6 +364,9 @@ struct Conn {
     session: Session,
     /// Armed when the session leaves `Open`: the connection ends by `close_timeout_ms`.
     deadline: Option<Timer>,
+    /// Frames arrived with the handshake and wait in the session: read them once the
+    /// connection is greeted, without waiting for more input.
+    early: bool,
 }
 
 /// Serves a connection until it closes, then removes it from its shard.
@@ -388,12 +391,14 @@ pub async fn serve(
         json_depth_max: config.json_depth_max,
         deflate: handle.deflate.is_some(),
     };
+    let early_bytes = !early.is_empty();
     let mut conn = Conn {
         shard: shard.clone(),
         handle: handle.clone(),
         stream,
         session: Session::new(limits, limit, early),
         deadline: None,
+        early: early_bytes,
     };
     // Declared after `conn`, so that it is dropped first even if this future is dropped
     // mid-way: the descriptor is taken back before the stream closes it. A TLS connection
@@ -516,6 +521,14 @@ impl Conn {
             }
             if !self.handle.hello_sent() {
                 return Poll::Pending;
+            }
+            if std::mem::take(&mut self.early) {
+                let mut host = Answering {
+                    shard: &self.shard,
+                    handle: &self.handle,
+                };
+                self.session.receive(&mut [], Instant::now(), &mut host);
+                continue;
             }
             match self.poll_input(cx) {
                 Poll::Ready(Ok(())) => continue,

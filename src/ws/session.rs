@@ -130,7 +130,8 @@ pub struct Session {
 
 impl Session {
     /// A session that starts open. `early` holds bytes that arrived with the handshake (a
-    /// pipelining client's first frames): they are read before the next input.
+    /// pipelining client's first frames): a `receive` of no input reads them, and any input
+    /// is read after them.
     pub fn new(limits: Limits, limit: InboundLimit, early: Vec<u8>) -> Self {
         Session {
             partial: early,
@@ -509,7 +510,7 @@ mod tests {
     }
 
     #[test]
-    fn early_bytes_from_the_handshake_are_read_before_the_next_input() {
+    fn early_bytes_from_the_handshake_are_read_without_waiting_for_input() {
         let early = client_frame(0x81, b"first");
         let mut session = Session::new(
             LIMITS,
@@ -517,6 +518,8 @@ mod tests {
             early,
         );
         let mut host = Recorder::default();
+        session.receive(&mut [], Instant::now(), &mut host);
+        assert_eq!(host.texts, ["first"], "read with no input");
         let mut next = client_frame(0x81, b"second");
         session.receive(&mut next, Instant::now(), &mut host);
         assert_eq!(host.texts, ["first", "second"]);
