@@ -186,12 +186,12 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     }
     let (signal_tx, signal_rx) = queue::bounded::<ToIngest>(4);
     ingest_inboxes.push(signal_rx);
-    let bridge = match &config.redis_url {
-        Some(url) => {
+    let bridge = match crate::cluster::Settings::from_config(&config) {
+        Some(settings) => {
             let (tx, rx) = queue::bounded::<FromCluster>(config.queue_items_max);
             let node = crate::ingest::sys_stats::node_token(&config);
-            let bridge =
-                crate::cluster::Bridge::start(config.clone(), url, node, tx).map_err(StartError)?;
+            let url = settings.url.clone();
+            let bridge = crate::cluster::Bridge::start(settings, node, tx).map_err(StartError)?;
             tracing::info!(redis = %url, threads = bridge.threads(), "cluster mode: publishes go through Redis");
             Some((bridge, rx))
         }

@@ -396,26 +396,59 @@ fn priority_name(priority: Priority) -> &'static str {
     }
 }
 
+/// What the bridge needs of the config, read once when it starts: its view of the settings,
+/// so that nothing else of the config reaches its threads.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `redis_url`.
+    pub url: String,
+    /// `redis_timeout_ms`: the bound on one round trip, and on a publish's answer.
+    pub timeout: Duration,
+    /// `queue_items_max`: requests waiting for the command thread, at most.
+    pub requests_max: usize,
+    /// `json_depth_max`: the nesting the threads parse (log entries, events) and size their
+    /// stacks for.
+    pub json_depth_max: usize,
+    /// `cluster_log_max`: the log's length in Redis.
+    pub log_max: usize,
+    /// The WebSocket address this node serves, for its presence.
+    pub ws: String,
+}
+
+impl Settings {
+    /// The bridge's view of `config`; `None` without `redis_url` (a single node).
+    pub fn from_config(config: &Config) -> Option<Settings> {
+        Some(Settings {
+            url: config.redis_url.clone()?,
+            timeout: Duration::from_millis(config.redis_timeout_ms),
+            requests_max: config.queue_items_max,
+            json_depth_max: config.json_depth_max,
+            log_max: config.cluster_log_max,
+            ws: config.listen.to_string(),
+        })
+    }
+}
+
 impl Bridge {
-    /// Starts the bridge threads for `url`. `to_ingest` is the ingest core's inbox for the
+    /// Starts the bridge threads for `settings.url`. `to_ingest` is the ingest core's inbox for the
     /// bridge; `node` names this node in the presence keys. Whenever Redis has no epoch (it
     /// lost its data) a fresh one is proposed: never an old one, or a restarted Redis would
     /// look like the same run of offsets.
     pub fn start(
-        config: Arc<Config>,
-        url: &str,
+        settings: Settings,
         node: String,
         to_ingest: queue::Sender<FromCluster>,
     ) -> Result<Bridge, String> {
-        let client = redis::Client::open(url)
+        let url = &settings.url;
+        let client = redis::Client::open(url.as_str())
             .map_err(|err| format!("redis_url {url:?} is not a Redis URL: {err}"))?;
-        let timeout = Duration::from_millis(config.redis_timeout_ms);
-        let (requests, inbox) = std::sync::mpsc::sync_channel(config.queue_items_max);
+        let timeout = settings.timeout;
+        let (requests, inbox) = std::sync::mpsc::sync_channel(settings.requests_max);
         let (dialer, dials) = std::sync::mpsc::channel();
         let to_ingest = Arc::new(to_ingest);
         // The command and events threads parse JSON from Redis (log entries, events) up to
         // this depth.
-        let depth_max = config.json_depth_max;
+        let depth_max = settings.json_depth_max;
         let stack_bytes = crate::json::thread_stack_bytes(depth_max);
         let commands = {
             let to_ingest = to_ingest.clone();
@@ -424,7 +457,7 @@ impl Bridge {
                 .stack_size(stack_bytes)
                 .spawn(move || {
                     CommandThread {
-                        config,
+                        settings,
                         node,
                         timeout,
                         to_ingest,
@@ -801,7 +834,7 @@ impl Redial {
 
 /// The command thread's state.
 struct CommandThread {
-    config: Arc<Config>,
+    settings: Settings,
     node: String,
     /// `redis_timeout_ms`.
     timeout: Duration,
@@ -1048,7 +1081,7 @@ impl CommandThread {
         let mut reads = reads.into_iter();
         if outcome.is_ok() {
             for read in reads.by_ref() {
-                let depth_max = self.config.json_depth_max;
+                let depth_max = self.settings.json_depth_max;
                 let result = budget(redis, deadline)
                     .and_then(|()| read_log(redis, read.after, read.up_to, depth_max));
                 match result {
@@ -1121,7 +1154,7 @@ impl CommandThread {
         let proposed = crate::clock::new_epoch();
         let mut packed = Vec::new();
         for publish in &publishes {
-            publish.pack(scripts, &proposed, self.config.cluster_log_max, &mut packed);
+            publish.pack(scripts, &proposed, self.settings.log_max, &mut packed);
         }
         // Answers come in the order sent, so the first publish has the earliest deadline.
         let sent =
@@ -1182,7 +1215,7 @@ impl CommandThread {
     ) -> redis::RedisResult<Vec<NodeInfo>> {
         let info = NodeInfo {
             node: self.node.clone(),
-            ws: self.config.listen.to_string(),
+            ws: self.settings.ws.clone(),
             connections,
             ts_ms: crate::clock::unix_ms(),
         };
