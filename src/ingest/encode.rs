@@ -4,7 +4,7 @@
 //! (validated to need no escaping), three integers, and the `data` value as the raw JSON text
 //! sonic-rs validated on the way in. Writing the envelope directly avoids re-encoding `data`;
 //! every shard then writes these same bytes to every subscriber, and nothing downstream copies
-//! or re-encodes them. With `permessage_deflate` on, [`deflate`] adds the frame's compressed twin,
+//! or re-encodes them. With `permessage_deflate` on, [`delivery`] adds the frame's compressed twin,
 //! also made once here: context-free, so the same bytes suit every connection that negotiated
 //! the extension (see [`crate::ws::deflate`]).
 
