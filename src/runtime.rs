@@ -143,14 +143,47 @@ pub fn preflight(config: &Config, executors: usize) -> Result<(), StartError> {
     Ok(())
 }
 
-/// What an executor reports once it has bound its port (or failed to).
-type Bound = Result<(), String>;
-
 /// Runs the server until SIGINT or SIGTERM. Prints the core plan and then
 /// `listening ws=ADDR api=ADDR` on stdout once every executor is serving.
 pub fn serve(config: Config) -> Result<(), StartError> {
     let plan = CorePlan::new(&config, &tune::host::allowed_cpus())?;
     preflight(&config, plan.shard_cpus.len() + 1)?;
+    let (reservation, config) = claim_ports(config)?;
+    let mut shared = Shared::load(&config)?;
+    let (links, signal_tx) = Links::new(&config, plan.shard_cpus.len());
+    let mut executors = Executors::new();
+    executors.start_ingest(
+        &config,
+        plan.ingest_cpu,
+        &mut shared,
+        links.to_shards,
+        links.ingest_inboxes,
+    )?;
+    let shards = plan
+        .shard_cpus
+        .iter()
+        .zip(links.shard_inboxes.into_iter().zip(links.to_ingest));
+    for (shard, (cpu, (inbox, to_ingest))) in shards.enumerate() {
+        executors.start_shard(&config, shard, *cpu, &shared, inbox, to_ingest)?;
+    }
+    let api_addr = executors.wait_bound(&signal_tx)?;
+    drop(reservation);
+    // Before `listening`: whoever starts the server may signal it as soon as it reads that line.
+    forward_signals(signal_tx)?;
+    for line in plan.lines() {
+        println!("{line}");
+    }
+    println!("listening ws={} api={api_addr}", config.listen);
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tracing::info!(ws = %config.listen, api = %api_addr, shards = plan.shard_cpus.len(), "serving");
+    executors.join_all()
+}
+
+/// Checks that both ports are free and holds the WebSocket port (the socket returned) until
+/// every shard has bound it. The config returned names the real port, for whoever shows it
+/// (the dashboard).
+fn claim_ports(config: Config) -> Result<(socket2::Socket, Arc<Config>), StartError> {
     for (name, addr) in [("WebSocket", config.listen), ("API", config.api)] {
         crate::net::ensure_unused(addr).map_err(|err| {
             StartError(format!(
@@ -164,193 +197,274 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             config.listen
         ))
     })?;
-    // From here on `listen` holds the real port, for whoever shows it (the dashboard).
     let mut config = config;
     config.listen = ws_addr;
-    let config = Arc::new(config);
-    let epoch = crate::clock::new_epoch();
-    tracing::info!(%epoch, "offsets start at 1 in a new epoch");
-    let shards = plan.shard_cpus.len();
+    Ok((reservation, Arc::new(config)))
+}
 
-    let mut to_shards = Vec::with_capacity(shards);
-    let mut shard_inboxes = Vec::with_capacity(shards);
-    let mut to_ingest = Vec::with_capacity(shards);
-    let mut ingest_inboxes = Vec::with_capacity(shards + 1);
-    for _ in 0..shards {
-        let (tx, rx) = queue::bounded::<ToShard>(config.queue_items_max);
-        to_shards.push(tx);
-        shard_inboxes.push(rx);
-        let (tx, rx) = queue::bounded::<ToIngest>(config.queue_items_max);
-        to_ingest.push(tx);
-        ingest_inboxes.push(rx);
-    }
-    let (signal_tx, signal_rx) = queue::bounded::<ToIngest>(4);
-    ingest_inboxes.push(signal_rx);
-    let bridge = match crate::cluster::Settings::from_config(&config) {
-        Some(settings) => {
-            let (tx, rx) = queue::bounded::<FromCluster>(config.queue_items_max);
-            let node = crate::ingest::sys_stats::node_token(&config);
-            let url = settings.url.clone();
-            let bridge = crate::cluster::Bridge::start(settings, node, tx).map_err(StartError)?;
-            tracing::info!(redis = %url, threads = bridge.threads(), "cluster mode: publishes go through Redis");
-            Some((bridge, rx))
+/// What the executors share, read once before any starts: a bad certificate or key file, or a
+/// cluster bridge that cannot start, stops start-up here, named.
+struct Shared {
+    /// The first run of offsets, as clients are told it.
+    epoch: Arc<str>,
+    verifier: Option<Arc<crate::net::auth::Verifier>>,
+    /// The WebSocket port's TLS, and the control plane's.
+    tls: Option<futures_rustls::TlsAcceptor>,
+    api_tls: Option<futures_rustls::TlsAcceptor>,
+    /// Cluster mode's bridge, held until the server ends (its threads stop when it is
+    /// dropped), and its queue to the ingest core until that takes it.
+    bridge: Option<crate::cluster::Bridge>,
+    cluster_inbox: Option<queue::Receiver<FromCluster>>,
+}
+
+impl Shared {
+    fn load(config: &Config) -> Result<Shared, StartError> {
+        let epoch = crate::clock::new_epoch();
+        tracing::info!(%epoch, "offsets start at 1 in a new epoch");
+        let (bridge, cluster_inbox) = match crate::cluster::Settings::from_config(config) {
+            Some(settings) => {
+                let (tx, rx) = queue::bounded::<FromCluster>(config.queue_items_max);
+                let node = crate::ingest::sys_stats::node_token(config);
+                let url = settings.url.clone();
+                let bridge =
+                    crate::cluster::Bridge::start(settings, node, tx).map_err(StartError)?;
+                tracing::info!(redis = %url, threads = bridge.threads(), "cluster mode: publishes go through Redis");
+                (Some(bridge), Some(rx))
+            }
+            None => (None, None),
+        };
+        let verifier = crate::net::auth::Verifier::from_config(config)
+            .map_err(StartError)?
+            .map(Arc::new);
+        let tls = tls_acceptor("tls_cert_file", &config.tls_cert_file, &config.tls_key_file)?;
+        let api_tls = tls_acceptor(
+            "api_tls_cert_file",
+            &config.api_tls_cert_file,
+            &config.api_tls_key_file,
+        )?;
+        if verifier.is_none() {
+            tracing::warn!(
+                "auth = \"none\": ANY client may connect and subscribe to ANY channel. Fine on a \
+                 laptop; set auth = \"jwt\" before this faces a network"
+            );
         }
-        None => None,
-    };
-    let (bridge, cluster_inbox) = bridge.unzip();
-    let cluster_requests = bridge.as_ref().map(crate::cluster::Bridge::requests);
-    let verifier = crate::net::auth::Verifier::from_config(&config)
-        .map_err(StartError)?
-        .map(Arc::new);
-    let tls = tls_acceptor("tls_cert_file", &config.tls_cert_file, &config.tls_key_file)?;
-    let api_tls = tls_acceptor(
-        "api_tls_cert_file",
-        &config.api_tls_cert_file,
-        &config.api_tls_key_file,
-    )?;
-    if verifier.is_none() {
-        tracing::warn!(
-            "auth = \"none\": ANY client may connect and subscribe to ANY channel. Fine on a \
-             laptop; set auth = \"jwt\" before this faces a network"
+        Ok(Shared {
+            epoch,
+            verifier,
+            tls,
+            api_tls,
+            bridge,
+            cluster_inbox,
+        })
+    }
+}
+
+/// The queues between the cores, each endpoint to be handed to its one owner.
+struct Links {
+    /// `to_shards[i]` is the ingest core's sender to shard `i`, `shard_inboxes[i]` the shard's end.
+    to_shards: Vec<queue::Sender<ToShard>>,
+    shard_inboxes: Vec<queue::Receiver<ToShard>>,
+    /// `to_ingest[i]` is shard `i`'s sender; the ingest core reads one inbox per shard and,
+    /// last, the signal thread's.
+    to_ingest: Vec<queue::Sender<ToIngest>>,
+    ingest_inboxes: Vec<queue::Receiver<ToIngest>>,
+}
+
+impl Links {
+    /// The queues for `shards` shards, and the signal thread's sender.
+    fn new(config: &Config, shards: usize) -> (Links, queue::Sender<ToIngest>) {
+        let mut links = Links {
+            to_shards: Vec::with_capacity(shards),
+            shard_inboxes: Vec::with_capacity(shards),
+            to_ingest: Vec::with_capacity(shards),
+            ingest_inboxes: Vec::with_capacity(shards + 1),
+        };
+        for _ in 0..shards {
+            let (tx, rx) = queue::bounded::<ToShard>(config.queue_items_max);
+            links.to_shards.push(tx);
+            links.shard_inboxes.push(rx);
+            let (tx, rx) = queue::bounded::<ToIngest>(config.queue_items_max);
+            links.to_ingest.push(tx);
+            links.ingest_inboxes.push(rx);
+        }
+        let (signal_tx, signal_rx) = queue::bounded::<ToIngest>(4);
+        links.ingest_inboxes.push(signal_rx);
+        (links, signal_tx)
+    }
+}
+
+/// What an executor reports once it has bound its port (or failed to): who, and why not.
+type Bound = (String, Result<(), String>);
+
+/// The executors started so far, by name, and where they report that they have bound.
+struct Executors {
+    started: Vec<(String, Executor)>,
+    /// Dropped when the waiting starts, with `api_tx`: an executor that ends without a word
+    /// then ends the wait at once.
+    bound_tx: Option<mpsc::Sender<Bound>>,
+    bound_rx: mpsc::Receiver<Bound>,
+    /// The control plane's address, once the ingest core has bound it.
+    api_tx: Option<mpsc::Sender<SocketAddr>>,
+    api_rx: mpsc::Receiver<SocketAddr>,
+}
+
+impl Executors {
+    fn new() -> Executors {
+        let (bound_tx, bound_rx) = mpsc::channel();
+        let (api_tx, api_rx) = mpsc::channel();
+        Executors {
+            started: Vec::new(),
+            bound_tx: Some(bound_tx),
+            bound_rx,
+            api_tx: Some(api_tx),
+            api_rx,
+        }
+    }
+
+    fn bound_tx(&self) -> mpsc::Sender<Bound> {
+        self.bound_tx
+            .clone()
+            .expect("executors start before the wait")
+    }
+
+    /// Starts the ingest core, which binds the control plane's port.
+    fn start_ingest(
+        &mut self,
+        config: &Arc<Config>,
+        cpu: usize,
+        shared: &mut Shared,
+        to_shards: Vec<queue::Sender<ToShard>>,
+        inboxes: Vec<queue::Receiver<ToIngest>>,
+    ) -> Result<(), StartError> {
+        let (config_, epoch, bound, api_tx) = (
+            config.clone(),
+            shared.epoch.clone(),
+            self.bound_tx(),
+            self.api_tx
+                .clone()
+                .expect("executors start before the wait"),
         );
+        let cluster_requests = shared.bridge.as_ref().map(crate::cluster::Bridge::requests);
+        let (api_tls, cluster_inbox) = (shared.api_tls.clone(), shared.cluster_inbox.take());
+        let task = move || async move {
+            let config = config_;
+            let listener = match glommio::net::TcpListener::bind(config.api) {
+                Ok(listener) => listener,
+                Err(err) => {
+                    let reason = format!("cannot bind the API port {}: {err}", config.api);
+                    let _ = bound.send(("ingest".into(), Err(reason)));
+                    return;
+                }
+            };
+            let _ = api_tx.send(
+                listener
+                    .local_addr()
+                    .expect("a bound listener has an address"),
+            );
+            let core = IngestCore::new(config, epoch, to_shards, cluster_requests);
+            let ingest = Ingest::start(core, listener, api_tls, inboxes, cluster_inbox);
+            let _ = bound.send(("ingest".into(), Ok(())));
+            ingest.run().await;
+        };
+        let executor = spawn_executor(config, "corecast-ingest", cpu, task)
+            .map_err(|err| StartError(format!("cannot start the ingest executor: {err}")))?;
+        self.started.push(("ingest".to_owned(), executor));
+        Ok(())
     }
 
-    let (bound_tx, bound_rx) = mpsc::channel::<(String, Bound)>();
-    let (api_tx, api_rx) = mpsc::channel::<SocketAddr>();
-    let mut executors = Vec::with_capacity(shards + 1);
-
-    let ingest_config = config.clone();
-    let ingest_epoch = epoch.clone();
-    let ingest_bound = bound_tx.clone();
-    executors.push((
-        "ingest".to_owned(),
-        spawn_executor(
-            &config,
-            "corecast-ingest",
-            plan.ingest_cpu,
-            move || async move {
-                let listener = match glommio::net::TcpListener::bind(ingest_config.api) {
-                    Ok(listener) => listener,
-                    Err(err) => {
-                        let reason =
-                            format!("cannot bind the API port {}: {err}", ingest_config.api);
-                        let _ = ingest_bound.send(("ingest".into(), Err(reason)));
-                        return;
-                    }
-                };
-                let _ = api_tx.send(
-                    listener
-                        .local_addr()
-                        .expect("a bound listener has an address"),
-                );
-                let core =
-                    IngestCore::new(ingest_config, ingest_epoch, to_shards, cluster_requests);
-                let ingest = Ingest::start(core, listener, api_tls, ingest_inboxes, cluster_inbox);
-                let _ = ingest_bound.send(("ingest".into(), Ok(())));
-                ingest.run().await;
-            },
-        )
-        .map_err(|err| StartError(format!("cannot start the ingest executor: {err}")))?,
-    ));
-
-    for (shard, (cpu, (inbox, sender))) in plan
-        .shard_cpus
-        .iter()
-        .zip(shard_inboxes.into_iter().zip(to_ingest))
-        .enumerate()
-    {
-        let shard_config = config.clone();
-        let shard_epoch = epoch.clone();
-        let shard_verifier = verifier.clone();
-        let shard_tls = tls.clone();
-        let shard_bound = bound_tx.clone();
+    /// Starts broadcast shard `shard`, which binds its own listener on the WebSocket port.
+    fn start_shard(
+        &mut self,
+        config: &Arc<Config>,
+        shard: usize,
+        cpu: usize,
+        shared: &Shared,
+        inbox: queue::Receiver<ToShard>,
+        to_ingest: queue::Sender<ToIngest>,
+    ) -> Result<(), StartError> {
         let name = format!("shard {shard}");
-        executors.push((
+        let (config_, epoch, bound, who) = (
+            config.clone(),
+            shared.epoch.clone(),
+            self.bound_tx(),
             name.clone(),
-            spawn_executor(
-                &config,
-                &format!("corecast-shard{shard}"),
-                *cpu,
-                move || async move {
-                    let listener = match glommio::net::TcpListener::bind(ws_addr) {
-                        Ok(listener) => listener,
-                        Err(err) => {
-                            let reason = format!("cannot bind {ws_addr}: {err}");
-                            let _ = shard_bound.send((name, Err(reason)));
-                            return;
-                        }
-                    };
-                    let core = ShardCore::new(
-                        shard,
-                        shard_config,
-                        shard_verifier,
-                        shard_tls,
-                        shard_epoch,
-                        sender,
-                    );
-                    let running = Shard::start(core, listener, inbox);
-                    let _ = shard_bound.send((name, Ok(())));
-                    running.run().await;
-                },
-            )
-            .map_err(|err| StartError(format!("cannot start shard {shard}: {err}")))?,
-        ));
+        );
+        let (verifier, tls) = (shared.verifier.clone(), shared.tls.clone());
+        let task = move || async move {
+            let ws_addr = config_.listen;
+            let listener = match glommio::net::TcpListener::bind(ws_addr) {
+                Ok(listener) => listener,
+                Err(err) => {
+                    let reason = format!("cannot bind {ws_addr}: {err}");
+                    let _ = bound.send((who, Err(reason)));
+                    return;
+                }
+            };
+            let core = ShardCore::new(shard, config_, verifier, tls, epoch, to_ingest);
+            let running = Shard::start(core, listener, inbox);
+            let _ = bound.send((who, Ok(())));
+            running.run().await;
+        };
+        let executor = spawn_executor(config, &format!("corecast-shard{shard}"), cpu, task)
+            .map_err(|err| StartError(format!("cannot start shard {shard}: {err}")))?;
+        self.started.push((name, executor));
+        Ok(())
     }
-    drop(bound_tx);
 
-    let mut failures = Vec::new();
-    for _ in 0..executors.len() {
-        match bound_rx.recv_timeout(START_TIMEOUT) {
-            Ok((_, Ok(()))) => {}
-            Ok((who, Err(reason))) => failures.push(format!("{who}: {reason}")),
-            Err(_) => break,
+    /// Waits until every executor has bound its port (at most [`START_TIMEOUT`]) and returns
+    /// the control plane's address. If one could not, stops the others (through the ingest
+    /// core, `signal_tx`) and returns why, naming each.
+    fn wait_bound(
+        &mut self,
+        signal_tx: &queue::Sender<ToIngest>,
+    ) -> Result<SocketAddr, StartError> {
+        self.bound_tx = None;
+        self.api_tx = None;
+        let mut failures = Vec::new();
+        for _ in 0..self.started.len() {
+            match self.bound_rx.recv_timeout(START_TIMEOUT) {
+                Ok((_, Ok(()))) => {}
+                Ok((who, Err(reason))) => failures.push(format!("{who}: {reason}")),
+                Err(_) => break,
+            }
         }
-    }
-    drop(reservation);
-    let api_addr = api_rx.recv_timeout(Duration::from_millis(100)).ok();
-    let started = failures.is_empty() && api_addr.is_some();
-    if !started {
+        let api_addr = self.api_rx.recv_timeout(Duration::from_millis(100)).ok();
+        if let (true, Some(api_addr)) = (failures.is_empty(), api_addr) {
+            return Ok(api_addr);
+        }
         let _ = signal_tx.try_push(ToIngest::Shutdown);
         signal_tx.wake();
-        for (who, handle) in executors {
-            if let Err(err) = join(handle) {
+        for (who, executor) in self.started.drain(..) {
+            if let Err(err) = join(executor) {
                 failures.push(format!("{who}: {}", explain_executor_error(&err)));
             }
         }
-        return Err(StartError(format!(
+        Err(StartError(format!(
             "corecast could not start: {}",
             if failures.is_empty() {
                 "an executor stopped during start-up".to_owned()
             } else {
                 failures.join("; ")
             }
-        )));
-    }
-    let api_addr = api_addr.expect("checked above");
-    // Before `listening`: whoever starts the server may signal it as soon as it reads that line.
-    forward_signals(signal_tx)?;
-    for line in plan.lines() {
-        println!("{line}");
-    }
-    println!("listening ws={ws_addr} api={api_addr}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    tracing::info!(ws = %ws_addr, api = %api_addr, shards, "serving");
-
-    let mut failed = Vec::new();
-    for (who, handle) in executors {
-        if let Err(err) = join(handle) {
-            failed.push(format!("{who}: {err}"));
-        }
-    }
-    if failed.is_empty() {
-        tracing::info!("stopped");
-        Ok(())
-    } else {
-        Err(StartError(format!(
-            "executors failed: {}",
-            failed.join("; ")
         )))
+    }
+
+    /// Waits for every executor to end (after a signal); names each that failed.
+    fn join_all(self) -> Result<(), StartError> {
+        let failed: Vec<String> = self
+            .started
+            .into_iter()
+            .filter_map(|(who, executor)| join(executor).err().map(|err| format!("{who}: {err}")))
+            .collect();
+        if failed.is_empty() {
+            tracing::info!("stopped");
+            Ok(())
+        } else {
+            Err(StartError(format!(
+                "executors failed: {}",
+                failed.join("; ")
+            )))
+        }
     }
 }
 
