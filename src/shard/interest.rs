@@ -202,7 +202,8 @@ impl Interest {
         self.epoch.borrow()
     }
 
-    /// The shard's position: see the field.
+    /// A message `seq` such that every later publish matching a live subscription here
+    /// reaches this shard.
     pub fn position(&self) -> u64 {
         self.position.get()
     }

@@ -87,6 +87,7 @@ const READ_BUF_BYTES: usize = 64 * 1024;
 /// The shard's state, shared by its tasks on its one core: the owners of its concerns, and
 /// what its connections' tasks and its accept loop read.
 pub struct ShardCore {
+    /// This shard's number: `shard` in its reports, the prefix of its `conn_id`s.
     pub id: ShardId,
     /// The whole configuration, for the connection tasks and the handshake
     /// ([`conn`], [`accept`]); the rest of the shard reads `settings`.
@@ -97,11 +98,17 @@ pub struct ShardCore {
     pub verifier: Option<Arc<Verifier>>,
     /// TLS for every connection of the port (`tls_cert_file`); `None`: plain TCP.
     pub tls: Option<TlsAcceptor>,
+    /// Every open connection, by slot.
     conns: Conns,
+    /// What the shard has announced to the ingest core, the registry, the position.
     interest: Interest,
+    /// Writes to connections, and the fan-out latency.
     fanout: Fanout,
+    /// Everything the shard sends the ingest core goes through it, in order.
     forwarder: Forwarder,
+    /// Upgrades waiting for the ingest core's verdict, and admitted connections' places.
     admission: Admission,
+    /// The event counters, per shard and per namespace.
     counters: Stats,
     /// Every connection reads into this buffer; only partial frames are copied out.
     pub read_buf: RefCell<Vec<u8>>,
