@@ -38,12 +38,15 @@
 //!    the JWT it presents and the grant it carries; [`net::tls`]: the stream every connection
 //!    runs on), answer and close.
 //! 8. The two cores' halves. [`shard`]: a broadcast shard's accept loop ([`shard::accept`]),
-//!    its connections' tasks ([`shard::conn`]), its registry, fan-out. [`ingest`]: the
-//!    control-plane API ([`ingest::api_stream`]: its connections' deadlines and its answers to
-//!    what hyper cannot parse), the sequencer of offsets, encode-once ([`ingest::encode`], the
-//!    only owner of the frame layout), [`ingest::history`], [`ingest::metrics`] (the
-//!    `/metrics` exposition), [`ingest::admission`] (the connection limits over every shard)
-//!    and [`ingest::cluster`] (its side of the bridge).
+//!    its connections' tasks ([`shard::conn`]) and slab ([`shard::conns`]), its interest and
+//!    registry ([`shard::interest`]), fan-out ([`shard::fanout`]), the clients' commands
+//!    ([`shard::commands`]), admission ([`shard::admission`]), counters ([`shard::stats`]), the
+//!    way to the ingest core ([`shard::forward`]) and its settings ([`shard::settings`]).
+//!    [`ingest`]: the control-plane API ([`ingest::api_stream`]: its connections' deadlines and
+//!    its answers to what hyper cannot parse), the sequencer of offsets, encode-once
+//!    ([`ingest::encode`], the only owner of the frame layout), [`ingest::history`],
+//!    [`ingest::metrics`] (the `/metrics` exposition), [`ingest::admission`] (the connection
+//!    limits over every shard) and [`ingest::cluster`] (its side of the bridge).
 //! 9. [`runtime`]: the core plan, start-up and shutdown: wiring.
 //!
 //! # Data flow

@@ -1,11 +1,23 @@
 //! A broadcast shard: one pinned executor that owns its listener, its connections and their
 //! subscriptions for their whole life, and fans published frames out to them.
 //!
-//! [`ShardCore`] is the shard's single-threaded state (`Rc`, `Cell`, `RefCell`; no atomics): the
-//! connection slab, the [`Registry`] from patterns to connections, and the shard's *interest*,
-//! the patterns it has told the ingest core about. A subscription to a pattern the shard has not
-//! announced yet waits for the ingest core's `InterestReady` before it is answered, so a client
-//! that has read `subscribed` is guaranteed every message published after that.
+//! [`ShardCore`] is the shard's single-threaded state (`Rc`, `Cell`, `RefCell`; no atomics),
+//! composed of one owner per concern, each holding its own fields behind its own methods:
+//! - [`conns::Conns`]: the connection slab, by slot.
+//! - [`interest::Interest`]: the patterns announced to the ingest core, the registry of live
+//!   subscriptions, and the shard's epoch and position. A subscription to a pattern the shard
+//!   has not announced yet waits for the ingest core's `InterestReady` before it is answered,
+//!   so a client that has read `subscribed` is guaranteed every message published after that.
+//! - [`fanout::Fanout`]: writes to connections (deliveries, replies, the batching window) and
+//!   the fan-out latency.
+//! - [`forward::Forwarder`]: the one way to the ingest core, never waiting.
+//! - [`admission::Admission`]: upgrades waiting for the ingest core's verdict, and the places
+//!   of admitted connections.
+//! - [`stats::Stats`]: the event counters, per shard and per namespace.
+//!
+//! The commands a connection sends ([`commands`]) have no state of their own and act through
+//! those owners; so do the task loops and the dispatch of the ingest core's messages, here.
+//! The shard reads its settings once, as [`settings::Settings`].
 //!
 //! After each delivery's fan-out loop the shard records the time since the ingest core accepted
 //! the publish in its own fan-out latency histogram (what that covers: [`crate::ingest::metrics`])
@@ -18,41 +30,44 @@
 //! shard from waiting on each other.
 
 pub mod accept;
+pub mod admission;
+pub mod commands;
 pub mod conn;
+pub mod conns;
+pub mod fanout;
+pub mod forward;
+pub mod interest;
+pub mod settings;
+pub mod stats;
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use corecast_proto::Priority;
-use futures_channel::oneshot;
 use futures_rustls::TlsAcceptor;
-use hashbrown::HashMap;
-use slab::Slab;
-use sonic_rs::Value;
 
-use crate::channel;
 use crate::config::Config;
-use crate::latency::FanoutLatency;
-use crate::msg::{
-    AckRow, Answer, ConnId, Delivery, FanoutReport, NamespaceStats, Peer, QueryKind, Recovered,
-    Refused, ShardId, ShardReport, ShardStats, Since, ToIngest, ToShard,
-};
+use crate::msg::{Answer, QueryKind, ShardId, ShardReport, ShardStats, ToIngest, ToShard};
 use crate::net::auth::{Grant, Verifier};
 use crate::net::tls::Transport;
 use crate::notify::Notify;
 use crate::queue::{Receiver, Sender};
-use crate::registry::Registry;
-use crate::ws::command::{self, ErrorCode, ErrorReply};
+use crate::ws::command;
 use crate::ws::deflate::Deflate;
 use crate::ws::frame;
-use crate::ws::outbox::{Kind, Shed};
 use crate::ws::rate::Refusal;
 use crate::ws::session::CloseRequest;
+use admission::Admission;
+pub use admission::Place;
 use conn::{ConnHandle, Subscription};
+use conns::Conns;
+use fanout::Fanout;
+use forward::Forwarder;
+use interest::{Interest, Waiter};
+use settings::Settings;
+use stats::Stats;
 
 /// What an upgraded connection is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,111 +84,42 @@ const TICK: Duration = Duration::from_millis(250);
 /// Size of the per-shard read scratch buffer every connection reads into.
 const READ_BUF_BYTES: usize = 64 * 1024;
 
-/// `forbidden` unless the connection's token grants subscribing to `pattern` (as the client
-/// wrote it: grants are in the tenant's own names).
-fn check_grant(handle: &ConnHandle, pattern: &str, id: &Option<Value>) -> Result<(), ErrorReply> {
-    match &*handle.grant.borrow() {
-        Some(grant) if !grant.may_subscribe(pattern) => Err(ErrorReply::new(
-            id.clone(),
-            ErrorCode::Forbidden,
-            format!("the token does not grant {pattern:?}"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// A pattern the shard has announced, or is announcing, to the ingest core.
-struct Interest {
-    /// Connections subscribed to the pattern, waiting ones included.
-    conns: u32,
-    /// The sequence number of the latest `add` sent for this pattern.
-    add_seq: u64,
-    /// True once the ingest core confirmed `add_seq`.
-    ready: bool,
-    /// Subscriptions waiting for that confirmation.
-    waiters: Vec<(ConnId, Waiter)>,
-}
-
-/// What a subscription waiting for its pattern's route does once the route exists.
-enum Waiter {
-    /// A connect-time subscription: the connection is greeted once all of them are live.
-    Hello,
-    /// A `subscribe` command: it goes live and is answered `subscribed`, echoing the id.
-    Reply(Option<Value>),
-    /// A `subscribe` with `since`: the ingest core's `Recovered` makes it live, not the route.
-    Recovery,
-}
-
-/// The shard's state, shared by its tasks on its one core.
+/// The shard's state, shared by its tasks on its one core: the owners of its concerns, and
+/// what its connections' tasks and its accept loop read.
 pub struct ShardCore {
+    /// This shard's number: `shard` in its reports, the prefix of its `conn_id`s.
     pub id: ShardId,
+    /// The whole configuration, for the connection tasks and the handshake
+    /// ([`conn`], [`accept`]); the rest of the shard reads `settings`.
     pub config: Arc<Config>,
+    /// What the shard's owners and loops read from `config`, taken once at start.
+    settings: Settings,
     /// Verifies tokens at the upgrade and on `refresh`; `None` with `auth = "none"`.
     pub verifier: Option<Arc<Verifier>>,
     /// TLS for every connection of the port (`tls_cert_file`); `None`: plain TCP.
     pub tls: Option<TlsAcceptor>,
-    /// The ingest core's current run of offsets, as clients are told it.
-    epoch: RefCell<Arc<str>>,
-    /// A message `seq` such that every later publish matching a live subscription here reaches
-    /// this shard: the highest of the deliveries, routes and recoveries received so far.
-    position: Cell<u64>,
-    /// Connections with messages held back for the batching window (`batch_window_us`).
-    batched: RefCell<Vec<ConnId>>,
-    batched_ready: Notify,
-    conns: RefCell<Slab<Rc<ConnHandle>>>,
-    registry: RefCell<Registry<ConnId>>,
-    interest: RefCell<HashMap<Box<str>, Interest>>,
-    interest_seq: Cell<u64>,
-    /// Messages for the ingest core that found its queue full, in order.
-    backlog: RefCell<VecDeque<ToIngest>>,
-    backlog_ready: Notify,
-    /// True while the forwarder holds a message taken from `backlog`: later messages must
-    /// queue behind it to keep their order.
-    forwarding: Cell<bool>,
-    to_ingest: Sender<ToIngest>,
-    next_seq: Cell<u32>,
-    stats: Cell<ShardStats>,
-    /// Counters per channel namespace, by index (see `Delivery::namespace`).
-    namespaces: RefCell<Vec<NamespaceStats>>,
+    /// Every open connection, by slot.
+    conns: Conns,
+    /// What the shard has announced to the ingest core, the registry, the position.
+    interest: Interest,
+    /// Writes to connections, and the fan-out latency.
+    fanout: Fanout,
+    /// Everything the shard sends the ingest core goes through it, in order.
+    forwarder: Forwarder,
+    /// Upgrades waiting for the ingest core's verdict, and admitted connections' places.
+    admission: Admission,
+    /// The event counters, per shard and per namespace.
+    counters: Stats,
     /// Every connection reads into this buffer; only partial frames are copied out.
     pub read_buf: RefCell<Vec<u8>>,
     /// Where a connection's pending frames are coalesced into one write.
     pub write_buf: RefCell<Vec<u8>>,
-    matches: RefCell<Vec<ConnId>>,
-    /// Fan-out time of every delivery this shard handled.
-    fanout: RefCell<FanoutLatency>,
-    /// Fan-out times not yet reported to the ingest core: at most one batch of the queue.
-    fanout_reports: RefCell<Vec<FanoutReport>>,
-    ping: Bytes,
     /// Cleared by the first step of shutdown, before any shard closes a connection.
     accepting: Cell<bool>,
+    /// Set when the ingest core says stop: no new connections, the open ones are closing.
     stopping: Cell<bool>,
+    /// Wakes [`Shard::run`] when `stopping` is set.
     stopped: Notify,
-    /// Upgrades waiting for the ingest core's admission, by ticket; at most one per
-    /// handshaking connection.
-    admissions: RefCell<HashMap<u64, Admitting>>,
-    next_ticket: Cell<u64>,
-    /// The places of the connections admitted by the ingest core, given back on removal.
-    /// Kept here, not in each handle, so connections no limit applies to pay nothing.
-    places: RefCell<HashMap<ConnId, Place>>,
-}
-
-/// An upgrade waiting for admission: where its verdict goes, and who it is.
-type Admitting = (oneshot::Sender<Result<(), Refused>>, Peer);
-
-/// A connection's place under the limits the ingest core keeps ([`crate::ingest::admission`]),
-/// held for the connection's life: dropping it gives the place back.
-pub struct Place {
-    shard: Weak<ShardCore>,
-    peer: Option<Peer>,
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        if let (Some(shard), Some(peer)) = (self.shard.upgrade(), self.peer.take()) {
-            shard.send_ingest(ToIngest::Leave(peer));
-        }
-    }
 }
 
 impl ShardCore {
@@ -185,201 +131,75 @@ impl ShardCore {
         epoch: Arc<str>,
         to_ingest: Sender<ToIngest>,
     ) -> Rc<Self> {
-        let namespaces = config.namespaces.len() + 1;
+        let settings = Settings::from_config(&config);
         Rc::new(ShardCore {
             id,
             config,
             verifier,
             tls,
-            epoch: RefCell::new(epoch),
-            position: Cell::new(0),
-            batched: RefCell::new(Vec::new()),
-            batched_ready: Notify::default(),
-            conns: RefCell::new(Slab::new()),
-            registry: RefCell::new(Registry::new()),
-            interest: RefCell::new(HashMap::new()),
-            interest_seq: Cell::new(0),
-            backlog: RefCell::new(VecDeque::new()),
-            backlog_ready: Notify::default(),
-            forwarding: Cell::new(false),
-            to_ingest,
-            next_seq: Cell::new(0),
-            stats: Cell::new(ShardStats {
-                shard: id,
-                ..ShardStats::default()
-            }),
-            namespaces: RefCell::new(vec![NamespaceStats::default(); namespaces]),
+            conns: Conns::default(),
+            interest: Interest::new(id, epoch),
+            fanout: Fanout::new(&settings),
+            forwarder: Forwarder::new(to_ingest),
+            admission: Admission::default(),
+            counters: Stats::new(id, settings.namespaces_len),
             read_buf: RefCell::new(vec![0; READ_BUF_BYTES]),
             write_buf: RefCell::new(Vec::with_capacity(64 * 1024)),
-            matches: RefCell::new(Vec::new()),
-            fanout: RefCell::new(FanoutLatency::default()),
-            fanout_reports: RefCell::new(Vec::new()),
-            ping: frame::ping_frame(),
             accepting: Cell::new(true),
-            admissions: RefCell::new(HashMap::new()),
-            next_ticket: Cell::new(0),
-            places: RefCell::new(HashMap::new()),
             stopping: Cell::new(false),
             stopped: Notify::default(),
+            settings,
         })
     }
 
-    fn update_stats(&self, change: impl FnOnce(&mut ShardStats)) {
-        let mut stats = self.stats.get();
-        change(&mut stats);
-        self.stats.set(stats);
-    }
-
     pub fn count_written(&self, frames: usize, bytes: usize) {
-        self.update_stats(|stats| {
-            stats.messages_out += frames as u64;
-            stats.bytes_out += bytes as u64;
-        });
+        self.counters.count_written(frames, bytes);
     }
 
     pub fn count_dropped(&self, frames: usize) {
-        self.update_stats(|stats| stats.drops += frames as u64);
+        self.counters.count_dropped(frames);
     }
 
     /// Counts a message the inbound rate limit refused, and the close it may bring.
     pub fn count_rate_limited(&self, refusal: Refusal) {
-        self.update_stats(|stats| {
-            stats.rate_limited_messages += 1;
-            stats.rate_limit_closes += u64::from(refusal == Refusal::Close);
-        });
+        self.counters.count_rate_limited(refusal);
     }
 
-    /// The counters as of now.
-    pub fn stats(&self) -> ShardStats {
-        let mut stats = self.stats.get();
-        stats.connections = self.conns.borrow().len();
-        stats.subscriptions = self.registry.borrow().len();
-        stats.ingest_queue_len = self.to_ingest.len() + self.backlog.borrow().len();
-        for (_, handle) in self.conns.borrow().iter() {
+    pub fn count_refused(&self) {
+        self.counters.count_refused();
+    }
+
+    pub fn count_accept_error(&self) {
+        self.counters.count_accept_error();
+    }
+
+    /// The counters as of now, with the figures each owner holds.
+    fn stats(&self) -> ShardStats {
+        let mut stats = self.counters.totals();
+        stats.connections = self.conns.len();
+        stats.subscriptions = self.interest.subscriptions_len();
+        stats.ingest_queue_len = self.forwarder.queue_len();
+        self.conns.each(|handle| {
             let (frames, bytes) = handle.outbox_len();
             stats.outbox_frames += frames;
             stats.outbox_bytes += bytes;
-        }
-        stats.fanout_latency_us = self.fanout.borrow().summary();
+        });
+        stats.fanout_latency_us = self.fanout.latency();
         stats
-    }
-
-    /// Every subscribed pattern and its live subscriber count.
-    pub fn patterns(&self) -> Vec<(Box<str>, usize)> {
-        let registry = self.registry.borrow();
-        registry
-            .patterns()
-            .map(|(pattern, count)| (Box::from(pattern), count))
-            .collect()
     }
 
     /// Whether a new connection may be accepted.
     pub fn has_room(&self) -> bool {
         self.accepting.get()
             && !self.stopping.get()
-            && self.conns.borrow().len() < self.config.connections_per_shard_max
-    }
-
-    pub fn count_refused(&self) {
-        self.update_stats(|stats| stats.connections_refused += 1);
-    }
-
-    pub fn count_accept_error(&self) {
-        self.update_stats(|stats| stats.accept_errors += 1);
+            && self.conns.len() < self.settings.connections_max
     }
 
     /// Sends a reply or control `frame` to a connection: at once where its socket takes it
     /// (see `ConnHandle::write_now`), the rest through its outbox and task. A full outbox
     /// closes it as a slow consumer.
     pub fn send_to(&self, handle: &ConnHandle, frame: Bytes) {
-        let written = handle.write_now(&frame);
-        let frames = usize::from(written == frame.len());
-        if written > 0 {
-            handle.count_written(frames, written);
-        }
-        if written == 0 {
-            let config = &self.config;
-            if handle
-                .push(frame, config.outbox_frames_max, config.outbox_bytes_max)
-                .is_err()
-            {
-                self.slow_consumer(handle);
-            }
-        } else if frames == 0 {
-            handle.push_started(frame, written);
-        }
-        self.count_written(frames, written);
-    }
-
-    /// Sends one published message to a connection, for `deliver`, which updates the shard's
-    /// counters once per fan-out: returns the frames and bytes written at once. A `critical`
-    /// message, or any when there is no batching window, is written at once where the socket
-    /// takes it; otherwise it queues under its channel's slow-consumer policy, and a batched
-    /// one waits for the window's end. A tail the socket did not take queues as the outbox's
-    /// started front, outside the policies and the limits: it must follow its head, whole.
-    fn deliver_to(&self, handle: &ConnHandle, delivery: &Delivery, kind: &Kind) -> (usize, usize) {
-        // The compressed twin, made once on the ingest core, for every connection that agreed
-        // to permessage-deflate; the plain frame for the others.
-        let frame = match &delivery.deflated {
-            Some(deflated) if handle.compresses() => deflated,
-            _ => &delivery.frame,
-        };
-        let critical = delivery.priority == Priority::Critical;
-        let batched = !critical && self.config.batch_window_us > 0;
-        if !batched {
-            let written = handle.write_now(frame);
-            if written == frame.len() {
-                handle.count_written(1, written);
-                return (1, written);
-            }
-            if written > 0 {
-                // The socket took part of it: the rest is the started front of the outbox now.
-                handle.count_written(0, written);
-                handle.push_started(frame.clone(), written);
-                return (0, written);
-            }
-        }
-        let config = &self.config;
-        let pushed = handle.push_message(
-            frame.clone(),
-            kind.clone(),
-            config.outbox_frames_max,
-            config.outbox_bytes_max,
-            !batched,
-        );
-        let shed = match pushed {
-            Err(_) => {
-                self.slow_consumer(handle);
-                self.namespaces.borrow_mut()[usize::from(delivery.namespace)]
-                    .slow_consumer_closes += 1;
-                return (0, 0);
-            }
-            Ok(shed) => shed,
-        };
-        if shed != Shed::default() {
-            self.count_dropped(shed.dropped);
-            let mut namespaces = self.namespaces.borrow_mut();
-            let namespace = &mut namespaces[usize::from(delivery.namespace)];
-            namespace.drops += shed.dropped as u64;
-            namespace.conflated += shed.conflated as u64;
-        }
-        if batched && !handle.batched.replace(true) {
-            let mut waiting = self.batched.borrow_mut();
-            if waiting.is_empty() {
-                self.batched_ready.notify();
-            }
-            waiting.push(handle.id);
-        }
-        (0, 0)
-    }
-
-    fn slow_consumer(&self, handle: &ConnHandle) {
-        tracing::debug!(conn = %handle.name, "slow consumer: outbox overflowed, closing with 4008");
-        self.update_stats(|stats| {
-            stats.slow_consumer_closes += 1;
-            stats.drops += 1;
-        });
-        handle.request_close(CloseRequest::SLOW_CONSUMER);
+        self.fanout.send_to(handle, frame, &self.counters);
     }
 
     /// Registers an upgraded connection and starts its task. A broadcast connection's
@@ -395,40 +215,35 @@ impl ShardCore {
         place: Option<Place>,
         early: Vec<u8>,
     ) {
-        let seq = self.next_seq.get();
-        self.next_seq.set(seq.wrapping_add(1));
-        let mut conns = self.conns.borrow_mut();
-        let entry = conns.vacant_entry();
-        let id = ConnId {
-            slot: u32::try_from(entry.key()).expect("connections_per_shard_max fits in u32"),
-            seq,
+        let (channels, greeted) = match route {
+            Route::Broadcast(channels) => (channels, true),
+            Route::Echo => (Vec::new(), false),
         };
-        let name: Box<str> = format!("{}-{}", self.id, seq).into();
-        let hello = command::connected_frame(
-            &name,
-            self.id,
-            crate::clock::unix_ms(),
-            self.config.heartbeat_s,
-            &self.epoch.borrow(),
-        );
-        let (channels, hello) = match route {
-            Route::Broadcast(channels) => (channels, Some(hello)),
-            Route::Echo => (Vec::new(), None),
-        };
-        let handle = Rc::new(ConnHandle::new(
-            id,
-            name,
-            hello,
-            deflate,
-            grant,
-            Instant::now(),
-        ));
-        entry.insert(handle.clone());
+        let handle = self.conns.insert(|id| {
+            let name: Box<str> = format!("{}-{}", self.id, id.seq).into();
+            let hello = greeted.then(|| {
+                command::connected_frame(
+                    &name,
+                    self.id,
+                    crate::clock::unix_ms(),
+                    self.settings.heartbeat_s,
+                    &self.interest.epoch(),
+                )
+            });
+            Rc::new(ConnHandle::new(
+                id,
+                name,
+                hello,
+                deflate,
+                grant,
+                Instant::now(),
+            ))
+        });
+        let id = handle.id;
         if let Some(place) = place {
-            self.places.borrow_mut().insert(id, place);
+            self.admission.hold(id, place);
         }
-        drop(conns);
-        self.update_stats(|stats| stats.connections_accepted += 1);
+        self.counters.count_accepted();
         tracing::debug!(conn = %handle.name, shard = self.id, "connection open");
 
         let mut waits = 0;
@@ -441,7 +256,10 @@ impl ShardCore {
                 .subscriptions
                 .borrow_mut()
                 .push(Subscription::new(&pattern));
-            if !self.announce(&pattern, id, Waiter::Hello) {
+            if !self
+                .interest
+                .announce(&pattern, id, Waiter::Hello, &self.forwarder)
+            {
                 waits += 1;
             }
         }
@@ -454,97 +272,14 @@ impl ShardCore {
 
     /// Makes a connection's connect-time subscriptions live and sends `connected`.
     fn go_live(&self, handle: &ConnHandle) {
-        let mut registry = self.registry.borrow_mut();
-        for subscription in handle.subscriptions.borrow().iter() {
-            registry.insert(&subscription.pattern, handle.id);
-            subscription.covered_from.set(self.position.get());
-        }
-        drop(registry);
-        let config = &self.config;
-        if handle
-            .release_hello(config.outbox_frames_max, config.outbox_bytes_max)
-            .is_err()
-        {
-            self.slow_consumer(handle);
-        }
-    }
-
-    /// Counts one more subscriber of `pattern` on this shard, announcing the pattern to the
-    /// ingest core if it is new. Returns true if the pattern is already routed here; otherwise
-    /// `(conn, waiter)` waits for the ingest core's confirmation.
-    fn announce(&self, pattern: &str, conn: ConnId, waiter: Waiter) -> bool {
-        let mut interest = self.interest.borrow_mut();
-        if let Some(entry) = interest.get_mut(pattern) {
-            entry.conns += 1;
-            if !entry.ready {
-                entry.waiters.push((conn, waiter));
-            }
-            return entry.ready;
-        }
-        let seq = self.interest_seq.get() + 1;
-        self.interest_seq.set(seq);
-        interest.insert(
-            pattern.into(),
-            Interest {
-                conns: 1,
-                add_seq: seq,
-                ready: false,
-                waiters: vec![(conn, waiter)],
-            },
-        );
-        drop(interest);
-        self.send_ingest(ToIngest::Interest {
-            shard: self.id,
-            pattern: pattern.into(),
-            add: true,
-            seq,
-        });
-        false
-    }
-
-    /// Counts one subscriber of `pattern` less, withdrawing the pattern when it was the last.
-    fn withdraw(&self, pattern: &str) {
-        let mut interest = self.interest.borrow_mut();
-        let entry = interest
-            .get_mut(pattern)
-            .expect("a subscribed pattern is announced");
-        entry.conns -= 1;
-        if entry.conns > 0 {
-            return;
-        }
-        interest.remove(pattern);
-        drop(interest);
-        let seq = self.interest_seq.get() + 1;
-        self.interest_seq.set(seq);
-        self.send_ingest(ToIngest::Interest {
-            shard: self.id,
-            pattern: pattern.into(),
-            add: false,
-            seq,
-        });
-    }
-
-    /// Moves the shard's position forward to `seq` (never back).
-    fn advance_position(&self, seq: u64) {
-        self.position.set(self.position.get().max(seq));
+        self.interest.make_all_live(handle);
+        self.fanout.release_hello(handle, &self.counters);
     }
 
     /// The ingest core now routes `pattern` here: answer the subscriptions that waited for it.
     fn interest_ready(&self, pattern: &str, seq: u64, position: u64) {
-        self.advance_position(position);
-        let waiters = {
-            let mut interest = self.interest.borrow_mut();
-            let Some(entry) = interest.get_mut(pattern) else {
-                return;
-            };
-            if entry.add_seq != seq {
-                return;
-            }
-            entry.ready = true;
-            std::mem::take(&mut entry.waiters)
-        };
-        for (id, waiter) in waiters {
-            let Some(handle) = self.handle(id) else {
+        for (id, waiter) in self.interest.ready(pattern, seq, position) {
+            let Some(handle) = self.conns.get(id) else {
                 continue;
             };
             if !handle.is_subscribed(pattern) {
@@ -552,8 +287,7 @@ impl ShardCore {
             }
             match waiter {
                 Waiter::Reply(request) => {
-                    self.registry.borrow_mut().insert(pattern, id);
-                    handle.cover_from(pattern, self.position.get());
+                    self.interest.make_live(&handle, pattern);
                     let reply = self.subscribed_frame(pattern, &request);
                     self.send_to(&handle, reply);
                 }
@@ -569,387 +303,35 @@ impl ShardCore {
         }
     }
 
-    fn handle(&self, id: ConnId) -> Option<Rc<ConnHandle>> {
-        let conns = self.conns.borrow();
-        let handle = conns.get(id.slot as usize)?;
-        (handle.id == id).then(|| handle.clone())
-    }
-
-    /// `subscribed` for a live subscription, as of the shard's position now.
-    fn subscribed_frame(&self, pattern: &str, id: &Option<Value>) -> Bytes {
-        command::subscribed_frame(pattern, id, &self.epoch.borrow(), self.position.get(), None)
-    }
-
-    /// The `subscribe` command. With `since`, the subscription goes live when the ingest
-    /// core's `Recovered` arrives, after the missed messages it carries.
-    pub fn subscribe(
-        &self,
-        handle: &ConnHandle,
-        pattern: &str,
-        since: Option<Since>,
-        id: Option<Value>,
-    ) -> Result<Option<Bytes>, ErrorReply> {
-        command::check_pattern(pattern, self.config.channel_bytes_max, &id)?;
-        check_grant(handle, pattern, &id)?;
-        let full = handle.full_name(pattern);
-        let pattern = &*full;
-        let mut subscriptions = handle.subscriptions.borrow_mut();
-        if subscriptions
-            .iter()
-            .any(|subscription| *subscription.pattern == *pattern)
-        {
-            return Ok(Some(self.subscribed_frame(pattern, &id)));
-        }
-        if subscriptions.len() >= self.config.subscriptions_per_conn_max {
-            return Err(ErrorReply::new(
-                id,
-                ErrorCode::TooManySubscriptions,
-                format!(
-                    "this connection already has {} subscriptions, the limit",
-                    subscriptions.len()
-                ),
-            ));
-        }
-        if since.is_some() && self.backlog.borrow().len() >= self.config.queue_items_max {
-            return Err(ErrorReply::new(
-                id,
-                ErrorCode::Internal,
-                "the server is overloaded; retry later",
-            ));
-        }
-        subscriptions.push(Subscription::new(pattern));
-        drop(subscriptions);
-        let Some(since) = since else {
-            if self.announce(pattern, handle.id, Waiter::Reply(id.clone())) {
-                self.registry.borrow_mut().insert(pattern, handle.id);
-                handle.cover_from(pattern, self.position.get());
-                return Ok(Some(self.subscribed_frame(pattern, &id)));
-            }
-            return Ok(None);
-        };
-        // Sent after the interest, so the ingest core routes the pattern here before it
-        // takes the snapshot of history that `Recovered` carries.
-        self.announce(pattern, handle.id, Waiter::Recovery);
-        self.send_ingest(ToIngest::Recover {
-            shard: self.id,
-            conn: handle.id,
-            id,
-            pattern: pattern.into(),
-            since,
-        });
-        Ok(None)
-    }
-
-    /// The ingest core's answer to a `subscribe` with `since`: the subscription goes live, and
-    /// its reply and missed messages are queued ahead of any live message. A missed message
-    /// that another live subscription of the connection covers was sent already, or will be,
-    /// and is left out, so overlapping subscriptions deliver each message once.
-    fn recovered(&self, recovered: Recovered) {
-        let Recovered {
-            conn,
-            pattern,
-            reply,
-            missed,
-            covered_from,
-            position,
-        } = recovered;
-        self.advance_position(position);
-        let Some(handle) = self.handle(conn) else {
-            return;
-        };
-        if !handle.is_subscribed(&pattern) {
-            return;
-        }
-        self.registry.borrow_mut().insert(&pattern, conn);
-        let bytes = missed.iter().map(|missed| missed.frame.len()).sum();
-        let mut joined = bytes::BytesMut::with_capacity(bytes);
-        for missed in &missed {
-            if !handle.covered_elsewhere(&pattern, missed.channel(), missed.seq) {
-                joined.extend_from_slice(&missed.frame);
-            }
-        }
-        handle.cover_from(&pattern, covered_from);
-        self.send_to(&handle, reply);
-        handle.push_recovered(joined.freeze());
-    }
-
-    /// The `refresh` command: a new token for the same subject replaces the grant and its `exp`.
-    pub fn refresh(
-        &self,
-        handle: &ConnHandle,
-        token: &str,
-        id: Option<Value>,
-    ) -> Result<Option<Bytes>, ErrorReply> {
-        let Some(verifier) = &self.verifier else {
-            return Err(ErrorReply::new(
-                id,
-                ErrorCode::BadRequest,
-                "this server runs without auth: there is no token to refresh",
-            ));
-        };
-        let grant = verifier
-            .verify(Some(token))
-            .map_err(|err| ErrorReply::new(id.clone(), ErrorCode::Forbidden, err.to_string()))?;
-        let mut current = handle.grant.borrow_mut();
-        if let Some(current) = &*current {
-            if current.sub != grant.sub || current.tenant != grant.tenant {
-                return Err(ErrorReply::new(
-                    id,
-                    ErrorCode::Forbidden,
-                    "a refresh must be for the same sub and tenant as the connection's token",
-                ));
-            }
-        }
-        let exp = grant.exp;
-        *current = Some(grant);
-        Ok(Some(command::refreshed_frame(&id, exp)))
-    }
-
-    /// The `ack` command: keeps the highest offset acked per channel.
-    pub fn ack(
-        &self,
-        handle: &ConnHandle,
-        channel: &str,
-        offset: u64,
-        id: Option<Value>,
-    ) -> Result<Option<Bytes>, ErrorReply> {
-        command::check_channel(channel, self.config.channel_bytes_max, &id)?;
-        let full = handle.full_name(channel);
-        let channel = &*full;
-        let subscribed = handle
-            .subscriptions
-            .borrow()
-            .iter()
-            .any(|subscription| channel::pattern_matches(&subscription.pattern, channel));
-        if !subscribed {
-            return Err(ErrorReply::new(
-                id,
-                ErrorCode::NotSubscribed,
-                format!("no subscription of this connection matches {channel:?}"),
-            ));
-        }
-        let mut acks = handle.acks.borrow_mut();
-        match acks.iter().position(|(acked, _)| **acked == *channel) {
-            Some(at) => acks[at].1 = acks[at].1.max(offset),
-            None if acks.len() >= self.config.subscriptions_per_conn_max => {
-                return Err(ErrorReply::new(
-                    id,
-                    ErrorCode::TooManySubscriptions,
-                    format!(
-                        "this connection acks {} channels already, the limit \
-                         (subscriptions_per_conn_max)",
-                        acks.len()
-                    ),
-                ));
-            }
-            None => acks.push((channel.into(), offset)),
-        }
-        drop(acks);
-        self.update_stats(|stats| stats.acks_total += 1);
-        Ok(id
-            .is_some()
-            .then(|| command::acked_frame(&id, channel, offset)))
-    }
-
-    /// Every channel some connection here acked: how many connections and their offsets.
-    pub fn ack_rows(&self) -> Vec<AckRow> {
-        let mut rows: HashMap<Box<str>, AckRow> = HashMap::new();
-        for (_, handle) in self.conns.borrow().iter() {
-            for (channel, offset) in handle.acks.borrow().iter() {
-                let row = rows.entry(channel.clone()).or_insert_with(|| AckRow {
-                    channel: channel.clone(),
-                    conns: 0,
-                    offset_min: *offset,
-                    offset_max: *offset,
-                });
-                row.conns += 1;
-                row.offset_min = row.offset_min.min(*offset);
-                row.offset_max = row.offset_max.max(*offset);
-            }
-        }
-        rows.into_values().collect()
-    }
-
-    /// The `unsubscribe` command.
-    pub fn unsubscribe(
-        &self,
-        handle: &ConnHandle,
-        pattern: &str,
-        id: Option<Value>,
-    ) -> Result<Option<Bytes>, ErrorReply> {
-        command::check_pattern(pattern, self.config.channel_bytes_max, &id)?;
-        check_grant(handle, pattern, &id)?;
-        let full = handle.full_name(pattern);
-        let pattern = &*full;
-        let mut subscriptions = handle.subscriptions.borrow_mut();
-        let Some(at) = subscriptions
-            .iter()
-            .position(|subscription| *subscription.pattern == *pattern)
-        else {
-            return Err(ErrorReply::new(
-                id,
-                ErrorCode::NotSubscribed,
-                format!("not subscribed to {pattern:?}"),
-            ));
-        };
-        subscriptions.swap_remove(at);
-        drop(subscriptions);
-        self.registry.borrow_mut().remove(pattern, handle.id);
-        self.withdraw(pattern);
-        Ok(Some(command::channel_reply_frame(
-            "unsubscribed",
-            pattern,
-            &id,
-        )))
-    }
-
-    /// The `publish` command: checked here, sequenced by the ingest core, which replies.
-    pub fn client_publish(
-        &self,
-        handle: &ConnHandle,
-        channel: &str,
-        data: &str,
-        id: Option<Value>,
-    ) -> Result<Option<Bytes>, ErrorReply> {
-        command::check_channel(channel, self.config.channel_bytes_max, &id)?;
-        // With auth, the token's `publish` claim decides; without, `client_publish`.
-        let allowed = !channel::is_system(channel)
-            && match &*handle.grant.borrow() {
-                Some(grant) => grant.may_publish(channel),
-                None => self
-                    .config
-                    .client_publish
-                    .iter()
-                    .any(|pattern| channel::pattern_matches(pattern, channel)),
-            };
-        if !allowed {
-            return Err(ErrorReply::new(
-                id,
-                ErrorCode::Forbidden,
-                format!("publishing to {channel:?} is not granted to this connection"),
-            ));
-        }
-        if self.backlog.borrow().len() >= self.config.queue_items_max {
-            return Err(ErrorReply::new(
-                id,
-                ErrorCode::Internal,
-                "the server is overloaded; retry later",
-            ));
-        }
-        self.send_ingest(ToIngest::Publish {
-            shard: self.id,
-            conn: handle.id,
-            id,
-            channel: handle.full_name(channel).into(),
-            data: data.into(),
-        });
-        Ok(None)
-    }
-
-    /// Sends the ingest core a message, in order with every earlier one.
-    fn send_ingest(&self, message: ToIngest) {
-        let mut backlog = self.backlog.borrow_mut();
-        if backlog.is_empty() && !self.forwarding.get() {
-            match self.to_ingest.try_push(message) {
-                Ok(()) => {
-                    self.to_ingest.wake();
-                    return;
-                }
-                Err(message) => backlog.push_back(message),
-            }
-        } else {
-            backlog.push_back(message);
-        }
-        self.backlog_ready.notify();
-    }
-
-    /// Forgets a closed connection: its subscriptions, its interest, its slot.
+    /// Forgets a closed connection: its subscriptions, its interest, its place, its slot.
     pub fn remove_conn(&self, handle: &ConnHandle) {
         let subscriptions = std::mem::take(&mut *handle.subscriptions.borrow_mut());
         for subscription in &subscriptions {
-            self.registry
-                .borrow_mut()
-                .remove(&subscription.pattern, handle.id);
-            self.withdraw(&subscription.pattern);
+            self.interest.unroute(&subscription.pattern, handle.id);
+            self.interest
+                .withdraw(&subscription.pattern, &self.forwarder);
         }
-        self.places.borrow_mut().remove(&handle.id);
-        let removed = self.conns.borrow_mut().remove(handle.id.slot as usize);
-        assert_eq!(
-            removed.id, handle.id,
-            "a slot holds the connection that owns it"
-        );
+        self.admission.give_back(handle.id);
+        self.conns.remove(handle);
         tracing::debug!(conn = %handle.name, "connection closed");
-    }
-
-    /// Writes a published frame to every local subscriber of its channel, then records the
-    /// fan-out time and keeps it for the next report to the ingest core.
-    fn deliver(&self, delivery: &Delivery) {
-        self.advance_position(delivery.stamp.publish);
-        let start = usize::from(delivery.channel_start);
-        let kind = Kind::Message {
-            channel: delivery
-                .frame
-                .slice(start..start + usize::from(delivery.channel_len)),
-            offset: delivery.offset,
-            critical: delivery.priority == Priority::Critical,
-            slow: delivery.slow,
-        };
-        let mut matches = self.matches.borrow_mut();
-        self.registry
-            .borrow()
-            .collect_matches(delivery.channel(), &mut matches);
-        let conns = self.conns.borrow();
-        let (mut frames, mut bytes) = (0, 0);
-        for id in matches.iter() {
-            let handle = &conns[id.slot as usize];
-            assert_eq!(handle.id, *id, "the registry holds live connections only");
-            let (sent_frames, sent_bytes) = self.deliver_to(handle, delivery, &kind);
-            frames += sent_frames;
-            bytes += sent_bytes;
-        }
-        self.count_written(frames, bytes);
-        self.namespaces.borrow_mut()[usize::from(delivery.namespace)].deliveries +=
-            matches.len() as u64;
-        let elapsed = delivery.stamp.accepted.elapsed();
-        self.fanout.borrow_mut().record(elapsed);
-        self.fanout_reports.borrow_mut().push(FanoutReport {
-            publish: delivery.stamp.publish,
-            elapsed,
-        });
-    }
-
-    /// A `gap` notice for every local subscriber of `channel` (cluster mode: messages this node
-    /// never received and cannot read back).
-    fn gap(&self, channel: &str, frame: Bytes) {
-        let mut matches = self.matches.borrow_mut();
-        self.registry
-            .borrow()
-            .collect_matches(channel, &mut matches);
-        for id in matches.iter() {
-            if let Some(handle) = self.handle(*id) {
-                self.send_to(&handle, frame.clone());
-            }
-        }
     }
 
     /// The cluster's offsets restarted (Redis lost its data): every connection is closed with
     /// 1012 so that its client reconnects and learns, by `recovered:false`, that its positions
     /// mean nothing now.
     fn new_epoch(&self, epoch: Arc<str>) {
-        *self.epoch.borrow_mut() = epoch;
-        self.position.set(0);
-        for (_, handle) in self.conns.borrow().iter() {
-            handle.request_close(CloseRequest::EPOCH_CHANGED);
-        }
+        self.interest.new_epoch(epoch);
+        self.conns
+            .each(|handle| handle.request_close(CloseRequest::EPOCH_CHANGED));
     }
 
     /// Sends the ingest core the fan-out times gathered since the last report, if any.
     fn report_fanout(&self) {
-        let reports = std::mem::take(&mut *self.fanout_reports.borrow_mut());
+        let reports = self.fanout.take_reports();
         if reports.is_empty() {
             return;
         }
-        self.send_ingest(ToIngest::Fanout {
+        self.forwarder.send(ToIngest::Fanout {
             shard: self.id,
             reports,
         });
@@ -957,9 +339,12 @@ impl ShardCore {
 
     fn handle_ingest(&self, message: ToShard) {
         match message {
-            ToShard::Deliver(delivery) => self.deliver(&delivery),
+            ToShard::Deliver(delivery) => {
+                self.fanout
+                    .deliver(&delivery, &self.interest, &self.conns, &self.counters)
+            }
             ToShard::Reply { conn, frame } => {
-                if let Some(handle) = self.handle(conn) {
+                if let Some(handle) = self.conns.get(conn) {
                     self.send_to(&handle, frame);
                 }
             }
@@ -969,9 +354,14 @@ impl ShardCore {
                 position,
             } => self.interest_ready(&pattern, seq, position),
             ToShard::Recovered(recovered) => self.recovered(*recovered),
-            ToShard::Gap { channel, frame } => self.gap(&channel, frame),
+            ToShard::Gap { channel, frame } => {
+                self.fanout
+                    .gap(&channel, frame, &self.interest, &self.conns, &self.counters)
+            }
             ToShard::Epoch(epoch) => self.new_epoch(epoch),
-            ToShard::Admitted { ticket, verdict } => self.admitted(ticket, verdict),
+            ToShard::Admitted { ticket, verdict } => {
+                self.admission.admitted(ticket, verdict, &self.forwarder)
+            }
             ToShard::Query { query, kind } => {
                 // Reports first, so the ingest core's overall figures are as current as ours.
                 self.report_fanout();
@@ -979,15 +369,15 @@ impl ShardCore {
                     QueryKind::Stats => Answer::Stats(ShardReport {
                         stats: self.stats(),
                         acks: self.ack_rows(),
-                        namespaces: self.namespaces.borrow().clone(),
+                        namespaces: self.counters.namespaces(),
                     }),
-                    QueryKind::Channels => Answer::Channels(self.patterns()),
+                    QueryKind::Channels => Answer::Channels(self.interest.patterns()),
                     QueryKind::StopAccepting => {
                         self.accepting.set(false);
                         Answer::StoppedAccepting
                     }
                 };
-                self.send_ingest(ToIngest::Answer {
+                self.forwarder.send(ToIngest::Answer {
                     query,
                     shard: self.id,
                     answer,
@@ -997,55 +387,19 @@ impl ShardCore {
         }
     }
 
-    /// Asks the ingest core for a place for `peer` under the connection limits; the upgrade
-    /// waits for the answer (one cross-core round trip) before it is answered.
-    pub async fn admit(self: &Rc<Self>, peer: Peer) -> Result<Place, Refused> {
-        let ticket = self.next_ticket.get();
-        self.next_ticket.set(ticket + 1);
-        let (done, verdict) = oneshot::channel();
-        self.admissions
-            .borrow_mut()
-            .insert(ticket, (done, peer.clone()));
-        self.send_ingest(ToIngest::Admit {
-            shard: self.id,
-            ticket,
-            peer: peer.clone(),
-        });
-        match verdict.await {
-            Ok(Ok(())) => Ok(Place {
-                shard: Rc::downgrade(self),
-                peer: Some(peer),
-            }),
-            Ok(Err(refused)) => Err(refused),
-            Err(oneshot::Canceled) => Err(Refused::Stopping),
-        }
-    }
-
-    /// The ingest core's verdict on ticket `ticket`. A place granted to an upgrade that gave
-    /// up waiting (its handshake timed out, its peer left) is given back at once.
-    fn admitted(&self, ticket: u64, verdict: Result<(), Refused>) {
-        let Some((done, peer)) = self.admissions.borrow_mut().remove(&ticket) else {
-            return;
-        };
-        if done.send(verdict).is_err() && verdict.is_ok() {
-            self.send_ingest(ToIngest::Leave(peer));
-        }
-    }
-
     /// Stops accepting and closes every connection with 1001.
     fn stop(&self) {
         self.stopping.set(true);
         self.stopped.notify();
-        for (_, handle) in self.conns.borrow().iter() {
-            handle.request_close(CloseRequest::GOING_AWAY);
-        }
+        self.conns
+            .each(|handle| handle.request_close(CloseRequest::GOING_AWAY));
     }
 
     /// Drains the ingest core's queue, a bounded batch per wake-up.
     async fn run_inbox(self: Rc<Self>, inbox: Receiver<ToShard>) {
         loop {
             inbox.ready().await;
-            for _ in 0..self.config.queue_batch_max {
+            for _ in 0..self.settings.queue_batch_max {
                 let Some(message) = inbox.pop() else { break };
                 self.handle_ingest(message);
             }
@@ -1057,51 +411,26 @@ impl ShardCore {
 
     /// Forwards what found the ingest core's queue full, waiting for space.
     async fn run_backlog(self: Rc<Self>) {
-        loop {
-            self.backlog_ready
-                .wait_until(|| !self.backlog.borrow().is_empty())
-                .await;
-            self.forwarding.set(true);
-            loop {
-                let next = self.backlog.borrow_mut().pop_front();
-                let Some(message) = next else { break };
-                self.to_ingest.push(message).await;
-                self.to_ingest.wake();
-            }
-            self.forwarding.set(false);
-        }
+        self.forwarder.run().await;
     }
 
-    /// Wakes the connections holding batched messages once the batching window has passed
-    /// since the first of them was queued.
+    /// Wakes the connections holding batched messages once the batching window has passed.
     async fn run_batcher(self: Rc<Self>) {
-        let window = Duration::from_micros(self.config.batch_window_us);
-        loop {
-            self.batched_ready
-                .wait_until(|| !self.batched.borrow().is_empty())
-                .await;
-            glommio::timer::sleep(window).await;
-            let waiting = std::mem::take(&mut *self.batched.borrow_mut());
-            for id in waiting {
-                if let Some(handle) = self.handle(id) {
-                    handle.batched.set(false);
-                    handle.wake();
-                }
-            }
-        }
+        self.fanout.run_batcher(&self.conns).await;
     }
 
     /// Pings connections every `heartbeat_s` and closes those silent for `idle_timeout_s`.
     async fn run_ticker(self: Rc<Self>) {
-        let heartbeat = Duration::from_secs(self.config.heartbeat_s);
-        let idle_timeout = Duration::from_secs(self.config.idle_timeout_s);
+        let heartbeat = Duration::from_secs(self.settings.heartbeat_s);
+        let idle_timeout = self.settings.idle_timeout;
+        let ping = frame::ping_frame();
         loop {
             glommio::timer::sleep(TICK).await;
             let now = Instant::now();
             let now_s = crate::clock::unix_ms() / 1000;
-            for (_, handle) in self.conns.borrow().iter() {
+            self.conns.each(|handle| {
                 if handle.is_closing() {
-                    continue;
+                    return;
                 }
                 let expired = handle
                     .grant
@@ -1114,9 +443,9 @@ impl ShardCore {
                     handle.request_close(CloseRequest::IDLE);
                 } else if now.duration_since(handle.last_ping()) >= heartbeat {
                     handle.set_last_ping(now);
-                    self.send_to(handle, self.ping.clone());
+                    self.send_to(handle, ping.clone());
                 }
-            }
+            });
         }
     }
 }
@@ -1129,7 +458,7 @@ pub struct Shard {
 
 impl Shard {
     /// Starts the shard's tasks on the current executor: the listener, the ingest-queue drain,
-    /// the backlog forwarder and the ticker.
+    /// the backlog forwarder and the ticker, and the batcher when there is a batching window.
     pub fn start(
         core: Rc<ShardCore>,
         listener: glommio::net::TcpListener,
@@ -1141,7 +470,7 @@ impl Shard {
             glommio::spawn_local(core.clone().run_backlog()).detach(),
             glommio::spawn_local(core.clone().run_ticker()).detach(),
         ];
-        if core.config.batch_window_us > 0 {
+        if core.fanout.batching() {
             tasks.push(glommio::spawn_local(core.clone().run_batcher()).detach());
         }
         Shard { core, tasks }
@@ -1158,11 +487,11 @@ impl Shard {
     }
 
     async fn stop(self) {
-        let deadline = Instant::now() + Duration::from_millis(self.core.config.shutdown_timeout_ms);
-        while !self.core.conns.borrow().is_empty() && Instant::now() < deadline {
+        let deadline = Instant::now() + self.core.settings.shutdown_timeout;
+        while !self.core.conns.is_empty() && Instant::now() < deadline {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
-        let left = self.core.conns.borrow().len();
+        let left = self.core.conns.len();
         if left > 0 {
             tracing::warn!(
                 shard = self.core.id,

@@ -1,0 +1,317 @@
+//! The shard's answers to a connection's commands: `subscribe` (and the recovery that answers
+//! one with `since`), `refresh`, `ack`, `unsubscribe` and `publish`.
+//!
+//! Commands keep no state of their own: each checks its arguments against the settings and the
+//! connection's grant, then acts through the owners that hold the state (the interest and
+//! registry, the forwarder to the ingest core, the counters), so these are methods of the
+//! shard rather than of a struct of their own. Each returns the reply to send, `None` when the
+//! reply comes later (from the ingest core, or once a pattern is routed here), or the error to
+//! answer with. None of them waits.
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+use sonic_rs::Value;
+
+use super::conn::{ConnHandle, Subscription};
+use super::interest::Waiter;
+use super::ShardCore;
+use crate::channel;
+use crate::msg::{AckRow, Recovered, Since, ToIngest};
+use crate::ws::command::{self, ErrorCode, ErrorReply};
+
+/// `forbidden` unless the connection's token grants subscribing to `pattern` (as the client
+/// wrote it: grants are in the tenant's own names).
+fn check_grant(handle: &ConnHandle, pattern: &str, id: &Option<Value>) -> Result<(), ErrorReply> {
+    match &*handle.grant.borrow() {
+        Some(grant) if !grant.may_subscribe(pattern) => Err(ErrorReply::new(
+            id.clone(),
+            ErrorCode::Forbidden,
+            format!("the token does not grant {pattern:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl ShardCore {
+    /// `subscribed` for a live subscription, as of the shard's position now.
+    pub(super) fn subscribed_frame(&self, pattern: &str, id: &Option<Value>) -> Bytes {
+        command::subscribed_frame(
+            pattern,
+            id,
+            &self.interest.epoch(),
+            self.interest.position(),
+            None,
+        )
+    }
+
+    /// The `subscribe` command. With `since`, the subscription goes live when the ingest
+    /// core's `Recovered` arrives, after the missed messages it carries.
+    pub fn subscribe(
+        &self,
+        handle: &ConnHandle,
+        pattern: &str,
+        since: Option<Since>,
+        id: Option<Value>,
+    ) -> Result<Option<Bytes>, ErrorReply> {
+        let settings = &self.settings;
+        command::check_pattern(pattern, settings.channel_bytes_max, &id)?;
+        check_grant(handle, pattern, &id)?;
+        let full = handle.full_name(pattern);
+        let pattern = &*full;
+        let mut subscriptions = handle.subscriptions.borrow_mut();
+        if subscriptions
+            .iter()
+            .any(|subscription| *subscription.pattern == *pattern)
+        {
+            return Ok(Some(self.subscribed_frame(pattern, &id)));
+        }
+        if subscriptions.len() >= settings.subscriptions_per_conn_max {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "this connection already has {} subscriptions, the limit",
+                    subscriptions.len()
+                ),
+            ));
+        }
+        if since.is_some() && self.forwarder.backlog_len() >= settings.queue_items_max {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::Internal,
+                "the server is overloaded; retry later",
+            ));
+        }
+        subscriptions.push(Subscription::new(pattern));
+        drop(subscriptions);
+        let Some(since) = since else {
+            let waiter = Waiter::Reply(id.clone());
+            if self
+                .interest
+                .announce(pattern, handle.id, waiter, &self.forwarder)
+            {
+                self.interest.make_live(handle, pattern);
+                return Ok(Some(self.subscribed_frame(pattern, &id)));
+            }
+            return Ok(None);
+        };
+        // Sent after the interest, so the ingest core routes the pattern here before it
+        // takes the snapshot of history that `Recovered` carries.
+        self.interest
+            .announce(pattern, handle.id, Waiter::Recovery, &self.forwarder);
+        self.forwarder.send(ToIngest::Recover {
+            shard: self.id,
+            conn: handle.id,
+            id,
+            pattern: pattern.into(),
+            since,
+        });
+        Ok(None)
+    }
+
+    /// The ingest core's answer to a `subscribe` with `since`: the subscription goes live, and
+    /// its reply and missed messages are queued ahead of any live message. A missed message
+    /// that another live subscription of the connection covers was sent already, or will be,
+    /// and is left out, so overlapping subscriptions deliver each message once.
+    pub(super) fn recovered(&self, recovered: Recovered) {
+        let Recovered {
+            conn,
+            pattern,
+            reply,
+            missed,
+            covered_from,
+            position,
+        } = recovered;
+        self.interest.advance_position(position);
+        let Some(handle) = self.conns.get(conn) else {
+            return;
+        };
+        if !handle.is_subscribed(&pattern) {
+            return;
+        }
+        self.interest.route(&pattern, conn);
+        let bytes = missed.iter().map(|missed| missed.frame.len()).sum();
+        let mut joined = bytes::BytesMut::with_capacity(bytes);
+        for missed in &missed {
+            if !handle.covered_elsewhere(&pattern, missed.channel(), missed.seq) {
+                joined.extend_from_slice(&missed.frame);
+            }
+        }
+        handle.cover_from(&pattern, covered_from);
+        self.send_to(&handle, reply);
+        handle.push_recovered(joined.freeze());
+    }
+
+    /// The `refresh` command: a new token for the same subject replaces the grant and its `exp`.
+    pub fn refresh(
+        &self,
+        handle: &ConnHandle,
+        token: &str,
+        id: Option<Value>,
+    ) -> Result<Option<Bytes>, ErrorReply> {
+        let Some(verifier) = &self.verifier else {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::BadRequest,
+                "this server runs without auth: there is no token to refresh",
+            ));
+        };
+        let grant = verifier
+            .verify(Some(token))
+            .map_err(|err| ErrorReply::new(id.clone(), ErrorCode::Forbidden, err.to_string()))?;
+        let mut current = handle.grant.borrow_mut();
+        if let Some(current) = &*current {
+            if current.sub != grant.sub || current.tenant != grant.tenant {
+                return Err(ErrorReply::new(
+                    id,
+                    ErrorCode::Forbidden,
+                    "a refresh must be for the same sub and tenant as the connection's token",
+                ));
+            }
+        }
+        let exp = grant.exp;
+        *current = Some(grant);
+        Ok(Some(command::refreshed_frame(&id, exp)))
+    }
+
+    /// The `ack` command: keeps the highest offset acked per channel.
+    pub fn ack(
+        &self,
+        handle: &ConnHandle,
+        channel: &str,
+        offset: u64,
+        id: Option<Value>,
+    ) -> Result<Option<Bytes>, ErrorReply> {
+        command::check_channel(channel, self.settings.channel_bytes_max, &id)?;
+        let full = handle.full_name(channel);
+        let channel = &*full;
+        let subscribed = handle
+            .subscriptions
+            .borrow()
+            .iter()
+            .any(|subscription| channel::pattern_matches(&subscription.pattern, channel));
+        if !subscribed {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::NotSubscribed,
+                format!("no subscription of this connection matches {channel:?}"),
+            ));
+        }
+        let mut acks = handle.acks.borrow_mut();
+        match acks.iter().position(|(acked, _)| **acked == *channel) {
+            Some(at) => acks[at].1 = acks[at].1.max(offset),
+            None if acks.len() >= self.settings.subscriptions_per_conn_max => {
+                return Err(ErrorReply::new(
+                    id,
+                    ErrorCode::TooManySubscriptions,
+                    format!(
+                        "this connection acks {} channels already, the limit \
+                         (subscriptions_per_conn_max)",
+                        acks.len()
+                    ),
+                ));
+            }
+            None => acks.push((channel.into(), offset)),
+        }
+        drop(acks);
+        self.counters.count_ack();
+        Ok(id
+            .is_some()
+            .then(|| command::acked_frame(&id, channel, offset)))
+    }
+
+    /// Every channel some connection here acked: how many connections and their offsets.
+    pub(super) fn ack_rows(&self) -> Vec<AckRow> {
+        let mut rows: HashMap<Box<str>, AckRow> = HashMap::new();
+        self.conns.each(|handle| {
+            for (channel, offset) in handle.acks.borrow().iter() {
+                let row = rows.entry(channel.clone()).or_insert_with(|| AckRow {
+                    channel: channel.clone(),
+                    conns: 0,
+                    offset_min: *offset,
+                    offset_max: *offset,
+                });
+                row.conns += 1;
+                row.offset_min = row.offset_min.min(*offset);
+                row.offset_max = row.offset_max.max(*offset);
+            }
+        });
+        rows.into_values().collect()
+    }
+
+    /// The `unsubscribe` command.
+    pub fn unsubscribe(
+        &self,
+        handle: &ConnHandle,
+        pattern: &str,
+        id: Option<Value>,
+    ) -> Result<Option<Bytes>, ErrorReply> {
+        command::check_pattern(pattern, self.settings.channel_bytes_max, &id)?;
+        check_grant(handle, pattern, &id)?;
+        let full = handle.full_name(pattern);
+        let pattern = &*full;
+        let mut subscriptions = handle.subscriptions.borrow_mut();
+        let Some(at) = subscriptions
+            .iter()
+            .position(|subscription| *subscription.pattern == *pattern)
+        else {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {pattern:?}"),
+            ));
+        };
+        subscriptions.swap_remove(at);
+        drop(subscriptions);
+        self.interest.unroute(pattern, handle.id);
+        self.interest.withdraw(pattern, &self.forwarder);
+        Ok(Some(command::channel_reply_frame(
+            "unsubscribed",
+            pattern,
+            &id,
+        )))
+    }
+
+    /// The `publish` command: checked here, sequenced by the ingest core, which replies.
+    pub fn client_publish(
+        &self,
+        handle: &ConnHandle,
+        channel: &str,
+        data: &str,
+        id: Option<Value>,
+    ) -> Result<Option<Bytes>, ErrorReply> {
+        let settings = &self.settings;
+        command::check_channel(channel, settings.channel_bytes_max, &id)?;
+        // With auth, the token's `publish` claim decides; without, `client_publish`.
+        let allowed = !channel::is_system(channel)
+            && match &*handle.grant.borrow() {
+                Some(grant) => grant.may_publish(channel),
+                None => settings
+                    .client_publish
+                    .iter()
+                    .any(|pattern| channel::pattern_matches(pattern, channel)),
+            };
+        if !allowed {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::Forbidden,
+                format!("publishing to {channel:?} is not granted to this connection"),
+            ));
+        }
+        if self.forwarder.backlog_len() >= settings.queue_items_max {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::Internal,
+                "the server is overloaded; retry later",
+            ));
+        }
+        self.forwarder.send(ToIngest::Publish {
+            shard: self.id,
+            conn: handle.id,
+            id,
+            channel: handle.full_name(channel).into(),
+            data: data.into(),
+        });
+        Ok(None)
+    }
+}

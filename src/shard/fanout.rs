@@ -1,0 +1,254 @@
+//! Fan-out: writing frames to the shard's connections. A published message goes to every
+//! connection the registry matches ([`Fanout::deliver`]); a reply or control frame to one
+//! ([`Fanout::send_to`]); a connection whose outbox overflows is closed as a slow consumer.
+//!
+//! Each write is tried on the socket at once (`ConnHandle::write_now`) and only what the socket
+//! does not take is queued in the connection's outbox, except under the batching window
+//! (`batch_window_us`), where non-critical messages wait and [`Fanout::run_batcher`] wakes
+//! their connections once it has passed. After each delivery's loop the fan-out time since the
+//! ingest core accepted the publish is recorded here (what that covers:
+//! [`crate::ingest::metrics`]) and kept for the next report to the ingest core.
+//!
+//! The delivery loop is the shard's hot path: it must allocate nothing per connection, clone no
+//! `Rc`, and never wait on a connection.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use bytes::Bytes;
+use corecast_proto::Priority;
+
+use super::conn::ConnHandle;
+use super::conns::Conns;
+use super::interest::Interest;
+use super::settings::Settings;
+use super::stats::Stats;
+use crate::latency::{FanoutLatency, LatencySummary};
+use crate::msg::{ConnId, Delivery, FanoutReport};
+use crate::notify::Notify;
+use crate::ws::outbox::{Kind, Shed};
+use crate::ws::session::CloseRequest;
+
+/// The fan-out's limits, scratch and latency figures.
+pub struct Fanout {
+    /// `outbox_frames_max`: a connection's outbox overflows past it.
+    outbox_frames_max: usize,
+    /// `outbox_bytes_max`: a connection's outbox overflows past it.
+    outbox_bytes_max: usize,
+    /// `batch_window_us`: how long non-critical messages wait for company.
+    batch_window: Duration,
+    /// Whether there is a batching window at all (`batch_window_us > 0`).
+    batching: bool,
+    /// Connections with messages held back for the batching window.
+    batched: RefCell<Vec<ConnId>>,
+    /// Wakes [`Fanout::run_batcher`] when `batched` gains its first connection.
+    batched_ready: Notify,
+    /// The connections one delivery goes to, reused by every delivery.
+    matches: RefCell<Vec<ConnId>>,
+    /// Fan-out time of every delivery this shard handled.
+    latency: RefCell<FanoutLatency>,
+    /// Fan-out times not yet reported to the ingest core: at most one batch of the queue.
+    reports: RefCell<Vec<FanoutReport>>,
+}
+
+impl Fanout {
+    pub fn new(settings: &Settings) -> Self {
+        Fanout {
+            outbox_frames_max: settings.outbox_frames_max,
+            outbox_bytes_max: settings.outbox_bytes_max,
+            batch_window: settings.batch_window,
+            batching: !settings.batch_window.is_zero(),
+            batched: RefCell::new(Vec::new()),
+            batched_ready: Notify::default(),
+            matches: RefCell::new(Vec::new()),
+            latency: RefCell::new(FanoutLatency::default()),
+            reports: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Whether messages wait for a batching window, and [`Fanout::run_batcher`] must run.
+    pub fn batching(&self) -> bool {
+        self.batching
+    }
+
+    /// Sends a reply or control `frame` to a connection: at once where its socket takes it
+    /// (see `ConnHandle::write_now`), the rest through its outbox and task. A full outbox
+    /// closes it as a slow consumer.
+    pub fn send_to(&self, handle: &ConnHandle, frame: Bytes, stats: &Stats) {
+        let written = handle.write_now(&frame);
+        let frames = usize::from(written == frame.len());
+        if written > 0 {
+            handle.count_written(frames, written);
+        }
+        if written == 0 {
+            if handle
+                .push(frame, self.outbox_frames_max, self.outbox_bytes_max)
+                .is_err()
+            {
+                slow_consumer(handle, stats);
+            }
+        } else if frames == 0 {
+            handle.push_started(frame, written);
+        }
+        stats.count_written(frames, written);
+    }
+
+    /// Sends a connection its `connected` frame, held back until its connect-time
+    /// subscriptions are live. A full outbox closes it as a slow consumer.
+    pub fn release_hello(&self, handle: &ConnHandle, stats: &Stats) {
+        if handle
+            .release_hello(self.outbox_frames_max, self.outbox_bytes_max)
+            .is_err()
+        {
+            slow_consumer(handle, stats);
+        }
+    }
+
+    /// Writes a published frame to every local subscriber of its channel, then records the
+    /// fan-out time and keeps it for the next report to the ingest core.
+    pub fn deliver(&self, delivery: &Delivery, interest: &Interest, conns: &Conns, stats: &Stats) {
+        interest.advance_position(delivery.stamp.publish);
+        let start = usize::from(delivery.channel_start);
+        let kind = Kind::Message {
+            channel: delivery
+                .frame
+                .slice(start..start + usize::from(delivery.channel_len)),
+            offset: delivery.offset,
+            critical: delivery.priority == Priority::Critical,
+            slow: delivery.slow,
+        };
+        let mut matches = self.matches.borrow_mut();
+        interest.collect_matches(delivery.channel(), &mut matches);
+        let (mut frames, mut bytes) = (0, 0);
+        conns.each_of(&matches, |handle| {
+            let (sent_frames, sent_bytes) = self.deliver_to(handle, delivery, &kind, stats);
+            frames += sent_frames;
+            bytes += sent_bytes;
+        });
+        stats.count_written(frames, bytes);
+        stats.count_deliveries(delivery.namespace, matches.len());
+        let elapsed = delivery.stamp.accepted.elapsed();
+        self.latency.borrow_mut().record(elapsed);
+        self.reports.borrow_mut().push(FanoutReport {
+            publish: delivery.stamp.publish,
+            elapsed,
+        });
+    }
+
+    /// Sends one published message to a connection, for `deliver`, which updates the shard's
+    /// counters once per fan-out: returns the frames and bytes written at once. A `critical`
+    /// message, or any when there is no batching window, is written at once where the socket
+    /// takes it; otherwise it queues under its channel's slow-consumer policy, and a batched
+    /// one waits for the window's end. A tail the socket did not take queues as the outbox's
+    /// started front, outside the policies and the limits: it must follow its head, whole.
+    #[inline]
+    fn deliver_to(
+        &self,
+        handle: &ConnHandle,
+        delivery: &Delivery,
+        kind: &Kind,
+        stats: &Stats,
+    ) -> (usize, usize) {
+        // The compressed twin, made once on the ingest core, for every connection that agreed
+        // to permessage-deflate; the plain frame for the others.
+        let frame = match &delivery.deflated {
+            Some(deflated) if handle.compresses() => deflated,
+            _ => &delivery.frame,
+        };
+        let critical = delivery.priority == Priority::Critical;
+        let batched = !critical && self.batching;
+        if !batched {
+            let written = handle.write_now(frame);
+            if written == frame.len() {
+                handle.count_written(1, written);
+                return (1, written);
+            }
+            if written > 0 {
+                // The socket took part of it: the rest is the started front of the outbox now.
+                handle.count_written(0, written);
+                handle.push_started(frame.clone(), written);
+                return (0, written);
+            }
+        }
+        let pushed = handle.push_message(
+            frame.clone(),
+            kind.clone(),
+            self.outbox_frames_max,
+            self.outbox_bytes_max,
+            !batched,
+        );
+        let shed = match pushed {
+            Err(_) => {
+                slow_consumer(handle, stats);
+                stats.count_namespace_slow_consumer(delivery.namespace);
+                return (0, 0);
+            }
+            Ok(shed) => shed,
+        };
+        if shed != Shed::default() {
+            stats.count_shed(delivery.namespace, shed);
+        }
+        if batched && !handle.batched.replace(true) {
+            let mut waiting = self.batched.borrow_mut();
+            if waiting.is_empty() {
+                self.batched_ready.notify();
+            }
+            waiting.push(handle.id);
+        }
+        (0, 0)
+    }
+
+    /// A `gap` notice for every local subscriber of `channel` (cluster mode: messages this node
+    /// never received and cannot read back).
+    pub fn gap(
+        &self,
+        channel: &str,
+        frame: Bytes,
+        interest: &Interest,
+        conns: &Conns,
+        stats: &Stats,
+    ) {
+        let mut matches = self.matches.borrow_mut();
+        interest.collect_matches(channel, &mut matches);
+        for id in matches.iter() {
+            if let Some(handle) = conns.get(*id) {
+                self.send_to(&handle, frame.clone(), stats);
+            }
+        }
+    }
+
+    /// The fan-out times gathered since the last call, for a report to the ingest core.
+    pub fn take_reports(&self) -> Vec<FanoutReport> {
+        std::mem::take(&mut *self.reports.borrow_mut())
+    }
+
+    /// Percentiles of every fan-out time recorded so far.
+    pub fn latency(&self) -> LatencySummary {
+        self.latency.borrow().summary()
+    }
+
+    /// Wakes the connections holding batched messages once the batching window has passed
+    /// since the first of them was queued; never returns.
+    pub async fn run_batcher(&self, conns: &Conns) {
+        loop {
+            self.batched_ready
+                .wait_until(|| !self.batched.borrow().is_empty())
+                .await;
+            glommio::timer::sleep(self.batch_window).await;
+            let waiting = std::mem::take(&mut *self.batched.borrow_mut());
+            for id in waiting {
+                if let Some(handle) = conns.get(id) {
+                    handle.batched.set(false);
+                    handle.wake();
+                }
+            }
+        }
+    }
+}
+
+/// Closes a connection whose outbox overflowed with 4008, counting it and the frame it lost.
+pub fn slow_consumer(handle: &ConnHandle, stats: &Stats) {
+    tracing::debug!(conn = %handle.name, "slow consumer: outbox overflowed, closing with 4008");
+    stats.count_slow_consumer();
+    handle.request_close(CloseRequest::SLOW_CONSUMER);
+}
