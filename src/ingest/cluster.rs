@@ -212,11 +212,6 @@ impl IngestCore {
             .expect("cluster paths run in cluster mode only")
     }
 
-    /// `redis_timeout_ms`.
-    fn redis_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.redis_timeout_ms)
-    }
-
     /// Cluster mode's publish: Redis numbers it; the reply waits for those numbers (at most
     /// `redis_timeout_ms`: the bridge answers by then), and the fan-out for the message's
     /// return on `corecast:events`.
@@ -230,7 +225,7 @@ impl IngestCore {
             data: job.data.clone(),
             priority: job.priority,
             ts_ms: job.ts_ms,
-            answer_by: handed + self.redis_timeout(),
+            answer_by: handed + self.settings.redis_timeout,
         });
         if link.requests.try_send(request).is_err() {
             self.reply(job, Err(PublishError::Overloaded), touched)
@@ -270,7 +265,7 @@ impl IngestCore {
         let request = ToCluster::PublishBatch(BatchRequest {
             token,
             entries,
-            answer_by: handed + self.redis_timeout(),
+            answer_by: handed + self.settings.redis_timeout,
         });
         if link.requests.try_send(request).is_err() {
             let _ = batch.done.send(Err(PublishError::Overloaded));
@@ -338,7 +333,7 @@ impl IngestCore {
                     }
                     Some(_) => {}
                     None => {
-                        let window = self.config.history_messages_max.max(1) as u64;
+                        let window = self.settings.preload_messages_max as u64;
                         let after = seq.saturating_sub(window.min(cluster::LOG_READ_MAX as u64));
                         link.read_log(after, seq, LogUse::Preload { up_to: seq });
                         if link.log_wait.get().is_none() {
@@ -511,7 +506,7 @@ impl IngestCore {
 
     /// `cluster` in `/v1/stats`, `None` on a single node.
     pub fn cluster_stats(&self) -> Option<ClusterStats> {
-        let timeout = self.redis_timeout();
+        let timeout = self.settings.redis_timeout;
         self.cluster
             .as_ref()
             .map(|link| link.stats(Instant::now(), timeout))

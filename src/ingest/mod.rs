@@ -188,10 +188,58 @@ impl PublishError {
     }
 }
 
+/// The ingest core's view of the settings it runs by, read once at start from the flat
+/// [`Config`] (as [`crate::cluster::Settings`] is the bridge's): each owner is built with its
+/// limits from here. The control plane ([`api`]), the namespaces of [`history`], [`admission`]
+/// and the messages of [`PublishError`] read the whole config still: between them they use
+/// most of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `queue_items_max`: publishes the lanes hold at most, and (two queues' worth, see
+    /// [`fanout`]) publishes awaiting fan-out reports.
+    pub queue_items_max: usize,
+    /// `queue_batch_max`: what one wake-up of the sequencer or of an inbox's drain takes
+    /// before it yields.
+    pub batch_max: usize,
+    /// `tenant_publishes_per_s`: each tenant's publishes a second; 0 for no limit.
+    pub tenant_publishes_per_s: u32,
+    /// `channels_sweep_max`: channel slots one sweep or reclaim examines.
+    pub channels_sweep_max: usize,
+    /// `recovery_messages_max` and `outbox_bytes_max`: what one recovery sends at most.
+    pub recovery_messages_max: usize,
+    pub recovery_bytes_max: usize,
+    /// `permessage_deflate`: each frame gets its compressed twin.
+    pub deflate: bool,
+    /// `redis_timeout_ms`: by when the bridge answers a publish (cluster mode).
+    pub redis_timeout: Duration,
+    /// `history_messages_max`: how much of the cluster's log a joining node reads back, at
+    /// least one message.
+    pub preload_messages_max: usize,
+}
+
+impl Settings {
+    /// The ingest core's view of `config`.
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            queue_items_max: config.queue_items_max,
+            batch_max: config.queue_batch_max,
+            tenant_publishes_per_s: config.tenant_publishes_per_s,
+            channels_sweep_max: config.channels_sweep_max,
+            recovery_messages_max: config.recovery_messages_max,
+            recovery_bytes_max: config.outbox_bytes_max,
+            deflate: config.permessage_deflate,
+            redis_timeout: Duration::from_millis(config.redis_timeout_ms),
+            preload_messages_max: config.history_messages_max.max(1),
+        }
+    }
+}
+
 /// The ingest core's state, shared by its tasks on its one core: one owner per concern, each
 /// touching only its own fields; the methods here wire them together.
 pub struct IngestCore {
     pub config: Arc<Config>,
+    /// What of `config` the core itself runs by.
+    settings: Settings,
     /// Each shard's queue, by [`ShardId`].
     shards: Vec<Sender<ToShard>>,
     /// Work waiting for the sequencer, by priority.
@@ -274,18 +322,20 @@ impl IngestCore {
         shards: Vec<Sender<ToShard>>,
         cluster: Option<crate::cluster::Requests>,
     ) -> Rc<Self> {
+        let settings = Settings::from_config(&config);
         Rc::new(IngestCore {
             shards,
-            lanes: Lanes::new(config.queue_items_max),
-            sequencer: Sequencer::new(config.clone(), epoch),
+            lanes: Lanes::new(settings.queue_items_max),
+            sequencer: Sequencer::new(config.clone(), epoch, &settings),
             routes: Routes::default(),
-            fanout: Fanout::new(config.queue_items_max),
+            fanout: Fanout::new(settings.queue_items_max),
             queries: Queries::default(),
             cluster: cluster.map(cluster::ClusterLink::new),
             admission: RefCell::default(),
-            tenants: TenantLimits::new(config.tenant_publishes_per_s),
+            tenants: TenantLimits::new(settings.tenant_publishes_per_s),
             stopping: Stopping::default(),
             api: api::Plane::default(),
+            settings,
             config,
         })
     }
@@ -642,7 +692,7 @@ impl IngestCore {
         let mut touched = vec![false; self.shards.len()];
         loop {
             self.lanes.wait_until(|| self.has_work()).await;
-            for _ in 0..self.config.queue_batch_max {
+            for _ in 0..self.settings.batch_max {
                 let critical = self.lanes.dequeue(&[Priority::Critical.lane()]);
                 let work = match critical {
                     Some(work) => Some(work),
@@ -793,7 +843,7 @@ impl IngestCore {
     async fn run_inbox(self: Rc<Self>, inbox: Receiver<ToIngest>) {
         loop {
             inbox.ready().await;
-            for _ in 0..self.config.queue_batch_max {
+            for _ in 0..self.settings.batch_max {
                 let Some(message) = inbox.pop() else { break };
                 self.handle(message).await;
             }
@@ -808,7 +858,7 @@ impl IngestCore {
         let mut touched = vec![false; self.shards.len()];
         loop {
             inbox.ready().await;
-            for _ in 0..self.config.queue_batch_max {
+            for _ in 0..self.settings.batch_max {
                 let Some(news) = inbox.pop() else { break };
                 self.cluster_news(news, &mut touched).await;
             }

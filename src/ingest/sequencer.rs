@@ -18,6 +18,7 @@ use super::encode;
 use super::history::{self, Assigned, ChannelsFull, History, RecoveryLimits, Unnumbered};
 use super::lanes::Job;
 use super::routes::Routes;
+use super::Settings;
 use crate::cluster::Numbered;
 use crate::config::{Config, SlowConsumer};
 use crate::msg::{Delivery, Since, Slow};
@@ -51,18 +52,19 @@ pub(crate) struct Sequencer {
 }
 
 impl Sequencer {
-    /// Nothing numbered yet in `epoch`, with `config`'s channel limits and namespaces.
-    pub(super) fn new(config: Arc<Config>, epoch: Arc<str>) -> Sequencer {
+    /// Nothing numbered yet in `epoch`, with `config`'s channel limits and namespaces and the
+    /// ingest core's `settings`.
+    pub(super) fn new(config: Arc<Config>, epoch: Arc<str>, settings: &Settings) -> Sequencer {
         Sequencer {
             history: RefCell::new(History::new(config.clone())),
             epoch: RefCell::new(epoch),
             published_total: Cell::new(0),
             channels_forgotten_total: Cell::new(0),
-            sweep_max: config.channels_sweep_max,
+            sweep_max: settings.channels_sweep_max,
             conflate_hasher: hashbrown::DefaultHashBuilder::default(),
-            deflate: config.permessage_deflate,
-            recovery_messages_max: config.recovery_messages_max,
-            recovery_bytes_max: config.outbox_bytes_max,
+            deflate: settings.deflate,
+            recovery_messages_max: settings.recovery_messages_max,
+            recovery_bytes_max: settings.recovery_bytes_max,
             recoveries_total: Cell::new(0),
             recoveries_failed_total: Cell::new(0),
             config,
