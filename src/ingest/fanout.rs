@@ -3,8 +3,8 @@
 //! Each delivery carries the `Instant` its publish was accepted; every shard it was routed to
 //! reports its fan-out time back, and the publish is recorded into the overall histogram (see
 //! [`super::metrics`]) once all of them have. This owns the table of publishes still waiting
-//! for reports, bounded so that a stalled shard cannot grow it, and the histograms; it never
-//! sends to a shard.
+//! for reports, bounded (two shard queues' worth, `FANOUT_PENDING_QUEUES`) so that a stalled
+//! shard cannot grow it, and the histograms; it never sends to a shard.
 
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
