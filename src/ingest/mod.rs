@@ -291,7 +291,9 @@ pub struct IngestStats {
 /// Whether the ingest core was told to stop, and the wake-up of [`Ingest::run`] when it is.
 #[derive(Default)]
 struct Stopping {
+    /// Set once, never cleared: publishes are refused `shutting_down` from then on.
     stopping: Cell<bool>,
+    /// Wakes [`Ingest::run`] when `stopping` is set.
     stopped: Notify,
 }
 
@@ -305,6 +307,7 @@ impl Stopping {
         true
     }
 
+    /// Whether the core was told to stop.
     fn is_set(&self) -> bool {
         self.stopping.get()
     }
