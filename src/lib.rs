@@ -43,10 +43,13 @@
 //!    ([`shard::commands`]), admission ([`shard::admission`]), counters ([`shard::stats`]), the
 //!    way to the ingest core ([`shard::forward`]) and its settings ([`shard::settings`]).
 //!    [`ingest`]: the control-plane API ([`ingest::api_stream`]: its connections' deadlines and
-//!    its answers to what hyper cannot parse), the sequencer of offsets, encode-once
-//!    ([`ingest::encode`], the only owner of the frame layout), [`ingest::history`],
-//!    [`ingest::metrics`] (the `/metrics` exposition), [`ingest::admission`] (the connection
-//!    limits over every shard) and [`ingest::cluster`] (its side of the bridge).
+//!    its answers to what hyper cannot parse), the priority [`ingest::lanes`], the
+//!    [`ingest::sequencer`] of epoch, seq and offsets, encode-once ([`ingest::encode`], the only
+//!    owner of the frame layout), [`ingest::history`], [`ingest::routes`] (which shards
+//!    subscribe to what), [`ingest::fanout`] (the overall fan-out latency), [`ingest::queries`]
+//!    (questions to every shard), [`ingest::metrics`] (the `/metrics` exposition),
+//!    [`ingest::admission`] (the connection limits over every shard), [`ingest::tenants`]
+//!    (tenant publish limits) and [`ingest::cluster`] (its side of the bridge).
 //! 9. [`runtime`]: the core plan, start-up and shutdown: wiring.
 //!
 //! # Data flow

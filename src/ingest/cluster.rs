@@ -28,8 +28,9 @@ use futures_channel::oneshot;
 use hashbrown::HashMap;
 
 use super::encode;
-use super::history::{Assigned, History, Unnumbered};
-use super::{Batch, BatchOutcome, IngestCore, Job, PublishError};
+use super::history::Unnumbered;
+use super::lanes::{Batch, BatchOutcome, Job};
+use super::{IngestCore, PublishError};
 use crate::cluster::{
     self, BatchEntry, BatchRequest, FromCluster, Health, NodeInfo, Numbered, PublishFailure,
     PublishRequest, Requests, ToCluster,
@@ -65,7 +66,7 @@ pub struct ClusterLink {
     pending: RefCell<HashMap<u64, (Waiting, Instant)>>,
     next_token: Cell<u64>,
     /// Messages from Redis not fanned out yet, in seq order.
-    pub(super) arrived: RefCell<VecDeque<Numbered>>,
+    arrived: RefCell<VecDeque<Numbered>>,
     /// The seq of the last message taken; `None` until the node has synced with the cluster.
     last_seq: Cell<Option<u64>>,
     /// A log read in flight: its token and use. Arrived messages wait for it.
@@ -200,16 +201,15 @@ impl ClusterLink {
     }
 }
 
+/// The sequencer's cluster-mode paths, beside the single node's in `mod.rs`: handing publishes
+/// and batches to the bridge, taking its news, and numbering, keeping and fanning out what
+/// comes back from Redis in the cluster's seq order. They work on the link's fields here and on
+/// the other owners (sequencer, routes, lanes, shards) through their methods only.
 impl IngestCore {
     fn link(&self) -> &ClusterLink {
         self.cluster
             .as_ref()
             .expect("cluster paths run in cluster mode only")
-    }
-
-    /// `redis_timeout_ms`.
-    fn redis_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.redis_timeout_ms)
     }
 
     /// Cluster mode's publish: Redis numbers it; the reply waits for those numbers (at most
@@ -225,7 +225,7 @@ impl IngestCore {
             data: job.data.clone(),
             priority: job.priority,
             ts_ms: job.ts_ms,
-            answer_by: handed + self.redis_timeout(),
+            answer_by: handed + self.settings.redis_timeout,
         });
         if link.requests.try_send(request).is_err() {
             self.reply(job, Err(PublishError::Overloaded), touched)
@@ -265,7 +265,7 @@ impl IngestCore {
         let request = ToCluster::PublishBatch(BatchRequest {
             token,
             entries,
-            answer_by: handed + self.redis_timeout(),
+            answer_by: handed + self.settings.redis_timeout,
         });
         if link.requests.try_send(request).is_err() {
             let _ = batch.done.send(Err(PublishError::Overloaded));
@@ -276,23 +276,6 @@ impl IngestCore {
             len,
         };
         link.pending.borrow_mut().insert(token, (waiting, handed));
-    }
-
-    /// `History::assign_numbered`, reclaiming slots of forgettable channels first when the
-    /// channel is new here and the table is full.
-    fn assign_numbered(
-        &self,
-        event: &Numbered,
-    ) -> Result<(Assigned, Option<(u64, u64)>), Unnumbered> {
-        let assign = || {
-            self.history
-                .borrow_mut()
-                .assign_numbered(&event.channel, event.offset, event.seq)
-        };
-        match assign() {
-            Err(Unnumbered::ChannelsFull) if self.reclaim() > 0 => assign(),
-            assigned => assigned,
-        }
     }
 
     /// Handles news from the bridge.
@@ -337,11 +320,11 @@ impl IngestCore {
             }
             FromCluster::Event(event) => {
                 link.arrived.borrow_mut().push_back(event);
-                self.lanes_ready.notify();
+                self.lanes.wake();
             }
             FromCluster::Subscribed { epoch, seq } => {
                 link.subscribed.set(true);
-                if *epoch != *self.epoch() {
+                if !self.sequencer.in_epoch(&epoch) {
                     self.adopt_epoch(epoch.into()).await;
                 }
                 match link.last_seq.get() {
@@ -350,7 +333,7 @@ impl IngestCore {
                     }
                     Some(_) => {}
                     None => {
-                        let window = self.config.history_messages_max.max(1) as u64;
+                        let window = self.settings.preload_messages_max as u64;
                         let after = seq.saturating_sub(window.min(cluster::LOG_READ_MAX as u64));
                         link.read_log(after, seq, LogUse::Preload { up_to: seq });
                         if link.log_wait.get().is_none() {
@@ -390,7 +373,7 @@ impl IngestCore {
                         }
                     }
                 }
-                self.lanes_ready.notify();
+                self.lanes.wake();
             }
             FromCluster::Nodes(nodes) => *link.nodes.borrow_mut() = nodes,
         }
@@ -398,10 +381,9 @@ impl IngestCore {
 
     /// A node that joined at `seq` holds nothing at or before `after`.
     fn joined_at(&self, seq: u64, after: u64) {
-        let link = self.link();
-        self.history.borrow_mut().set_floor(after);
-        self.published_total.set(seq);
-        link.last_seq.set(Some(seq));
+        self.sequencer.set_floor(after);
+        self.sequencer.set_position(seq);
+        self.link().last_seq.set(Some(seq));
     }
 
     /// Keeps the log's recent past in history, without fanning it out.
@@ -411,21 +393,14 @@ impl IngestCore {
             .map_or(up_to, |first| first.seq.saturating_sub(1));
         let now = Instant::now();
         for entry in &entries {
-            if *entry.epoch != *self.epoch() {
+            if !self.sequencer.in_epoch(&entry.epoch) {
                 continue;
             }
-            let Ok((assigned, _)) = self.assign_numbered(entry) else {
+            let Ok((assigned, _)) = self.sequencer.assign_numbered(entry, &self.routes) else {
                 continue;
             };
             let delivery = self.encode_numbered(entry, assigned.policy, now);
-            self.history.borrow_mut().record(
-                &entry.channel,
-                entry.offset,
-                entry.seq,
-                delivery.frame.clone(),
-                encode::payload_start(&delivery),
-                now,
-            );
+            self.sequencer.record(&entry.channel, &delivery, now);
         }
         tracing::info!(
             messages = entries.len(),
@@ -438,9 +413,7 @@ impl IngestCore {
     /// A new epoch: Redis lost its data and numbers from 1 again.
     async fn adopt_epoch(&self, epoch: Arc<str>) {
         tracing::warn!(%epoch, "the cluster's epoch changed: offsets restart, clients reconnect");
-        *self.epoch.borrow_mut() = epoch.clone();
-        *self.history.borrow_mut() = History::new(self.config.clone());
-        self.published_total.set(0);
+        self.sequencer.adopt_epoch(epoch.clone());
         let link = self.link();
         link.last_seq.set(None);
         link.jump_until.set(0);
@@ -456,7 +429,7 @@ impl IngestCore {
         let Some(event) = link.arrived.borrow_mut().pop_front() else {
             return;
         };
-        if *event.epoch != *self.epoch() {
+        if !self.sequencer.in_epoch(&event.epoch) {
             // Redis lost its data without our subscription breaking (a FLUSHALL): take the
             // new epoch from here, with nothing before this message.
             self.adopt_epoch(event.epoch.clone().into()).await;
@@ -477,9 +450,9 @@ impl IngestCore {
             return;
         }
         link.last_seq.set(Some(event.seq));
-        self.published_total.set(event.seq);
+        self.sequencer.set_position(event.seq);
         let now = Instant::now();
-        let (assigned, gap) = match self.assign_numbered(&event) {
+        let (assigned, gap) = match self.sequencer.assign_numbered(&event, &self.routes) {
             Ok(assigned) => assigned,
             Err(Unnumbered::Stale) => return,
             Err(Unnumbered::ChannelsFull) => {
@@ -490,7 +463,7 @@ impl IngestCore {
         if let Some((from, to)) = gap {
             tracing::warn!(channel = %event.channel, from, to, "messages lost to this node: gap notice");
             let frame = command::gap_frame(&event.channel, from, to);
-            for shard in self.routed(&event.channel) {
+            for shard in self.routes.routed(&event.channel) {
                 self.shards[shard]
                     .push(ToShard::Gap {
                         channel: event.channel.clone(),
@@ -523,7 +496,7 @@ impl IngestCore {
                 accepted: now,
             },
         };
-        self.encode(&message, policy)
+        self.sequencer.encode(&message, policy)
     }
 
     /// The cluster state, `None` on a single node.
@@ -533,7 +506,7 @@ impl IngestCore {
 
     /// `cluster` in `/v1/stats`, `None` on a single node.
     pub fn cluster_stats(&self) -> Option<ClusterStats> {
-        let timeout = self.redis_timeout();
+        let timeout = self.settings.redis_timeout;
         self.cluster
             .as_ref()
             .map(|link| link.stats(Instant::now(), timeout))
@@ -557,7 +530,8 @@ fn log_failure(failure: &PublishFailure, what: std::fmt::Arguments<'_>) {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::ingest::{Priority, Reply};
+    use crate::ingest::lanes::Reply;
+    use crate::ingest::Priority;
     use crate::queue;
 
     fn batch_of(channels: &[&str]) -> (Batch, oneshot::Receiver<BatchOutcome>) {

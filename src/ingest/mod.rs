@@ -1,17 +1,18 @@
 //! The ingest core: the control plane, the one sequencer of offsets, and where frames are encoded.
 //!
 //! Every publish, from the HTTP API or from a client's `publish` command relayed by its shard,
-//! becomes a `Job` in one of three priority lanes. The sequencer task takes `critical` before
+//! becomes a `Job` in one of three priority [`lanes`]. The sequencer task takes `critical` before
 //! `high` before `normal` (decided before an offset is assigned, so offsets always follow the
 //! order of delivery), assigns the channel's next offset, encodes the frame once, and pushes it
 //! to each shard whose interest matches the channel. Shards announce interest by pattern, and the
-//! ingest core routes with the same [`Registry`] the shards use, keyed by shard.
+//! ingest core's [`routes`] use the same [`Registry`](crate::registry::Registry) the shards use,
+//! keyed by shard.
 //!
 //! Each delivery carries the `Instant` its publish was accepted; every shard it was routed to
 //! reports its fan-out time back, and the ingest core records the slowest into the overall
-//! fan-out latency histogram (see [`metrics`]) once all of them have.
+//! fan-out latency histogram (see [`fanout`] and [`metrics`]) once all of them have.
 //!
-//! The sequencer also keeps every channel's bounded [`history`] and answers recoveries (a
+//! The [`sequencer`] also keeps every channel's bounded [`history`] and answers recoveries (a
 //! `subscribe` with `since`) as one more job in the critical lane: handled between two
 //! publishes, its snapshot of history and the shard's queue order together give the client
 //! every missed message once, then every later one live. A sweep every
@@ -26,53 +27,53 @@
 //!
 //! This core owns all cross-shard state; it must never touch a connection, and it never waits on
 //! a shard except for room in that shard's queue.
+//!
+//! [`IngestCore`] is one owner per concern, each with its own fields, touched by its own methods
+//! only: [`lanes`] (the work waiting, by priority), [`sequencer`] (epoch, seq, offsets, history,
+//! encode-once, recoveries), [`routes`] (which shards subscribe to what), [`fanout`] (the reports
+//! awaited and the overall fan-out latency), [`queries`] (questions to every shard),
+//! [`tenants`] (publish limits), [`admission`] (connection limits), [`cluster`] (cluster mode's
+//! link) and [`api::Plane`] (the control plane's accounting). What remains in `IngestCore` is
+//! the wiring between them: the shards' queues, the tasks that drain the lanes and the inboxes,
+//! and the stop protocol; [`Ingest`] is its lifecycle (`start`, `run`, `stop`).
 
 pub mod admission;
 pub mod api;
 pub mod api_stream;
 pub mod cluster;
 pub mod encode;
+pub mod fanout;
 pub mod history;
+pub mod lanes;
 pub mod metrics;
+pub mod queries;
+pub mod routes;
+pub mod sequencer;
 pub mod sys_stats;
+pub mod tenants;
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
-use hashbrown::HashMap;
 use serde::Serialize;
-use sonic_rs::Value;
 
 use crate::clock::unix_ms;
 use crate::cluster::FromCluster;
-use crate::config::{Config, SlowConsumer};
-use crate::latency::{Buckets, FanoutLatency, LatencySummary};
-use crate::msg::ConnId;
-use crate::msg::{
-    Answer, FanoutReport, QueryKind, Recovered, ShardId, Since, Slow, Stamp, ToIngest, ToShard,
-};
+use crate::config::Config;
+use crate::latency::{Buckets, LatencySummary};
+use crate::msg::{Answer, QueryKind, Recovered, ShardId, Stamp, ToIngest, ToShard};
 use crate::notify::Notify;
 use crate::queue::{Receiver, Sender};
-use crate::rate::TokenBucket;
-use crate::registry::Registry;
 use crate::ws::command::{self, ErrorCode, ErrorReply, Unrecovered};
-use history::{History, RecoveryLimits};
-
-/// How long `/v1/stats` and `/v1/channels` wait for every shard's answer.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Publishes whose fan-out reports the ingest core waits for, at most, in shard queues' worth
-/// (`queue_items_max` each): a publish waits while it sits in the slowest shard's queue (one
-/// queue's worth at most) and while that shard's report travels back (a shard reports after
-/// each batch it drains; allow one more). Past that a shard is stalled. An entry is about
-/// 40 bytes: 5 MiB at the default `queue_items_max` of 65,536. A publish that finds the table
-/// full is not timed overall and counts in `fanout_untracked_total`.
-const FANOUT_PENDING_QUEUES: usize = 2;
+use fanout::Fanout;
+use lanes::{Batch, BatchOutcome, Job, Lanes, Recovery, Reply, Work};
+use queries::Queries;
+use routes::Routes;
+use sequencer::Sequencer;
+use tenants::TenantLimits;
 
 /// How often the sweep of the channel table runs (see [`history::History::sweep`]). With
 /// `channels_sweep_max` slots a tick, a table of C channels is gone through every
@@ -187,144 +188,81 @@ impl PublishError {
     }
 }
 
-/// Where a sequenced publish's outcome goes.
-enum Reply {
-    /// The server's own publish (`$sys.stats`): nobody waits for it.
-    None,
-    Http(oneshot::Sender<Result<u64, PublishError>>),
-    Conn {
-        shard: ShardId,
-        conn: ConnId,
-        id: Option<Value>,
-    },
+/// The ingest core's view of the settings it runs by, read once at start from the flat
+/// [`Config`] (as [`crate::cluster::Settings`] is the bridge's): each owner is built with its
+/// limits from here. The control plane ([`api`]), the namespaces of [`history`], [`admission`]
+/// and the messages of [`PublishError`] read the whole config still: between them they use
+/// most of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `queue_items_max`: publishes the lanes hold at most, and (two queues' worth, see
+    /// [`fanout`]) publishes awaiting fan-out reports.
+    pub queue_items_max: usize,
+    /// `queue_batch_max`: what one wake-up of the sequencer or of an inbox's drain takes
+    /// before it yields.
+    pub batch_max: usize,
+    /// `tenant_publishes_per_s`: each tenant's publishes a second; 0 for no limit.
+    pub tenant_publishes_per_s: u32,
+    /// `channels_sweep_max`: channel slots one sweep or reclaim examines.
+    pub channels_sweep_max: usize,
+    /// `recovery_messages_max` and `outbox_bytes_max`: what one recovery sends at most.
+    pub recovery_messages_max: usize,
+    pub recovery_bytes_max: usize,
+    /// `permessage_deflate`: each frame gets its compressed twin.
+    pub deflate: bool,
+    /// `redis_timeout_ms`: by when the bridge answers a publish (cluster mode).
+    pub redis_timeout: Duration,
+    /// `history_messages_max`: how much of the cluster's log a joining node reads back, at
+    /// least one message.
+    pub preload_messages_max: usize,
 }
 
-/// The outcome of a whole batch: every offset in order, or why none of its messages was
-/// published (or, `outcome_unknown`, why it is not known whether all of them were).
-type BatchOutcome = Result<Vec<u64>, PublishError>;
-
-/// One publish waiting in a lane.
-pub(crate) struct Job {
-    channel: Box<str>,
-    data: Box<str>,
-    priority: Priority,
-    ts_ms: u64,
-    /// When the ingest core accepted the publish: where its fan-out latency starts.
-    accepted: Instant,
-    reply: Reply,
-}
-
-/// A `/v1/publish/batch` waiting in the lane of its highest priority, to be sequenced whole.
-/// Its jobs answer nobody: the batch answers for them.
-pub(crate) struct Batch {
-    jobs: Vec<Job>,
-    done: oneshot::Sender<BatchOutcome>,
-}
-
-impl Batch {
-    /// The lane of its most urgent message, so that none waits behind what it would overtake.
-    fn priority(&self) -> Priority {
-        self.jobs
-            .iter()
-            .map(|job| job.priority)
-            .min()
-            .unwrap_or_default()
-    }
-}
-
-/// A `subscribe` with `since` waiting in the critical lane for its snapshot of history.
-struct Recovery {
-    shard: ShardId,
-    conn: ConnId,
-    id: Option<Value>,
-    pattern: Box<str>,
-    since: Since,
-}
-
-/// What waits in a lane: a publish or a batch to sequence, or a recovery to answer between two.
-enum Work {
-    Publish(Job),
-    Batch(Batch),
-    Recover(Recovery),
-}
-
-impl Work {
-    /// What it counts against `queue_items_max`: its publishes, or one for a recovery.
-    fn weight(&self) -> usize {
-        match self {
-            Work::Batch(batch) => batch.jobs.len(),
-            Work::Publish(_) | Work::Recover(_) => 1,
-        }
-    }
-
-    fn lane(&self) -> usize {
-        match self {
-            Work::Publish(job) => job.priority.lane(),
-            Work::Batch(batch) => batch.priority().lane(),
-            Work::Recover(_) => Priority::Critical.lane(),
+impl Settings {
+    /// The ingest core's view of `config`.
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            queue_items_max: config.queue_items_max,
+            batch_max: config.queue_batch_max,
+            tenant_publishes_per_s: config.tenant_publishes_per_s,
+            channels_sweep_max: config.channels_sweep_max,
+            recovery_messages_max: config.recovery_messages_max,
+            recovery_bytes_max: config.outbox_bytes_max,
+            deflate: config.permessage_deflate,
+            redis_timeout: Duration::from_millis(config.redis_timeout_ms),
+            preload_messages_max: config.history_messages_max.max(1),
         }
     }
 }
 
-/// A publish whose shards have not all reported their fan-out time yet.
-struct FanoutPending {
-    shards_left: usize,
-    slowest: Duration,
-}
-
-/// A `/v1/stats` or `/v1/channels` question out to every shard.
-struct PendingQuery {
-    answers: Vec<(ShardId, Answer)>,
-    done: Option<oneshot::Sender<Vec<(ShardId, Answer)>>>,
-}
-
-/// The ingest core's state, shared by its tasks on its one core.
+/// The ingest core's state, shared by its tasks on its one core: one owner per concern, each
+/// touching only its own fields; the methods here wire them together.
 pub struct IngestCore {
     pub config: Arc<Config>,
+    /// What of `config` the core itself runs by.
+    settings: Settings,
+    /// Each shard's queue, by [`ShardId`].
     shards: Vec<Sender<ToShard>>,
-    routes: RefCell<Registry<ShardId>>,
-    lanes: RefCell<[VecDeque<Work>; 3]>,
-    /// Publishes (a batch's each) and recoveries waiting in each lane: what `queue_items_max`
-    /// bounds.
-    lanes_len: [Cell<usize>; 3],
-    lanes_ready: Notify,
-    /// This run of offsets, as clients are told it: new at every start (history is in memory),
-    /// or the cluster's.
-    epoch: RefCell<Arc<str>>,
+    /// Work waiting for the sequencer, by priority.
+    lanes: Lanes,
+    /// The epoch, the seq, every channel's offsets and history.
+    sequencer: Sequencer,
+    /// Which shards have a subscriber to which patterns.
+    routes: Routes,
+    /// Publishes awaiting their shards' fan-out reports, and the overall fan-out latency.
+    fanout: Fanout,
+    /// Questions out to every shard.
+    queries: Queries,
     /// Cluster mode's state; `None` on a single node.
     cluster: Option<cluster::ClusterLink>,
-    history: RefCell<History>,
-    /// Channels the sweep and reclaims forgot, over every epoch.
-    channels_forgotten_total: Cell<u64>,
-    /// Hashes `conflate_key` values; any hasher will do, they are only compared on this node.
-    conflate_hasher: hashbrown::DefaultHashBuilder,
-    recoveries_total: Cell<u64>,
-    recoveries_failed_total: Cell<u64>,
-    queries: RefCell<HashMap<u64, PendingQuery>>,
-    next_query: Cell<u64>,
-    stopping: Cell<bool>,
-    stopped: Notify,
-    published_total: Cell<u64>,
-    matched_shards: RefCell<Vec<ShardId>>,
-    /// Publishes awaiting fan-out reports, by publish number; at most
-    /// [`FANOUT_PENDING_QUEUES`] x `queue_items_max`.
-    fanout_pending: RefCell<HashMap<u64, FanoutPending>>,
-    fanout_untracked_total: Cell<u64>,
-    /// Per publish, the slowest fan-out of the shards it was routed to.
-    fanout: RefCell<FanoutLatency>,
-    /// The same, since the last `$sys.stats` tick took it.
-    fanout_interval: RefCell<FanoutLatency>,
     /// Connections counted against the limits no shard can keep alone.
     admission: RefCell<admission::Admission>,
     /// Each publishing tenant's bucket, for `tenant_publishes_per_s`.
-    tenant_buckets: RefCell<HashMap<Box<str>, TokenBucket>>,
-    tenant_publishes_refused_total: Cell<u64>,
+    tenants: TenantLimits,
+    /// The stop protocol's first step: told to stop (a signal, or `ToIngest::Shutdown`).
+    stopping: Stopping,
     /// The control plane's connections, body memory and refusals.
     pub api: api::Plane,
 }
-
-/// Tenant buckets kept before the full (idle) ones are dropped.
-const TENANT_BUCKETS_PRUNE_AT: usize = 4_096;
 
 /// Counters of the ingest core itself, for `/v1/stats`.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -350,6 +288,36 @@ pub struct IngestStats {
     pub tenant_publishes_refused_total: u64,
 }
 
+/// Whether the ingest core was told to stop, and the wake-up of [`Ingest::run`] when it is.
+#[derive(Default)]
+struct Stopping {
+    /// Set once, never cleared: publishes are refused `shutting_down` from then on.
+    stopping: Cell<bool>,
+    /// Wakes [`Ingest::run`] when `stopping` is set.
+    stopped: Notify,
+}
+
+impl Stopping {
+    /// Marks the core stopping and wakes [`Ingest::run`]; false if it was already.
+    fn begin(&self) -> bool {
+        if self.stopping.replace(true) {
+            return false;
+        }
+        self.stopped.notify();
+        true
+    }
+
+    /// Whether the core was told to stop.
+    fn is_set(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// Waits until [`Stopping::begin`].
+    async fn wait(&self) {
+        self.stopped.wait_until(|| self.stopping.get()).await;
+    }
+}
+
 impl IngestCore {
     pub fn new(
         config: Arc<Config>,
@@ -357,118 +325,64 @@ impl IngestCore {
         shards: Vec<Sender<ToShard>>,
         cluster: Option<crate::cluster::Requests>,
     ) -> Rc<Self> {
+        let settings = Settings::from_config(&config);
         Rc::new(IngestCore {
-            history: RefCell::new(History::new(config.clone())),
-            channels_forgotten_total: Cell::new(0),
-            config,
             shards,
-            routes: RefCell::new(Registry::new()),
-            lanes: RefCell::new(Default::default()),
-            lanes_len: Default::default(),
-            lanes_ready: Notify::default(),
-            epoch: RefCell::new(epoch),
+            lanes: Lanes::new(settings.queue_items_max),
+            sequencer: Sequencer::new(config.clone(), epoch, &settings),
+            routes: Routes::default(),
+            fanout: Fanout::new(settings.queue_items_max),
+            queries: Queries::default(),
             cluster: cluster.map(cluster::ClusterLink::new),
-            conflate_hasher: hashbrown::DefaultHashBuilder::default(),
-            recoveries_total: Cell::new(0),
-            recoveries_failed_total: Cell::new(0),
             admission: RefCell::default(),
-            tenant_buckets: RefCell::default(),
-            tenant_publishes_refused_total: Cell::new(0),
-            queries: RefCell::new(HashMap::new()),
-            next_query: Cell::new(0),
-            stopping: Cell::new(false),
-            stopped: Notify::default(),
-            published_total: Cell::new(0),
-            matched_shards: RefCell::new(Vec::new()),
-            fanout_pending: RefCell::new(HashMap::new()),
-            fanout_untracked_total: Cell::new(0),
-            fanout: RefCell::new(FanoutLatency::default()),
-            fanout_interval: RefCell::new(FanoutLatency::default()),
+            tenants: TenantLimits::new(settings.tenant_publishes_per_s),
+            stopping: Stopping::default(),
             api: api::Plane::default(),
+            settings,
+            config,
         })
     }
 
     /// The current epoch.
     pub fn epoch(&self) -> Arc<str> {
-        self.epoch.borrow().clone()
+        self.sequencer.epoch()
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.stopping.get()
+        self.stopping.is_set()
     }
 
     pub fn stats(&self) -> IngestStats {
-        let history = self.history.borrow();
-        let (history_messages, history_bytes) = history.held();
+        let sequencer = self.sequencer.stats();
         IngestStats {
-            published_total: self.published_total.get(),
-            channels: history.channels_len(),
-            channels_forgotten_total: self.channels_forgotten_total.get(),
-            history_messages,
-            history_bytes,
-            recoveries_total: self.recoveries_total.get(),
-            recoveries_failed_total: self.recoveries_failed_total.get(),
-            lanes_len: self.lanes_len.each_ref().map(Cell::get),
+            published_total: sequencer.published_total,
+            channels: sequencer.channels,
+            channels_forgotten_total: sequencer.channels_forgotten_total,
+            history_messages: sequencer.history_messages,
+            history_bytes: sequencer.history_bytes,
+            recoveries_total: sequencer.recoveries_total,
+            recoveries_failed_total: sequencer.recoveries_failed_total,
+            lanes_len: self.lanes.lens(),
             shard_queues_len: self.shards.iter().map(Sender::len).sum(),
-            fanout_pending: self.fanout_pending.borrow().len(),
-            fanout_untracked_total: self.fanout_untracked_total.get(),
-            tenant_publishes_refused_total: self.tenant_publishes_refused_total.get(),
+            fanout_pending: self.fanout.pending_len(),
+            fanout_untracked_total: self.fanout.untracked_total(),
+            tenant_publishes_refused_total: self.tenants.refused_total(),
         }
     }
 
     /// The overall fan-out latency's percentiles.
     pub fn fanout_summary(&self) -> LatencySummary {
-        self.fanout.borrow().summary()
+        self.fanout.summary()
     }
 
     /// The overall fan-out latency in Prometheus buckets.
     pub fn fanout_buckets(&self) -> Buckets {
-        self.fanout.borrow().buckets()
-    }
-
-    /// Starts waiting for the fan-out reports of `publish` from `shards` shards.
-    fn await_fanout(&self, publish: u64, shards: usize) {
-        let mut pending = self.fanout_pending.borrow_mut();
-        if pending.len() >= FANOUT_PENDING_QUEUES * self.config.queue_items_max {
-            self.fanout_untracked_total
-                .set(self.fanout_untracked_total.get() + 1);
-            return;
-        }
-        let fresh = pending
-            .insert(
-                publish,
-                FanoutPending {
-                    shards_left: shards,
-                    slowest: Duration::ZERO,
-                },
-            )
-            .is_none();
-        assert!(fresh, "publish numbers are never reused");
-    }
-
-    /// Takes one shard's fan-out times; a publish whose last shard reported is recorded.
-    /// Reports for untracked publishes are ignored.
-    fn fanout_reported(&self, reports: &[FanoutReport]) {
-        let mut pending = self.fanout_pending.borrow_mut();
-        for report in reports {
-            let Some(entry) = pending.get_mut(&report.publish) else {
-                continue;
-            };
-            assert!(entry.shards_left > 0, "a finished publish leaves the table");
-            entry.slowest = entry.slowest.max(report.elapsed);
-            entry.shards_left -= 1;
-            if entry.shards_left == 0 {
-                let slowest = entry.slowest;
-                pending.remove(&report.publish);
-                self.fanout.borrow_mut().record(slowest);
-                self.fanout_interval.borrow_mut().record(slowest);
-            }
-        }
+        self.fanout.buckets()
     }
 
     /// The fan-out latency recorded since the previous call, which starts a new interval.
     pub fn take_interval_fanout(&self) -> LatencySummary {
-        std::mem::take(&mut *self.fanout_interval.borrow_mut()).summary()
+        self.fanout.take_interval()
     }
 
     /// Live connections per tenant, sorted by tenant.
@@ -492,45 +406,19 @@ impl IngestCore {
             accepted: Instant::now(),
             reply: Reply::None,
         };
-        if self.stopping.get() || self.enqueue(Work::Publish(job)).is_err() {
+        if self.stopping.is_set() || self.lanes.enqueue(Work::Publish(job)).is_err() {
             tracing::debug!(channel, "server publish skipped: stopping or lanes full");
         }
     }
 
-    /// Queues work in its lane: a publish by its priority, a batch by its most urgent
-    /// message's, a recovery in the critical one; whole, or not at all past `queue_items_max`.
-    fn enqueue(&self, work: Work) -> Result<(), Work> {
-        let queued: usize = self.lanes_len.iter().map(Cell::get).sum();
-        if queued + work.weight() > self.config.queue_items_max {
-            return Err(work);
-        }
-        let lane = work.lane();
-        self.lanes_len[lane].set(self.lanes_len[lane].get() + work.weight());
-        self.lanes.borrow_mut()[lane].push_back(work);
-        self.lanes_ready.notify();
-        Ok(())
-    }
-
-    /// Takes the next work of the first of `lanes` that has some.
-    fn dequeue(&self, lanes: &[usize]) -> Option<Work> {
-        let mut queued = self.lanes.borrow_mut();
-        lanes.iter().find_map(|&lane| {
-            let work = queued[lane].pop_front()?;
-            self.lanes_len[lane].set(self.lanes_len[lane].get() - work.weight());
-            Some(work)
-        })
-    }
-
     /// The latest offset of `channel`, 0 if it has none.
     pub fn channel_offset(&self, channel: &str) -> u64 {
-        self.history.borrow().offset(channel)
+        self.sequencer.offset(channel)
     }
 
     /// Up to `limit` messages of `channel` after offset `since`, for `GET /v1/history`.
     pub fn history_page(&self, channel: &str, since: u64, limit: usize) -> history::Page {
-        self.history
-            .borrow_mut()
-            .page(channel, since, limit, Instant::now())
+        self.sequencer.page(channel, since, limit)
     }
 
     /// Queues an HTTP publish (channel and data already validated); resolves to its offset.
@@ -541,11 +429,11 @@ impl IngestCore {
         priority: Priority,
     ) -> oneshot::Receiver<Result<u64, PublishError>> {
         let (done, result) = oneshot::channel();
-        if self.stopping.get() {
+        if self.stopping.is_set() {
             let _ = done.send(Err(PublishError::Stopping));
             return result;
         }
-        if let Err(err) = self.tenant_allows(&channel) {
+        if let Err(err) = self.tenants.allow(&channel) {
             let _ = done.send(Err(err));
             return result;
         }
@@ -557,7 +445,7 @@ impl IngestCore {
             accepted: Instant::now(),
             reply: Reply::Http(done),
         };
-        if let Err(Work::Publish(job)) = self.enqueue(Work::Publish(job)) {
+        if let Err(Work::Publish(job)) = self.lanes.enqueue(Work::Publish(job)) {
             if let Reply::Http(done) = job.reply {
                 let _ = done.send(Err(PublishError::Overloaded));
             }
@@ -579,11 +467,14 @@ impl IngestCore {
             let _ = done.send(Ok(Vec::new()));
             return result;
         }
-        if self.stopping.get() {
+        if self.stopping.is_set() {
             let _ = done.send(Err(PublishError::Stopping));
             return result;
         }
-        if let Err(err) = self.tenants_allow(messages.iter().map(|(channel, ..)| &**channel)) {
+        if let Err(err) = self
+            .tenants
+            .allow_batch(messages.iter().map(|(channel, ..)| &**channel))
+        {
             let _ = done.send(Err(err));
             return result;
         }
@@ -600,167 +491,15 @@ impl IngestCore {
             })
             .collect();
         let batch = Batch { jobs, done };
-        if let Err(Work::Batch(batch)) = self.enqueue(Work::Batch(batch)) {
+        if let Err(Work::Batch(batch)) = self.lanes.enqueue(Work::Batch(batch)) {
             let _ = batch.done.send(Err(PublishError::Overloaded));
         }
         result
     }
 
-    /// Takes the publish tokens of every message of a batch to `channels` from their tenants'
-    /// buckets (see [`IngestCore::tenant_allows`]): all of them, or none when one tenant lacks
-    /// some.
-    fn tenants_allow<'a>(
-        &self,
-        channels: impl Iterator<Item = &'a str>,
-    ) -> Result<(), PublishError> {
-        let per_s = self.config.tenant_publishes_per_s;
-        if per_s == 0 {
-            return Ok(());
-        }
-        let mut wanted: HashMap<&str, usize> = HashMap::new();
-        for tenant in channels.filter_map(|channel| crate::channel::split_scope(channel).0) {
-            *wanted.entry(tenant).or_default() += 1;
-        }
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let now = Instant::now();
-        let per_s = u64::from(per_s);
-        let mut buckets = self.tenant_buckets.borrow_mut();
-        if buckets.len() >= TENANT_BUCKETS_PRUNE_AT {
-            buckets.retain(|_, bucket| !bucket.is_full(now));
-        }
-        let mut taken = Vec::with_capacity(wanted.len());
-        let mut refused: Option<PublishError> = None;
-        let mut refused_messages = 0;
-        for (&tenant, &messages) in &wanted {
-            if messages as u64 > per_s {
-                refused = Some(PublishError::BatchOverRate { messages });
-                refused_messages += messages;
-                continue;
-            }
-            let mut bucket = buckets
-                .get(tenant)
-                .cloned()
-                .unwrap_or_else(|| TokenBucket::full(per_s, per_s, now));
-            let got = (0..messages).take_while(|_| bucket.take(now)).count();
-            if got == messages {
-                taken.push((tenant, bucket));
-                continue;
-            }
-            // Past the next token, each missing one takes 1/per_s seconds more.
-            let missing_after_next = (messages - got - 1) as u128;
-            let wait_ns = bucket.next_token_in().as_nanos()
-                + missing_after_next * 1_000_000_000 / u128::from(per_s);
-            let retry_ms = u64::try_from(wait_ns.div_ceil(1_000_000)).unwrap_or(u64::MAX);
-            refused_messages += messages;
-            refused = match refused {
-                Some(PublishError::RateLimited { retry_ms: before }) => {
-                    Some(PublishError::RateLimited {
-                        retry_ms: before.max(retry_ms),
-                    })
-                }
-                None => Some(PublishError::RateLimited { retry_ms }),
-                over => over,
-            };
-        }
-        if let Some(err) = refused {
-            self.tenant_publishes_refused_total
-                .set(self.tenant_publishes_refused_total.get() + refused_messages as u64);
-            return Err(err);
-        }
-        for (tenant, bucket) in taken {
-            match buckets.get_mut(tenant) {
-                Some(kept) => *kept = bucket,
-                None => {
-                    buckets.insert(tenant.into(), bucket);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes a publish token from the bucket of `channel`'s tenant, when it is a tenant's and
-    /// `tenant_publishes_per_s` is set. Buckets that refilled are forgotten once there are
-    /// [`TENANT_BUCKETS_PRUNE_AT`]: a new one starts full, so they hold nothing to keep.
-    fn tenant_allows(&self, channel: &str) -> Result<(), PublishError> {
-        let per_s = self.config.tenant_publishes_per_s;
-        let Some(tenant) = crate::channel::split_scope(channel).0.filter(|_| per_s > 0) else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        let mut buckets = self.tenant_buckets.borrow_mut();
-        if buckets.len() >= TENANT_BUCKETS_PRUNE_AT && !buckets.contains_key(tenant) {
-            buckets.retain(|_, bucket| !bucket.is_full(now));
-        }
-        if !buckets.contains_key(tenant) {
-            let per_s = u64::from(per_s);
-            buckets.insert(tenant.into(), TokenBucket::full(per_s, per_s, now));
-        }
-        let bucket = buckets.get_mut(tenant).expect("inserted above");
-        if bucket.take(now) {
-            return Ok(());
-        }
-        self.tenant_publishes_refused_total
-            .set(self.tenant_publishes_refused_total.get() + 1);
-        Err(PublishError::RateLimited {
-            retry_ms: bucket.next_token_in().as_nanos().div_ceil(1_000_000) as u64,
-        })
-    }
-
     /// Asks every shard for `kind` and gathers the answers, in shard order.
     pub async fn query(&self, kind: QueryKind) -> Vec<(ShardId, Answer)> {
-        let query = self.next_query.get();
-        self.next_query.set(query + 1);
-        let (done, answers) = oneshot::channel();
-        self.queries.borrow_mut().insert(
-            query,
-            PendingQuery {
-                answers: Vec::with_capacity(self.shards.len()),
-                done: Some(done),
-            },
-        );
-        for shard in &self.shards {
-            shard.push(ToShard::Query { query, kind }).await;
-            shard.wake();
-        }
-        let answered = glommio::timer::timeout(QUERY_TIMEOUT, async {
-            Ok(answers.await.unwrap_or_default())
-        })
-        .await;
-        self.queries.borrow_mut().remove(&query);
-        let mut answers = answered.unwrap_or_default();
-        answers.sort_by_key(|(shard, _)| *shard);
-        answers
-    }
-
-    /// The slow-consumer policy of a message under policy `index`.
-    fn slow(&self, index: usize, data: &str) -> Slow {
-        let history = self.history.borrow();
-        let policy = history.policy(index);
-        match policy.slow_consumer {
-            SlowConsumer::Disconnect => Slow::Disconnect,
-            SlowConsumer::DropOldest => Slow::DropOldest,
-            SlowConsumer::Conflate => {
-                let key = policy
-                    .conflate_key
-                    .as_deref()
-                    .expect("validated at start-up");
-                let value = sonic_rs::get_from_str(data, [key]).ok();
-                Slow::Conflate(value.map(|value| self.conflate_hasher.hash_one(value.as_raw_str())))
-            }
-        }
-    }
-
-    /// Encodes a numbered message once, local or back from the cluster, as its channel's
-    /// namespace (`policy`) and the config say it is delivered.
-    fn encode(&self, message: &encode::Message<'_>, policy: usize) -> crate::msg::Delivery {
-        let treatment = encode::Treatment {
-            slow: self.slow(policy, message.data),
-            namespace: u16::try_from(policy).expect("config validation bounds the namespaces"),
-            deflate: self.config.permessage_deflate,
-        };
-        encode::delivery(message, treatment)
+        self.queries.ask(&self.shards, kind).await
     }
 
     /// Sequences one job: offset, encode once, keep in history, route, reply. In cluster mode
@@ -770,8 +509,8 @@ impl IngestCore {
             self.cluster_publish(job, touched).await;
             return;
         }
-        let publish = self.published_total.get() + 1;
-        let Ok(assigned) = self.assign(&job.channel, publish) else {
+        let publish = self.sequencer.next_seq();
+        let Ok(assigned) = self.sequencer.assign(&job.channel, publish, &self.routes) else {
             self.reply(job, Err(PublishError::ChannelsFull), touched)
                 .await;
             return;
@@ -787,8 +526,7 @@ impl IngestCore {
         assigned: history::Assigned,
         touched: &mut [bool],
     ) {
-        let publish = self.published_total.get() + 1;
-        self.published_total.set(publish);
+        let publish = self.sequencer.advance();
         let message = encode::Message {
             channel: &job.channel,
             offset: assigned.offset,
@@ -800,7 +538,7 @@ impl IngestCore {
                 accepted: job.accepted,
             },
         };
-        let delivery = self.encode(&message, assigned.policy);
+        let delivery = self.sequencer.encode(&message, assigned.policy);
         self.fan_out(delivery, &job.channel, Instant::now(), touched)
             .await;
     }
@@ -812,94 +550,26 @@ impl IngestCore {
             self.cluster_publish_batch(batch);
             return;
         }
-        let names = || batch.jobs.iter().map(|job| &*job.channel);
-        let fits = || {
-            let history = self.history.borrow();
-            history.untracked(names()) <= history.slots_free()
-        };
-        if !fits() && (self.reclaim() == 0 || !fits()) {
+        if !self.sequencer.fits(&batch.jobs, &self.routes) {
             let _ = batch.done.send(Err(PublishError::ChannelsFull));
             return;
         }
         let mut offsets = Vec::with_capacity(batch.jobs.len());
         for job in &batch.jobs {
-            let publish = self.published_total.get() + 1;
-            // Only the sequencer tracks new channels, and the sweep that may run while this
-            // batch waits for a shard frees one slot for each channel it forgets.
-            let assigned = self
-                .history
-                .borrow_mut()
-                .assign(&job.channel, publish)
-                .expect("the batch's new channels were counted before its first message");
+            let publish = self.sequencer.next_seq();
+            let assigned = self.sequencer.assign_fitted(&job.channel, publish);
             self.sequence_assigned(job, assigned, touched).await;
             offsets.push(assigned.offset);
         }
         let _ = batch.done.send(Ok(offsets));
     }
 
-    /// The next offset of `channel` (message number `seq`), reclaiming slots of forgettable
-    /// channels first when it is new and the table is full.
-    fn assign(&self, channel: &str, seq: u64) -> Result<history::Assigned, history::ChannelsFull> {
-        let assigned = self.history.borrow_mut().assign(channel, seq);
-        match assigned {
-            Err(history::ChannelsFull) if self.reclaim() > 0 => {
-                self.history.borrow_mut().assign(channel, seq)
-            }
-            assigned => assigned,
-        }
-    }
-
-    /// Whether some shard has a subscriber to `channel`; `matched` is scratch space.
-    fn subscribed(routes: &Registry<ShardId>, matched: &mut Vec<ShardId>, channel: &str) -> bool {
-        matched.clear();
-        routes.collect_matches(channel, matched);
-        !matched.is_empty()
-    }
-
-    /// For a new channel that found the table full: forgets what the bounded reclaim finds
-    /// (see [`History::reclaim`]); returns how many.
-    fn reclaim(&self) -> usize {
-        let routes = self.routes.borrow();
-        let mut matched = Vec::new();
-        let forgotten = self.history.borrow_mut().reclaim(
-            self.config.channels_sweep_max,
-            Instant::now(),
-            |channel| Self::subscribed(&routes, &mut matched, channel),
-        );
-        self.count_forgotten(forgotten);
-        forgotten
-    }
-
-    /// One tick of the sweep (see [`History::sweep`]).
-    fn sweep_channels(&self) {
-        let routes = self.routes.borrow();
-        let mut matched = Vec::new();
-        let forgotten = self.history.borrow_mut().sweep(
-            self.config.channels_sweep_max,
-            Instant::now(),
-            |channel| Self::subscribed(&routes, &mut matched, channel),
-        );
-        self.count_forgotten(forgotten);
-    }
-
-    fn count_forgotten(&self, forgotten: usize) {
-        self.channels_forgotten_total
-            .set(self.channels_forgotten_total.get() + forgotten as u64);
-    }
-
     /// Sweeps the channel table every [`CHANNELS_SWEEP_INTERVAL`] until the task is cancelled.
     async fn run_channel_sweep(self: Rc<Self>) {
         loop {
             glommio::timer::sleep(CHANNELS_SWEEP_INTERVAL).await;
-            self.sweep_channels();
+            self.sequencer.sweep(&self.routes);
         }
-    }
-
-    /// The shards with a subscriber to `channel`.
-    fn routed(&self, channel: &str) -> Vec<ShardId> {
-        let mut matched = Vec::new();
-        self.routes.borrow().collect_matches(channel, &mut matched);
-        matched
     }
 
     /// Keeps a numbered message in history and sends it to every shard with a subscriber.
@@ -911,14 +581,7 @@ impl IngestCore {
         touched: &mut [bool],
     ) {
         let publish = delivery.stamp.publish;
-        self.history.borrow_mut().record(
-            channel,
-            delivery.offset,
-            publish,
-            delivery.frame.clone(),
-            encode::payload_start(&delivery),
-            now,
-        );
+        self.sequencer.record(channel, &delivery, now);
         // One shared `Bytes` goes to every shard, not a copy per shard. `benches/shared_bytes.rs`
         // measured both on the 2-core CI machine (AMD EPYC, 2 shards x 5,000 connections x 400
         // events of 190 bytes, median of 21 interleaved rounds): shared 17.20 ns per delivery,
@@ -926,11 +589,10 @@ impl IngestCore {
         // line does not bounce enough to matter here because each shard clones a frame for all
         // its connections in one burst; so the simpler, allocation-free sharing stays. Re-run
         // the bench on many-core hosts before changing this.
-        let mut matched = std::mem::take(&mut *self.matched_shards.borrow_mut());
-        self.routes.borrow().collect_matches(channel, &mut matched);
+        let matched = self.routes.take_matches(channel);
         // A publish routed to no shard has no fan-out, and records nothing.
         if !matched.is_empty() {
-            self.await_fanout(publish, matched.len());
+            self.fanout.await_reports(publish, matched.len());
         }
         for &shard in &matched {
             assert!(
@@ -942,34 +604,14 @@ impl IngestCore {
                 .await;
             touched[shard] = true;
         }
-        *self.matched_shards.borrow_mut() = matched;
+        self.routes.give_back(matched);
     }
 
     /// Answers a recovery from the history as of now: everything sequenced so far is either in
     /// the missed frames or past recovering, and every later publish follows in the shard's
     /// queue, where the subscription is live by then.
     async fn recover(&self, recovery: Recovery, touched: &mut [bool]) {
-        let position = self.published_total.get();
-        let outcome = if *recovery.since.epoch != *self.epoch() {
-            Err(Unrecovered::EpochChanged)
-        } else {
-            let limits = RecoveryLimits {
-                messages_max: self.config.recovery_messages_max,
-                bytes_max: self.config.outbox_bytes_max,
-                seq_latest: position,
-            };
-            self.history.borrow_mut().recover(
-                &recovery.pattern,
-                recovery.since.position,
-                limits,
-                Instant::now(),
-            )
-        };
-        self.recoveries_total.set(self.recoveries_total.get() + 1);
-        if outcome.is_err() {
-            self.recoveries_failed_total
-                .set(self.recoveries_failed_total.get() + 1);
-        }
+        let (outcome, position) = self.sequencer.recover(&recovery.pattern, &recovery.since);
         let shard = recovery.shard;
         self.send_recovered(recovery, outcome, position).await;
         touched[shard] = true;
@@ -1039,7 +681,7 @@ impl IngestCore {
 
     /// Whether the sequencer has anything to do.
     fn has_work(&self) -> bool {
-        !self.lanes.borrow().iter().all(VecDeque::is_empty)
+        !self.lanes.is_empty()
             || self
                 .cluster
                 .as_ref()
@@ -1052,9 +694,9 @@ impl IngestCore {
     async fn run_sequencer(self: Rc<Self>) {
         let mut touched = vec![false; self.shards.len()];
         loop {
-            self.lanes_ready.wait_until(|| self.has_work()).await;
-            for _ in 0..self.config.queue_batch_max {
-                let critical = self.dequeue(&[Priority::Critical.lane()]);
+            self.lanes.wait_until(|| self.has_work()).await;
+            for _ in 0..self.settings.batch_max {
+                let critical = self.lanes.dequeue(&[Priority::Critical.lane()]);
                 let work = match critical {
                     Some(work) => Some(work),
                     None if self
@@ -1065,7 +707,7 @@ impl IngestCore {
                         self.take_arrived(&mut touched).await;
                         continue;
                     }
-                    None => self.dequeue(&[
+                    None => self.lanes.dequeue(&[
                         Priority::Critical.lane(),
                         Priority::High.lane(),
                         Priority::Normal.lane(),
@@ -1105,8 +747,8 @@ impl IngestCore {
                     accepted: Instant::now(),
                     reply: Reply::Conn { shard, conn, id },
                 };
-                let refused = match self.tenant_allows(&job.channel) {
-                    Ok(()) => match self.enqueue(Work::Publish(job)) {
+                let refused = match self.tenants.allow(&job.channel) {
+                    Ok(()) => match self.lanes.enqueue(Work::Publish(job)) {
                         Ok(()) => None,
                         Err(Work::Publish(job)) => Some((job, PublishError::Overloaded)),
                         Err(Work::Recover(_) | Work::Batch(_)) => {
@@ -1135,9 +777,9 @@ impl IngestCore {
                     pattern,
                     since,
                 };
-                if let Err(Work::Recover(recovery)) = self.enqueue(Work::Recover(recovery)) {
+                if let Err(Work::Recover(recovery)) = self.lanes.enqueue(Work::Recover(recovery)) {
                     // Live without recovery: later publishes follow this in the queue.
-                    let position = self.published_total.get();
+                    let position = self.sequencer.position();
                     self.send_recovered(recovery, Err(Unrecovered::Overloaded), position)
                         .await;
                     self.shards[shard].wake();
@@ -1150,8 +792,8 @@ impl IngestCore {
                 seq,
             } => {
                 if add {
-                    self.routes.borrow_mut().insert(&pattern, shard);
-                    let position = self.published_total.get();
+                    self.routes.insert(&pattern, shard);
+                    let position = self.sequencer.position();
                     self.shards[shard]
                         .push(ToShard::InterestReady {
                             pattern,
@@ -1161,7 +803,7 @@ impl IngestCore {
                         .await;
                     self.shards[shard].wake();
                 } else {
-                    self.routes.borrow_mut().remove(&pattern, shard);
+                    self.routes.remove(&pattern, shard);
                 }
             }
             ToIngest::Admit {
@@ -1181,41 +823,30 @@ impl IngestCore {
                     shard < self.shards.len(),
                     "reports come from existing shards"
                 );
-                self.fanout_reported(&reports);
+                self.fanout.reported(&reports);
             }
             ToIngest::Answer {
                 query,
                 shard,
                 answer,
-            } => {
-                let mut queries = self.queries.borrow_mut();
-                if let Some(pending) = queries.get_mut(&query) {
-                    pending.answers.push((shard, answer));
-                    if pending.answers.len() == self.shards.len() {
-                        let pending = queries.remove(&query).expect("just found");
-                        if let Some(done) = pending.done {
-                            let _ = done.send(pending.answers);
-                        }
-                    }
-                }
-            }
+            } => self
+                .queries
+                .answered(query, shard, answer, self.shards.len()),
             ToIngest::Shutdown => self.stop(),
         }
     }
 
     fn stop(&self) {
-        if self.stopping.replace(true) {
-            return;
+        if self.stopping.begin() {
+            tracing::info!("shutting down: closing every connection with 1001");
         }
-        tracing::info!("shutting down: closing every connection with 1001");
-        self.stopped.notify();
     }
 
     /// Drains one inbound queue, a bounded batch per wake-up.
     async fn run_inbox(self: Rc<Self>, inbox: Receiver<ToIngest>) {
         loop {
             inbox.ready().await;
-            for _ in 0..self.config.queue_batch_max {
+            for _ in 0..self.settings.batch_max {
                 let Some(message) = inbox.pop() else { break };
                 self.handle(message).await;
             }
@@ -1230,7 +861,7 @@ impl IngestCore {
         let mut touched = vec![false; self.shards.len()];
         loop {
             inbox.ready().await;
-            for _ in 0..self.config.queue_batch_max {
+            for _ in 0..self.settings.batch_max {
                 let Some(news) = inbox.pop() else { break };
                 self.cluster_news(news, &mut touched).await;
             }
@@ -1280,10 +911,7 @@ impl Ingest {
 
     /// Runs until SIGINT or SIGTERM, then stops.
     pub async fn run(self) {
-        self.core
-            .stopped
-            .wait_until(|| self.core.stopping.get())
-            .await;
+        self.core.stopping.wait().await;
         self.stop().await;
     }
 
@@ -1305,6 +933,7 @@ impl Ingest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::msg::FanoutReport;
     use crate::queue;
 
     fn core(shards: usize, queue_items_max: usize) -> Rc<IngestCore> {
@@ -1429,8 +1058,7 @@ mod tests {
                     .await;
                 let batch = answered(result).expect("sequenced");
                 core.sequence(job("d"), &mut touched).await;
-                let history = core.history.borrow();
-                let offsets = ["a", "b", "c", "d"].map(|name| history.offset(name));
+                let offsets = ["a", "b", "c", "d"].map(|name| core.channel_offset(name));
                 ((batch, offsets), core.stats().channels_forgotten_total)
             })
             .unwrap()
@@ -1473,11 +1101,10 @@ mod tests {
                     core.sequence_batch(Batch { jobs, done }, &mut touched)
                         .await;
                     outcomes.push(answered(result).expect("sequenced"));
-                    let history = core.history.borrow();
                     outcomes.push(Ok(vec![
-                        history.offset("a"),
-                        history.offset("b"),
-                        core.published_total.get(),
+                        core.channel_offset("a"),
+                        core.channel_offset("b"),
+                        core.sequencer.position(),
                     ]));
                 }
                 outcomes
@@ -1509,11 +1136,11 @@ mod tests {
     #[test]
     fn overall_fanout_is_the_slowest_shard_once_every_shard_reported() {
         let core = core(2, 16);
-        core.await_fanout(1, 2);
-        core.fanout_reported(&[report(1, 700)]);
+        core.fanout.await_reports(1, 2);
+        core.fanout.reported(&[report(1, 700)]);
         assert_eq!(core.fanout_summary().count, 0, "one shard still to report");
         assert_eq!(core.stats().fanout_pending, 1);
-        core.fanout_reported(&[report(1, 300)]);
+        core.fanout.reported(&[report(1, 300)]);
         let summary = core.fanout_summary();
         assert_eq!((summary.count, summary.max), (1, 700));
         assert_eq!(core.stats().fanout_pending, 0);
@@ -1522,14 +1149,14 @@ mod tests {
     #[test]
     fn a_full_table_counts_untracked_publishes_and_ignores_their_reports() {
         let core = core(1, 1);
-        for publish in 1..=FANOUT_PENDING_QUEUES as u64 + 1 {
-            core.await_fanout(publish, 1);
+        for publish in 1..=fanout::FANOUT_PENDING_QUEUES as u64 + 1 {
+            core.fanout.await_reports(publish, 1);
         }
         let stats = core.stats();
-        assert_eq!(stats.fanout_pending, FANOUT_PENDING_QUEUES);
+        assert_eq!(stats.fanout_pending, fanout::FANOUT_PENDING_QUEUES);
         assert_eq!(stats.fanout_untracked_total, 1);
-        let untracked = FANOUT_PENDING_QUEUES as u64 + 1;
-        core.fanout_reported(&[report(untracked, 5), report(1, 10)]);
+        let untracked = fanout::FANOUT_PENDING_QUEUES as u64 + 1;
+        core.fanout.reported(&[report(untracked, 5), report(1, 10)]);
         let summary = core.fanout_summary();
         assert_eq!((summary.count, summary.max), (1, 10));
     }
