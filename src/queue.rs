@@ -103,17 +103,27 @@ impl<T> Receiver<T> {
     /// Waits until at least one item is queued.
     pub async fn ready(&self) {
         poll_fn(|cx| {
-            if !self.queue.items.is_empty() {
+            if !self.is_empty() {
                 return Poll::Ready(());
             }
             self.queue.consumer.register(cx.waker());
-            if self.queue.items.is_empty() {
+            if self.is_empty() {
                 Poll::Pending
             } else {
                 Poll::Ready(())
             }
         })
         .await
+    }
+
+    /// Items waiting right now; more may arrive at any moment, none can leave but by `pop`.
+    pub fn len(&self) -> usize {
+        self.queue.items.len()
+    }
+
+    /// True when nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.queue.items.is_empty()
     }
 
     /// Takes one item, if any. After a drained batch, wakes a producer waiting for space.

@@ -170,7 +170,7 @@ impl ShardCore {
             }
         }
         let exp = grant.exp;
-        *current = Some(grant);
+        *current = Some(Box::new(grant));
         Ok(Some(command::refreshed_frame(&id, exp)))
     }
 

@@ -53,7 +53,7 @@ use glommio::timer::Timer;
 use nix::sys::socket::MsgFlags;
 
 use super::ShardCore;
-use crate::msg::ConnId;
+use crate::msg::{ConnId, ShardId};
 use crate::net::auth::Grant;
 use crate::net::tls::Transport;
 use crate::ws::command::{self, Command, ConnStats, ErrorCode, ErrorReply};
@@ -64,7 +64,7 @@ use crate::ws::rate::{InboundLimit, Refusal};
 use crate::ws::session::{self, CloseRequest, Host, Phase, Session};
 
 /// Bytes one write may coalesce from a connection's outbox. Larger frames go out alone, uncopied.
-const WRITE_COALESCE_BYTES_MAX: usize = 64 * 1024;
+pub const WRITE_COALESCE_BYTES_MAX: usize = 64 * 1024;
 
 /// Reads one connection may do per wake-up before it yields to the others on its shard.
 const READS_PER_POLL_MAX: usize = 16;
@@ -94,8 +94,8 @@ impl Subscription {
 /// The shard's view of a connection.
 pub struct ConnHandle {
     pub id: ConnId,
-    /// `conn_id` as clients see it: `<shard>-<seq>`.
-    pub name: Box<str>,
+    /// The shard it belongs to, for its name ([`ConnHandle::name`]).
+    shard: ShardId,
     outbox: RefCell<Outbox>,
     /// The socket's descriptor while the task owns the open stream, for `write_now`.
     fd: Cell<Option<RawFd>>,
@@ -111,10 +111,13 @@ pub struct ConnHandle {
     hello: RefCell<Option<Bytes>>,
     /// Connect-time subscriptions still waiting for the ingest core.
     pub hello_waits: Cell<u32>,
-    /// Set while the shard holds this connection's messages for the batching window.
+    /// Set while the shard holds this connection's messages for the batching window, or for
+    /// the end of a coalescing batch of its inbox (never both: there is no coalescing under
+    /// a window).
     pub batched: Cell<bool>,
-    /// What the connection's token allows; `None` without auth.
-    pub grant: RefCell<Option<Grant>>,
+    /// What the connection's token allows; `None` without auth. Boxed: a connection without
+    /// a token pays one pointer for it, not the grant's hundred bytes.
+    pub grant: RefCell<Option<Box<Grant>>>,
     /// The echo endpoint's connection: messages are sent back, not read as commands.
     echo: bool,
     /// permessage-deflate, if the upgrade agreed on it.
@@ -131,7 +134,7 @@ impl ConnHandle {
     /// which greets no one and is an echo connection.
     pub fn new(
         id: ConnId,
-        name: Box<str>,
+        shard: ShardId,
         hello: Option<Bytes>,
         deflate: Option<Deflate>,
         grant: Option<Grant>,
@@ -139,7 +142,7 @@ impl ConnHandle {
     ) -> Self {
         ConnHandle {
             id,
-            name,
+            shard,
             outbox: RefCell::new(Outbox::default()),
             fd: Cell::new(None),
             waker: RefCell::new(None),
@@ -152,12 +155,21 @@ impl ConnHandle {
             hello: RefCell::new(hello),
             hello_waits: Cell::new(0),
             batched: Cell::new(false),
-            grant: RefCell::new(grant),
+            grant: RefCell::new(grant.map(Box::new)),
             deflate,
             acks: RefCell::new(Vec::new()),
             messages_in: Cell::new(0),
             messages_out: Cell::new(0),
             bytes_out: Cell::new(0),
+        }
+    }
+
+    /// `conn_id` as clients see it, `<shard>-<seq>`: made when it is shown (in `connected`, in
+    /// `stats`, in logs), not kept.
+    pub fn name(&self) -> ConnName {
+        ConnName {
+            shard: self.shard,
+            seq: self.id.seq,
         }
     }
 
@@ -194,6 +206,43 @@ impl ConnHandle {
         }
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
         nix::sys::socket::send(fd, frame, flags).unwrap_or(0)
+    }
+
+    /// Writes what the outbox holds, gathered into `buf` (a large front frame goes alone,
+    /// uncopied), with one non-blocking `send()` from
+    /// the shard's fan-out loop: how a coalesced batch of deliveries leaves in one write per
+    /// connection. Returns the frames and bytes sent. What the socket did not take stays
+    /// queued and the task is woken for it, as it is when this short cut cannot be taken (no
+    /// descriptor lent, not greeted yet, closing): the task's own write then finds out.
+    pub fn flush_now(&self, buf: &mut Vec<u8>) -> (usize, usize) {
+        let mut outbox = self.outbox.borrow_mut();
+        if outbox.frames_len() == 0 {
+            return (0, 0);
+        }
+        let open = !self.closing.get() && self.close.get().is_none() && self.hello_sent();
+        let Some(fd) = self.fd.get().filter(|_| open) else {
+            drop(outbox);
+            self.wake();
+            return (0, 0);
+        };
+        let front = outbox.front().expect("checked: a frame is queued");
+        let out = if outbox.frames_len() == 1 || front.len() >= WRITE_COALESCE_BYTES_MAX {
+            front
+        } else {
+            buf.clear();
+            outbox.gather(buf, WRITE_COALESCE_BYTES_MAX);
+            buf
+        };
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        let sent = nix::sys::socket::send(fd, out, flags).unwrap_or(0);
+        let frames = outbox.advance(sent);
+        let left = outbox.frames_len() > 0;
+        drop(outbox);
+        self.count_written(frames, sent);
+        if left {
+            self.wake();
+        }
+        (frames, sent)
     }
 
     /// Whether this connection takes compressed messages: it negotiated permessage-deflate
@@ -356,6 +405,18 @@ impl ConnHandle {
     }
 }
 
+/// A connection's `conn_id`, `<shard>-<seq>`, as it is shown.
+pub struct ConnName {
+    pub shard: ShardId,
+    pub seq: u32,
+}
+
+impl std::fmt::Display for ConnName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.shard, self.seq)
+    }
+}
+
 /// The task half of a connection.
 struct Conn {
     shard: Rc<ShardCore>,
@@ -371,13 +432,16 @@ struct Conn {
 
 /// Serves a connection until it closes, then removes it from its shard.
 /// `early` holds bytes that arrived with the handshake (a pipelining client's first frames).
-pub async fn serve(
+///
+/// The connection is built before the task's future, not inside it: the future then holds the
+/// one [`Conn`], not its parts as well (an async fn keeps its arguments in its state even once
+/// they are moved), which is what an idle connection's task costs.
+pub fn serve(
     shard: Rc<ShardCore>,
     handle: Rc<ConnHandle>,
     stream: Transport,
     early: Vec<u8>,
-) {
-    let fd = stream.plain_fd();
+) -> impl Future<Output = ()> {
     let config = &shard.config;
     let limit = InboundLimit::new(
         config.inbound_messages_per_s,
@@ -385,45 +449,24 @@ pub async fn serve(
         config.inbound_refusals_max,
         handle.last_seen(),
     );
-    let limits = session::Limits {
-        frame_bytes_max: config.frame_bytes_max,
-        message_bytes_max: config.message_bytes_max,
-        json_depth_max: config.json_depth_max,
-        deflate: handle.deflate.is_some(),
-    };
-    let early_bytes = !early.is_empty();
-    let mut conn = Conn {
-        shard: shard.clone(),
-        handle: handle.clone(),
+    // A TLS connection lends no descriptor: its bytes must go through rustls. `Conn`'s `drop`
+    // takes the descriptor back before its stream closes it, even if the task is dropped
+    // mid-way.
+    handle.fd.set(stream.plain_fd());
+    let conn = Conn {
+        early: !early.is_empty(),
+        session: Session::new(limit, early),
+        shard,
+        handle,
         stream,
-        session: Session::new(limits, limit, early),
         deadline: None,
-        early: early_bytes,
     };
-    // Declared after `conn`, so that it is dropped first even if this future is dropped
-    // mid-way: the descriptor is taken back before the stream closes it. A TLS connection
-    // lends none: its bytes must go through rustls.
-    let lent = fd.map(|fd| LentFd::lend(&handle, fd));
-    poll_fn(|cx| conn.poll(cx)).await;
-    drop(lent);
-    drop(conn);
-    shard.remove_conn(&handle);
+    conn.run()
 }
 
-/// The socket's descriptor lent to the connection's handle for `write_now`, taken back when
-/// dropped.
-struct LentFd<'a>(&'a ConnHandle);
-
-impl<'a> LentFd<'a> {
-    fn lend(handle: &'a ConnHandle, fd: RawFd) -> Self {
-        handle.fd.set(Some(fd));
-        LentFd(handle)
-    }
-}
-
-impl Drop for LentFd<'_> {
+impl Drop for Conn {
     fn drop(&mut self) {
-        self.0.fd.set(None);
+        self.handle.fd.set(None);
     }
 }
 
@@ -462,7 +505,17 @@ impl Host for Answering<'_> {
     fn refused(&mut self, refusal: Refusal) {
         self.shard.count_rate_limited(refusal);
         if refusal == Refusal::Close {
-            tracing::debug!(conn = %self.handle.name, "rate limit: closing with 4029");
+            tracing::debug!(conn = %self.handle.name(), "rate limit: closing with 4029");
+        }
+    }
+
+    fn limits(&self) -> session::Limits {
+        let config = &self.shard.config;
+        session::Limits {
+            frame_bytes_max: config.frame_bytes_max,
+            message_bytes_max: config.message_bytes_max,
+            json_depth_max: config.json_depth_max,
+            deflate: self.handle.deflate.is_some(),
         }
     }
 
@@ -478,6 +531,13 @@ impl Host for Answering<'_> {
 }
 
 impl Conn {
+    async fn run(mut self) {
+        poll_fn(|cx| self.poll(cx)).await;
+        let (shard, handle) = (self.shard.clone(), self.handle.clone());
+        drop(self);
+        shard.remove_conn(&handle);
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         {
             let mut waker = self.handle.waker.borrow_mut();
@@ -496,7 +556,7 @@ impl Conn {
             let flushed = self.poll_flush(cx);
             match flushed {
                 Poll::Ready(Err(err)) => {
-                    tracing::debug!(conn = %self.handle.name, error = %err, "write failed: dropping the connection");
+                    tracing::debug!(conn = %self.handle.name(), error = %err, "write failed: dropping the connection");
                     return Poll::Ready(());
                 }
                 Poll::Ready(Ok(())) if self.session.done_when_flushed() => {
@@ -512,7 +572,7 @@ impl Conn {
                 let fd = self.stream.raw_fd();
                 if let Err(err) = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write)
                 {
-                    tracing::debug!(conn = %self.handle.name, error = %err, "shutdown failed");
+                    tracing::debug!(conn = %self.handle.name(), error = %err, "shutdown failed");
                     return Poll::Ready(());
                 }
             }
@@ -588,11 +648,11 @@ impl Conn {
         let mut scratch = shard.read_buf.borrow_mut();
         let read_bytes = match Pin::new(&mut self.stream).poll_read(cx, &mut scratch) {
             Poll::Ready(Ok(0)) => {
-                tracing::debug!(conn = %self.handle.name, "the peer closed its end of the socket");
+                tracing::debug!(conn = %self.handle.name(), "the peer closed its end of the socket");
                 return Poll::Ready(Err(()));
             }
             Poll::Ready(Err(err)) => {
-                tracing::debug!(conn = %self.handle.name, error = %err, "read failed: dropping the connection");
+                tracing::debug!(conn = %self.handle.name(), error = %err, "read failed: dropping the connection");
                 return Poll::Ready(Err(()));
             }
             Poll::Ready(Ok(bytes)) => bytes,
@@ -608,7 +668,7 @@ impl Conn {
         self.session
             .receive(&mut scratch[..read_bytes], now, &mut host);
         if was_open && matches!(self.session.phase(), Phase::Failed { .. }) {
-            tracing::debug!(conn = %self.handle.name, "closing on protocol violation");
+            tracing::debug!(conn = %self.handle.name(), "closing on protocol violation");
         }
         Poll::Ready(Ok(()))
     }
@@ -647,7 +707,7 @@ fn handle_command(shard: &ShardCore, handle: &Rc<ConnHandle>, text: &str) {
         ))),
         Ok(Command::GetStats { id }) => Ok(Some(command::stats_frame(
             &id,
-            &handle.name,
+            &handle.name().to_string(),
             shard.id,
             handle.stats(),
             &handle.acks.borrow(),

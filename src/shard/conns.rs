@@ -70,6 +70,17 @@ impl Conns {
         }
     }
 
+    /// Calls `visit` with each of `ids` that is still open, in order. `visit` must not open or
+    /// remove a connection.
+    pub fn each_open(&self, ids: &[ConnId], mut visit: impl FnMut(&ConnHandle)) {
+        let slab = self.slab.borrow();
+        for id in ids {
+            if let Some(handle) = slab.get(id.slot as usize).filter(|handle| handle.id == *id) {
+                visit(handle);
+            }
+        }
+    }
+
     /// Calls `visit` with each of `ids`, in order: the fan-out loop. Every id must be open,
     /// as the registry's are. `visit` must not open or remove a connection.
     #[inline]

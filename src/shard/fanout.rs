@@ -9,22 +9,29 @@
 //! ingest core accepted the publish is recorded here (what that covers:
 //! [`crate::ingest::metrics`]) and kept for the next report to the ingest core.
 //!
+//! When the shard's inbox holds more than one message as it wakes (a burst, a saturating
+//! publisher), the batch it takes coalesces without a window ([`Fanout::begin_batch`]): each
+//! delivery queues in the outboxes without waking anyone, and [`Fanout::end_batch`] writes each
+//! connection it reached once, all of that batch's frames for it in one `send()`
+//! (`ConnHandle::flush_now`). The cost per delivery then falls as the load rises, while a lone
+//! event still leaves at once. Its fan-out times are taken when the batch is written.
+//!
 //! The delivery loop is the shard's hot path: it must allocate nothing per connection, clone no
 //! `Rc`, and never wait on a connection.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use bytes::Bytes;
 use corecast_proto::Priority;
 
-use super::conn::ConnHandle;
+use super::conn::{self, ConnHandle};
 use super::conns::Conns;
 use super::interest::Interest;
 use super::settings::Settings;
 use super::stats::Stats;
 use crate::latency::{FanoutLatency, LatencySummary};
-use crate::msg::{ConnId, Delivery, FanoutReport};
+use crate::msg::{ConnId, Delivery, FanoutReport, Stamp};
 use crate::notify::Notify;
 use crate::ws::outbox::{Kind, Shed};
 use crate::ws::session::CloseRequest;
@@ -43,6 +50,14 @@ pub struct Fanout {
     batched: RefCell<Vec<ConnId>>,
     /// Wakes [`Fanout::run_batcher`] when `batched` gains its first connection.
     batched_ready: Notify,
+    /// Set while a batch of more than one message coalesces (never with a batching window).
+    coalescing: Cell<bool>,
+    /// The connections holding the batch's deliveries, and the batch's publishes, whose
+    /// fan-out times are taken once they are written.
+    coalesced: RefCell<Vec<ConnId>>,
+    coalesced_stamps: RefCell<Vec<Stamp>>,
+    /// Where a connection's held frames are gathered into one write.
+    gather: RefCell<Vec<u8>>,
     /// The connections one delivery goes to, reused by every delivery.
     matches: RefCell<Vec<ConnId>>,
     /// Fan-out time of every delivery this shard handled.
@@ -60,6 +75,10 @@ impl Fanout {
             batching: !settings.batch_window.is_zero(),
             batched: RefCell::new(Vec::new()),
             batched_ready: Notify::default(),
+            coalescing: Cell::new(false),
+            coalesced: RefCell::new(Vec::new()),
+            coalesced_stamps: RefCell::new(Vec::new()),
+            gather: RefCell::new(Vec::new()),
             matches: RefCell::new(Vec::new()),
             latency: RefCell::new(FanoutLatency::default()),
             reports: RefCell::new(Vec::new()),
@@ -127,12 +146,48 @@ impl Fanout {
         });
         stats.count_written(frames, bytes);
         stats.count_deliveries(delivery.namespace, matches.len());
-        let elapsed = delivery.stamp.accepted.elapsed();
+        if self.coalescing.get() {
+            self.coalesced_stamps.borrow_mut().push(delivery.stamp);
+        } else {
+            self.record(delivery.stamp);
+        }
+    }
+
+    /// Records that the fan-out of the publish `stamp` is done (written, or queued where a
+    /// socket was full), for the histogram and the next report to the ingest core.
+    fn record(&self, stamp: Stamp) {
+        let elapsed = stamp.accepted.elapsed();
         self.latency.borrow_mut().record(elapsed);
         self.reports.borrow_mut().push(FanoutReport {
-            publish: delivery.stamp.publish,
+            publish: stamp.publish,
             elapsed,
         });
+    }
+
+    /// Starts a batch of the inbox, `queued` messages waiting as it starts: more than one
+    /// coalesce, unless a batching window does that already.
+    pub fn begin_batch(&self, queued: usize) {
+        self.coalescing.set(!self.batching && queued > 1);
+    }
+
+    /// Ends the batch: writes each connection's held frames in one `send()` (what the socket
+    /// does not take, through its task), then takes the fan-out time of every publish of it.
+    pub fn end_batch(&self, conns: &Conns, stats: &Stats) {
+        self.coalescing.set(false);
+        let (mut frames, mut bytes) = (0, 0);
+        let mut gather = self.gather.borrow_mut();
+        let mut held = self.coalesced.borrow_mut();
+        conns.each_open(&held, |handle| {
+            handle.batched.set(false);
+            let (sent_frames, sent_bytes) = handle.flush_now(&mut gather);
+            frames += sent_frames;
+            bytes += sent_bytes;
+        });
+        held.clear();
+        stats.count_written(frames, bytes);
+        for stamp in self.coalesced_stamps.borrow_mut().drain(..) {
+            self.record(stamp);
+        }
     }
 
     /// Sends one published message to a connection, for `deliver`, which updates the shard's
@@ -141,6 +196,10 @@ impl Fanout {
     /// takes it; otherwise it queues under its channel's slow-consumer policy, and a batched
     /// one waits for the window's end. A tail the socket did not take queues as the outbox's
     /// started front, outside the policies and the limits: it must follow its head, whole.
+    /// While a batch coalesces, every message queues (held for [`Fanout::end_batch`]) and the
+    /// connection is flushed first when its outbox holds [`conn::WRITE_COALESCE_BYTES_MAX`] or
+    /// has no room for the message: what direct writes would have handed the socket by then
+    /// is handed to it, so coalescing never makes a reader a slow consumer.
     #[inline]
     fn deliver_to(
         &self,
@@ -157,17 +216,30 @@ impl Fanout {
         };
         let critical = delivery.priority == Priority::Critical;
         let batched = !critical && self.batching;
-        if !batched {
+        let mut held = self.coalescing.get();
+        let mut sent = (0, 0);
+        if held {
+            let (frames, bytes) = handle.outbox_len();
+            let room =
+                frames < self.outbox_frames_max && bytes + frame.len() <= self.outbox_bytes_max;
+            if !room || bytes >= conn::WRITE_COALESCE_BYTES_MAX {
+                sent = handle.flush_now(&mut self.gather.borrow_mut());
+                // A message with no room behind what is held goes as it would without
+                // coalescing: at once where the socket takes it, else under its policy.
+                held = room;
+            }
+        }
+        if !batched && !held {
             let written = handle.write_now(frame);
             if written == frame.len() {
                 handle.count_written(1, written);
-                return (1, written);
+                return (sent.0 + 1, sent.1 + written);
             }
             if written > 0 {
                 // The socket took part of it: the rest is the started front of the outbox now.
                 handle.count_written(0, written);
                 handle.push_started(frame.clone(), written);
-                return (0, written);
+                return (sent.0, sent.1 + written);
             }
         }
         let pushed = handle.push_message(
@@ -175,13 +247,13 @@ impl Fanout {
             kind.clone(),
             self.outbox_frames_max,
             self.outbox_bytes_max,
-            !batched,
+            !batched && !held,
         );
         let shed = match pushed {
             Err(_) => {
                 slow_consumer(handle, stats);
                 stats.count_namespace_slow_consumer(delivery.namespace);
-                return (0, 0);
+                return sent;
             }
             Ok(shed) => shed,
         };
@@ -195,7 +267,10 @@ impl Fanout {
             }
             waiting.push(handle.id);
         }
-        (0, 0)
+        if held && !handle.batched.replace(true) {
+            self.coalesced.borrow_mut().push(handle.id);
+        }
+        sent
     }
 
     /// A `gap` notice for every local subscriber of `channel` (cluster mode: messages this node
@@ -248,7 +323,7 @@ impl Fanout {
 
 /// Closes a connection whose outbox overflowed with 4008, counting it and the frame it lost.
 pub fn slow_consumer(handle: &ConnHandle, stats: &Stats) {
-    tracing::debug!(conn = %handle.name, "slow consumer: outbox overflowed, closing with 4008");
+    tracing::debug!(conn = %handle.name(), "slow consumer: outbox overflowed, closing with 4008");
     stats.count_slow_consumer();
     handle.request_close(CloseRequest::SLOW_CONSUMER);
 }

@@ -220,10 +220,13 @@ impl ShardCore {
             Route::Echo => (Vec::new(), false),
         };
         let handle = self.conns.insert(|id| {
-            let name: Box<str> = format!("{}-{}", self.id, id.seq).into();
+            let name = conn::ConnName {
+                shard: self.id,
+                seq: id.seq,
+            };
             let hello = greeted.then(|| {
                 command::connected_frame(
-                    &name,
+                    &name.to_string(),
                     self.id,
                     crate::clock::unix_ms(),
                     self.settings.heartbeat_s,
@@ -232,7 +235,7 @@ impl ShardCore {
             });
             Rc::new(ConnHandle::new(
                 id,
-                name,
+                self.id,
                 hello,
                 deflate,
                 grant,
@@ -244,9 +247,14 @@ impl ShardCore {
             self.admission.hold(id, place);
         }
         self.counters.count_accepted();
-        tracing::debug!(conn = %handle.name, shard = self.id, "connection open");
+        tracing::debug!(conn = %handle.name(), shard = self.id, "connection open");
 
         let mut waits = 0;
+        // Exactly as many as asked for: most connections never subscribe to more.
+        handle
+            .subscriptions
+            .borrow_mut()
+            .reserve_exact(channels.len());
         for pattern in channels {
             let pattern = handle.full_name(&pattern).into_owned();
             if handle.is_subscribed(&pattern) {
@@ -313,7 +321,7 @@ impl ShardCore {
         }
         self.admission.give_back(handle.id);
         self.conns.remove(handle);
-        tracing::debug!(conn = %handle.name, "connection closed");
+        tracing::debug!(conn = %handle.name(), "connection closed");
     }
 
     /// The cluster's offsets restarted (Redis lost its data): every connection is closed with
@@ -395,14 +403,17 @@ impl ShardCore {
             .each(|handle| handle.request_close(CloseRequest::GOING_AWAY));
     }
 
-    /// Drains the ingest core's queue, a bounded batch per wake-up.
+    /// Drains the ingest core's queue, a bounded batch (`queue_batch_max`) per wake-up. A lone
+    /// message is handled as it comes; a batch of more coalesces (see [`fanout`]).
     async fn run_inbox(self: Rc<Self>, inbox: Receiver<ToShard>) {
         loop {
             inbox.ready().await;
+            self.fanout.begin_batch(inbox.len());
             for _ in 0..self.settings.queue_batch_max {
                 let Some(message) = inbox.pop() else { break };
                 self.handle_ingest(message);
             }
+            self.fanout.end_batch(&self.conns, &self.counters);
             self.report_fanout();
             inbox.release();
             glommio::yield_if_needed().await;

@@ -104,6 +104,10 @@ pub trait Host {
     /// Queues `close_frame`, the last frame the connection sends, after dropping what is queued
     /// (all but the unwritten tail of a frame the socket started on) when `drop_queued`.
     fn close(&mut self, close_frame: Bytes, drop_queued: bool);
+    /// The limits the peer's bytes are read under. Asked for, not kept in the session: they
+    /// are the same for every connection of a shard, and an idle connection's every byte
+    /// counts.
+    fn limits(&self) -> Limits;
 }
 
 /// The limits a session reads its peer's bytes under.
@@ -125,20 +129,18 @@ pub struct Session {
     phase: Phase,
     /// Tokens for the client's messages.
     limit: InboundLimit,
-    limits: Limits,
 }
 
 impl Session {
     /// A session that starts open. `early` holds bytes that arrived with the handshake (a
     /// pipelining client's first frames): a `receive` of no input reads them, and any input
     /// is read after them.
-    pub fn new(limits: Limits, limit: InboundLimit, early: Vec<u8>) -> Self {
+    pub fn new(limit: InboundLimit, early: Vec<u8>) -> Self {
         Session {
             partial: early,
             assembler: Assembler::default(),
             phase: Phase::Open,
             limit,
-            limits,
         }
     }
 
@@ -219,7 +221,7 @@ impl Session {
         let mut used = 0;
         while used < buf.len() {
             let rest = &mut buf[used..];
-            let limits = self.limits;
+            let limits = host.limits();
             let frame =
                 match frame::parse_client_frame(rest, limits.frame_bytes_max, limits.deflate) {
                     Ok(Some(frame)) => frame,
@@ -361,6 +363,9 @@ mod tests {
         fn close(&mut self, close_frame: Bytes, drop_queued: bool) {
             self.closes.push((close_frame, drop_queued));
         }
+        fn limits(&self) -> Limits {
+            LIMITS
+        }
     }
 
     const LIMITS: Limits = Limits {
@@ -372,7 +377,6 @@ mod tests {
 
     fn session(per_s: u64, burst: u64) -> Session {
         Session::new(
-            LIMITS,
             InboundLimit::new(per_s, burst, 3, Instant::now()),
             Vec::new(),
         )
@@ -512,11 +516,7 @@ mod tests {
     #[test]
     fn early_bytes_from_the_handshake_are_read_without_waiting_for_input() {
         let early = client_frame(0x81, b"first");
-        let mut session = Session::new(
-            LIMITS,
-            InboundLimit::new(100, 100, 3, Instant::now()),
-            early,
-        );
+        let mut session = Session::new(InboundLimit::new(100, 100, 3, Instant::now()), early);
         let mut host = Recorder::default();
         session.receive(&mut [], Instant::now(), &mut host);
         assert_eq!(host.texts, ["first"], "read with no input");
