@@ -239,8 +239,19 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::queue_items_max())]
     pub queue_items_max: usize,
 
+    /// Publishes the server may hold for fan-out at once: accepted and waiting in the ingest
+    /// lanes, or sent to shards that have not reported their fan-out yet. Past it a `high` or
+    /// `normal` publish is refused (HTTP 503 `overloaded` with `Retry-After`, or a client's
+    /// `rate_limited` error) instead of joining a backlog that delays every later one;
+    /// `critical` ones are taken up to `queue_items_max`. A backlog of N takes N divided by
+    /// the events a second the shards fan out to drain: lower bounds the latency a saturating
+    /// publisher can build, higher absorbs longer bursts.
+    #[arg(long, default_value_t = defaults::fanout_queued_max())]
+    pub fanout_queued_max: usize,
+
     /// Items a core takes from one queue before it yields to its sockets; smaller is fairer,
-    /// larger amortises the wake-up better.
+    /// larger amortises the wake-up better. It also bounds a coalesced batch: a shard that
+    /// wakes with more than one delivery queued writes each connection once per batch.
     #[arg(long, default_value_t = defaults::queue_batch_max())]
     pub queue_batch_max: usize,
 
@@ -615,6 +626,9 @@ pub mod defaults {
     pub fn queue_items_max() -> usize {
         65_536
     }
+    pub fn fanout_queued_max() -> usize {
+        4_096
+    }
     pub fn queue_batch_max() -> usize {
         256
     }
@@ -708,6 +722,7 @@ impl Default for Config {
             tenant_publishes_per_s: defaults::tenant_publishes_per_s(),
             allowed_origins: Vec::new(),
             queue_items_max: defaults::queue_items_max(),
+            fanout_queued_max: defaults::fanout_queued_max(),
             queue_batch_max: defaults::queue_batch_max(),
             close_timeout_ms: defaults::close_timeout_ms(),
             shutdown_timeout_ms: defaults::shutdown_timeout_ms(),
@@ -920,6 +935,14 @@ impl Config {
             1,
             self.queue_items_max,
         )?;
+        check_range("fanout_queued_max", self.fanout_queued_max, 1, 1 << 24)?;
+        if self.publish_batch_max > self.fanout_queued_max {
+            return Err(ConfigError(format!(
+                "publish_batch_max = {} must be at most fanout_queued_max = {}: a batch is held \
+                 for fan-out whole, so a larger one would always be refused overloaded",
+                self.publish_batch_max, self.fanout_queued_max
+            )));
+        }
         check_range("close_timeout_ms", self.close_timeout_ms, 1, 60_000)?;
         check_range("shutdown_timeout_ms", self.shutdown_timeout_ms, 1, 600_000)?;
         check_range("io_memory_bytes", self.io_memory_bytes, 64 * 1024, 1 << 30)?;

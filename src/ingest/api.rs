@@ -776,7 +776,19 @@ fn check(
 }
 
 fn publish_failure(core: &IngestCore, err: PublishError) -> HttpResponse {
-    error(err.status(), err.code(), err.message(&core.config))
+    let message = err.message(&core.config);
+    refusal(err, message)
+}
+
+/// The answer to a refused publish or batch; an overloaded server says when to retry.
+fn refusal(err: PublishError, message: String) -> HttpResponse {
+    let mut response = error(err.status(), err.code(), message);
+    if matches!(err, PublishError::Overloaded | PublishError::Backlogged) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
 }
 
 async fn outcome(
@@ -837,7 +849,10 @@ async fn publish_batch(core: &IngestCore, body: &[u8], caller: &Caller) -> HttpR
     };
     let offsets = match outcome {
         Ok(offsets) => offsets,
-        Err(err) => return error(err.status(), err.code(), err.batch_message(&core.config)),
+        Err(err) => {
+            let message = err.batch_message(&core.config);
+            return refusal(err, message);
+        }
     };
     let results: Vec<Published> = names
         .iter()

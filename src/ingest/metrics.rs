@@ -250,6 +250,15 @@ impl Collector for Snapshot {
             &self.ingest.tenant_publishes_refused_total,
             None,
         )?;
+        let mut overloaded = encoder.encode_descriptor(
+            "corecast_publishes_overloaded",
+            "Publishes refused overloaded: the lanes were full, or fanout_queued_max publishes \
+             were held for fan-out.",
+            None,
+            MetricType::Counter,
+        )?;
+        overloaded
+            .encode_counter::<NoLabelSet, _, u64>(&self.ingest.overloaded_refused_total, None)?;
         for (name, help, metric_type, field) in API_FAMILIES {
             let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
             match metric_type {
@@ -419,6 +428,7 @@ mod tests {
                 fanout_pending: 0,
                 fanout_untracked_total: 0,
                 tenant_publishes_refused_total: 4,
+                overloaded_refused_total: 8,
             },
             api: ApiStats {
                 connections: 3,
@@ -445,6 +455,8 @@ mod tests {
             "corecast_channels_forgotten_total 6",
             "corecast_tenant_connections{tenant=\"acme\"} 3",
             "corecast_tenant_publishes_refused_total 4",
+            "# TYPE corecast_publishes_overloaded counter",
+            "corecast_publishes_overloaded_total 8",
             "corecast_namespace_conflated_total{namespace=\"prices.>\"} 5",
             "corecast_namespace_deliveries_total{namespace=\"default\"} 0",
             "corecast_accept_errors_total{shard=\"0\"} 0",
@@ -501,6 +513,7 @@ mod tests {
                 fanout_pending: 0,
                 fanout_untracked_total: 0,
                 tenant_publishes_refused_total: 0,
+                overloaded_refused_total: 0,
             },
             api: ApiStats::default(),
             fanout: FanoutLatency::default().buckets(),

@@ -91,6 +91,9 @@ pub enum PublishError {
     ChannelsFull,
     /// The lanes are full: 503, the server is overloaded; retry with backoff.
     Overloaded,
+    /// `fanout_queued_max` publishes are held for fan-out already (the shards fan out slower
+    /// than they come): 503 `overloaded`, retry after `Retry-After`.
+    Backlogged,
     /// The server is shutting down: 503.
     Stopping,
     /// Cluster mode, and the publish was certainly not published (never sent to Redis, or
@@ -113,7 +116,7 @@ impl PublishError {
     pub fn code(&self) -> &'static str {
         match self {
             PublishError::ChannelsFull => "channels_full",
-            PublishError::Overloaded => "overloaded",
+            PublishError::Overloaded | PublishError::Backlogged => "overloaded",
             PublishError::Stopping => "shutting_down",
             PublishError::ClusterUnavailable => "cluster_unavailable",
             PublishError::OutcomeUnknown => "outcome_unknown",
@@ -146,6 +149,11 @@ impl PublishError {
                 config.tenant_publishes_per_s
             ),
             PublishError::Overloaded => "the publish lanes are full; retry later".into(),
+            PublishError::Backlogged => format!(
+                "the server holds fanout_queued_max = {} publishes not yet fanned out (they \
+                 come faster than its shards deliver them); retry in a second, or slow down",
+                config.fanout_queued_max
+            ),
             PublishError::Stopping => "the server is shutting down".into(),
             PublishError::ClusterUnavailable => {
                 "Redis is unreachable or stalled, so the cluster could not number this publish: \
@@ -201,6 +209,9 @@ pub struct Settings {
     /// `queue_batch_max`: what one wake-up of the sequencer or of an inbox's drain takes
     /// before it yields.
     pub batch_max: usize,
+    /// `fanout_queued_max`: publishes held for fan-out (in the lanes, or awaiting a shard's
+    /// report) past which a non-critical one is refused.
+    pub fanout_queued_max: usize,
     /// `tenant_publishes_per_s`: each tenant's publishes a second; 0 for no limit.
     pub tenant_publishes_per_s: u32,
     /// `channels_sweep_max`: channel slots one sweep or reclaim examines.
@@ -223,6 +234,7 @@ impl Settings {
         Settings {
             queue_items_max: config.queue_items_max,
             batch_max: config.queue_batch_max,
+            fanout_queued_max: config.fanout_queued_max,
             tenant_publishes_per_s: config.tenant_publishes_per_s,
             channels_sweep_max: config.channels_sweep_max,
             recovery_messages_max: config.recovery_messages_max,
@@ -258,6 +270,8 @@ pub struct IngestCore {
     admission: RefCell<admission::Admission>,
     /// Each publishing tenant's bucket, for `tenant_publishes_per_s`.
     tenants: TenantLimits,
+    /// Publishes refused `overloaded` (see [`IngestCore::fanout_room`]).
+    overloaded_refused_total: Cell<u64>,
     /// The stop protocol's first step: told to stop (a signal, or `ToIngest::Shutdown`).
     stopping: Stopping,
     /// The control plane's connections, body memory and refusals.
@@ -286,6 +300,9 @@ pub struct IngestStats {
     pub fanout_untracked_total: u64,
     /// Publishes refused because their tenant was over `tenant_publishes_per_s`.
     pub tenant_publishes_refused_total: u64,
+    /// Publishes refused `overloaded`: the lanes were full, or `fanout_queued_max` publishes
+    /// were held for fan-out (a batch counts each of its messages).
+    pub overloaded_refused_total: u64,
 }
 
 /// Whether the ingest core was told to stop, and the wake-up of [`Ingest::run`] when it is.
@@ -336,6 +353,7 @@ impl IngestCore {
             cluster: cluster.map(cluster::ClusterLink::new),
             admission: RefCell::default(),
             tenants: TenantLimits::new(settings.tenant_publishes_per_s),
+            overloaded_refused_total: Cell::new(0),
             stopping: Stopping::default(),
             api: api::Plane::default(),
             settings,
@@ -367,7 +385,25 @@ impl IngestCore {
             fanout_pending: self.fanout.pending_len(),
             fanout_untracked_total: self.fanout.untracked_total(),
             tenant_publishes_refused_total: self.tenants.refused_total(),
+            overloaded_refused_total: self.overloaded_refused_total.get(),
         }
+    }
+
+    /// Whether `publishes` more of `priority` may be held for fan-out: at most
+    /// `fanout_queued_max` wait in the lanes or for a shard's report, except `critical` ones,
+    /// which only the lanes' `queue_items_max` bounds. A refusal is counted.
+    fn fanout_room(&self, publishes: usize, priority: Priority) -> Result<(), PublishError> {
+        let held = self.lanes.lens().iter().sum::<usize>() + self.fanout.pending_len();
+        if priority == Priority::Critical || held + publishes <= self.settings.fanout_queued_max {
+            return Ok(());
+        }
+        self.count_overloaded(publishes);
+        Err(PublishError::Backlogged)
+    }
+
+    fn count_overloaded(&self, publishes: usize) {
+        self.overloaded_refused_total
+            .set(self.overloaded_refused_total.get() + publishes as u64);
     }
 
     /// The overall fan-out latency's percentiles.
@@ -433,7 +469,10 @@ impl IngestCore {
             let _ = done.send(Err(PublishError::Stopping));
             return result;
         }
-        if let Err(err) = self.tenants.allow(&channel) {
+        if let Err(err) = self
+            .fanout_room(1, priority)
+            .and_then(|()| self.tenants.allow(&channel))
+        {
             let _ = done.send(Err(err));
             return result;
         }
@@ -446,6 +485,7 @@ impl IngestCore {
             reply: Reply::Http(done),
         };
         if let Err(Work::Publish(job)) = self.lanes.enqueue(Work::Publish(job)) {
+            self.count_overloaded(1);
             if let Reply::Http(done) = job.reply {
                 let _ = done.send(Err(PublishError::Overloaded));
             }
@@ -471,10 +511,15 @@ impl IngestCore {
             let _ = done.send(Err(PublishError::Stopping));
             return result;
         }
-        if let Err(err) = self
-            .tenants
-            .allow_batch(messages.iter().map(|(channel, ..)| &**channel))
-        {
+        let priority = messages
+            .iter()
+            .map(|(_, _, priority)| *priority)
+            .min_by_key(|priority| priority.lane())
+            .expect("checked: the batch is not empty");
+        if let Err(err) = self.fanout_room(messages.len(), priority).and_then(|()| {
+            self.tenants
+                .allow_batch(messages.iter().map(|(channel, ..)| &**channel))
+        }) {
             let _ = done.send(Err(err));
             return result;
         }
@@ -492,6 +537,7 @@ impl IngestCore {
             .collect();
         let batch = Batch { jobs, done };
         if let Err(Work::Batch(batch)) = self.lanes.enqueue(Work::Batch(batch)) {
+            self.count_overloaded(batch.jobs.len());
             let _ = batch.done.send(Err(PublishError::Overloaded));
         }
         result
@@ -663,7 +709,10 @@ impl IngestCore {
                     Ok(offset) => command::published_frame(&id, &job.channel, offset),
                     Err(err) => {
                         let code = match err {
-                            PublishError::RateLimited { .. } => ErrorCode::RateLimited,
+                            // The contract's code for "not now, retry later".
+                            PublishError::RateLimited { .. }
+                            | PublishError::Overloaded
+                            | PublishError::Backlogged => ErrorCode::RateLimited,
                             PublishError::ClusterUnavailable => ErrorCode::ClusterUnavailable,
                             PublishError::OutcomeUnknown => ErrorCode::OutcomeUnknown,
                             _ => ErrorCode::Internal,
@@ -747,10 +796,16 @@ impl IngestCore {
                     accepted: Instant::now(),
                     reply: Reply::Conn { shard, conn, id },
                 };
-                let refused = match self.tenants.allow(&job.channel) {
+                let allowed = self
+                    .fanout_room(1, job.priority)
+                    .and_then(|()| self.tenants.allow(&job.channel));
+                let refused = match allowed {
                     Ok(()) => match self.lanes.enqueue(Work::Publish(job)) {
                         Ok(()) => None,
-                        Err(Work::Publish(job)) => Some((job, PublishError::Overloaded)),
+                        Err(Work::Publish(job)) => {
+                            self.count_overloaded(1);
+                            Some((job, PublishError::Overloaded))
+                        }
                         Err(Work::Recover(_) | Work::Batch(_)) => {
                             unreachable!("a publish comes back a publish")
                         }
@@ -963,6 +1018,47 @@ mod tests {
         result
             .try_recv()
             .expect("the sender is kept until answered")
+    }
+
+    #[test]
+    fn past_fanout_queued_max_only_critical_publishes_are_taken_and_refusals_are_counted() {
+        let core = core_with(
+            1,
+            Config {
+                fanout_queued_max: 4,
+                publish_batch_max: 4,
+                ..Config::default()
+            },
+        );
+        let mut outcomes: Vec<_> = (0..5)
+            .map(|_| core.publish("a".into(), "1".into(), Priority::Normal))
+            .collect();
+        let refused = outcomes.pop().unwrap().try_recv().unwrap();
+        assert_eq!(refused, Some(Err(PublishError::Backlogged)));
+        for mut held in outcomes {
+            assert_eq!(
+                held.try_recv().unwrap(),
+                None,
+                "held in the lanes, not answered"
+            );
+        }
+        let mut high = core.publish("a".into(), "1".into(), Priority::High);
+        assert_eq!(
+            high.try_recv().unwrap(),
+            Some(Err(PublishError::Backlogged))
+        );
+        let mut critical = core.publish("a".into(), "1".into(), Priority::Critical);
+        assert_eq!(critical.try_recv().unwrap(), None, "critical is taken");
+        let batch = core.publish_batch(batch_of(&["b", "c"]));
+        assert_eq!(answered(batch), Some(Err(PublishError::Backlogged)));
+        let stats = core.stats();
+        assert_eq!(stats.lanes_len, [1, 0, 4]);
+        assert_eq!(stats.overloaded_refused_total, 4, "1 + 1 + a batch of 2");
+        assert_eq!(PublishError::Backlogged.code(), "overloaded");
+        assert_eq!(
+            PublishError::Backlogged.status(),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 
     #[test]

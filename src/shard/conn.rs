@@ -245,6 +245,12 @@ impl ConnHandle {
         (frames, sent)
     }
 
+    /// Lends `fd` as the task does, for tests that drive the shard's writes without one.
+    #[cfg(test)]
+    pub fn lend_fd(&self, fd: RawFd) {
+        self.fd.set(Some(fd));
+    }
+
     /// Whether this connection takes compressed messages: it negotiated permessage-deflate
     /// with a window corecast compresses with.
     pub fn compresses(&self) -> bool {

@@ -327,3 +327,136 @@ pub fn slow_consumer(handle: &ConnHandle, stats: &Stats) {
     stats.count_slow_consumer();
     handle.request_close(CloseRequest::SLOW_CONSUMER);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::rc::Rc;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::msg::Slow;
+    use crate::shard::conn::Subscription;
+
+    /// A subscriber of `c` on a socket pair: its handle, lent the server end, and the peer.
+    fn subscriber(conns: &Conns, interest: &Interest) -> (Rc<ConnHandle>, UnixStream, UnixStream) {
+        let (server, peer) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        peer.set_nonblocking(true).unwrap();
+        // No `connected` to hold back (an echo-style handle): it is greeted from the start.
+        let handle =
+            conns.insert(|id| Rc::new(ConnHandle::new(id, 0, None, None, None, Instant::now())));
+        handle
+            .subscriptions
+            .borrow_mut()
+            .push(Subscription::new("c"));
+        interest.make_all_live(&handle);
+        handle.lend_fd(server.as_raw_fd());
+        (handle, server, peer)
+    }
+
+    fn delivery(publish: u64) -> Delivery {
+        Delivery {
+            frame: Bytes::from(format!("frame {publish};")),
+            deflated: None,
+            channel_start: 0,
+            channel_len: 1,
+            scoped: Some("c".into()),
+            priority: Priority::Normal,
+            offset: publish,
+            slow: Slow::Disconnect,
+            namespace: 0,
+            stamp: crate::msg::Stamp {
+                publish,
+                accepted: Instant::now(),
+            },
+        }
+    }
+
+    fn read_all(peer: &mut UnixStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0; 4096];
+        while let Ok(n) = peer.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(got).unwrap()
+    }
+
+    #[test]
+    fn a_batch_is_held_then_written_whole_in_order_once_per_connection() {
+        let settings = Settings::from_config(&Config::default());
+        let (fanout, conns) = (Fanout::new(&settings), Conns::default());
+        let (interest, stats) = (Interest::new(0, Arc::from("e")), Stats::new(0, 1));
+        let (first, _server1, mut peer1) = subscriber(&conns, &interest);
+        let (second, _server2, mut peer2) = subscriber(&conns, &interest);
+
+        fanout.begin_batch(3);
+        for publish in 1..=3 {
+            fanout.deliver(&delivery(publish), &interest, &conns, &stats);
+        }
+        assert_eq!(first.outbox_len().0, 3, "held until the batch ends");
+        assert_eq!(
+            read_all(&mut peer1),
+            "",
+            "nothing written before the batch ends"
+        );
+        assert!(fanout.take_reports().is_empty(), "timed when written");
+
+        fanout.end_batch(&conns, &stats);
+        assert_eq!(read_all(&mut peer1), "frame 1;frame 2;frame 3;");
+        assert_eq!(read_all(&mut peer2), "frame 1;frame 2;frame 3;");
+        assert_eq!((first.outbox_len(), second.outbox_len()), ((0, 0), (0, 0)));
+        assert_eq!(first.stats().messages_out, 3);
+        assert_eq!(stats.totals().messages_out, 6);
+        assert_eq!(fanout.take_reports().len(), 3);
+    }
+
+    #[test]
+    fn a_lone_message_is_written_at_once() {
+        let settings = Settings::from_config(&Config::default());
+        let (fanout, conns) = (Fanout::new(&settings), Conns::default());
+        let (interest, stats) = (Interest::new(0, Arc::from("e")), Stats::new(0, 1));
+        let (handle, _server, mut peer) = subscriber(&conns, &interest);
+
+        fanout.begin_batch(1);
+        fanout.deliver(&delivery(1), &interest, &conns, &stats);
+        assert_eq!(handle.outbox_len().0, 0);
+        assert_eq!(read_all(&mut peer), "frame 1;");
+        assert_eq!(fanout.take_reports().len(), 1);
+        fanout.end_batch(&conns, &stats);
+        assert_eq!(read_all(&mut peer), "");
+    }
+
+    #[test]
+    fn a_held_connection_whose_outbox_fills_is_flushed_first_not_closed() {
+        let config = Config {
+            outbox_frames_max: 2,
+            ..Config::default()
+        };
+        let settings = Settings::from_config(&config);
+        let (fanout, conns) = (Fanout::new(&settings), Conns::default());
+        let (interest, stats) = (Interest::new(0, Arc::from("e")), Stats::new(0, 1));
+        let (handle, _server, mut peer) = subscriber(&conns, &interest);
+
+        fanout.begin_batch(5);
+        for publish in 1..=5 {
+            fanout.deliver(&delivery(publish), &interest, &conns, &stats);
+        }
+        fanout.end_batch(&conns, &stats);
+        assert!(
+            !handle.is_closing(),
+            "a reader the socket keeps up with is no slow consumer"
+        );
+        assert_eq!(
+            read_all(&mut peer),
+            "frame 1;frame 2;frame 3;frame 4;frame 5;"
+        );
+    }
+}
