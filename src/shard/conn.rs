@@ -40,7 +40,6 @@
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -439,9 +438,9 @@ struct Conn {
 /// Serves a connection until it closes, then removes it from its shard.
 /// `early` holds bytes that arrived with the handshake (a pipelining client's first frames).
 ///
-/// The connection is built before the task's future, not inside it: the future then holds the
-/// one [`Conn`], not its parts as well (an async fn keeps its arguments in its state even once
-/// they are moved), which is what an idle connection's task costs.
+/// The task's future is the [`Conn`] itself, a hand-written `Future`: an async fn would hold its
+/// arguments in its state twice, as they came and as moved into its body (rustc does not
+/// overlap the two), which is what an idle connection's task costs.
 pub fn serve(
     shard: Rc<ShardCore>,
     handle: Rc<ConnHandle>,
@@ -459,15 +458,29 @@ pub fn serve(
     // takes the descriptor back before its stream closes it, even if the task is dropped
     // mid-way.
     handle.fd.set(stream.plain_fd());
-    let conn = Conn {
+    Conn {
         early: !early.is_empty(),
         session: Session::new(limit, early),
         shard,
         handle,
         stream,
         deadline: None,
-    };
-    conn.run()
+    }
+}
+
+impl Future for Conn {
+    type Output = ();
+
+    /// Serves the connection; once it is done, removes it from its shard. Its stream closes
+    /// as the task drops it, right after (and `drop` takes the descriptor back first).
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let conn = &mut *self;
+        let served = conn.serve(cx);
+        if served.is_ready() {
+            conn.shard.remove_conn(&conn.handle);
+        }
+        served
+    }
 }
 
 impl Drop for Conn {
@@ -537,14 +550,8 @@ impl Host for Answering<'_> {
 }
 
 impl Conn {
-    async fn run(mut self) {
-        poll_fn(|cx| self.poll(cx)).await;
-        let (shard, handle) = (self.shard.clone(), self.handle.clone());
-        drop(self);
-        shard.remove_conn(&handle);
-    }
-
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Runs the connection until it is done: reads, writes, closes and deadlines.
+    fn serve(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         {
             let mut waker = self.handle.waker.borrow_mut();
             if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {

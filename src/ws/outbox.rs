@@ -397,6 +397,10 @@ impl Outbox {
             self.entries.pop_front();
             frames_done += 1;
         }
+        if self.entries.is_empty() {
+            // An idle connection holds no queue: most of them only ever queue their greeting.
+            self.entries = VecDeque::new();
+        }
         frames_done
     }
 
@@ -437,6 +441,23 @@ mod tests {
             slow,
         };
         (frame, kind)
+    }
+
+    #[test]
+    fn a_drained_outbox_gives_its_memory_back() {
+        let mut outbox = Outbox::default();
+        outbox
+            .push(Bytes::from_static(b"hello"), control(), 8, 1024)
+            .unwrap();
+        assert!(outbox.entries.capacity() > 0);
+        assert_eq!(outbox.advance(2), 0, "part of the frame");
+        assert!(outbox.entries.capacity() > 0, "kept while a frame is left");
+        assert_eq!(outbox.advance(3), 1);
+        assert_eq!(
+            outbox.entries.capacity(),
+            0,
+            "an idle connection holds no queue"
+        );
     }
 
     /// The queue as text: frames as written, gap notices as `gap(channel,from,to);`.
