@@ -131,9 +131,7 @@ pub fn main(args: &BenchArgs) -> ExitCode {
 /// report's ratios to the floors' of this run.
 fn run(args: &BenchArgs) -> Result<Vec<Row>, String> {
     args.validate()?;
-    if let Some(cpu) = args.cpu {
-        super::check_cpu("cpu", cpu)?;
-    }
+    args.check_bench_cpus()?;
     let server_cpus = args.server_cpu_list()?;
     for &cpu in &server_cpus {
         super::check_cpu("server-cpus", cpu)?;

@@ -12,10 +12,12 @@
 //! Owns one target's run: check the host (open-file limit, local ports, the CPUs), connect and
 //! await every `connected`, publish warm-up events and await them, publish the measured events
 //! and await them, close, report. It never shares a core with the server it measures: the
-//! receive side is one thread running a `mio` event loop over every connection, and the
-//! publisher is one plain thread, both pinned to `--cpu`; the servers run on `--server-cpus`.
-//! The orchestration runs between the loop's turns on the same thread, so nothing on the
-//! delivery path is shared across threads.
+//! receive side is one thread per CPU of `--cpu` (one when it names one CPU or is absent),
+//! each running a `mio` event loop over its share of the connections, and the publisher is
+//! one plain thread on the first of those CPUs; the servers run on `--server-cpus`. The
+//! orchestration runs between the first loop's turns on the same thread, and every loop
+//! records into figures of its own, merged at the end, so nothing on the delivery path is
+//! shared across threads.
 //! It must never be the bottleneck it reports: its own code spends no allocation and no JSON
 //! parse on a delivery (see `conn` and `wire`), reads the clock once per wake-up (see
 //! `receiver`), and the report shows the bench's CPU time per delivery next to the server's
@@ -38,7 +40,8 @@
 //! - `wire`: the bench's upgrade requests and the delivery field scan, over the client codec
 //!   ([`corecast_proto::wire`], [`corecast_proto::buffer`]) it shares with the Rust client.
 //! - `conn`: one subscriber connection: its socket and its protocol state machine.
-//! - `receiver`: the event loop that owns every connection, and their admission.
+//! - `receiver`: the event loop that owns one thread's connections, and their admission.
+//! - `receivers`: one loop per CPU of `--cpu`: the threads, their progress, the merge.
 //! - `recorder`: latency histogram, per-event counts and times, loss/duplicate/order counters,
 //!   and the distributions the plot draws.
 //! - `publish`: the publisher thread (HTTP or WebSocket), the event body format and the phase
@@ -59,6 +62,7 @@ mod plot;
 mod probe;
 mod publish;
 mod receiver;
+mod receivers;
 mod recorder;
 mod report;
 mod spawn;
@@ -87,8 +91,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use probe::Process;
 use publish::{Outcome, Phase, Plan, Published, Publisher, Via};
-use receiver::Receiver;
-use recorder::Recorder;
+use receivers::Receivers;
 use report::{Cost, Load, Report, ServerRss};
 use spawn::PeerSpec;
 use target::{Server, ServerCpu, Target};
@@ -171,9 +174,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "K", default_value_t = 256)]
     pub connect_concurrency: usize,
 
-    /// CPU to pin the bench (receiver and publisher) to; unpinned when absent.
-    #[arg(long, value_name = "CORE")]
-    pub cpu: Option<usize>,
+    /// CPUs to pin the bench to, as a list like --server-cpus (`1`, `8-15`, `0,2,4-7`): one
+    /// receive thread on each, the subscribers dealt round-robin across them, and the
+    /// publisher on the first. One CPU is the single receive thread of a run without the list;
+    /// without --cpu that one thread is unpinned.
+    #[arg(long, value_name = "LIST", value_parser = CpuList::parse)]
+    pub cpu: Option<CpuList>,
 
     /// Server process id, to report its resident memory (before connecting, once idle) and its
     /// CPU time per delivery next to the bench's.
@@ -344,6 +350,18 @@ impl BenchArgs {
             .map_err(|error| format!("--server-cpus: {error}"))
     }
 
+    /// The CPUs of `--cpu`, in the order given; empty when unpinned.
+    fn bench_cpus(&self) -> &[usize] {
+        self.cpu.as_ref().map_or(&[], CpuList::cpus)
+    }
+
+    /// Refuses a CPU of `--cpu` this process may not run on.
+    fn check_bench_cpus(&self) -> Result<(), String> {
+        self.bench_cpus()
+            .iter()
+            .try_for_each(|&cpu| check_cpu("cpu", cpu))
+    }
+
     /// What every target of the run is asked to carry.
     fn load(&self) -> Load {
         Load {
@@ -352,7 +370,7 @@ impl BenchArgs {
             warmup_events: self.warmup_events,
             payload_bytes: self.payload_bytes as u64,
             interval_ms: self.interval_ms,
-            bench_cpu: self.cpu,
+            bench_cpus: self.bench_cpus().to_vec(),
         }
     }
 
@@ -498,9 +516,7 @@ struct Setup {
 /// One server, the one `--ws` names, published to through `--api` or `--publish-ws`.
 fn run(args: &BenchArgs) -> Result<Finished, String> {
     args.validate()?;
-    if let Some(cpu) = args.cpu {
-        check_cpu("cpu", cpu)?;
-    }
+    args.check_bench_cpus()?;
     let via = match &args.publish_ws {
         Some(url) => {
             Via::WebSocket(wire::parse_ws_url(url).map_err(|err| format!("--publish-ws {err}"))?)
@@ -527,7 +543,8 @@ fn prepare_host(subscribers: u64, in_process_server: bool) -> Result<(), String>
 }
 
 /// Measures one started target, whose subscribers connect to `endpoint`, with the load `args`
-/// describe, on a thread pinned to `--cpu`; stops the target at the end. Its watchdog,
+/// describe, on a thread pinned to the first CPU of `--cpu` (the other receive threads start
+/// from there, see `receivers`); stops the target at the end. Its watchdog,
 /// `--timeout-s`, starts here.
 fn measure_target(
     args: &BenchArgs,
@@ -558,7 +575,7 @@ fn measure_target(
     std::thread::Builder::new()
         .name("corecast-bench".into())
         .spawn(move || {
-            if let Some(cpu) = setup.load.bench_cpu {
+            if let Some(&cpu) = setup.load.bench_cpus.first() {
                 pin_current_thread("cpu", cpu)?;
             }
             drive(setup)
@@ -566,6 +583,40 @@ fn measure_target(
         .map_err(|error| format!("cannot start the bench thread: {error}"))?
         .join()
         .map_err(|_| "the bench thread panicked".to_string())?
+}
+
+/// Most CPUs in `--cpu`, and so receive threads in one run.
+const BENCH_CPUS_MAX: usize = 1_024;
+
+/// The CPUs of `--cpu`: at least one, none twice, in the order given (the first carries the
+/// publisher too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(Vec<usize>);
+
+impl CpuList {
+    /// Parses a list the way the server's `--cores` and the bench's `--server-cpus` are parsed
+    /// (`1`, `8-15`, `0,2,4-7`), and refuses a CPU named twice (two receive threads would take
+    /// turns on it) or more than `BENCH_CPUS_MAX` CPUs. Each error names the part at fault.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let cpus = corecast_proto::host::parse_cpu_list(text)?;
+        if cpus.len() > BENCH_CPUS_MAX {
+            return Err(format!(
+                "{text:?} names {} CPUs; at most {BENCH_CPUS_MAX}",
+                cpus.len()
+            ));
+        }
+        for (at, cpu) in cpus.iter().enumerate() {
+            if cpus[..at].contains(cpu) {
+                return Err(format!("CPU {cpu} is named twice in {text:?}"));
+            }
+        }
+        Ok(Self(cpus))
+    }
+
+    /// The CPUs, in the order given.
+    pub fn cpus(&self) -> &[usize] {
+        &self.0
+    }
 }
 
 /// Refuses a CPU (given with `--{flag}`) this process may not run on, listing the ones it may.
@@ -661,20 +712,23 @@ enum PhaseEnd {
     PublishFailed(String),
 }
 
-/// The run on the receive thread: from connecting to the report.
+/// The run on the (lead) receive thread: from connecting to the report.
 fn drive(mut setup: Setup) -> Result<Finished, String> {
-    let subscribers = setup.load.subscribers;
-    let publisher = setup.target.publisher(setup.load.bench_cpu)?;
-    let mut receiver = Receiver::start(receiver::Config {
+    let publisher = setup
+        .target
+        .publisher(setup.load.bench_cpus.first().copied())?;
+    let mut receivers = Receivers::start(receivers::Config {
         addr: setup.addr,
         request: setup.request.clone(),
-        recorder: Recorder::new(subscribers, setup.load.warmup_events, setup.load.events),
-        subscribers: usize::try_from(subscribers).expect("bounded by SUBSCRIBERS_MAX"),
+        subscribers: setup.load.subscribers,
+        warmup_events: setup.load.warmup_events,
+        events: setup.load.events,
         connect_concurrency: setup.connect_concurrency,
-    })
-    .map_err(|error| format!("cannot open the receive loop's poll: {error}"))?;
-    let measured = measure(&mut receiver, &publisher, &setup);
-    close_all(&mut receiver, publisher);
+        cpus: setup.load.bench_cpus.clone(),
+        tick: tick(),
+    })?;
+    let measured = measure(&mut receivers, &publisher, &setup);
+    close_all(&mut receivers, publisher);
     let stopped = setup.target.stop();
     let Measured {
         connect_time_ms,
@@ -685,10 +739,17 @@ fn drive(mut setup: Setup) -> Result<Finished, String> {
     } = measured?;
     warnings.extend(stopped.err());
 
-    let recorder = receiver.recorder();
+    let recorder = receivers.recorder();
     let summary = recorder.summary();
     let name = setup.target.name().to_string();
-    let report = Report::new(name, setup.load, connect_time_ms, &summary, cost, rss);
+    let report = Report::new(
+        name,
+        setup.load.clone(),
+        connect_time_ms,
+        &summary,
+        cost,
+        rss,
+    );
     if let Some(server_ns) = report.server_cpu_per_delivery_ns {
         if report.bench_cpu_per_delivery_ns >= server_ns && summary.deliveries > 0 {
             warnings.push(format!(
@@ -698,7 +759,7 @@ fn drive(mut setup: Setup) -> Result<Finished, String> {
             ));
         }
     }
-    warnings.extend(disconnections(&receiver));
+    warnings.extend(disconnections(&receivers));
     if summary.foreign_frames > 0 {
         warnings.push(format!(
             "{} text frames were not deliveries of this run's events (another publisher on \
@@ -728,13 +789,13 @@ struct Measured {
 /// Connects every subscriber, publishes and awaits the warm-up, then the measured phase, with
 /// the CPU time of the bench and of the server around it. Leaves the connections open.
 fn measure(
-    receiver: &mut Receiver,
+    receivers: &mut Receivers,
     publisher: &Publisher,
     setup: &Setup,
 ) -> Result<Measured, String> {
     let connect_started = Instant::now();
     let connecting = connect_progress(setup.load.subscribers);
-    let connect_result = await_connected(receiver, publisher, &connecting, setup);
+    let connect_result = await_connected(receivers, publisher, &connecting, setup);
     connecting.finish_and_clear();
     connect_result?;
     let connect_time_ms = u64::try_from(connect_started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -747,13 +808,21 @@ fn measure(
         _ => None,
     };
     let mut warnings = Vec::new();
-    if let Some(cpu) = setup.load.bench_cpu {
-        if setup.target.cpus().contains(&cpu) {
-            warnings.push(format!(
-                "the bench (--cpu) and the server (--server-cpus) share CPU {cpu}: they took \
-                 turns on it, so the figures are not those of a server on CPUs of its own"
-            ));
-        }
+    let server_cpus = setup.target.cpus();
+    let shared: Vec<String> = (setup.load.bench_cpus.iter())
+        .filter(|cpu| server_cpus.contains(cpu))
+        .map(ToString::to_string)
+        .collect();
+    if !shared.is_empty() {
+        let (cpus, them) = match shared.len() {
+            1 => ("CPU", "it"),
+            _ => ("CPUs", "them"),
+        };
+        warnings.push(format!(
+            "the bench (--cpu) and the server (--server-cpus) share {cpus} {}: they took \
+             turns on {them}, so the figures are not those of a server on CPUs of its own",
+            shared.join(", ")
+        ));
     }
 
     let warmup = Phase {
@@ -762,15 +831,15 @@ fn measure(
     };
     if warmup.count > 0 {
         let (end, _) = publish_and_await(
-            receiver,
+            receivers,
             publisher,
             warmup,
             setup,
-            Recorder::warmup_complete,
+            Receivers::warmup_complete,
         );
-        if let Some(failure) = phase_failure("warm-up", end, receiver, setup) {
+        if let Some(failure) = phase_failure("warm-up", end, receivers, setup) {
             let mut message = format!("{failure}; the measured events were not published");
-            if let Some(disconnections) = disconnections(receiver) {
+            if let Some(disconnections) = disconnections(receivers) {
                 message = format!("{message} ({disconnections})");
             }
             return Err(message);
@@ -788,13 +857,13 @@ fn measure(
         ServerCpu::Unmeasured | ServerCpu::Reported => None,
     };
     let (end, published) = publish_and_await(
-        receiver,
+        receivers,
         publisher,
         measured,
         setup,
-        Recorder::measured_complete,
+        Receivers::measured_complete,
     );
-    let failure = phase_failure("measured", end, receiver, setup);
+    let failure = phase_failure("measured", end, receivers, setup);
     let process_cpu_ns = probe::cpu_time_ns(Process::Bench)?.saturating_sub(bench_before_ns);
     // Set only when the publishing thread is the server, running in this process.
     let reported_ns = published.and_then(|published| published.cpu_ns);
@@ -822,12 +891,12 @@ fn measure(
 }
 
 /// How many subscribers the server disconnected after they subscribed, and the first reason.
-fn disconnections(receiver: &Receiver) -> Option<String> {
-    let count = receiver.closed_early();
+fn disconnections(receivers: &Receivers) -> Option<String> {
+    let count = receivers.closed_early();
     (count > 0).then(|| {
         format!(
             "{count} subscribers were disconnected during the run; the first: {}",
-            receiver.first_error().unwrap_or("unknown")
+            receivers.first_error().unwrap_or("unknown")
         )
     })
 }
@@ -849,7 +918,7 @@ fn tick() -> Duration {
 /// Turns the receive loop until every subscriber has received `connected`, or a subscriber or
 /// the publishing side (the floor, which accepts the subscribers) fails.
 fn await_connected(
-    receiver: &mut Receiver,
+    receivers: &mut Receivers,
     publisher: &Publisher,
     progress: &ProgressBar,
     setup: &Setup,
@@ -866,16 +935,16 @@ fn await_connected(
                 return Err("the publisher thread has ended".into());
             }
         }
-        let connected = receiver.connected();
+        let connected = receivers.connected();
         progress.set_position(connected);
         if connected == subscribers {
             return Ok(());
         }
-        let failed = receiver.setup_failed() + receiver.closed_early();
+        let failed = receivers.setup_failed() + receivers.closed_early();
         if failed > 0 {
             return Err(format!(
                 "{failed} of {subscribers} subscribers failed to connect; the first: {}",
-                receiver.first_error().unwrap_or("unknown")
+                receivers.first_error().unwrap_or("unknown")
             ));
         }
         if Instant::now() >= setup.deadline {
@@ -885,7 +954,7 @@ fn await_connected(
                 setup.timeout_s
             ));
         }
-        receiver.turn(tick());
+        receivers.turn(tick());
     }
 }
 
@@ -893,22 +962,22 @@ fn await_connected(
 /// the watchdog expires or the publisher fails. Returns how it ended, and the publisher's
 /// answer once it has given one.
 fn publish_and_await(
-    receiver: &mut Receiver,
+    receivers: &mut Receivers,
     publisher: &Publisher,
     phase: Phase,
     setup: &Setup,
-    complete: fn(&Recorder) -> bool,
+    complete: fn(&Receivers) -> bool,
 ) -> (PhaseEnd, Option<Published>) {
     if publisher.phases.send(phase).is_err() {
         let end = PhaseEnd::PublishFailed("the publisher thread has ended".into());
         return (end, None);
     }
     let mut published = None;
-    let mut frames = receiver.recorder().frames();
+    let mut frames = receivers.frames();
     let mut progress_at = Instant::now();
     loop {
         // Wait for the publisher's answer too, so that its next phase starts in step.
-        if published.is_some() && complete(receiver.recorder()) {
+        if published.is_some() && complete(receivers) {
             return (PhaseEnd::Complete, published);
         }
         match publisher.outcomes.try_recv() {
@@ -931,8 +1000,8 @@ fn publish_and_await(
         if now >= setup.deadline {
             return (PhaseEnd::Watchdog, published);
         }
-        if receiver.recorder().frames() != frames {
-            frames = receiver.recorder().frames();
+        if receivers.frames() != frames {
+            frames = receivers.frames();
             progress_at = now;
         }
         if published.is_some()
@@ -940,18 +1009,23 @@ fn publish_and_await(
         {
             return (PhaseEnd::Stalled, published);
         }
-        receiver.turn(tick());
+        receivers.turn(tick());
     }
 }
 
 /// Why a phase makes the run fail, if it does. A stalled measured phase is not a failure of
 /// its own: what is missing is reported as lost.
-fn phase_failure(name: &str, end: PhaseEnd, receiver: &Receiver, setup: &Setup) -> Option<String> {
+fn phase_failure(
+    name: &str,
+    end: PhaseEnd,
+    receivers: &Receivers,
+    setup: &Setup,
+) -> Option<String> {
     match end {
         PhaseEnd::Complete => None,
         PhaseEnd::Stalled if name == "measured" => None,
         PhaseEnd::Stalled => {
-            let (received, expected) = receiver.recorder().warmup_progress();
+            let (received, expected) = receivers.warmup_progress();
             Some(format!(
                 "warm-up: {received} of {expected} deliveries arrived, then none for \
                  {DRAIN_STALL_MS} ms"
@@ -965,18 +1039,20 @@ fn phase_failure(name: &str, end: PhaseEnd, receiver: &Receiver, setup: &Setup) 
     }
 }
 
-/// Tells every subscriber to close, then ends the publisher, and turns the loop up to
-/// `CLOSE_WAIT_MS` for the close exchanges to finish; connections still open after that are
-/// dropped with the receiver. The order matters for the floor, which sends every subscriber
-/// Close once its publisher is gone: a subscriber that got it before sending its own would
-/// count it as a disconnection.
-fn close_all(receiver: &mut Receiver, publisher: Publisher) {
-    receiver.stop();
+/// Tells every subscriber to close, then ends the publisher, and turns the lead loop up to
+/// `CLOSE_WAIT_MS` for the close exchanges of every loop to finish; then ends the other
+/// receive threads and merges their figures. Connections still open after that are dropped
+/// with their loop. The order matters for the floor, which sends every subscriber Close once
+/// its publisher is gone: a subscriber that got it before sending its own would count it as a
+/// disconnection.
+fn close_all(receivers: &mut Receivers, publisher: Publisher) {
+    receivers.stop();
     drop(publisher);
     let give_up = Instant::now() + Duration::from_millis(CLOSE_WAIT_MS);
-    while receiver.live() > 0 && Instant::now() < give_up {
-        receiver.turn(tick());
+    while receivers.live() > 0 && Instant::now() < give_up {
+        receivers.turn(tick());
     }
+    receivers.join();
 }
 
 #[cfg(test)]
@@ -1038,7 +1114,7 @@ mod tests {
         assert_eq!(args.connect_concurrency, 256);
         assert_eq!((args.timeout_s, args.warmup_events), (60, 30));
         assert_eq!(
-            (args.cpu, args.server_pid, args.json.as_deref()),
+            (args.cpu.as_ref(), args.server_pid, args.json.as_deref()),
             (None, None, None)
         );
         assert_eq!(
@@ -1055,6 +1131,34 @@ mod tests {
         );
         assert!(args.peer.is_empty());
         assert_eq!(args.validate(), Ok(()));
+    }
+
+    #[test]
+    fn cpu_lists_parse_like_server_cpus_and_errors_name_the_bad_part() {
+        let cpus = |flags: &[&str]| parse(flags).cpu.map(|list| list.cpus().to_vec());
+        assert_eq!(cpus(&["--cpu", "1"]), Some(vec![1]));
+        assert_eq!(cpus(&["--cpu", "8-15"]), Some((8..=15).collect()));
+        assert_eq!(cpus(&["--cpu", "0,2,4-7"]), Some(vec![0, 2, 4, 5, 6, 7]));
+        assert_eq!(cpus(&["--cpu", "3,1"]), Some(vec![3, 1]), "the order given");
+        assert_eq!(cpus(&[]), None);
+        for (text, error) in [
+            ("0,x", r#""x" in "0,x" is not a CPU id"#),
+            ("2-a", r#""a" in "2-a" is not a CPU id"#),
+            ("3-1", r#"CPU range "3-1" is empty or too large"#),
+            ("0-3,2", r#"CPU 2 is named twice in "0-3,2""#),
+            (",", r#""," names no CPU"#),
+            ("0-2047", r#""0-2047" names 2048 CPUs; at most 1024"#),
+        ] {
+            assert_eq!(CpuList::parse(text), Err(error.to_string()));
+            let refused = Cli::try_parse_from(["bench", "--cpu", text])
+                .err()
+                .unwrap_or_else(|| panic!("--cpu {text} was accepted"))
+                .to_string();
+            assert!(
+                refused.contains("--cpu <LIST>") && refused.contains(error),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

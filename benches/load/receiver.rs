@@ -1,5 +1,7 @@
 //! The receive loop: one thread, one `mio::Poll` (epoll, edge-triggered), every subscriber
-//! connection in a `Slab` keyed by its poll token.
+//! connection of that thread in a `Slab` keyed by its poll token. A run has one loop per CPU
+//! of `--cpu` (see `receivers`); each owns its share of the subscribers and shares nothing
+//! with the others.
 //!
 //! Owns the connections, their admission (at most `--connect-concurrency` between TCP connect
 //! and `connected`), the list of sockets left unread, and the connection counters the run
@@ -43,8 +45,16 @@ const READS_PER_WAKE_MAX: usize = 16;
 pub struct Config {
     pub addr: SocketAddr,
     pub request: Vec<u8>,
+    /// The loop's own recorder, for its `subscribers`.
     pub recorder: Recorder,
+    /// Connections this loop opens.
     pub subscribers: usize,
+    /// Their ids in the run: `first_id`, then every `id_step`th (round-robin across the
+    /// loops; 0 and 1 for a single loop). The id picks the connection's mask and names it in
+    /// errors.
+    pub first_id: usize,
+    pub id_step: usize,
+    /// Most of this loop's handshakes in flight at once.
     pub connect_concurrency: usize,
 }
 
@@ -61,7 +71,10 @@ struct Conns {
     slab: Slab<Conn>,
     subscribers: usize,
     connect_concurrency: usize,
-    /// Connections opened so far; the next one gets this id.
+    /// See `Config`.
+    first_id: usize,
+    id_step: usize,
+    /// Connections opened so far; the next one gets the id `first_id + opened * id_step`.
     opened: usize,
     /// Connections between TCP connect and `connected`.
     handshakes: usize,
@@ -104,6 +117,8 @@ impl Receiver {
                 slab: Slab::with_capacity(config.subscribers),
                 subscribers: config.subscribers,
                 connect_concurrency: config.connect_concurrency,
+                first_id: config.first_id,
+                id_step: config.id_step,
                 opened: 0,
                 handshakes: 0,
                 stopping: false,
@@ -183,6 +198,15 @@ impl Receiver {
     pub fn recorder(&self) -> &Recorder {
         &self.conns.shared.recorder
     }
+
+    /// Adds the figures of another loop of the same run, which has finished, to this one's
+    /// recorder (see `Recorder::merge`).
+    pub fn merge(&mut self, other: Receiver) {
+        self.conns
+            .shared
+            .recorder
+            .merge(other.conns.shared.recorder);
+    }
 }
 
 impl Conns {
@@ -192,7 +216,7 @@ impl Conns {
             && self.handshakes < self.connect_concurrency
             && self.opened < self.subscribers
         {
-            let id = self.opened;
+            let id = self.first_id + self.opened * self.id_step;
             self.opened += 1;
             let entry = self.slab.vacant_entry();
             let opened = Conn::open(id, &self.shared).and_then(|mut conn| {
@@ -389,6 +413,8 @@ mod tests {
             request: REQUEST.to_vec(),
             recorder: Recorder::new(2, 0, EVENTS),
             subscribers: 2,
+            first_id: 0,
+            id_step: 1,
             connect_concurrency: 1,
         })
         .unwrap();
@@ -442,6 +468,8 @@ mod tests {
             request: REQUEST.to_vec(),
             recorder: Recorder::new(1, 0, 1),
             subscribers: 1,
+            first_id: 0,
+            id_step: 1,
             connect_concurrency: 1,
         })
         .unwrap();
@@ -472,6 +500,8 @@ mod tests {
             request: REQUEST.to_vec(),
             recorder: Recorder::new(1, 0, 1),
             subscribers: 1,
+            first_id: 0,
+            id_step: 1,
             connect_concurrency: 1,
         })
         .unwrap();

@@ -1,9 +1,10 @@
 //! What the bench remembers about deliveries: the latency histogram, per-event receive counts
 //! and last receive times, and the loss/duplicate/order counters.
 //!
-//! Owns every figure the report is computed from. It lives on the bench's receive thread and
-//! every connection reaches it through a shared reference, so it uses `Cell`/`RefCell` and
-//! never an atomic or a lock. Recording a delivery must never allocate: everything is sized at start
+//! Owns every figure the report is computed from. Each receive thread has one of its own, for
+//! its own connections, and every connection reaches it through a shared reference, so it uses
+//! `Cell`/`RefCell` and never an atomic or a lock; the threads' recorders are merged into one
+//! after the run (see `merge`), and the report is computed from that. Recording a delivery must never allocate: everything is sized at start
 //! (one slot per event, a histogram with fixed bounds), because a bench that is slower per
 //! received message than the server is per sent message measures itself.
 
@@ -148,6 +149,42 @@ impl Recorder {
     /// Frames seen so far, of any kind: it grows while the server is still delivering.
     pub fn frames(&self) -> u64 {
         self.frames.get()
+    }
+
+    /// Adds the figures of `other`, another receive thread's recorder of the same run, as if
+    /// one recorder had seen both threads' connections: the subscribers and every count add
+    /// up, the histograms merge, and each event's last receive is the later of the two (so its
+    /// fan-out completion is the slowest thread's). A connection lives on one thread only, so
+    /// its ordering counts need no merging.
+    pub fn merge(&mut self, other: Recorder) {
+        assert_eq!(
+            (self.warmup_events, self.events.len()),
+            (other.warmup_events, other.events.len()),
+            "recorders of one run cover the same events"
+        );
+        self.subscribers += other.subscribers;
+        self.latency_us
+            .get_mut()
+            .add(other.latency_us.into_inner())
+            .expect("histograms of one run have the same bounds");
+        for (slot, theirs) in self.events.iter_mut().zip(other.events.iter()) {
+            if theirs.receive_count.get() > 0 {
+                // The event's own `t_us`: the same on every thread that received it.
+                slot.sent_us.set(theirs.sent_us.get());
+            }
+            *slot.receive_count.get_mut() += theirs.receive_count.get();
+            let last_us = slot.last_receive_us.get().max(theirs.last_receive_us.get());
+            slot.last_receive_us.set(last_us);
+        }
+        for (sum, theirs) in [
+            (&mut self.deliveries, &other.deliveries),
+            (&mut self.duplicated, &other.duplicated),
+            (&mut self.out_of_order, &other.out_of_order),
+            (&mut self.foreign_frames, &other.foreign_frames),
+            (&mut self.frames, &other.frames),
+        ] {
+            *sum.get_mut() += theirs.get();
+        }
     }
 
     /// Whether every subscriber has received every warm-up event.
@@ -395,6 +432,59 @@ mod tests {
         assert_eq!(summary.deliveries, 0);
         assert_eq!(summary.latency_us_max, 0);
         assert_eq!(summary.lost, 1);
+    }
+
+    /// Three subscribers' deliveries (one duplicate, one late and out of order, one lost), recorded by
+    /// one recorder and by two merged ones that split the subscribers 2 and 1, as two receive
+    /// threads do: the figures must be the same, the fan-out completion the later thread's.
+    #[test]
+    fn merged_recorders_give_the_figures_of_one() {
+        // (subscriber, seq, sent_us, receive_us); event 0 is warm-up.
+        let deliveries = [
+            (0, 0, 0, 40),
+            (1, 0, 0, 50),
+            (2, 0, 0, 60),
+            (0, 1, 1_000, 1_010),
+            (1, 1, 1_000, 1_020),
+            (0, 2, 2_000, 2_030),
+            (0, 2, 2_000, 2_031),
+            (2, 2, 2_000, 2_015),
+            (2, 1, 1_000, 2_016),
+            (1, 3, 3_000, 3_001),
+            (0, 3, 3_000, 3_002),
+            (2, 3, 3_000, 3_500),
+        ];
+        let one = Recorder::new(3, 1, 3);
+        let mut merged = Recorder::new(2, 1, 3);
+        let other = Recorder::new(1, 1, 3);
+        let mut orders = [ConnOrder::default(); 3];
+        let mut split_orders = [ConnOrder::default(); 3];
+        for (subscriber, seq, sent_us, receive_us) in deliveries {
+            one.record(delivery(seq, sent_us), receive_us, &mut orders[subscriber]);
+            let split = if subscriber < 2 { &merged } else { &other };
+            split.record(
+                delivery(seq, sent_us),
+                receive_us,
+                &mut split_orders[subscriber],
+            );
+        }
+        assert!(other.measured_complete());
+        assert!(!merged.measured_complete(), "subscriber 1 lost event 2");
+        merged.merge(other);
+        assert_eq!(merged.summary(), one.summary());
+        assert_eq!(merged.latency_cdf(), one.latency_cdf());
+        assert_eq!(merged.fanout_cdf(), one.fanout_cdf());
+        assert_eq!(merged.frames(), one.frames());
+        assert_eq!(merged.warmup_progress(), (3, 3));
+        assert!(merged.warmup_complete());
+        let summary = merged.summary();
+        assert_eq!(
+            (summary.duplicated, summary.out_of_order, summary.lost),
+            (1, 1, 1)
+        );
+        // Event 1's last receive is the other thread's late one: 2,016 - 1,000.
+        assert_eq!(summary.fanout_completion_us_max, 1_016);
+        assert_eq!(summary.deliveries, 9);
     }
 
     #[test]

@@ -21,9 +21,14 @@ pub struct Report {
     pub warmup_events: u64,
     pub payload_bytes: u64,
     pub interval_ms: u64,
-    /// The CPU the bench's threads were pinned to; absent when unbound.
+    /// The CPU the bench's threads were pinned to, when `--cpu` named one: the report of a
+    /// single receive thread, as before `--cpu` took a list. Absent when unbound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bench_cpu: Option<usize>,
+    /// The CPUs of the bench's receive threads, one each, when `--cpu` named more than one
+    /// (the publisher ran on the first). Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bench_cpus: Option<Vec<usize>>,
     pub connect_time_ms: u64,
     pub deliveries: u64,
     pub deliveries_per_s: f64,
@@ -65,14 +70,15 @@ pub struct Report {
 }
 
 /// What the run was asked to do, for the report's first fields.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Load {
     pub subscribers: u64,
     pub events: u64,
     pub warmup_events: u64,
     pub payload_bytes: u64,
     pub interval_ms: u64,
-    pub bench_cpu: Option<usize>,
+    /// The CPUs of `--cpu`, one receive thread each; empty when unpinned (one thread).
+    pub bench_cpus: Vec<usize>,
 }
 
 /// CPU time spent during the measured phase, in nanoseconds.
@@ -114,7 +120,11 @@ impl Report {
             warmup_events: load.warmup_events,
             payload_bytes: load.payload_bytes,
             interval_ms: load.interval_ms,
-            bench_cpu: load.bench_cpu,
+            bench_cpu: match load.bench_cpus[..] {
+                [cpu] => Some(cpu),
+                _ => None,
+            },
+            bench_cpus: (load.bench_cpus.len() > 1).then(|| load.bench_cpus.clone()),
             connect_time_ms,
             deliveries: summary.deliveries,
             deliveries_per_s: (summary.deliveries_per_s * 10.0).round() / 10.0,
@@ -184,6 +194,10 @@ impl Report {
         ];
         if let Some(cpu) = self.bench_cpu {
             fields.push(("bench_cpu", cpu.to_string()));
+        }
+        if let Some(cpus) = &self.bench_cpus {
+            let list = serde_json::to_string(cpus).expect("a list of numbers serializes");
+            fields.push(("bench_cpus", list));
         }
         fields.extend([
             ("connect_time_ms", self.connect_time_ms.to_string()),
@@ -304,7 +318,7 @@ mod tests {
             warmup_events: 1,
             payload_bytes: 100,
             interval_ms: 20,
-            bench_cpu: None,
+            bench_cpus: Vec::new(),
         }
     }
 
@@ -332,6 +346,22 @@ mod tests {
     }
 
     #[test]
+    fn one_bench_cpu_is_reported_as_before_and_several_as_a_list() {
+        let report_on = |cpus: Vec<usize>| {
+            let mut load = load();
+            load.bench_cpus = cpus;
+            let report = Report::new(TARGET.into(), load, 7, &summary(), BENCH_ONLY, None);
+            serde_json::to_value(report).unwrap()
+        };
+        let one = report_on(vec![3]);
+        assert_eq!(one["bench_cpu"], 3);
+        assert!(one.get("bench_cpus").is_none());
+        let several = report_on(vec![8, 9, 10]);
+        assert!(several.get("bench_cpu").is_none());
+        assert_eq!(several["bench_cpus"], serde_json::json!([8, 9, 10]));
+    }
+
+    #[test]
     fn server_fields_appear_only_when_measured() {
         let without = serde_json::to_value(Report::new(
             TARGET.into(),
@@ -345,6 +375,7 @@ mod tests {
         assert!(without.get("server_rss_kib_before").is_none());
         assert!(without.get("server_cpu_per_delivery_ns").is_none());
         assert!(without.get("bench_cpu").is_none());
+        assert!(without.get("bench_cpus").is_none());
         assert_eq!(without["deliveries_per_s"], 1234.6);
         let rss = ServerRss {
             before_kib: 1_000,
@@ -414,10 +445,13 @@ mod tests {
             idle_kib: 2,
         };
         let mut load = load();
-        load.bench_cpu = Some(1);
+        load.bench_cpus = vec![1];
+        let mut several = self::load();
+        several.bench_cpus = vec![0, 2, 3];
         for report in [
             Report::new(TARGET.into(), load, 7, &summary(), WITH_SERVER, Some(rss)),
             Report::new(TARGET.into(), self::load(), 7, &summary(), BENCH_ONLY, None),
+            Report::new(TARGET.into(), several, 7, &summary(), BENCH_ONLY, None),
         ] {
             let json = serde_json::to_string(&report).unwrap();
             let fields = report.fields();
