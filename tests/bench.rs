@@ -214,6 +214,88 @@ async fn bench_refuses_a_publisher_url_that_is_not_websocket() {
     .await;
 }
 
+/// `--cpu 0-1`: a receive thread pinned to each CPU, the 200 subscribers dealt between them,
+/// and one report merged from both: every subscriber must get every event once and in order
+/// (200 x 20 deliveries, none lost, duplicated or reordered, so each connection saw all 20),
+/// and the report names both CPUs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_receives_on_a_thread_per_cpu_of_its_list() {
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        let json = output_path("cpus", "json");
+        let ws = server.ws_url("/ws");
+        let api = format!("http://{}", server.api);
+        let pid = server.pid().to_string();
+        let output = bench(&[
+            "--ws",
+            &ws,
+            "--api",
+            &api,
+            "--server-pid",
+            &pid,
+            "--cpu",
+            "0-1",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .await;
+        assert_success(&output);
+        let report = read_json(&json);
+        assert_clean_report(&report, &ws);
+        assert_eq!(report["subscribers"], 200);
+        assert_eq!(report["bench_cpus"], serde_json::json!([0, 1]));
+        assert!(report.get("bench_cpu").is_none(), "{report}");
+        assert!(report["bench_cpu_per_delivery_ns"].as_u64().unwrap() > 0);
+        assert!(report["server_cpu_per_delivery_ns"].as_u64().unwrap() > 0);
+        let completion_max = report["fanout_completion_us_max"].as_u64().unwrap();
+        let latency_max = report["latency_us_max"].as_u64().unwrap();
+        assert!(
+            completion_max + completion_max / 1000 + 1 >= latency_max,
+            "no delivery is later than its event's completion: {report}"
+        );
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(!stderr.contains("disconnected"), "{stderr}");
+    })
+    .await;
+}
+
+/// `--baseline` with `--cpu 0-1`: both floors measured with two receive threads, every
+/// delivery counted once; the floor's CPU is one of the bench's, and the bench says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_receives_on_a_thread_per_cpu_of_its_list() {
+    watchdog(async {
+        let json = output_path("baseline-cpus", "json");
+        let output = bench(&[
+            "--baseline",
+            "--server-cpus",
+            "0",
+            "--cpu",
+            "0-1",
+            "--json",
+            json.to_str().unwrap(),
+        ])
+        .await;
+        assert_success(&output);
+        let summary = read_json(&json);
+        let runs = summary["runs"].as_array().unwrap();
+        let targets: Vec<&str> = runs
+            .iter()
+            .map(|run| run["target"].as_str().unwrap())
+            .collect();
+        assert_eq!(targets, ["floor-write", "floor-uring"], "{summary}");
+        for run in runs {
+            assert_clean_report(run, run["target"].as_str().unwrap());
+            assert_eq!(run["bench_cpus"], serde_json::json!([0, 1]));
+        }
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            stderr.contains("the bench (--cpu) and the server (--server-cpus) share CPU 0"),
+            "{stderr}"
+        );
+    })
+    .await;
+}
+
 /// The whole comparison: both floors, corecast started by the bench, and this test binary's
 /// `relay_peer` as a `--peer`; one table with ratios, one JSON file, one plot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

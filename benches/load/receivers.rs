@@ -226,25 +226,29 @@ impl Receivers {
     /// Frames seen so far by every loop, of any kind: it grows while the server is still
     /// delivering.
     pub fn frames(&self) -> u64 {
-        self.lead.recorder().frames() + self.sum(|progress| &progress.frames)
+        let followers = sum(self.unmerged(), |progress| &progress.frames);
+        self.lead.recorder().frames() + followers
     }
 
     /// Whether every subscriber has received every warm-up event.
     pub fn warmup_complete(&self) -> bool {
-        self.lead.recorder().warmup_complete() && self.all(|progress| &progress.warmup_complete)
+        self.lead.recorder().warmup_complete()
+            && all(self.unmerged(), |progress| &progress.warmup_complete)
     }
 
     /// Whether every subscriber has received every measured event.
     pub fn measured_complete(&self) -> bool {
-        self.lead.recorder().measured_complete() && self.all(|progress| &progress.measured_complete)
+        self.lead.recorder().measured_complete()
+            && all(self.unmerged(), |progress| &progress.measured_complete)
     }
 
     /// Warm-up deliveries received so far by every loop, and how many are expected.
     pub fn warmup_progress(&self) -> (u64, u64) {
         let (received, expected) = self.lead.recorder().warmup_progress();
-        let followers_expected: u64 = self.followers.iter().map(|f| f.warmup_expected).sum();
+        let followers = self.unmerged();
+        let followers_expected: u64 = followers.iter().map(|f| f.warmup_expected).sum();
         (
-            received + self.sum(|progress| &progress.warmup_received),
+            received + sum(followers, |progress| &progress.warmup_received),
             expected + followers_expected,
         )
     }
@@ -258,18 +262,36 @@ impl Receivers {
         self.lead.recorder()
     }
 
+    /// `count` summed over the followers: connection counts, which the lead's loop never
+    /// holds.
     fn sum(&self, count: fn(&Progress) -> &AtomicU64) -> u64 {
-        self.followers
-            .iter()
-            .map(|follower| count(&follower.status.progress).load(Ordering::Acquire))
-            .sum()
+        sum(&self.followers, count)
     }
 
-    fn all(&self, flag: fn(&Progress) -> &AtomicBool) -> bool {
-        self.followers
-            .iter()
-            .all(|follower| flag(&follower.status.progress).load(Ordering::Acquire))
+    /// The followers whose recorders are not in the lead's: all of them until `join`, none
+    /// after it (the lead's recorder then holds their figures).
+    fn unmerged(&self) -> &[Follower] {
+        if self.joined {
+            &[]
+        } else {
+            &self.followers
+        }
     }
+}
+
+/// `count` as the `followers` last published it, summed.
+fn sum(followers: &[Follower], count: fn(&Progress) -> &AtomicU64) -> u64 {
+    followers
+        .iter()
+        .map(|follower| count(&follower.status.progress).load(Ordering::Acquire))
+        .sum()
+}
+
+/// Whether `flag` is set for every one of `followers`.
+fn all(followers: &[Follower], flag: fn(&Progress) -> &AtomicBool) -> bool {
+    followers
+        .iter()
+        .all(|follower| flag(&follower.status.progress).load(Ordering::Acquire))
 }
 
 impl Drop for Receivers {
@@ -347,5 +369,150 @@ fn publish(receiver: &Receiver, progress: &Progress, warmup: &mut WarmupWatch) {
             // Only this thread sets it.
             let _ = progress.first_error.set(error.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Instant;
+
+    use super::*;
+    use crate::conn::mask_for;
+    use crate::wire::{
+        encode_control_frame, CLOSE_NORMAL_PAYLOAD, CONTROL_FRAME_BYTES_MAX, OPCODE_CLOSE,
+    };
+
+    const REQUEST: &[u8] = b"GET /ws?channels=c HTTP/1.1\r\nHost: test\r\n\r\n";
+    const HEAD: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+    const SUBSCRIBERS: usize = 5;
+    const WARMUP_EVENTS: u64 = 1;
+    const EVENTS: u64 = 40;
+    /// How long either side of the test may wait before it fails.
+    const WATCHDOG: Duration = Duration::from_secs(10);
+
+    fn text_frame(text: &str) -> Vec<u8> {
+        assert!(text.len() < 126);
+        let mut frame = vec![0x81, text.len() as u8];
+        frame.extend_from_slice(text.as_bytes());
+        frame
+    }
+
+    /// A server that upgrades and greets every subscriber, sends each of them every event
+    /// once the test says so (on `go`), and returns the Close frame each one sent, answering it.
+    fn fake_server(listener: TcpListener, go: mpsc::Receiver<()>) -> Vec<Vec<u8>> {
+        let mut streams: Vec<TcpStream> = (0..SUBSCRIBERS)
+            .map(|_| {
+                let (mut stream, _) = listener.accept().expect("a subscriber connects");
+                stream.set_read_timeout(Some(WATCHDOG)).unwrap();
+                let mut request = vec![0; REQUEST.len()];
+                stream
+                    .read_exact(&mut request)
+                    .expect("the request arrives");
+                assert_eq!(request, REQUEST);
+                let greeting = text_frame(r#"{"type":"connected"}"#);
+                stream.write_all(&[HEAD, &greeting].concat()).unwrap();
+                stream
+            })
+            .collect();
+        go.recv_timeout(WATCHDOG)
+            .expect("the test starts the events");
+        for seq in 0..WARMUP_EVENTS + EVENTS {
+            let text = format!(
+                r#"{{"type":"message","channel":"c","data":{{"seq":{seq},"t_us":{seq}}}}}"#
+            );
+            for stream in &mut streams {
+                stream.write_all(&text_frame(&text)).unwrap();
+            }
+        }
+        streams
+            .iter_mut()
+            .map(|stream| {
+                let mut close = vec![0; 8];
+                stream.read_exact(&mut close).expect("the close arrives");
+                stream.write_all(&[0x88, 0x02, 0x03, 0xE8]).unwrap();
+                close
+            })
+            .collect()
+    }
+
+    fn turn_until(receivers: &mut Receivers, what: &str, done: impl Fn(&Receivers) -> bool) {
+        let give_up = Instant::now() + WATCHDOG;
+        while !done(receivers) {
+            assert!(Instant::now() < give_up, "{what} did not happen");
+            assert_eq!(receivers.first_error(), None);
+            receivers.turn(Duration::from_millis(10));
+        }
+    }
+
+    /// Two loops, one a follower on a thread of its own: the five subscribers are dealt 3 and
+    /// 2 with the ids 0 to 4 between them (each id's mask is on exactly one Close frame), the
+    /// progress the follower reports adds up, and the merged figures count every delivery.
+    #[test]
+    fn two_loops_split_the_subscribers_and_merge_their_figures() {
+        let cores = core_affinity::get_core_ids().unwrap();
+        let cpus = vec![cores[0].id, cores[cores.len() - 1].id];
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go_sink, go) = mpsc::channel();
+        let server = std::thread::spawn(move || fake_server(listener, go));
+        let mut receivers = Receivers::start(Config {
+            addr,
+            request: REQUEST.to_vec(),
+            subscribers: SUBSCRIBERS as u64,
+            warmup_events: WARMUP_EVENTS,
+            events: EVENTS,
+            connect_concurrency: 2,
+            cpus,
+            tick: Duration::from_millis(10),
+        })
+        .unwrap();
+        assert_eq!(receivers.followers.len(), 1);
+        turn_until(&mut receivers, "connecting", |r| {
+            r.connected() == SUBSCRIBERS as u64
+        });
+        assert_eq!(receivers.lead.connected(), 3, "ids 0, 2 and 4");
+        assert_eq!(receivers.warmup_progress(), (0, SUBSCRIBERS as u64));
+        assert!(!receivers.warmup_complete());
+        go_sink.send(()).unwrap();
+        turn_until(
+            &mut receivers,
+            "every delivery",
+            Receivers::measured_complete,
+        );
+        assert!(receivers.warmup_complete());
+        assert_eq!(receivers.live(), SUBSCRIBERS);
+        receivers.stop();
+        turn_until(&mut receivers, "the close exchange", |r| r.live() == 0);
+        receivers.join();
+        let mut sent = server.join().expect("the fake server succeeds");
+        let mut expected: Vec<Vec<u8>> = (0..SUBSCRIBERS)
+            .map(|id| {
+                let mut frame = [0; CONTROL_FRAME_BYTES_MAX];
+                let length = encode_control_frame(
+                    OPCODE_CLOSE,
+                    &CLOSE_NORMAL_PAYLOAD,
+                    mask_for(id),
+                    &mut frame,
+                );
+                frame[..length].to_vec()
+            })
+            .collect();
+        sent.sort();
+        expected.sort();
+        assert_eq!(sent, expected);
+        let summary = receivers.recorder().summary();
+        assert_eq!(summary.deliveries, SUBSCRIBERS as u64 * EVENTS);
+        assert_eq!(
+            (summary.lost, summary.duplicated, summary.out_of_order),
+            (0, 0, 0)
+        );
+        assert_eq!(
+            receivers.frames(),
+            SUBSCRIBERS as u64 * (WARMUP_EVENTS + EVENTS),
+            "every loop's frames, counted once after the merge"
+        );
+        assert_eq!(receivers.closed_early(), 0);
     }
 }
