@@ -169,15 +169,16 @@ pub struct BenchArgs {
     #[arg(long, value_name = "NAME", default_value = "bench.fanout")]
     pub channel: String,
 
-    /// Handshakes in flight at once while connecting; higher connects faster but can overflow
-    /// the server's accept backlog (1 to 65,536).
+    /// Handshakes in flight at once while connecting, split evenly across the receive threads
+    /// of --cpu (at least one each); higher connects faster but can overflow the server's
+    /// accept backlog (1 to 65,536).
     #[arg(long, value_name = "K", default_value_t = 256)]
     pub connect_concurrency: usize,
 
     /// CPUs to pin the bench to, as a list like --server-cpus (`1`, `8-15`, `0,2,4-7`): one
-    /// receive thread on each, the subscribers dealt round-robin across them, and the
-    /// publisher on the first. One CPU is the single receive thread of a run without the list;
-    /// without --cpu that one thread is unpinned.
+    /// receive thread pinned to each, the subscribers dealt round-robin across them, the
+    /// publisher on the first. With one CPU the bench is one receive thread and the publisher,
+    /// both on it; without --cpu, the same unpinned.
     #[arg(long, value_name = "LIST", value_parser = CpuList::parse)]
     pub cpu: Option<CpuList>,
 

@@ -117,11 +117,11 @@ impl Drop for WakeAccept {
     }
 }
 
-/// Starts the publisher thread pinned to `cpu` (the bench's `--cpu`; unpinned when `None`),
-/// and returns once it is pinned. It ends after its current phase once `phases` is dropped, or
-/// with the process: it is never joined, so that a request stuck on a dead server cannot hold
-/// the report back. Nor is the publisher connection's drain thread, which ends with the
-/// connection.
+/// Starts the publisher thread pinned to `cpu` (the first of the bench's `--cpu`; unpinned
+/// when `None`), and returns once it is pinned. It ends after its current phase once `phases`
+/// is dropped, or with the process: it is never joined, so that a request stuck on a dead
+/// server cannot hold the report back. Nor is the publisher connection's drain thread, which
+/// ends with the connection.
 pub fn spawn(plan: Plan, cpu: Option<usize>) -> Result<Publisher, String> {
     let (phases, phase_source) = mpsc::sync_channel(COMMANDS_QUEUED_MAX);
     let (outcome_sink, outcomes) = mpsc::sync_channel(COMMANDS_QUEUED_MAX);
