@@ -101,7 +101,8 @@ impl Receivers {
     pub fn start(config: Config) -> Result<Self, String> {
         let loops = config.cpus.len().max(1);
         let loop_config = |index: usize| {
-            let subscribers = usize::try_from(config.subscribers).expect("bounded at parse");
+            let subscribers =
+                usize::try_from(config.subscribers).expect("bounded by SUBSCRIBERS_MAX");
             let share = |total: usize| total / loops + usize::from(index < total % loops);
             let subscribers_here = share(subscribers);
             receiver::Config {
