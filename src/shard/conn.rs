@@ -438,9 +438,9 @@ struct Conn {
 /// Serves a connection until it closes, then removes it from its shard.
 /// `early` holds bytes that arrived with the handshake (a pipelining client's first frames).
 ///
-/// The task's future is the connection itself (`Conn`), a hand-written `Future`: an async fn would hold its
-/// arguments in its state twice, as they came and as moved into its body (rustc does not
-/// overlap the two), which is what an idle connection's task costs.
+/// The task's future is the connection itself (`Conn`), a hand-written `Future`: an async fn
+/// would hold its arguments in its state twice, as they came and as moved into its body
+/// (rustc does not overlap the two), which is what an idle connection's task costs.
 pub fn serve(
     shard: Rc<ShardCore>,
     handle: Rc<ConnHandle>,
