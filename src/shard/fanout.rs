@@ -9,12 +9,13 @@
 //! ingest core accepted the publish is recorded here (what that covers:
 //! [`crate::ingest::metrics`]) and kept for the next report to the ingest core.
 //!
-//! When the shard's inbox holds more than one message as it wakes (a burst, a saturating
-//! publisher), the batch it takes coalesces without a window ([`Fanout::begin_batch`]): each
-//! delivery queues in the outboxes without waking anyone, and [`Fanout::end_batch`] writes each
-//! connection it reached once, all of that batch's frames for it in one `send()`
-//! (`ConnHandle::flush_now`). The cost per delivery then falls as the load rises, while a lone
-//! event still leaves at once. Its fan-out times are taken when the batch is written.
+//! When the shard finds a message queued behind the one it takes (a burst, a saturating
+//! publisher, a fan-out slower than the publishes), the rest of the batch it drains coalesces
+//! without a window ([`Fanout::coalesce`]): each delivery queues in the outboxes without waking
+//! anyone, and [`Fanout::end_batch`] writes each connection it reached once, all of that
+//! batch's frames for it in one `send()` (`ConnHandle::flush_now`). The cost per delivery then
+//! falls as the load rises, while a lone event still leaves at once. Its fan-out times are
+//! taken when the batch is written.
 //!
 //! The delivery loop is the shard's hot path: it must allocate nothing per connection, clone no
 //! `Rc`, and never wait on a connection.
@@ -164,10 +165,12 @@ impl Fanout {
         });
     }
 
-    /// Starts a batch of the inbox, `queued` messages waiting as it starts: more than one
-    /// coalesce, unless a batching window does that already.
-    pub fn begin_batch(&self, queued: usize) {
-        self.coalescing.set(!self.batching && queued > 1);
+    /// More messages wait in the inbox behind the one about to be handled: from it to the
+    /// batch's end ([`Fanout::end_batch`]), deliveries coalesce, unless a batching window does
+    /// that already. A shard that falls behind thus coalesces from the first message it finds
+    /// queued behind another, not only when it wakes to several.
+    pub fn coalesce(&self) {
+        self.coalescing.set(!self.batching);
     }
 
     /// Ends the batch: writes each connection's held frames in one `send()` (what the socket
@@ -397,7 +400,7 @@ mod tests {
         let (first, _server1, mut peer1) = subscriber(&conns, &interest);
         let (second, _server2, mut peer2) = subscriber(&conns, &interest);
 
-        fanout.begin_batch(3);
+        fanout.coalesce();
         for publish in 1..=3 {
             fanout.deliver(&delivery(publish), &interest, &conns, &stats);
         }
@@ -425,7 +428,6 @@ mod tests {
         let (interest, stats) = (Interest::new(0, Arc::from("e")), Stats::new(0, 1));
         let (handle, _server, mut peer) = subscriber(&conns, &interest);
 
-        fanout.begin_batch(1);
         fanout.deliver(&delivery(1), &interest, &conns, &stats);
         assert_eq!(handle.outbox_len().0, 0);
         assert_eq!(read_all(&mut peer), "frame 1;");
@@ -445,7 +447,7 @@ mod tests {
         let (interest, stats) = (Interest::new(0, Arc::from("e")), Stats::new(0, 1));
         let (handle, _server, mut peer) = subscriber(&conns, &interest);
 
-        fanout.begin_batch(5);
+        fanout.coalesce();
         for publish in 1..=5 {
             fanout.deliver(&delivery(publish), &interest, &conns, &stats);
         }

@@ -408,9 +408,11 @@ impl ShardCore {
     async fn run_inbox(self: Rc<Self>, inbox: Receiver<ToShard>) {
         loop {
             inbox.ready().await;
-            self.fanout.begin_batch(inbox.len());
             for _ in 0..self.settings.queue_batch_max {
                 let Some(message) = inbox.pop() else { break };
+                if !inbox.is_empty() {
+                    self.fanout.coalesce();
+                }
                 self.handle_ingest(message);
             }
             self.fanout.end_batch(&self.conns, &self.counters);
