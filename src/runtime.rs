@@ -400,7 +400,13 @@ impl Executors {
                     return;
                 }
             };
-            let core = ShardCore::new(shard, config_, verifier, tls, epoch, to_ingest);
+            let core = match ShardCore::new(shard, config_, verifier, tls, epoch, to_ingest) {
+                Ok(core) => core,
+                Err(reason) => {
+                    let _ = bound.send((who, Err(reason)));
+                    return;
+                }
+            };
             let running = Shard::start(core, listener, inbox);
             let _ = bound.send((who, Ok(())));
             running.run().await;

@@ -65,6 +65,14 @@ use crate::ws::session::{self, CloseRequest, Host, Phase, Session};
 /// Bytes one write may coalesce from a connection's outbox. Larger frames go out alone, uncopied.
 pub const WRITE_COALESCE_BYTES_MAX: usize = 64 * 1024;
 
+/// What one write of a connection's held frames takes (see [`ConnHandle::gather_flush`]).
+pub enum FlushOut {
+    /// The outbox's front frame alone, uncopied.
+    Front(Bytes),
+    /// The frames gathered onto the end of the caller's buffer.
+    Gathered,
+}
+
 /// Reads one connection may do per wake-up before it yields to the others on its shard.
 const READS_PER_POLL_MAX: usize = 16;
 
@@ -186,6 +194,19 @@ impl ConnHandle {
         }
     }
 
+    /// The socket to write a frame to at once, from the shard's fan-out loop, when nothing is
+    /// queued ahead of it: the connection is greeted, its outbox is empty, no close is under
+    /// way, and the task has lent the descriptor. A write to it that the socket does not take
+    /// whole queues the rest (`push_started`) or the frame (`push_message`).
+    pub fn direct_fd(&self) -> Option<RawFd> {
+        let fd = self.fd.get()?;
+        let ready = !self.closing.get()
+            && self.close.get().is_none()
+            && self.hello_sent()
+            && self.outbox.borrow().frames_len() == 0;
+        ready.then_some(fd)
+    }
+
     /// Sends as much of `frame` as the socket takes at once, without blocking, when nothing is
     /// queued ahead of it: the connection is greeted, its outbox is empty, no close is under
     /// way, and the task has lent the descriptor. Returns the bytes sent, 0 when it could not
@@ -193,47 +214,63 @@ impl ConnHandle {
     /// The caller queues a frame it could not send with `push`, and the rest of one it sent
     /// part of with `push_started`.
     pub fn write_now(&self, frame: &[u8]) -> usize {
-        let Some(fd) = self.fd.get() else {
+        let Some(fd) = self.direct_fd() else {
             return 0;
         };
-        if self.closing.get()
-            || self.close.get().is_some()
-            || !self.hello_sent()
-            || self.outbox.borrow().frames_len() > 0
-        {
-            return 0;
-        }
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
         nix::sys::socket::send(fd, frame, flags).unwrap_or(0)
     }
 
-    /// Writes what the outbox holds, gathered into `buf` (a large front frame goes alone,
-    /// uncopied), with one non-blocking `send()` from
-    /// the shard's fan-out loop: how a coalesced batch of deliveries leaves in one write per
-    /// connection. Returns the frames and bytes sent. What the socket did not take stays
-    /// queued and the task is woken for it, as it is when this short cut cannot be taken (no
-    /// descriptor lent, not greeted yet, closing): the task's own write then finds out.
+    /// Writes what the outbox holds with one non-blocking `send()` from the shard's fan-out
+    /// loop (what `gather_flush` takes, through `buf`, settled by `settle_flush`): the early
+    /// flush of a connection whose held frames fill its outbox. Returns the frames and bytes
+    /// sent.
     pub fn flush_now(&self, buf: &mut Vec<u8>) -> (usize, usize) {
-        let mut outbox = self.outbox.borrow_mut();
-        if outbox.frames_len() == 0 {
+        buf.clear();
+        let Some((fd, out)) = self.gather_flush(buf) else {
             return (0, 0);
+        };
+        let bytes = match &out {
+            FlushOut::Front(front) => &front[..],
+            FlushOut::Gathered => &buf[..],
+        };
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        let sent = nix::sys::socket::send(fd, bytes, flags).unwrap_or(0);
+        self.settle_flush(sent)
+    }
+
+    /// Takes what the outbox holds for one write from the shard's fan-out loop: how a
+    /// coalesced batch of deliveries leaves in one write per connection. Returns the socket
+    /// and what to write to it: the front frame alone, uncopied (the only one queued, or too
+    /// large to coalesce), or the frames appended to `buf` (whole frames past the first, up to
+    /// [`WRITE_COALESCE_BYTES_MAX`]). `None` when nothing is queued, or when this short cut
+    /// cannot be taken (no descriptor lent, not greeted yet, closing): the task is woken then
+    /// for what is queued, and its own write finds out. The caller reports the write's
+    /// outcome to `settle_flush`, before anything else touches the outbox.
+    pub fn gather_flush(&self, buf: &mut Vec<u8>) -> Option<(RawFd, FlushOut)> {
+        let outbox = self.outbox.borrow();
+        if outbox.frames_len() == 0 {
+            return None;
         }
         let open = !self.closing.get() && self.close.get().is_none() && self.hello_sent();
         let Some(fd) = self.fd.get().filter(|_| open) else {
             drop(outbox);
             self.wake();
-            return (0, 0);
+            return None;
         };
-        let front = outbox.front().expect("checked: a frame is queued");
-        let out = if outbox.frames_len() == 1 || front.len() >= WRITE_COALESCE_BYTES_MAX {
-            front
-        } else {
-            buf.clear();
-            outbox.gather(buf, WRITE_COALESCE_BYTES_MAX);
-            buf
-        };
-        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-        let sent = nix::sys::socket::send(fd, out, flags).unwrap_or(0);
+        let front = outbox.front_frame().expect("checked: a frame is queued");
+        if outbox.frames_len() == 1 || front.len() >= WRITE_COALESCE_BYTES_MAX {
+            return Some((fd, FlushOut::Front(front)));
+        }
+        outbox.gather(buf, WRITE_COALESCE_BYTES_MAX);
+        Some((fd, FlushOut::Gathered))
+    }
+
+    /// Settles a write of what `gather_flush` took: the socket took `sent` bytes of it (0 when
+    /// it was full or the send failed). Returns the frames and bytes written; what is left
+    /// stays queued, and the task is woken for it.
+    pub fn settle_flush(&self, sent: usize) -> (usize, usize) {
+        let mut outbox = self.outbox.borrow_mut();
         let frames = outbox.advance(sent);
         let left = outbox.frames_len() > 0;
         drop(outbox);

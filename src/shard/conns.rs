@@ -81,6 +81,24 @@ impl Conns {
         }
     }
 
+    /// Calls `visit` with each of `items` and the connection its `id` names, in order: the
+    /// fan-out's second pass, over what its first queued. Every id must be open, and `visit`
+    /// must not open or remove a connection.
+    pub fn each_keyed<T>(
+        &self,
+        items: &[T],
+        id: impl Fn(&T) -> ConnId,
+        mut visit: impl FnMut(&T, &ConnHandle),
+    ) {
+        let slab = self.slab.borrow();
+        for item in items {
+            let id = id(item);
+            let handle = &slab[id.slot as usize];
+            assert_eq!(handle.id, id, "the fan-out's first pass found it open");
+            visit(item, handle);
+        }
+    }
+
     /// Calls `visit` with each of `ids`, in order: the fan-out loop. Every id must be open,
     /// as the registry's are. `visit` must not open or remove a connection.
     #[inline]

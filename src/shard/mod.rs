@@ -9,7 +9,8 @@
 //!   has not announced yet waits for the ingest core's `InterestReady` before it is answered,
 //!   so a client that has read `subscribed` is guaranteed every message published after that.
 //! - [`fanout::Fanout`]: writes to connections (deliveries, replies, the batching window) and
-//!   the fan-out latency.
+//!   the fan-out latency; a delivery's writes go to the kernel as one batch on the shard's
+//!   own io_uring ([`send_ring::SendRing`], the crate's only `unsafe` code).
 //! - [`forward::Forwarder`]: the one way to the ingest core, never waiting.
 //! - [`admission::Admission`]: upgrades waiting for the ingest core's verdict, and the places
 //!   of admitted connections.
@@ -37,6 +38,7 @@ pub mod conns;
 pub mod fanout;
 pub mod forward;
 pub mod interest;
+pub mod send_ring;
 pub mod settings;
 pub mod stats;
 
@@ -123,6 +125,8 @@ pub struct ShardCore {
 }
 
 impl ShardCore {
+    /// The shard's state, made on its own thread (its send ring is that thread's). Fails,
+    /// saying why, when the kernel refuses the shard its io_uring send ring.
     pub fn new(
         id: ShardId,
         config: Arc<Config>,
@@ -130,16 +134,18 @@ impl ShardCore {
         tls: Option<TlsAcceptor>,
         epoch: Arc<str>,
         to_ingest: Sender<ToIngest>,
-    ) -> Rc<Self> {
+    ) -> Result<Rc<Self>, String> {
         let settings = Settings::from_config(&config);
-        Rc::new(ShardCore {
+        let fanout = Fanout::new(&settings)
+            .map_err(|error| format!("cannot create the shard's io_uring send ring: {error}"))?;
+        Ok(Rc::new(ShardCore {
             id,
             config,
             verifier,
             tls,
             conns: Conns::default(),
             interest: Interest::new(id, epoch),
-            fanout: Fanout::new(&settings),
+            fanout,
             forwarder: Forwarder::new(to_ingest),
             admission: Admission::default(),
             counters: Stats::new(id, settings.namespaces_len),
@@ -149,7 +155,7 @@ impl ShardCore {
             stopping: Cell::new(false),
             stopped: Notify::default(),
             settings,
-        })
+        }))
     }
 
     pub fn count_written(&self, frames: usize, bytes: usize) {

@@ -360,16 +360,25 @@ impl Outbox {
             .map(|entry| &entry.frame[self.front_written..])
     }
 
+    /// The unwritten part of the front frame as a slice of it, if any: to write it uncopied
+    /// after the outbox's borrow ends.
+    pub fn front_frame(&self) -> Option<Bytes> {
+        self.entries
+            .front()
+            .map(|entry| entry.frame.slice(self.front_written..))
+    }
+
     /// Appends the unwritten bytes of queued frames to `out`, in order, stopping before the
-    /// frame that would take `out` past `bytes_max` (but always taking at least the first).
+    /// frame that would append more than `bytes_max` (but always taking at least the first).
     pub fn gather(&self, out: &mut Vec<u8>, bytes_max: usize) {
+        let start = out.len();
         for (i, entry) in self.entries.iter().enumerate() {
             let part = if i == 0 {
                 &entry.frame[self.front_written..]
             } else {
                 &entry.frame[..]
             };
-            if i > 0 && out.len() + part.len() > bytes_max {
+            if i > 0 && out.len() - start + part.len() > bytes_max {
                 break;
             }
             out.extend_from_slice(part);
