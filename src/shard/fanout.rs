@@ -191,7 +191,8 @@ impl Fanout {
             bytes += sent_bytes;
         });
         if !direct.is_empty() {
-            let (sent_frames, sent_bytes) = self.send_direct(&direct, delivery, &kind, conns, stats);
+            let (sent_frames, sent_bytes) =
+                self.send_direct(&direct, delivery, &kind, conns, stats);
             frames += sent_frames;
             bytes += sent_bytes;
             direct.clear();
@@ -285,11 +286,15 @@ impl Fanout {
         }));
         let mut results = results.iter();
         let mut sent = (0, 0);
-        conns.each_keyed(flushes, |flush| flush.id, |_, handle| {
-            let result = *results.next().expect("one result per write");
-            let (frames, bytes) = handle.settle_flush(usize::try_from(result).unwrap_or(0));
-            sent = (sent.0 + frames, sent.1 + bytes);
-        });
+        conns.each_keyed(
+            flushes,
+            |flush| flush.id,
+            |_, handle| {
+                let result = *results.next().expect("one result per write");
+                let (frames, bytes) = handle.settle_flush(usize::try_from(result).unwrap_or(0));
+                sent = (sent.0 + frames, sent.1 + bytes);
+            },
+        );
         flushes.clear();
         gather.clear();
         sent
@@ -363,21 +368,25 @@ impl Fanout {
         let results = ring.send_all(direct.iter().map(|write| (write.fd, &frame_of(write)[..])));
         let mut sent = (0, 0);
         let mut results = results.iter();
-        conns.each_keyed(direct, |write| write.id, |write, handle| {
-            let frame = frame_of(write);
-            let result = *results.next().expect("one result per write");
-            let written = usize::try_from(result).unwrap_or(0);
-            if written == frame.len() {
-                handle.count_written(1, written);
-                sent = (sent.0 + 1, sent.1 + written);
-            } else if written > 0 {
-                handle.count_written(0, written);
-                handle.push_started(frame.clone(), written);
-                sent.1 += written;
-            } else {
-                self.queue_message(handle, delivery, kind, false, false, stats);
-            }
-        });
+        conns.each_keyed(
+            direct,
+            |write| write.id,
+            |write, handle| {
+                let frame = frame_of(write);
+                let result = *results.next().expect("one result per write");
+                let written = usize::try_from(result).unwrap_or(0);
+                if written == frame.len() {
+                    handle.count_written(1, written);
+                    sent = (sent.0 + 1, sent.1 + written);
+                } else if written > 0 {
+                    handle.count_written(0, written);
+                    handle.push_started(frame.clone(), written);
+                    sent.1 += written;
+                } else {
+                    self.queue_message(handle, delivery, kind, false, false, stats);
+                }
+            },
+        );
         sent
     }
 
@@ -663,7 +672,10 @@ mod tests {
 
         fanout.deliver(&delivery, &interest, &conns, &stats);
         let (frames, tail) = handle.outbox_len();
-        assert_eq!(frames, 1, "the socket holds less than 4 MiB: the send is short");
+        assert_eq!(
+            frames, 1,
+            "the socket holds less than 4 MiB: the send is short"
+        );
         assert!(0 < tail && tail < big.len());
         assert_eq!(handle.stats().bytes_out as usize, big.len() - tail);
 
@@ -679,7 +691,10 @@ mod tests {
                 got.extend_from_slice(&chunk[..n]);
             }
         }
-        assert!(got == big, "the frame arrives whole, its tail right after its head");
+        assert!(
+            got == big,
+            "the frame arrives whole, its tail right after its head"
+        );
         assert_eq!(handle.stats().messages_out, 1);
     }
 }

@@ -234,7 +234,11 @@ mod tests {
         let mut rounds = 0;
         let failed = loop {
             let results = ring
-                .send_all(servers.iter().map(|server| (server.as_raw_fd(), &frame[..])))
+                .send_all(
+                    servers
+                        .iter()
+                        .map(|server| (server.as_raw_fd(), &frame[..])),
+                )
                 .to_vec();
             rounds += 1;
             assert_eq!(results[0], frame.len() as i32);
