@@ -13,7 +13,15 @@ carries the server's HTTP status, `code` and message.
 from .aio import AsyncClient
 from .client import Client
 from .errors import ApiError, CorecastError, ProtocolError, RequestTimeout, TransportError
-from .models import ChannelInfo, HistoryMessage, HistoryPage, Priority, Published, PublishMessage, Stats
+from .models import (
+    ChannelInfo,
+    HistoryMessage,
+    HistoryPage,
+    Priority,
+    Published,
+    PublishMessage,
+    Stats,
+)
 
 __all__ = [
     "ApiError",

@@ -118,7 +118,9 @@ class Transport(httpx.BaseTransport):
     send on a connection the server is closing.
     """
 
-    def __init__(self, ssl_context: ssl.SSLContext, keepalive_s: float, connections_max: int) -> None:
+    def __init__(
+        self, ssl_context: ssl.SSLContext, keepalive_s: float, connections_max: int
+    ) -> None:
         self._pool = httpcore.ConnectionPool(
             ssl_context=ssl_context,
             max_connections=connections_max,

@@ -112,7 +112,9 @@ def _encode(value: Any) -> bytes:
     return json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
 
 
-def _message(channel: str, data: Any, priority: Optional[Priority], tenant: Optional[str]) -> Dict[str, Any]:
+def _message(
+    channel: str, data: Any, priority: Optional[Priority], tenant: Optional[str]
+) -> Dict[str, Any]:
     if not isinstance(channel, str):
         raise TypeError(f"channel must be a str, got {type(channel).__name__}")
     if priority is not None and priority not in PRIORITIES:
@@ -139,28 +141,28 @@ class _Shape:
             raise self.fail(f"{what} is not an object")
         return value
 
-    def list(self, value: Any, what: str) -> List[Any]:
+    def array(self, value: Any, what: str) -> List[Any]:
         if not isinstance(value, list):
             raise self.fail(f"{what} is not an array")
         return value
 
-    def str(self, obj: Dict[str, Any], key: str) -> str:
+    def text(self, obj: Dict[str, Any], key: str) -> str:
         value = obj.get(key)
         if not isinstance(value, str):
             raise self.fail(f"`{key}` is not a string")
         return value
 
-    def opt_str(self, obj: Dict[str, Any], key: str) -> Optional[str]:
-        return None if obj.get(key) is None else self.str(obj, key)
+    def opt_text(self, obj: Dict[str, Any], key: str) -> Optional[str]:
+        return None if obj.get(key) is None else self.text(obj, key)
 
-    def int(self, obj: Dict[str, Any], key: str) -> int:
+    def count(self, obj: Dict[str, Any], key: str) -> int:
         value = obj.get(key)
         # bool is an int in Python; JSON's true is not a number.
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise self.fail(f"`{key}` is not a non-negative integer")
         return value
 
-    def bool(self, obj: Dict[str, Any], key: str) -> bool:
+    def flag(self, obj: Dict[str, Any], key: str) -> bool:
         value = obj.get(key)
         if not isinstance(value, bool):
             raise self.fail(f"`{key}` is not a boolean")
@@ -170,9 +172,9 @@ class _Shape:
 def _published(shape: _Shape, value: Any) -> Published:
     obj = shape.obj(value, "the publish answer")
     return Published(
-        channel=shape.str(obj, "channel"),
-        offset=shape.int(obj, "offset"),
-        tenant=shape.opt_str(obj, "tenant"),
+        channel=shape.text(obj, "channel"),
+        offset=shape.count(obj, "offset"),
+        tenant=shape.opt_text(obj, "tenant"),
     )
 
 
@@ -190,7 +192,7 @@ def publish_batch(messages: Sequence[PublishMessage]) -> Operation[List[Publishe
     count = len(bodies)
 
     def parse(shape: _Shape, value: Any) -> List[Published]:
-        results = shape.list(shape.obj(value, "the batch answer").get("results"), "`results`")
+        results = shape.array(shape.obj(value, "the batch answer").get("results"), "`results`")
         if len(results) != count:
             raise shape.fail(f"{len(results)} results for a batch of {count}")
         return [_published(shape, result) for result in results]
@@ -201,26 +203,26 @@ def publish_batch(messages: Sequence[PublishMessage]) -> Operation[List[Publishe
 def _history_page(shape: _Shape, value: Any) -> HistoryPage:
     obj = shape.obj(value, "the history answer")
     messages = []
-    for item in shape.list(obj.get("messages"), "`messages`"):
+    for item in shape.array(obj.get("messages"), "`messages`"):
         message = shape.obj(item, "a history message")
         if "data" not in message:
             raise shape.fail("a history message has no `data`")
         messages.append(
             HistoryMessage(
-                channel=shape.str(message, "channel"),
-                offset=shape.int(message, "offset"),
-                seq=shape.int(message, "seq"),
-                ts_ms=shape.int(message, "ts_ms"),
+                channel=shape.text(message, "channel"),
+                offset=shape.count(message, "offset"),
+                seq=shape.count(message, "seq"),
+                ts_ms=shape.count(message, "ts_ms"),
                 data=message["data"],
             )
         )
     return HistoryPage(
-        channel=shape.str(obj, "channel"),
-        epoch=shape.str(obj, "epoch"),
-        offset=shape.int(obj, "offset"),
-        complete=shape.bool(obj, "complete"),
+        channel=shape.text(obj, "channel"),
+        epoch=shape.text(obj, "epoch"),
+        offset=shape.count(obj, "offset"),
+        complete=shape.flag(obj, "complete"),
         messages=messages,
-        tenant=shape.opt_str(obj, "tenant"),
+        tenant=shape.opt_text(obj, "tenant"),
     )
 
 
@@ -239,9 +241,9 @@ def history(
 def _stats(shape: _Shape, value: Any) -> Stats:
     obj = shape.obj(value, "the stats answer")
     return Stats(
-        connections=shape.int(obj, "connections"),
-        shards_answered=shape.int(obj, "shards_answered"),
-        epoch=shape.str(obj, "epoch"),
+        connections=shape.count(obj, "connections"),
+        shards_answered=shape.count(obj, "shards_answered"),
+        epoch=shape.text(obj, "epoch"),
         raw=obj,
     )
 
@@ -252,15 +254,15 @@ def stats() -> Operation[Stats]:
 
 
 def _channels(shape: _Shape, value: Any) -> List[ChannelInfo]:
-    items = shape.list(shape.obj(value, "the channels answer").get("channels"), "`channels`")
+    items = shape.array(shape.obj(value, "the channels answer").get("channels"), "`channels`")
     infos = []
     for item in items:
         obj = shape.obj(item, "a channel")
         infos.append(
             ChannelInfo(
-                channel=shape.str(obj, "channel"),
-                subscribers=shape.int(obj, "subscribers"),
-                tenant=shape.opt_str(obj, "tenant"),
+                channel=shape.text(obj, "channel"),
+                subscribers=shape.count(obj, "subscribers"),
+                tenant=shape.opt_text(obj, "tenant"),
             )
         )
     return infos
@@ -278,7 +280,7 @@ def health() -> Operation[str]:
         "/healthz",
         {},
         None,
-        lambda shape, value: shape.str(shape.obj(value, "the health answer"), "status"),
+        lambda shape, value: shape.text(shape.obj(value, "the health answer"), "status"),
         True,
     )
 
@@ -306,8 +308,8 @@ def decode(operation: Operation[T], reply: Reply, attempts: int) -> T:
     error = shape.obj(shape.obj(value, "the error answer").get("error"), "`error`")
     raise ApiError(
         status=reply.status,
-        code=shape.str(error, "code"),
-        message=shape.str(error, "message"),
+        code=shape.text(error, "code"),
+        message=shape.text(error, "message"),
         retry_after_s=retry_after_s(reply.retry_after),
         attempts=attempts,
     )

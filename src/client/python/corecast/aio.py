@@ -56,9 +56,7 @@ class AsyncClient:
             timeout=timeout_s,
             transport=httpx.AsyncHTTPTransport(
                 verify=_wire.ssl_context(verify),
-                limits=httpx.Limits(
-                    max_connections=connections_max, keepalive_expiry=keepalive_s
-                ),
+                limits=httpx.Limits(max_connections=connections_max, keepalive_expiry=keepalive_s),
             ),
         )
 
@@ -121,7 +119,9 @@ class AsyncClient:
             try:
                 return _protocol.decode(operation, await self._send(operation), attempt)
             except CorecastError as error:
-                wait_s = _protocol.retry_delay_s(self._settings, operation, error, attempt, self._rng)
+                wait_s = _protocol.retry_delay_s(
+                    self._settings, operation, error, attempt, self._rng
+                )
                 if wait_s is None:
                     raise
             await anyio.sleep(wait_s)

@@ -147,7 +147,9 @@ class Client:
             try:
                 return _protocol.decode(operation, self._send(operation), attempt)
             except CorecastError as error:
-                wait_s = _protocol.retry_delay_s(self._settings, operation, error, attempt, self._rng)
+                wait_s = _protocol.retry_delay_s(
+                    self._settings, operation, error, attempt, self._rng
+                )
                 if wait_s is None:
                     raise
             time.sleep(wait_s)

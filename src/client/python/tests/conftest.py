@@ -106,8 +106,7 @@ def server() -> Iterator[Server]:
 def keyed_server() -> Iterator[Server]:
     """A server whose control plane needs a key: an operator's and tenant acme's."""
     running = Server(
-        f'[[api_keys]]\nkey = "{OPERATOR_KEY}"\n'
-        f'[[api_keys]]\nkey = "{ACME_KEY}"\ntenant = "acme"\n'
+        f'[[api_keys]]\nkey = "{OPERATOR_KEY}"\n[[api_keys]]\nkey = "{ACME_KEY}"\ntenant = "acme"\n'
     )
     yield running
     running.stop()

@@ -13,6 +13,7 @@ import time
 from typing import Callable, List
 
 import pytest
+from conftest import Handler, Stub, answer
 
 from corecast import (
     ApiError,
@@ -23,8 +24,6 @@ from corecast import (
     RequestTimeout,
     TransportError,
 )
-
-from conftest import Handler, Stub, answer
 
 Start = Callable[[Handler], Stub]
 
@@ -117,7 +116,9 @@ def test_garbage_raises_protocol_error(stub: Start, response: bytes, what: str) 
 
 
 def test_an_answer_over_response_bytes_max_is_refused(stub: Start) -> None:
-    server = stub(replies(answer(200, b'{"channels":[' + b'{"channel":"a","subscribers":1},' * 100 + b"]}")))
+    server = stub(
+        replies(answer(200, b'{"channels":[' + b'{"channel":"a","subscribers":1},' * 100 + b"]}"))
+    )
     with Client(server.url, response_bytes_max=1024) as corecast:
         with pytest.raises(ProtocolError, match="response_bytes_max=1024"):
             corecast.channels()

@@ -12,6 +12,7 @@ import socket
 import uuid
 
 import pytest
+from conftest import ACME_KEY, OPERATOR_KEY, Server
 
 from corecast import (
     ApiError,
@@ -21,8 +22,6 @@ from corecast import (
     Published,
     PublishMessage,
 )
-
-from conftest import ACME_KEY, OPERATOR_KEY, Server
 
 
 def fresh(prefix: str) -> str:
