@@ -9,14 +9,18 @@
 //! proxy in the test, which cuts, silences and (on restart) redirects its connections; the page's
 //! state is read by evaluating JavaScript over the DevTools protocol. And that the control
 //! plane's `/dashboard` draws `$sys.stats` live and shows the exact connection count (its
-//! screenshot, saved under cargo's `target/tmp`, is the README's). Chromium must be installed
-//! (`.ci/deps` installs Debian's `chromium`): without it these tests fail, they never skip.
+//! screenshot, saved under cargo's `target/tmp`, is the README's). And that the npm package
+//! `corecast-client` works as installed: `npm pack` of `src/web`, extracted into a
+//! `node_modules`, its entry point resolved by Node through `exports`, imported by a page that
+//! receives a publish. Chromium and npm must be installed (`.ci/deps` installs Debian's
+//! `chromium` and `npm`): without them these tests fail, they never skip.
 
 mod common;
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,6 +52,10 @@ const PUBLISH_PAUSE: Duration = Duration::from_millis(5);
 /// while messages go on being published.
 const BACKOFF_BASE_MS: u64 = 100;
 const BACKOFF_CAP_MS: u64 = 400;
+/// The page the tests' own origins serve at `/`.
+const BLANK_PAGE: &str = "<!doctype html><title>corecast test</title>";
+/// The npm package's name (src/web/package.json), the folder it installs into.
+const NPM_PACKAGE: &str = "corecast-client";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_client_recovers_a_cut_and_reports_a_server_restart() {
@@ -353,6 +361,142 @@ async fn browser_client_backs_off_with_full_jitter_and_drops_a_silent_connection
     .await
 }
 
+/// The npm package, as an application gets it: `npm pack` of `src/web` (its tarball holds exactly
+/// the package's files), extracted into an application's `node_modules/corecast-client`, its
+/// entry point resolved by Node through the package's `exports` (and imported there once), and
+/// that file imported by a page, which subscribes and receives a publish. A package that does
+/// not pack, a broken `exports`, or a file missing from `files` fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_imports_the_packed_npm_package_and_receives_a_publish() {
+    watchdog(async {
+        let chromium = chromium_path();
+        let app = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("npm-app");
+        let entry = tokio::task::spawn_blocking({
+            let app = app.clone();
+            move || install_packed_package(&app)
+        })
+        .await
+        .expect("the npm task");
+        let installed = app.join("node_modules").join(NPM_PACKAGE);
+        for (file, served) in [
+            ("client.js", &include_bytes!("../src/web/client.js")[..]),
+            ("client.d.ts", &include_bytes!("../src/web/client.d.ts")[..]),
+        ] {
+            let packed = std::fs::read(installed.join(file))
+                .unwrap_or_else(|err| panic!("expected {file} in the package: {err}"));
+            assert!(
+                packed == served,
+                "expected the packed {file} to be the served one"
+            );
+        }
+        let server = Server::start(&[]).await;
+        let (_browser, tab) = open_page(chromium, serve_folder(app).await).await;
+        let script = format!(
+            r#"(async () => {{
+                const {{ Client }} = await import("/{entry}");
+                const page = {{ received: [] }};
+                window.page = page;
+                const client = new Client({{ url: "ws://{ws}/ws" }});
+                const subscription = client.subscribe("{CHANNEL}", (message) => {{
+                    page.received.push([message.offset, message.data]);
+                }});
+                await subscription.ready;
+                return JSON.stringify(page);
+            }})()"#,
+            ws = server.ws,
+        );
+        assert_eq!(evaluate(&tab, script).await, json!({ "received": [] }));
+        let offset = server.publish(CHANNEL, &json!({ "from": "npm" })).await;
+        let page = wait_for_page(&tab, "the publish delivered", |page| {
+            page["received"]
+                .as_array()
+                .is_some_and(|received| !received.is_empty())
+        })
+        .await;
+        assert_eq!(
+            page["received"],
+            json!([[offset, { "from": "npm" }]]),
+            "expected the page on the packed module to receive exactly the publish"
+        );
+    })
+    .await
+}
+
+/// `npm pack`s `src/web` into `app`, checks the tarball's file list, extracts it into
+/// `app/node_modules/corecast-client`, and returns the package's entry point relative to `app`,
+/// as Node resolves it from `exports` (after importing it there once).
+fn install_packed_package(app: &Path) -> String {
+    let _ = std::fs::remove_dir_all(app);
+    let installed = app.join("node_modules").join(NPM_PACKAGE);
+    std::fs::create_dir_all(&installed).expect("expected to create node_modules");
+    let package = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/web");
+    let packed = run(
+        Command::new("npm")
+            .args(["pack", "--json", "--pack-destination"])
+            .arg(app)
+            .current_dir(&package)
+            .env("NPM_CONFIG_UPDATE_NOTIFIER", "false"),
+        "npm pack (`.ci/deps` installs Debian's `npm`)",
+    );
+    let packed: Value = serde_json::from_slice(&packed).expect("npm pack --json prints JSON");
+    let mut files: Vec<&str> = packed[0]["files"]
+        .as_array()
+        .unwrap_or_else(|| panic!("expected a files list from npm pack, got {packed}"))
+        .iter()
+        .map(|file| file["path"].as_str().expect("a path"))
+        .collect();
+    files.sort_unstable();
+    assert_eq!(
+        files,
+        ["README.md", "client.d.ts", "client.js", "package.json"],
+        "expected the tarball to hold the client, its types, the README and package.json"
+    );
+    let tarball = app.join(packed[0]["filename"].as_str().expect("a tarball name"));
+    run(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&installed)
+            .arg("--strip-components=1"),
+        "tar -xzf of the packed tarball",
+    );
+    // Node's resolver follows `exports` (`require.resolve` in every Node that Debian ships) and
+    // checks the file it names exists; importing it proves it loads as an ES module.
+    const RESOLVE: &str = r#"const entry = require.resolve("corecast-client");
+        import("corecast-client").then((module) => {
+            if (typeof module.Client !== "function") throw new Error("no Client export");
+            process.stdout.write(entry);
+        });"#;
+    let entry = run(
+        Command::new("node").args(["-e", RESOLVE]).current_dir(app),
+        "node resolving and importing the installed package",
+    );
+    let entry = PathBuf::from(String::from_utf8(entry).expect("a UTF-8 path"));
+    let entry = entry.strip_prefix(app).unwrap_or_else(|_| {
+        panic!(
+            "expected the entry point under {}, got {}",
+            app.display(),
+            entry.display()
+        )
+    });
+    entry.to_str().expect("a UTF-8 path").to_owned()
+}
+
+/// Runs `command` to success and returns its standard output, or fails naming `what`.
+fn run(command: &mut Command, what: &str) -> Vec<u8> {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("expected {what} to start: {err}"));
+    assert!(
+        output.status.success(),
+        "expected {what} to succeed, got {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
 /// The offsets the page's handler of `pattern` received, in order.
 fn offsets(page: &Value, pattern: &str) -> Vec<u64> {
     page["offsets"][pattern]
@@ -497,11 +641,10 @@ async fn open_page(chromium: PathBuf, url: String) -> (Browser, Arc<Tab>) {
 /// from it exercises the server's CORS header; `about:blank` would not do, as Chromium refuses
 /// it a module from the loopback network.
 async fn serve_blank_page() -> String {
-    const PAGE: &str = "<!doctype html><title>corecast test</title>";
     let response = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{PAGE}",
-        PAGE.len()
+         Connection: close\r\n\r\n{BLANK_PAGE}",
+        BLANK_PAGE.len()
     );
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
@@ -520,6 +663,54 @@ async fn serve_blank_page() -> String {
         }
     });
     format!("http://{addr}/")
+}
+
+/// Serves the blank page at `/` and the files under `root` at their paths, on a loopback port of
+/// its own, and returns its URL: an application's origin, with its `node_modules`. A path that
+/// is not a file under `root` gets 404.
+async fn serve_folder(root: PathBuf) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("expected to bind the file server");
+    let addr = listener.local_addr().expect("the file server's address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let root = root.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let read = stream.read(&mut head).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&head[..read]);
+                let path = head.split(' ').nth(1).unwrap_or("/");
+                let (status, content_type, body) = if path == "/" {
+                    ("200 OK", "text/html", BLANK_PAGE.as_bytes().to_vec())
+                } else {
+                    let file = path.trim_start_matches('/');
+                    let inside = !file.split('/').any(|part| part == "..");
+                    match std::fs::read(root.join(file)) {
+                        Ok(body) if inside => ("200 OK", content_type_of(file), body),
+                        _ => ("404 Not Found", "text/plain", b"not found".to_vec()),
+                    }
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&body).await;
+            });
+        }
+    });
+    format!("http://{addr}/")
+}
+
+/// The media type a browser needs for `file`: a module must be served as JavaScript.
+fn content_type_of(file: &str) -> &'static str {
+    match Path::new(file).extension().and_then(OsStr::to_str) {
+        Some("js") => "text/javascript",
+        Some("json") => "application/json",
+        _ => "text/plain",
+    }
 }
 
 /// Evaluates `expression` in the page (awaiting a promise), which must produce a JSON string,

@@ -2,7 +2,10 @@
 //! `/v1/stats` and `GET /metrics` report exactly those counts, the fan-out latency histograms
 //! (overall and per shard) count exactly one entry per publish, and the `/metrics` text parses
 //! with a real Prometheus parser (`prometheus-parse`) into cumulative buckets ending at `+Inf`.
-//! A real `corecast` binary with two shards, real WebSocket clients, exact comparisons.
+//! A real `corecast` binary with two shards, real WebSocket clients, exact comparisons. And that
+//! the Grafana dashboard (`tuning/grafana/corecast.json`) queries only metric names a real
+//! server's `/metrics` exposes (cluster mode included), through its data source variable, so it
+//! cannot rot when a metric is renamed.
 
 mod common;
 
@@ -306,6 +309,143 @@ async fn sys_stats_is_published_every_interval_to_its_own_subscribers_only() {
         assert_eq!(
             common::assert_http_error_body(&refused, "publish to $sys"),
             "forbidden"
+        );
+    })
+    .await
+}
+
+/// The Grafana dashboard, as shipped.
+const DASHBOARD: &str = include_str!("../tuning/grafana/corecast.json");
+
+/// Every string under a `key` of `keys` anywhere in `value`: the dashboard's queries.
+fn strings_under<'a>(value: &'a Value, keys: &[&str], found: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                match inner.as_str() {
+                    Some(text) if keys.contains(&key.as_str()) => found.push(text),
+                    _ => strings_under(inner, keys, found),
+                }
+            }
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|item| strings_under(item, keys, found)),
+        _ => {}
+    }
+}
+
+/// The metric names a query names: words that start with `corecast_`.
+fn metric_names(query: &str) -> Vec<&str> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    query
+        .match_indices("corecast_")
+        .filter(|(at, _)| !query[..*at].ends_with(is_name))
+        .map(|(at, _)| {
+            let rest = &query[at..];
+            &rest[..rest.find(|c: char| !is_name(c)).unwrap_or(rest.len())]
+        })
+        .collect()
+}
+
+/// The sample names `/metrics` text exposes: those of its sample lines, and, for a family with
+/// no series yet (`corecast_tenant_connections` before any tenant connects), those its
+/// `# TYPE` line implies (`_total` for a counter, `_bucket`, `_count`, `_sum` for a histogram).
+fn exposed_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(descriptor) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = descriptor.split_once(' ').expect("# TYPE name kind");
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_count", "_sum"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|suffix| format!("{family}{suffix}")));
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let end = line.find(['{', ' ']).expect("a sample line has a value");
+            names.insert(line[..end].to_string());
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn grafana_dashboard_queries_only_metrics_the_server_exposes() {
+    watchdog(async {
+        let dashboard: Value =
+            serde_json::from_str(DASHBOARD).expect("tuning/grafana/corecast.json is JSON");
+        // Importable anywhere: the data source is a variable, never a uid of one Grafana.
+        let variables = dashboard["templating"]["list"]
+            .as_array()
+            .expect("a templating list");
+        assert!(
+            variables
+                .iter()
+                .any(|variable| variable["name"] == "datasource"
+                    && variable["type"] == "datasource"
+                    && variable["query"] == "prometheus"),
+            "expected a Prometheus data source variable named datasource"
+        );
+        let panels = dashboard["panels"].as_array().expect("a panels list");
+        let mut ids: Vec<u64> = panels
+            .iter()
+            .map(|panel| panel["id"].as_u64().expect("a panel id"))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), panels.len(), "expected unique panel ids");
+        let queried: Vec<&Value> = panels
+            .iter()
+            .filter(|panel| panel["type"] != "row")
+            .collect();
+        for &panel in &queried {
+            let targets = panel["targets"].as_array().expect("a panel has targets");
+            assert!(
+                !targets.is_empty(),
+                "expected queries in {}",
+                panel["title"]
+            );
+            for source in std::iter::once(panel).chain(targets) {
+                assert_eq!(
+                    source["datasource"]["uid"], "${datasource}",
+                    "expected {} to query the data source variable",
+                    panel["title"]
+                );
+            }
+        }
+        let mut queries = Vec::new();
+        strings_under(&dashboard, &["expr", "query", "definition"], &mut queries);
+        let named: std::collections::BTreeSet<&str> = queries
+            .iter()
+            .flat_map(|query| metric_names(query))
+            .collect();
+        assert!(
+            named.len() >= 30,
+            "expected the dashboard to chart the metric families, it names {named:?}"
+        );
+
+        // Cluster mode with its Redis unreachable: the `corecast_cluster_*` families show too.
+        let unreachable = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("a free port")
+            .local_addr()
+            .expect("its address");
+        let redis = format!("redis://{unreachable}");
+        let server = Server::start(&["--redis", &redis]).await;
+        let reply = server.get("/metrics").await;
+        assert_eq!(
+            reply.status, 200,
+            "expected 200 from GET /metrics, got {reply:?}"
+        );
+        let exposed = exposed_names(&reply.body);
+        let missing: Vec<&&str> = named
+            .iter()
+            .filter(|name| !exposed.contains(**name))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "the dashboard queries {missing:?}, which /metrics does not expose; it exposes \
+             {exposed:?}"
         );
     })
     .await

@@ -3,6 +3,11 @@
 //! step: the WebSocket port answers `GET /client.js` and `GET /client.d.ts`, and the control
 //! plane may serve the same [`asset`]s.
 //!
+//! The same two files are the npm package `corecast-client` (`package.json` and the package's
+//! `README.md` beside them; `npm pack` in this folder builds it), so the module a page imports
+//! from a server and the one an application installs are one source, at one version: the
+//! crate's.
+//!
 //! This module only names the files and their media types; it never touches a socket (each
 //! port frames the HTTP response its own way).
 
@@ -51,6 +56,34 @@ mod tests {
         let types = asset("/client.d.ts").expect("/client.d.ts is embedded");
         assert_eq!(types.content_type, "application/typescript; charset=utf-8");
         assert_eq!(types.body, include_bytes!("client.d.ts"));
+    }
+
+    /// The npm package (`package.json`) ships exactly the served files, at the crate's version:
+    /// a release that bumps `Cargo.toml` and not the package, or the reverse, fails here.
+    #[test]
+    fn the_npm_package_ships_the_served_files_at_the_crate_version() {
+        let package: serde_json::Value =
+            serde_json::from_str(include_str!("package.json")).expect("package.json is JSON");
+        assert_eq!(
+            package["version"],
+            env!("CARGO_PKG_VERSION"),
+            "src/web/package.json's version must be Cargo.toml's"
+        );
+        assert_eq!(package["name"], "corecast-client");
+        assert_eq!(package["type"], "module");
+        assert_eq!(
+            package["exports"],
+            serde_json::json!({ ".": { "types": "./client.d.ts", "default": "./client.js" } })
+        );
+        assert_eq!(package["types"], "./client.d.ts");
+        assert_eq!(
+            package["files"],
+            serde_json::json!(["client.js", "client.d.ts"])
+        );
+        for shipped in package["files"].as_array().expect("a files list") {
+            let served_at = format!("/{}", shipped.as_str().expect("a file name"));
+            assert!(asset(&served_at).is_some(), "{served_at} is not served");
+        }
     }
 
     #[test]
