@@ -491,10 +491,14 @@ pub fn serve(
         config.inbound_refusals_max,
         handle.last_seen(),
     );
-    // A TLS connection lends no descriptor: its bytes must go through rustls. `Conn`'s `drop`
-    // takes the descriptor back before its stream closes it, even if the task is dropped
-    // mid-way.
-    handle.fd.set(stream.plain_fd());
+    // A TLS connection lends no descriptor: its bytes must go through rustls. The fan-out
+    // registers a lent one on its send ring. `Conn`'s `drop` takes the descriptor back and
+    // unregisters it before its stream closes it, even if the task is dropped mid-way.
+    let fd = stream.plain_fd();
+    handle.fd.set(fd);
+    if let Some(fd) = fd {
+        shard.register_socket(handle.id, fd);
+    }
     Conn {
         early: !early.is_empty(),
         session: Session::new(limit, early),
@@ -522,7 +526,9 @@ impl Future for Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        self.handle.fd.set(None);
+        if self.handle.fd.take().is_some() {
+            self.shard.forget_socket(self.handle.id);
+        }
     }
 }
 

@@ -36,7 +36,7 @@ use corecast_proto::Priority;
 use super::conn::{self, ConnHandle, FlushOut};
 use super::conns::Conns;
 use super::interest::Interest;
-use super::send_ring::SendRing;
+use super::send_ring::{SendRing, Socket};
 use super::settings::Settings;
 use super::stats::Stats;
 use crate::latency::{FanoutLatency, LatencySummary};
@@ -92,7 +92,7 @@ const FLUSH_GATHER_BYTES_MAX: usize = 256 * 1024;
 /// socket, and what it writes: its outbox's front frame alone, or a range of the gather buffer.
 struct Flush {
     id: ConnId,
-    fd: RawFd,
+    socket: Socket,
     front: Option<Bytes>,
     gathered: Range<usize>,
 }
@@ -101,7 +101,7 @@ struct Flush {
 /// task lent, and whether it takes the compressed twin of the frame.
 struct Direct {
     id: ConnId,
-    fd: RawFd,
+    socket: Socket,
     deflated: bool,
 }
 
@@ -122,10 +122,22 @@ impl Fanout {
             flushes: RefCell::new(Vec::new()),
             matches: RefCell::new(Vec::new()),
             direct: RefCell::new(Vec::new()),
-            ring: RefCell::new(SendRing::new()?),
+            ring: RefCell::new(SendRing::new(settings.connections_max)?),
             latency: RefCell::new(FanoutLatency::default()),
             reports: RefCell::new(Vec::new()),
         })
+    }
+
+    /// Registers the socket a connection's task lends (`fd`) on the ring, by the connection's
+    /// slot, so that its sends skip the kernel's descriptor look-up; `forget_socket` must
+    /// come before the socket closes.
+    pub fn register_socket(&self, id: ConnId, fd: RawFd) {
+        self.ring.borrow_mut().register(id.slot as usize, fd);
+    }
+
+    /// Drops the ring's reference to a connection's socket before its task closes it.
+    pub fn forget_socket(&self, id: ConnId) {
+        self.ring.borrow_mut().unregister(id.slot as usize);
     }
 
     /// Whether messages wait for a batching window, and [`Fanout::run_batcher`] must run.
@@ -245,7 +257,7 @@ impl Fanout {
                 };
                 flushes.push(Flush {
                     id: handle.id,
-                    fd,
+                    socket: socket_of(handle.id, fd),
                     front,
                     gathered: start..gather.len(),
                 });
@@ -282,7 +294,7 @@ impl Fanout {
                 Some(front) => &front[..],
                 None => &gather[flush.gathered.clone()],
             };
-            (flush.fd, bytes)
+            (flush.socket, bytes)
         }));
         let mut results = results.iter();
         let mut sent = (0, 0);
@@ -339,7 +351,7 @@ impl Fanout {
             if let Some(fd) = handle.direct_fd() {
                 direct.push(Direct {
                     id: handle.id,
-                    fd,
+                    socket: socket_of(handle.id, fd),
                     deflated,
                 });
                 return sent;
@@ -365,7 +377,11 @@ impl Fanout {
     ) -> (usize, usize) {
         let frame_of = |write: &Direct| frame_for(delivery, write.deflated).0;
         let mut ring = self.ring.borrow_mut();
-        let results = ring.send_all(direct.iter().map(|write| (write.fd, &frame_of(write)[..])));
+        let results = ring.send_all(
+            direct
+                .iter()
+                .map(|write| (write.socket, &frame_of(write)[..])),
+        );
         let mut sent = (0, 0);
         let mut results = results.iter();
         conns.each_keyed(
@@ -479,6 +495,14 @@ impl Fanout {
                 }
             }
         }
+    }
+}
+
+/// The socket of connection `id` on the ring: its slot, and the descriptor its task lent.
+fn socket_of(id: ConnId, fd: RawFd) -> Socket {
+    Socket {
+        slot: id.slot as usize,
+        fd,
     }
 }
 

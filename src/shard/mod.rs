@@ -43,6 +43,7 @@ pub mod settings;
 pub mod stats;
 
 use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,7 +52,7 @@ use bytes::Bytes;
 use futures_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::msg::{Answer, QueryKind, ShardId, ShardReport, ShardStats, ToIngest, ToShard};
+use crate::msg::{Answer, ConnId, QueryKind, ShardId, ShardReport, ShardStats, ToIngest, ToShard};
 use crate::net::auth::{Grant, Verifier};
 use crate::net::tls::Transport;
 use crate::notify::Notify;
@@ -156,6 +157,17 @@ impl ShardCore {
             stopped: Notify::default(),
             settings,
         }))
+    }
+
+    /// Registers a connection's socket on the fan-out's send ring (see
+    /// [`Fanout::register_socket`]).
+    pub fn register_socket(&self, id: ConnId, fd: RawFd) {
+        self.fanout.register_socket(id, fd);
+    }
+
+    /// Unregisters a connection's socket from the send ring, before its task closes it.
+    pub fn forget_socket(&self, id: ConnId) {
+        self.fanout.forget_socket(id);
     }
 
     pub fn count_written(&self, frames: usize, bytes: usize) {
