@@ -63,7 +63,8 @@
 //! channel's next offset, and becomes one complete WebSocket frame (`bytes::Bytes`). The frame
 //! crosses to every shard that announced a matching pattern; each shard looks the channel up in
 //! its registry and sends the same bytes to every matching connection: straight to the socket
-//! when nothing is queued for it, otherwise to its outbox, whose task coalesces the pending
+//! when nothing is queued for it (every such send of the delivery queued on the shard's own
+//! io_uring and handed to the kernel at once, [`shard::send_ring`]), otherwise to its outbox, whose task coalesces the pending
 //! frames into one write (under its channel's slow-consumer policy; a critical frame overtakes
 //! other channels' queued ones). Subscriptions flow the other way: a shard announces a new
 //! pattern to the ingest core and answers `subscribed` once the ingest core routes it. A

@@ -366,7 +366,9 @@ impl Fanout {
     /// socket did not take queues as the outbox's started front, outside the policies and the
     /// limits (it must follow its head, whole); a frame the socket did not take at all (full,
     /// or failed: the task's own write then finds out) queues under its channel's
-    /// slow-consumer policy. Returns the frames and bytes written.
+    /// slow-consumer policy. Returns the frames and bytes written. Each connection has one
+    /// write at most in a submission (the registry matches a connection once per channel),
+    /// so no send can follow a short one to the same socket.
     fn send_direct(
         &self,
         direct: &[Direct],
