@@ -37,12 +37,19 @@ fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
     let file = std::env::temp_dir().join(format!("corecast-env-{}.toml", std::process::id()));
     std::fs::write(&file, "heartbeat_s = 7\noutbox_frames_max = 70\n").unwrap();
     let file = file.to_string_lossy().into_owned();
-    let env = [("CORECAST_HEARTBEAT_S", "8"), ("CORECAST_OUTBOX_FRAMES_MAX", "80")];
+    let env = [
+        ("CORECAST_HEARTBEAT_S", "8"),
+        ("CORECAST_OUTBOX_FRAMES_MAX", "80"),
+    ];
     let with_file = ["--print-config", "--config", file.as_str()];
 
     let all = serve(&[&with_file[..], &["--heartbeat-s", "9"]].concat(), &env);
     assert_eq!(printed(&all, "heartbeat_s"), "9", "the flag wins");
-    assert_eq!(printed(&all, "outbox_frames_max"), "80", "then the environment");
+    assert_eq!(
+        printed(&all, "outbox_frames_max"),
+        "80",
+        "then the environment"
+    );
     let no_flag = serve(&with_file, &env);
     assert_eq!(printed(&no_flag, "heartbeat_s"), "8");
     let file_only = serve(&with_file, &[]);
@@ -51,7 +58,11 @@ fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
     let nothing = serve(&["--print-config"], &[]);
     assert_eq!(printed(&nothing, "heartbeat_s"), "25", "the default");
     let file_by_env = serve(&["--print-config"], &[("CORECAST_CONFIG", file.as_str())]);
-    assert_eq!(printed(&file_by_env, "heartbeat_s"), "7", "CORECAST_CONFIG names the file");
+    assert_eq!(
+        printed(&file_by_env, "heartbeat_s"),
+        "7",
+        "CORECAST_CONFIG names the file"
+    );
 }
 
 #[test]
