@@ -2,10 +2,10 @@
 //! and `corecast publish`, parsed with clap.
 //!
 //! `serve` takes every [`Config`] field as a flag, as a `CORECAST_<KEY>` environment variable
-//! ([`env`]) and from an optional TOML file; a flag given on the command line wins over the
-//! environment, the environment over the file, and the file over the defaults. This module only
-//! turns arguments into a validated `Config` (or a bench run) and reports errors; it holds no
-//! server logic.
+//! ([`env`](mod@env)) and from an optional TOML file; a flag given on the command line wins over
+//! the environment, the environment over the file, and the file over the defaults. This module
+//! only turns arguments into a validated `Config` (or a bench run) and reports errors; it holds
+//! no server logic.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,9 +1,9 @@
 //! The effective configuration: every limit the server enforces, with its default and trade-off.
 //!
 //! One struct serves all three faces: it is the TOML file (`--config FILE`), the `serve` flags
-//! and the `CORECAST_<KEY>` environment variables ([`env`], named from [`Config::keys`]). Each
-//! default lives in one function of [`defaults`], named after its field, used by serde and by
-//! clap alike, so the two can never disagree. A flag wins over the environment, the environment
+//! and the `CORECAST_<KEY>` environment variables ([`env`](mod@env), named from
+//! [`Config::keys`]). Each default lives in one function of [`defaults`], named after its field,
+//! used by serde and by clap alike, so the two can never disagree. A flag wins over the environment, the environment
 //! over the file, the file over the default (see `cli.rs`).
 //! [`Config::validate`] refuses bad combinations at start-up with a message that names the field,
 //! the value and the allowed range; nothing downstream re-checks them.
@@ -1139,8 +1139,8 @@ impl Config {
     }
 
     /// Every key of the TOML file, in the order of the fields: serde's own list of them, so a
-    /// field added to `Config` is a key here, and has its `CORECAST_` variable ([`env`]),
-    /// without anyone listing it.
+    /// field added to `Config` is a key here, and has its `CORECAST_` variable
+    /// ([`env`](mod@env)), without anyone listing it.
     pub fn keys() -> &'static [&'static str] {
         let mut keys: &'static [&'static str] = &[];
         let refused = Config::deserialize(FieldNames(&mut keys));
