@@ -75,9 +75,13 @@ pub fn run() -> ExitCode {
             let serve_matches = matches
                 .subcommand_matches("serve")
                 .expect("the serve subcommand was parsed");
-            let config = match env::Layer::read(std::env::vars_os())
-                .and_then(|env| effective_config(&args, serve_matches, env))
-            {
+            let config = match env::Layer::read(std::env::vars_os()).and_then(|env| {
+                // Before logging starts: the filter and format are settings themselves.
+                for warning in &env.warnings {
+                    eprintln!("corecast: warning: {warning}");
+                }
+                effective_config(&args, serve_matches, env)
+            }) {
                 Ok(config) => config,
                 Err(err) => {
                     eprintln!("corecast: {err}");

@@ -17,8 +17,11 @@
 //! - A key of the file only (`namespaces`, `api_keys`) takes a TOML value, as the file would
 //!   write it after `key =`: `CORECAST_API_KEYS='[{ key = "...", tenant = "acme" }]'`.
 //!
-//! A `CORECAST_` variable that names no key is refused with the names near it, as the file
-//! refuses an unknown key: a typo in a unit file must not leave a limit at its default unseen.
+//! A `CORECAST_` variable that names no key is ignored with a warning that names the settings
+//! near it, so a typo in a unit file is seen in the log. It is not refused (as the file refuses
+//! an unknown key) because the prefix is shared with the tools around the server, whose
+//! variables reach it through the environment they start it in: the Python client's tests pass
+//! the binary as `CORECAST_BIN`, the bench's peer its port as `CORECAST_TEST_RELAY_PORT`.
 //! This is not clap's `env` support, for three reasons: clap reports a bad value from a
 //! variable as if the flag had been given (clap-rs/clap#5202), it has no place for the keys
 //! that have no flag, and it reads the process environment while the command is built.
@@ -78,12 +81,14 @@ pub struct Layer {
     pub config_file: Option<PathBuf>,
     /// One entry per key set, in the order of [`Config::keys`].
     pub settings: Vec<Setting>,
+    /// One line per `CORECAST_` variable that names no key, for the caller to print.
+    pub warnings: Vec<String>,
 }
 
 impl Layer {
     /// Reads the `CORECAST_` variables among `vars` (the process's: `std::env::vars_os()`),
-    /// ignoring the others. A `CORECAST_` name that is no key's, a value that is not UTF-8, or
-    /// one its key's parser refuses, is an error naming the variable and the value.
+    /// ignoring the others. A value that is not UTF-8, or one its key's parser refuses, is an
+    /// error naming the variable and the value; a `CORECAST_` name that is no key's, a warning.
     pub fn read(
         vars: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Result<Layer, ConfigError> {
@@ -92,16 +97,12 @@ impl Layer {
             let Some(name) = name.to_str().filter(|name| name.starts_with(PREFIX)) else {
                 continue;
             };
-            let text = text.into_string().map_err(|text| {
-                ConfigError(format!(
-                    "{name}={text:?} is not UTF-8: corecast reads text only"
-                ))
-            })?;
             ours.insert(name.to_owned(), text);
         }
         let mut layer = Layer {
             config_file: ours.remove(CONFIG_FILE_VAR).map(PathBuf::from),
             settings: Vec::new(),
+            warnings: Vec::new(),
         };
         let flags = Config::augment_args(clap::Command::new("serve").no_binary_name(true));
         for &key in Config::keys() {
@@ -109,6 +110,11 @@ impl Layer {
             let Some(text) = ours.remove(&var) else {
                 continue;
             };
+            let text = text.into_string().map_err(|text| {
+                ConfigError(format!(
+                    "{var}={text:?} is not UTF-8: corecast reads text only"
+                ))
+            })?;
             let value = match flags.get_arguments().find(|arg| arg.get_id() == key) {
                 Some(arg) => flag_value(&flags, arg, key, &var, &text)?,
                 None => toml_value(key, &var, &text)?,
@@ -131,9 +137,7 @@ impl Layer {
                 value,
             });
         }
-        if let Some(unknown) = ours.keys().next() {
-            return Err(ConfigError(unknown_var(unknown)));
-        }
+        layer.warnings = ours.keys().map(|name| unknown_var(name)).collect();
         Ok(layer)
     }
 
@@ -252,14 +256,21 @@ fn names_key(message: &str, key: &str) -> bool {
     })
 }
 
-/// The error for a `CORECAST_` variable that names no key, with the names nearest it.
+/// The warning for a `CORECAST_` variable that names no key, with the names nearest it.
 fn unknown_var(name: &str) -> String {
     let mut known: Vec<String> = Config::keys().iter().map(|key| var_name(key)).collect();
     known.push(CONFIG_FILE_VAR.to_owned());
+    // Near: a quarter of the name's own letters (after the prefix) changed at most, or one
+    // beginning the other (`CORECAST_API_KEY`, `CORECAST_API_KEYS`).
+    let typed = name.trim_start_matches(PREFIX);
+    let changes_max = (typed.len() / 4).max(1);
     let mut near: Vec<(usize, String)> = known
         .into_iter()
         .map(|known| (edit_distance(name, &known), known))
-        .filter(|(distance, known)| *distance <= 3 || known.contains(name) || name.contains(known))
+        .filter(|(distance, known)| {
+            let key = known.trim_start_matches(PREFIX);
+            *distance <= changes_max || key.starts_with(typed) || typed.starts_with(key)
+        })
         .collect();
     near.sort();
     let near: Vec<String> = near
@@ -273,8 +284,8 @@ fn unknown_var(name: &str) -> String {
         format!(" (did you mean {}?)", near.join(", "))
     };
     format!(
-        "environment variable {name} is no setting of corecast serve{hint}: each setting is \
-         CORECAST_ and its key upper-cased, listed by `corecast serve --help`"
+        "environment variable {name} is no setting of corecast serve, ignored{hint}: each \
+         setting is CORECAST_ and its key upper-cased, listed by `corecast serve --help`"
     )
 }
 
@@ -309,7 +320,7 @@ pub fn document(serve: clap::Command) -> clap::Command {
          over the environment, the environment over the file, the file over the default. A \
          repeated flag's variable takes a comma-separated list; the TOML file's own tables take \
          a TOML value ({}, e.g. CORECAST_API_KEYS='[{{ key = \"...\" }}]'). An unknown \
-         CORECAST_ variable stops start-up.",
+         CORECAST_ variable is ignored with a warning.",
         toml_only.join(", ")
     );
     serve
@@ -511,18 +522,25 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_variable_is_refused_with_the_names_near_it() {
-        let err = read(&[("CORECAST_OUTBOX_FRAME_MAX", "4")]).unwrap_err().0;
+    fn an_unknown_variable_is_ignored_with_a_warning_naming_the_names_near_it() {
+        let layer = read(&[("CORECAST_OUTBOX_FRAME_MAX", "4"), ("CORECAST_SHARDS", "2")]).unwrap();
+        assert_eq!(layer.settings.len(), 1, "CORECAST_SHARDS is read");
         assert_eq!(
-            err,
-            "environment variable CORECAST_OUTBOX_FRAME_MAX is no setting of corecast serve \
-             (did you mean CORECAST_OUTBOX_FRAMES_MAX?): each \
-             setting is CORECAST_ and its key upper-cased, listed by `corecast serve --help`"
+            layer.warnings,
+            [
+                "environment variable CORECAST_OUTBOX_FRAME_MAX is no setting of corecast serve, \
+              ignored (did you mean CORECAST_OUTBOX_FRAMES_MAX?): each setting is CORECAST_ and \
+              its key upper-cased, listed by `corecast serve --help`"
+            ]
         );
-        let err = read(&[("CORECAST_ZZZZZZZZZZZZZZZZ", "1")]).unwrap_err().0;
+        let layer = read(&[("CORECAST_BIN", "/usr/bin/corecast")]).unwrap();
+        assert!(layer.settings.is_empty());
+        assert_eq!(layer.warnings.len(), 1);
+        let layer = read(&[("CORECAST_ZZZZZZZZZZZZZZZZ", "1")]).unwrap();
         assert!(
-            err.contains("is no setting of corecast serve: each"),
-            "{err}"
+            layer.warnings[0].contains("is no setting of corecast serve, ignored: each"),
+            "{:?}",
+            layer.warnings
         );
     }
 
