@@ -1,10 +1,11 @@
 //! The command line: `corecast serve`, `corecast bench`, `corecast tune`, `corecast subscribe`
 //! and `corecast publish`, parsed with clap.
 //!
-//! `serve` takes every [`Config`] field as a flag and an optional TOML file; a flag given on the
-//! command line wins over the file, and the file wins over the defaults. This module only turns
-//! arguments into a validated `Config` (or a bench run) and reports errors; it holds no server
-//! logic.
+//! `serve` takes every [`Config`] field as a flag, as a `CORECAST_<KEY>` environment variable
+//! ([`env`](mod@env)) and from an optional TOML file; a flag given on the command line wins over
+//! the environment, the environment over the file, and the file over the defaults. This module
+//! only turns arguments into a validated `Config` (or a bench run) and reports errors; it holds
+//! no server logic.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use corecast::config::{Config, ConfigError, LogFormat};
+use corecast::config::{env, Config, ConfigError, LogFormat};
 
 /// A thread-per-core WebSocket fan-out server on io_uring.
 #[derive(Debug, Parser)]
@@ -43,7 +44,7 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// A TOML file with any of the settings below (flags given here win over it).
+    /// A TOML file with any of the settings below (the environment and flags win over it).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Print the effective configuration, every default included, and exit.
@@ -53,9 +54,14 @@ struct ServeArgs {
     settings: Config,
 }
 
+/// The command line, `serve`'s help naming each setting's environment variable.
+fn command() -> clap::Command {
+    Cli::command().mut_subcommand("serve", env::document)
+}
+
 /// Parses the command line and runs the chosen command.
 pub fn run() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(err) => err.exit(),
@@ -69,7 +75,13 @@ pub fn run() -> ExitCode {
             let serve_matches = matches
                 .subcommand_matches("serve")
                 .expect("the serve subcommand was parsed");
-            let config = match effective_config(&args, serve_matches) {
+            let config = match env::Layer::read(std::env::vars_os()).and_then(|env| {
+                // Before logging starts: the filter and format are settings themselves.
+                for warning in &env.warnings {
+                    eprintln!("corecast: warning: {warning}");
+                }
+                effective_config(&args, serve_matches, env)
+            }) {
                 Ok(config) => config,
                 Err(err) => {
                     eprintln!("corecast: {err}");
@@ -92,24 +104,33 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// Lays the flags given on the command line over the file's settings, then validates.
-fn effective_config(args: &ServeArgs, matches: &ArgMatches) -> Result<Config, ConfigError> {
-    let mut table = match &args.config {
+/// Lays the environment's settings over the file's, and the flags given on the command line
+/// over both, then validates; a refusal names the variable of a value the environment set.
+fn effective_config(
+    args: &ServeArgs,
+    matches: &ArgMatches,
+    mut env: env::Layer,
+) -> Result<Config, ConfigError> {
+    let mut table = match args.config.as_ref().or(env.config_file.as_ref()) {
         Some(path) => Config::read_table(path)?,
         None => toml::Table::new(),
     };
+    env.lay_over(&mut table);
     let flags = toml::Table::try_from(&args.settings).expect("a Config always serializes");
     for (key, value) in flags {
         // `namespaces` is file-only: it has no flag, so clap cannot be asked about it.
         let is_flag = matches.try_contains_id(&key).is_ok();
         let from_command_line =
             is_flag && matches.value_source(&key) == Some(ValueSource::CommandLine);
+        if from_command_line {
+            env.overridden(&key);
+        }
         if from_command_line || !table.contains_key(&key) {
             table.insert(key, value);
         }
     }
-    let config = Config::from_table(table)?;
-    config.validate()?;
+    let config = Config::from_table(table).map_err(|err| env.explain(err))?;
+    config.validate().map_err(|err| env.explain(err))?;
     Ok(config)
 }
 
@@ -131,22 +152,35 @@ mod tests {
     use super::*;
 
     fn config_from(args: &[&str], file: Option<&str>) -> Result<Config, ConfigError> {
+        config_with_env(args, file, &[])
+    }
+
+    /// `corecast serve ARGS` with `file` as `--config` (when given) and `vars` as the
+    /// environment.
+    fn config_with_env(
+        args: &[&str],
+        file: Option<&str>,
+        vars: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
+        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!("corecast-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut argv = vec!["corecast", "serve"];
-        let path = dir.join(format!("{}.toml", args.len()));
+        let at = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{at}.toml"));
         let path_text = path.to_string_lossy().into_owned();
         if let Some(text) = file {
             std::fs::write(&path, text).unwrap();
             argv.extend(["--config", &path_text]);
         }
         argv.extend_from_slice(args);
-        let matches = Cli::command().try_get_matches_from(argv).unwrap();
+        let matches = command().try_get_matches_from(argv).unwrap();
         let cli = Cli::from_arg_matches(&matches).unwrap();
         let Command::Serve(serve) = cli.command else {
             panic!("parsed serve")
         };
-        effective_config(&serve, matches.subcommand_matches("serve").unwrap())
+        let env = env::Layer::read(vars.iter().map(|(name, text)| (name.into(), text.into())))?;
+        effective_config(&serve, matches.subcommand_matches("serve").unwrap(), env)
     }
 
     #[test]
@@ -166,5 +200,54 @@ mod tests {
         assert!(err.0.contains("idle_timeout_s"), "{err}");
         let err = config_from(&[], Some("nonsense_key = 1")).unwrap_err();
         assert!(err.0.contains("nonsense_key"), "{err}");
+    }
+
+    #[test]
+    fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
+        let file = Some("heartbeat_s = 7\n");
+        let env = [("CORECAST_HEARTBEAT_S", "8")];
+        let heartbeat_s = |args: &[&str], file, vars: &[(&str, &str)]| {
+            config_with_env(args, file, vars).unwrap().heartbeat_s
+        };
+        assert_eq!(heartbeat_s(&["--heartbeat-s", "9"], file, &env), 9);
+        assert_eq!(heartbeat_s(&[], file, &env), 8);
+        assert_eq!(heartbeat_s(&[], file, &[]), 7);
+        assert_eq!(heartbeat_s(&[], None, &[]), Config::default().heartbeat_s);
+        assert_eq!(heartbeat_s(&[], None, &env), 8);
+    }
+
+    #[test]
+    fn the_environment_may_name_the_file_and_the_flag_wins_over_it() {
+        let dir = std::env::temp_dir().join(format!("corecast-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("from-env.toml");
+        std::fs::write(&path, "heartbeat_s = 11\n").unwrap();
+        let path = path.to_string_lossy().into_owned();
+        let vars = [("CORECAST_CONFIG", path.as_str())];
+        assert_eq!(config_with_env(&[], None, &vars).unwrap().heartbeat_s, 11);
+        let config = config_with_env(&[], Some("heartbeat_s = 12\n"), &vars).unwrap();
+        assert_eq!(config.heartbeat_s, 12, "--config wins over CORECAST_CONFIG");
+    }
+
+    #[test]
+    fn a_bad_value_from_the_environment_is_refused_naming_the_variable() {
+        let err = config_with_env(&[], None, &[("CORECAST_SHARDS", "0")]).unwrap_err();
+        assert_eq!(
+            err.0,
+            "shards = 0 is out of range: allowed 1 to 1024 (from the environment: \
+             CORECAST_SHARDS=\"0\")"
+        );
+        let config = config_with_env(&["--shards", "2"], None, &[("CORECAST_SHARDS", "0")]);
+        assert_eq!(
+            config.unwrap().shards,
+            Some(2),
+            "the flag replaced the bad value"
+        );
+        let err = config_with_env(&[], None, &[("CORECAST_HEARTBEAT_S", "90")]).unwrap_err();
+        assert_eq!(
+            err.0,
+            "idle_timeout_s = 60 must be greater than heartbeat_s = 90, or healthy clients are \
+             closed between two pings (from the environment: CORECAST_HEARTBEAT_S=\"90\")"
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! The effective configuration: every limit the server enforces, with its default and trade-off.
 //!
-//! One struct serves both faces: it is the TOML file (`--config FILE`) and the `serve` flags.
-//! Each default lives in one function of [`defaults`], named after its field, used by serde and by
-//! clap alike, so the two can never disagree. Flags win over the file (see `cli.rs`).
+//! One struct serves all three faces: it is the TOML file (`--config FILE`), the `serve` flags
+//! and the `CORECAST_<KEY>` environment variables ([`env`](mod@env), named from
+//! [`Config::keys`]). Each default lives in one function of [`defaults`], named after its field,
+//! used by serde and by clap alike, so the two can never disagree. A flag wins over the environment, the environment
+//! over the file, the file over the default (see `cli.rs`).
 //! [`Config::validate`] refuses bad combinations at start-up with a message that names the field,
 //! the value and the allowed range; nothing downstream re-checks them.
 
@@ -13,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::channel;
 use crate::json;
 
+pub mod env;
+
 /// Every tunable of `corecast serve`. Units are last in every name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
@@ -22,7 +26,9 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Control-plane HTTP address (publish API, health, stats), served by the ingest core.
-    /// Keep it on loopback or a private network: it has no authentication yet.
+    /// Without `api_keys` it serves every request, so keep it on loopback or a private network
+    /// then; with them every route but `/healthz`, the dashboard page and the client files needs
+    /// a key.
     #[arg(long, default_value_t = defaults::api())]
     pub api: SocketAddr,
 
@@ -1132,7 +1138,21 @@ impl Config {
             .map_or(0, |at| at + 1)
     }
 
-    /// Reads a TOML file into a table (not yet a `Config`: flags are laid over it first).
+    /// Every key of the TOML file, in the order of the fields: serde's own list of them, so a
+    /// field added to `Config` is a key here, and has its `CORECAST_` variable
+    /// ([`env`](mod@env)), without anyone listing it.
+    pub fn keys() -> &'static [&'static str] {
+        let mut keys: &'static [&'static str] = &[];
+        let refused = Config::deserialize(FieldNames(&mut keys));
+        assert!(
+            refused.is_err() && !keys.is_empty(),
+            "Config deserializes as a struct with fields"
+        );
+        keys
+    }
+
+    /// Reads a TOML file into a table (not yet a `Config`: the environment and the flags are
+    /// laid over it first).
     pub fn read_table(path: &std::path::Path) -> Result<toml::Table, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|err| ConfigError(format!("cannot read config {}: {err}", path.display())))?;
@@ -1223,6 +1243,38 @@ fn check_policy(
         )));
     }
     Ok(())
+}
+
+/// A deserializer that answers nothing and keeps the field names a struct asks it for: how
+/// [`Config::keys`] reads serde's list of `Config`'s fields.
+struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> serde::Deserializer<'de> for FieldNames<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom(
+            "only a struct's field names are read",
+        ))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(serde::de::Error::custom(
+            "only a struct's field names are read",
+        ))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
 }
 
 /// Parses `0,2,4-7` into `[0, 2, 4, 5, 6, 7]`; shared with `corecast tune` and the bench.

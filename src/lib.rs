@@ -30,7 +30,8 @@
 //! 3. Shared pieces over those: [`latency`] (fan-out histograms), [`registry`] (patterns to
 //!    keys, for a shard's connections and the ingest core's routes).
 //! 4. [`msg`]: the cross-core vocabulary, everything the cores say to each other.
-//! 5. [`config`]: the settings (the `serve` flags and the TOML file), validated.
+//! 5. [`config`]: the settings (the `serve` flags, the `CORECAST_<KEY>` environment
+//!    ([`config::env`]) and the TOML file), validated.
 //! 6. Pure stages: [`ws`] (RFC 6455 codecs, the outbox, a connection's protocol state
 //!    machine), [`cluster`] (the bridge to Redis: plain threads beside the executors),
 //!    [`tune`] (`corecast tune check`, the host audit).
