@@ -251,7 +251,7 @@ fn start_server(
     spawned.await_listening(addrs)?;
     Ok(Server {
         name: name.to_string(),
-        plan: args.plan(via),
+        plan: args.plan(via, ureq::tls::TlsConfig::default()),
         process: Some(Process::Tree(spawned.pid())),
         cpus: cpus.to_vec(),
         spawned: vec![spawned],
@@ -321,7 +321,7 @@ fn start_cluster(
     let subscribers_node = spawned.last().expect("nodes started").pid();
     let server = Server {
         name,
-        plan: args.plan(via),
+        plan: args.plan(via, ureq::tls::TlsConfig::default()),
         process: Some(Process::Tree(subscribers_node)),
         cpus: cpus.to_vec(),
         spawned,

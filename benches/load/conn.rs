@@ -7,12 +7,18 @@
 //! through the read buffer and bytes to send go out through `output`, so every step is pinned
 //! by byte-literal tests below; `Conn` only moves bytes between it and the socket. It never
 //! allocates per message, never parses more of a delivery than `seq` and `t_us`, and sends
-//! nothing but the upgrade request, the Pong a Ping asks for and a final Close.
+//! nothing but the upgrade request, the Pong a Ping asks for and a final Close. Over `wss://`
+//! a rustls connection sits between the two: the session's output goes into it, its records
+//! go to the socket, and what it decrypts goes into the read buffer, so that the session is
+//! the same code on either transport and a run's TLS cost is rustls's alone.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use mio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use rustls::ClientConnection;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use crate::recorder::{ConnOrder, Recorder};
@@ -26,10 +32,20 @@ use corecast_proto::buffer::{FrameError, ReadBuffer};
 /// bench's deliveries are under 1 KiB, so this only stops a runaway server.
 const FRAME_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
+/// How a `wss://` run's connections speak TLS.
+#[derive(Clone)]
+pub struct Tls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the server's certificate must carry: the host of `--ws`.
+    pub server_name: ServerName<'static>,
+}
+
 /// What every connection of a run reads and never changes.
 pub struct Shared {
     /// The server's WebSocket address.
     pub addr: SocketAddr,
+    /// `Some` for `wss://`.
+    pub tls: Option<Tls>,
     /// The upgrade request, identical for every connection.
     pub request: Vec<u8>,
     pub scanner: Scanner,
@@ -56,6 +72,13 @@ pub enum ConnError {
     Closed(Option<u16>),
     /// The server closed the TCP connection without a Close frame.
     Eof,
+    /// TLS failed: during the handshake (an untrusted certificate, no protocol in common, a
+    /// server that speaks no TLS), or after it (a bad record).
+    Tls {
+        addr: SocketAddr,
+        handshaking: bool,
+        error: rustls::Error,
+    },
 }
 
 impl std::fmt::Display for ConnError {
@@ -74,6 +97,16 @@ impl std::fmt::Display for ConnError {
             Self::Closed(Some(code)) => write!(f, "server sent close {code}"),
             Self::Closed(None) => f.write_str("server sent close without a code"),
             Self::Eof => f.write_str("server closed the TCP connection"),
+            Self::Tls {
+                addr,
+                handshaking: true,
+                error,
+            } => write!(f, "TLS handshake with {addr} failed: {error}"),
+            Self::Tls {
+                addr,
+                handshaking: false,
+                error,
+            } => write!(f, "TLS with {addr}: {error}"),
         }
     }
 }
@@ -310,6 +343,8 @@ pub struct Conn {
     pub id: usize,
     pub stream: TcpStream,
     session: Session,
+    /// The TLS state of a `wss://` connection; `None` for `ws://`.
+    tls: Option<Box<ClientConnection>>,
     /// Whether the receive loop holds this connection in its list of sockets left unread.
     pub queued: bool,
     /// Whether a readiness event said the peer has shut down its side: then a short read no
@@ -320,10 +355,18 @@ pub struct Conn {
 impl Conn {
     /// Starts a nonblocking connect for subscriber `id`; the caller registers the stream.
     pub fn open(id: usize, shared: &Shared) -> std::io::Result<Self> {
+        let tls = match &shared.tls {
+            Some(tls) => Some(Box::new(
+                ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+                    .map_err(std::io::Error::other)?,
+            )),
+            None => None,
+        };
         Ok(Self {
             id,
             stream: TcpStream::connect(shared.addr)?,
             session: Session::new(id, shared.request.len()),
+            tls,
             queued: false,
             read_closed: false,
         })
@@ -348,10 +391,10 @@ impl Conn {
         if self.session.phase() == Phase::Connecting && !self.finish_connect()? {
             return Ok(Progress::default());
         }
-        self.flush(&shared.request)?;
+        self.flush(shared)?;
         let progress = self.read(shared, receive_us, reads_max)?;
         if !progress.finished {
-            self.flush(&shared.request)?;
+            self.flush(shared)?;
         }
         Ok(progress)
     }
@@ -364,7 +407,7 @@ impl Conn {
         match self.session.phase() {
             Phase::Receiving => {
                 self.session.start_close();
-                self.flush(&shared.request).is_ok()
+                self.flush(shared).is_ok()
             }
             Phase::Closing => true,
             _ => false,
@@ -391,21 +434,25 @@ impl Conn {
     }
 
     /// Writes pending output until it is all out or the socket buffer is full; the rest goes
-    /// out on the next writable event, so nothing is ever dropped.
-    fn flush(&mut self, request: &[u8]) -> Result<(), ConnError> {
-        loop {
-            let output = self.session.output(request);
-            if output.is_empty() {
-                return Ok(());
-            }
-            match self.stream.write(output) {
-                Ok(0) => return Err(ConnError::Io(ErrorKind::WriteZero.into())),
-                Ok(written) => self.session.wrote(written),
-                Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                Err(error) => return Err(error.into()),
-            }
+    /// out on the next writable event, so nothing is ever dropped. Over TLS the session's
+    /// output goes into rustls whole, and its records go out the same way.
+    fn flush(&mut self, shared: &Shared) -> Result<(), ConnError> {
+        let Some(tls) = self.tls.as_mut() else {
+            return write_until_blocked(&mut self.stream, &mut self.session, &shared.request);
+        };
+        if self.session.phase() == Phase::Connecting {
+            return Ok(());
         }
+        loop {
+            let output = self.session.output(&shared.request);
+            if output.is_empty() {
+                break;
+            }
+            let length = output.len();
+            tls.writer().write_all(output)?;
+            self.session.wrote(length);
+        }
+        flush_tls(tls, &mut self.stream)
     }
 
     /// Reads until the socket is drained or `reads_max` reads were made. A read shorter than
@@ -419,6 +466,9 @@ impl Conn {
         receive_us: u64,
         reads_max: usize,
     ) -> Result<Progress, ConnError> {
+        if self.tls.is_some() {
+            return self.read_tls(shared, receive_us, reads_max);
+        }
         for _ in 0..reads_max {
             let spare = self.session.spare();
             let room = spare.len();
@@ -456,6 +506,113 @@ impl Conn {
             finished: false,
         })
     }
+}
+
+impl Conn {
+    /// `read` over TLS: takes what rustls has decrypted, and reads the socket only when that is
+    /// exhausted. A short read proves nothing here (a read may end at a record's edge with
+    /// more queued behind it), so only `WouldBlock` counts as drained; `reads_max` bounds the
+    /// socket reads.
+    fn read_tls(
+        &mut self,
+        shared: &Shared,
+        receive_us: u64,
+        reads_max: usize,
+    ) -> Result<Progress, ConnError> {
+        let tls = self.tls.as_mut().expect("a TLS connection");
+        let mut reads = 0;
+        loop {
+            let read = match tls.reader().read(self.session.spare()) {
+                Ok(read) => read,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    if reads == reads_max {
+                        return Ok(Progress {
+                            unread: true,
+                            finished: false,
+                        });
+                    }
+                    reads += 1;
+                    match tls.read_tls(&mut self.stream) {
+                        Ok(0) => 0,
+                        Ok(_) => {
+                            let handshaking = tls.is_handshaking();
+                            tls.process_new_packets().map_err(|error| ConnError::Tls {
+                                addr: shared.addr,
+                                handshaking,
+                                error,
+                            })?;
+                            flush_tls(tls, &mut self.stream)?;
+                            continue;
+                        }
+                        Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                            return Ok(Progress::default());
+                        }
+                        Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                // The end of the stream without TLS's close_notify first.
+                Err(error) if error.kind() == ErrorKind::UnexpectedEof => 0,
+                Err(error) => return Err(error.into()),
+            };
+            if read == 0 {
+                return if self.session.phase() == Phase::Closing {
+                    Ok(Progress {
+                        unread: false,
+                        finished: true,
+                    })
+                } else {
+                    Err(ConnError::Eof)
+                };
+            }
+            self.session.commit(read);
+            let input = self
+                .session
+                .take_input(&shared.scanner, &shared.recorder, receive_us)?;
+            if input == Input::CloseAcknowledged {
+                return Ok(Progress {
+                    unread: false,
+                    finished: true,
+                });
+            }
+        }
+    }
+}
+
+/// Writes `session`'s output to a plain `stream` until it is all out or the socket buffer is
+/// full.
+fn write_until_blocked(
+    stream: &mut TcpStream,
+    session: &mut Session,
+    request: &[u8],
+) -> Result<(), ConnError> {
+    loop {
+        let output = session.output(request);
+        if output.is_empty() {
+            return Ok(());
+        }
+        match stream.write(output) {
+            Ok(0) => return Err(ConnError::Io(ErrorKind::WriteZero.into())),
+            Ok(written) => session.wrote(written),
+            Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Writes rustls's pending records until none is left or the socket buffer is full (the rest
+/// goes out on the next writable event).
+fn flush_tls(tls: &mut ClientConnection, stream: &mut TcpStream) -> Result<(), ConnError> {
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(_) => {}
+            Err(error) if error.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The masking key of connection `id`. RFC 6455 wants it unpredictable to defeat proxy cache

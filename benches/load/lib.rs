@@ -141,13 +141,18 @@ const CLOSE_WAIT_MS: u64 = 1_000;
 /// Options of `corecast bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// WebSocket URL of the server (plain ws://); `?channels=<channel>` is appended.
+    /// WebSocket URL of the server, ws:// or wss:// (TLS); `?channels=<channel>` is appended.
     #[arg(long, value_name = "URL", default_value = "ws://127.0.0.1:8080/ws")]
     pub ws: String,
 
-    /// Control-plane HTTP URL of the server (plain http://); events go to `{api}/v1/publish`.
+    /// Control-plane URL of the server, http:// or https://; events go to `{api}/v1/publish`.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8081")]
     pub api: String,
+
+    /// For wss:// and https://: a PEM file of the CA certificates to trust (a private CA, or a
+    /// self-signed server's certificate) instead of the built-in Mozilla roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 
     /// Subscriber connections to open; each receives every event (1 to 1,000,000).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
@@ -375,14 +380,58 @@ impl BenchArgs {
         }
     }
 
-    /// How a server is to be published to through `via`.
-    fn plan(&self, via: Via) -> Plan {
+    /// How a server is to be published to through `via`, with `api_tls` for an https:// API.
+    fn plan(&self, via: Via, api_tls: ureq::tls::TlsConfig) -> Plan {
         Plan {
             via,
+            api_tls,
             channel_json: self.channel_json(),
             payload_bytes: self.payload_bytes,
             interval: Duration::from_millis(self.interval_ms),
         }
+    }
+
+    /// The certificates of `--ca`, read once per call; `None` without it. The error names
+    /// `--ca` and the file.
+    fn ca_pem(&self) -> Result<Option<Vec<u8>>, String> {
+        let Some(path) = &self.ca else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path).map_err(|err| format!("--ca {}: {err}", path.display()))?;
+        corecast_proto::tls::certificates(&pem)
+            .map_err(|err| format!("--ca {}: {err}", path.display()))?;
+        Ok(Some(pem))
+    }
+
+    /// How the subscribers of `endpoint` speak TLS: `None` for ws://.
+    fn subscriber_tls(&self, endpoint: &WsTarget) -> Result<Option<conn::Tls>, String> {
+        if !endpoint.tls {
+            return Ok(None);
+        }
+        let roots = corecast_proto::tls::roots(self.ca_pem()?.as_deref())?;
+        Ok(Some(conn::Tls {
+            config: corecast_proto::tls::client_config(roots),
+            server_name: corecast_proto::tls::server_name(endpoint.host())
+                .map_err(|err| format!("--ws {err}"))?,
+        }))
+    }
+
+    /// ureq's TLS settings for an https:// `--api`: rustls, trusting `--ca` or the built-in
+    /// Mozilla roots.
+    fn api_tls(&self) -> Result<ureq::tls::TlsConfig, String> {
+        let builder = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls);
+        let Some(pem) = self.ca_pem()? else {
+            return Ok(builder.build());
+        };
+        let certificates = corecast_proto::tls::certificates(&pem)?
+            .iter()
+            .map(|der| ureq::tls::Certificate::from_der(der).to_owned())
+            .collect();
+        Ok(builder
+            .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(
+                certificates,
+            )))
+            .build())
     }
 
     /// The channel name as a JSON string, quotes included.
@@ -506,6 +555,8 @@ fn write_svg(path: &std::path::Path, args: &BenchArgs, runs: &[&Finished]) -> Re
 struct Setup {
     target: Target,
     addr: SocketAddr,
+    /// `Some` for a wss:// `--ws`.
+    tls: Option<conn::Tls>,
     request: Vec<u8>,
     load: Load,
     connect_concurrency: usize,
@@ -520,15 +571,23 @@ fn run(args: &BenchArgs) -> Result<Finished, String> {
     args.check_bench_cpus()?;
     let via = match &args.publish_ws {
         Some(url) => {
-            Via::WebSocket(wire::parse_ws_url(url).map_err(|err| format!("--publish-ws {err}"))?)
+            let target = wire::parse_ws_url(url).map_err(|err| format!("--publish-ws {err}"))?;
+            if target.tls {
+                return Err(format!(
+                    "--publish-ws {url:?}: the publisher WebSocket speaks plain ws:// only; \
+                     publish through an https:// --api instead"
+                ));
+            }
+            Via::WebSocket(target)
         }
         None => Via::Http(wire::publish_url(&args.api)?),
     };
+    let api_tls = args.api_tls()?;
     let endpoint = wire::parse_ws_url(&args.ws).map_err(|err| format!("--ws {err}"))?;
     prepare_host(args.subscribers, false)?;
     let server = Server {
         name: args.ws.clone(),
-        plan: args.plan(via),
+        plan: args.plan(via, api_tls),
         process: args.server_pid.map(Process::Pid),
         cpus: Vec::new(),
         spawned: Vec::new(),
@@ -563,9 +622,11 @@ fn measure_target(
         .process()
         .map(|process| probe::rss_kib(process).map_err(|error| format!("the server: {error}")))
         .transpose()?;
+    let tls = args.subscriber_tls(endpoint)?;
     let setup = Setup {
         target,
         addr,
+        tls,
         request: wire::upgrade_request(endpoint, &args.channel),
         load: args.load(),
         connect_concurrency: args.connect_concurrency,
@@ -720,6 +781,7 @@ fn drive(mut setup: Setup) -> Result<Finished, String> {
         .publisher(setup.load.bench_cpus.first().copied())?;
     let mut receivers = Receivers::start(receivers::Config {
         addr: setup.addr,
+        tls: setup.tls.clone(),
         request: setup.request.clone(),
         subscribers: setup.load.subscribers,
         warmup_events: setup.load.warmup_events,

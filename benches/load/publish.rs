@@ -50,6 +50,8 @@ const COMMANDS_QUEUED_MAX: usize = 1;
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub via: Via,
+    /// ureq's TLS settings, for an https:// API (unused otherwise).
+    pub api_tls: ureq::tls::TlsConfig,
     /// The channel name as a JSON string, quotes included.
     pub channel_json: String,
     /// Size of the JSON `data` value, in bytes.
@@ -171,6 +173,7 @@ fn run_http(plan: &Plan, url: &str, phases: &Receiver<Phase>, outcomes: &SyncSen
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_millis(PUBLISH_TIMEOUT_MS)))
+        .tls_config(plan.api_tls.clone())
         .build()
         .into();
     let mut body = String::new();
@@ -564,6 +567,7 @@ mod tests {
     fn relay_plan(url: &str, payload_bytes: usize) -> Plan {
         Plan {
             via: Via::WebSocket(wire::parse_ws_url(url).unwrap()),
+            api_tls: ureq::tls::TlsConfig::default(),
             channel_json: r#""bench.relay""#.into(),
             payload_bytes,
             interval: Duration::from_millis(1),

@@ -25,7 +25,7 @@ use std::time::Duration;
 use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 
-use crate::conn::{Conn, ConnError, Phase, Shared};
+use crate::conn::{Conn, ConnError, Phase, Shared, Tls};
 use crate::recorder::Recorder;
 use crate::wire::Scanner;
 
@@ -44,6 +44,8 @@ const READS_PER_WAKE_MAX: usize = 16;
 /// What the receive loop needs to start.
 pub struct Config {
     pub addr: SocketAddr,
+    /// `Some` for `wss://`.
+    pub tls: Option<Tls>,
     pub request: Vec<u8>,
     /// The loop's own recorder, for its `subscribers`.
     pub recorder: Recorder,
@@ -110,6 +112,7 @@ impl Receiver {
             conns: Conns {
                 shared: Shared {
                     addr: config.addr,
+                    tls: config.tls,
                     request: config.request,
                     scanner: Scanner::default(),
                     recorder: config.recorder,
@@ -409,6 +412,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || fake_server(listener));
         let mut receiver = Receiver::start(Config {
+            tls: None,
             addr,
             request: REQUEST.to_vec(),
             recorder: Recorder::new(2, 0, EVENTS),
@@ -464,6 +468,7 @@ mod tests {
             stream.write_all(&bytes).unwrap();
         });
         let mut receiver = Receiver::start(Config {
+            tls: None,
             addr,
             request: REQUEST.to_vec(),
             recorder: Recorder::new(1, 0, 1),
@@ -496,6 +501,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let mut receiver = Receiver::start(Config {
+            tls: None,
             addr,
             request: REQUEST.to_vec(),
             recorder: Recorder::new(1, 0, 1),

@@ -21,12 +21,15 @@ use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::conn::Tls;
 use crate::receiver::{self, Receiver};
 use crate::recorder::Recorder;
 
 /// What the receive threads need to start.
 pub struct Config {
     pub addr: SocketAddr,
+    /// `Some` for `wss://`.
+    pub tls: Option<Tls>,
     pub request: Vec<u8>,
     /// Subscribers of the whole run, across the threads.
     pub subscribers: u64,
@@ -107,6 +110,7 @@ impl Receivers {
             let subscribers_here = share(subscribers);
             receiver::Config {
                 addr: config.addr,
+                tls: config.tls.clone(),
                 request: config.request.clone(),
                 recorder: Recorder::new(
                     subscribers_here as u64,
@@ -460,6 +464,7 @@ mod tests {
         let server = std::thread::spawn(move || fake_server(listener, go));
         let mut receivers = Receivers::start(Config {
             addr,
+            tls: None,
             request: REQUEST.to_vec(),
             subscribers: SUBSCRIBERS as u64,
             warmup_events: WARMUP_EVENTS,

@@ -30,14 +30,14 @@ pub fn upgrade_request(target: &WsTarget, channel: &str) -> Vec<u8> {
         target.path,
         percent_encode(channel)
     );
-    request_head(&path, &target.authority, HANDSHAKE_KEY)
+    request_head(&path, &target.authority, HANDSHAKE_KEY, None)
 }
 
 /// The upgrade request of the publisher connection to `target`: its path as written, with no
 /// `channels` query, since the publisher subscribes to nothing; what it sends is relayed to
 /// every subscriber.
 pub fn publisher_upgrade_request(target: &WsTarget) -> Vec<u8> {
-    request_head(&target.path, &target.authority, HANDSHAKE_KEY)
+    request_head(&target.path, &target.authority, HANDSHAKE_KEY, None)
 }
 
 /// Percent-encodes everything outside RFC 3986's unreserved set, so that `+`, `:` or `@` in a

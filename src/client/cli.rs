@@ -5,18 +5,23 @@
 //! JSON lines they print. `subscribe` prints one line per event on stdout: deliveries exactly
 //! as the server's `message` frame, and `connected`, `subscribed`, `gap`, `error` and
 //! `disconnected` notices in the same `{"type":..}` shape. It holds no protocol logic: the
-//! connection is a [`Client`], the publish is one `POST /v1/publish`.
+//! connection is a [`Client`], the publish is one `POST /v1/publish`. Secrets (`--token`,
+//! `--key`) can come from the environment instead of the command line, where any user of the
+//! host could read them in the process list.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::wire::publish_url;
-use crate::{Client, ClientConfig, Event};
+use crate::{Client, ClientConfig, ClientError, Event};
 use corecast_proto::channel::{is_pattern, validate_channel, validate_pattern};
+use corecast_proto::tls;
 use corecast_proto::{Position, Priority, Since};
 
 /// How long `subscribe` waits on the event channel between looks at stdout; any value works,
@@ -35,9 +40,22 @@ pub struct SubscribeArgs {
     /// Channels or patterns (`*` one token, `>` one or more trailing tokens).
     #[arg(required = true, value_name = "PATTERN")]
     patterns: Vec<String>,
-    /// The server's WebSocket endpoint.
+    /// The server's WebSocket endpoint, `ws://` or `wss://` (TLS).
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
+    /// A connection JWT, for a server with `auth = "jwt"`: sent as `Authorization: Bearer`.
+    /// Better set through CORECAST_TOKEN, which other users cannot read in the process list.
+    #[arg(
+        long,
+        value_name = "JWT",
+        env = "CORECAST_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// For wss://: a PEM file of the CA certificates to trust (a private CA, or a
+    /// self-signed server's certificate) instead of the built-in Mozilla roots.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Exit 0 after this many messages (default: run until interrupted).
     #[arg(long)]
     count: Option<u64>,
@@ -62,9 +80,17 @@ pub struct PublishArgs {
     channel: String,
     /// The event, any JSON value (quote it for the shell: '{"n":1}').
     json: String,
-    /// The server's control-plane API.
+    /// The server's control-plane API, `http://` or `https://`.
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     api: String,
+    /// A control-plane API key (`[[api_keys]]`), sent as `Authorization: Bearer`. Better set
+    /// through CORECAST_KEY, which other users cannot read in the process list.
+    #[arg(long, value_name = "KEY", env = "CORECAST_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// For https://: a PEM file of the CA certificates to trust (a private CA, or a
+    /// self-signed server's certificate) instead of the built-in Mozilla roots.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Delivery priority (the server's default is normal).
     #[arg(long, value_enum)]
     priority: Option<Priority>,
@@ -115,12 +141,18 @@ pub fn subscribe_main(args: SubscribeArgs) -> ExitCode {
     };
     let mut config = ClientConfig::new(&args.url);
     config.ping_interval_ms = args.ping_interval_ms;
+    config.token = args.token;
+    config.ca_file = args.ca;
     if let Err(err) = config.validate() {
         eprintln!("corecast subscribe: --url/--ping-interval-ms: {err}");
         return ExitCode::from(EXIT_USAGE);
     }
     let client = match Client::connect(config) {
         Ok(client) => client,
+        Err(err @ ClientError::Config(_)) => {
+            eprintln!("corecast subscribe: --url/--ca: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
         Err(err) => {
             eprintln!("corecast subscribe: {}: {err}", args.url);
             return ExitCode::FAILURE;
@@ -271,15 +303,24 @@ pub fn publish_main(args: PublishArgs) -> ExitCode {
         Value::from(args.channel.as_str()),
         data.get()
     );
+    let tls = match ureq_tls(args.ca.as_deref()) {
+        Ok(tls) => tls,
+        Err(err) => {
+            eprintln!("corecast publish: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_millis(PUBLISH_TIMEOUT_MS)))
+        .tls_config(tls)
         .build()
         .new_agent();
-    let reply = agent
-        .post(&url)
-        .header("content-type", "application/json")
-        .send(body.as_str());
+    let mut request = agent.post(&url).header("content-type", "application/json");
+    if let Some(key) = &args.key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    let reply = request.send(body.as_str());
     let mut response = match reply {
         Ok(response) => response,
         Err(err) => {
@@ -302,6 +343,26 @@ pub fn publish_main(args: PublishArgs) -> ExitCode {
         eprintln!("corecast publish: POST {url}: {status} {}", text.trim_end());
         ExitCode::FAILURE
     }
+}
+
+/// ureq's TLS settings for an `https://` API: rustls, trusting the certificates of `ca` (a
+/// PEM file) when given, else the built-in Mozilla roots. The error names `--ca` and the file.
+pub fn ureq_tls(ca: Option<&Path>) -> Result<ureq::tls::TlsConfig, String> {
+    let builder = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls);
+    let Some(path) = ca else {
+        return Ok(builder.build());
+    };
+    let certificates = std::fs::read(path)
+        .map_err(|err| err.to_string())
+        .and_then(|pem| tls::certificates(&pem))
+        .map_err(|err| format!("--ca {}: {err}", path.display()))?;
+    let certificates = certificates
+        .iter()
+        .map(|der| ureq::tls::Certificate::from_der(der).to_owned())
+        .collect();
+    Ok(builder
+        .root_certs(ureq::tls::RootCerts::Specific(Arc::new(certificates)))
+        .build())
 }
 
 #[cfg(test)]
@@ -364,6 +425,8 @@ mod tests {
         let args = |patterns: &[&str], seq, offset| SubscribeArgs {
             patterns: patterns.iter().map(|p| p.to_string()).collect(),
             url: "ws://127.0.0.1:1/ws".into(),
+            token: None,
+            ca: None,
             count: None,
             since_epoch: Some("e".into()),
             since_seq: seq,

@@ -2,13 +2,14 @@
 //! delivery extensions (README, "Delivery guarantees"), and the `corecast subscribe` and
 //! `corecast publish` commands built on it.
 //!
-//! Owns the client side of a connection's life: connect to `ws://host:port/ws`, read
+//! Owns the client side of a connection's life: connect to `ws://host:port/ws` (or `wss://`,
+//! TLS with rustls, trusting `ca_file` or Mozilla's roots), present a token if given, read
 //! `connected`, subscribe, publish, ack, measure an app-level ping, and reconnect with
 //! exponential backoff and full jitter whenever the connection ends, resubscribing every
 //! pattern with `since` so the server sends what was missed. One background thread per
 //! [`Client`] reads the socket and reconnects; the application's calls write through a shared
 //! lock, and events reach it through a bounded channel ([`Client::next_event`]).
-//! It uses std threads and `std::net` only (no async runtime), never deduplicates or reorders
+//! It uses std threads and blocking `std::net` sockets only (no async runtime), never deduplicates or reorders
 //! what the server sends (the server guarantees no gap and no duplicate on recovery; a gap it
 //! cannot avoid arrives as [`Event::Gap`] or `recovered: false`), and never blocks the
 //! application for longer than `write_timeout_ms` on a write. It speaks the protocol through
@@ -21,17 +22,18 @@
 //! - [`track`]: the subscriptions and their positions, and the `subscribe` commands they make.
 //! - [`backoff`]: the reconnect delay.
 //! - `session`: the background thread: connection, reading, ping timer, reconnects.
+//! - `link`: the byte stream under a connection, plain TCP or TLS.
 //! - [`cli`]: `corecast subscribe` and `corecast publish`.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod cli;
 pub mod event;
+mod link;
 mod session;
 pub mod track;
 
-use std::io::Write;
-use std::net::{Shutdown, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,7 +46,8 @@ pub use session::ConnectError;
 pub use track::Cursor;
 
 use corecast_proto::channel::{validate_channel, validate_pattern, ChannelError};
-use corecast_proto::{buffer, wire};
+use corecast_proto::{buffer, tls, wire};
+use link::Link;
 use track::Subscriptions;
 use wire::{WsTarget, CLOSE_NORMAL_PAYLOAD, CONTROL_FRAME_BYTES_MAX, OPCODE_CLOSE};
 
@@ -52,8 +55,17 @@ use wire::{WsTarget, CLOSE_NORMAL_PAYLOAD, CONTROL_FRAME_BYTES_MAX, OPCODE_CLOSE
 /// of [`ClientConfig::new`]; [`Client::connect`] refuses out-of-range values by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// `ws://host:port/path?query` (plain TCP only). Default path: as written (`/` if none).
+    /// `ws://host:port/path?query`, or `wss://` for TLS (port 443 by default). Default path:
+    /// as written (`/` if none).
     pub url: String,
+    /// A connection JWT, sent at every upgrade as `Authorization: Bearer` (default none: a
+    /// server with `auth = "jwt"` then answers 401). Not refreshed: once it expires, the
+    /// server closes the connection (4001) and refuses the reconnects.
+    pub token: Option<String>,
+    /// A PEM file of the CA certificates a `wss://` server's certificate must chain to (a
+    /// private CA, or a self-signed server's own certificate); default none: Mozilla's roots
+    /// (`webpki-roots`), built in. Read once, by [`Client::connect`].
+    pub ca_file: Option<PathBuf>,
     /// First reconnect window, ms (default 1,000): a reconnect waits `uniform(0, min(cap,
     /// base * 2^attempt))`. Smaller reconnects sooner after a blip but loads a restarting
     /// server harder when many clients drop at once.
@@ -87,6 +99,8 @@ impl ClientConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            token: None,
+            ca_file: None,
             backoff_base_ms: 1_000,
             backoff_cap_ms: 30_000,
             ping_interval_ms: 10_000,
@@ -130,7 +144,8 @@ impl ClientConfig {
 /// Why a [`Client`] call failed. None of these ends the client.
 #[derive(Debug)]
 pub enum ClientError {
-    /// A [`ClientConfig`] field is out of range or the URL is not `ws://`; carries which.
+    /// A [`ClientConfig`] field is out of range, the URL is not `ws://` or `wss://`, or the
+    /// `ca_file` cannot be used; carries which.
     /// Caller: fix the configuration.
     Config(String),
     /// The first connection failed. Caller: check the URL and the server, then try again
@@ -176,7 +191,7 @@ pub struct Latency {
 
 /// The write half of the current connection.
 struct Writer {
-    stream: TcpStream,
+    link: Link,
     /// Reused frame bytes: one allocation per connection, grown to the largest frame sent.
     frame: Vec<u8>,
     /// Masking keys (RFC 6455 wants them unpredictable to intermediaries).
@@ -184,9 +199,9 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(stream: TcpStream) -> Self {
+    fn new(link: Link) -> Self {
         Self {
-            stream,
+            link,
             frame: Vec::new(),
             rng: fastrand::Rng::new(),
         }
@@ -208,7 +223,7 @@ impl State {
         let writer = self.writer.as_mut().ok_or(ClientError::NotConnected)?;
         let mask = writer.rng.u32(..).to_be_bytes();
         wire::masked_text_frame(&[text], mask, &mut writer.frame);
-        let written = writer.stream.write_all(&writer.frame);
+        let written = writer.link.write_all(&writer.frame);
         Self::check(writer, written)
     }
 
@@ -218,14 +233,14 @@ impl State {
         let mut frame = [0; CONTROL_FRAME_BYTES_MAX];
         let mask = writer.rng.u32(..).to_be_bytes();
         let length = wire::encode_control_frame(opcode, payload, mask, &mut frame);
-        let written = writer.stream.write_all(&frame[..length]);
+        let written = writer.link.write_all(&frame[..length]);
         Self::check(writer, written)
     }
 
     fn check(writer: &Writer, written: std::io::Result<()>) -> Result<(), ClientError> {
         written.map_err(|err| {
             // The reader shares this socket: it sees the shutdown and reconnects.
-            let _ = writer.stream.shutdown(Shutdown::Both);
+            let _ = writer.link.shutdown();
             ClientError::Io(err)
         })
     }
@@ -235,6 +250,11 @@ impl State {
 struct Shared {
     config: ClientConfig,
     target: WsTarget,
+    /// For `wss://`: the rustls configuration and the name the certificate must carry.
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     state: Mutex<State>,
     /// Set once, when the client is dropped.
     stopped: AtomicBool,
@@ -283,10 +303,16 @@ impl Client {
     /// [`Event::Connected`].
     pub fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let target = config.validate()?;
+        let tls = if target.tls {
+            Some(tls_config(&config, &target)?)
+        } else {
+            None
+        };
         let (sender, events) = mpsc::sync_channel(config.events_max);
         let shared = Arc::new(Shared {
             config,
             target,
+            tls,
             state: Mutex::new(State {
                 subscriptions: Subscriptions::default(),
                 writer: None,
@@ -413,6 +439,28 @@ impl Client {
     }
 }
 
+/// The rustls configuration of a `wss://` target: `ca_file`'s roots or the built-in ones.
+fn tls_config(
+    config: &ClientConfig,
+    target: &WsTarget,
+) -> Result<
+    (
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    ),
+    ClientError,
+> {
+    let roots = match &config.ca_file {
+        Some(path) => std::fs::read(path)
+            .map_err(|err| err.to_string())
+            .and_then(|pem| tls::roots(Some(&pem)))
+            .map_err(|err| ClientError::Config(format!("ca_file {}: {err}", path.display())))?,
+        None => tls::roots(None).map_err(ClientError::Config)?,
+    };
+    let name = tls::server_name(target.host()).map_err(ClientError::Config)?;
+    Ok((tls::client_config(roots), name))
+}
+
 fn check_channel(channel: &str) -> Result<(), ClientError> {
     validate_channel(channel).map_err(|error| ClientError::InvalidChannel {
         name: channel.to_string(),
@@ -428,7 +476,7 @@ impl Drop for Client {
             // Best effort: the socket is shut down right after either way.
             let _ = state.send_control(OPCODE_CLOSE, &CLOSE_NORMAL_PAYLOAD);
             if let Some(writer) = state.writer.take() {
-                let _ = writer.stream.shutdown(Shutdown::Both);
+                let _ = writer.link.shutdown();
             }
         }
         // Unblocks a session waiting for room in the channel.
@@ -459,10 +507,18 @@ mod tests {
             config.validate().unwrap_err().to_string(),
             "client configuration: events_max = 0: must be at least 1"
         );
-        let config = ClientConfig::new("wss://h/ws");
+        let config = ClientConfig::new("http://h/ws");
         assert_eq!(
             config.validate().unwrap_err().to_string(),
-            r#"client configuration: "wss://h/ws": only plain ws:// URLs are supported (no TLS)"#
+            r#"client configuration: "http://h/ws": only ws:// and wss:// URLs are supported"#
+        );
+        let mut config = ClientConfig::new("wss://h/ws");
+        config.ca_file = Some("/nonexistent/ca.pem".into());
+        let err = Client::connect(config).err().expect("no such file");
+        assert!(
+            err.to_string()
+                .starts_with("client configuration: ca_file /nonexistent/ca.pem: "),
+            "{err}"
         );
     }
 
@@ -485,6 +541,7 @@ mod tests {
         let shared = Shared {
             config: ClientConfig::new("ws://127.0.0.1:1/ws"),
             target: wire::parse_ws_url("ws://127.0.0.1:1/ws").unwrap(),
+            tls: None,
             state: Mutex::new(State {
                 subscriptions: Subscriptions::default(),
                 writer: None,

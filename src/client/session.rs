@@ -10,8 +10,8 @@
 //! reading, and the server's slow-consumer policy decides (the spec's recovery then refills
 //! what was missed after the reconnect).
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::io::ErrorKind;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use crate::backoff::Backoff;
 use crate::buffer::{self, ReadBuffer};
 use crate::event::{parse_frame, Event, Frame};
+use crate::link::Link;
 use crate::track::Reply;
 use crate::wire::{self, UpgradeError, CONTROL_PAYLOAD_BYTES_MAX, OPCODE_CLOSE, OPCODE_PONG};
 use crate::{Shared, Writer};
@@ -52,6 +53,10 @@ pub enum ConnectError {
     Frame(buffer::FrameError),
     /// The first frame was not `{"type":"connected",...}`; carries what was wrong.
     NoGreeting(String),
+    /// The TLS handshake of a `wss://` connection failed (an untrusted or mismatched
+    /// certificate, no protocol in common, a server that speaks no TLS); carries the address
+    /// and rustls's reason.
+    Tls { authority: String, reason: String },
 }
 
 impl std::fmt::Display for ConnectError {
@@ -67,6 +72,9 @@ impl std::fmt::Display for ConnectError {
             ),
             Self::Frame(err) => write!(f, "{err}"),
             Self::NoGreeting(why) => write!(f, "no connected frame first: {why}"),
+            Self::Tls { authority, reason } => {
+                write!(f, "TLS handshake with {authority} failed: {reason}")
+            }
         }
     }
 }
@@ -84,7 +92,7 @@ impl From<std::io::Error> for ConnectError {
 
 /// A connection that has read its `connected` frame.
 pub struct Connection {
-    stream: TcpStream,
+    link: Link,
     /// Holds whatever followed the greeting in the same reads.
     buffer: ReadBuffer,
     conn_id: String,
@@ -113,7 +121,7 @@ impl Connection {
                 Err(err) => last_err = Some(err),
             }
         }
-        let mut stream = match (connected, last_err) {
+        let stream = match (connected, last_err) {
             (Some(stream), _) => stream,
             (None, Some(err)) => return Err(err.into()),
             (None, None) => {
@@ -125,11 +133,27 @@ impl Connection {
         };
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(Duration::from_millis(config.write_timeout_ms)))?;
+        let mut link = match &shared.tls {
+            None => Link::plain(stream),
+            Some((tls, server_name)) => {
+                stream.set_read_timeout(Some(remaining()?))?;
+                Link::tls(stream, tls.clone(), server_name.clone()).map_err(|err| {
+                    match ConnectError::from(err) {
+                        ConnectError::Io(err) => ConnectError::Tls {
+                            authority: shared.target.authority.clone(),
+                            reason: err.to_string(),
+                        },
+                        other => other,
+                    }
+                })?
+            }
+        };
         let key = generate_key();
-        stream.write_all(&wire::request_head(
+        link.write_all(&wire::request_head(
             &shared.target.path,
             &shared.target.authority,
             &key,
+            config.token.as_deref(),
         ))?;
 
         let mut buffer = ReadBuffer::default();
@@ -144,7 +168,7 @@ impl Connection {
                     break;
                 }
                 None if buffer.is_full() => return Err(ConnectError::UpgradeTooLong),
-                None => read_some(&mut stream, &mut buffer, remaining()?)?,
+                None => read_some(&mut link, &mut buffer, remaining()?)?,
             }
         }
         loop {
@@ -152,7 +176,7 @@ impl Connection {
                 .next_frame(config.frame_bytes_max)
                 .map_err(ConnectError::Frame)?;
             let Some(frame) = next else {
-                read_some(&mut stream, &mut buffer, remaining()?)?;
+                read_some(&mut link, &mut buffer, remaining()?)?;
                 continue;
             };
             if frame.opcode != OpCode::Data(Data::Text) {
@@ -163,7 +187,7 @@ impl Connection {
             }
             return match parse_frame(buffer.payload(&frame)) {
                 Ok(Frame::Connected { conn_id, epoch }) => Ok(Connection {
-                    stream,
+                    link,
                     buffer,
                     conn_id,
                     epoch,
@@ -176,13 +200,9 @@ impl Connection {
 }
 
 /// Reads once into `buffer`, waiting at most `wait`; end of stream is an error.
-fn read_some(
-    stream: &mut TcpStream,
-    buffer: &mut ReadBuffer,
-    wait: Duration,
-) -> Result<(), ConnectError> {
-    stream.set_read_timeout(Some(wait))?;
-    let read = stream.read(buffer.spare())?;
+fn read_some(link: &mut Link, buffer: &mut ReadBuffer, wait: Duration) -> Result<(), ConnectError> {
+    link.set_read_timeout(Some(wait))?;
+    let read = link.read(buffer.spare())?;
     if read == 0 {
         return Err(ConnectError::Io(ErrorKind::UnexpectedEof.into()));
     }
@@ -260,7 +280,7 @@ fn serve(
     reconnects: u64,
 ) -> Ended {
     let Connection {
-        mut stream,
+        mut link,
         mut buffer,
         conn_id,
         epoch,
@@ -270,10 +290,10 @@ fn serve(
     let read_wait = Duration::from_millis(
         (config.ping_interval_ms / 4).clamp(READ_WAIT_MS_MIN, READ_WAIT_MS_MAX),
     );
-    if let Err(err) = stream.set_read_timeout(Some(read_wait)) {
+    if let Err(err) = link.set_read_timeout(Some(read_wait)) {
         return Ended::Lost(format!("socket: {err}"));
     }
-    let writer = match stream.try_clone() {
+    let writer = match link.try_clone() {
         Ok(clone) => Writer::new(clone),
         Err(err) => return Ended::Lost(format!("socket: {err}")),
     };
@@ -381,7 +401,7 @@ fn serve(
             next_ping = now + interval;
         }
 
-        match stream.read(buffer.spare()) {
+        match link.read(buffer.spare()) {
             Ok(0) => break Ended::Lost("server closed the TCP connection".to_string()),
             Ok(read) => buffer.commit(read),
             Err(err)
@@ -403,7 +423,7 @@ fn lose(shared: &Shared, reason: String) -> Ended {
     let mut state = shared.lock();
     if let Some(writer) = state.writer.take() {
         // The read half is the same socket: dropping both closes it.
-        let _ = writer.stream.shutdown(Shutdown::Both);
+        let _ = writer.link.shutdown();
     }
     if shared.stopped.load(Ordering::Acquire) {
         Ended::Stopped

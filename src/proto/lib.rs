@@ -15,9 +15,10 @@
 //! - [`priority`]: [`Priority`], a publish's lane.
 //! - [`error`]: [`ErrorCode`], the `code` of an `error` frame.
 //! - [`close`]: the close codes, by name.
-//! - [`wire`]: the client side of the wire: `ws://` URLs, the upgrade exchange, masked frames.
+//! - [`wire`]: the client side of the wire: `ws://`/`wss://` URLs, the upgrade exchange, masked frames.
 //! - [`buffer`]: a client's read buffer and the server-frame splitter over it.
 //! - [`host`]: CPU lists and the local port range, as text.
+//! - `tls` (feature `tls`): the trusted roots and rustls client configuration of `wss://`.
 #![forbid(unsafe_code)]
 
 pub mod buffer;
@@ -27,6 +28,8 @@ pub mod error;
 pub mod host;
 pub mod position;
 pub mod priority;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod wire;
 
 pub use error::ErrorCode;

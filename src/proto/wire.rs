@@ -1,5 +1,5 @@
-//! The client side of the wire as pure functions over bytes: `ws://` and API URLs, the HTTP
-//! upgrade exchange, and masked client frames (control and text).
+//! The client side of the wire as pure functions over bytes: `ws://`/`wss://` and API URLs,
+//! the HTTP upgrade exchange, and masked client frames (control and text).
 //!
 //! Owns every byte format a client writes on a WebSocket and the upgrade answer it reads (server
 //! frames are split by [`crate::buffer`]). Shared by the Rust client (`corecast-client`) and
@@ -30,30 +30,42 @@ const MASK_BIT: u8 = 0x80;
 /// and a 64-bit extended length (RFC 6455 section 5.2).
 const PAYLOAD_BYTES_7BIT_MAX: usize = 125;
 
-/// Where a `ws://` URL points: what to connect to and what to ask for.
+/// Where a `ws://` or `wss://` URL points: what to connect to and what to ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsTarget {
     /// `host:port`, for name resolution and the `Host` header.
     pub authority: String,
     /// Path and query as written in the URL, `/` when the URL has none.
     pub path: String,
+    /// `wss://`: the connection speaks TLS to `host()` before the upgrade.
+    pub tls: bool,
+}
+
+impl WsTarget {
+    /// The host of `authority` without its port or an IPv6 literal's brackets: the name a TLS
+    /// certificate must carry.
+    pub fn host(&self) -> &str {
+        host_of(&self.authority)
+    }
 }
 
 impl std::fmt::Display for WsTarget {
     /// The URL again, with the default port written out: what failure messages name.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ws://{}{}", self.authority, self.path)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        write!(f, "{scheme}://{}{}", self.authority, self.path)
     }
 }
 
-/// Splits `ws://host[:port][/path][?query]`; the port defaults to 80. `wss://` is refused:
-/// these clients speak plain TCP only (the bench so that TLS cost never shows up in the
-/// latency it measures; the client because corecast serves no TLS, a proxy in front does).
-/// The error names the URL; the caller adds which argument it came from.
+/// Splits `ws://host[:port][/path][?query]` (the port defaults to 80) or the same with
+/// `wss://` (TLS; the port defaults to 443). The error names the URL; the caller adds which
+/// argument it came from.
 pub fn parse_ws_url(url: &str) -> Result<WsTarget, String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("{url:?}: only plain ws:// URLs are supported (no TLS)"))?;
+    let (rest, tls) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(rest), _) => (rest, false),
+        (None, Some(rest)) => (rest, true),
+        (None, None) => return Err(format!("{url:?}: only ws:// and wss:// URLs are supported")),
+    };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(at) => (&rest[..at], &rest[at..]),
         None => (rest, "/"),
@@ -67,21 +79,33 @@ pub fn parse_ws_url(url: &str) -> Result<WsTarget, String> {
         path.to_string()
     };
     Ok(WsTarget {
-        authority: with_default_port(authority, 80),
+        authority: with_default_port(authority, if tls { 443 } else { 80 }),
         path,
+        tls,
     })
 }
 
-/// Checks the `--api` address `http://host[:port]` and returns the publish endpoint
-/// `{api}/v1/publish`.
+/// Checks the `--api` address `http://host[:port]` or `https://host[:port]` and returns the
+/// publish endpoint `{api}/v1/publish`.
 pub fn publish_url(api: &str) -> Result<String, String> {
     let rest = api
         .strip_prefix("http://")
-        .ok_or_else(|| format!("--api {api:?}: only plain http:// URLs are supported (no TLS)"))?;
+        .or_else(|| api.strip_prefix("https://"))
+        .ok_or_else(|| format!("--api {api:?}: only http:// and https:// URLs are supported"))?;
     if rest.is_empty() || rest.starts_with('/') {
         return Err(format!("--api {api:?}: the URL names no host"));
     }
     Ok(format!("{}/v1/publish", api.trim_end_matches('/')))
+}
+
+/// `authority` without its port, and an IPv6 literal without its brackets.
+fn host_of(authority: &str) -> &str {
+    if let Some(literal) = authority.strip_prefix('[') {
+        return literal.split(']').next().unwrap_or(literal);
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
 }
 
 fn with_default_port(authority: &str, port: u16) -> String {
@@ -95,15 +119,19 @@ fn with_default_port(authority: &str, port: u16) -> String {
 }
 
 /// The upgrade request head for `path` (query included) on `host`, offering `key` as its
-/// `Sec-WebSocket-Key`.
-pub fn request_head(path: &str, host: &str, key: &str) -> Vec<u8> {
+/// `Sec-WebSocket-Key`, and `token` (a connection JWT) as `Authorization: Bearer` when given:
+/// a header rather than `?token=`, so that the secret stays out of logged URLs.
+pub fn request_head(path: &str, host: &str, key: &str, token: Option<&str>) -> Vec<u8> {
+    let authorization = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
     format!(
         "GET {path} HTTP/1.1\r\n\
          Host: {host}\r\n\
          Upgrade: websocket\r\n\
          Connection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Version: 13\r\n{authorization}\r\n"
     )
     .into_bytes()
 }
@@ -235,8 +263,17 @@ mod tests {
         let target = parse_ws_url("ws://[::1]?token=t").unwrap();
         assert_eq!(target.authority, "[::1]:80");
         assert_eq!(target.path, "/?token=t");
-        assert!(parse_ws_url("wss://host/ws").is_err());
+        assert!(!target.tls);
+        assert_eq!(target.host(), "::1");
+        let target = parse_ws_url("wss://host/ws").unwrap();
+        assert_eq!(target.authority, "host:443");
+        assert!(target.tls);
+        assert_eq!(target.host(), "host");
+        assert_eq!(target.to_string(), "wss://host:443/ws");
+        assert_eq!(parse_ws_url("wss://h:9/").unwrap().host(), "h");
+        assert!(parse_ws_url("http://host/ws").is_err());
         assert!(parse_ws_url("ws:///ws").is_err());
+        assert!(parse_ws_url("wss:///ws").is_err());
     }
 
     #[test]
@@ -245,8 +282,13 @@ mod tests {
             publish_url("http://127.0.0.1:8081/").unwrap(),
             "http://127.0.0.1:8081/v1/publish"
         );
-        assert!(publish_url("https://127.0.0.1:8081").is_err());
+        assert_eq!(
+            publish_url("https://127.0.0.1:8081").unwrap(),
+            "https://127.0.0.1:8081/v1/publish"
+        );
+        assert!(publish_url("ftp://127.0.0.1:8081").is_err());
         assert!(publish_url("http://").is_err());
+        assert!(publish_url("https://").is_err());
     }
 
     #[test]
@@ -338,9 +380,15 @@ mod tests {
     #[test]
     fn request_head_offers_the_key() {
         assert_eq!(
-            String::from_utf8(request_head("/ws", "h:1", "a2V5")).unwrap(),
+            String::from_utf8(request_head("/ws", "h:1", "a2V5", None)).unwrap(),
             "GET /ws HTTP/1.1\r\nHost: h:1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: a2V5\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        assert_eq!(
+            String::from_utf8(request_head("/ws", "h:1", "a2V5", Some("t.k.n"))).unwrap(),
+            "GET /ws HTTP/1.1\r\nHost: h:1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: a2V5\r\nSec-WebSocket-Version: 13\r\n\
+             Authorization: Bearer t.k.n\r\n\r\n"
         );
     }
 }
