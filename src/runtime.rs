@@ -112,6 +112,15 @@ pub fn preflight(config: &Config, executors: usize) -> Result<(), StartError> {
                 .into(),
         ));
     }
+    if let Err(error) = tune::host::io_uring_ring() {
+        return Err(StartError(format!(
+            "io_uring is not available here ({error}); corecast runs on io_uring. A seccomp \
+             profile (containers' default ones refuse it), a container runtime or \
+             kernel.io_uring_disabled blocks it: in a container, run with `--security-opt \
+             seccomp=unconfined` or a profile that allows io_uring_setup, io_uring_enter and \
+             io_uring_register (README, \"Container image\")"
+        )));
+    }
     let (soft, hard) = rlimit::getrlimit(rlimit::Resource::MEMLOCK)
         .map_err(|err| StartError(format!("cannot read RLIMIT_MEMLOCK: {err}")))?;
     if soft < MEMLOCK_BYTES_MIN && hard >= MEMLOCK_BYTES_MIN {

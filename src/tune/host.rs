@@ -91,12 +91,17 @@ pub fn io_uring_disabled() -> Option<u8> {
         .and_then(checks::parse_io_uring_disabled)
 }
 
-/// Creates and drops a tiny io_uring: the one test that also catches seccomp filters and
-/// container runtimes that block the syscalls.
-fn io_uring_ring() -> Result<(), String> {
-    io_uring::IoUring::new(PROBE_RING_ENTRIES)
-        .map(drop)
-        .map_err(|err| err.to_string())
+/// Creates a tiny io_uring, asks it which operations the kernel supports (the probe glommio
+/// registers at start) and drops it: the one test that also catches seccomp filters and
+/// container runtimes that block the syscalls, `io_uring_register` included (a filter may let
+/// a ring be set up and refuse the rest).
+pub fn io_uring_ring() -> Result<(), String> {
+    let ring = io_uring::IoUring::new(PROBE_RING_ENTRIES)
+        .map_err(|err| format!("io_uring_setup: {err}"))?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|err| format!("io_uring_register: {err}"))
 }
 
 fn page_bytes() -> u64 {
