@@ -227,6 +227,17 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::tenant_connections_max())]
     pub tenant_connections_max: usize,
 
+    /// Connections one user (a token's `sub`, or `?user=` without auth) may hold on this node;
+    /// past it the next upgrade gets HTTP 429 `user_connection_limit`. 0 (the default): no
+    /// limit. In cluster mode each node counts its own.
+    #[arg(long, default_value_t = defaults::connections_per_user_max())]
+    pub connections_per_user_max: usize,
+
+    /// Largest token claim `info` (a JSON object, shown as a presence member's `info`), in
+    /// bytes; a token with a larger one is refused at the upgrade with 401.
+    #[arg(long, default_value_t = defaults::presence_info_bytes_max())]
+    pub presence_info_bytes_max: usize,
+
     /// Publishes per second one tenant may make, over the control plane and its clients
     /// together (a token bucket holding one second's worth); past it a publish gets 429 or
     /// `rate_limited`. 0 (the default): no limit.
@@ -626,6 +637,12 @@ pub mod defaults {
     pub fn tenant_connections_max() -> usize {
         0
     }
+    pub fn connections_per_user_max() -> usize {
+        0
+    }
+    pub fn presence_info_bytes_max() -> usize {
+        1_024
+    }
     pub fn tenant_publishes_per_s() -> u32 {
         0
     }
@@ -725,6 +742,8 @@ impl Default for Config {
             connections_max: defaults::connections_max(),
             connections_per_ip_max: defaults::connections_per_ip_max(),
             tenant_connections_max: defaults::tenant_connections_max(),
+            connections_per_user_max: defaults::connections_per_user_max(),
+            presence_info_bytes_max: defaults::presence_info_bytes_max(),
             tenant_publishes_per_s: defaults::tenant_publishes_per_s(),
             allowed_origins: Vec::new(),
             queue_items_max: defaults::queue_items_max(),
@@ -812,8 +831,11 @@ fn check_range<T: PartialOrd + std::fmt::Display>(
 impl Config {
     /// Whether a connection of `tenant` must ask the ingest core for a place under the
     /// connection limits over every shard (`ingest::admission`): only when one applies to it.
-    pub fn admission_needed(&self, tenant: Option<&str>) -> bool {
-        self.connections_max > 0 || self.connections_per_ip_max > 0 || tenant.is_some()
+    pub fn admission_needed(&self, tenant: Option<&str>, user: bool) -> bool {
+        self.connections_max > 0
+            || self.connections_per_ip_max > 0
+            || tenant.is_some()
+            || (user && self.connections_per_user_max > 0)
     }
 
     /// Checks every field and every relationship between fields, naming the field at fault.
@@ -1045,6 +1067,18 @@ impl Config {
             self.tenant_connections_max,
             0,
             100_000_000,
+        )?;
+        check_range(
+            "connections_per_user_max",
+            self.connections_per_user_max,
+            0,
+            1_000_000,
+        )?;
+        check_range(
+            "presence_info_bytes_max",
+            self.presence_info_bytes_max,
+            2,
+            65_536,
         )?;
         check_range(
             "tenant_publishes_per_s",

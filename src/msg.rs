@@ -51,8 +51,25 @@ pub enum ToShard {
     },
     /// Report counters or patterns (for `/v1/stats`, `/v1/channels`), tagged `query`.
     Query { query: u64, kind: QueryKind },
+    /// The control plane's act on every connection here of one user, named by the full
+    /// name of its stream (`$t:acme.$user.ada`).
+    User { stream: Arc<str>, act: UserAct },
     /// Close every connection with 1001 and stop.
     Shutdown,
+}
+
+/// What `POST /v1/users/...` does to each connection of a user (PROTOCOL.md, "Users"). In
+/// cluster mode it crosses Redis as JSON (`{"act":"disconnect","value":..}`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "act", content = "value", rename_all = "snake_case")]
+pub enum UserAct {
+    /// Close it with 4010 and this reason.
+    Disconnect(Arc<str>),
+    /// Subscribe it to this pattern (as its clients name it, without a tenant's scope), and
+    /// tell it so with `subscribed` and `"server":true`.
+    Subscribe(Arc<str>),
+    /// Unsubscribe it from this pattern, and tell it so with `unsubscribed`.
+    Unsubscribe(Arc<str>),
 }
 
 /// The answer to a `subscribe` with `since`, sent by the sequencer between two publishes:
@@ -110,9 +127,9 @@ pub struct Delivery {
     pub deflated: Option<Bytes>,
     pub channel_start: u16,
     pub channel_len: u8,
-    /// The channel's full name when it is in a tenant's scope (`$t:acme.leads.42`), which the
-    /// shard matches subscriptions against; the frame names it as the tenant's clients do
-    /// (`leads.42`). `None` when the frame's name is the full name.
+    /// The channel's full name when it is in a tenant's scope (`$t:acme.leads.42`) or a user's
+    /// stream (`$user.ada`), which the shard matches subscriptions against; the frame names it
+    /// as the clients do (`leads.42`, `$user`). `None` when the frame's name is the full name.
     pub scoped: Option<Arc<str>>,
     pub priority: Priority,
     pub offset: u64,
@@ -258,7 +275,7 @@ pub struct NamespaceStats {
 /// A shard's answer to a [`ToShard::Query`].
 #[derive(Debug)]
 pub enum Answer {
-    Stats(ShardReport),
+    Stats(Box<ShardReport>),
     StoppedAccepting,
     Channels(Vec<(Box<str>, usize)>),
 }
@@ -277,6 +294,8 @@ pub struct ConnId {
 pub struct ShardStats {
     pub shard: ShardId,
     pub connections: usize,
+    /// Users with a connection on this shard (a user on two shards counts on each).
+    pub users: usize,
     pub subscriptions: usize,
     pub messages_out: u64,
     pub bytes_out: u64,
@@ -302,15 +321,17 @@ pub struct ShardStats {
 }
 
 /// Who a connection is, for counting: its address (an IPv6 address by its /64, which one
-/// host commonly owns whole) and its tenant.
+/// host commonly owns whole), its tenant, and its user (by the full name of the user's
+/// stream, which is unique across tenants), counted only under `connections_per_user_max`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub ip: IpAddr,
     pub tenant: Option<Box<str>>,
+    pub user: Option<Box<str>>,
 }
 
 impl Peer {
-    pub fn new(ip: IpAddr, tenant: Option<Box<str>>) -> Self {
+    pub fn new(ip: IpAddr, tenant: Option<Box<str>>, user: Option<Box<str>>) -> Self {
         let ip = match ip.to_canonical() {
             IpAddr::V6(v6) => {
                 let prefix = u128::from(v6) & !((1u128 << 64) - 1);
@@ -318,7 +339,7 @@ impl Peer {
             }
             v4 => v4,
         };
-        Peer { ip, tenant }
+        Peer { ip, tenant, user }
     }
 }
 
@@ -332,6 +353,8 @@ pub enum Refused {
     Ip(usize),
     /// `tenant_connections_max`: this tenant holds its share (429).
     Tenant(usize),
+    /// `connections_per_user_max`: this user holds its share on this node (429).
+    User(usize),
     /// The shard is stopping: no answer will come (503).
     Stopping,
 }
@@ -341,7 +364,19 @@ impl Refused {
     pub fn status(self) -> http::StatusCode {
         match self {
             Refused::Total(_) | Refused::Stopping => http::StatusCode::SERVICE_UNAVAILABLE,
-            Refused::Ip(_) | Refused::Tenant(_) => http::StatusCode::TOO_MANY_REQUESTS,
+            Refused::Ip(_) | Refused::Tenant(_) | Refused::User(_) => {
+                http::StatusCode::TOO_MANY_REQUESTS
+            }
+        }
+    }
+
+    /// The JSON error code the upgrade gets.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refused::User(_) => "user_connection_limit",
+            Refused::Total(_) | Refused::Ip(_) | Refused::Tenant(_) | Refused::Stopping => {
+                "too_many_connections"
+            }
         }
     }
 }
@@ -362,6 +397,10 @@ impl std::fmt::Display for Refused {
             Refused::Tenant(max) => write!(
                 f,
                 "this tenant holds its tenant_connections_max = {max} connections"
+            ),
+            Refused::User(max) => write!(
+                f,
+                "this user holds its connections_per_user_max = {max} connections"
             ),
             Refused::Stopping => f.write_str("the server is shutting down"),
         }

@@ -163,13 +163,7 @@ impl<K: Copy + Eq + Hash + Ord> Registry<K> {
             gather.add(keys);
         }
         if !self.wild.is_empty() {
-            if channel::reserved_root(channel).is_some() {
-                // Wildcards at the root never stand for a reserved root: the server's own
-                // channels, a tenant's scope.
-                self.root.collect_children(channel, &mut gather);
-            } else {
-                self.root.collect(channel, &mut gather);
-            }
+            self.root.collect(channel, &mut gather);
         }
         gather.finish();
     }
@@ -268,6 +262,12 @@ impl<K: Copy + Eq + Hash + Ord> Node<K> {
     /// Gathers the keys of every pattern below this node that matches `channel_rest`, the part
     /// of the channel after this node's prefix (at least one token).
     fn collect<'r>(&'r self, channel_rest: &str, gather: &mut Gather<'r, '_, K>) {
+        if !channel::wildcard_may_match(channel_rest) {
+            // No wildcard stands for a reserved token (the server's channels, a tenant's
+            // scope, a user's stream): only a literal one matches it.
+            self.collect_children(channel_rest, gather);
+            return;
+        }
         gather.add(&self.rest);
         let tail = self.collect_children(channel_rest, gather);
         if let Some(star) = &self.star {
@@ -682,9 +682,10 @@ mod tests {
 
     const TOKENS: [&str; 4] = ["a", "b", "c", "d"];
 
-    /// The system token or one of two tenants' scopes (a scope needs a name after it).
+    /// The system token, the user channel or one of two tenants' scopes (a scope needs a
+    /// name after it).
     fn reserved_root(rng: &mut Rng) -> &'static str {
-        [channel::SYSTEM_TOKEN, "$t:x", "$t:y"][rng.below(3)]
+        [channel::SYSTEM_TOKEN, channel::USER_CHANNEL, "$t:x", "$t:y"][rng.below(4)]
     }
 
     fn random_channel(rng: &mut Rng) -> String {
@@ -694,6 +695,10 @@ mod tests {
             .collect();
         if rng.below(5) == 0 && tokens.len() > 1 {
             tokens[0] = reserved_root(rng);
+            if tokens[0].starts_with(channel::TENANT_MARK) && tokens.len() > 2 && rng.below(2) == 0
+            {
+                tokens[1] = channel::USER_CHANNEL;
+            }
         }
         tokens.join(".")
     }
@@ -711,6 +716,10 @@ mod tests {
         }
         if rng.below(5) == 0 && tokens.len() > 1 {
             tokens[0] = reserved_root(rng);
+            if tokens[0].starts_with(channel::TENANT_MARK) && tokens.len() > 2 && rng.below(2) == 0
+            {
+                tokens[1] = channel::USER_CHANNEL;
+            }
         }
         let pattern = tokens.join(".");
         assert_eq!(

@@ -20,6 +20,7 @@ fn greeting_is_the_frame_corecast_sends() {
     );
     let corecast = corecast::ws::command::connected_frame(
         "floor-7",
+        None,
         0,
         1_700_000_000_123,
         25,

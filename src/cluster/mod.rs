@@ -41,11 +41,15 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::msg::UserAct;
 use crate::queue;
 use corecast_proto::Priority;
 
 /// The channel every node subscribes to.
 const EVENTS_CHANNEL: &str = "corecast:events";
+/// The channel of user acts (`POST /v1/users/...`), which every node subscribes to as well:
+/// fire and forget, unnumbered, since an act on connections that are gone is void anyway.
+const USERS_CHANNEL: &str = "corecast:users";
 const EPOCH_KEY: &str = "corecast:epoch";
 const SEQ_KEY: &str = "corecast:seq";
 const OFFSETS_KEY: &str = "corecast:offsets";
@@ -243,6 +247,18 @@ pub enum ToCluster {
     Presence {
         connections: usize,
     },
+    /// A user act for every node, this one included (see [`UserActEvent`]).
+    UserAct(UserActEvent),
+}
+
+/// A user act as it crosses `corecast:users`: the user's stream, and what to do to each of
+/// its connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserActEvent {
+    /// The full name of the user's stream.
+    pub stream: Arc<str>,
+    #[serde(flatten)]
+    pub act: UserAct,
 }
 
 /// One node of the cluster as its presence key says.
@@ -283,6 +299,8 @@ pub enum FromCluster {
     },
     /// Every node's presence, this one included.
     Nodes(Vec<NodeInfo>),
+    /// A user act from `corecast:users` (any node's, this one's included).
+    UserAct(UserActEvent),
 }
 
 /// The event published on `corecast:events`, as [`PUBLISH_SCRIPT`] writes it.
@@ -656,7 +674,7 @@ fn subscribe_and_forward(
     let mut events = connect(client, timeout)?;
     let mut state = connect(client, timeout)?;
     let mut pubsub = events.as_pubsub();
-    pubsub.subscribe(EVENTS_CHANNEL)?;
+    pubsub.subscribe(&[EVENTS_CHANNEL, USERS_CHANNEL])?;
     // Subscribed first, so nothing published after this read is missed.
     let (epoch, seq) = cluster_position(&mut state, &crate::clock::new_epoch())?;
     drop(state);
@@ -673,11 +691,36 @@ fn subscribe_and_forward(
     loop {
         let message = pubsub.get_message()?;
         let payload: String = message.get_payload()?;
+        if message.get_channel_name() == USERS_CHANNEL {
+            match serde_json::from_str::<UserActEvent>(&payload) {
+                Ok(act) => tell(to_ingest, FromCluster::UserAct(act)),
+                Err(err) => tracing::error!(error = %err, "ignoring a malformed user act"),
+            }
+            continue;
+        }
         match parse_event(&payload, depth_max) {
             Ok(event) => tell(to_ingest, FromCluster::Event(event)),
             Err(err) => tracing::error!(error = %err, "ignoring a malformed cluster event"),
         }
     }
+}
+
+/// Publishes user acts on `corecast:users`, one pipeline, by `deadline`.
+fn publish_acts(
+    redis: &mut redis::Connection,
+    deadline: Instant,
+    acts: &[UserActEvent],
+) -> redis::RedisResult<()> {
+    if acts.is_empty() {
+        return Ok(());
+    }
+    budget(redis, deadline)?;
+    let mut pipe = redis::pipe();
+    for act in acts {
+        let text = serde_json::to_string(act).expect("a user act serializes");
+        pipe.cmd("PUBLISH").arg(USERS_CHANNEL).arg(text).ignore();
+    }
+    pipe.query(redis)
 }
 
 /// The cluster's epoch (set to `proposed` if Redis has none) and its latest seq.
@@ -888,6 +931,7 @@ impl CommandThread {
             }
             let mut publishes = Vec::new();
             let mut reads = Vec::new();
+            let mut acts = Vec::new();
             let mut probe = false;
             for inbound in batch {
                 match inbound {
@@ -912,6 +956,7 @@ impl CommandThread {
                         up_to,
                     }),
                     Inbound::Request(ToCluster::Presence { connections: now }) => connections = now,
+                    Inbound::Request(ToCluster::UserAct(act)) => acts.push(act),
                 }
             }
             // The batch's requests share one round trip's time, so that a request that arrives
@@ -935,6 +980,12 @@ impl CommandThread {
                     }
                     redial.reads.extend(reads);
                     self.refuse_all(publishes);
+                    if !acts.is_empty() {
+                        tracing::warn!(
+                            acts = acts.len(),
+                            "user acts dropped: Redis is unreachable"
+                        );
+                    }
                     continue;
                 }
             };
@@ -942,7 +993,9 @@ impl CommandThread {
                 next_presence = Instant::now() + PRESENCE_PERIOD;
                 connections
             });
-            let served = self.serve(redis, deadline, &scripts, publishes, reads, presence);
+            let served = self
+                .serve(redis, deadline, &scripts, publishes, reads, presence)
+                .and_then(|()| publish_acts(redis, deadline, &acts).map_err(Lost::from));
             if let Err(lost) = served {
                 self.lose(&mut link, lost);
             }

@@ -1,7 +1,7 @@
 //! Admission: the connection limits no single shard can enforce alone, kept by the ingest core.
 //!
-//! `connections_max`, `connections_per_ip_max` and `tenant_connections_max` count connections
-//! over every shard, and nothing but the queues is shared between cores, so a shard asks the
+//! `connections_max`, `connections_per_ip_max`, `tenant_connections_max` and
+//! `connections_per_user_max` count connections over every shard, and nothing but the queues is shared between cores, so a shard asks the
 //! ingest core for a place before it answers an upgrade ([`crate::msg::ToIngest::Admit`]) and
 //! gives it back when the connection ends (`Leave`). This table is the ingest core's side: pure
 //! counting, no sockets, no waiting. A shard asks only when some limit applies to the
@@ -15,13 +15,14 @@ use hashbrown::HashMap;
 use crate::config::Config;
 use crate::msg::{Peer, Refused};
 
-/// The admitted connections, counted three ways. Entries that reach zero are removed, so the
+/// The admitted connections, counted four ways (a user only under `connections_per_user_max`). Entries that reach zero are removed, so the
 /// maps hold only addresses and tenants with live connections.
 #[derive(Debug, Default)]
 pub struct Admission {
     total: usize,
     by_ip: HashMap<IpAddr, usize>,
     by_tenant: HashMap<Box<str>, usize>,
+    by_user: HashMap<Box<str>, usize>,
 }
 
 impl Admission {
@@ -42,6 +43,15 @@ impl Admission {
             if over(config.tenant_connections_max, held) {
                 return Err(Refused::Tenant(config.tenant_connections_max));
             }
+        }
+        if let Some(user) = &peer.user {
+            let held = self.by_user.get(user).copied().unwrap_or(0);
+            if over(config.connections_per_user_max, held) {
+                return Err(Refused::User(config.connections_per_user_max));
+            }
+            *self.by_user.entry(user.clone()).or_default() += 1;
+        }
+        if let Some(tenant) = &peer.tenant {
             *self.by_tenant.entry(tenant.clone()).or_default() += 1;
         }
         self.total += 1;
@@ -56,6 +66,9 @@ impl Admission {
         decrement(&mut self.by_ip, &peer.ip);
         if let Some(tenant) = &peer.tenant {
             decrement(&mut self.by_tenant, tenant);
+        }
+        if let Some(user) = &peer.user {
+            decrement(&mut self.by_user, user);
         }
     }
 
@@ -86,7 +99,7 @@ mod tests {
     use super::*;
 
     fn peer(ip: &str, tenant: Option<&str>) -> Peer {
-        Peer::new(ip.parse().unwrap(), tenant.map(Box::from))
+        Peer::new(ip.parse().unwrap(), tenant.map(Box::from), None)
     }
 
     #[test]
@@ -142,7 +155,29 @@ mod tests {
                 .admit(&config, &peer("10.0.0.1", Some("acme")))
                 .unwrap();
         }
-        assert!(!config.admission_needed(None));
-        assert!(config.admission_needed(Some("acme")));
+        assert!(!config.admission_needed(None, true));
+        assert!(config.admission_needed(Some("acme"), false));
+    }
+
+    #[test]
+    fn a_user_past_its_limit_is_refused_and_its_leave_makes_room() {
+        let config = Config {
+            connections_per_user_max: 2,
+            ..Config::default()
+        };
+        assert!(config.admission_needed(None, true) && !config.admission_needed(None, false));
+        let mut table = Admission::default();
+        let ada = |ip: &str| Peer::new(ip.parse().unwrap(), None, Some("$user.ada".into()));
+        table.admit(&config, &ada("10.0.0.1")).unwrap();
+        table.admit(&config, &ada("10.0.0.2")).unwrap();
+        let refused = table.admit(&config, &ada("10.0.0.3")).unwrap_err();
+        assert_eq!(refused, Refused::User(2));
+        assert_eq!(refused.code(), "user_connection_limit");
+        assert_eq!(refused.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        let bob = Peer::new("10.0.0.3".parse().unwrap(), None, Some("$user.bob".into()));
+        table.admit(&config, &bob).unwrap();
+        table.leave(&ada("10.0.0.1"));
+        table.admit(&config, &ada("10.0.0.3")).unwrap();
+        assert_eq!(table.total, 3);
     }
 }

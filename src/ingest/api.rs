@@ -1,6 +1,8 @@
 //! The control-plane HTTP API, served by hyper on the ingest core's glommio executor.
 //!
-//! Routes: `POST /v1/publish`, `POST /v1/publish/batch`, `GET /healthz`, `GET /v1/stats`,
+//! Routes: `POST /v1/publish`, `POST /v1/publish/batch` (to a channel, or to a user's
+//! `$user`), `POST /v1/users/disconnect`, `/v1/users/subscribe` and `/v1/users/unsubscribe`
+//! (acts on every connection of a user), `GET /healthz`, `GET /v1/stats`,
 //! `GET /v1/channels`, `GET /v1/history`, `GET /metrics` (Prometheus; see
 //! [`super::metrics`]), and `GET /dashboard`, a live page fed by `$sys.stats` (see
 //! [`super::sys_stats`]) with the browser client it uses (`/client.js`, `/client.d.ts`). Bodies are read under `publish_body_bytes_max` and validated with sonic-rs
@@ -21,6 +23,7 @@ use std::cell::Cell;
 use std::convert::Infallible;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -36,7 +39,7 @@ use super::metrics::{self, Snapshot};
 use super::{IngestCore, Priority, PublishError};
 use crate::channel;
 use crate::config::Config;
-use crate::msg::{AckRow, Answer, NamespaceStats, QueryKind, ShardReport};
+use crate::msg::{AckRow, Answer, NamespaceStats, QueryKind, ShardReport, UserAct};
 use crate::net::accept;
 use crate::net::handshake::{ErrorBody, Reject};
 use crate::net::tls::{self, Transport};
@@ -266,7 +269,11 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     let allowed = match path.as_str() {
-        "/v1/publish" | "/v1/publish/batch" => Method::POST,
+        "/v1/publish"
+        | "/v1/publish/batch"
+        | "/v1/users/disconnect"
+        | "/v1/users/subscribe"
+        | "/v1/users/unsubscribe" => Method::POST,
         "/healthz" | "/v1/stats" | "/v1/channels" | "/v1/history" | "/metrics" | "/dashboard"
         | "/client.js" | "/client.d.ts" => Method::GET,
         _ => {
@@ -314,15 +321,20 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
     };
     let tenant_route = matches!(
         path.as_str(),
-        "/v1/publish" | "/v1/publish/batch" | "/v1/history"
+        "/v1/publish"
+            | "/v1/publish/batch"
+            | "/v1/history"
+            | "/v1/users/disconnect"
+            | "/v1/users/subscribe"
+            | "/v1/users/unsubscribe"
     );
     if let (Caller::Tenant(tenant), false) = (&caller, tenant_route) {
         return error(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
-                "this key is tenant {tenant:?}'s: it may publish and read history; \
-                 {path} needs an operator key"
+                "this key is tenant {tenant:?}'s: it may publish, read history and act on \
+                 its users; {path} needs an operator key"
             ),
         );
     }
@@ -349,6 +361,12 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
             Ok(body) => publish(core, &body, &caller).await,
             Err(response) => response,
         },
+        "/v1/users/disconnect" | "/v1/users/subscribe" | "/v1/users/unsubscribe" => {
+            match read_body(core, request).await {
+                Ok(body) => user_act(core, &path, &body, &caller).await,
+                Err(response) => response,
+            }
+        }
         _ => match read_body(core, request).await {
             Ok(body) => publish_batch(core, &body, &caller).await,
             Err(response) => response,
@@ -667,6 +685,9 @@ struct PublishBody<'a> {
     tenant: Option<Cow<'a, str>>,
     #[serde(borrow)]
     channel: Option<Cow<'a, str>>,
+    /// Instead of `channel`: every connection of this user, on `$user`.
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
     #[serde(borrow)]
     data: Option<LazyValue<'a>>,
     #[serde(default)]
@@ -683,20 +704,33 @@ struct BatchBody<'a> {
 struct Published<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     tenant: Option<&'a str>,
-    channel: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
     offset: u64,
 }
 
 impl<'a> Published<'a> {
-    /// The answer for a publish to the channel of full name `full`.
-    fn new(full: &'a str, offset: u64) -> Self {
+    /// The answer for a publish to the channel of full name `full`, or to `user`'s stream.
+    fn new(full: &'a str, user: Option<&'a str>, offset: u64) -> Self {
         let (tenant, channel) = channel::split_scope(full);
         Published {
             tenant,
-            channel,
+            channel: user.is_none().then_some(channel),
+            user,
             offset,
         }
     }
+}
+
+/// One publish, checked: its channel's full name (a user's stream's, for a publish to a
+/// user), its data and priority, and the user it was for, if any.
+struct Checked {
+    full: Box<str>,
+    data: Box<str>,
+    priority: Priority,
+    user: Option<Box<str>>,
 }
 
 /// A request refused before sequencing: status, code, message.
@@ -745,11 +779,7 @@ pub fn parse_body(
 
 /// Checks one publish and takes what the sequencer needs: the channel's full name, the data,
 /// the priority.
-fn check(
-    core: &IngestCore,
-    caller: &Caller,
-    body: PublishBody<'_>,
-) -> Result<(Box<str>, Box<str>, Priority), Refusal> {
+fn check(core: &IngestCore, caller: &Caller, body: PublishBody<'_>) -> Result<Checked, Refusal> {
     let missing = |field: &str| {
         (
             StatusCode::BAD_REQUEST,
@@ -757,10 +787,36 @@ fn check(
             format!("missing field `{field}`"),
         )
     };
-    let name = body.channel.ok_or_else(|| missing("channel"))?;
     let data = body.data.ok_or_else(|| missing("data"))?;
     let tenant = tenant_of(caller, body.tenant.as_deref())?;
+    let name = match (body.channel, body.user) {
+        (Some(_), Some(_)) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "a publish names `channel` or `user`, not both".into(),
+            ))
+        }
+        (None, None) => return Err(missing("channel")),
+        (None, Some(user)) => {
+            check_user(&user)?;
+            return Ok(Checked {
+                full: channel::user_stream(tenant.as_deref(), &user).into(),
+                data: data.as_raw_str().into(),
+                priority: body.priority,
+                user: Some(user.into()),
+            });
+        }
+        (Some(name), None) => name,
+    };
     check_name(core, &name, "")?;
+    if channel::is_user_stream(&name) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "invalid_channel",
+            "$user is each connection's own stream: publish to a user with `user`".into(),
+        ));
+    }
     if channel::is_system(&name) {
         return Err((
             StatusCode::FORBIDDEN,
@@ -772,7 +828,17 @@ fn check(
         Some(tenant) => channel::scoped(&tenant, &name).into(),
         None => name.into(),
     };
-    Ok((full, data.as_raw_str().into(), body.priority))
+    Ok(Checked {
+        full,
+        data: data.as_raw_str().into(),
+        priority: body.priority,
+        user: None,
+    })
+}
+
+/// Checks a user id from a request: 400 `invalid_user`.
+fn check_user(user: &str) -> Result<(), Refusal> {
+    channel::validate_user(user).map_err(|why| (StatusCode::BAD_REQUEST, "invalid_user", why))
 }
 
 fn publish_failure(core: &IngestCore, err: PublishError) -> HttpResponse {
@@ -800,13 +866,21 @@ async fn outcome(
 async fn publish(core: &IngestCore, body: &[u8], caller: &Caller) -> HttpResponse {
     let checked = parse_json::<PublishBody>(body, core.config.json_depth_max)
         .and_then(|body| check(core, caller, body));
-    let (name, data, priority) = match checked {
+    let Checked {
+        full,
+        data,
+        priority,
+        user,
+    } = match checked {
         Ok(checked) => checked,
         Err((status, code, message)) => return error(status, code, message),
     };
-    let result = core.publish(name.clone(), data, priority);
+    let result = core.publish(full.clone(), data, priority);
     match outcome(result).await {
-        Ok(offset) => json(StatusCode::OK, &Published::new(&name, offset)),
+        Ok(offset) => json(
+            StatusCode::OK,
+            &Published::new(&full, user.as_deref(), offset),
+        ),
         Err(err) => publish_failure(core, err),
     }
 }
@@ -837,7 +911,13 @@ async fn publish_batch(core: &IngestCore, body: &[u8], caller: &Caller) -> HttpR
         }
     }
     // All or nothing: refused whole before any message is numbered (see `publish_batch`).
-    let names: Vec<Box<str>> = checked.iter().map(|(name, ..)| name.clone()).collect();
+    let (names, checked): (Vec<_>, Vec<_>) = checked
+        .into_iter()
+        .map(|checked| {
+            let target = (checked.full.clone(), checked.user);
+            (target, (checked.full, checked.data, checked.priority))
+        })
+        .unzip();
     let Ok(outcome) = core.publish_batch(checked).await else {
         // The sequencer was stopped, perhaps in the middle of the batch.
         return error(
@@ -857,7 +937,7 @@ async fn publish_batch(core: &IngestCore, body: &[u8], caller: &Caller) -> HttpR
     let results: Vec<Published> = names
         .iter()
         .zip(offsets)
-        .map(|(name, offset)| Published::new(name, offset))
+        .map(|((full, user), offset)| Published::new(full, user.as_deref(), offset))
         .collect();
     #[derive(Serialize)]
     struct Results<'a> {
@@ -866,13 +946,118 @@ async fn publish_batch(core: &IngestCore, body: &[u8], caller: &Caller) -> HttpR
     json(StatusCode::OK, &Results { results })
 }
 
+/// `POST /v1/users/...`: what is done to every connection of one user.
+#[derive(Deserialize)]
+struct UserActBody<'a> {
+    #[serde(borrow)]
+    tenant: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
+    /// `disconnect`'s close reason.
+    #[serde(borrow)]
+    reason: Option<Cow<'a, str>>,
+    /// `subscribe`'s and `unsubscribe`'s pattern.
+    #[serde(borrow)]
+    channel: Option<Cow<'a, str>>,
+}
+
+/// The close reason of a disconnect without one.
+const DISCONNECT_REASON: &str = "disconnected by the server";
+
+/// The longest close reason: what a close frame holds after its code.
+const CLOSE_REASON_BYTES_MAX: usize = 123;
+
+/// `POST /v1/users/disconnect`, `/subscribe`, `/unsubscribe` (PROTOCOL.md, "Users"): the act
+/// goes to every shard, and in cluster mode to every node, for each connection of the user
+/// there. Answered once handed over, not once done: a user with no connection is no error.
+async fn user_act(core: &IngestCore, path: &str, body: &[u8], caller: &Caller) -> HttpResponse {
+    let checked = parse_json::<UserActBody>(body, core.config.json_depth_max)
+        .and_then(|body| check_user_act(core, path, caller, body));
+    let (stream, act, answer) = match checked {
+        Ok(checked) => checked,
+        Err((status, code, message)) => return error(status, code, message),
+    };
+    match core.act_on_user(stream, act).await {
+        Ok(()) => json(StatusCode::OK, &answer),
+        Err(err) => publish_failure(core, err),
+    }
+}
+
+/// The answer to a user act: who, and for `subscribe`/`unsubscribe`, the pattern.
+#[derive(Serialize)]
+struct UserActed {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<Box<str>>,
+    user: Box<str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<Box<str>>,
+}
+
+/// Checks a user act: the user's stream, the act, and the answer to send once it is out.
+fn check_user_act(
+    core: &IngestCore,
+    path: &str,
+    caller: &Caller,
+    body: UserActBody<'_>,
+) -> Result<(Arc<str>, UserAct, UserActed), Refusal> {
+    let bad = |message: String| (StatusCode::BAD_REQUEST, "bad_request", message);
+    let user = body
+        .user
+        .ok_or_else(|| bad("missing field `user`".into()))?;
+    check_user(&user)?;
+    let tenant = tenant_of(caller, body.tenant.as_deref())?;
+    let stream = channel::user_stream(tenant.as_deref(), &user).into();
+    let mut answer = UserActed {
+        tenant: tenant.clone(),
+        user: user.into(),
+        channel: None,
+    };
+    if path == "/v1/users/disconnect" {
+        let reason = body.reason.as_deref().unwrap_or(DISCONNECT_REASON);
+        if reason.len() > CLOSE_REASON_BYTES_MAX {
+            return Err(bad(format!(
+                "`reason` is {} bytes; a close frame holds {CLOSE_REASON_BYTES_MAX}",
+                reason.len()
+            )));
+        }
+        return Ok((stream, UserAct::Disconnect(reason.into()), answer));
+    }
+    let pattern = body
+        .channel
+        .ok_or_else(|| bad("missing field `channel`".into()))?;
+    let shown: String = pattern.chars().take(64).collect();
+    channel::check_length(&pattern, core.config.channel_bytes_max)
+        .and_then(|()| channel::validate_pattern(&pattern))
+        .map_err(|err| {
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_channel",
+                format!("invalid channel {shown:?}: {err}"),
+            )
+        })?;
+    if channel::is_user_stream(&pattern) || (tenant.is_some() && channel::is_system(&pattern)) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "invalid_channel",
+            format!("{shown:?} is not a channel the server subscribes connections to"),
+        ));
+    }
+    let act = if path == "/v1/users/subscribe" {
+        UserAct::Subscribe(pattern.as_ref().into())
+    } else {
+        UserAct::Unsubscribe(pattern.as_ref().into())
+    };
+    answer.channel = Some(pattern.into());
+    Ok((stream, act, answer))
+}
+
 /// The reports of every shard that answered within the query timeout, in shard order.
 pub(super) async fn shard_reports(core: &IngestCore) -> Vec<ShardReport> {
     let answers = core.query(QueryKind::Stats).await;
     answers
         .into_iter()
         .filter_map(|(_, answer)| match answer {
-            Answer::Stats(report) => Some(report),
+            Answer::Stats(report) => Some(*report),
             Answer::Channels(_) | Answer::StoppedAccepting => None,
         })
         .collect()

@@ -33,9 +33,9 @@ use super::lanes::{Batch, BatchOutcome, Job};
 use super::{IngestCore, PublishError};
 use crate::cluster::{
     self, BatchEntry, BatchRequest, FromCluster, Health, NodeInfo, Numbered, PublishFailure,
-    PublishRequest, Requests, ToCluster,
+    PublishRequest, Requests, ToCluster, UserActEvent,
 };
-use crate::msg::ToShard;
+use crate::msg::{ToShard, UserAct};
 use crate::ws::command;
 
 /// What a read of the cluster's log is for.
@@ -376,6 +376,9 @@ impl IngestCore {
                 self.lanes.wake();
             }
             FromCluster::Nodes(nodes) => *link.nodes.borrow_mut() = nodes,
+            FromCluster::UserAct(UserActEvent { stream, act }) => {
+                self.deliver_user_act(stream, act).await;
+            }
         }
     }
 
@@ -408,6 +411,23 @@ impl IngestCore {
             "history preloaded from the cluster's log"
         );
         self.joined_at(up_to, after);
+    }
+
+    /// Hands a user act to the bridge, for every node: refused with `cluster_unavailable`
+    /// while Redis is unreachable (it would reach no node), `overloaded` when the bridge's
+    /// queue is full.
+    pub(super) fn cluster_user_act(
+        &self,
+        stream: Arc<str>,
+        act: UserAct,
+    ) -> Result<(), PublishError> {
+        let link = self.link();
+        if !(link.subscribed.get() && link.health.get() == Health::Ready) {
+            return Err(PublishError::ClusterUnavailable);
+        }
+        link.requests
+            .try_send(ToCluster::UserAct(UserActEvent { stream, act }))
+            .map_err(|_| PublishError::Overloaded)
     }
 
     /// A new epoch: Redis lost its data and numbers from 1 again.

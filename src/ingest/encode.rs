@@ -61,7 +61,8 @@ pub struct Treatment {
 /// The one place a message becomes its delivery: the `message` frame, in one allocation of
 /// exactly its size, its compressed twin when `treatment` asks for one, its channel's
 /// slow-consumer policy and namespace, and its stamp. The frame names the channel as its
-/// subscribers do, without a tenant's scope (see [`channel::TENANT_MARK`]).
+/// subscribers do, without a tenant's scope (see [`channel::TENANT_MARK`]) and as `$user`
+/// for a user's stream (see [`channel::USER_CHANNEL`]).
 pub fn delivery(message: &Message<'_>, treatment: Treatment) -> Delivery {
     let Message {
         channel: full,
@@ -71,7 +72,7 @@ pub fn delivery(message: &Message<'_>, treatment: Treatment) -> Delivery {
         priority,
         stamp,
     } = *message;
-    let (tenant, channel) = channel::split_scope(full);
+    let channel = channel::visible(full);
     assert!(
         channel.len() <= usize::from(u8::MAX) && channel.is_ascii(),
         "channels are validated before sequencing"
@@ -115,7 +116,7 @@ pub fn delivery(message: &Message<'_>, treatment: Treatment) -> Delivery {
         channel_start: u16::try_from(header_len + PREFIX.len())
             .expect("a header is at most 10 bytes"),
         channel_len: channel.len() as u8,
-        scoped: tenant.map(|_| Arc::from(full)),
+        scoped: (channel.len() != full.len()).then(|| Arc::from(full)),
         priority,
         offset,
         slow: treatment.slow,

@@ -180,13 +180,13 @@ impl Stored {
     /// This message as a recovery sends it; `full` is its channel's full name.
     fn missed(&self, full: &str) -> Missed {
         let channel_start = usize::from(self.payload_start) + super::encode::PREFIX.len();
-        let (tenant, channel) = channel::split_scope(full);
+        let channel = channel::visible(full);
         Missed {
             frame: self.frame.clone(),
             seq: self.seq,
             channel_start: u16::try_from(channel_start).expect("a header is at most 10 bytes"),
             channel_len: u8::try_from(channel.len()).expect("channels are at most 255 bytes"),
-            scoped: tenant.map(|_| full.into()),
+            scoped: (channel.len() != full.len()).then(|| full.into()),
         }
     }
 }

@@ -50,12 +50,18 @@ type ShardFamily = (
     fn(&ShardStats) -> u64,
 );
 
-const SHARD_FAMILIES: [ShardFamily; 12] = [
+const SHARD_FAMILIES: [ShardFamily; 13] = [
     (
         "corecast_connections",
         "Open WebSocket connections.",
         MetricType::Gauge,
         |s| s.connections as u64,
+    ),
+    (
+        "corecast_users",
+        "Users with a connection on the shard (a user on two shards counts on each).",
+        MetricType::Gauge,
+        |s| s.users as u64,
     ),
     (
         "corecast_subscriptions",

@@ -64,7 +64,7 @@ use crate::clock::unix_ms;
 use crate::cluster::FromCluster;
 use crate::config::Config;
 use crate::latency::{Buckets, LatencySummary};
-use crate::msg::{Answer, QueryKind, Recovered, ShardId, Stamp, ToIngest, ToShard};
+use crate::msg::{Answer, QueryKind, Recovered, ShardId, Stamp, ToIngest, ToShard, UserAct};
 use crate::notify::Notify;
 use crate::queue::{Receiver, Sender};
 use crate::ws::command::{self, ErrorCode, ErrorReply, Unrecovered};
@@ -444,6 +444,33 @@ impl IngestCore {
         };
         if self.stopping.is_set() || self.lanes.enqueue(Work::Publish(job)).is_err() {
             tracing::debug!(channel, "server publish skipped: stopping or lanes full");
+        }
+    }
+
+    /// Hands a user act (`POST /v1/users/...`) to every shard here, for each connection of
+    /// the user whose stream is `stream`; in cluster mode to the bridge instead, which
+    /// passes it through Redis to every node, this one included.
+    pub async fn act_on_user(&self, stream: Arc<str>, act: UserAct) -> Result<(), PublishError> {
+        if self.stopping.is_set() {
+            return Err(PublishError::Stopping);
+        }
+        if self.cluster.is_some() {
+            return self.cluster_user_act(stream, act);
+        }
+        self.deliver_user_act(stream, act).await;
+        Ok(())
+    }
+
+    /// Gives a user act to every shard of this node.
+    async fn deliver_user_act(&self, stream: Arc<str>, act: UserAct) {
+        for shard in &self.shards {
+            shard
+                .push(ToShard::User {
+                    stream: stream.clone(),
+                    act: act.clone(),
+                })
+                .await;
+            shard.wake();
         }
     }
 

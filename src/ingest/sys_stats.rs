@@ -24,6 +24,8 @@ pub const CHANNEL: &str = "$sys.stats";
 struct ShardTick {
     shard: usize,
     connections: usize,
+    /// Users with a connection on the shard.
+    users: usize,
     /// Messages handed to connections per second over the tick.
     deliveries_per_s: f64,
     slow_consumer_closes: u64,
@@ -124,6 +126,7 @@ async fn tick(core: &IngestCore, previous: &mut Previous) -> Tick {
         shards.push(ShardTick {
             shard: stats.shard,
             connections: stats.connections,
+            users: stats.users,
             deliveries_per_s: rate(delivered, before),
             slow_consumer_closes: stats.slow_consumer_closes,
             rate_limit_closes: stats.rate_limit_closes,

@@ -58,6 +58,12 @@ struct Claims {
     channels: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
+    /// Channels or patterns subscribed at connect without a grant (PROTOCOL.md, "Users").
+    #[serde(default)]
+    subs: Vec<String>,
+    /// What presence shows of the connection: a JSON object.
+    #[serde(default)]
+    info: Option<serde_json::Value>,
 }
 
 /// Seconds of clock difference allowed when checking `exp`, `nbf` and `iat`: none. An issuer
@@ -76,6 +82,10 @@ pub struct Grant {
     pub channels: Vec<String>,
     /// Patterns it may publish to.
     pub publish: Vec<String>,
+    /// Patterns the server subscribes it to at connect (the claim `subs`), validated.
+    pub subs: Vec<String>,
+    /// The claim `info` as compact JSON (an object of at most `presence_info_bytes_max`).
+    pub info: Option<Box<str>>,
 }
 
 impl Grant {
@@ -109,6 +119,10 @@ struct Key {
 /// Verifies tokens with the configured keys.
 pub struct Verifier {
     keys: Vec<Key>,
+    /// Largest claim `info`, in bytes (`presence_info_bytes_max`).
+    info_bytes_max: usize,
+    /// Longest pattern of the claim `subs` (`channel_bytes_max`).
+    channel_bytes_max: usize,
 }
 
 /// A key file or secret the server cannot use: start-up stops with this message.
@@ -143,7 +157,11 @@ impl Verifier {
                     .into(),
             );
         }
-        Ok(Some(Verifier { keys }))
+        Ok(Some(Verifier {
+            keys,
+            info_bytes_max: config.presence_info_bytes_max,
+            channel_bytes_max: config.channel_bytes_max,
+        }))
     }
 
     /// Verifies `token` (signature, `exp`, `nbf`, `iat`, claims) and returns its grant.
@@ -179,17 +197,7 @@ impl Verifier {
                     {
                         return Err(AuthError::NotYetValid);
                     }
-                    if let Some(tenant) = &claims.tenant {
-                        channel::validate_tenant(tenant)
-                            .map_err(|why| AuthError::Invalid(format!("claim `tenant`: {why}")))?;
-                    }
-                    return Ok(Grant {
-                        sub: claims.sub,
-                        tenant: claims.tenant,
-                        exp: claims.exp,
-                        channels: claims.channels,
-                        publish: claims.publish,
-                    });
+                    return self.grant(claims);
                 }
                 Err(err) => {
                     last = match err.kind() {
@@ -203,6 +211,56 @@ impl Verifier {
             }
         }
         Err(last)
+    }
+}
+
+impl Verifier {
+    /// The grant of verified `claims`, once each claim corecast reads is within its rules.
+    fn grant(&self, claims: Claims) -> Result<Grant, AuthError> {
+        let invalid =
+            |claim: &str, why: String| AuthError::Invalid(format!("claim `{claim}`: {why}"));
+        channel::validate_user(&claims.sub).map_err(|why| invalid("sub", why))?;
+        if let Some(tenant) = &claims.tenant {
+            channel::validate_tenant(tenant).map_err(|why| invalid("tenant", why))?;
+        }
+        for pattern in &claims.subs {
+            channel::check_length(pattern, self.channel_bytes_max)
+                .and_then(|()| channel::validate_pattern(pattern))
+                .map_err(|err| invalid("subs", format!("{pattern:?}: {err}")))?;
+            if channel::is_user_stream(pattern) {
+                return Err(invalid(
+                    "subs",
+                    format!("{pattern:?}: every connection with a user has $user already"),
+                ));
+            }
+        }
+        let info = match claims.info {
+            None => None,
+            Some(serde_json::Value::Object(info)) => {
+                let text = serde_json::to_string(&info).expect("a JSON object serializes");
+                if text.len() > self.info_bytes_max {
+                    return Err(invalid(
+                        "info",
+                        format!(
+                            "{} bytes; presence_info_bytes_max is {}",
+                            text.len(),
+                            self.info_bytes_max
+                        ),
+                    ));
+                }
+                Some(text.into_boxed_str())
+            }
+            Some(_) => return Err(invalid("info", "must be a JSON object".into())),
+        };
+        Ok(Grant {
+            sub: claims.sub,
+            tenant: claims.tenant,
+            exp: claims.exp,
+            channels: claims.channels,
+            publish: claims.publish,
+            subs: claims.subs,
+            info,
+        })
     }
 }
 
@@ -340,6 +398,47 @@ mod tests {
             &EncodingKey::from_secret(b"s3cret"),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn sub_info_and_subs_are_checked_and_carried() {
+        let verifier = verifier();
+        let exp = now_s() + 60;
+        let grant = verifier
+            .verify(Some(&token_with(serde_json::json!({
+                "sub": "ada@example.com", "exp": exp,
+                "info": {"name": "Ada"}, "subs": ["alerts.ada", "team.>"],
+            }))))
+            .unwrap();
+        assert_eq!(grant.info.as_deref(), Some(r#"{"name":"Ada"}"#));
+        assert_eq!(grant.subs, ["alerts.ada", "team.>"]);
+        let big = "x".repeat(Config::default().presence_info_bytes_max);
+        for (claims, says) in [
+            (serde_json::json!({"sub": "", "exp": exp}), "claim `sub`"),
+            (
+                serde_json::json!({"sub": "x".repeat(channel::USER_BYTES_MAX + 1), "exp": exp}),
+                "claim `sub`",
+            ),
+            (
+                serde_json::json!({"sub": "ada", "exp": exp, "info": "Ada"}),
+                "claim `info`: must be a JSON object",
+            ),
+            (
+                serde_json::json!({"sub": "ada", "exp": exp, "info": {"name": big}}),
+                "presence_info_bytes_max",
+            ),
+            (
+                serde_json::json!({"sub": "ada", "exp": exp, "subs": ["a..b"]}),
+                "claim `subs`",
+            ),
+            (
+                serde_json::json!({"sub": "ada", "exp": exp, "subs": ["$user"]}),
+                "has $user already",
+            ),
+        ] {
+            let why = refused_because(&verifier, &token_with(claims));
+            assert!(why.contains(says), "{why} lacks {says}");
+        }
     }
 
     #[test]

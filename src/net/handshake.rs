@@ -64,6 +64,8 @@ pub struct Upgrade {
     pub channels: Vec<String>,
     /// The JWT from `?token=` or `Authorization: Bearer` (checked by the caller).
     pub token: Option<String>,
+    /// The user from `?user=` (validated), which only `auth = "none"` trusts.
+    pub user: Option<String>,
     /// Bytes of the buffer the request used; any after it are the client's first frames.
     pub request_bytes: usize,
     /// The request was for the echo endpoint: no greeting, no commands, every message sent back.
@@ -230,11 +232,22 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<Request>, Reje
     } else {
         query_channels(query, limits)?
     };
-    let token = query_token(query).or_else(|| bearer_token(&request));
+    let token = query_value(query, "token").or_else(|| bearer_token(&request));
+    let user = query_value(query, "user");
+    if let Some(user) = &user {
+        channel::validate_user(user).map_err(|why| {
+            Reject::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_user",
+                format!("user=: {why}"),
+            )
+        })?;
+    }
     Ok(Some(Request::Upgrade(Upgrade {
         response,
         channels,
         token,
+        user,
         request_bytes,
         echo,
         deflate,
@@ -284,10 +297,10 @@ fn accept(request: &httparse::Request, deflate: Option<Deflate>) -> Result<Vec<u
     Ok(out)
 }
 
-/// The value of `token=` in a query string, if any.
-fn query_token(query: &str) -> Option<String> {
+/// The first value of `name=` in a query string, if any.
+fn query_value(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes())
-        .find(|(key, _)| key == "token")
+        .find(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned())
 }
 
@@ -343,6 +356,13 @@ fn query_channels(query: &str, limits: Limits) -> Result<Vec<String>, Reject> {
                     StatusCode::BAD_REQUEST,
                     "invalid_channel",
                     format!("invalid channel {shown:?}: {err}"),
+                ));
+            }
+            if channel::is_user_stream(pattern) && pattern != channel::USER_CHANNEL {
+                return Err(Reject::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_channel",
+                    "a connection reads only its own user's stream, as $user",
                 ));
             }
             if channels.len() == channels_max {

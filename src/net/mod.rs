@@ -124,30 +124,75 @@ pub enum Failed {
     Gone,
 }
 
+/// Who an upgraded connection is: what its token grants (`None` when auth is off) and its
+/// user, if it has one (PROTOCOL.md, "Users").
+#[derive(Debug)]
+pub struct Identity {
+    pub grant: Option<auth::Grant>,
+    /// The token's `sub`; with `auth = "none"`, the `?user=` it names.
+    pub user: Option<Box<str>>,
+}
+
 /// Checks the upgrade's token when auth is on: 401 for a missing, invalid or expired one, 403
-/// for connect-time `channels` outside its grant. `None` when auth is off.
+/// for connect-time `channels` outside its grant. `$user` needs no grant, only a user (400
+/// without one); `channels` and the token's `subs` together stay within
+/// `subscriptions_max` (400).
 pub fn authorize(
     verifier: Option<&auth::Verifier>,
     upgrade: &handshake::Upgrade,
-) -> Result<Option<auth::Grant>, Reject> {
-    let Some(verifier) = verifier else {
-        return Ok(None);
+    subscriptions_max: usize,
+) -> Result<Identity, Reject> {
+    let identity = match verifier {
+        None => Identity {
+            grant: None,
+            user: upgrade.user.as_deref().map(Box::from),
+        },
+        Some(verifier) => {
+            let grant = verifier.verify(upgrade.token.as_deref()).map_err(|err| {
+                Reject::new(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string())
+            })?;
+            Identity {
+                user: Some(grant.sub.as_str().into()),
+                grant: Some(grant),
+            }
+        }
     };
-    let grant = verifier
-        .verify(upgrade.token.as_deref())
-        .map_err(|err| Reject::new(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string()))?;
-    if let Some(pattern) = upgrade
-        .channels
-        .iter()
-        .find(|pattern| !grant.may_subscribe(pattern))
-    {
+    let own_stream = |pattern: &str| pattern == crate::channel::USER_CHANNEL;
+    if identity.user.is_none() && upgrade.channels.iter().any(|pattern| own_stream(pattern)) {
         return Err(Reject::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("the token does not grant channels={pattern}"),
+            StatusCode::BAD_REQUEST,
+            "invalid_channel",
+            "channels=$user needs a user: a token's sub, or ?user= without auth",
         ));
     }
-    Ok(Some(grant))
+    if let Some(grant) = &identity.grant {
+        if let Some(pattern) = upgrade
+            .channels
+            .iter()
+            .filter(|pattern| !own_stream(pattern))
+            .find(|pattern| !grant.may_subscribe(pattern))
+        {
+            return Err(Reject::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("the token does not grant channels={pattern}"),
+            ));
+        }
+    }
+    let subs = identity.grant.as_ref().map_or(0, |grant| grant.subs.len());
+    let counted = upgrade.channels.iter().filter(|p| !own_stream(p)).count();
+    if counted + subs > subscriptions_max {
+        return Err(Reject::new(
+            StatusCode::BAD_REQUEST,
+            "too_many_subscriptions",
+            format!(
+                "channels= and the token's subs name {} patterns; subscriptions_per_conn_max is \
+                 {subscriptions_max}",
+                counted + subs
+            ),
+        ));
+    }
+    Ok(identity)
 }
 
 /// Reads until a complete request, returning it with the bytes read so far.

@@ -73,18 +73,84 @@ pub fn split_scope(full: &str) -> (Option<&str>, &str) {
         .map_or((None, full), |(tenant, name)| (Some(tenant), name))
 }
 
-/// The name clients use for the full name `full`: without its tenant's scope.
+/// The name clients use for the full name `full`: without its tenant's scope, and
+/// [`USER_CHANNEL`] for every user's stream (each connection reads only its own).
 #[must_use]
 pub fn visible(full: &str) -> &str {
-    split_scope(full).1
+    let name = split_scope(full).1;
+    if is_user_stream(name) {
+        USER_CHANNEL
+    } else {
+        name
+    }
 }
 
-/// The first token of a name the server reserves ([`SYSTEM_TOKEN`] or a tenant's scope),
-/// which a pattern must spell out to match: wildcards never stand for it.
+/// The channel on which a connection receives what is published to its user (PROTOCOL.md,
+/// "Users"). Each user's messages are a stream of their own, with its own offsets and
+/// history: the server knows user `ada`'s as `$user.ada` ([`user_stream`]), and every
+/// connection of hers reads and writes it as `$user`. Like [`SYSTEM_TOKEN`] it starts with `$`,
+/// so no client channel collides with it and no wildcard stands for it.
+pub const USER_CHANNEL: &str = "$user";
+
+/// The longest user id (a token's `sub`, a `?user=`), in bytes. Its stream's name, escaped
+/// ([`user_stream`]) after `$user.`, stays within [`CHANNEL_BYTES_MAX`].
+pub const USER_BYTES_MAX: usize = 80;
+
+/// Checks a user id: 1 to [`USER_BYTES_MAX`] bytes, no control characters.
+///
+/// # Errors
+/// A human reason, for a 400 or a 401 body.
+pub fn validate_user(user: &str) -> Result<(), String> {
+    let shown: String = user.chars().take(USER_BYTES_MAX).collect();
+    if user.is_empty() || user.len() > USER_BYTES_MAX {
+        return Err(format!(
+            "user {shown:?} is {} bytes; it needs 1 to {USER_BYTES_MAX}",
+            user.len()
+        ));
+    }
+    if user.chars().any(char::is_control) {
+        return Err(format!("user {shown:?} holds a control character"));
+    }
+    Ok(())
+}
+
+/// The full name of `user`'s stream (a valid [`validate_user`] id) in `tenant`'s scope, if
+/// any: `$user.` and the id as one token, every byte outside `[A-Za-z0-9_:@+-]` written `=XX`
+/// (its hex), so that two ids never share a stream: `ada@example.com` is
+/// `$user.ada@example=2Ecom`, and in tenant `acme`'s scope `$t:acme.$user.ada@example=2Ecom`.
 #[must_use]
-pub fn reserved_root(name: &str) -> Option<&str> {
-    name.starts_with('$')
-        .then(|| name.split('.').next().unwrap_or(name))
+pub fn user_stream(tenant: Option<&str>, user: &str) -> String {
+    use std::fmt::Write;
+    let mut name = String::with_capacity(USER_CHANNEL.len() + 1 + user.len());
+    if let Some(tenant) = tenant {
+        name.extend([TENANT_MARK, tenant, "."]);
+    }
+    name.push_str(USER_CHANNEL);
+    name.push('.');
+    for byte in user.bytes() {
+        if byte.is_ascii_alphanumeric() || b"_:@+-".contains(&byte) {
+            name.push(char::from(byte));
+        } else {
+            write!(name, "={byte:02X}").expect("writing to a String cannot fail");
+        }
+    }
+    name
+}
+
+/// Whether `name` (without a tenant's scope) is [`USER_CHANNEL`] or a user's stream.
+#[must_use]
+pub fn is_user_stream(name: &str) -> bool {
+    name.strip_prefix(USER_CHANNEL)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
+/// Whether a wildcard may stand for `token`: never for a token the server reserves, which
+/// starts with `$` ([`SYSTEM_TOKEN`], a tenant's scope, [`USER_CHANNEL`]). A pattern must spell
+/// such a token out to match past it, so a `>` firehose gets neither the server's telemetry,
+/// nor another tenant's channels, nor anyone's user stream.
+#[must_use]
+pub fn wildcard_may_match(token: &str) -> bool {
+    !token.starts_with('$')
 }
 
 /// Why a channel name or pattern was refused. Every variant is the peer's mistake: answer with
@@ -202,14 +268,12 @@ pub fn is_pattern(pattern: &str) -> bool {
 /// is not the last token matches nothing. This is the reference for the registry's trie.
 #[must_use]
 pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
-    if reserved_root(channel).is_some_and(|root| pattern.split('.').next() != Some(root)) {
-        return false;
-    }
     let mut pattern_tokens = pattern.split('.');
     let mut channel_tokens = channel.split('.');
     loop {
         match (pattern_tokens.next(), channel_tokens.next()) {
             (None, None) => return true,
+            (Some("*" | ">"), Some(token)) if !wildcard_may_match(token) => return false,
             // `>` swallows this token and every one after it, so at least one.
             (Some(">"), Some(_)) => return pattern_tokens.next().is_none(),
             (Some("*"), Some(_)) => {}
@@ -227,14 +291,12 @@ pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
 /// patterns): what a token's grant must say for a subscription to be allowed.
 #[must_use]
 pub fn pattern_covers(granted: &str, pattern: &str) -> bool {
-    if reserved_root(pattern).is_some_and(|root| granted.split('.').next() != Some(root)) {
-        return false;
-    }
     let mut granted_tokens = granted.split('.');
     let mut pattern_tokens = pattern.split('.');
     loop {
         match (granted_tokens.next(), pattern_tokens.next()) {
             (None, None) => return true,
+            (Some("*" | ">"), Some(token)) if !wildcard_may_match(token) => return false,
             // `>` takes one token or more, whatever they are, wildcards included.
             (Some(">"), Some(_)) => return true,
             // The pattern goes deeper than anything a non-`>` grant reaches.
@@ -265,9 +327,11 @@ fn scan(name: &str, wildcards: Wildcards) -> Result<(), ChannelError> {
         return Err(ChannelError::Empty);
     }
     check_length(name, CHANNEL_BYTES_MAX)?;
-    // The system token is the one place a `$` may stand.
+    // The system token and the user channel are the one place a `$` may stand.
     let mut token_start = if is_system(name) {
         SYSTEM_TOKEN.len() + 1
+    } else if is_user_stream(name) {
+        USER_CHANNEL.len() + 1
     } else {
         0
     };
@@ -342,6 +406,44 @@ mod tests {
         assert!(pattern_matches("$sys.*", "$sys.stats"));
         assert!(!pattern_matches(">", "$sys.stats"));
         assert!(!pattern_matches("*.stats", "$sys.stats"));
+    }
+
+    #[test]
+    fn a_user_stream_is_one_escaped_token_that_no_wildcard_reaches() {
+        assert_eq!(user_stream(None, "ada"), "$user.ada");
+        assert_eq!(user_stream(Some("acme"), "ada"), "$t:acme.$user.ada");
+        assert_eq!(
+            user_stream(None, "ada@example.com"),
+            "$user.ada@example=2Ecom"
+        );
+        assert_eq!(user_stream(None, "a=2E"), "$user.a=3D2E");
+        assert_ne!(user_stream(None, "a.b"), user_stream(None, "a=2Eb"));
+        assert_eq!(user_stream(None, "é"), "$user.=C3=A9");
+        let longest = user_stream(None, &"\u{7f}".repeat(USER_BYTES_MAX));
+        assert!(validate_user(&"x".repeat(USER_BYTES_MAX)).is_ok());
+        assert!(validate_channel(&user_stream(None, &"%".repeat(USER_BYTES_MAX))).is_ok());
+        assert!(longest.len() <= CHANNEL_BYTES_MAX);
+        assert!(validate_user("").is_err());
+        assert!(validate_user(&"x".repeat(USER_BYTES_MAX + 1)).is_err());
+        assert!(validate_user("a\nb").is_err());
+        for full in ["$user.ada", "$t:acme.$user.ada", "$user"] {
+            assert_eq!(visible(full), USER_CHANNEL);
+        }
+        assert_eq!(visible("$t:acme.users.ada"), "users.ada");
+        assert!(!is_user_stream("$users.x") && is_user_stream("$user"));
+        for pattern in [">", "*", "$t:acme.>", "$t:acme.*", "$t:acme.*.ada"] {
+            let channel = if pattern.starts_with("$t:") {
+                "$t:acme.$user.ada"
+            } else {
+                "$user.ada"
+            };
+            assert!(
+                !pattern_matches(pattern, channel),
+                "{pattern} reaches {channel}"
+            );
+        }
+        assert!(pattern_matches("$t:acme.$user.ada", "$t:acme.$user.ada"));
+        assert!(!pattern_covers(">", "$user") && !pattern_covers("*", "$user"));
     }
 
     #[test]

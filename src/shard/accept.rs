@@ -16,6 +16,7 @@ use glommio::net::{TcpListener, TcpStream};
 use http::StatusCode;
 
 use super::{Place, Route, ShardCore};
+use crate::channel;
 use crate::msg::Peer;
 use crate::net::handshake::{self, Limits, Reject, Request};
 use crate::net::tls::{self, Transport};
@@ -89,17 +90,27 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, stream: TcpStream) {
             send_and_close(&mut stream, &handshake::asset_response(asset), timeout).await;
         }
         Ok(Ok((Request::Upgrade(upgrade), mut buf))) => {
-            let grant = match authorize(shard.verifier.as_deref(), &upgrade) {
-                Ok(grant) => grant,
+            let max = config.subscriptions_per_conn_max;
+            let identity = match authorize(shard.verifier.as_deref(), &upgrade, max) {
+                Ok(identity) => identity,
                 Err(reject) => {
                     tracing::debug!(status = %reject.status, reason = %reject.message, "upgrade refused");
                     answer(&mut stream, &reject, timeout).await;
                     return;
                 }
             };
-            let tenant = grant.as_ref().and_then(|grant| grant.tenant.as_deref());
-            let admitted = if shard.config.admission_needed(tenant) {
-                admit(&shard, &stream, tenant, timeout).await.map(Some)
+            let tenant = identity
+                .grant
+                .as_ref()
+                .and_then(|grant| grant.tenant.as_deref());
+            let user = identity.user.is_some() && config.connections_per_user_max > 0;
+            let admitted = if config.admission_needed(tenant, user) {
+                // The user is counted by its stream's full name, unique across tenants.
+                let user = identity.user.as_deref().filter(|_| user);
+                let user = user.map(|user| channel::user_stream(tenant, user));
+                admit(&shard, &stream, tenant, user, timeout)
+                    .await
+                    .map(Some)
             } else {
                 Ok(None)
             };
@@ -123,7 +134,7 @@ async fn handshake_then_serve(shard: Rc<ShardCore>, stream: TcpStream) {
             } else {
                 Route::Broadcast(upgrade.channels)
             };
-            shard.open_conn(stream, route, grant, upgrade.deflate, place, buf);
+            shard.open_conn(stream, route, identity, upgrade.deflate, place, buf);
         }
         Ok(Err(Failed::Reject(reject))) => {
             tracing::debug!(status = %reject.status, reason = %reject.message, "handshake refused");
@@ -149,6 +160,7 @@ async fn admit(
     shard: &Rc<ShardCore>,
     stream: &Transport,
     tenant: Option<&str>,
+    user: Option<String>,
     timeout: Duration,
 ) -> Result<Place, Reject> {
     let ip = stream
@@ -161,7 +173,7 @@ async fn admit(
             )
         })?
         .ip();
-    let peer = Peer::new(ip, tenant.map(Box::from));
+    let peer = Peer::new(ip, tenant.map(Box::from), user.map(String::into_boxed_str));
     let verdict = glommio::timer::timeout(timeout, async { Ok(shard.admit(peer).await) }).await;
     match verdict {
         Ok(Ok(place)) => Ok(place),
@@ -169,7 +181,7 @@ async fn admit(
             shard.count_refused();
             Err(Reject::new(
                 refused.status(),
-                "too_many_connections",
+                refused.code(),
                 refused.to_string(),
             ))
         }

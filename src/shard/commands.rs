@@ -20,8 +20,12 @@ use crate::msg::{AckRow, Recovered, Since, ToIngest};
 use crate::ws::command::{self, ErrorCode, ErrorReply};
 
 /// `forbidden` unless the connection's token grants subscribing to `pattern` (as the client
-/// wrote it: grants are in the tenant's own names).
+/// wrote it: grants are in the tenant's own names). Its own `$user` needs no grant; nothing
+/// else under `$user` is anyone's to read.
 fn check_grant(handle: &ConnHandle, pattern: &str, id: &Option<Value>) -> Result<(), ErrorReply> {
+    if channel::is_user_stream(pattern) {
+        return check_own_stream(handle, pattern, id);
+    }
     match &*handle.grant.borrow() {
         Some(grant) if !grant.may_subscribe(pattern) => Err(ErrorReply::new(
             id.clone(),
@@ -30,6 +34,25 @@ fn check_grant(handle: &ConnHandle, pattern: &str, id: &Option<Value>) -> Result
         )),
         _ => Ok(()),
     }
+}
+
+/// `forbidden` unless `name` is exactly `$user` on a connection that has a user.
+fn check_own_stream(handle: &ConnHandle, name: &str, id: &Option<Value>) -> Result<(), ErrorReply> {
+    if name != channel::USER_CHANNEL {
+        return Err(ErrorReply::new(
+            id.clone(),
+            ErrorCode::Forbidden,
+            "a connection reads only its own user's stream, as $user",
+        ));
+    }
+    if handle.user.is_none() {
+        return Err(ErrorReply::new(
+            id.clone(),
+            ErrorCode::Forbidden,
+            "$user needs a user: a token's sub, or ?user= without auth",
+        ));
+    }
+    Ok(())
 }
 
 impl ShardCore {
@@ -58,23 +81,19 @@ impl ShardCore {
         check_grant(handle, pattern, &id)?;
         let full = handle.full_name(pattern);
         let pattern = &*full;
-        let mut subscriptions = handle.subscriptions.borrow_mut();
-        if subscriptions
-            .iter()
-            .any(|subscription| *subscription.pattern == *pattern)
-        {
+        if handle.is_subscribed(pattern) {
             return Ok(Some(self.subscribed_frame(pattern, &id)));
         }
-        if subscriptions.len() >= settings.subscriptions_per_conn_max {
+        let counted = handle.counted_subscriptions();
+        let own = channel::visible(pattern) == channel::USER_CHANNEL;
+        if counted >= settings.subscriptions_per_conn_max && !own {
             return Err(ErrorReply::new(
                 id,
                 ErrorCode::TooManySubscriptions,
-                format!(
-                    "this connection already has {} subscriptions, the limit",
-                    subscriptions.len()
-                ),
+                format!("this connection already has {counted} subscriptions, the limit"),
             ));
         }
+        let mut subscriptions = handle.subscriptions.borrow_mut();
         if since.is_some() && self.forwarder.backlog_len() >= settings.queue_items_max {
             return Err(ErrorReply::new(
                 id,
@@ -183,6 +202,9 @@ impl ShardCore {
         id: Option<Value>,
     ) -> Result<Option<Bytes>, ErrorReply> {
         command::check_channel(channel, self.settings.channel_bytes_max, &id)?;
+        if channel::is_user_stream(channel) {
+            check_own_stream(handle, channel, &id)?;
+        }
         let full = handle.full_name(channel);
         let channel = &*full;
         let subscribed = handle
@@ -250,21 +272,13 @@ impl ShardCore {
         check_grant(handle, pattern, &id)?;
         let full = handle.full_name(pattern);
         let pattern = &*full;
-        let mut subscriptions = handle.subscriptions.borrow_mut();
-        let Some(at) = subscriptions
-            .iter()
-            .position(|subscription| *subscription.pattern == *pattern)
-        else {
+        if !self.drop_subscription(handle, pattern) {
             return Err(ErrorReply::new(
                 id,
                 ErrorCode::NotSubscribed,
-                format!("not subscribed to {pattern:?}"),
+                format!("not subscribed to {:?}", channel::visible(pattern)),
             ));
-        };
-        subscriptions.swap_remove(at);
-        drop(subscriptions);
-        self.interest.unroute(pattern, handle.id);
-        self.interest.withdraw(pattern, &self.forwarder);
+        }
         Ok(Some(command::channel_reply_frame(
             "unsubscribed",
             pattern,
@@ -282,8 +296,10 @@ impl ShardCore {
     ) -> Result<Option<Bytes>, ErrorReply> {
         let settings = &self.settings;
         command::check_channel(channel, settings.channel_bytes_max, &id)?;
-        // With auth, the token's `publish` claim decides; without, `client_publish`.
+        // With auth, the token's `publish` claim decides; without, `client_publish`. Only the
+        // control plane publishes to a user (`POST /v1/publish` with `user`).
         let allowed = !channel::is_system(channel)
+            && !channel::is_user_stream(channel)
             && match &*handle.grant.borrow() {
                 Some(grant) => grant.may_publish(channel),
                 None => settings
@@ -313,5 +329,74 @@ impl ShardCore {
             data: data.into(),
         });
         Ok(None)
+    }
+
+    /// `subscribed` with `"server":true` for a live server-side subscription.
+    pub(super) fn server_subscribed_frame(&self, pattern: &str) -> Bytes {
+        command::server_subscribed_frame(pattern, &self.interest.epoch(), self.interest.position())
+    }
+
+    /// A server-side subscription (`POST /v1/users/subscribe`) of one connection to `pattern`
+    /// (validated by the API, in the tenant's own names): no grant needed, the usual limit.
+    /// An error frame tells the connection when the limit refuses it.
+    pub(super) fn server_subscribe(&self, handle: &ConnHandle, pattern: &str) {
+        let full = handle.full_name(pattern);
+        let pattern = &*full;
+        if handle.is_subscribed(pattern) {
+            let reply = self.server_subscribed_frame(pattern);
+            self.send_to(handle, reply);
+            return;
+        }
+        let counted = handle.counted_subscriptions();
+        if counted >= self.settings.subscriptions_per_conn_max {
+            let refusal = ErrorReply::new(
+                None,
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "the server could not subscribe this connection to {:?}: it has {counted} \
+                     subscriptions, the limit",
+                    channel::visible(pattern)
+                ),
+            );
+            self.send_to(handle, refusal.frame());
+            return;
+        }
+        handle
+            .subscriptions
+            .borrow_mut()
+            .push(Subscription::new(pattern));
+        if self
+            .interest
+            .announce(pattern, handle.id, Waiter::Server, &self.forwarder)
+        {
+            self.interest.make_live(handle, pattern);
+            let reply = self.server_subscribed_frame(pattern);
+            self.send_to(handle, reply);
+        }
+    }
+
+    /// A server-side unsubscribe (`POST /v1/users/unsubscribe`) of one connection from
+    /// `pattern`; nothing for a connection not subscribed to it.
+    pub(super) fn server_unsubscribe(&self, handle: &ConnHandle, pattern: &str) {
+        let full = handle.full_name(pattern);
+        if self.drop_subscription(handle, &full) {
+            self.send_to(handle, command::server_unsubscribed_frame(&full));
+        }
+    }
+
+    /// Ends the connection's subscription to `pattern` (a full name), if it has one.
+    fn drop_subscription(&self, handle: &ConnHandle, pattern: &str) -> bool {
+        let mut subscriptions = handle.subscriptions.borrow_mut();
+        let Some(at) = subscriptions
+            .iter()
+            .position(|subscription| *subscription.pattern == *pattern)
+        else {
+            return false;
+        };
+        subscriptions.swap_remove(at);
+        drop(subscriptions);
+        self.interest.unroute(pattern, handle.id);
+        self.interest.withdraw(pattern, &self.forwarder);
+        true
     }
 }

@@ -52,6 +52,7 @@ use glommio::timer::Timer;
 use nix::sys::socket::MsgFlags;
 
 use super::ShardCore;
+use crate::channel;
 use crate::msg::{ConnId, ShardId};
 use crate::net::auth::Grant;
 use crate::net::tls::Transport;
@@ -107,7 +108,7 @@ pub struct ConnHandle {
     /// The socket's descriptor while the task owns the open stream, for `write_now`.
     fd: Cell<Option<RawFd>>,
     waker: RefCell<Option<Waker>>,
-    close: Cell<Option<CloseRequest>>,
+    close: RefCell<Option<CloseRequest>>,
     /// Set once the close frame is queued: nothing else is sent after it.
     closing: Cell<bool>,
     last_seen: Cell<Instant>,
@@ -125,6 +126,8 @@ pub struct ConnHandle {
     /// What the connection's token allows; `None` without auth. Boxed: a connection without
     /// a token pays one pointer for it, not the grant's hundred bytes.
     pub grant: RefCell<Option<Box<Grant>>>,
+    /// The connection's user (PROTOCOL.md, "Users"): its token's `sub`, or `?user=`.
+    pub user: Option<Box<str>>,
     /// The echo endpoint's connection: messages are sent back, not read as commands.
     echo: bool,
     /// permessage-deflate, if the upgrade agreed on it.
@@ -145,6 +148,7 @@ impl ConnHandle {
         hello: Option<Bytes>,
         deflate: Option<Deflate>,
         grant: Option<Grant>,
+        user: Option<Box<str>>,
         now: Instant,
     ) -> Self {
         ConnHandle {
@@ -153,7 +157,7 @@ impl ConnHandle {
             outbox: RefCell::new(Outbox::default()),
             fd: Cell::new(None),
             waker: RefCell::new(None),
-            close: Cell::new(None),
+            close: RefCell::new(None),
             closing: Cell::new(false),
             last_seen: Cell::new(now),
             last_ping: Cell::new(now),
@@ -163,6 +167,7 @@ impl ConnHandle {
             hello_waits: Cell::new(0),
             batched: Cell::new(false),
             grant: RefCell::new(grant.map(Box::new)),
+            user,
             deflate,
             acks: RefCell::new(Vec::new()),
             messages_in: Cell::new(0),
@@ -181,17 +186,36 @@ impl ConnHandle {
     }
 
     /// The full name of a channel or pattern as this connection names it: in the scope of its
-    /// token's tenant, if it has one (a `refresh` cannot change the tenant).
+    /// token's tenant, if it has one (a `refresh` cannot change the tenant); `$user` is its
+    /// own user's stream.
     pub fn full_name<'a>(&self, name: &'a str) -> Cow<'a, str> {
-        match self
-            .grant
-            .borrow()
-            .as_ref()
-            .and_then(|grant| grant.tenant.as_deref())
-        {
-            Some(tenant) => Cow::Owned(crate::channel::scoped(tenant, name)),
-            None => Cow::Borrowed(name),
+        let grant = self.grant.borrow();
+        let tenant = grant.as_ref().and_then(|grant| grant.tenant.as_deref());
+        match (&self.user, tenant) {
+            (Some(user), _) if name == channel::USER_CHANNEL => {
+                Cow::Owned(channel::user_stream(tenant, user))
+            }
+            (_, Some(tenant)) => Cow::Owned(channel::scoped(tenant, name)),
+            (_, None) => Cow::Borrowed(name),
         }
+    }
+
+    /// The full name of this connection's user's stream, if it has a user.
+    pub fn user_stream(&self) -> Option<String> {
+        self.user
+            .as_ref()
+            .map(|_| self.full_name(channel::USER_CHANNEL).into_owned())
+    }
+
+    /// Its subscriptions, less its own `$user`, which no limit counts.
+    pub fn counted_subscriptions(&self) -> usize {
+        self.subscriptions
+            .borrow()
+            .iter()
+            .filter(|subscription| {
+                !channel::is_user_stream(channel::split_scope(&subscription.pattern).1)
+            })
+            .count()
     }
 
     /// The socket to write a frame to at once, from the shard's fan-out loop, when nothing is
@@ -201,7 +225,7 @@ impl ConnHandle {
     pub fn direct_fd(&self) -> Option<RawFd> {
         let fd = self.fd.get()?;
         let ready = !self.closing.get()
-            && self.close.get().is_none()
+            && self.close.borrow().is_none()
             && self.hello_sent()
             && self.outbox.borrow().frames_len() == 0;
         ready.then_some(fd)
@@ -252,7 +276,7 @@ impl ConnHandle {
         if outbox.frames_len() == 0 {
             return None;
         }
-        let open = !self.closing.get() && self.close.get().is_none() && self.hello_sent();
+        let open = !self.closing.get() && self.close.borrow().is_none() && self.hello_sent();
         let Some(fd) = self.fd.get().filter(|_| open) else {
             drop(outbox);
             self.wake();
@@ -400,8 +424,8 @@ impl ConnHandle {
 
     /// Asks the connection's task to close it with `request`; the first request wins.
     pub fn request_close(&self, request: CloseRequest) {
-        if self.close.get().is_none() && !self.closing.get() {
-            self.close.set(Some(request));
+        if self.close.borrow().is_none() && !self.closing.get() {
+            *self.close.borrow_mut() = Some(request);
             self.wake();
         }
     }
@@ -425,7 +449,7 @@ impl ConnHandle {
     }
 
     pub fn is_closing(&self) -> bool {
-        self.closing.get() || self.close.get().is_some()
+        self.closing.get() || self.close.borrow().is_some()
     }
 
     /// Frames and bytes waiting in the outbox.
@@ -602,7 +626,8 @@ impl Conn {
             }
         }
         for _ in 0..READS_PER_POLL_MAX {
-            if let Some(request) = self.handle.close.take() {
+            let request = self.handle.close.borrow_mut().take();
+            if let Some(request) = request {
                 let mut host = Answering {
                     shard: &self.shard,
                     handle: &self.handle,

@@ -545,8 +545,17 @@ mod tests {
         server.set_nonblocking(true).unwrap();
         peer.set_nonblocking(true).unwrap();
         // No `connected` to hold back (an echo-style handle): it is greeted from the start.
-        let handle =
-            conns.insert(|id| Rc::new(ConnHandle::new(id, 0, None, None, None, Instant::now())));
+        let handle = conns.insert(|id| {
+            Rc::new(ConnHandle::new(
+                id,
+                0,
+                None,
+                None,
+                None,
+                None,
+                Instant::now(),
+            ))
+        });
         handle
             .subscriptions
             .borrow_mut()

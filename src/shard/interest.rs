@@ -29,6 +29,9 @@ pub enum Waiter {
     Reply(Option<Value>),
     /// A `subscribe` with `since`: the ingest core's `Recovered` makes it live, not the route.
     Recovery,
+    /// A server-side subscription (`POST /v1/users/subscribe`): it goes live and is answered
+    /// `subscribed` with `"server":true`.
+    Server,
 }
 
 /// A pattern the shard has announced, or is announcing, to the ingest core.

@@ -15,6 +15,7 @@
 //! - [`admission::Admission`]: upgrades waiting for the ingest core's verdict, and the places
 //!   of admitted connections.
 //! - [`stats::Stats`]: the event counters, per shard and per namespace.
+//! - [`users::Users`]: the connections of each user, for the control plane's acts on a user.
 //!
 //! The commands a connection sends ([`commands`]) have no state of their own and act through
 //! those owners; so do the task loops and the dispatch of the ingest core's messages, here.
@@ -41,6 +42,7 @@ pub mod interest;
 pub mod send_ring;
 pub mod settings;
 pub mod stats;
+pub mod users;
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
@@ -51,10 +53,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_rustls::TlsAcceptor;
 
+use crate::channel;
 use crate::config::Config;
-use crate::msg::{Answer, ConnId, QueryKind, ShardId, ShardReport, ShardStats, ToIngest, ToShard};
-use crate::net::auth::{Grant, Verifier};
+use crate::msg::{
+    Answer, ConnId, QueryKind, ShardId, ShardReport, ShardStats, ToIngest, ToShard, UserAct,
+};
+use crate::net::auth::Verifier;
 use crate::net::tls::Transport;
+use crate::net::Identity;
 use crate::notify::Notify;
 use crate::queue::{Receiver, Sender};
 use crate::ws::command;
@@ -71,6 +77,7 @@ use forward::Forwarder;
 use interest::{Interest, Waiter};
 use settings::Settings;
 use stats::Stats;
+use users::Users;
 
 /// What an upgraded connection is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +120,8 @@ pub struct ShardCore {
     admission: Admission,
     /// The event counters, per shard and per namespace.
     counters: Stats,
+    /// The connections of each user.
+    users: Users,
     /// Every connection reads into this buffer; only partial frames are copied out.
     pub read_buf: RefCell<Vec<u8>>,
     /// Where a connection's pending frames are coalesced into one write.
@@ -150,6 +159,7 @@ impl ShardCore {
             forwarder: Forwarder::new(to_ingest),
             admission: Admission::default(),
             counters: Stats::new(id, settings.namespaces_len),
+            users: Users::default(),
             read_buf: RefCell::new(vec![0; READ_BUF_BYTES]),
             write_buf: RefCell::new(Vec::with_capacity(64 * 1024)),
             accepting: Cell::new(true),
@@ -195,6 +205,7 @@ impl ShardCore {
     fn stats(&self) -> ShardStats {
         let mut stats = self.counters.totals();
         stats.connections = self.conns.len();
+        stats.users = self.users.count();
         stats.subscriptions = self.interest.subscriptions_len();
         stats.ingest_queue_len = self.forwarder.queue_len();
         self.conns.each(|handle| {
@@ -221,22 +232,29 @@ impl ShardCore {
     }
 
     /// Registers an upgraded connection and starts its task. A broadcast connection's
-    /// `channels` are its connect-time subscriptions (already validated); `connected` is sent
-    /// once they are all live. An echo connection is greeted with nothing and subscribes to
-    /// nothing. `deflate`: what permessage-deflate the upgrade agreed on.
+    /// `channels` are its connect-time subscriptions (already validated), after its own
+    /// `$user` and its token's `subs`; `connected` is sent once they are all live. An echo
+    /// connection is greeted with nothing and subscribes to nothing. `deflate`: what
+    /// permessage-deflate the upgrade agreed on.
     pub fn open_conn(
         self: &Rc<Self>,
         stream: Transport,
         route: Route,
-        grant: Option<Grant>,
+        identity: Identity,
         deflate: Option<Deflate>,
         place: Option<Place>,
         early: Vec<u8>,
     ) {
-        let (channels, greeted) = match route {
+        let Identity { grant, user } = identity;
+        let (mut channels, greeted) = match route {
             Route::Broadcast(channels) => (channels, true),
             Route::Echo => (Vec::new(), false),
         };
+        if greeted {
+            let subs = grant.as_ref().map(|grant| grant.subs.iter().cloned());
+            let own = user.as_ref().map(|_| channel::USER_CHANNEL.to_owned());
+            channels.splice(0..0, own.into_iter().chain(subs.into_iter().flatten()));
+        }
         let handle = self.conns.insert(|id| {
             let name = conn::ConnName {
                 shard: self.id,
@@ -245,6 +263,7 @@ impl ShardCore {
             let hello = greeted.then(|| {
                 command::connected_frame(
                     &name.to_string(),
+                    user.as_deref(),
                     self.id,
                     crate::clock::unix_ms(),
                     self.settings.heartbeat_s,
@@ -257,10 +276,14 @@ impl ShardCore {
                 hello,
                 deflate,
                 grant,
+                user,
                 Instant::now(),
             ))
         });
         let id = handle.id;
+        if let Some(stream) = handle.user_stream().filter(|_| greeted) {
+            self.users.add(&stream, id);
+        }
         if let Some(place) = place {
             self.admission.hold(id, place);
         }
@@ -324,6 +347,11 @@ impl ShardCore {
                         self.go_live(&handle);
                     }
                 }
+                Waiter::Server => {
+                    self.interest.make_live(&handle, pattern);
+                    let reply = self.server_subscribed_frame(pattern);
+                    self.send_to(&handle, reply);
+                }
                 Waiter::Recovery => {}
             }
         }
@@ -337,9 +365,29 @@ impl ShardCore {
             self.interest
                 .withdraw(&subscription.pattern, &self.forwarder);
         }
+        if let Some(stream) = handle.user_stream() {
+            self.users.remove(&stream, handle.id);
+        }
         self.admission.give_back(handle.id);
         self.conns.remove(handle);
         tracing::debug!(conn = %handle.name(), "connection closed");
+    }
+
+    /// The control plane's act on every connection here of the user whose stream is
+    /// `stream`: close with 4010, or subscribe or unsubscribe server-side.
+    fn user_act(&self, stream: &str, act: &UserAct) {
+        for id in self.users.conns(stream) {
+            let Some(handle) = self.conns.get(id) else {
+                continue;
+            };
+            match act {
+                UserAct::Disconnect(reason) => {
+                    handle.request_close(CloseRequest::disconnected(reason));
+                }
+                UserAct::Subscribe(pattern) => self.server_subscribe(&handle, pattern),
+                UserAct::Unsubscribe(pattern) => self.server_unsubscribe(&handle, pattern),
+            }
+        }
     }
 
     /// The cluster's offsets restarted (Redis lost its data): every connection is closed with
@@ -385,6 +433,7 @@ impl ShardCore {
                     .gap(&channel, frame, &self.interest, &self.conns, &self.counters)
             }
             ToShard::Epoch(epoch) => self.new_epoch(epoch),
+            ToShard::User { stream, act } => self.user_act(&stream, &act),
             ToShard::Admitted { ticket, verdict } => {
                 self.admission.admitted(ticket, verdict, &self.forwarder)
             }
@@ -392,11 +441,11 @@ impl ShardCore {
                 // Reports first, so the ingest core's overall figures are as current as ours.
                 self.report_fanout();
                 let answer = match kind {
-                    QueryKind::Stats => Answer::Stats(ShardReport {
+                    QueryKind::Stats => Answer::Stats(Box::new(ShardReport {
                         stats: self.stats(),
                         acks: self.ack_rows(),
                         namespaces: self.counters.namespaces(),
-                    }),
+                    })),
                     QueryKind::Channels => Answer::Channels(self.interest.patterns()),
                     QueryKind::StopAccepting => {
                         self.accepting.set(false);

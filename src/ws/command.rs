@@ -343,6 +343,7 @@ pub fn json_frame(value: &impl Serialize) -> Bytes {
 /// `{"type":"connected",...}`, the first frame of every connection.
 pub fn connected_frame(
     conn_id: &str,
+    user: Option<&str>,
     shard: usize,
     now_ms: u64,
     heartbeat_s: u64,
@@ -352,6 +353,8 @@ pub fn connected_frame(
     struct Connected<'a> {
         r#type: &'static str,
         conn_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<&'a str>,
         shard: usize,
         server_time_ms: u64,
         heartbeat_s: u64,
@@ -360,6 +363,7 @@ pub fn connected_frame(
     json_frame(&Connected {
         r#type: "connected",
         conn_id,
+        user,
         shard,
         server_time_ms: now_ms,
         heartbeat_s,
@@ -392,6 +396,23 @@ pub fn subscribed_frame(
     seq: u64,
     recovery: Option<Result<(), Unrecovered>>,
 ) -> Bytes {
+    subscribed_json(channel, id, epoch, seq, recovery, false)
+}
+
+/// `subscribed` with `"server":true`: the control plane subscribed the connection
+/// (`POST /v1/users/subscribe`).
+pub fn server_subscribed_frame(channel: &str, epoch: &str, seq: u64) -> Bytes {
+    subscribed_json(channel, &None, epoch, seq, None, true)
+}
+
+fn subscribed_json(
+    channel: &str,
+    id: &Option<Value>,
+    epoch: &str,
+    seq: u64,
+    recovery: Option<Result<(), Unrecovered>>,
+    server: bool,
+) -> Bytes {
     #[derive(Serialize)]
     struct Subscribed<'a> {
         r#type: &'static str,
@@ -404,6 +425,8 @@ pub fn subscribed_frame(
         recovered: Option<bool>,
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<Unrecovered>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        server: bool,
     }
     json_frame(&Subscribed {
         r#type: "subscribed",
@@ -413,6 +436,7 @@ pub fn subscribed_frame(
         seq,
         recovered: recovery.map(|outcome| outcome.is_ok()),
         reason: recovery.and_then(Result::err),
+        server,
     })
 }
 
@@ -468,17 +492,35 @@ pub fn acked_frame(id: &Option<Value>, channel: &str, offset: u64) -> Bytes {
 
 /// `subscribed` or `unsubscribed`.
 pub fn channel_reply_frame(kind: &'static str, channel: &str, id: &Option<Value>) -> Bytes {
+    channel_reply_json(kind, channel, id, false)
+}
+
+/// `unsubscribed` with `"server":true`: the control plane unsubscribed the connection
+/// (`POST /v1/users/unsubscribe`).
+pub fn server_unsubscribed_frame(channel: &str) -> Bytes {
+    channel_reply_json("unsubscribed", channel, &None, true)
+}
+
+fn channel_reply_json(
+    kind: &'static str,
+    channel: &str,
+    id: &Option<Value>,
+    server: bool,
+) -> Bytes {
     #[derive(Serialize)]
     struct Reply<'a> {
         r#type: &'static str,
         channel: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: &'a Option<Value>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        server: bool,
     }
     json_frame(&Reply {
         r#type: kind,
         channel: channel::visible(channel),
         id,
+        server,
     })
 }
 
@@ -763,6 +805,18 @@ mod tests {
         assert_eq!(
             payload(&published_frame(&id, "chat.r1", 9)),
             r#"{"type":"published","id":4,"channel":"chat.r1","offset":9}"#
+        );
+        assert_eq!(
+            payload(&channel_reply_frame("unsubscribed", "a.*", &None)),
+            r#"{"type":"unsubscribed","channel":"a.*"}"#
+        );
+        assert_eq!(
+            payload(&server_unsubscribed_frame("$t:acme.a.*")),
+            r#"{"type":"unsubscribed","channel":"a.*","server":true}"#
+        );
+        assert_eq!(
+            payload(&server_subscribed_frame("$t:acme.$user.ada", "e1", 3)),
+            r#"{"type":"subscribed","channel":"$user","epoch":"e1","seq":3,"server":true}"#
         );
         assert_eq!(
             payload(&channel_reply_frame("unsubscribed", "a.*", &None)),

@@ -17,6 +17,7 @@
 //! asks its host to keep the unwritten tail of a frame the peer already has the head of, and
 //! the close frame follows it; the other closes queue it after everything.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -28,42 +29,52 @@ use crate::ws::message::{Assembler, Event, MessageError};
 use crate::ws::rate::{InboundLimit, Refusal};
 
 /// Why and how a connection is to be closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseRequest {
     pub code: u16,
-    pub reason: &'static str,
+    /// At most 123 bytes: what a close frame holds after its code.
+    pub reason: Cow<'static, str>,
 }
 
 impl CloseRequest {
     pub const GOING_AWAY: CloseRequest = CloseRequest {
         code: 1001,
-        reason: "going away",
+        reason: Cow::Borrowed("going away"),
     };
     pub const IDLE: CloseRequest = CloseRequest {
         code: 1000,
-        reason: "idle timeout",
+        reason: Cow::Borrowed("idle timeout"),
     };
     pub const TOKEN_EXPIRED: CloseRequest = CloseRequest {
         code: 4001,
-        reason: "token expired: reconnect with a new one, or refresh before exp",
+        reason: Cow::Borrowed("token expired: reconnect with a new one, or refresh before exp"),
     };
     pub const EPOCH_CHANGED: CloseRequest = CloseRequest {
         code: 1012,
-        reason: "epoch changed: offsets restarted; resubscribe",
+        reason: Cow::Borrowed("epoch changed: offsets restarted; resubscribe"),
     };
     pub const SLOW_CONSUMER: CloseRequest = CloseRequest {
         code: 4008,
-        reason: "slow consumer: outbox overflowed",
+        reason: Cow::Borrowed("slow consumer: outbox overflowed"),
     };
     pub const RATE_LIMITED: CloseRequest = CloseRequest {
         code: 4029,
-        reason: "rate limit: too many messages refused in a row",
+        reason: Cow::Borrowed("rate limit: too many messages refused in a row"),
     };
 
     /// Whether this close discards the frames queued ahead of it: a slow consumer cannot take
     /// them, and a shutting-down server will not wait for them.
-    fn drops_queued(self) -> bool {
-        self == CloseRequest::SLOW_CONSUMER || self == CloseRequest::GOING_AWAY
+    fn drops_queued(&self) -> bool {
+        *self == CloseRequest::SLOW_CONSUMER || *self == CloseRequest::GOING_AWAY
+    }
+
+    /// Closed by the control plane (`POST /v1/users/disconnect`): 4010 with `reason` (which
+    /// the API keeps within a close frame's 123 bytes).
+    pub fn disconnected(reason: &str) -> CloseRequest {
+        CloseRequest {
+            code: 4010,
+            reason: Cow::Owned(reason.to_owned()),
+        }
     }
 }
 
@@ -200,7 +211,7 @@ impl Session {
             return;
         }
         host.close(
-            frame::close_frame(request.code, request.reason),
+            frame::close_frame(request.code, &request.reason),
             request.drops_queued(),
         );
         self.phase = Phase::Closing { peer_closed: false };
