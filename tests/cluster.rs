@@ -1103,3 +1103,69 @@ async fn a_batch_script_that_fails_while_running_is_unknown_and_delivers_none_of
     })
     .await
 }
+
+#[tokio::test]
+async fn a_user_on_two_nodes_gets_its_stream_and_every_node_acts_on_it() {
+    watchdog(async {
+        let redis = Redis::start();
+        let (a, b) = (node(&redis).await, node(&redis).await);
+        let mut ada_a = Client::connect_path(&a, "/ws?user=ada").await;
+        let mut ada_b = Client::connect_path(&b, "/ws?user=ada").await;
+        let mut bob_b = Client::connect_path(&b, "/ws?user=bob").await;
+
+        // A publish to ada on node a reaches her on both nodes, numbered once for the cluster.
+        for n in 1..=3 {
+            let server = if n == 2 { &b } else { &a };
+            let reply = server
+                .post(
+                    "/v1/publish",
+                    &json!({"user": "ada", "data": n}).to_string(),
+                )
+                .await;
+            assert_eq!(reply.json(), json!({"user": "ada", "offset": n}));
+        }
+        for ada in [&mut ada_a, &mut ada_b] {
+            for n in 1..=3 {
+                assert_message(&ada.recv().await, "$user", n, &json!(n));
+            }
+        }
+
+        // Subscribed from node b's API, on both nodes.
+        let reply = b
+            .post(
+                "/v1/users/subscribe",
+                &json!({"user": "ada", "channel": "quotes.*"}).to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.json());
+        for ada in [&mut ada_a, &mut ada_b] {
+            let got = ada.recv().await;
+            assert_eq!(
+                (&got["type"], &got["channel"], &got["server"]),
+                (&json!("subscribed"), &json!("quotes.*"), &json!(true)),
+                "{got}"
+            );
+        }
+        let offset = a.publish("quotes.1", &json!("q")).await;
+        for ada in [&mut ada_a, &mut ada_b] {
+            assert_message(&ada.recv().await, "quotes.1", offset, &json!("q"));
+        }
+
+        // Disconnected from node a's API, on both nodes; bob stays.
+        let reply = a
+            .post(
+                "/v1/users/disconnect",
+                &json!({"user": "ada", "reason": "bye"}).to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.json());
+        for ada in [&mut ada_a, &mut ada_b] {
+            assert_eq!(
+                ada.expect_close(Duration::from_secs(5)).await,
+                (4010, "bye".to_owned())
+            );
+        }
+        bob_b.ping(1).await;
+    })
+    .await
+}

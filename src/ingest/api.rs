@@ -1331,7 +1331,12 @@ async fn channels(core: &IngestCore) -> HttpResponse {
     let mut totals: hashbrown::HashMap<Box<str>, usize> = hashbrown::HashMap::new();
     for (_, answer) in core.query(QueryKind::Channels).await {
         if let Answer::Channels(patterns) = answer {
-            for (pattern, count) in patterns {
+            // Users' streams are left out: one per user would bury the channels, and
+            // `/v1/stats` counts users.
+            let channels = patterns
+                .into_iter()
+                .filter(|(pattern, _)| !channel::is_user_stream(channel::split_scope(pattern).1));
+            for (pattern, count) in channels {
                 *totals.entry(pattern).or_default() += count;
             }
         }

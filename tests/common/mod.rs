@@ -672,7 +672,8 @@ pub fn assert_subscribed(reply: &Value, channel: &str, id: Value) -> u64 {
 }
 
 /// Asserts the exact shape of `{"type":"connected","conn_id":<string>,"shard":<int>,
-/// "server_time_ms":<int>,"heartbeat_s":<int>,"epoch":<hex>}` with `shard` one of the two shards.
+/// "server_time_ms":<int>,"heartbeat_s":<int>,"epoch":<hex>}` with `shard` one of the two shards,
+/// and `"user":<string>` for a connection with a user.
 pub fn assert_connected_shape(hello: &Value) {
     let conn_id = hello["conn_id"]
         .as_str()
@@ -693,12 +694,19 @@ pub fn assert_connected_shape(hello: &Value) {
         .as_u64()
         .unwrap_or_else(|| panic!("expected an integer heartbeat_s in {hello}"));
     let epoch = assert_epoch(&hello["epoch"], &hello.to_string());
+    let mut expected = json!({
+        "type": "connected", "conn_id": conn_id, "shard": shard,
+        "server_time_ms": time, "heartbeat_s": heartbeat_s, "epoch": epoch,
+    });
+    if let Some(user) = hello.get("user") {
+        assert!(
+            user.as_str().is_some_and(|user| !user.is_empty()),
+            "expected a connection's user to be a non-empty string in {hello}"
+        );
+        expected["user"] = user.clone();
+    }
     assert_eq!(
-        hello,
-        &json!({
-            "type": "connected", "conn_id": conn_id, "shard": shard,
-            "server_time_ms": time, "heartbeat_s": heartbeat_s, "epoch": epoch,
-        }),
+        hello, &expected,
         "expected exactly the connected frame first"
     );
 }
