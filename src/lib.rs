@@ -41,8 +41,9 @@
 //! 8. The two cores' halves. [`shard`]: a broadcast shard's accept loop ([`shard::accept`]),
 //!    its connections' tasks ([`shard::conn`]) and slab ([`shard::conns`]), its interest and
 //!    registry ([`shard::interest`]), fan-out ([`shard::fanout`]), the clients' commands
-//!    ([`shard::commands`]), admission ([`shard::admission`]), counters ([`shard::stats`]), the
-//!    way to the ingest core ([`shard::forward`]) and its settings ([`shard::settings`]).
+//!    ([`shard::commands`]), admission ([`shard::admission`]), counters ([`shard::stats`]), its
+//!    connections by user ([`shard::users`]), the way to the ingest core
+//!    ([`shard::forward`]) and its settings ([`shard::settings`]).
 //!    [`ingest`]: the control-plane API ([`ingest::api_stream`]: its connections' deadlines and
 //!    its answers to what hyper cannot parse), the priority [`ingest::lanes`], the
 //!    [`ingest::sequencer`] of epoch, seq and offsets, encode-once ([`ingest::encode`], the only
@@ -90,6 +91,10 @@
 //! - **tenant**: a token's `tenant` claim; its connections live in its own namespace, where a
 //!   channel's *full name* carries the scope (`$t:acme.leads.42`) that its clients never see
 //!   (see [`channel::TENANT_MARK`]).
+//! - **user**: a token's `sub` (or `?user=` without auth). Each user's messages are a stream
+//!   of their own, a channel whose full name is `$user.<id>` (in a tenant's scope
+//!   `$t:acme.$user.<id>`) and which its connections name `$user` (see
+//!   [`channel::USER_CHANNEL`]); the control plane acts on all of a user's connections.
 // Unsafe code is denied everywhere but in one module, the shard's io_uring send ring
 // (`shard::send_ring`), whose `unsafe` pushes carry SAFETY comments and tests.
 #![deny(unsafe_code)]
