@@ -268,6 +268,13 @@ async fn when_redis_restarts_empty_clients_are_told_exactly_what_happened() {
             common::assert_http_error_body(&refused, "publish while Redis is down"),
             "cluster_unavailable"
         );
+        let act = json!({"user": "ada"}).to_string();
+        let refused = a.post("/v1/users/disconnect", &act).await;
+        assert_eq!(refused.status, 503, "{}", refused.body);
+        assert_eq!(
+            common::assert_http_error_body(&refused, "a user act while Redis is down"),
+            "cluster_unavailable"
+        );
         on_b.expect_silence("nothing is delivered while Redis is down")
             .await;
 

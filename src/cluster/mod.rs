@@ -1357,6 +1357,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_user_act_crosses_redis_as_flat_json_and_back() {
+        let act = UserActEvent {
+            stream: "$t:acme.$user.ada".into(),
+            act: UserAct::Disconnect("bye".into()),
+        };
+        let text = serde_json::to_string(&act).unwrap();
+        assert_eq!(
+            text,
+            r#"{"stream":"$t:acme.$user.ada","act":"disconnect","value":"bye"}"#
+        );
+        assert_eq!(serde_json::from_str::<UserActEvent>(&text).unwrap(), act);
+        let subscribe = r#"{"stream":"$user.ada","act":"subscribe","value":"quotes.*"}"#;
+        assert_eq!(
+            serde_json::from_str::<UserActEvent>(subscribe).unwrap().act,
+            UserAct::Subscribe("quotes.*".into())
+        );
+        assert!(serde_json::from_str::<UserActEvent>(r#"{"stream":"x","act":"explode"}"#).is_err());
+    }
+
+    #[test]
     fn events_parse_as_the_script_writes_them() {
         let payload = r#"{"e":"00ff","s":12,"o":3,"t":1700000000000,"p":"critical","c":"a.b","d":{"x":[1, 2]}}"#;
         assert_eq!(
