@@ -339,12 +339,30 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::sys_stats_interval_ms())]
     pub sys_stats_interval_ms: u64,
 
-    /// Cluster mode: a Redis URL (`redis://host:6379/0`). Every node's publishes are numbered
-    /// by Redis and every node delivers every message; without it the node stands alone and
-    /// needs no external service.
+    /// Cluster mode: a Redis URL (`redis://host:6379/0`, or `rediss://` for TLS). Every
+    /// node's publishes are numbered by Redis and every node delivers every message; without
+    /// it the node stands alone and needs no external service.
     #[arg(long = "redis")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+
+    /// Cluster mode over `rediss://`: a PEM file of the CA certificates to trust for Redis's
+    /// certificate instead of the system's (a private CA, a managed Redis's own). Unset: the
+    /// system's trust store.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+
+    /// Cluster mode over `rediss://`: a PEM client certificate chain, with `redis_key_file`
+    /// its key, for a Redis that asks clients for one (`tls-auth-clients yes`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cert_file: Option<std::path::PathBuf>,
+
+    /// The PEM private key of `redis_cert_file`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_key_file: Option<std::path::PathBuf>,
 
     /// Cluster mode: messages the cluster's log in Redis keeps (approximately: Redis trims
     /// whole stream nodes). Nodes read it to catch up after a break and to fill their history
@@ -763,6 +781,9 @@ impl Default for Config {
             conflate_key: None,
             sys_stats_interval_ms: defaults::sys_stats_interval_ms(),
             redis_url: None,
+            redis_ca_file: None,
+            redis_cert_file: None,
+            redis_key_file: None,
             cluster_log_max: defaults::cluster_log_max(),
             redis_timeout_ms: defaults::redis_timeout_ms(),
             auth: defaults::auth(),
@@ -1019,9 +1040,27 @@ impl Config {
         check_range("cluster_log_max", self.cluster_log_max, 1_000, 100_000_000)?;
         check_range("redis_timeout_ms", self.redis_timeout_ms, 10, 60_000)?;
         if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+            if !["redis://", "rediss://", "unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
                 return Err(ConfigError(format!(
-                    "redis_url = {url:?} is not a Redis URL: use redis://host:port[/db]"
+                    "redis_url = {url:?} is not a Redis URL: use redis://host:port[/db] \
+                     (rediss:// for TLS)"
+                )));
+            }
+        }
+        let tls_to_redis = self
+            .redis_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("rediss://"));
+        for (name, file) in [
+            ("redis_ca_file", &self.redis_ca_file),
+            ("redis_cert_file", &self.redis_cert_file),
+        ] {
+            if file.is_some() && !tls_to_redis {
+                return Err(ConfigError(format!(
+                    "{name} is for TLS to Redis: give a rediss:// redis_url with it"
                 )));
             }
         }
@@ -1118,6 +1157,12 @@ impl Config {
                 &self.api_tls_key_file,
                 "api_tls_cert_file",
                 "api_tls_key_file",
+            ),
+            (
+                &self.redis_cert_file,
+                &self.redis_key_file,
+                "redis_cert_file",
+                "redis_key_file",
             ),
         ] {
             if cert.is_some() != key.is_some() {

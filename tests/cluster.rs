@@ -40,8 +40,39 @@ impl Redis {
     }
 
     fn start_on(port: u16) -> Redis {
+        Redis::start_with(port, &["--port".to_owned(), port.to_string()])
+    }
+
+    /// A Redis that speaks TLS only, on a free port, with `pki`'s server certificate; it asks
+    /// clients for a certificate of `pki`'s CA when `clients_certified`.
+    fn start_tls(pki: &Pki, clients_certified: bool) -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let path = |file: &str| pki.dir.join(file).to_str().expect("UTF-8").to_owned();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path("server.pem"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("ca.pem"),
+            "--tls-auth-clients",
+            if clients_certified { "yes" } else { "no" },
+        ]
+        .map(str::to_owned);
+        Redis::start_with(port, &args)
+    }
+
+    fn start_with(port: u16, args: &[String]) -> Redis {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -83,6 +114,52 @@ impl Redis {
             .args([format!("-{name}"), self.child.id().to_string()])
             .status()
             .is_ok_and(|status| status.success())
+    }
+}
+
+/// A CA made for the test, and a server (`localhost`) and a client certificate it signed, as
+/// PEM files in `dir`: `ca.pem`, `server.pem`/`server.key`, `client.pem`/`client.key`.
+struct Pki {
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let dir =
+            std::env::temp_dir().join(format!("corecast-redis-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let mut ca_params = CertificateParams::new(Vec::new()).expect("CA parameters");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct names: a certificate whose subject is its issuer's reads as self-signed.
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "corecast test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("a CA certificate");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write the CA");
+        for (who, names) in [
+            ("server", vec!["localhost".to_owned()]),
+            ("client", Vec::new()),
+        ] {
+            let key = KeyPair::generate().expect("a key");
+            let mut params = CertificateParams::new(names).expect("parameters");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("corecast test {who}"));
+            let cert = params
+                .signed_by(&key, &ca, &ca_key)
+                .expect("a signed certificate");
+            std::fs::write(dir.join(format!("{who}.pem")), cert.pem())
+                .expect("write a certificate");
+            std::fs::write(dir.join(format!("{who}.key")), key.serialize_pem())
+                .expect("write a key");
+        }
+        Pki { dir }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).to_str().expect("UTF-8").to_owned()
     }
 }
 
@@ -1175,4 +1252,124 @@ async fn a_user_on_two_nodes_gets_its_stream_and_every_node_acts_on_it() {
         bob_b.ping(1).await;
     })
     .await
+}
+
+#[tokio::test]
+async fn nodes_reach_a_tls_redis_through_rediss_with_the_configured_ca_and_client_certificate() {
+    watchdog(async {
+        let pki = Pki::new("tls");
+        let redis = Redis::start_tls(&pki, true);
+        let url = format!("rediss://localhost:{}", redis.port);
+        let (ca, cert, key) = (
+            pki.file("ca.pem"),
+            pki.file("client.pem"),
+            pki.file("client.key"),
+        );
+        let tls = [
+            "--redis",
+            url.as_str(),
+            "--redis-ca-file",
+            &ca,
+            "--redis-cert-file",
+            &cert,
+            "--redis-key-file",
+            &key,
+            "--sys-stats-interval-ms",
+            "0",
+        ];
+        let (a, b) = (Server::start(&tls).await, Server::start(&tls).await);
+        for node in [&a, &b] {
+            let stats = node
+                .poll_json("/v1/stats", |stats| stats["cluster"]["connected"] == true)
+                .await;
+            assert_eq!(stats["cluster"]["connected"], true, "{stats}");
+        }
+        let mut on_b = Client::connect(&b).await;
+        subscribe(&mut on_b, "tls.1").await;
+        let offset = a.publish("tls.1", &json!("over TLS")).await;
+        assert_message(&on_b.recv().await, "tls.1", offset, &json!("over TLS"));
+
+        // Without its client certificate, or trusting another CA, a node never gets through:
+        // it says so, and refuses publishes as certainly not published.
+        let other = Pki::new("tls-other");
+        let other_ca = other.file("ca.pem");
+        for args in [
+            vec!["--redis", url.as_str(), "--redis-ca-file", ca.as_str()],
+            vec![
+                "--redis",
+                url.as_str(),
+                "--redis-ca-file",
+                other_ca.as_str(),
+                "--redis-cert-file",
+                cert.as_str(),
+                "--redis-key-file",
+                key.as_str(),
+            ],
+        ] {
+            let refused = Server::start(&args).await;
+            let reply = refused
+                .post(
+                    "/v1/publish",
+                    &json!({"channel": "tls.1", "data": 1}).to_string(),
+                )
+                .await;
+            assert_eq!(reply.status, 503, "{args:?}: {}", reply.body);
+            assert_eq!(
+                common::assert_http_error_body(&reply, "publish without a TLS link"),
+                "cluster_unavailable"
+            );
+            let stats = refused.get("/v1/stats").await.json();
+            assert_eq!(stats["cluster"]["connected"], false, "{args:?}: {stats}");
+        }
+        on_b.expect_silence("nothing from the refused nodes").await;
+    })
+    .await
+}
+
+#[test]
+fn tls_files_for_redis_are_checked_at_start_up() {
+    let pki = Pki::new("tls-start");
+    let ca = pki.file("ca.pem");
+    for (args, says) in [
+        (
+            vec![
+                "--redis",
+                "redis://127.0.0.1:1",
+                "--redis-ca-file",
+                ca.as_str(),
+            ],
+            "redis_ca_file is for TLS to Redis",
+        ),
+        (
+            vec![
+                "--redis",
+                "rediss://localhost:1",
+                "--redis-cert-file",
+                ca.as_str(),
+            ],
+            "redis_cert_file and redis_key_file go together",
+        ),
+        (
+            vec![
+                "--redis",
+                "rediss://localhost:1",
+                "--redis-ca-file",
+                "/nonexistent/ca.pem",
+            ],
+            "cannot read redis_ca_file /nonexistent/ca.pem",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_corecast"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .expect("run corecast");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
 }

@@ -431,13 +431,56 @@ pub struct Settings {
     pub log_max: usize,
     /// The WebSocket address this node serves, for its presence.
     pub ws: String,
+    /// `redis_ca_file`: the CAs to trust over `rediss://` instead of the system's.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `redis_cert_file` and `redis_key_file`: the client certificate over `rediss://`.
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Settings {
+    /// The Redis client for the URL: over `rediss://` with the configured CAs and client
+    /// certificate, read here, so that a file the bridge cannot use stops start-up naming it.
+    fn client(&self) -> Result<redis::Client, String> {
+        let url = &self.url;
+        let not_a_url =
+            |err: redis::RedisError| format!("redis_url {url:?} is not a Redis URL: {err}");
+        if self.ca_file.is_none() && self.client_cert.is_none() {
+            return redis::Client::open(url.as_str()).map_err(not_a_url);
+        }
+        let read = |name: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|err| format!("cannot read {name} {}: {err}", path.display()))
+        };
+        let root_cert = match &self.ca_file {
+            Some(path) => Some(read("redis_ca_file", path)?),
+            None => None,
+        };
+        let client_tls = match &self.client_cert {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("redis_cert_file", cert)?,
+                client_key: read("redis_key_file", key)?,
+            }),
+            None => None,
+        };
+        redis::Client::build_with_tls(
+            url.as_str(),
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+        .map_err(|err| format!("cannot use the TLS files for Redis: {err}"))
+    }
+
     /// The bridge's view of `config`; `None` without `redis_url` (a single node).
     pub fn from_config(config: &Config) -> Option<Settings> {
         Some(Settings {
             url: config.redis_url.clone()?,
+            ca_file: config.redis_ca_file.clone(),
+            client_cert: config
+                .redis_cert_file
+                .clone()
+                .zip(config.redis_key_file.clone()),
             timeout: Duration::from_millis(config.redis_timeout_ms),
             requests_max: config.queue_items_max,
             json_depth_max: config.json_depth_max,
@@ -457,9 +500,7 @@ impl Bridge {
         node: String,
         to_ingest: queue::Sender<FromCluster>,
     ) -> Result<Bridge, String> {
-        let url = &settings.url;
-        let client = redis::Client::open(url.as_str())
-            .map_err(|err| format!("redis_url {url:?} is not a Redis URL: {err}"))?;
+        let client = settings.client()?;
         let timeout = settings.timeout;
         let (requests, inbox) = std::sync::mpsc::sync_channel(settings.requests_max);
         let (dialer, dials) = std::sync::mpsc::channel();
