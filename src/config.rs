@@ -346,6 +346,27 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
 
+    /// Cluster mode on a Redis Cluster: `redis_url` is one of its nodes, from which the bridge
+    /// finds the master of the one slot every corecast key hashes to (`{corecast}`), and finds
+    /// it again after a failover or a resharding. One slot is one master: a Redis Cluster
+    /// gives corecast failover, not more throughput than one Redis.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub redis_cluster: bool,
+
+    /// Cluster mode through Redis Sentinel: the sentinels' URLs (repeat the flag), asked in
+    /// turn for the address of `redis_sentinel_master`, and again after every lost
+    /// connection, so a failover is followed. `redis_url` is then the template of the master's
+    /// connection (its scheme, user, password and database; its host and port are replaced by
+    /// what the sentinels say).
+    #[arg(long = "redis-sentinel")]
+    pub redis_sentinels: Vec<String>,
+
+    /// The master name the sentinels monitor (`sentinel monitor <name> ...`), with
+    /// `redis_sentinels`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_sentinel_master: Option<String>,
+
     /// Cluster mode over `rediss://`: a PEM file of the CA certificates to trust for Redis's
     /// certificate instead of the system's (a private CA, a managed Redis's own). Unset: the
     /// system's trust store.
@@ -781,6 +802,9 @@ impl Default for Config {
             conflate_key: None,
             sys_stats_interval_ms: defaults::sys_stats_interval_ms(),
             redis_url: None,
+            redis_cluster: false,
+            redis_sentinels: Vec::new(),
+            redis_sentinel_master: None,
             redis_ca_file: None,
             redis_cert_file: None,
             redis_key_file: None,
@@ -1047,6 +1071,38 @@ impl Config {
                 return Err(ConfigError(format!(
                     "redis_url = {url:?} is not a Redis URL: use redis://host:port[/db] \
                      (rediss:// for TLS)"
+                )));
+            }
+        }
+        let sentinel = !self.redis_sentinels.is_empty();
+        if sentinel != self.redis_sentinel_master.is_some() {
+            return Err(ConfigError(
+                "redis_sentinels and redis_sentinel_master go together: the sentinels to ask \
+                 and the master name they monitor"
+                    .into(),
+            ));
+        }
+        if (sentinel || self.redis_cluster) && self.redis_url.is_none() {
+            return Err(ConfigError(
+                "redis_sentinels and redis_cluster need a redis_url: the Redis Cluster node to \
+                 start from, or the template of the master's connection"
+                    .into(),
+            ));
+        }
+        if sentinel && self.redis_cluster {
+            return Err(ConfigError(
+                "redis_cluster and redis_sentinels exclude each other: a Redis Cluster fails \
+                 over on its own"
+                    .into(),
+            ));
+        }
+        for url in &self.redis_sentinels {
+            if !["redis://", "rediss://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                return Err(ConfigError(format!(
+                    "redis_sentinels: {url:?} is not a Redis URL: use redis://host:26379"
                 )));
             }
         }

@@ -117,6 +117,122 @@ impl Redis {
     }
 }
 
+/// A free loopback port.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `redis-cli -p port args..`'s output (raw, one reply line per value).
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("these tests need redis-cli (redis-tools): {err}"));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Polls `cli(port, args)` every 50 ms until `done` holds of its output, for at most 20 s.
+fn wait_cli(port: u16, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = cli(port, args);
+        if done(&out) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis-cli -p {port} {args:?} still says {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A Redis Cluster of three masters without replicas, made with `redis-cli --cluster create`.
+struct RedisCluster {
+    masters: Vec<Redis>,
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!("corecast-rc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let masters: Vec<Redis> = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let nodes = dir.join(format!("nodes-{port}.conf"));
+                let args = [
+                    "--port",
+                    &port.to_string(),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    nodes.to_str().expect("UTF-8"),
+                    "--cluster-node-timeout",
+                    "2000",
+                ]
+                .map(str::to_owned);
+                Redis::start_with(port, &args)
+            })
+            .collect();
+        let addrs: Vec<String> = masters
+            .iter()
+            .map(|redis| format!("127.0.0.1:{}", redis.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(created.status.success(), "{created:?}");
+        for redis in &masters {
+            wait_cli(redis.port, &["CLUSTER", "INFO"], |info| {
+                info.contains("cluster_state:ok")
+            });
+        }
+        RedisCluster { masters }
+    }
+
+    /// The master serving the slot of corecast's keys, and the others.
+    fn owner_and_others(&self) -> (&Redis, Vec<&Redis>) {
+        let port = self.masters[0].port;
+        let slot: u16 = cli(port, &["CLUSTER", "KEYSLOT", "{corecast}"])
+            .parse()
+            .expect("a slot");
+        let nodes = cli(port, &["CLUSTER", "NODES"]);
+        let owner_port = nodes
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let serves = fields.iter().skip(8).any(|range| {
+                    let (start, end) = range.split_once('-').unwrap_or((range, range));
+                    let (start, end) = (start.parse::<u16>(), end.parse::<u16>());
+                    matches!((start, end), (Ok(start), Ok(end)) if (start..=end).contains(&slot))
+                });
+                let addr = fields.get(1)?.split('@').next()?;
+                serves
+                    .then(|| addr.rsplit(':').next()?.parse::<u16>().ok())
+                    .flatten()
+            })
+            .expect("a master serves the slot");
+        let owner = self
+            .masters
+            .iter()
+            .find(|redis| redis.port == owner_port)
+            .expect("one of ours");
+        let others = self
+            .masters
+            .iter()
+            .filter(|redis| redis.port != owner_port)
+            .collect();
+        (owner, others)
+    }
+}
+
 /// A CA made for the test, and a server (`localhost`) and a client certificate it signed, as
 /// PEM files in `dir`: `ca.pem`, `server.pem`/`server.key`, `client.pem`/`client.key`.
 struct Pki {
@@ -1151,7 +1267,7 @@ async fn a_batch_script_that_fails_while_running_is_unknown_and_delivers_none_of
 
         // Something other than corecast breaks a channel's counter: the batch's script fails
         // at that message's offset, after the messages before it took theirs.
-        let set = redis_command(&redis, "HSET corecast:offsets rt.bad oops");
+        let set = redis_command(&redis, "HSET {corecast}:offsets rt.bad oops");
         assert_eq!(set, ":1\r\n");
         let body = json!({"messages": [
             {"channel": "rt.ok", "data": 2},
@@ -1168,7 +1284,7 @@ async fn a_batch_script_that_fails_while_running_is_unknown_and_delivers_none_of
         assert_at_once(took, "a batch whose script failed");
         on_a.expect_silence("none of the failed batch is delivered")
             .await;
-        let del = redis_command(&redis, "HDEL corecast:offsets rt.bad");
+        let del = redis_command(&redis, "HDEL {corecast}:offsets rt.bad");
         assert_eq!(del, ":1\r\n");
 
         assert_eq!(a.publish("rt.ok", &json!(5)).await, 4);
@@ -1372,4 +1488,118 @@ fn tls_files_for_redis_are_checked_at_start_up() {
             out.status
         );
     }
+}
+
+#[tokio::test]
+async fn nodes_on_a_redis_cluster_find_the_master_of_their_slot_from_any_node() {
+    watchdog(async {
+        let cluster = RedisCluster::start();
+        let (owner, others) = cluster.owner_and_others();
+        // Seeded with a master that does not serve corecast's slot: the bridge finds the one
+        // that does, so no script meets MOVED or CROSSSLOT.
+        let seed = format!("redis://127.0.0.1:{}", others[0].port);
+        let args = ["--redis", seed.as_str(), "--redis-cluster", "true"];
+        let (a, b) = (Server::start(&args).await, Server::start(&args).await);
+        for node in [&a, &b] {
+            let stats = node
+                .poll_json("/v1/stats", |stats| stats["cluster"]["connected"] == true)
+                .await;
+            assert_eq!(stats["cluster"]["connected"], true, "{stats}");
+        }
+        let mut on_b = Client::connect(&b).await;
+        subscribe(&mut on_b, "rc.*").await;
+        for n in 1..=3 {
+            let offset = a.publish("rc.1", &json!(n)).await;
+            assert_eq!(offset, n);
+        }
+        let offsets = a
+            .publish_batch(&[("rc.1", json!(4)), ("rc.2", json!("b"))])
+            .await;
+        assert_eq!(offsets, [4, 1]);
+        let mut seqs = Vec::new();
+        for (channel, offset, data) in [
+            ("rc.1", 1, json!(1)),
+            ("rc.1", 2, json!(2)),
+            ("rc.1", 3, json!(3)),
+            ("rc.1", 4, json!(4)),
+            ("rc.2", 1, json!("b")),
+        ] {
+            let got = on_b.recv().await;
+            assert_message(&got, channel, offset, &data);
+            seqs.push(got["seq"].as_u64().expect("a seq"));
+        }
+        assert!(
+            seqs.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "{seqs:?}"
+        );
+        assert_eq!(cli(owner.port, &["GET", "{corecast}:seq"]), "5");
+        assert_eq!(
+            cli(others[0].port, &["DBSIZE"]),
+            "0",
+            "every key is in one slot"
+        );
+
+        // The slot's master killed, with no replica to take over: publishes get a clear
+        // refusal, and nothing reaches the subscriber.
+        owner.signal("KILL");
+        let refused = a
+            .poll_json("/v1/stats", |stats| stats["cluster"]["connected"] == false)
+            .await;
+        assert_eq!(refused["cluster"]["connected"], false, "{refused}");
+        let reply = a
+            .post(
+                "/v1/publish",
+                &json!({"channel": "rc.1", "data": 5}).to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        on_b.expect_silence("nothing is published without the slot's master")
+            .await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_redis_that_lost_messages_it_had_numbered_starts_a_new_epoch_that_clients_learn() {
+    watchdog(async {
+        let redis = Redis::start();
+        let (a, b) = (node(&redis).await, node(&redis).await);
+        let mut on_b = Client::connect(&b).await;
+        let epoch = on_b.hello["epoch"].as_str().expect("an epoch").to_owned();
+        subscribe(&mut on_b, "lost.1").await;
+        for n in 1..=5 {
+            a.publish("lost.1", &json!(n)).await;
+            assert_message(&on_b.recv().await, "lost.1", n, &json!(n));
+        }
+        // As after a failover to a replica that lagged, or a restart from an older save: the
+        // same epoch, but the last three messages gone. Every node notices at its next
+        // connect (dropped here), and the epoch ends rather than numbers repeat.
+        assert_eq!(redis_command(&redis, "SET {corecast}:seq 2").trim(), "+OK");
+        assert!(redis_command(&redis, "CLIENT KILL TYPE normal").starts_with(':'));
+        assert!(redis_command(&redis, "CLIENT KILL TYPE pubsub").starts_with(':'));
+        let (code, reason) = on_b.expect_close(Duration::from_secs(15)).await;
+        assert_eq!(code, 1012, "{reason}");
+        for node in [&a, &b] {
+            let stats = node
+                .poll_json("/v1/stats", |stats| {
+                    stats["epoch"] != epoch.as_str() && stats["cluster"]["connected"] == true
+                })
+                .await;
+            assert_ne!(stats["epoch"], epoch.as_str(), "{stats}");
+        }
+        let mut again = Client::connect(&b).await;
+        let reply = again
+            .request(json!({"type": "subscribe", "channel": "lost.1", "id": 2,
+                            "since": {"epoch": epoch, "offset": 5}}))
+            .await;
+        assert_eq!(
+            (reply["recovered"].clone(), reply["reason"].clone()),
+            (json!(false), json!("epoch_changed")),
+            "{reply}"
+        );
+        let offset = a.publish("lost.1", &json!("new")).await;
+        assert_eq!(offset, 1, "the new epoch numbers from 1");
+        assert_message(&again.recv().await, "lost.1", 1, &json!("new"));
+    })
+    .await
 }

@@ -139,7 +139,7 @@ const PATHS: [(&str, &str); 13] = [
     ("salvage_id", ""),
     ("/v1/publish", "invalid JSON body: "),
     ("/v1/publish/batch", "invalid JSON body: "),
-    ("cluster event", "a corecast:events message is refused: "),
+    ("cluster event", "a {corecast}:events message is refused: "),
     ("JWT claims", ""),
     ("JWT header", ""),
     ("JWT header jwk", ""),

@@ -1,11 +1,12 @@
 //! Cluster mode (`--redis URL`): every node's publishes go through Redis, which numbers them
 //! once for the whole cluster, and every node fans out every message locally.
 //!
-//! Redis holds, under `corecast:`, the cluster's `epoch`, the node-wide `seq` counter (one for
+//! Redis holds, under `{corecast}:` (one hash tag, so one slot of a Redis Cluster), the
+//! cluster's `epoch`, the node-wide `seq` counter (one for
 //! the cluster), each channel's `offset`, and the `log`: a stream of every message with the
 //! message's `seq` as its entry ID, bounded to `cluster_log_max` entries. One Lua script
 //! ([`PUBLISH_SCRIPT`]) assigns a message its seq and offset, appends it to the log and
-//! `PUBLISH`es it on `corecast:events`, atomically, so every node receives every message in seq
+//! `PUBLISH`es it on `{corecast}:events`, atomically, so every node receives every message in seq
 //! order with the same numbers. A batch is one run of another script
 //! ([`PUBLISH_BATCH_SCRIPT`]) that does the same for all of its messages: Redis runs a script
 //! whole with nothing between, so the batch's seqs are consecutive, and it has one fate. Each
@@ -45,17 +46,22 @@ use crate::msg::UserAct;
 use crate::queue;
 use corecast_proto::Priority;
 
+// Every key and channel carries the hash tag `{corecast}`, so that in a Redis Cluster they
+// all live in one slot, on one master, and each script's keys are that slot's.
+
 /// The channel every node subscribes to.
-const EVENTS_CHANNEL: &str = "corecast:events";
+const EVENTS_CHANNEL: &str = "{corecast}:events";
 /// The channel of user acts (`POST /v1/users/...`), which every node subscribes to as well:
 /// fire and forget, unnumbered, since an act on connections that are gone is void anyway.
-const USERS_CHANNEL: &str = "corecast:users";
-const EPOCH_KEY: &str = "corecast:epoch";
-const SEQ_KEY: &str = "corecast:seq";
-const OFFSETS_KEY: &str = "corecast:offsets";
-const LOG_KEY: &str = "corecast:log";
-/// Each node's presence: `corecast:node:<id>`, expiring unless refreshed.
-const NODE_KEY_PREFIX: &str = "corecast:node:";
+const USERS_CHANNEL: &str = "{corecast}:users";
+const EPOCH_KEY: &str = "{corecast}:epoch";
+const SEQ_KEY: &str = "{corecast}:seq";
+const OFFSETS_KEY: &str = "{corecast}:offsets";
+const LOG_KEY: &str = "{corecast}:log";
+/// Each node's presence: `{corecast}:node:<id>`, expiring unless refreshed.
+const NODE_KEY_PREFIX: &str = "{corecast}:node:";
+/// The hash tag of every key, whose slot's master a Redis Cluster node is found by.
+const HASH_TAG: &str = "{corecast}";
 
 /// Seconds a node's presence outlives its last refresh.
 const NODE_TTL_S: u64 = 5;
@@ -73,12 +79,17 @@ const PIPELINE_MAX: usize = 256;
 pub const LOG_READ_MAX: usize = 10_000;
 
 /// Error codes with which Redis refuses a script before it changed anything, so the publish
-/// is certainly not published: it never ran (`NOSCRIPT`, `LOADING`, `BUSY`, `NOAUTH`), or its
-/// first write was refused (`OOM`, `MISCONF`, `READONLY`, `NOREPLICAS`, `MASTERDOWN`: Redis 7
-/// checks these at a script's first write command, and neither publish script writes
+/// is certainly not published: it never ran (`NOSCRIPT`, `LOADING`, `BUSY`, `NOAUTH`; a Redis
+/// Cluster node that does not serve the slot: `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`), or
+/// its first write was refused (`OOM`, `MISCONF`, `READONLY`, `NOREPLICAS`, `MASTERDOWN`:
+/// Redis 7 checks these at a script's first write command, and neither publish script writes
 /// anything before it). Any other error (`ERR` from a failing script, `NOPERM` from an ACL
 /// that denies a later command) may come after some of its writes: the outcome is unknown.
-const REFUSED_BEFORE_RUNNING: [&str; 9] = [
+const REFUSED_BEFORE_RUNNING: [&str; 13] = [
+    "MOVED",
+    "ASK",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
     "NOSCRIPT",
     "LOADING",
     "BUSY",
@@ -112,6 +123,19 @@ redis.call('PUBLISH', KEYS[5], '{"e":"' .. epoch .. '","s":' .. seq .. ',"o":' .
 return {epoch, seq, offset}
 "#;
 
+/// Starts a new epoch (`ARGV[2]`) in place of `ARGV[1]`, with the seq, the offsets and the log
+/// emptied, as a Redis that lost its data does; a node asks when Redis holds less than it has
+/// seen of the epoch. Only if the epoch is still `ARGV[1]`: every node that sees the loss asks,
+/// and the first one's epoch is everyone's. Answers the epoch and seq now.
+/// KEYS: epoch, seq, offsets, log.
+pub const RESET_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+end
+return {redis.call('GET', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0')}
+"#;
+
 /// Numbers every message of a batch, in a row, as [`PUBLISH_SCRIPT`] numbers one: the same
 /// seq, offset, log entry and event for each, in batch order, all in this one run, so no other
 /// publish comes between them. Answers the offsets in order.
@@ -124,7 +148,7 @@ return {epoch, seq, offset}
 /// write, and this one writes nothing before).
 ///
 /// Its writes come in three rounds, so that a failure while it runs delivers none of the
-/// batch (only a Redis whose `corecast:` keys or ACLs something else changed can fail it
+/// batch (only a Redis whose `{corecast}:` keys or ACLs something else changed can fail it
 /// then; the answer is `outcome_unknown`): first the counters (an `offsets` field that is not
 /// a number fails there, the numbers taken so far skipped, as when a single publish fails),
 /// then the log entries (the same command on the same key with rising IDs: if one fails, the
@@ -249,9 +273,15 @@ pub enum ToCluster {
     },
     /// A user act for every node, this one included (see [`UserActEvent`]).
     UserAct(UserActEvent),
+    /// Redis holds less than this node has seen of `epoch` (a replica that lagged was
+    /// promoted, or Redis restarted from an older save): start a new epoch, unless another
+    /// node did already ([`RESET_SCRIPT`]).
+    Reset {
+        epoch: Box<str>,
+    },
 }
 
-/// A user act as it crosses `corecast:users`: the user's stream, and what to do to each of
+/// A user act as it crosses `{corecast}:users`: the user's stream, and what to do to each of
 /// its connections.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserActEvent {
@@ -285,7 +315,7 @@ pub enum FromCluster {
     },
     /// The command connection's health changed; `reason` for the log.
     Health { health: Health, reason: String },
-    /// A message from `corecast:events`, in seq order as Redis sent it.
+    /// A message from `{corecast}:events`, in seq order as Redis sent it.
     Event(Numbered),
     /// The events subscription is (re)established: the cluster's epoch and latest seq as of
     /// then; every later message arrives as an `Event`.
@@ -299,11 +329,16 @@ pub enum FromCluster {
     },
     /// Every node's presence, this one included.
     Nodes(Vec<NodeInfo>),
-    /// A user act from `corecast:users` (any node's, this one's included).
+    /// A user act from `{corecast}:users` (any node's, this one's included).
     UserAct(UserActEvent),
+    /// The command connection was (re)established with a Redis whose epoch and seq were
+    /// these: less than the node has seen means Redis lost messages.
+    Position { epoch: Box<str>, seq: u64 },
+    /// The answer to [`ToCluster::Reset`]: the cluster's epoch and seq now.
+    Reset { epoch: Box<str>, seq: u64 },
 }
 
-/// The event published on `corecast:events`, as [`PUBLISH_SCRIPT`] writes it.
+/// The event published on `{corecast}:events`, as [`PUBLISH_SCRIPT`] writes it.
 #[derive(Deserialize)]
 struct WireEvent<'a> {
     e: &'a str,
@@ -316,13 +351,13 @@ struct WireEvent<'a> {
     d: sonic_rs::LazyValue<'a>,
 }
 
-/// Reads one `corecast:events` payload nested at most `depth_max` levels (`json_depth_max`:
+/// Reads one `{corecast}:events` payload nested at most `depth_max` levels (`json_depth_max`:
 /// the event's own `{` is level 1, so every `data` a node with the same limit accepted fits).
 pub fn parse_event(payload: &str, depth_max: usize) -> Result<Numbered, String> {
     crate::json::check(payload.as_bytes(), depth_max)
-        .map_err(|err| format!("a corecast:events message is refused: {err}"))?;
+        .map_err(|err| format!("a {{corecast}}:events message is refused: {err}"))?;
     let event: WireEvent = sonic_rs::from_str(payload)
-        .map_err(|err| format!("a corecast:events message is not an event: {err}"))?;
+        .map_err(|err| format!("a {{corecast}}:events message is not an event: {err}"))?;
     Ok(Numbered {
         epoch: event.e.into(),
         seq: event.s,
@@ -337,8 +372,9 @@ pub fn parse_event(payload: &str, depth_max: usize) -> Result<Numbered, String> 
 /// What reaches the command thread.
 enum Inbound {
     Request(ToCluster),
-    /// The dialer's new connection, or why there is none.
-    Dialed(redis::RedisResult<redis::Connection>),
+    /// The dialer's new connection and the cluster's position (epoch, seq) as that Redis
+    /// had it then, or why there is none.
+    Dialed(redis::RedisResult<(redis::Connection, (String, u64))>),
     /// The events subscription broke: the command connection, to the same Redis, may be dead
     /// too. It is checked before anything more is sent on it.
     Probe,
@@ -435,41 +471,205 @@ pub struct Settings {
     pub ca_file: Option<std::path::PathBuf>,
     /// `redis_cert_file` and `redis_key_file`: the client certificate over `rediss://`.
     pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Where the Redis to use is found.
+    pub topology: Topology,
+}
+
+/// Where the Redis that numbers the cluster's publishes is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// At `redis_url`.
+    Single,
+    /// In a Redis Cluster that `redis_url` is a node of: the master of the slot of
+    /// [`HASH_TAG`], asked of that node at every connect.
+    Cluster,
+    /// Where the first of `sentinels` that knows `master` says it is, at every connect.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
+}
+
+/// Finds the Redis to connect to, at every connect, so that a failover or a resharding is
+/// followed: each of the bridge's threads holds one.
+#[derive(Clone)]
+struct Locator {
+    url: redis::ConnectionInfo,
+    tls: Option<redis::TlsCertificates>,
+    topology: Topology,
+}
+
+/// A bridge error of ours (not Redis's) as the `RedisError` the threads retry on.
+fn locate_error(what: &'static str, detail: String) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Client, what, detail))
+}
+
+impl Locator {
+    /// A client for the configured URL, or for `at` in its host's and port's place (the same
+    /// scheme, credentials, database and TLS files).
+    fn client_at(&self, at: Option<(String, u16)>) -> redis::RedisResult<redis::Client> {
+        let mut info = self.url.clone();
+        if let Some((host, port)) = at {
+            let addr = match info.addr() {
+                redis::ConnectionAddr::TcpTls { insecure, .. } => redis::ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure: *insecure,
+                    tls_params: None,
+                },
+                _ => redis::ConnectionAddr::Tcp(host, port),
+            };
+            info = info.set_addr(addr);
+        }
+        match &self.tls {
+            Some(tls) => redis::Client::build_with_tls(info, tls.clone()),
+            None => redis::Client::open(info),
+        }
+    }
+
+    /// A connection, whose every command waits at most `timeout`, to the Redis to use now.
+    fn connect(&self, timeout: Duration) -> redis::RedisResult<redis::Connection> {
+        match &self.topology {
+            Topology::Single => connect(&self.client_at(None)?, timeout),
+            Topology::Cluster => {
+                let mut seed = connect(&self.client_at(None)?, timeout)?;
+                let (host, port) = slot_master(&mut seed)?;
+                let seed_host = match self.url.addr() {
+                    redis::ConnectionAddr::Tcp(host, _)
+                    | redis::ConnectionAddr::TcpTls { host, .. } => host.clone(),
+                    _ => String::new(),
+                };
+                // A node that names no host means its own (`cluster-announce-hostname` unset).
+                let host = if host.is_empty() { seed_host } else { host };
+                connect(&self.client_at(Some((host, port)))?, timeout)
+            }
+            Topology::Sentinel { sentinels, master } => {
+                let mut last = locate_error("no sentinel answered", sentinels.join(", "));
+                for sentinel in sentinels {
+                    match self.ask_sentinel(sentinel, master, timeout) {
+                        Ok(connection) => return Ok(connection),
+                        Err(err) => last = err,
+                    }
+                }
+                Err(last)
+            }
+        }
+    }
+
+    /// A connection to the master `sentinel` names for `master`, once that Redis says it is
+    /// one (a sentinel that has not seen a failover yet names the old master, now a replica).
+    fn ask_sentinel(
+        &self,
+        sentinel: &str,
+        master: &str,
+        timeout: Duration,
+    ) -> redis::RedisResult<redis::Connection> {
+        let client = match &self.tls {
+            Some(tls) if sentinel.starts_with("rediss://") => {
+                redis::Client::build_with_tls(sentinel, tls.clone())?
+            }
+            _ => redis::Client::open(sentinel)?,
+        };
+        let mut asked = connect(&client, timeout)?;
+        let named: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(master)
+            .query(&mut asked)?;
+        let Some(addr) = named else {
+            return Err(locate_error(
+                "the sentinel does not monitor the master name",
+                format!("{sentinel} knows no master {master:?}"),
+            ));
+        };
+        let shown = format!("{}:{}", addr.0, addr.1);
+        let mut connection = connect(&self.client_at(Some(addr))?, timeout)?;
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut connection)?;
+        match role.first() {
+            Some(redis::Value::BulkString(role)) if role == b"master" => Ok(connection),
+            _ => Err(locate_error(
+                "the Redis the sentinel names is not a master (a failover under way)",
+                format!("{sentinel} names {shown} for {master:?}"),
+            )),
+        }
+    }
+}
+
+/// The host and port of the master of [`HASH_TAG`]'s slot, as the Redis Cluster node
+/// `connection` sees it (`CLUSTER KEYSLOT`, `CLUSTER SLOTS`).
+fn slot_master(connection: &mut redis::Connection) -> redis::RedisResult<(String, u16)> {
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(HASH_TAG)
+        .query(connection)?;
+    let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(connection)?;
+    for range in ranges {
+        let redis::Value::Array(range) = range else {
+            continue;
+        };
+        let (Some(redis::Value::Int(start)), Some(redis::Value::Int(end)), Some(master)) =
+            (range.first(), range.get(1), range.get(2))
+        else {
+            continue;
+        };
+        if !(*start..=*end).contains(&slot) {
+            continue;
+        }
+        let redis::Value::Array(master) = master else {
+            continue;
+        };
+        if let (Some(host), Some(redis::Value::Int(port))) = (master.first(), master.get(1)) {
+            let host: String = redis::from_redis_value_ref(host)?;
+            let port = u16::try_from(*port)
+                .map_err(|_| locate_error("CLUSTER SLOTS named a bad port", port.to_string()))?;
+            return Ok((host, port));
+        }
+    }
+    Err(locate_error(
+        "no master serves corecast's slot (the cluster is down or resharding)",
+        format!("slot {slot}"),
+    ))
 }
 
 impl Settings {
-    /// The Redis client for the URL: over `rediss://` with the configured CAs and client
-    /// certificate, read here, so that a file the bridge cannot use stops start-up naming it.
-    fn client(&self) -> Result<redis::Client, String> {
+    /// How the bridge finds its Redis: the URL, the TLS files (read here, so that a file the
+    /// bridge cannot use stops start-up naming it) and the topology.
+    fn locator(&self) -> Result<Locator, String> {
         let url = &self.url;
-        let not_a_url =
-            |err: redis::RedisError| format!("redis_url {url:?} is not a Redis URL: {err}");
-        if self.ca_file.is_none() && self.client_cert.is_none() {
-            return redis::Client::open(url.as_str()).map_err(not_a_url);
-        }
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+            .map_err(|err| format!("redis_url {url:?} is not a Redis URL: {err}"))?;
         let read = |name: &str, path: &std::path::Path| {
             std::fs::read(path)
                 .map_err(|err| format!("cannot read {name} {}: {err}", path.display()))
         };
-        let root_cert = match &self.ca_file {
-            Some(path) => Some(read("redis_ca_file", path)?),
-            None => None,
-        };
-        let client_tls = match &self.client_cert {
-            Some((cert, key)) => Some(redis::ClientTlsConfig {
-                client_cert: read("redis_cert_file", cert)?,
-                client_key: read("redis_key_file", key)?,
-            }),
-            None => None,
-        };
-        redis::Client::build_with_tls(
-            url.as_str(),
-            redis::TlsCertificates {
+        let tls = if self.ca_file.is_none() && self.client_cert.is_none() {
+            None
+        } else {
+            let root_cert = match &self.ca_file {
+                Some(path) => Some(read("redis_ca_file", path)?),
+                None => None,
+            };
+            let client_tls = match &self.client_cert {
+                Some((cert, key)) => Some(redis::ClientTlsConfig {
+                    client_cert: read("redis_cert_file", cert)?,
+                    client_key: read("redis_key_file", key)?,
+                }),
+                None => None,
+            };
+            Some(redis::TlsCertificates {
                 client_tls,
                 root_cert,
-            },
-        )
-        .map_err(|err| format!("cannot use the TLS files for Redis: {err}"))
+            })
+        };
+        let locator = Locator {
+            url: info,
+            tls,
+            topology: self.topology.clone(),
+        };
+        // Built once here so that unusable TLS files or URLs stop start-up.
+        locator
+            .client_at(None)
+            .map_err(|err| format!("cannot use redis_url and its TLS files: {err}"))?;
+        Ok(locator)
     }
 
     /// The bridge's view of `config`; `None` without `redis_url` (a single node).
@@ -481,6 +681,14 @@ impl Settings {
                 .redis_cert_file
                 .clone()
                 .zip(config.redis_key_file.clone()),
+            topology: match &config.redis_sentinel_master {
+                Some(master) => Topology::Sentinel {
+                    sentinels: config.redis_sentinels.clone(),
+                    master: master.clone(),
+                },
+                None if config.redis_cluster => Topology::Cluster,
+                None => Topology::Single,
+            },
             timeout: Duration::from_millis(config.redis_timeout_ms),
             requests_max: config.queue_items_max,
             json_depth_max: config.json_depth_max,
@@ -500,7 +708,7 @@ impl Bridge {
         node: String,
         to_ingest: queue::Sender<FromCluster>,
     ) -> Result<Bridge, String> {
-        let client = settings.client()?;
+        let locator = settings.locator()?;
         let timeout = settings.timeout;
         let (requests, inbox) = std::sync::mpsc::sync_channel(settings.requests_max);
         let (dialer, dials) = std::sync::mpsc::channel();
@@ -528,11 +736,11 @@ impl Bridge {
                 .map_err(|err| format!("cannot start the Redis command thread: {err}"))?
         };
         let dialing = {
-            let client = client.clone();
+            let locator = locator.clone();
             let requests = requests.clone();
             std::thread::Builder::new()
                 .name("corecast-redis-dial".into())
-                .spawn(move || run_dialer(&client, timeout, &dials, &requests))
+                .spawn(move || run_dialer(&locator, timeout, &dials, &requests))
                 .map_err(|err| format!("cannot start the Redis dialer thread: {err}"))?
         };
         let events = {
@@ -540,7 +748,7 @@ impl Bridge {
             std::thread::Builder::new()
                 .name("corecast-redis-events".into())
                 .stack_size(stack_bytes)
-                .spawn(move || run_events(&client, timeout, &to_ingest, &requests, depth_max))
+                .spawn(move || run_events(&locator, timeout, &to_ingest, &requests, depth_max))
                 .map_err(|err| format!("cannot start the Redis events thread: {err}"))?
         };
         Ok(Bridge {
@@ -615,6 +823,12 @@ fn connect(client: &redis::Client, timeout: Duration) -> redis::RedisResult<redi
     Ok(connection)
 }
 
+/// Error codes that say this connection is to the wrong Redis now: a failover made it a
+/// replica (`READONLY`), or the slot moved (`MOVED`, `ASK`), or its master is gone
+/// (`MASTERDOWN`, `CLUSTERDOWN`). The bridge gives the connection up and finds the Redis to
+/// use again ([`Locator`]).
+const WRONG_REDIS: [&str; 5] = ["READONLY", "MOVED", "ASK", "MASTERDOWN", "CLUSTERDOWN"];
+
 /// What an error answer to the publish script says of the publish.
 fn failure_of(err: &redis::ServerError) -> PublishFailure {
     let reason = format!("Redis answered an error: {err}");
@@ -659,7 +873,7 @@ impl Scripts {
 /// the command thread asks, and hands it over. The whole dial has one `timeout`; the scripts'
 /// load is also the proof that Redis answers (a stopped Redis still takes TCP connections).
 fn run_dialer(
-    client: &redis::Client,
+    locator: &Locator,
     timeout: Duration,
     asks: &StdReceiver<()>,
     commands: &SyncSender<Inbound>,
@@ -667,10 +881,11 @@ fn run_dialer(
     let scripts = Scripts::new();
     for () in asks {
         let deadline = Instant::now() + timeout;
-        let dialed = connect(client, timeout).and_then(|mut fresh| {
+        let dialed = locator.connect(timeout).and_then(|mut fresh| {
             budget(&fresh, deadline)?;
             scripts.load(&mut fresh)?;
-            Ok(fresh)
+            let position = cluster_position(&mut fresh, &crate::clock::new_epoch())?;
+            Ok((fresh, position))
         });
         if commands.send(Inbound::Dialed(dialed)).is_err() {
             return;
@@ -680,7 +895,7 @@ fn run_dialer(
 
 /// The events thread: `SUBSCRIBE`, then the cluster's position, then every event, forever.
 fn run_events(
-    client: &redis::Client,
+    locator: &Locator,
     timeout: Duration,
     to_ingest: &queue::Sender<FromCluster>,
     commands: &SyncSender<Inbound>,
@@ -688,7 +903,7 @@ fn run_events(
 ) {
     let mut failures = 0;
     loop {
-        let outcome = subscribe_and_forward(client, timeout, to_ingest, depth_max, &mut failures);
+        let outcome = subscribe_and_forward(locator, timeout, to_ingest, depth_max, &mut failures);
         let reason = match outcome {
             Ok(()) => "the events subscription ended".to_owned(),
             Err(err) => err.to_string(),
@@ -706,14 +921,14 @@ fn run_events(
 }
 
 fn subscribe_and_forward(
-    client: &redis::Client,
+    locator: &Locator,
     timeout: Duration,
     to_ingest: &queue::Sender<FromCluster>,
     depth_max: usize,
     failures: &mut u32,
 ) -> redis::RedisResult<()> {
-    let mut events = connect(client, timeout)?;
-    let mut state = connect(client, timeout)?;
+    let mut events = locator.connect(timeout)?;
+    let mut state = locator.connect(timeout)?;
     let mut pubsub = events.as_pubsub();
     pubsub.subscribe(&[EVENTS_CHANNEL, USERS_CHANNEL])?;
     // Subscribed first, so nothing published after this read is missed.
@@ -746,7 +961,7 @@ fn subscribe_and_forward(
     }
 }
 
-/// Publishes user acts on `corecast:users`, one pipeline, by `deadline`.
+/// Publishes user acts on `{corecast}:users`, one pipeline, by `deadline`.
 fn publish_acts(
     redis: &mut redis::Connection,
     deadline: Instant,
@@ -973,6 +1188,7 @@ impl CommandThread {
             let mut publishes = Vec::new();
             let mut reads = Vec::new();
             let mut acts = Vec::new();
+            let mut resets = Vec::new();
             let mut probe = false;
             for inbound in batch {
                 match inbound {
@@ -998,6 +1214,7 @@ impl CommandThread {
                     }),
                     Inbound::Request(ToCluster::Presence { connections: now }) => connections = now,
                     Inbound::Request(ToCluster::UserAct(act)) => acts.push(act),
+                    Inbound::Request(ToCluster::Reset { epoch }) => resets.push(epoch),
                 }
             }
             // The batch's requests share one round trip's time, so that a request that arrives
@@ -1036,7 +1253,8 @@ impl CommandThread {
             });
             let served = self
                 .serve(redis, deadline, &scripts, publishes, reads, presence)
-                .and_then(|()| publish_acts(redis, deadline, &acts).map_err(Lost::from));
+                .and_then(|()| publish_acts(redis, deadline, &acts).map_err(Lost::from))
+                .and_then(|()| self.reset(redis, deadline, &resets).map_err(Lost::from));
             if let Err(lost) = served {
                 self.lose(&mut link, lost);
             }
@@ -1048,16 +1266,23 @@ impl CommandThread {
     fn dialed(
         &mut self,
         link: &mut Link,
-        dialed: redis::RedisResult<redis::Connection>,
+        dialed: redis::RedisResult<(redis::Connection, (String, u64))>,
     ) -> Vec<LogRead> {
         let Link::Down(redial) = link else {
             unreachable!("the dialer is asked only while the link is down");
         };
         assert!(redial.dialing, "a dial's outcome follows a dial");
         match dialed {
-            Ok(connection) => {
+            Ok((connection, (epoch, seq))) => {
                 let reads = std::mem::take(&mut redial.reads);
                 *link = Link::Up(connection);
+                tell(
+                    &self.to_ingest,
+                    FromCluster::Position {
+                        epoch: epoch.into(),
+                        seq,
+                    },
+                );
                 self.tell_health(Health::Ready, "connected, and Redis answers".into());
                 reads
             }
@@ -1075,6 +1300,36 @@ impl CommandThread {
                 Vec::new()
             }
         }
+    }
+
+    /// Runs [`RESET_SCRIPT`] for each epoch asked (one, in practice) and tells the ingest core
+    /// where the cluster is now. A reset asked while Redis is unreachable is dropped: the node
+    /// asks again when it sees the loss again, at its next connect.
+    fn reset(
+        &self,
+        redis: &mut redis::Connection,
+        deadline: Instant,
+        resets: &[Box<str>],
+    ) -> redis::RedisResult<()> {
+        for epoch in resets {
+            budget(redis, deadline)?;
+            let (now, seq): (String, u64) = redis::Script::new(RESET_SCRIPT)
+                .key(EPOCH_KEY)
+                .key(SEQ_KEY)
+                .key(OFFSETS_KEY)
+                .key(LOG_KEY)
+                .arg(&**epoch)
+                .arg(&*crate::clock::new_epoch())
+                .invoke(redis)?;
+            tell(
+                &self.to_ingest,
+                FromCluster::Reset {
+                    epoch: now.into(),
+                    seq,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Gives up the connection: every later publish is refused until a dial brings another.
@@ -1276,6 +1531,14 @@ impl CommandThread {
                                      reconnecting to load them"
                                 .into(),
                         });
+                    } else if WRONG_REDIS.contains(&err.code()) {
+                        outcome = Err(Lost {
+                            health: Health::Down,
+                            reason: format!(
+                                "this Redis no longer serves corecast ({err}): finding the one \
+                                 that does"
+                            ),
+                        });
                     }
                     self.answer(publish, Err(failure_of(&err)));
                 }
@@ -1448,7 +1711,7 @@ mod tests {
         assert_eq!(
             parse_event(&event(5), 5),
             Err(
-                "a corecast:events message is refused: nested deeper than json_depth_max = 5 \
+                "a {corecast}:events message is refused: nested deeper than json_depth_max = 5 \
                  (at byte 59)"
                     .into()
             )

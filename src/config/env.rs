@@ -387,7 +387,13 @@ mod tests {
             | "tls_cert_file"
             | "tls_key_file"
             | "api_tls_cert_file"
-            | "api_tls_key_file" => "/etc/corecast/file.pem",
+            | "api_tls_key_file"
+            | "redis_ca_file"
+            | "redis_cert_file"
+            | "redis_key_file" => "/etc/corecast/file.pem",
+            "redis_cluster" => "true",
+            "redis_sentinels" => "redis://10.0.0.1:26379,redis://10.0.0.2:26379",
+            "redis_sentinel_master" => "corecast",
             "namespaces" => r#"[{ pattern = "prices.>", history_messages_max = 5 }]"#,
             "api_keys" => r#"[{ key = "0123456789abcdef0123", tenant = "acme" }]"#,
             "tenant_publishes_per_s" | "shards" | "ingest_core" => "3",

@@ -214,7 +214,7 @@ impl IngestCore {
 
     /// Cluster mode's publish: Redis numbers it; the reply waits for those numbers (at most
     /// `redis_timeout_ms`: the bridge answers by then), and the fan-out for the message's
-    /// return on `corecast:events`.
+    /// return on `{corecast}:events`.
     pub(super) async fn cluster_publish(&self, job: Job, touched: &mut [bool]) {
         let link = self.link();
         let token = link.token();
@@ -324,22 +324,12 @@ impl IngestCore {
             }
             FromCluster::Subscribed { epoch, seq } => {
                 link.subscribed.set(true);
-                if !self.sequencer.in_epoch(&epoch) {
-                    self.adopt_epoch(epoch.into()).await;
-                }
-                match link.last_seq.get() {
-                    Some(last) if seq > last => {
-                        link.read_log(last, seq, LogUse::Fill { up_to: seq })
-                    }
-                    Some(_) => {}
-                    None => {
-                        let window = self.settings.preload_messages_max as u64;
-                        let after = seq.saturating_sub(window.min(cluster::LOG_READ_MAX as u64));
-                        link.read_log(after, seq, LogUse::Preload { up_to: seq });
-                        if link.log_wait.get().is_none() {
-                            self.joined_at(seq, after);
-                        }
-                    }
+                self.sync_with(epoch, seq).await;
+            }
+            FromCluster::Reset { epoch, seq } => self.sync_with(epoch, seq).await,
+            FromCluster::Position { epoch, seq } => {
+                if self.sequencer.in_epoch(&epoch) {
+                    self.check_lost(&epoch, seq);
                 }
             }
             FromCluster::Lost { reason } => {
@@ -379,6 +369,55 @@ impl IngestCore {
             FromCluster::UserAct(UserActEvent { stream, act }) => {
                 self.deliver_user_act(stream, act).await;
             }
+        }
+    }
+
+    /// Follows the cluster to `epoch` and `seq`, as the events subscription or a reset found
+    /// it: a new epoch is adopted; a seq past this node's is read from the log; one short of
+    /// it means Redis lost messages this node has seen ([`IngestCore::check_lost`]).
+    async fn sync_with(&self, epoch: Box<str>, seq: u64) {
+        let link = self.link();
+        if !self.sequencer.in_epoch(&epoch) {
+            self.adopt_epoch(epoch.clone().into()).await;
+        }
+        match link.last_seq.get() {
+            Some(last) if seq > last => link.read_log(last, seq, LogUse::Fill { up_to: seq }),
+            Some(_) => self.check_lost(&epoch, seq),
+            None => {
+                let window = self.settings.preload_messages_max as u64;
+                let after = seq.saturating_sub(window.min(cluster::LOG_READ_MAX as u64));
+                link.read_log(after, seq, LogUse::Preload { up_to: seq });
+                if link.log_wait.get().is_none() {
+                    self.joined_at(seq, after);
+                }
+            }
+        }
+    }
+
+    /// Redis's `seq` of this node's `epoch` is below the last message this node took: Redis
+    /// lost messages (a replica that lagged was promoted, or it restarted from an older save),
+    /// and would number new ones with seqs and offsets clients have already seen. The epoch
+    /// is over: the bridge starts a new one unless another node did, every node adopts it,
+    /// and every client learns with `recovered:false` that its positions are void.
+    fn check_lost(&self, epoch: &str, seq: u64) {
+        let link = self.link();
+        let Some(last) = link.last_seq.get().filter(|last| seq < *last) else {
+            return;
+        };
+        tracing::error!(
+            epoch,
+            redis_seq = seq,
+            node_seq = last,
+            "Redis holds less than this node has seen: it lost messages; starting a new epoch"
+        );
+        if link
+            .requests
+            .try_send(ToCluster::Reset {
+                epoch: epoch.into(),
+            })
+            .is_err()
+        {
+            tracing::warn!("the bridge's queue is full: the new epoch waits for the next connect");
         }
     }
 
