@@ -22,7 +22,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{assert_error, assert_message, watchdog, Client, HttpReply, Server, QUIET, STEP};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 /// A `redis-server` child on a free loopback port, without persistence, killed on drop.
 struct Redis {
@@ -148,6 +150,56 @@ fn wait_cli(port: u16, args: &[&str], done: impl Fn(&str) -> bool) -> String {
             "redis-cli -p {port} {args:?} still says {out:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `redis-sentinel` child monitoring the master `corecast`, killed on drop.
+struct Sentinel {
+    redis: Redis,
+}
+
+impl Sentinel {
+    /// A sentinel on a free port that watches the master on `master_port` with quorum 1 and
+    /// takes a master as down after one silent second.
+    fn start(master_port: u16) -> Sentinel {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("corecast-sentinel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let conf = dir.join(format!("sentinel-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\n\
+                 sentinel monitor corecast 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds corecast 1000\n\
+                 sentinel failover-timeout corecast 10000\n"
+            ),
+        )
+        .expect("write the sentinel's config");
+        let redis = Redis::start_with(
+            port,
+            &[
+                conf.to_str().expect("UTF-8").to_owned(),
+                "--sentinel".to_owned(),
+            ],
+        );
+        Sentinel { redis }
+    }
+
+    fn port(&self) -> u16 {
+        self.redis.port
+    }
+
+    /// The port of the master it names.
+    fn master_port(&self) -> String {
+        cli(
+            self.port(),
+            &["SENTINEL", "get-master-addr-by-name", "corecast"],
+        )
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
     }
 }
 
@@ -1600,6 +1652,157 @@ async fn a_redis_that_lost_messages_it_had_numbered_starts_a_new_epoch_that_clie
         let offset = a.publish("lost.1", &json!("new")).await;
         assert_eq!(offset, 1, "the new epoch numbers from 1");
         assert_message(&again.recv().await, "lost.1", 1, &json!("new"));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn nodes_follow_a_sentinel_failover_with_every_publish_accounted_for() {
+    watchdog(async {
+        let master = Redis::start();
+        let replica_port = free_port();
+        let replica = Redis::start_with(
+            replica_port,
+            &[
+                "--port".to_owned(),
+                replica_port.to_string(),
+                "--replicaof".to_owned(),
+                "127.0.0.1".to_owned(),
+                master.port.to_string(),
+            ],
+        );
+        wait_cli(replica.port, &["INFO", "replication"], |info| {
+            info.contains("master_link_status:up")
+        });
+        let (first, second) = (Sentinel::start(master.port), Sentinel::start(master.port));
+        for sentinel in [&first, &second] {
+            wait_cli(
+                sentinel.port(),
+                &["SENTINEL", "replicas", "corecast"],
+                |replicas| replicas.contains(&replica.port.to_string()),
+            );
+        }
+        let sentinels = [
+            format!("redis://127.0.0.1:{}", first.port()),
+            format!("redis://127.0.0.1:{}", second.port()),
+        ];
+        let args = [
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--redis-sentinel",
+            &sentinels[0],
+            "--redis-sentinel",
+            &sentinels[1],
+            "--redis-sentinel-master",
+            "corecast",
+        ];
+        let (a, b) = (Server::start(&args).await, Server::start(&args).await);
+        for node in [&a, &b] {
+            let stats = node
+                .poll_json("/v1/stats", |stats| stats["cluster"]["connected"] == true)
+                .await;
+            assert_eq!(stats["cluster"]["connected"], true, "{stats}");
+        }
+        let mut on_b = Client::connect(&b).await;
+        let epoch = on_b.hello["epoch"].as_str().expect("an epoch").to_owned();
+        subscribe(&mut on_b, "sn.1").await;
+        for n in 1..=3 {
+            a.publish("sn.1", &json!(n)).await;
+            assert_message(&on_b.recv().await, "sn.1", n, &json!(n));
+        }
+
+        // One sentinel dies; the other runs the failover, and the nodes, asking it, follow.
+        drop(first);
+        assert!(cli(second.port(), &["SENTINEL", "FAILOVER", "corecast"]).contains("OK"));
+        wait_cli(
+            second.port(),
+            &["SENTINEL", "get-master-addr-by-name", "corecast"],
+            |addr| addr.contains(&replica.port.to_string()),
+        );
+        assert_eq!(second.master_port(), replica.port.to_string());
+        // Publish through the switch until the new master numbers them. Until the old master
+        // is told it is a replica it takes writes, which the resync to the new one then
+        // discards: the nodes, seeing the new master hold less than they have, end the epoch.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut published = Vec::new();
+        let mut n = 4;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "the nodes did not publish through the new master"
+            );
+            let reply = a
+                .post(
+                    "/v1/publish",
+                    &json!({"channel": "sn.1", "data": n}).to_string(),
+                )
+                .await;
+            match reply.status {
+                200 => published.push(n),
+                503 | 504 => {}
+                other => panic!("unexpected {other}: {}", reply.body),
+            }
+            n += 1;
+            let numbered: u64 = cli(replica.port, &["GET", "{corecast}:seq"])
+                .parse()
+                .unwrap_or(0);
+            let stats = a.get("/v1/stats").await.json();
+            if numbered >= 1 && (stats["epoch"] != epoch.as_str() || numbered > 3) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // What the subscriber got, and whether it was told its positions are void: a close
+        // 1012 (a new epoch), after which a resubscribe says `recovered:false`.
+        let mut got = Vec::new();
+        let mut told = false;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), on_b.ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let message: Value = serde_json::from_str(text.as_str()).expect("JSON");
+                    assert_eq!(message["type"], "message", "{message}");
+                    got.push(message["data"].as_u64().expect("a number"));
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    let code = frame.map(|frame| u16::from(frame.code));
+                    assert_eq!(code, Some(1012), "only a new epoch closes it");
+                    told = true;
+                    break;
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(other) => panic!("the subscriber's connection failed: {other:?}"),
+                Err(_) => break,
+            }
+        }
+        let stats = b
+            .poll_json("/v1/stats", |stats| stats["cluster"]["connected"] == true)
+            .await;
+        assert_eq!(
+            stats["epoch"] != epoch.as_str(),
+            told,
+            "the subscriber is closed exactly when its node starts a new epoch: {stats}"
+        );
+        if told {
+            on_b = Client::connect(&b).await;
+            let reply = on_b
+                .request(json!({"type": "subscribe", "channel": "sn.1", "id": 2,
+                                "since": {"epoch": epoch, "offset": 3}}))
+                .await;
+            assert_eq!(reply["recovered"], false, "{reply}");
+        }
+        for data in &published {
+            assert!(
+                got.contains(data) || told,
+                "{data} was published, never delivered, and the subscriber was not told: \
+                 got {got:?}"
+            );
+        }
+        // And past the switch, every publish reaches it again.
+        for data in ["after-1", "after-2"] {
+            let offset = a.publish("sn.1", &json!(data)).await;
+            assert_message(&on_b.recv().await, "sn.1", offset, &json!(data));
+        }
     })
     .await
 }
