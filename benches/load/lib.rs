@@ -50,6 +50,7 @@
 //!   the bench and of one of its threads, from `/proc`.
 //! - `report`: the result record and its table and JSON renderings.
 //! - `plot`: the SVG plot of the latency distributions, one curve per target.
+//! - `throughput`: `--throughput-s`: publishes a second through the API, no fan-out.
 
 // No unsafe code, but in one place that allows it by name: the io_uring floor
 // (`floor::uring`), which queues sends on a ring of its own; see its SAFETY comments.
@@ -67,6 +68,7 @@ mod recorder;
 mod report;
 mod spawn;
 mod target;
+mod throughput;
 mod wire;
 
 /// The bytes the bench writes in a server's place (the floor's greeting and message frames, the
@@ -264,6 +266,27 @@ pub struct BenchArgs {
     /// as CDFs into this SVG file, one curve per target.
     #[arg(long, value_name = "PATH")]
     pub svg: Option<PathBuf>,
+
+    /// Measure publish throughput instead of fan-out, for this many seconds (1 to 3,600):
+    /// --publishers threads post to --api (a comma-separated list: a cluster's nodes, dealt
+    /// round-robin) as fast as they are answered, with no subscriber; the report gives messages
+    /// and requests a second, request latency, refusals, and the CPU time per message of every
+    /// process of --pids.
+    #[arg(long, value_name = "T", conflicts_with_all = ["baseline", "compare"])]
+    pub throughput_s: Option<u64>,
+
+    /// With --throughput-s: publisher threads, each with one connection (1 to 1,024).
+    #[arg(long, value_name = "K", default_value_t = 8)]
+    pub publishers: usize,
+
+    /// With --throughput-s: messages per request; above 1, `/v1/publish/batch` (1 to 1,000).
+    #[arg(long, value_name = "B", default_value_t = 1)]
+    pub batch: usize,
+
+    /// With --throughput-s: processes (corecast nodes, `redis-server`) whose CPU time per
+    /// message published to report, as a comma-separated list of pids.
+    #[arg(long, value_name = "PIDS", value_delimiter = ',')]
+    pub pids: Option<Vec<u32>>,
 }
 
 impl BenchArgs {
@@ -298,6 +321,11 @@ impl BenchArgs {
         )?;
         check("timeout-s", self.timeout_s, 1, TIMEOUT_S_MAX)?;
         check("channel length", self.channel.len(), 1, CHANNEL_BYTES_MAX)?;
+        check("publishers", self.publishers, 1, 1_024)?;
+        check("batch", self.batch, 1, 1_000)?;
+        if let Some(seconds) = self.throughput_s {
+            check("throughput-s", seconds, 1, 3_600)?;
+        }
         self.validate_modes()?;
         self.server_cpu_list().map(|_| ())
     }
@@ -446,6 +474,21 @@ impl BenchArgs {
 pub fn main(args: BenchArgs) -> ExitCode {
     if args.baseline || args.compare {
         return compare::main(&args);
+    }
+    if let Some(seconds) = args.throughput_s {
+        return match args
+            .validate()
+            .and_then(|()| throughput::main(&args, seconds))
+        {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("corecast bench: {message}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let finished = match run(&args) {
         Ok(finished) => finished,
