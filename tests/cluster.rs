@@ -1806,3 +1806,57 @@ async fn nodes_follow_a_sentinel_failover_with_every_publish_accounted_for() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_redis_stopped_for_ten_seconds_costs_the_shards_nothing_and_every_publish_is_told() {
+    watchdog(async {
+        let redis = Redis::start();
+        let a = node_with(&redis, &REDIS_TIMEOUT_FLAG).await;
+        let b = node_with(&redis, &REDIS_TIMEOUT_FLAG).await;
+        let mut on_b = Client::connect(&b).await;
+        let mut pinger = Client::connect(&b).await;
+        subscribe(&mut on_b, "ten.1").await;
+        let mut answers = Vec::new();
+        let (answer, _) = publish_timed(&a, "ten.1", 1).await;
+        assert_eq!(answer, Answer::Published { offset: 1 });
+        answers.push((1, answer));
+
+        let paused = redis.pause();
+        let stopped = Instant::now();
+        let mut data = 2;
+        while stopped.elapsed() < Duration::from_secs(10) {
+            let (answer, took) = publish_timed(&a, "ten.1", data).await;
+            assert!(
+                matches!(answer, Answer::Unknown | Answer::Unavailable),
+                "publish of {data} while Redis is stopped: {answer:?}"
+            );
+            assert!(
+                took < REDIS_TIMEOUT + SLACK,
+                "answered within its time: {took:?}"
+            );
+            answers.push((data, answer));
+            data += 1;
+            // The shards serve their connections meanwhile: a command is answered at once.
+            let asked = Instant::now();
+            pinger.ping(data).await;
+            assert!(
+                asked.elapsed() < Duration::from_millis(500),
+                "{:?}",
+                asked.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        paused.resume();
+        a.poll_json("/v1/stats", |stats| stats["cluster"]["connected"] == true)
+            .await;
+        let (answer, _) = publish_timed(&a, "ten.1", data).await;
+        assert!(
+            matches!(answer, Answer::Published { .. }),
+            "after: {answer:?}"
+        );
+        answers.push((data, answer));
+        let seen = deliveries(&mut on_b, "ten.1", data).await;
+        assert_delivered_truly(&seen, &answers);
+    })
+    .await
+}
