@@ -13,6 +13,13 @@
 //! node's ingest core keeps its own history from that stream, so recovery is exact on any node;
 //! what a node missed while cut off it reads back from the log by seq.
 //!
+//! The Redis is found anew at every connect ([`Topology`]): at `redis_url`, or as the master
+//! of the `{corecast}` slot of a Redis Cluster, or as the master the sentinels name, so a
+//! failover or a resharding is followed. A Redis that holds less of the epoch than a node has
+//! taken (it lost writes: a replica that lagged was promoted, an older save was loaded) would
+//! number new messages with seqs clients have seen: the node that notices ends the epoch
+//! ([`RESET_SCRIPT`]), exactly as when Redis comes back empty.
+//!
 //! This module is the bridge: three plain threads, never a glommio executor, so a slow or
 //! absent Redis never blocks a broadcast shard. The *command* thread runs the publish scripts
 //! (pipelined: every request waiting is sent in one round trip), log reads and the node's
@@ -481,7 +488,7 @@ pub enum Topology {
     /// At `redis_url`.
     Single,
     /// In a Redis Cluster that `redis_url` is a node of: the master of the slot of
-    /// [`HASH_TAG`], asked of that node at every connect.
+    /// `{corecast}`, asked of that node at every connect.
     Cluster,
     /// Where the first of `sentinels` that knows `master` says it is, at every connect.
     Sentinel {
