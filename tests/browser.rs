@@ -428,7 +428,10 @@ async fn browser_imports_the_packed_npm_package_and_receives_a_publish() {
 async fn publish_to_user(server: &Server, user: &str, data: Value) -> u64 {
     let body = json!({"user": user, "data": data}).to_string();
     let reply = server.post("/v1/publish", &body).await;
-    assert_eq!(reply.status, 200, "expected the publish to {user:?}: {reply:?}");
+    assert_eq!(
+        reply.status, 200,
+        "expected the publish to {user:?}: {reply:?}"
+    );
     reply.json()["offset"].as_u64().expect("an integer offset")
 }
 
