@@ -12,7 +12,9 @@
 //! screenshot, saved under cargo's `target/tmp`, is the README's). And that the npm package
 //! `corecast-client` works as installed: `npm pack` of `src/web`, extracted into a
 //! `node_modules`, its entry point resolved by Node through `exports`, imported by a page that
-//! receives a publish. Chromium and npm must be installed (`.ci/deps` installs Debian's
+//! receives a publish. And that a page's client takes its user's `$user` stream, ends for good
+//! on the server's 4010 by default, and with `reconnectAfterDisconnect` comes back and recovers
+//! what the user was sent meanwhile. Chromium and npm must be installed (`.ci/deps` installs Debian's
 //! `chromium` and `npm`): without them these tests fail, they never skip.
 
 mod common;
@@ -141,8 +143,8 @@ async fn browser_client_recovers_a_cut_and_reports_a_server_restart() {
             assert_eq!(
                 recovery,
                 json!({
-                    "pattern": pattern, "epoch": first_epoch, "seq": recovery["seq"],
-                    "recovered": true, "reason": null,
+                    "pattern": pattern, "server": false, "epoch": first_epoch,
+                    "seq": recovery["seq"], "recovered": true, "reason": null,
                 }),
                 "expected `recovered:true` in the same epoch"
             );
@@ -187,8 +189,8 @@ async fn browser_client_recovers_a_cut_and_reports_a_server_restart() {
             assert_eq!(
                 recovery,
                 json!({
-                    "pattern": pattern, "epoch": second_epoch, "seq": recovery["seq"],
-                    "recovered": false, "reason": "epoch_changed",
+                    "pattern": pattern, "server": false, "epoch": second_epoch,
+                    "seq": recovery["seq"], "recovered": false, "reason": "epoch_changed",
                 }),
                 "expected the restart reported as `recovered:false`, reason `epoch_changed`"
             );
@@ -417,6 +419,128 @@ async fn browser_imports_the_packed_npm_package_and_receives_a_publish() {
             page["received"],
             json!([[offset, { "from": "npm" }]]),
             "expected the page on the packed module to receive exactly the publish"
+        );
+    })
+    .await
+}
+
+/// Publishes `data` to `user`'s `$user` stream; returns the offset.
+async fn publish_to_user(server: &Server, user: &str, data: Value) -> u64 {
+    let body = json!({"user": user, "data": data}).to_string();
+    let reply = server.post("/v1/publish", &body).await;
+    assert_eq!(
+        reply.status, 200,
+        "expected the publish to {user:?}: {reply:?}"
+    );
+    reply.json()["offset"].as_u64().expect("an integer offset")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_client_takes_its_user_stream_and_a_disconnect_ends_it_unless_asked() {
+    watchdog(async {
+        let chromium = chromium_path();
+        let server = Server::start(&[]).await;
+        let (_browser, tab) = open_page(chromium, serve_blank_page().await).await;
+        // ada stays away after the server's disconnect (the default); bob reconnects, after
+        // half a second (random 0.5 of a 1 s base), and resumes his stream with `since`.
+        let script = format!(
+            r#"(async () => {{
+                const {{ Client }} = await import("http://{ws}/client.js");
+                const page = {{ ada: [], bob: [], states: [], closed: [], recoveries: [],
+                                errors: [], users: [], presence: null }};
+                window.page = page;
+                const clients = {{
+                    ada: new Client({{ url: "ws://{ws}/ws?user=ada" }}),
+                    bob: new Client({{ url: "ws://{ws}/ws?user=bob", backoffBaseMs: 1000,
+                                       random: () => 0.5, reconnectAfterDisconnect: true }}),
+                }};
+                window.clients = clients;
+                for (const [name, client] of Object.entries(clients)) {{
+                    client.on("state", (event) => page.states.push([name, event.state, event.reason || null]));
+                    client.on("closed", (event) => page.closed.push([name, event.code, event.reason]));
+                    client.on("recovery", (event) => page.recoveries.push([name, event.pattern, event.recovered]));
+                    client.on("error", (event) => page.errors.push([name, event.code, event.message]));
+                    client.on("connected", (frame) => page.users.push([name, frame.user, client.user]));
+                }}
+                const ready = Object.entries(clients).map(([name, client]) =>
+                    client.subscribe("$user", (message) => page[name].push([message.offset, message.data])).ready);
+                await Promise.all(ready);
+                return JSON.stringify(page.users);
+            }})()"#,
+            ws = server.ws,
+        );
+        assert_eq!(
+            evaluate(&tab, script).await,
+            json!([["ada", "ada", "ada"], ["bob", "bob", "bob"]])
+        );
+        for user in ["ada", "bob"] {
+            for n in 1..=2 {
+                assert_eq!(publish_to_user(&server, user, json!(n)).await, n);
+            }
+        }
+        wait_for_page(&tab, "offsets 1 and 2 on each $user", |page| {
+            page["ada"].as_array().is_some_and(|got| got.len() == 2)
+                && page["bob"].as_array().is_some_and(|got| got.len() == 2)
+        })
+        .await;
+
+        for (user, reason) in [("ada", "signed out"), ("bob", "come back")] {
+            let body = json!({"user": user, "reason": reason}).to_string();
+            let reply = server.post("/v1/users/disconnect", &body).await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+        }
+        let page = wait_for_page(&tab, "both disconnects seen", |page| {
+            let states = page["states"].as_array().expect("states");
+            page["closed"].as_array().is_some_and(|closed| !closed.is_empty())
+                && states.iter().any(|state| state[0] == "bob" && state[1] == "reconnecting")
+        })
+        .await;
+        assert_eq!(page["closed"], json!([["ada", 4010, "signed out"]]));
+        assert!(
+            page["states"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(["bob", "reconnecting", "closed 4010 come back"])),
+            "{page}"
+        );
+        // Published while bob is away: recovered when he is back.
+        for n in 3..=4 {
+            assert_eq!(publish_to_user(&server, "bob", json!(n)).await, n);
+        }
+        let page = wait_for_page(&tab, "bob's stream resumed", |page| {
+            page["bob"].as_array().is_some_and(|got| got.len() == 4)
+        })
+        .await;
+        assert_eq!(page["bob"], json!([[1, 1], [2, 2], [3, 3], [4, 4]]));
+        assert_eq!(page["recoveries"], json!([["bob", "$user", true]]));
+        assert_eq!(page["errors"], json!([]));
+        assert_eq!(page["ada"], json!([[1, 1], [2, 2]]));
+        let ada_states: Vec<&Value> = page["states"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|state| state[0] == "ada")
+            .collect();
+        assert_eq!(
+            ada_states.last().map(|state| &state[1]),
+            Some(&json!("closed")),
+            "{page}"
+        );
+        // ada's client did not come back: only bob is connected.
+        let connections = |stats: &Value| -> u64 {
+            let shards = stats["shards"].as_array().expect("shards in /v1/stats");
+            shards
+                .iter()
+                .map(|shard| shard["connections"].as_u64().expect("connections"))
+                .sum()
+        };
+        let stats = server
+            .poll_json("/v1/stats", |stats| connections(stats) == 1)
+            .await;
+        assert_eq!(connections(&stats), 1, "{stats}");
+        assert_eq!(
+            evaluate(&tab, "JSON.stringify(window.clients.ada.state)".into()).await,
+            json!("closed")
         );
     })
     .await

@@ -4,8 +4,12 @@
 //! once; it measures the app-level ping, answers the server's pings and replaces a connection
 //! whose pongs stop; and `corecast publish` and `corecast subscribe --count` round-trip through
 //! the binary. Against a scripted server it pins the exact `since` of every resubscribe
-//! (README, "Delivery guarantees", "Clients"). Every wait is bounded and every test runs under
-//! the watchdog.
+//! (README, "Delivery guarantees", "Clients"). For a connection with a user it pins the
+//! `$user` stream (delivered, resumed after a cut with every offset once and in order, kept
+//! unsubscribed), the 4010 close (an [`Event::Closed`] and no reconnect), server-side
+//! subscriptions as events kept across reconnects, `corecast publish --user`, and the server's
+//! resume of a live `$user` that the client relies on. Every wait is bounded and every test
+//! runs under the watchdog.
 
 mod common;
 
@@ -759,6 +763,431 @@ async fn resubscribes_carry_the_since_of_each_position() {
             })
         );
         drop(last);
+    })
+    .await
+}
+
+/// Publishes `data` to `user`'s `$user` stream; returns the offset, asserting the exact answer.
+async fn publish_to_user(server: &Server, user: &str, data: Value) -> u64 {
+    let body = json!({"user": user, "data": data}).to_string();
+    let reply = server.post("/v1/publish", &body).await;
+    assert_eq!(
+        reply.status, 200,
+        "expected the publish to {user:?}: {reply:?}"
+    );
+    let answer = reply.json();
+    let offset = answer["offset"].as_u64().expect("an integer offset");
+    assert_eq!(answer, json!({"user": user, "offset": offset}));
+    offset
+}
+
+/// `POST path` with `body`, asserting 200 and the exact answer: `{"user":..}` for a
+/// disconnect, the body itself for a subscribe or unsubscribe.
+async fn user_act(server: &Server, path: &str, body: Value) {
+    let reply = server.post(path, &body.to_string()).await;
+    let expected = if path.ends_with("/disconnect") {
+        json!({"user": body["user"]})
+    } else {
+        body.clone()
+    };
+    assert_eq!(
+        (reply.status, reply.json()),
+        (200, expected),
+        "expected POST {path} {body} to succeed"
+    );
+}
+
+/// The `$user` offsets and data of a message event, or a panic naming what came instead.
+fn user_message(event: &Event) -> (u64, Value) {
+    match event {
+        Event::Message(message) if message.channel == "$user" => (message.offset, data(event)),
+        other => panic!("expected a $user message, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_with_since_resumes_the_live_user_stream_without_a_duplicate() {
+    // The server's side of the client's resume: `$user` is live from connect, and a
+    // `subscribe` with `since` to it recovers only what came before it went live.
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        let mut ada = common::Client::connect_path(&server, "/ws?user=ada").await;
+        assert_eq!(ada.hello["user"], "ada", "{}", ada.hello);
+        let epoch = ada.hello["epoch"].clone();
+        publish_to_user(&server, "ada", json!(1)).await;
+        common::assert_message(&ada.recv().await, "$user", 1, &json!(1));
+        drop(ada);
+        for n in 2..=4 {
+            publish_to_user(&server, "ada", json!(n)).await;
+        }
+        let mut ada = common::Client::connect_path(&server, "/ws?user=ada").await;
+        // Published after the connect and before the resume: delivered live, and only so.
+        publish_to_user(&server, "ada", json!(5)).await;
+        common::assert_message(&ada.recv().await, "$user", 5, &json!(5));
+        let reply = ada
+            .request(json!({"type": "subscribe", "channel": "$user", "id": 1,
+                            "since": {"epoch": epoch, "offset": 1}}))
+            .await;
+        assert_eq!(
+            (&reply["type"], &reply["channel"], &reply["recovered"]),
+            (&json!("subscribed"), &json!("$user"), &json!(true)),
+            "{reply}"
+        );
+        for n in 2..=4 {
+            common::assert_message(&ada.recv().await, "$user", n, &json!(n));
+        }
+        ada.expect_silence("offset 5 was sent live, not recovered again")
+            .await;
+        publish_to_user(&server, "ada", json!(6)).await;
+        common::assert_message(&ada.recv().await, "$user", 6, &json!(6));
+        ada.expect_silence("one route: a live message arrives once")
+            .await;
+        // A plain channel's repeat subscribe with since is still only a confirmation.
+        ada.subscribe("plain.a", 2).await;
+        server.publish("plain.a", &json!("a")).await;
+        common::assert_message(&ada.recv().await, "plain.a", 1, &json!("a"));
+        let repeat = ada
+            .request(json!({"type": "subscribe", "channel": "plain.a", "id": 3,
+                            "since": {"epoch": epoch, "offset": 0}}))
+            .await;
+        assert_eq!(repeat["recovered"], Value::Null, "{repeat}");
+        ada.expect_silence("no recovery for a repeat on a channel")
+            .await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_user_stream_resumes_after_a_cut_with_nothing_lost_or_repeated() {
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        let proxy = Proxy::start(server.ws).await;
+        let client = connect(config(format!("{}?user=ada", proxy.url())));
+        let (first, _) = wait_for(&client, STEP, "connected", |e| {
+            matches!(e, Event::Connected { .. })
+        });
+        assert!(
+            matches!(&first, Event::Connected { user: Some(user), .. } if user == "ada"),
+            "{first:?}"
+        );
+        assert_eq!(client.user().as_deref(), Some("ada"));
+        // The client's first subscribe of the server's $user learns where the stream starts.
+        wait_for(&client, STEP, "subscribed $user", |e| {
+            subscribed(e, "$user")
+        });
+        for n in 1..=3 {
+            assert_eq!(publish_to_user(&server, "ada", json!(n)).await, n);
+        }
+        let mut got = Vec::new();
+        for _ in 1..=3 {
+            let (event, skipped) = wait_for(&client, STEP, "a $user message", |e| {
+                matches!(e, Event::Message(_))
+            });
+            assert!(skipped.is_empty(), "{skipped:?}");
+            got.push(user_message(&event));
+        }
+        proxy.refuse(true);
+        proxy.cut();
+        wait_for(&client, STEP, "disconnected", |e| {
+            matches!(e, Event::Disconnected { .. })
+        });
+        for n in 4..=7 {
+            assert_eq!(publish_to_user(&server, "ada", json!(n)).await, n);
+        }
+        proxy.refuse(false);
+        let (resumed, before) =
+            wait_for(&client, STEP, "$user resumed", |e| subscribed(e, "$user"));
+        assert!(
+            before.iter().any(|e| matches!(
+                e,
+                Event::Connected {
+                    reconnects: 1,
+                    user: Some(_),
+                    ..
+                }
+            )),
+            "{before:?}"
+        );
+        assert!(
+            matches!(
+                resumed,
+                Event::Subscribed {
+                    recovered: Some(true),
+                    server: false,
+                    ..
+                }
+            ),
+            "{resumed:?}"
+        );
+        for _ in 4..=7 {
+            let (event, skipped) = wait_for(&client, STEP, "a recovered $user message", |e| {
+                matches!(e, Event::Message(_))
+            });
+            assert!(skipped.is_empty(), "{skipped:?}");
+            got.push(user_message(&event));
+        }
+        assert_eq!(publish_to_user(&server, "ada", json!(8)).await, 8);
+        let (event, _) = wait_for(&client, STEP, "a live $user message", |e| {
+            matches!(e, Event::Message(_))
+        });
+        got.push(user_message(&event));
+        let expected: Vec<(u64, Value)> = (1..=8).map(|n| (n, json!(n))).collect();
+        assert_eq!(got, expected, "every offset once, in order");
+        assert_eq!(client.position("$user").unwrap().offset, Some(8));
+        assert!(
+            tokio::task::block_in_place(|| client.next_event(common::QUIET)).is_none(),
+            "expected no duplicate after offset 8"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unsubscribed_user_stream_stays_unsubscribed_across_reconnects() {
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        let proxy = Proxy::start(server.ws).await;
+        let client = connect(config(format!("{}?user=ada", proxy.url())));
+        wait_for(&client, STEP, "subscribed $user", |e| {
+            subscribed(e, "$user")
+        });
+        client.unsubscribe("$user").unwrap();
+        wait_for(
+            &client,
+            STEP,
+            "unsubscribed $user",
+            |e| matches!(e, Event::Unsubscribed { pattern, server: false } if pattern == "$user"),
+        );
+        proxy.cut();
+        wait_for(&client, STEP, "connected again", |e| {
+            matches!(e, Event::Connected { reconnects: 1, .. })
+        });
+        // The server subscribed the new connection; the client takes it back.
+        wait_for(
+            &client,
+            STEP,
+            "unsubscribed $user again",
+            |e| matches!(e, Event::Unsubscribed { pattern, .. } if pattern == "$user"),
+        );
+        publish_to_user(&server, "ada", json!("unread")).await;
+        assert!(
+            tokio::task::block_in_place(|| client.next_event(common::QUIET)).is_none(),
+            "expected nothing on an unsubscribed $user"
+        );
+        assert_eq!(client.position("$user"), None);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_disconnected_by_the_server_is_told_and_not_reconnected() {
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        let proxy = Proxy::start(server.ws).await;
+        let client = connect(config(format!("{}?user=ada", proxy.url())));
+        wait_for(&client, STEP, "subscribed $user", |e| {
+            subscribed(e, "$user")
+        });
+        user_act(
+            &server,
+            "/v1/users/disconnect",
+            json!({"user": "ada", "reason": "signed out"}),
+        )
+        .await;
+        let (closed, before) = wait_for(&client, STEP, "closed", |e| {
+            matches!(e, Event::Closed { .. })
+        });
+        assert!(before.is_empty(), "{before:?}");
+        assert!(
+            matches!(&closed, Event::Closed { code: 4010, reason } if reason == "signed out"),
+            "{closed:?}"
+        );
+        // The session has ended: next_event answers at once, and nothing connects again
+        // (the backoff window is at most 200 ms).
+        let started = Instant::now();
+        assert!(tokio::task::block_in_place(|| client.next_event(STEP)).is_none());
+        assert!(started.elapsed() < STEP / 2, "next_event waited");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            proxy.links.lock().unwrap().len(),
+            2,
+            "expected the one connection only (two pumps)"
+        );
+        assert!(matches!(
+            client.publish("a.b", &json!(1)),
+            Err(corecast_client::ClientError::NotConnected)
+        ));
+
+        // Opted in, the client reconnects after 4010 like after any close.
+        let mut opted_in = config(format!("{}?user=bob", proxy.url()));
+        opted_in.reconnect_after_disconnect = true;
+        let bob = connect(opted_in);
+        wait_for(&bob, STEP, "subscribed $user", |e| subscribed(e, "$user"));
+        user_act(&server, "/v1/users/disconnect", json!({"user": "bob"})).await;
+        let (lost, _) = wait_for(&bob, STEP, "disconnected", |e| {
+            matches!(e, Event::Disconnected { .. })
+        });
+        let Event::Disconnected { reason, .. } = lost else {
+            unreachable!()
+        };
+        assert_eq!(
+            reason,
+            "server closed the connection: 4010 disconnected by the server"
+        );
+        wait_for(&bob, STEP, "connected again", |e| {
+            matches!(e, Event::Connected { reconnects: 1, .. })
+        });
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_side_subscriptions_are_events_and_kept_across_reconnects() {
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        let proxy = Proxy::start(server.ws).await;
+        let client = connect(config(format!("{}?user=ada", proxy.url())));
+        wait_for(&client, STEP, "subscribed $user", |e| {
+            subscribed(e, "$user")
+        });
+        user_act(
+            &server,
+            "/v1/users/subscribe",
+            json!({"user": "ada", "channel": "quotes.*"}),
+        )
+        .await;
+        let (event, before) = wait_for(&client, STEP, "server subscribed", |e| {
+            subscribed(e, "quotes.*")
+        });
+        assert!(before.is_empty(), "{before:?}");
+        assert!(
+            matches!(
+                &event,
+                Event::Subscribed {
+                    server: true,
+                    epoch: Some(_),
+                    seq: Some(_),
+                    ..
+                }
+            ),
+            "{event:?}"
+        );
+        server.publish("quotes.eu", &json!(1)).await;
+        let (message, _) = wait_for(&client, STEP, "quotes.eu 1", |e| {
+            matches!(e, Event::Message(_))
+        });
+        assert_eq!(data(&message), json!(1));
+        assert!(client.position("quotes.*").is_some());
+
+        proxy.refuse(true);
+        proxy.cut();
+        wait_for(&client, STEP, "disconnected", |e| {
+            matches!(e, Event::Disconnected { .. })
+        });
+        server.publish("quotes.eu", &json!(2)).await;
+        proxy.refuse(false);
+        let (again, _) = wait_for(&client, STEP, "quotes.* resubscribed", |e| {
+            subscribed(e, "quotes.*")
+        });
+        assert!(
+            matches!(
+                again,
+                Event::Subscribed {
+                    server: false,
+                    recovered: Some(true),
+                    ..
+                }
+            ),
+            "{again:?}"
+        );
+        let (message, _) = wait_for(&client, STEP, "quotes.eu 2, recovered", |e| {
+            matches!(e, Event::Message(_))
+        });
+        assert_eq!(data(&message), json!(2));
+
+        user_act(
+            &server,
+            "/v1/users/unsubscribe",
+            json!({"user": "ada", "channel": "quotes.*"}),
+        )
+        .await;
+        wait_for(
+            &client,
+            STEP,
+            "server unsubscribed",
+            |e| matches!(e, Event::Unsubscribed { pattern, server: true } if pattern == "quotes.*"),
+        );
+        assert_eq!(client.position("quotes.*"), None);
+        server.publish("quotes.eu", &json!(3)).await;
+        assert!(
+            tokio::task::block_in_place(|| client.next_event(common::QUIET)).is_none(),
+            "expected nothing after the server's unsubscribe"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_to_a_user_and_subscribe_through_the_cli() {
+    watchdog(async {
+        let server = Server::start(&[]).await;
+        let url = server.ws_url("/ws?user=ada");
+        let mut subscriber = Command::new(env!("CARGO_BIN_EXE_corecast"))
+            .args(["subscribe", "$user", "--url", &url, "--count", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(subscriber.stdout.take().unwrap()).lines();
+        let mut next_line = async || -> Value {
+            let line = tokio::time::timeout(STEP, lines.next_line())
+                .await
+                .expect("a line from corecast subscribe")
+                .unwrap()
+                .expect("corecast subscribe ended early");
+            serde_json::from_str(&line).unwrap_or_else(|err| panic!("{line:?}: {err}"))
+        };
+        let connected = next_line().await;
+        assert_eq!(
+            (&connected["type"], &connected["user"]),
+            (&json!("connected"), &json!("ada")),
+            "{connected}"
+        );
+        let subscribed = next_line().await;
+        assert_eq!(subscribed["channel"], "$user", "{subscribed}");
+
+        let api = format!("http://{}", server.api);
+        let published = corecast(&["publish", "--user", "ada", r#"{"n":1}"#, "--api", &api]).await;
+        assert_eq!(
+            (
+                published.status.code(),
+                String::from_utf8(published.stdout).unwrap()
+            ),
+            (Some(0), "{\"user\":\"ada\",\"offset\":1}\n".to_string())
+        );
+        let mut message = next_line().await;
+        let object = message.as_object_mut().unwrap();
+        object.remove("ts_ms");
+        object.remove("seq");
+        assert_eq!(
+            message,
+            json!({"type": "message", "channel": "$user", "offset": 1, "data": {"n": 1}})
+        );
+        let status = tokio::time::timeout(STEP, subscriber.wait())
+            .await
+            .expect("corecast subscribe --count 1 to exit")
+            .unwrap();
+        assert_eq!(status.code(), Some(0));
+
+        let both = corecast(&["publish", "a.b", "1", "--user", "ada", "--api", &api]).await;
+        assert_eq!(both.status.code(), Some(2));
+        let stderr = String::from_utf8(both.stderr).unwrap();
+        assert!(
+            stderr.starts_with("corecast publish: --user publishes to a user, not to a channel"),
+            "{stderr}"
+        );
     })
     .await
 }

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::wire::publish_url;
 use crate::{Client, ClientConfig, ClientError, Event};
-use corecast_proto::channel::{is_pattern, validate_channel, validate_pattern};
+use corecast_proto::channel::{is_pattern, validate_channel, validate_pattern, validate_user};
 use corecast_proto::tls;
 use corecast_proto::{Position, Priority, Since};
 
@@ -73,13 +73,24 @@ pub struct SubscribeArgs {
     ping_interval_ms: u64,
 }
 
-/// `corecast publish`: publish one event through the control-plane API.
+/// `corecast publish`: publish one event through the control-plane API, to a channel or (with
+/// `--user`) to every connection of one user.
 #[derive(Debug, clap::Args)]
+#[command(
+    override_usage = "corecast publish [OPTIONS] <CHANNEL> <JSON>\n       \
+                            corecast publish [OPTIONS] --user <ID> <JSON>"
+)]
 pub struct PublishArgs {
-    /// The channel (no wildcards).
+    /// The channel (no wildcards); left out with --user.
+    #[arg(value_name = "CHANNEL")]
     channel: String,
     /// The event, any JSON value (quote it for the shell: '{"n":1}').
-    json: String,
+    #[arg(value_name = "JSON", required_unless_present = "user")]
+    json: Option<String>,
+    /// Publish to this user's `$user` stream (every connection of the user, on every shard
+    /// and node) instead of a channel.
+    #[arg(long, value_name = "ID")]
+    user: Option<String>,
     /// The server's control-plane API, `http://` or `https://`.
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     api: String,
@@ -188,6 +199,12 @@ pub fn subscribe_main(args: SubscribeArgs) -> ExitCode {
             // Whoever read our output has gone (a closed pipe): nothing left to do.
             return ExitCode::SUCCESS;
         }
+        if let Event::Closed { code, reason } = &event {
+            eprintln!(
+                "corecast subscribe: the server closed the connection for good: {code} {reason}"
+            );
+            return ExitCode::FAILURE;
+        }
     }
 }
 
@@ -210,24 +227,43 @@ pub fn event_line(event: &Event) -> String {
         }
         Event::Connected {
             conn_id,
+            user,
             epoch,
             reconnects,
         } => notice(
             "connected",
-            json!({"conn_id": conn_id, "epoch": epoch, "reconnects": reconnects}),
+            json!({"conn_id": conn_id, "user": user, "epoch": epoch, "reconnects": reconnects}),
         ),
         Event::Subscribed {
             pattern,
+            server,
             epoch,
             seq,
             recovered,
             reason,
         } => notice(
             "subscribed",
-            json!({"channel": pattern, "epoch": epoch, "seq": seq, "recovered": recovered,
-                   "reason": reason}),
+            json!({"channel": pattern, "server": server.then_some(true), "epoch": epoch,
+                   "seq": seq, "recovered": recovered, "reason": reason}),
         ),
-        Event::Unsubscribed { pattern } => notice("unsubscribed", json!({"channel": pattern})),
+        Event::Unsubscribed { pattern, server } => notice(
+            "unsubscribed",
+            json!({"channel": pattern, "server": server.then_some(true)}),
+        ),
+        Event::Presence { id, presence } => notice(
+            "presence",
+            json!({"id": id, "channel": presence.channel, "connections": presence.connections,
+                   "users": presence.users, "members": members(&presence.members),
+                   "truncated": presence.truncated.then_some(true)}),
+        ),
+        Event::PresenceDiff {
+            channel,
+            joined,
+            left,
+        } => notice(
+            "presence_diff",
+            json!({"channel": channel, "joined": members(joined), "left": members(left)}),
+        ),
         Event::Gap { channel, from, to } => {
             notice("gap", json!({"channel": channel, "from": from, "to": to}))
         }
@@ -255,7 +291,29 @@ pub fn event_line(event: &Event) -> String {
             json!({"reason": reason,
                    "retry_in_ms": u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX)}),
         ),
+        Event::Closed { code, reason } => notice("closed", json!({"code": code, "reason": reason})),
     }
+}
+
+/// Presence members as the server sent them (`info` re-read from its raw JSON).
+fn members(members: &[crate::Member]) -> Value {
+    members
+        .iter()
+        .map(|member| {
+            let info = member
+                .info
+                .as_ref()
+                .and_then(|info| serde_json::from_str::<Value>(info.get()).ok());
+            let mut fields = json!({"conn_id": member.conn_id});
+            if let Some(user) = &member.user {
+                fields["user"] = user.as_str().into();
+            }
+            if let Some(info) = info {
+                fields["info"] = info;
+            }
+            fields
+        })
+        .collect()
 }
 
 /// `{"type":kind,...}` with `fields` after `type` (as in the server's frames) and without its
@@ -271,19 +329,49 @@ fn notice(kind: &str, fields: Value) -> String {
     line
 }
 
+/// Where `corecast publish` sends its event.
+#[derive(Debug, PartialEq, Eq)]
+enum Target<'a> {
+    Channel(&'a str),
+    User(&'a str),
+}
+
+impl PublishArgs {
+    /// The target and the JSON text: with `--user` the one positional argument is the JSON.
+    fn target(&self) -> Result<(Target<'_>, &str), String> {
+        match (&self.user, &self.json) {
+            (Some(_), Some(_)) => Err(format!(
+                "--user publishes to a user, not to a channel: give the JSON alone, without \
+                 CHANNEL {:?}",
+                self.channel
+            )),
+            (Some(user), None) => {
+                validate_user(user).map_err(|err| format!("--user: {err}"))?;
+                Ok((Target::User(user), &self.channel))
+            }
+            (None, Some(json)) => {
+                validate_channel(&self.channel)
+                    .map_err(|err| format!("CHANNEL {:?}: {err}", self.channel))?;
+                Ok((Target::Channel(&self.channel), json))
+            }
+            (None, None) => Err("give CHANNEL and JSON, or --user ID and JSON".into()),
+        }
+    }
+}
+
 /// Runs `corecast publish`.
 pub fn publish_main(args: PublishArgs) -> ExitCode {
-    if let Err(err) = validate_channel(&args.channel) {
-        eprintln!("corecast publish: CHANNEL {:?}: {err}", args.channel);
-        return ExitCode::from(EXIT_USAGE);
-    }
-    let data: Box<RawValue> = match serde_json::from_str(&args.json) {
+    let (target, json) = match args.target() {
+        Ok(target) => target,
+        Err(err) => {
+            eprintln!("corecast publish: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let data: Box<RawValue> = match serde_json::from_str(json) {
         Ok(data) => data,
         Err(err) => {
-            eprintln!(
-                "corecast publish: JSON {:?} is not valid JSON: {err}",
-                args.json
-            );
+            eprintln!("corecast publish: JSON {json:?} is not valid JSON: {err}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -298,9 +386,13 @@ pub fn publish_main(args: PublishArgs) -> ExitCode {
         .priority
         .map(|priority| format!(r#","priority":"{}""#, priority.name()))
         .unwrap_or_default();
+    let (field, name) = match target {
+        Target::Channel(channel) => ("channel", channel),
+        Target::User(user) => ("user", user),
+    };
     let body = format!(
-        r#"{{"channel":{},"data":{}{priority}}}"#,
-        Value::from(args.channel.as_str()),
+        r#"{{"{field}":{},"data":{}{priority}}}"#,
+        Value::from(name),
         data.get()
     );
     let tls = match ureq_tls(args.ca.as_deref()) {
@@ -395,6 +487,7 @@ mod tests {
     fn notices_leave_absent_fields_out() {
         let subscribed = Event::Subscribed {
             pattern: "a.*".into(),
+            server: false,
             epoch: Some("e".into()),
             seq: Some(3),
             recovered: Some(false),
@@ -409,6 +502,7 @@ mod tests {
         );
         let plain = Event::Subscribed {
             pattern: "a.*".into(),
+            server: false,
             epoch: None,
             seq: None,
             recovered: None,
@@ -418,6 +512,76 @@ mod tests {
             event_line(&plain),
             r#"{"type":"subscribed","channel":"a.*"}"#
         );
+    }
+
+    #[test]
+    fn user_notices_carry_the_user_and_server_side_marks() {
+        let connected = Event::Connected {
+            conn_id: "0-1".into(),
+            user: Some("ada".into()),
+            epoch: None,
+            reconnects: 0,
+        };
+        assert_eq!(
+            event_line(&connected),
+            r#"{"type":"connected","conn_id":"0-1","reconnects":0,"user":"ada"}"#
+        );
+        let server = Event::Unsubscribed {
+            pattern: "q.*".into(),
+            server: true,
+        };
+        assert_eq!(
+            event_line(&server),
+            r#"{"type":"unsubscribed","channel":"q.*","server":true}"#
+        );
+        let closed = Event::Closed {
+            code: 4010,
+            reason: "bye".into(),
+        };
+        assert_eq!(
+            event_line(&closed),
+            r#"{"type":"closed","code":4010,"reason":"bye"}"#
+        );
+        let Ok(crate::event::Frame::Event(diff)) = crate::event::parse_frame(
+            br#"{"type":"presence_diff","channel":"r","joined":[{"user":"ada","conn_id":"0-1","info":{"n":1}}],"left":[{"conn_id":"1-2"}]}"#,
+        ) else {
+            panic!("presence_diff")
+        };
+        assert_eq!(
+            serde_json::from_str::<Value>(&event_line(&diff)).unwrap(),
+            json!({"type": "presence_diff", "channel": "r",
+                   "joined": [{"user": "ada", "conn_id": "0-1", "info": {"n": 1}}],
+                   "left": [{"conn_id": "1-2"}]})
+        );
+    }
+
+    #[test]
+    fn publish_takes_a_channel_or_a_user() {
+        let args = |channel: &str, json: Option<&str>, user: Option<&str>| PublishArgs {
+            channel: channel.into(),
+            json: json.map(str::to_string),
+            user: user.map(str::to_string),
+            api: "http://127.0.0.1:1".into(),
+            key: None,
+            ca: None,
+            priority: None,
+        };
+        let to_channel = args("a.b", Some("1"), None);
+        assert_eq!(to_channel.target(), Ok((Target::Channel("a.b"), "1")));
+        let to_user = args(r#"{"n":1}"#, None, Some("ada"));
+        assert_eq!(to_user.target(), Ok((Target::User("ada"), r#"{"n":1}"#)));
+        assert_eq!(
+            args("a.b", Some("1"), Some("ada")).target().unwrap_err(),
+            r#"--user publishes to a user, not to a channel: give the JSON alone, without CHANNEL "a.b""#
+        );
+        assert!(args("1", None, Some(""))
+            .target()
+            .unwrap_err()
+            .starts_with("--user: user \"\" is 0 bytes"));
+        assert!(args("a.*", Some("1"), None)
+            .target()
+            .unwrap_err()
+            .starts_with(r#"CHANNEL "a.*": "#));
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! pattern with `since` so the server sends what was missed. One background thread per
 //! [`Client`] reads the socket and reconnects; the application's calls write through a shared
 //! lock, and events reach it through a bounded channel ([`Client::next_event`]).
+//! A connection with a user (PROTOCOL.md, "Users") is subscribed by the server to its `$user`
+//! stream at connect; the client tracks `$user` like a subscription of its own, so after a
+//! reconnect it asks for it again with `since` and the server sends what the user was sent
+//! meanwhile. A close with 4010 (the user disconnected by the server) ends the client instead
+//! of a reconnect, unless `reconnect_after_disconnect`.
 //! It uses std threads and blocking `std::net` sockets only (no async runtime), never deduplicates or reorders
 //! what the server sends (the server guarantees no gap and no duplicate on recovery; a gap it
 //! cannot avoid arrives as [`Event::Gap`] or `recovered: false`), and never blocks the
@@ -41,11 +46,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use corecast_proto::{Position, Since};
-pub use event::{Event, Message};
+pub use event::{Event, Member, Message, Presence};
 pub use session::ConnectError;
 pub use track::Cursor;
 
-use corecast_proto::channel::{validate_channel, validate_pattern, ChannelError};
+use corecast_proto::channel::{validate_channel, validate_pattern, ChannelError, USER_CHANNEL};
 use corecast_proto::{buffer, tls, wire};
 use link::Link;
 use track::Subscriptions;
@@ -90,8 +95,14 @@ pub struct ClientConfig {
     /// waits for the application instead of dropping events: the socket then fills and the
     /// server's slow-consumer policy applies (disconnect, then recovery on reconnect).
     pub events_max: usize,
-    /// Most patterns subscribed at once (default 1,000); each is resent on every reconnect.
+    /// Most patterns subscribed at once (default 1,000), `$user` not counted (as the server
+    /// counts none); each is resent on every reconnect.
     pub subscriptions_max: usize,
+    /// Whether to reconnect after the server closed the connection with 4010 (its user
+    /// disconnected by `POST /v1/users/disconnect`); default false: the client ends with
+    /// [`Event::Closed`], since a user the server sent away is usually meant to stay away
+    /// (signed out, banned) and a reconnect would undo that, or be refused over and over.
+    pub reconnect_after_disconnect: bool,
 }
 
 impl ClientConfig {
@@ -109,6 +120,7 @@ impl ClientConfig {
             frame_bytes_max: 16 * 1024 * 1024,
             events_max: 10_000,
             subscriptions_max: 1_000,
+            reconnect_after_disconnect: false,
         }
     }
 
@@ -215,6 +227,11 @@ struct State {
     writer: Option<Writer>,
     /// The current connection's epoch.
     epoch: Option<String>,
+    /// The latest connection's user (kept while reconnecting); `None` when anonymous.
+    user: Option<String>,
+    /// The application unsubscribed `$user`: every new connection of a user unsubscribes the
+    /// stream the server subscribed at connect.
+    user_stream_off: bool,
 }
 
 impl State {
@@ -317,6 +334,8 @@ impl Client {
                 subscriptions: Subscriptions::default(),
                 writer: None,
                 epoch: None,
+                user: None,
+                user_stream_off: false,
             }),
             stopped: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
@@ -336,7 +355,8 @@ impl Client {
     }
 
     /// Subscribes to `pattern` from now on; kept across reconnects (resent with `since`).
-    /// Subscribing a pattern twice is a no-op.
+    /// Subscribing a pattern twice is a no-op. `$user` is the connection's own user's stream,
+    /// subscribed already unless the application unsubscribed it.
     pub fn subscribe(&self, pattern: &str) -> Result<(), ClientError> {
         self.add_subscription(pattern, Cursor::default())
     }
@@ -354,8 +374,13 @@ impl Client {
         })?;
         let mut state = self.shared.lock();
         let max = self.shared.config.subscriptions_max;
-        if !state.subscriptions.contains(pattern) && state.subscriptions.count() >= max {
+        let counted =
+            state.subscriptions.count() - usize::from(state.subscriptions.contains(USER_CHANNEL));
+        if pattern != USER_CHANNEL && !state.subscriptions.contains(pattern) && counted >= max {
             return Err(ClientError::TooManySubscriptions { max });
+        }
+        if pattern == USER_CHANNEL {
+            state.user_stream_off = false;
         }
         if !state.subscriptions.add(pattern, position) {
             return Ok(());
@@ -370,9 +395,13 @@ impl Client {
         Ok(())
     }
 
-    /// Stops the subscription to `pattern` (here and on every later connection).
+    /// Stops the subscription to `pattern` (here and on every later connection). For `$user`,
+    /// every later connection unsubscribes the stream the server subscribes at connect.
     pub fn unsubscribe(&self, pattern: &str) -> Result<(), ClientError> {
         let mut state = self.shared.lock();
+        if pattern == USER_CHANNEL {
+            state.user_stream_off = true;
+        }
         if !state.subscriptions.remove(pattern) {
             return Ok(());
         }
@@ -406,10 +435,22 @@ impl Client {
         Ok(id)
     }
 
-    /// The next event, waiting at most `timeout`; `None` when nothing came.
+    /// Asks who is subscribed to `channel` (an exact name this connection is subscribed to, in
+    /// a namespace with `presence`). Returns the command's id, echoed by [`Event::Presence`]
+    /// (or by [`Event::Error`]: `not_subscribed`, `presence_disabled`).
+    pub fn presence(&self, channel: &str) -> Result<u64, ClientError> {
+        check_channel(channel)?;
+        let id = self.next_id();
+        let command = serde_json::json!({"type": "presence", "channel": channel, "id": id});
+        self.shared.lock().send_text(&command.to_string())?;
+        Ok(id)
+    }
+
+    /// The next event, waiting at most `timeout`; `None` when nothing came, and at once after
+    /// [`Event::Closed`] (the session has ended).
     pub fn next_event(&self, timeout: Duration) -> Option<Event> {
         let events = self.events.as_ref().expect("taken only in drop");
-        // Disconnected cannot happen while the client lives: the session ends only in drop.
+        // Disconnected: the session ended after Event::Closed; nothing more will come.
         events.recv_timeout(timeout).ok()
     }
 
@@ -426,6 +467,11 @@ impl Client {
     /// without positions.
     pub fn epoch(&self) -> Option<String> {
         self.shared.lock().epoch.clone()
+    }
+
+    /// The latest connection's user (kept while reconnecting); `None` when anonymous.
+    pub fn user(&self) -> Option<String> {
+        self.shared.lock().user.clone()
     }
 
     /// Where the subscription to `pattern` stands: what a reconnect would resume from, and
@@ -546,6 +592,8 @@ mod tests {
                 subscriptions: Subscriptions::default(),
                 writer: None,
                 epoch: None,
+                user: None,
+                user_stream_off: false,
             }),
             stopped: AtomicBool::new(false),
             next_id: AtomicU64::new(1),

@@ -25,9 +25,11 @@ use crate::backoff::Backoff;
 use crate::buffer::{self, ReadBuffer};
 use crate::event::{parse_frame, Event, Frame};
 use crate::link::Link;
-use crate::track::Reply;
+use crate::track::{Cursor, Reply};
 use crate::wire::{self, UpgradeError, CONTROL_PAYLOAD_BYTES_MAX, OPCODE_CLOSE, OPCODE_PONG};
 use crate::{Shared, Writer};
+use corecast_proto::channel::USER_CHANNEL;
+use corecast_proto::close;
 
 /// Longest wait on one socket read while connected: the ping timer and a stop request are
 /// looked at least this often. Shorter reacts faster, longer wakes an idle client less.
@@ -96,6 +98,7 @@ pub struct Connection {
     /// Holds whatever followed the greeting in the same reads.
     buffer: ReadBuffer,
     conn_id: String,
+    user: Option<String>,
     epoch: Option<String>,
 }
 
@@ -186,10 +189,15 @@ impl Connection {
                 )));
             }
             return match parse_frame(buffer.payload(&frame)) {
-                Ok(Frame::Connected { conn_id, epoch }) => Ok(Connection {
+                Ok(Frame::Connected {
+                    conn_id,
+                    user,
+                    epoch,
+                }) => Ok(Connection {
                     link,
                     buffer,
                     conn_id,
+                    user,
                     epoch,
                 }),
                 Ok(other) => Err(ConnectError::NoGreeting(format!("{other:?}"))),
@@ -232,6 +240,11 @@ pub fn run(shared: Arc<Shared>, events: SyncSender<Event>, first: Connection) {
                 reconnects += 1;
                 match ended {
                     Ended::Lost(reason) => reason,
+                    Ended::Closed { code, reason } => {
+                        // The last event: dropping `events` afterwards tells next_event.
+                        let _ = events.send(Event::Closed { code, reason });
+                        return;
+                    }
                     Ended::Stopped => return,
                 }
             }
@@ -262,6 +275,9 @@ pub fn run(shared: Arc<Shared>, events: SyncSender<Event>, first: Connection) {
 enum Ended {
     /// Lost (closed, reset, silent); carries why. The session reconnects.
     Lost(String),
+    /// Closed by the server for good (4010, see `reconnect_after_disconnect`). The session
+    /// reports it and ends.
+    Closed { code: u16, reason: String },
     /// The application dropped the client. The session ends.
     Stopped,
 }
@@ -283,6 +299,7 @@ fn serve(
         mut link,
         mut buffer,
         conn_id,
+        user,
         epoch,
     } = connection;
     let config = &shared.config;
@@ -303,10 +320,22 @@ fn serve(
             return Ended::Stopped;
         }
         state.epoch.clone_from(&epoch);
+        state.user.clone_from(&user);
         state.writer = Some(writer);
-        let commands = state
-            .subscriptions
-            .resubscribe_commands(|| shared.next_id.fetch_add(1, Ordering::Relaxed));
+        let next_id = || shared.next_id.fetch_add(1, Ordering::Relaxed);
+        if user.is_some() && !state.user_stream_off {
+            // Subscribed by the server; tracked so that the next connection resumes it. Its
+            // first `subscribe` (no position yet) only learns where the stream starts.
+            state.subscriptions.add(USER_CHANNEL, Cursor::default());
+        }
+        let mut commands = state.subscriptions.resubscribe_commands(next_id);
+        if user.is_some() && state.user_stream_off {
+            let id = next_id();
+            commands.push(
+                serde_json::json!({"type": "unsubscribe", "channel": USER_CHANNEL, "id": id})
+                    .to_string(),
+            );
+        }
         for command in commands {
             // A failed write shuts the socket down: the read below sees it and reconnects.
             if state.send_text(&command).is_err() {
@@ -316,6 +345,7 @@ fn serve(
     }
     let connected = Event::Connected {
         conn_id,
+        user,
         epoch: epoch.clone(),
         reconnects,
     };
@@ -370,7 +400,17 @@ fn serve(
                     let close = describe_close(payload);
                     let echo = payload.get(..2).unwrap_or_default();
                     let _ = shared.lock().send_control(OPCODE_CLOSE, echo);
-                    return lose(shared, format!("server closed the connection: {close}"));
+                    let ended = lose(shared, format!("server closed the connection: {close}"));
+                    return match (ended, close_code(payload)) {
+                        (Ended::Lost(_), Some(code))
+                            if code == close::USER_DISCONNECTED
+                                && !config.reconnect_after_disconnect =>
+                        {
+                            let reason = String::from_utf8_lossy(&payload[2..]).into_owned();
+                            Ended::Closed { code, reason }
+                        }
+                        (ended, _) => ended,
+                    };
                 }
                 // Pongs answer no WebSocket Ping of ours; binary frames are not in the contract.
                 _ => {}
@@ -414,6 +454,7 @@ fn serve(
     };
     match ended {
         Ended::Lost(reason) => lose(shared, reason),
+        closed @ Ended::Closed { .. } => closed,
         Ended::Stopped => Ended::Stopped,
     }
 }
@@ -432,7 +473,8 @@ fn lose(shared: &Shared, reason: String) -> Ended {
     }
 }
 
-/// Moves the subscriptions' positions for a delivery or a `subscribed` reply.
+/// Moves the subscriptions' positions for a delivery or a `subscribed` reply, and takes in the
+/// subscriptions the server makes or ends for the connection's user.
 fn track(shared: &Shared, epoch: Option<&str>, event: &Event) {
     match event {
         Event::Message(message) => shared.lock().subscriptions.on_message(
@@ -443,17 +485,46 @@ fn track(shared: &Shared, epoch: Option<&str>, event: &Event) {
         ),
         Event::Subscribed {
             pattern,
+            server,
             epoch: reply_epoch,
             seq,
             recovered,
             ..
-        } => shared.lock().subscriptions.on_subscribed(Reply {
+        } => {
+            let mut state = shared.lock();
+            let reply_epoch = reply_epoch.as_deref().or(epoch);
+            if *server {
+                // Resumed from its reply's position on the next connection, like the
+                // application's own; a repeat keeps the position it has.
+                let start = Cursor {
+                    epoch: reply_epoch.map(str::to_string),
+                    seq: *seq,
+                    offset: None,
+                };
+                state.subscriptions.add(pattern, start);
+            }
+            state.subscriptions.on_subscribed(Reply {
+                pattern,
+                epoch: reply_epoch,
+                seq: *seq,
+                recovered: *recovered,
+            });
+        }
+        Event::Unsubscribed {
             pattern,
-            epoch: reply_epoch.as_deref().or(epoch),
-            seq: *seq,
-            recovered: *recovered,
-        }),
+            server: true,
+        } => {
+            shared.lock().subscriptions.remove(pattern);
+        }
         _ => {}
+    }
+}
+
+/// The status code of a Close payload; `None` for an empty one.
+fn close_code(payload: &[u8]) -> Option<u16> {
+    match payload {
+        [high, low, ..] => Some(u16::from_be_bytes([*high, *low])),
+        _ => None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The close codes of the wire contract (PROTOCOL.md, "Close codes") and of its extensions
-//! (README: 1012 for a new epoch, 4001 for an expired token), by name.
+//! (README: 1012 for a new epoch, 4001 for an expired token, 4010 for a user disconnected by
+//! the server), by name.
 //!
 //! Owns the numbers only. It never decides when a connection closes, nor with which reason: the
 //! server's connection task and the clients do.
@@ -24,5 +25,8 @@ pub const EPOCH_CHANGED: u16 = 1012;
 pub const TOKEN_EXPIRED: u16 = 4001;
 /// A slow consumer: its outbox overflowed.
 pub const SLOW_CONSUMER: u16 = 4008;
+/// Every connection of a user closed by the control plane (`POST /v1/users/disconnect`);
+/// clients should not reconnect on their own.
+pub const USER_DISCONNECTED: u16 = 4010;
 /// Sustained rate-limit abuse.
 pub const RATE_LIMITED: u16 = 4029;

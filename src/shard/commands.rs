@@ -55,6 +55,18 @@ fn check_own_stream(handle: &ConnHandle, name: &str, id: &Option<Value>) -> Resu
     Ok(())
 }
 
+/// The `seq` after which the connection's live subscription to `pattern` (a full name) covers
+/// every message; `None` when it is not subscribed or not live yet.
+fn live_from(handle: &ConnHandle, pattern: &str) -> Option<u64> {
+    handle
+        .subscriptions
+        .borrow()
+        .iter()
+        .find(|subscription| *subscription.pattern == *pattern)
+        .map(|subscription| subscription.covered_from.get())
+        .filter(|&from| from != Subscription::PENDING)
+}
+
 impl ShardCore {
     /// `subscribed` for a live subscription, as of the shard's position now.
     pub(super) fn subscribed_frame(&self, pattern: &str, id: &Option<Value>) -> Bytes {
@@ -81,11 +93,16 @@ impl ShardCore {
         check_grant(handle, pattern, &id)?;
         let full = handle.full_name(pattern);
         let pattern = &*full;
+        let own = channel::visible(pattern) == channel::USER_CHANNEL;
         if handle.is_subscribed(pattern) {
-            return Ok(Some(self.subscribed_frame(pattern, &id)));
+            return match since {
+                Some(since) if own && live_from(handle, pattern).is_some() => {
+                    self.resume(handle, pattern, since, id)
+                }
+                _ => Ok(Some(self.subscribed_frame(pattern, &id))),
+            };
         }
         let counted = handle.counted_subscriptions();
-        let own = channel::visible(pattern) == channel::USER_CHANNEL;
         if counted >= settings.subscriptions_per_conn_max && !own {
             return Err(ErrorReply::new(
                 id,
@@ -128,10 +145,41 @@ impl ShardCore {
         Ok(None)
     }
 
+    /// A `subscribe` with `since` to the connection's own `$user`, which is live already (the
+    /// server subscribed it at connect): what was published to the user after `since` and
+    /// before the subscription went live is recovered, with no `unsubscribe` first, so a
+    /// reconnecting client loses nothing in between and gets nothing twice. The live
+    /// subscription stays as it is; [`Self::recovered`] leaves out what it covers.
+    fn resume(
+        &self,
+        handle: &ConnHandle,
+        pattern: &str,
+        since: Since,
+        id: Option<Value>,
+    ) -> Result<Option<Bytes>, ErrorReply> {
+        if self.forwarder.backlog_len() >= self.settings.queue_items_max {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::Internal,
+                "the server is overloaded; retry later",
+            ));
+        }
+        self.forwarder.send(ToIngest::Recover {
+            shard: self.id,
+            conn: handle.id,
+            id,
+            pattern: pattern.into(),
+            since,
+        });
+        Ok(None)
+    }
+
     /// The ingest core's answer to a `subscribe` with `since`: the subscription goes live, and
     /// its reply and missed messages are queued ahead of any live message. A missed message
     /// that another live subscription of the connection covers was sent already, or will be,
-    /// and is left out, so overlapping subscriptions deliver each message once.
+    /// and is left out, so overlapping subscriptions deliver each message once. A subscription
+    /// live already (a resumed `$user`, [`Self::resume`]) keeps its route and its cover, and
+    /// only what came before its cover is sent.
     pub(super) fn recovered(&self, recovered: Recovered) {
         let Recovered {
             conn,
@@ -148,15 +196,21 @@ impl ShardCore {
         if !handle.is_subscribed(&pattern) {
             return;
         }
-        self.interest.route(&pattern, conn);
+        let live = live_from(&handle, &pattern);
+        if live.is_none() {
+            self.interest.route(&pattern, conn);
+        }
         let bytes = missed.iter().map(|missed| missed.frame.len()).sum();
         let mut joined = bytes::BytesMut::with_capacity(bytes);
         for missed in &missed {
-            if !handle.covered_elsewhere(&pattern, missed.channel(), missed.seq) {
+            let sent_live = live.is_some_and(|from| missed.seq > from);
+            if !sent_live && !handle.covered_elsewhere(&pattern, missed.channel(), missed.seq) {
                 joined.extend_from_slice(&missed.frame);
             }
         }
-        handle.cover_from(&pattern, covered_from);
+        if live.is_none() {
+            handle.cover_from(&pattern, covered_from);
+        }
         self.send_to(&handle, reply);
         handle.push_recovered(joined.freeze());
     }

@@ -26,6 +26,13 @@ export interface ClientOptions {
   WebSocket?: new (url: string) => WebSocket;
   /** A source of uniform numbers in [0, 1) for the jitter (default `Math.random`). */
   random?: () => number;
+  /**
+   * Whether to reconnect after the server closed with 4010, the user disconnected by the
+   * control plane (`POST /v1/users/disconnect`); default false: the client ends (state
+   * `closed`, event `closed`), since a user the server sent away (signed out, banned) is meant
+   * to stay away, and a reconnect would undo that or be refused over and over.
+   */
+  reconnectAfterDisconnect?: boolean;
 }
 
 /** The defaults of `ClientOptions`. */
@@ -34,10 +41,15 @@ export const DEFAULTS: Readonly<{
   backoffCapMs: number;
   pingIntervalMs: number;
   latencySamplesMax: number;
+  reconnectAfterDisconnect: boolean;
 }>;
 
+/** `"$user"`: the connection's own user's stream (a token's `sub`, or `?user=` without auth). */
+export const USER_CHANNEL: "$user";
+
 /** `connecting`: a socket is opening, `connected` not yet received. `open`: `connected`
- * received, subscriptions sent. `reconnecting`: waiting out the backoff. `closed`: `close()`. */
+ * received, subscriptions sent. `reconnecting`: waiting out the backoff. `closed`: `close()`,
+ * or the server's 4010 (see `reconnectAfterDisconnect`). */
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
 
 /** A delivery, exactly as the server sent it. `seq` is absent on servers without the delivery
@@ -65,6 +77,9 @@ export interface Position {
  * `"history_trimmed"` or `"too_many"`. */
 export interface SubscribedEvent {
   pattern: string;
+  /** Made by the server for the connection's user (`POST /v1/users/subscribe`): the client
+   * keeps it across reconnects like its own. */
+  server: boolean;
   epoch: string | null;
   seq: number | null;
   recovered: boolean | null;
@@ -88,6 +103,48 @@ export interface Latency {
   averageMs: number | null;
 }
 
+/** The server ended a subscription: `server` is true for `POST /v1/users/unsubscribe`. */
+export interface UnsubscribedEvent {
+  pattern: string;
+  server: true;
+}
+
+/** One subscribed connection of a presence answer or diff (PROTOCOL.md, Presence). */
+export interface Member {
+  /** Absent or null for an anonymous connection. */
+  user?: string | null;
+  conn_id: string;
+  /** The token's `info` claim, when it has one. */
+  info?: Record<string, unknown> | null;
+}
+
+/** Who is subscribed to a channel, over every shard and node. */
+export interface Presence {
+  channel: string;
+  connections: number;
+  users: number;
+  /** At most the server's `presence_members_max`. */
+  members: Member[];
+  /** Present (true) when `members` stops short of `connections`. */
+  truncated?: boolean;
+}
+
+/** Joins and leaves on a subscribed channel of a `join_leave` namespace since the previous
+ * diff (one per `presence_diff_interval_ms` at most; a connection that joined and left in
+ * between may be in neither). */
+export interface PresenceDiffEvent {
+  channel: string;
+  joined: Member[];
+  left: Member[];
+}
+
+/** The server closed the connection for good (4010, its user disconnected); no reconnect
+ * follows unless `reconnectAfterDisconnect`. */
+export interface ClosedEvent {
+  code: number;
+  reason: string;
+}
+
 export interface StateEvent {
   state: ConnectionState;
   previous: ConnectionState;
@@ -95,8 +152,10 @@ export interface StateEvent {
   attempt?: number;
   /** With `reconnecting`: the delay before the next attempt. */
   delayMs?: number;
-  /** With `reconnecting`: why the connection ended. */
+  /** With `reconnecting`: why the connection ended; with `closed` by the server: its reason. */
   reason?: string;
+  /** With `closed` by the server: its close code (4010). */
+  code?: number;
 }
 
 /** A server error without a request to fail (or a refused subscription, with its pattern),
@@ -112,6 +171,8 @@ export interface ErrorEvent {
 export interface ConnectedFrame {
   type: "connected";
   conn_id: string;
+  /** The connection's user; absent for an anonymous connection. */
+  user?: string;
   shard: number;
   server_time_ms: number;
   heartbeat_s: number;
@@ -122,10 +183,15 @@ export interface ClientEvents {
   state: StateEvent;
   connected: ConnectedFrame;
   subscribed: SubscribedEvent;
+  unsubscribed: UnsubscribedEvent;
   /** A `subscribed` reply to a resubscribe with `since`: `recovered` is `true` or `false`. */
   recovery: SubscribedEvent & { recovered: boolean };
   gap: GapEvent;
+  /** A message of a server-side subscription the application gave no handler for. */
+  message: Message;
+  presence_diff: PresenceDiffEvent;
   latency: Latency;
+  closed: ClosedEvent;
   error: ErrorEvent;
 }
 
@@ -159,9 +225,13 @@ export class Client {
   /** The server's epoch from the last `connected` frame (`null` before, or on an old server). */
   readonly epoch: string | null;
   readonly connId: string | null;
+  /** The user of the last `connected` frame (`null` before, or for an anonymous connection). */
+  readonly user: string | null;
   readonly latency: Latency;
   on<K extends keyof ClientEvents>(name: K, listener: (event: ClientEvents[K]) => void): () => void;
-  /** Throws `CorecastError("invalid_channel")` on a pattern the contract refuses. */
+  /** Throws `CorecastError("invalid_channel")` on a pattern the contract refuses. `"$user"`
+   * takes the messages published to the connection's user (subscribed by the server at
+   * connect), resumed with `since` after a reconnect. */
   subscribe<T = unknown>(pattern: string, handler: Handler<T>): Subscription;
   /** Without `handler`, drops every handler of the pattern. */
   unsubscribe(pattern: string, handler?: Handler<any>): Promise<void>;
@@ -169,11 +239,15 @@ export class Client {
   publish(channel: string, data: unknown): Promise<{ channel: string; offset: number }>;
   /** Fails with `disconnected` unless the state is `open`, `not_subscribed` off subscriptions. */
   ack(channel: string, offset: number): Promise<void>;
+  /** Who is subscribed to `channel` (exact, subscribed by this connection). Fails with
+   * `disconnected`, `not_subscribed` or `presence_disabled`. */
+  presence(channel: string): Promise<Presence>;
   close(): void;
 }
 
 /** Why `pattern` is not a valid channel or pattern, or `null` if it is. */
 export function patternError(pattern: string): string | null;
 
-/** Whether `pattern` (with `*`, `>`) matches the channel name `channel`. */
+/** Whether `pattern` (with `*`, `>`) matches the channel name `channel`; no wildcard stands for a
+ * `$` token. */
 export function matches(pattern: string, channel: string): boolean;

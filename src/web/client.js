@@ -6,6 +6,13 @@
 // contract). What it cannot recover (`recovered:false`) and what the server dropped (`gap`) it
 // reports to the application, never hides. Types: client.d.ts beside this file.
 //
+// A connection with a user (a token's `sub`, or `?user=` on a server without auth) is
+// subscribed by the server to `$user` at connect; `subscribe("$user", handler)` hands its
+// messages to `handler` and resumes the stream with `since` after a reconnect. Subscriptions
+// the server makes for the user (`server: true`) are kept like the application's own. A close
+// with 4010 (the server disconnected the user) ends the client, unless
+// `reconnectAfterDisconnect`.
+//
 //   import { Client } from "http://HOST:PORT/client.js";
 //   const client = new Client({ url: "ws://HOST:PORT/ws" });
 //   client.on("recovery", (event) => { if (!event.recovered) reload(event.pattern); });
@@ -18,6 +25,7 @@ export const DEFAULTS = Object.freeze({
   backoffCapMs: 30000,
   pingIntervalMs: 10000,
   latencySamplesMax: 10,
+  reconnectAfterDisconnect: false,
 });
 
 /** Largest doubling of the backoff base applied: 2^30 already exceeds any sensible cap. */
@@ -38,6 +46,12 @@ const TOKEN = /^[A-Za-z0-9_:@=+-]+$/;
 /** The first token of the server's own channels (`$sys.stats`): only patterns naming it match. */
 const SYSTEM_TOKEN = "$sys";
 
+/** The connection's own user's stream (PROTOCOL.md, Users): a name of its own, never a prefix. */
+export const USER_CHANNEL = "$user";
+
+/** The close code of a user disconnected by the server (`POST /v1/users/disconnect`). */
+const CLOSE_USER_DISCONNECTED = 4010;
+
 /** An error the server answered (`code` is the contract's error code) or a closed connection. */
 export class CorecastError extends Error {
   constructor(code, message) {
@@ -54,6 +68,7 @@ export class CorecastError extends Error {
  */
 export function patternError(pattern) {
   if (typeof pattern !== "string") return "a channel must be a string";
+  if (pattern === USER_CHANNEL) return null;
   const bytes = new TextEncoder().encode(pattern).length;
   if (bytes < 1 || bytes > CHANNEL_BYTES_MAX) {
     return `a channel has 1 to ${CHANNEL_BYTES_MAX} bytes, this one ${bytes}`;
@@ -68,17 +83,25 @@ export function patternError(pattern) {
   return null;
 }
 
-/** Whether `pattern` (with `*` and `>`) matches the channel name `channel`. */
+/**
+ * Whether `pattern` (with `*` and `>`) matches the channel name `channel`. No wildcard stands
+ * for a token the server reserves (`$sys`, `$user`): a pattern must spell it out.
+ */
 export function matches(pattern, channel) {
   const wanted = pattern.split(".");
   const tokens = channel.split(".");
-  if (tokens[0] === SYSTEM_TOKEN && wanted[0] !== SYSTEM_TOKEN) return false;
   for (let at = 0; at < wanted.length; at += 1) {
-    if (wanted[at] === ">") return at === wanted.length - 1 && tokens.length > at;
+    if (wanted[at] === ">") {
+      return at === wanted.length - 1 && tokens.length > at && !tokens.slice(at).some(reserved);
+    }
     if (at >= tokens.length) return false;
-    if (wanted[at] !== "*" && wanted[at] !== tokens[at]) return false;
+    if (wanted[at] === "*" ? reserved(tokens[at]) : wanted[at] !== tokens[at]) return false;
   }
   return tokens.length === wanted.length;
+}
+
+function reserved(token) {
+  return token.startsWith("$");
 }
 
 /** Whether `pattern` names one channel (no wildcard): only those may recover by offset. */
@@ -134,6 +157,13 @@ class Subscription {
     // per connection, so a missed one that an overlapping subscription recovers first arrives
     // before this one's reply, and belongs to it too if it lies past its position (`since`).
     this.recovering = null;
+    // Messages of an exact channel that arrive while it recovers by offset and lie past what
+    // the recovery will send: the server's live `$user` sends them ahead of the recovered ones
+    // when a publish lands between connect and the resume. They are handed over once the
+    // recovery has caught up to them, so handlers see offsets in order.
+    this.held = [];
+    // Made by the server for the connection's user (`POST /v1/users/subscribe`).
+    this.server = false;
     this.firstReply = deferred();
   }
 
@@ -181,6 +211,31 @@ class Subscription {
     }
   }
 
+  /** Whether a message arriving now must wait for the recovery in progress (see `held`). */
+  holds(message) {
+    return (
+      !this.active &&
+      this.exact &&
+      this.recovering !== null &&
+      this.recovering.offset !== undefined &&
+      typeof message.offset === "number"
+    );
+  }
+
+  /**
+   * Hands over the held messages the recovery has caught up to (all of them when `all`, or once
+   * the recovery is known to send nothing more: not recovered, or past them).
+   */
+  release(all) {
+    while (this.held.length > 0) {
+      const next = this.held[0];
+      const caughtUp = this.lastOffset !== null && this.lastOffset + 1 >= next.offset;
+      if (!all && !caughtUp) return;
+      this.held.shift();
+      if (this.takes(next)) this.deliver(next);
+    }
+  }
+
   /** Whether `message` (of a channel this pattern matches) was not yet taken by it. */
   takes(message) {
     const taken = this.channelOffsets.get(message.channel);
@@ -199,6 +254,11 @@ class Subscription {
         this.channelOffsets.delete(this.channelOffsets.keys().next().value);
       }
     }
+    if (this.handlers.size === 0) {
+      // A server-side subscription the application gave no handler for.
+      this.client.emit("message", message);
+      return;
+    }
     for (const handler of [...this.handlers]) {
       try {
         handler(message, this.handle);
@@ -211,8 +271,8 @@ class Subscription {
 
 /**
  * A connection to corecast that stays up: see the module comment and client.d.ts.
- * Events (`on(name, listener)`): "state", "connected", "subscribed", "recovery", "gap",
- * "latency", "error".
+ * Events (`on(name, listener)`): "state", "connected", "subscribed", "unsubscribed",
+ * "recovery", "gap", "message", "presence_diff", "latency", "closed", "error".
  */
 export class Client {
   constructor(options) {
@@ -230,6 +290,7 @@ export class Client {
     this.state = "connecting";
     this.epoch = null;
     this.connId = null;
+    this.user = null;
     this.attempt = 0;
     this.socket = null;
     this.reconnectTimer = null;
@@ -273,17 +334,7 @@ export class Client {
     if (typeof handler !== "function") throw new TypeError("subscribe needs a handler function");
     let subscription = this.subscriptions.get(pattern);
     if (subscription === undefined) {
-      subscription = new Subscription(this, pattern);
-      subscription.handle = {
-        pattern,
-        ready: subscription.firstReply.promise,
-        position: () => ({
-          epoch: subscription.epoch,
-          seq: subscription.lastSeq,
-          offset: subscription.lastOffset,
-        }),
-      };
-      this.subscriptions.set(pattern, subscription);
+      subscription = this.track(pattern);
       if (this.state === "open") this.sendSubscribe(subscription);
     }
     subscription.handlers.add(handler);
@@ -294,6 +345,22 @@ export class Client {
       position: handle.position,
       unsubscribe: () => this.unsubscribe(pattern, handler),
     };
+  }
+
+  /** A new subscription of `pattern`, tracked from now on (sent by the caller). */
+  track(pattern) {
+    const subscription = new Subscription(this, pattern);
+    subscription.handle = {
+      pattern,
+      ready: subscription.firstReply.promise,
+      position: () => ({
+        epoch: subscription.epoch,
+        seq: subscription.lastSeq,
+        offset: subscription.lastOffset,
+      }),
+    };
+    this.subscriptions.set(pattern, subscription);
+    return subscription;
   }
 
   /** Removes `handler`; the server subscription ends with the pattern's last handler. */
@@ -314,6 +381,17 @@ export class Client {
       channel: reply.channel,
       offset: reply.offset,
     }));
+  }
+
+  /**
+   * Who is subscribed to `channel` (an exact name this connection is subscribed to, in a
+   * namespace with presence): resolves to `{channel, connections, users, members, truncated?}`.
+   */
+  presence(channel) {
+    return this.request({ type: "presence", channel }).then((reply) => {
+      const { type, id, ...presence } = reply;
+      return presence;
+    });
   }
 
   /** Acknowledges `offset` on `channel`; resolves once the server recorded it. */
@@ -364,8 +442,20 @@ export class Client {
       if (this.socket === socket) this.lost("socket error");
     };
     socket.onclose = (event) => {
-      if (this.socket === socket) this.lost(`closed ${event.code} ${event.reason}`.trim());
+      if (this.socket !== socket) return;
+      if (event.code === CLOSE_USER_DISCONNECTED && !this.options.reconnectAfterDisconnect) {
+        this.ended(event.code, event.reason);
+        return;
+      }
+      this.lost(`closed ${event.code} ${event.reason}`.trim());
     };
+  }
+
+  /** The server closed the connection for good (4010): no reconnect, pending requests fail. */
+  ended(code, reason) {
+    this.drop(1000, `closed ${code} ${reason}`.trim());
+    this.setState("closed", { code, reason });
+    this.emit("closed", { code, reason });
   }
 
   /** The connection ended (closed, failed, or declared dead): clean up and try again. */
@@ -383,6 +473,9 @@ export class Client {
     this.pingTimer = null;
     this.pings.clear();
     for (const subscription of this.subscriptions.values()) {
+      // Held messages were received: they are the application's, and the position moves past
+      // them, so the next connection does not ask for them again.
+      subscription.release(true);
       subscription.active = false;
       subscription.recovering = null;
     }
@@ -442,6 +535,12 @@ export class Client {
         });
       case "pong":
         return this.pong(frame);
+      case "presence_diff":
+        return this.emit("presence_diff", {
+          channel: frame.channel,
+          joined: frame.joined || [],
+          left: frame.left || [],
+        });
       default:
         return this.reply(frame);
     }
@@ -452,7 +551,15 @@ export class Client {
     this.attempt = 0;
     this.connId = frame.conn_id;
     this.epoch = typeof frame.epoch === "string" ? frame.epoch : null;
-    for (const subscription of this.subscriptions.values()) this.sendSubscribe(subscription);
+    this.user = typeof frame.user === "string" ? frame.user : null;
+    for (const subscription of this.subscriptions.values()) {
+      this.sendSubscribe(subscription);
+      // The server subscribed `$user` at connect: its messages are live before the reply,
+      // unless they wait for the recovery of a position.
+      if (subscription.pattern === USER_CHANNEL && this.user !== null && subscription.recovering === null) {
+        subscription.active = true;
+      }
+    }
     this.pingTimer = setInterval(() => this.ping(), this.options.pingIntervalMs);
     // Listeners last: one may close the client, which clears what was just set up.
     this.setState("open");
@@ -469,10 +576,16 @@ export class Client {
     for (const subscription of [...this.subscriptions.values()]) {
       if (!subscription.wants(frame)) continue;
       matched = true;
+      if (subscription.holds(frame)) {
+        subscription.held.push(frame);
+        taken = true;
+        continue;
+      }
       if (subscription.takes(frame)) {
         subscription.deliver(frame);
         taken = true;
       }
+      subscription.release(false);
     }
     if (matched && !taken) {
       this.emit("error", {
@@ -483,6 +596,7 @@ export class Client {
   }
 
   reply(frame) {
+    if (frame.server === true) return this.serverSide(frame);
     const pending = frame.id === undefined || frame.id === null ? undefined : this.pending.get(frame.id);
     if (pending === undefined) {
       if (frame.type === "error") this.emit("error", { code: frame.code, message: frame.message });
@@ -492,6 +606,31 @@ export class Client {
     if (pending.subscription !== undefined) return this.subscribeReply(pending.subscription, frame);
     if (frame.type === "error") settle(pending, false, new CorecastError(frame.code, frame.message));
     else settle(pending, true, frame);
+  }
+
+  /**
+   * A subscription the server made or ended for the connection's user: tracked like the
+   * application's own (resumed with `since` after a reconnect), its messages going to the
+   * pattern's handlers, or to the "message" event without one.
+   */
+  serverSide(frame) {
+    const pattern = frame.channel;
+    if (frame.type === "unsubscribed") {
+      const subscription = this.subscriptions.get(pattern);
+      if (subscription !== undefined) {
+        this.subscriptions.delete(pattern);
+        settle(subscription.firstReply, false, new CorecastError("unsubscribed", `${pattern} was unsubscribed by the server`));
+      }
+      this.emit("unsubscribed", { pattern, server: true });
+      return;
+    }
+    if (frame.type !== "subscribed") return;
+    let subscription = this.subscriptions.get(pattern);
+    if (subscription === undefined) {
+      subscription = this.track(pattern);
+      subscription.server = true;
+    }
+    this.subscribeReply(subscription, frame);
   }
 
   subscribeReply(subscription, frame) {
@@ -505,8 +644,10 @@ export class Client {
       return;
     }
     subscription.confirmed(frame);
+    subscription.release(frame.recovered !== true);
     const event = {
       pattern: subscription.pattern,
+      server: frame.server === true,
       epoch: frame.epoch === undefined ? null : frame.epoch,
       seq: frame.seq === undefined ? null : frame.seq,
       recovered: frame.recovered === undefined ? null : frame.recovered,

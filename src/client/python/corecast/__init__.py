@@ -1,9 +1,11 @@
 """Publish to a corecast server from Python.
 
-`Client` (blocking) and `AsyncClient` (asyncio) call the control-plane HTTP API: `publish`,
-`publish_batch`, `history`, `stats`, `channels` and `health`, with API keys, timeouts and
-retries with backoff on 503 `overloaded`. Every failure raises a `CorecastError`; `ApiError`
-carries the server's HTTP status, `code` and message.
+`Client` (blocking) and `AsyncClient` (asyncio) call the control-plane HTTP API: `publish`
+(to a channel, or to a user), `publish_batch`, `history`, `stats`, `channels`, `health`, the
+acts on a user's connections (`disconnect_user`, `subscribe_user`, `unsubscribe_user`) and
+`presence`, with API keys, timeouts and retries with backoff on 503 `overloaded`. Every
+failure raises a `CorecastError`; `ApiError` carries the server's HTTP status, `code` and
+message.
 
     from corecast import Client
     with Client("http://127.0.0.1:8081", api_key="...") as corecast:
@@ -14,9 +16,12 @@ from .aio import AsyncClient
 from .client import Client
 from .errors import ApiError, CorecastError, ProtocolError, RequestTimeout, TransportError
 from .models import (
+    USER_CHANNEL,
     ChannelInfo,
     HistoryMessage,
     HistoryPage,
+    Member,
+    Presence,
     Priority,
     Published,
     PublishMessage,
@@ -31,6 +36,8 @@ __all__ = [
     "CorecastError",
     "HistoryMessage",
     "HistoryPage",
+    "Member",
+    "Presence",
     "Priority",
     "ProtocolError",
     "PublishMessage",
@@ -38,4 +45,5 @@ __all__ = [
     "RequestTimeout",
     "Stats",
     "TransportError",
+    "USER_CHANNEL",
 ]

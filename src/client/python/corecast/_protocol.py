@@ -15,9 +15,12 @@ from typing import Any, Callable, Dict, Generic, List, Mapping, Optional, Sequen
 
 from .errors import ApiError, CorecastError, ProtocolError, TransportError
 from .models import (
+    USER_CHANNEL,
     ChannelInfo,
     HistoryMessage,
     HistoryPage,
+    Member,
+    Presence,
     Priority,
     Published,
     PublishMessage,
@@ -112,14 +115,30 @@ def _encode(value: Any) -> bytes:
     return json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
 
 
+NO_DATA: Any = object()
+"""`publish`'s default for `data`, which it must be given: `channel` may be left out for
+`user`, and a positional `data` cannot follow a defaulted `channel` otherwise."""
+
+
 def _message(
-    channel: str, data: Any, priority: Optional[Priority], tenant: Optional[str]
+    channel: Optional[str],
+    data: Any,
+    priority: Optional[Priority],
+    tenant: Optional[str],
+    user: Optional[str],
 ) -> Dict[str, Any]:
-    if not isinstance(channel, str):
-        raise TypeError(f"channel must be a str, got {type(channel).__name__}")
+    if data is NO_DATA:
+        raise TypeError("publish needs data (any JSON value)")
+    if (channel is None) == (user is None):
+        raise ValueError(
+            f"give exactly one of channel and user, got channel={channel!r} and user={user!r}"
+        )
+    target, name = ("channel", channel) if user is None else ("user", user)
+    if not isinstance(name, str):
+        raise TypeError(f"{target} must be a str, got {type(name).__name__}")
     if priority is not None and priority not in PRIORITIES:
         raise ValueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
-    body: Dict[str, Any] = {"channel": channel, "data": data}
+    body: Dict[str, Any] = {target: name, "data": data}
     if priority is not None:
         body["priority"] = priority
     if tenant is not None:
@@ -171,24 +190,30 @@ class _Shape:
 
 def _published(shape: _Shape, value: Any) -> Published:
     obj = shape.obj(value, "the publish answer")
+    user = shape.opt_text(obj, "user")
     return Published(
-        channel=shape.text(obj, "channel"),
+        channel=USER_CHANNEL if user is not None else shape.text(obj, "channel"),
         offset=shape.count(obj, "offset"),
         tenant=shape.opt_text(obj, "tenant"),
+        user=user,
     )
 
 
 def publish(
-    channel: str, data: Any, priority: Optional[Priority], tenant: Optional[str]
+    channel: Optional[str],
+    data: Any,
+    priority: Optional[Priority],
+    tenant: Optional[str],
+    user: Optional[str] = None,
 ) -> Operation[Published]:
-    """`POST /v1/publish`."""
-    body = _encode(_message(channel, data, priority, tenant))
+    """`POST /v1/publish`, to a channel or (`user`) to every connection of a user."""
+    body = _encode(_message(channel, data, priority, tenant, user))
     return Operation("POST", "/v1/publish", {}, body, _published, False)
 
 
 def publish_batch(messages: Sequence[PublishMessage]) -> Operation[List[Published]]:
     """`POST /v1/publish/batch`: all or nothing, answered in order."""
-    bodies = [_message(m.channel, m.data, m.priority, m.tenant) for m in messages]
+    bodies = [_message(m.channel, m.data, m.priority, m.tenant, m.user) for m in messages]
     count = len(bodies)
 
     def parse(shape: _Shape, value: Any) -> List[Published]:
@@ -198,6 +223,72 @@ def publish_batch(messages: Sequence[PublishMessage]) -> Operation[List[Publishe
         return [_published(shape, result) for result in results]
 
     return Operation("POST", "/v1/publish/batch", {}, _encode({"messages": bodies}), parse, False)
+
+
+def _user_act(path: str, body: Dict[str, Any]) -> Operation[None]:
+    """`POST path` with `body`, answered `{"user":..}` (and the channel, for a subscribe)."""
+    user = body["user"]
+    if not isinstance(user, str):
+        raise TypeError(f"user must be a str, got {type(user).__name__}")
+
+    def parse(shape: _Shape, value: Any) -> None:
+        if shape.text(shape.obj(value, "the answer"), "user") != user:
+            raise shape.fail(f"the answer names another user than {user!r}")
+
+    # Not sent again after a broken connection: a repeat would disconnect the user's
+    # connections made in between.
+    return Operation("POST", path, {}, _encode(body), parse, False)
+
+
+def disconnect_user(user: str, reason: Optional[str]) -> Operation[None]:
+    """`POST /v1/users/disconnect`: close every connection of `user` with 4010."""
+    body: Dict[str, Any] = {"user": user}
+    if reason is not None:
+        body["reason"] = reason
+    return _user_act("/v1/users/disconnect", body)
+
+
+def subscribe_user(user: str, channel: str) -> Operation[None]:
+    """`POST /v1/users/subscribe`: subscribe every live connection of `user` to `channel`."""
+    return _user_act("/v1/users/subscribe", {"user": user, "channel": channel})
+
+
+def unsubscribe_user(user: str, channel: str) -> Operation[None]:
+    """`POST /v1/users/unsubscribe`: the reverse of `subscribe_user`."""
+    return _user_act("/v1/users/unsubscribe", {"user": user, "channel": channel})
+
+
+def _presence(shape: _Shape, value: Any) -> Presence:
+    obj = shape.obj(value, "the presence answer")
+    members = []
+    for item in shape.array(obj.get("members", []), "`members`"):
+        member = shape.obj(item, "a member")
+        info = member.get("info")
+        members.append(
+            Member(
+                conn_id=shape.text(member, "conn_id"),
+                user=shape.opt_text(member, "user"),
+                info=None if info is None else shape.obj(info, "a member's `info`"),
+            )
+        )
+    truncated = obj.get("truncated", False)
+    if not isinstance(truncated, bool):
+        raise shape.fail("`truncated` is not a boolean")
+    return Presence(
+        channel=shape.text(obj, "channel"),
+        connections=shape.count(obj, "connections"),
+        users=shape.count(obj, "users"),
+        members=members,
+        truncated=truncated,
+    )
+
+
+def presence(channel: str, members: bool) -> Operation[Presence]:
+    """`GET /v1/presence?channel=..[&members=false]`."""
+    params = {"channel": channel}
+    if not members:
+        params["members"] = "false"
+    return Operation("GET", "/v1/presence", params, None, _presence, True)
 
 
 def _history_page(shape: _Shape, value: Any) -> HistoryPage:

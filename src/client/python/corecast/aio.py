@@ -18,7 +18,15 @@ import httpx
 from . import _protocol, _wire
 from .client import DEFAULT_URL
 from .errors import CorecastError
-from .models import ChannelInfo, HistoryPage, Priority, Published, PublishMessage, Stats
+from .models import (
+    ChannelInfo,
+    HistoryPage,
+    Presence,
+    Priority,
+    Published,
+    PublishMessage,
+    Stats,
+)
 
 T = TypeVar("T")
 
@@ -62,14 +70,15 @@ class AsyncClient:
 
     async def publish(
         self,
-        channel: str,
-        data: Any,
+        channel: Optional[str] = None,
+        data: Any = _protocol.NO_DATA,
         *,
+        user: Optional[str] = None,
         priority: Optional[Priority] = None,
         tenant: Optional[str] = None,
     ) -> Published:
         """`Client.publish`."""
-        return await self._call(_protocol.publish(channel, data, priority, tenant))
+        return await self._call(_protocol.publish(channel, data, priority, tenant, user))
 
     async def publish_batch(self, messages: Iterable[PublishMessage]) -> List[Published]:
         """`Client.publish_batch`."""
@@ -85,6 +94,22 @@ class AsyncClient:
     ) -> HistoryPage:
         """`Client.history`."""
         return await self._call(_protocol.history(channel, since, limit, tenant))
+
+    async def disconnect_user(self, user: str, reason: Optional[str] = None) -> None:
+        """`Client.disconnect_user`."""
+        await self._call(_protocol.disconnect_user(user, reason))
+
+    async def subscribe_user(self, user: str, channel: str) -> None:
+        """`Client.subscribe_user`."""
+        await self._call(_protocol.subscribe_user(user, channel))
+
+    async def unsubscribe_user(self, user: str, channel: str) -> None:
+        """`Client.unsubscribe_user`."""
+        await self._call(_protocol.unsubscribe_user(user, channel))
+
+    async def presence(self, channel: str, *, members: bool = True) -> Presence:
+        """`Client.presence`."""
+        return await self._call(_protocol.presence(channel, members))
 
     async def stats(self) -> Stats:
         """`Client.stats`."""

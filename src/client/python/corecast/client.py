@@ -17,7 +17,15 @@ import httpx
 
 from . import _deadline, _protocol, _wire
 from .errors import CorecastError
-from .models import ChannelInfo, HistoryPage, Priority, Published, PublishMessage, Stats
+from .models import (
+    ChannelInfo,
+    HistoryPage,
+    Presence,
+    Priority,
+    Published,
+    PublishMessage,
+    Stats,
+)
 
 T = TypeVar("T")
 
@@ -84,18 +92,21 @@ class Client:
 
     def publish(
         self,
-        channel: str,
-        data: Any,
+        channel: Optional[str] = None,
+        data: Any = _protocol.NO_DATA,
         *,
+        user: Optional[str] = None,
         priority: Optional[Priority] = None,
         tenant: Optional[str] = None,
     ) -> Published:
-        """Publishes `data` (any JSON value) to `channel`; returns the offset it was given.
+        """Publishes `data` (any JSON value) to `channel`, or with `user` instead to every
+        connection of that user (their `$user` stream, on every shard and node); returns the
+        offset it was given (in the channel, or in the user's stream).
 
         `priority` is `"critical"`, `"high"` or `"normal"` (the server's default); `tenant`
         publishes in that tenant (an operator's key; a tenant's key implies its own).
         """
-        return self._call(_protocol.publish(channel, data, priority, tenant))
+        return self._call(_protocol.publish(channel, data, priority, tenant, user))
 
     def publish_batch(self, messages: Iterable[PublishMessage]) -> List[Published]:
         """Publishes every message or none (a refusal raises, and none was published), in
@@ -113,6 +124,28 @@ class Client:
         """The stored messages of `channel` after offset `since`, oldest first, at most `limit`
         (the server's default 100, and at most its `recovery_messages_max`)."""
         return self._call(_protocol.history(channel, since, limit, tenant))
+
+    def disconnect_user(self, user: str, reason: Optional[str] = None) -> None:
+        """Closes every connection of `user` on every node with close code 4010 and `reason`
+        (the server's default: "disconnected by the server"). A user with no connection is
+        no error."""
+        self._call(_protocol.disconnect_user(user, reason))
+
+    def subscribe_user(self, user: str, channel: str) -> None:
+        """Subscribes every live connection of `user` to `channel` (a channel or pattern);
+        each receives a `subscribed` frame with `"server": true`. Later connections are not
+        subscribed by this."""
+        self._call(_protocol.subscribe_user(user, channel))
+
+    def unsubscribe_user(self, user: str, channel: str) -> None:
+        """Ends the subscription of every live connection of `user` to `channel`."""
+        self._call(_protocol.unsubscribe_user(user, channel))
+
+    def presence(self, channel: str, *, members: bool = True) -> Presence:
+        """Who is subscribed to `channel` (an exact name, in a namespace with `presence`);
+        `members=False` asks for the counts alone. A namespace without presence raises
+        `ApiError` 400 `presence_disabled`."""
+        return self._call(_protocol.presence(channel, members))
 
     def stats(self) -> Stats:
         """The server's counters (`GET /v1/stats`; an operator's key)."""

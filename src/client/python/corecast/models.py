@@ -13,26 +13,47 @@ Priority = Literal["critical", "high", "normal"]
 """A publish's lane (README, "Delivery guarantees"); the server's default is `normal`."""
 
 
+USER_CHANNEL = "$user"
+"""The channel on which every connection of a user receives what is published to that user
+(PROTOCOL.md, "Users"): `Published.channel` of a publish to a user."""
+
+
 @dataclass(frozen=True)
 class PublishMessage:
-    """One message of `publish_batch`: the same fields as `publish`'s arguments."""
+    """One message of `publish_batch`: the same fields as `publish`'s arguments. Exactly one
+    of `channel` and `user` is set; `PublishMessage.to_user` makes one for a user."""
 
-    channel: str
+    channel: Optional[str]
     data: Any
     priority: Optional[Priority] = None
     tenant: Optional[str] = None
+    user: Optional[str] = None
+
+    @classmethod
+    def to_user(
+        cls,
+        user: str,
+        data: Any,
+        priority: Optional[Priority] = None,
+        tenant: Optional[str] = None,
+    ) -> "PublishMessage":
+        """A message to every connection of `user` (its `$user` stream)."""
+        return cls(None, data, priority, tenant, user)
 
 
 @dataclass(frozen=True)
 class Published:
     """The server's answer to a publish: the channel and the offset it gave the message.
 
-    `tenant` is the tenant it was published in, or `None` outside any tenant.
+    `tenant` is the tenant it was published in, or `None` outside any tenant. A publish to a
+    user has `user` set, `channel` `"$user"` (where its connections receive it) and an offset
+    in that user's stream.
     """
 
     channel: str
     offset: int
     tenant: Optional[str] = None
+    user: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,32 @@ class ChannelInfo:
     channel: str
     subscribers: int
     tenant: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Member:
+    """One subscribed connection of a presence answer: its user (`None` when anonymous), its
+    connection id, and its token's `info` claim (`None` without one)."""
+
+    conn_id: str
+    user: Optional[str] = None
+    info: Optional[Dict[str, Any]] = None
+
+
+@dataclass(frozen=True)
+class Presence:
+    """`GET /v1/presence`: who is subscribed to `channel` over every shard and node.
+
+    `connections` and `users` count them (anonymous connections count no user); `members`
+    lists at most the server's `presence_members_max` (`truncated` past it), and is empty when
+    asked with `members=False`.
+    """
+
+    channel: str
+    connections: int
+    users: int
+    members: List[Member]
+    truncated: bool = False
 
 
 @dataclass(frozen=True)

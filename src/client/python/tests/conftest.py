@@ -126,6 +126,7 @@ class Stub:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.requests = 0
+        self.heads: List[bytes] = []
         self.stopping = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.1)
@@ -161,6 +162,7 @@ class Stub:
                     length = int(value)
             while len(body) < length:
                 body += conn.recv(4096)
+            self.heads.append(header)
             number = self.requests
             self.requests += 1
             self.handler(conn, number)
