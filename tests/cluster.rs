@@ -1381,6 +1381,29 @@ async fn a_user_on_two_nodes_gets_its_stream_and_every_node_acts_on_it() {
                 assert_message(&ada.recv().await, "$user", n, &json!(n));
             }
         }
+        // Ada's connection to b drops; she misses two, published through b, and back she
+        // recovers exactly them.
+        let epoch = ada_b.hello["epoch"].clone();
+        drop(ada_b);
+        for n in 4..=5 {
+            b.post(
+                "/v1/publish",
+                &json!({"user": "ada", "data": n}).to_string(),
+            )
+            .await;
+        }
+        assert_message(&ada_a.recv().await, "$user", 4, &json!(4));
+        assert_message(&ada_a.recv().await, "$user", 5, &json!(5));
+        let mut ada_b = Client::connect_path(&b, "/ws?user=ada").await;
+        let reply = ada_b
+            .request(json!({"type": "subscribe", "channel": "$user", "id": 1,
+                            "since": {"epoch": epoch, "offset": 3}}))
+            .await;
+        assert_eq!(reply["recovered"], true, "{reply}");
+        for n in 4..=5 {
+            assert_message(&ada_b.recv().await, "$user", n, &json!(n));
+        }
+        ada_b.expect_silence("recovered once, nothing twice").await;
 
         // Subscribed from node b's API, on both nodes.
         let reply = b
