@@ -320,7 +320,7 @@ pub struct Member {
 
 /// Who is subscribed to one channel on one shard (or node): exact counts, and the members,
 /// at most `presence_members_max` of them.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
 pub struct PresenceCount {
     pub connections: usize,
     /// The distinct users among them, so that the ingest core counts users over every shard
@@ -331,7 +331,7 @@ pub struct PresenceCount {
 
 /// One channel's joins and leaves on a shard over one interval. A connection that joined and
 /// left in it is in neither list.
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PresenceChange {
     /// The channel's full name.
     pub channel: Arc<str>,

@@ -360,7 +360,9 @@ impl IngestCore {
             queries: Queries::default(),
             diffs: presence::Diffs::default(),
             presence_asks: Cell::new(0),
-            cluster: cluster.map(cluster::ClusterLink::new),
+            cluster: cluster.map(|requests| {
+                cluster::ClusterLink::new(requests, sys_stats::node_token(&config).into())
+            }),
             admission: RefCell::default(),
             tenants: TenantLimits::new(settings.tenant_publishes_per_s),
             overloaded_refused_total: Cell::new(0),
@@ -590,8 +592,61 @@ impl IngestCore {
     /// every node): exact counts, at most `presence_members_max` members.
     pub async fn presence(&self, channel: Arc<str>) -> presence::Totals {
         let members_max = self.config.presence_members_max;
-        let answers = self.query(QueryKind::Presence(channel)).await;
-        presence::Totals::of_answers(answers, members_max)
+        let answers = self.query(QueryKind::Presence(channel.clone())).await;
+        let mut totals = presence::Totals::of_answers(answers, members_max);
+        if let Some(link) = &self.cluster {
+            match link
+                .read_presence(channel, self.settings.redis_timeout)
+                .await
+            {
+                Ok(entries) => {
+                    for entry in entries {
+                        match serde_json::from_str::<crate::msg::PresenceCount>(&entry) {
+                            Ok(count) => totals.add(count, members_max),
+                            Err(err) => {
+                                tracing::warn!(error = %err, "ignoring a malformed presence entry")
+                            }
+                        }
+                    }
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "presence without the other nodes' members");
+                }
+            }
+        }
+        totals
+    }
+
+    /// Cluster mode: writes this node's members of every presence channel to Redis every
+    /// second, each entry expiring in `cluster::NODE_TTL_S` (see [`crate::cluster`]).
+    async fn run_presence_refresh(self: Rc<Self>) {
+        let members_max = self.config.presence_members_max;
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            let Some(link) = &self.cluster else { return };
+            let mut channels: hashbrown::HashMap<Arc<str>, presence::Totals> =
+                hashbrown::HashMap::new();
+            for (_, answer) in self.query(QueryKind::PresenceAll).await {
+                if let Answer::PresenceAll(counts) = answer {
+                    for (channel, count) in counts {
+                        channels.entry(channel).or_default().add(count, members_max);
+                    }
+                }
+            }
+            let entries = channels
+                .into_iter()
+                .map(|(channel, totals)| {
+                    let count = crate::msg::PresenceCount {
+                        connections: totals.connections,
+                        users: totals.users.into_iter().collect(),
+                        members: totals.members,
+                    };
+                    let text = serde_json::to_string(&count).expect("a presence count serializes");
+                    (channel, text)
+                })
+                .collect();
+            link.write_presence(entries);
+        }
     }
 
     /// Answers a connection's `presence` command (checked by its shard) on a task of its
@@ -1020,6 +1075,9 @@ impl IngestCore {
                     shard < self.shards.len(),
                     "changes come from existing shards"
                 );
+                if let Some(link) = &self.cluster {
+                    link.share_changes(changes.clone());
+                }
                 self.diffs.merge(changes, None);
             }
             ToIngest::Fanout { shard, reports } => {
@@ -1117,6 +1175,14 @@ impl Ingest {
             .any(|namespace| namespace.join_leave)
         {
             tasks.push(glommio::spawn_local(core.clone().run_presence_diffs()).detach());
+        }
+        let presence = core
+            .config
+            .namespaces
+            .iter()
+            .any(|namespace| namespace.presence);
+        if presence && core.cluster.is_some() {
+            tasks.push(glommio::spawn_local(core.clone().run_presence_refresh()).detach());
         }
         Ingest { core, tasks }
     }
