@@ -238,6 +238,19 @@ pub struct Config {
     #[arg(long, default_value_t = defaults::presence_info_bytes_max())]
     pub presence_info_bytes_max: usize,
 
+    /// Members one presence answer lists at most (`GET /v1/presence`, the `presence` command)
+    /// and joins plus leaves one `presence_diff` carries at most; past it the answer has
+    /// `"truncated":true` (the counts stay exact). Each member is about 60 bytes plus its
+    /// `info`: a larger bound makes answers and diffs of crowded channels bigger frames.
+    #[arg(long, default_value_t = defaults::presence_members_max())]
+    pub presence_members_max: usize,
+
+    /// How often joins and leaves are gathered into one `presence_diff` per channel (in
+    /// `join_leave` namespaces), in milliseconds. Shorter shows joins sooner and costs every
+    /// subscriber more frames in a reconnect storm; longer batches more per frame.
+    #[arg(long, default_value_t = defaults::presence_diff_interval_ms())]
+    pub presence_diff_interval_ms: u64,
+
     /// Publishes per second one tenant may make, over the control plane and its clients
     /// together (a token bucket holding one second's worth); past it a publish gets 429 or
     /// `rate_limited`. 0 (the default): no limit.
@@ -546,6 +559,25 @@ pub struct Namespace {
     pub slow_consumer: Option<SlowConsumer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflate_key: Option<String>,
+    /// Track who is subscribed to each channel of the namespace (`GET /v1/presence`, the
+    /// `presence` command). Off by default: ordinary channels pay nothing for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub presence: bool,
+    /// Push a `presence_diff` of joins and leaves to the channel's subscribers every
+    /// `presence_diff_interval_ms`; needs `presence`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join_leave: bool,
+}
+
+/// What a namespace tracks of who is subscribed (`presence`, `join_leave`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceMode {
+    /// Nothing: the default.
+    Off,
+    /// Its members, for `GET /v1/presence` and the `presence` command.
+    Members,
+    /// Its members, and a `presence_diff` of joins and leaves every interval.
+    JoinLeave,
 }
 
 /// The settings one channel lives under: a namespace's, completed from the top level.
@@ -682,6 +714,12 @@ pub mod defaults {
     pub fn presence_info_bytes_max() -> usize {
         1_024
     }
+    pub fn presence_members_max() -> usize {
+        1_000
+    }
+    pub fn presence_diff_interval_ms() -> u64 {
+        1_000
+    }
     pub fn tenant_publishes_per_s() -> u32 {
         0
     }
@@ -783,6 +821,8 @@ impl Default for Config {
             tenant_connections_max: defaults::tenant_connections_max(),
             connections_per_user_max: defaults::connections_per_user_max(),
             presence_info_bytes_max: defaults::presence_info_bytes_max(),
+            presence_members_max: defaults::presence_members_max(),
+            presence_diff_interval_ms: defaults::presence_diff_interval_ms(),
             tenant_publishes_per_s: defaults::tenant_publishes_per_s(),
             allowed_origins: Vec::new(),
             queue_items_max: defaults::queue_items_max(),
@@ -1137,6 +1177,12 @@ impl Config {
             if let Some(age) = namespace.history_age_s {
                 check_range(&format!("{field}.history_age_s"), age, 1, 30 * 86_400)?;
             }
+            if namespace.join_leave && !namespace.presence {
+                return Err(ConfigError(format!(
+                    "{field}.join_leave = true needs {field}.presence = true: diffs are of \
+                     the members presence tracks"
+                )));
+            }
             let policy = self.policy(at + 1);
             check_policy(
                 &format!("{field}."),
@@ -1174,6 +1220,18 @@ impl Config {
             self.presence_info_bytes_max,
             2,
             65_536,
+        )?;
+        check_range(
+            "presence_members_max",
+            self.presence_members_max,
+            1,
+            100_000,
+        )?;
+        check_range(
+            "presence_diff_interval_ms",
+            self.presence_diff_interval_ms,
+            10,
+            60_000,
         )?;
         check_range(
             "tenant_publishes_per_s",
@@ -1271,6 +1329,18 @@ impl Config {
             .iter()
             .position(|namespace| channel::pattern_matches(&namespace.pattern, channel))
             .map_or(0, |at| at + 1)
+    }
+
+    /// What presence `channel` (a full name: the namespaces are in the tenants' own names)
+    /// lives under: its namespace's `presence` and `join_leave`. Read when a subscription
+    /// starts or ends, never per delivery.
+    pub fn presence_of(&self, channel: &str) -> PresenceMode {
+        let index = self.policy_index(channel::visible(channel));
+        match index.checked_sub(1).map(|at| &self.namespaces[at]) {
+            Some(namespace) if namespace.join_leave => PresenceMode::JoinLeave,
+            Some(namespace) if namespace.presence => PresenceMode::Members,
+            _ => PresenceMode::Off,
+        }
     }
 
     /// Every key of the TOML file, in the order of the fields: serde's own list of them, so a
@@ -1581,6 +1651,41 @@ mod tests {
     }
 
     #[test]
+    fn presence_is_per_namespace_in_the_tenants_names_and_join_leave_needs_it() {
+        let table: toml::Table = r#"
+            [[namespaces]]
+            pattern = "room.*"
+            presence = true
+            join_leave = true
+            [[namespaces]]
+            pattern = "doc.>"
+            presence = true
+        "#
+        .parse()
+        .unwrap();
+        let config = Config::from_table(table).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.presence_of("room.1"), PresenceMode::JoinLeave);
+        assert_eq!(
+            config.presence_of("$t:acme.room.1"),
+            PresenceMode::JoinLeave
+        );
+        assert_eq!(config.presence_of("doc.a.b"), PresenceMode::Members);
+        assert_eq!(config.presence_of("leads.1"), PresenceMode::Off);
+        let table: toml::Table = config.to_toml().parse().unwrap();
+        assert_eq!(Config::from_table(table).unwrap(), config, "round trip");
+
+        let table: toml::Table = "[[namespaces]]\npattern = \"x.*\"\njoin_leave = true"
+            .parse()
+            .unwrap();
+        let err = Config::from_table(table).unwrap().validate().unwrap_err().0;
+        assert!(
+            err.starts_with("namespaces[0].join_leave = true needs namespaces[0].presence"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn namespaces_inherit_the_top_level_and_conflate_needs_a_key() {
         let table: toml::Table = r#"
             history_messages_max = 50
@@ -1614,6 +1719,8 @@ mod tests {
                 history_age_s: None,
                 slow_consumer: Some(SlowConsumer::Conflate),
                 conflate_key: None,
+                presence: false,
+                join_leave: false,
             }],
             ..Config::default()
         };

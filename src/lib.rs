@@ -42,14 +42,16 @@
 //!    its connections' tasks ([`shard::conn`]) and slab ([`shard::conns`]), its interest and
 //!    registry ([`shard::interest`]), fan-out ([`shard::fanout`]), the clients' commands
 //!    ([`shard::commands`]), admission ([`shard::admission`]), counters ([`shard::stats`]), its
-//!    connections by user ([`shard::users`]), the way to the ingest core
+//!    connections by user ([`shard::users`]), its presence members ([`shard::presence`]),
+//!    the way to the ingest core
 //!    ([`shard::forward`]) and its settings ([`shard::settings`]).
 //!    [`ingest`]: the control-plane API ([`ingest::api_stream`]: its connections' deadlines and
 //!    its answers to what hyper cannot parse), the priority [`ingest::lanes`], the
 //!    [`ingest::sequencer`] of epoch, seq and offsets, encode-once ([`ingest::encode`], the only
 //!    owner of the frame layout), [`ingest::history`], [`ingest::routes`] (which shards
 //!    subscribe to what), [`ingest::fanout`] (the overall fan-out latency), [`ingest::queries`]
-//!    (questions to every shard), [`ingest::metrics`] (the `/metrics` exposition),
+//!    (questions to every shard), [`ingest::presence`] (presence answers and join/leave
+//!    diffs), [`ingest::metrics`] (the `/metrics` exposition),
 //!    [`ingest::admission`] (the connection limits over every shard), [`ingest::tenants`]
 //!    (tenant publish limits) and [`ingest::cluster`] (its side of the bridge).
 //! 9. [`runtime`]: the core plan, start-up and shutdown: wiring.

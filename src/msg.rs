@@ -54,6 +54,8 @@ pub enum ToShard {
     /// The control plane's act on every connection here of one user, named by the full
     /// name of its stream (`$t:acme.$user.ada`).
     User { stream: Arc<str>, act: UserAct },
+    /// A `presence_diff` frame, encoded once, for every subscriber of `channel` (a full name).
+    PresenceDiff { channel: Arc<str>, frame: Bytes },
     /// Close every connection with 1001 and stop.
     Shutdown,
 }
@@ -221,6 +223,21 @@ pub enum ToIngest {
         shard: ShardId,
         reports: Vec<FanoutReport>,
     },
+    /// A connection's `presence` command, for a channel (a full name) in a presence
+    /// namespace that it is subscribed to: the ingest core asks every shard (and in cluster
+    /// mode every node) and replies to the connection with `ToShard::Reply`.
+    Presence {
+        shard: ShardId,
+        conn: ConnId,
+        id: Option<sonic_rs::Value>,
+        channel: Box<str>,
+    },
+    /// The joins and leaves of `join_leave` channels on the shard since its previous
+    /// message of this kind: one message per `presence_diff_interval_ms` at most.
+    PresenceChanges {
+        shard: ShardId,
+        changes: Vec<PresenceChange>,
+    },
     /// The answer to [`ToShard::Query`].
     Answer {
         query: u64,
@@ -232,10 +249,15 @@ pub enum ToIngest {
 }
 
 /// What a [`ToShard::Query`] asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryKind {
     Stats,
     Channels,
+    /// The members of one channel (a full name), as [`Answer::Presence`].
+    Presence(Arc<str>),
+    /// The members of every presence channel with one here (cluster mode's refresh of this
+    /// node's entries in Redis), as [`Answer::PresenceAll`].
+    PresenceAll,
     /// Stop accepting connections, the first step of shutdown; answered once stopped.
     StopAccepting,
 }
@@ -278,6 +300,43 @@ pub enum Answer {
     Stats(Box<ShardReport>),
     StoppedAccepting,
     Channels(Vec<(Box<str>, usize)>),
+    Presence(PresenceCount),
+    PresenceAll(Vec<(Arc<str>, PresenceCount)>),
+}
+
+/// One presence member (PROTOCOL.md, "Presence"): a connection subscribed to the channel by
+/// its exact name. Made once when it joins and shared (`Arc`) by the shard's table, its diffs
+/// and its answers; it crosses cores only in those, never per delivery.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Member {
+    /// The connection's user (its token's `sub`, or `?user=`); `null` when anonymous.
+    pub user: Option<Box<str>>,
+    /// The connection's `conn_id`, `<shard>-<seq>`: unique on its node.
+    pub conn_id: Box<str>,
+    /// The token's claim `info`, a JSON object of at most `presence_info_bytes_max` bytes,
+    /// kept as its compact text; `null` without one.
+    pub info: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Who is subscribed to one channel on one shard (or node): exact counts, and the members,
+/// at most `presence_members_max` of them.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+pub struct PresenceCount {
+    pub connections: usize,
+    /// The distinct users among them, so that the ingest core counts users over every shard
+    /// exactly (a user with connections on two shards is one user).
+    pub users: Vec<Box<str>>,
+    pub members: Vec<Arc<Member>>,
+}
+
+/// One channel's joins and leaves on a shard over one interval. A connection that joined and
+/// left in it is in neither list.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PresenceChange {
+    /// The channel's full name.
+    pub channel: Arc<str>,
+    pub joined: Vec<Arc<Member>>,
+    pub left: Vec<Arc<Member>>,
 }
 
 /// A connection's identity on its shard: its slab slot and a sequence number that is never
@@ -312,6 +371,9 @@ pub struct ShardStats {
     /// Accepts that failed (out of file descriptors, say); see [`crate::net::accept`].
     pub accept_errors: u64,
     pub ingest_queue_len: usize,
+    /// Presence channels with a member on this shard, and members over all of them.
+    pub presence_channels: usize,
+    pub presence_members: usize,
     /// Frames waiting in this shard's outboxes, summed over its connections.
     pub outbox_frames: usize,
     /// Bytes of those frames not yet written.

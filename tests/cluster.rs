@@ -14,6 +14,8 @@
 //! `outcome_unknown` whole and then delivered whole or not at all; while Redis is down, or when
 //! Redis refuses it for memory, refused whole with nothing delivered and no number taken; and
 //! when its script fails while running, answered `outcome_unknown` with none of it delivered.
+//! Presence counts both nodes' members, diffs carry the other node's joins, and a killed
+//! node's members are gone within its entries' expiry (`NODE_TTL_S`, 5 s).
 
 mod common;
 
@@ -1882,4 +1884,96 @@ async fn a_redis_stopped_for_ten_seconds_costs_the_shards_nothing_and_every_publ
         assert_delivered_truly(&seen, &answers);
     })
     .await
+}
+
+/// The `conn_id`s of a presence answer's members or a diff's list, sorted (two nodes may give
+/// the same `conn_id`: each is unique on its node only).
+fn conn_ids(list: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = list
+        .as_array()
+        .unwrap_or_else(|| panic!("expected a list of members, got {list}"))
+        .iter()
+        .map(|member| member["conn_id"].as_str().expect("a conn_id").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn presence_counts_every_node_diffs_cross_nodes_and_a_killed_nodes_members_go_in_time() {
+    watchdog(async {
+        let redis = Redis::start();
+        let path =
+            std::env::temp_dir().join(format!("corecast-presence-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "presence_diff_interval_ms = 300\n[[namespaces]]\npattern = \"room.*\"\n\
+             presence = true\njoin_leave = true\n",
+        )
+        .expect("write the config");
+        let config = ["--config", path.to_str().expect("a UTF-8 path")];
+        let (a, b) = (
+            node_with(&redis, &config).await,
+            node_with(&redis, &config).await,
+        );
+        let mut watcher = Client::connect_path(&a, "/ws?channels=room.1").await;
+        let id = |client: &Client| client.hello["conn_id"].as_str().unwrap().to_owned();
+        let on_a = Client::connect_path(&a, "/ws?user=ua&channels=room.1").await;
+        let mut on_b = Vec::new();
+        for _ in 0..2 {
+            on_b.push(Client::connect_path(&b, "/ws?user=ub&channels=room.1").await);
+        }
+        let mut left = vec![id(&watcher), id(&on_a)];
+        left.sort();
+        let mut expected: Vec<String> = left.iter().cloned().chain(on_b.iter().map(id)).collect();
+        expected.sort();
+
+        // Node a's answer holds node b's members once b's refresh wrote them (1 s).
+        let body = a
+            .poll_json("/v1/presence?channel=room.1", |body| {
+                body["connections"] == json!(4)
+            })
+            .await;
+        assert_eq!(body["connections"], json!(4), "both nodes' members: {body}");
+        assert_eq!(conn_ids(&body["members"]), expected);
+        assert_eq!(body["users"], json!(2), "ua and ub: {body}");
+
+        // The watcher on a got b's joins through Redis, batched.
+        let mut joined = Vec::new();
+        let deadline = tokio::time::Instant::now() + STEP;
+        while joined.len() < 4 {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(frame) = watcher.recv_within(left).await else {
+                break;
+            };
+            assert_eq!(frame["type"], json!("presence_diff"), "{frame}");
+            joined.extend(conn_ids(&frame["joined"]));
+        }
+        joined.sort();
+        assert_eq!(
+            joined, expected,
+            "every join of both nodes reached the watcher"
+        );
+
+        // Node b dies without a word: its members are gone from a's answer within the expiry.
+        let killed = Instant::now();
+        drop(b);
+        drop(on_b);
+        let deadline = killed + Duration::from_secs(7);
+        let body = loop {
+            let body = a.get("/v1/presence?channel=room.1").await.json();
+            if body["connections"] == json!(2) || Instant::now() > deadline {
+                break body;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let gone = killed.elapsed();
+        assert_eq!(body["connections"], json!(2), "b's members gone: {body}");
+        assert!(
+            gone <= Duration::from_secs(6),
+            "b's members went after {gone:?}, past NODE_TTL_S = 5 s"
+        );
+        assert_eq!(conn_ids(&body["members"]), left);
+    })
+    .await;
 }

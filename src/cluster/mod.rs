@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::msg::UserAct;
+use crate::msg::{PresenceChange, UserAct};
 use crate::queue;
 use corecast_proto::Priority;
 
@@ -61,6 +61,12 @@ const EVENTS_CHANNEL: &str = "{corecast}:events";
 /// The channel of user acts (`POST /v1/users/...`), which every node subscribes to as well:
 /// fire and forget, unnumbered, since an act on connections that are gone is void anyway.
 const USERS_CHANNEL: &str = "{corecast}:users";
+/// The channel of presence diffs: each node's joins and leaves of `join_leave` channels, once
+/// per shard per `presence_diff_interval_ms`; fire and forget, like user acts.
+const PRESENCE_CHANNEL: &str = "{corecast}:presence";
+/// Each node's members of one presence channel: `{corecast}:presence:<node>:<channel>`, a
+/// [`crate::msg::PresenceCount`] as JSON, expiring [`NODE_TTL_S`] after its last refresh.
+const PRESENCE_KEY_PREFIX: &str = "{corecast}:presence:";
 const EPOCH_KEY: &str = "{corecast}:epoch";
 const SEQ_KEY: &str = "{corecast}:seq";
 const OFFSETS_KEY: &str = "{corecast}:offsets";
@@ -70,8 +76,10 @@ const NODE_KEY_PREFIX: &str = "{corecast}:node:";
 /// The hash tag of every key, whose slot's master a Redis Cluster node is found by.
 const HASH_TAG: &str = "{corecast}";
 
-/// Seconds a node's presence outlives its last refresh.
-const NODE_TTL_S: u64 = 5;
+/// Seconds a node's presence (its node key, and its members of each presence channel)
+/// outlives its last refresh: a dead node's members are gone from every answer this long
+/// after its last refresh, so within 5 s of its death.
+pub const NODE_TTL_S: u64 = 5;
 /// How often the command thread refreshes this node's presence and reads the others'.
 const PRESENCE_PERIOD: Duration = Duration::from_secs(1);
 /// Reconnect backoff: doubling from the first, capped. A request that finds the command
@@ -286,6 +294,25 @@ pub enum ToCluster {
     Reset {
         epoch: Box<str>,
     },
+    /// This node's members of every presence channel it has members in, as JSON, to be
+    /// written with an expiry of [`NODE_TTL_S`].
+    PresenceEntries(Vec<(Arc<str>, String)>),
+    /// Every named node's entry for `channel`, answered with `FromCluster::Presence`.
+    ReadPresence {
+        token: u64,
+        channel: Arc<str>,
+        nodes: Vec<String>,
+    },
+    /// This node's joins and leaves, for every other node's diffs.
+    PresenceDiff(PresenceDiffEvent),
+}
+
+/// One shard's joins and leaves as they cross `{corecast}:presence`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PresenceDiffEvent {
+    /// The node they happened on (its own are not merged twice).
+    pub node: Arc<str>,
+    pub changes: Vec<PresenceChange>,
 }
 
 /// A user act as it crosses `{corecast}:users`: the user's stream, and what to do to each of
@@ -343,6 +370,13 @@ pub enum FromCluster {
     Position { epoch: Box<str>, seq: u64 },
     /// The answer to [`ToCluster::Reset`]: the cluster's epoch and seq now.
     Reset { epoch: Box<str>, seq: u64 },
+    /// The answer to `ReadPresence`: the entries found (JSON), one per node that has one.
+    Presence {
+        token: u64,
+        result: Result<Vec<String>, String>,
+    },
+    /// A node's joins and leaves from `{corecast}:presence` (this one's included).
+    PresenceDiff(PresenceDiffEvent),
 }
 
 /// The event published on `{corecast}:events`, as [`PUBLISH_SCRIPT`] writes it.
@@ -937,7 +971,7 @@ fn subscribe_and_forward(
     let mut events = locator.connect(timeout)?;
     let mut state = locator.connect(timeout)?;
     let mut pubsub = events.as_pubsub();
-    pubsub.subscribe(&[EVENTS_CHANNEL, USERS_CHANNEL])?;
+    pubsub.subscribe(&[EVENTS_CHANNEL, USERS_CHANNEL, PRESENCE_CHANNEL])?;
     // Subscribed first, so nothing published after this read is missed.
     let (epoch, seq) = cluster_position(&mut state, &crate::clock::new_epoch())?;
     drop(state);
@@ -958,6 +992,13 @@ fn subscribe_and_forward(
             match serde_json::from_str::<UserActEvent>(&payload) {
                 Ok(act) => tell(to_ingest, FromCluster::UserAct(act)),
                 Err(err) => tracing::error!(error = %err, "ignoring a malformed user act"),
+            }
+            continue;
+        }
+        if message.get_channel_name() == PRESENCE_CHANNEL {
+            match serde_json::from_str::<PresenceDiffEvent>(&payload) {
+                Ok(diff) => tell(to_ingest, FromCluster::PresenceDiff(diff)),
+                Err(err) => tracing::error!(error = %err, "ignoring a malformed presence diff"),
             }
             continue;
         }
@@ -984,6 +1025,87 @@ fn publish_acts(
         pipe.cmd("PUBLISH").arg(USERS_CHANNEL).arg(text).ignore();
     }
     pipe.query(redis)
+}
+
+/// What the command thread does for presence in one round: this node's entries to write
+/// (the latest only), the reads to answer and the diffs to publish.
+#[derive(Default)]
+struct PresenceWork {
+    entries: Option<Vec<(Arc<str>, String)>>,
+    reads: Vec<(u64, Arc<str>, Vec<String>)>,
+    diffs: Vec<PresenceDiffEvent>,
+}
+
+impl PresenceWork {
+    /// Writes this node's entries (each expiring in [`NODE_TTL_S`]) and publishes the diffs in
+    /// one pipeline, then answers each read with one `MGET`, by `deadline`.
+    fn run(
+        self,
+        redis: &mut redis::Connection,
+        node: &str,
+        deadline: Instant,
+        to_ingest: &queue::Sender<FromCluster>,
+    ) -> redis::RedisResult<()> {
+        let entries = self.entries.unwrap_or_default();
+        if !entries.is_empty() || !self.diffs.is_empty() {
+            budget(redis, deadline)?;
+            let mut pipe = redis::pipe();
+            for (channel, entry) in &entries {
+                pipe.cmd("SET")
+                    .arg(format!("{PRESENCE_KEY_PREFIX}{node}:{channel}"))
+                    .arg(entry)
+                    .arg("EX")
+                    .arg(NODE_TTL_S)
+                    .ignore();
+            }
+            for diff in &self.diffs {
+                let text = serde_json::to_string(diff).expect("a presence diff serializes");
+                pipe.cmd("PUBLISH").arg(PRESENCE_CHANNEL).arg(text).ignore();
+            }
+            pipe.query::<()>(redis)?;
+        }
+        let mut reads = self.reads.into_iter();
+        for (token, channel, nodes) in reads.by_ref() {
+            let result = if nodes.is_empty() {
+                Ok(Vec::new())
+            } else {
+                let keys: Vec<String> = nodes
+                    .iter()
+                    .map(|node| format!("{PRESENCE_KEY_PREFIX}{node}:{channel}"))
+                    .collect();
+                budget(redis, deadline).and_then(|()| {
+                    redis::cmd("MGET")
+                        .arg(&keys)
+                        .query::<Vec<Option<String>>>(redis)
+                })
+            };
+            match result {
+                Ok(found) => {
+                    let result = Ok(found.into_iter().flatten().collect());
+                    tell(to_ingest, FromCluster::Presence { token, result });
+                }
+                Err(err) => {
+                    let result = Err(err.to_string());
+                    tell(to_ingest, FromCluster::Presence { token, result });
+                    for (token, ..) in reads {
+                        let result = Err("the connection to Redis was lost".to_owned());
+                        tell(to_ingest, FromCluster::Presence { token, result });
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers the reads while Redis is unreachable; what was to be written is dropped (the
+    /// next refresh writes it again).
+    fn refuse(self, to_ingest: &queue::Sender<FromCluster>) {
+        for (token, ..) in self.reads {
+            let result = Err("Redis is unreachable".to_owned());
+            tell(to_ingest, FromCluster::Presence { token, result });
+        }
+    }
 }
 
 /// The cluster's epoch (set to `proposed` if Redis has none) and its latest seq.
@@ -1196,6 +1318,7 @@ impl CommandThread {
             let mut reads = Vec::new();
             let mut acts = Vec::new();
             let mut resets = Vec::new();
+            let mut presence_work = PresenceWork::default();
             let mut probe = false;
             for inbound in batch {
                 match inbound {
@@ -1222,6 +1345,17 @@ impl CommandThread {
                     Inbound::Request(ToCluster::Presence { connections: now }) => connections = now,
                     Inbound::Request(ToCluster::UserAct(act)) => acts.push(act),
                     Inbound::Request(ToCluster::Reset { epoch }) => resets.push(epoch),
+                    Inbound::Request(ToCluster::PresenceEntries(entries)) => {
+                        presence_work.entries = Some(entries)
+                    }
+                    Inbound::Request(ToCluster::ReadPresence {
+                        token,
+                        channel,
+                        nodes,
+                    }) => presence_work.reads.push((token, channel, nodes)),
+                    Inbound::Request(ToCluster::PresenceDiff(diff)) => {
+                        presence_work.diffs.push(diff)
+                    }
                 }
             }
             // The batch's requests share one round trip's time, so that a request that arrives
@@ -1245,6 +1379,7 @@ impl CommandThread {
                     }
                     redial.reads.extend(reads);
                     self.refuse_all(publishes);
+                    presence_work.refuse(&self.to_ingest);
                     if !acts.is_empty() {
                         tracing::warn!(
                             acts = acts.len(),
@@ -1261,7 +1396,12 @@ impl CommandThread {
             let served = self
                 .serve(redis, deadline, &scripts, publishes, reads, presence)
                 .and_then(|()| publish_acts(redis, deadline, &acts).map_err(Lost::from))
-                .and_then(|()| self.reset(redis, deadline, &resets).map_err(Lost::from));
+                .and_then(|()| self.reset(redis, deadline, &resets).map_err(Lost::from))
+                .and_then(|()| {
+                    presence_work
+                        .run(redis, &self.node, deadline, &self.to_ingest)
+                        .map_err(Lost::from)
+                });
             if let Err(lost) = served {
                 self.lose(&mut link, lost);
             }

@@ -3,7 +3,7 @@
 //! Routes: `POST /v1/publish`, `POST /v1/publish/batch` (to a channel, or to a user's
 //! `$user`), `POST /v1/users/disconnect`, `/v1/users/subscribe` and `/v1/users/unsubscribe`
 //! (acts on every connection of a user), `GET /healthz`, `GET /v1/stats`,
-//! `GET /v1/channels`, `GET /v1/history`, `GET /metrics` (Prometheus; see
+//! `GET /v1/channels`, `GET /v1/history`, `GET /v1/presence`, `GET /metrics` (Prometheus; see
 //! [`super::metrics`]), and `GET /dashboard`, a live page fed by `$sys.stats` (see
 //! [`super::sys_stats`]) with the browser client it uses (`/client.js`, `/client.d.ts`). Bodies are read under `publish_body_bytes_max` and validated with sonic-rs
 //! before anything is queued, so a bad request never reaches the sequencer. Every error is a
@@ -274,8 +274,8 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
         | "/v1/users/disconnect"
         | "/v1/users/subscribe"
         | "/v1/users/unsubscribe" => Method::POST,
-        "/healthz" | "/v1/stats" | "/v1/channels" | "/v1/history" | "/metrics" | "/dashboard"
-        | "/client.js" | "/client.d.ts" => Method::GET,
+        "/healthz" | "/v1/stats" | "/v1/channels" | "/v1/history" | "/v1/presence" | "/metrics"
+        | "/dashboard" | "/client.js" | "/client.d.ts" => Method::GET,
         _ => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -324,6 +324,7 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
         "/v1/publish"
             | "/v1/publish/batch"
             | "/v1/history"
+            | "/v1/presence"
             | "/v1/users/disconnect"
             | "/v1/users/subscribe"
             | "/v1/users/unsubscribe"
@@ -333,8 +334,8 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
-                "this key is tenant {tenant:?}'s: it may publish, read history and act on \
-                 its users; {path} needs an operator key"
+                "this key is tenant {tenant:?}'s: it may publish, read history and presence \
+                 and act on its users; {path} needs an operator key"
             ),
         );
     }
@@ -348,6 +349,7 @@ async fn route(core: &IngestCore, request: Request<Incoming>) -> HttpResponse {
         "/metrics" => prometheus(core).await,
         "/v1/channels" => channels(core).await,
         "/v1/history" => history(core, request.uri().query().unwrap_or(""), &caller),
+        "/v1/presence" => presence(core, request.uri().query().unwrap_or(""), &caller).await,
         "/dashboard" => dashboard(core),
         "/client.js" | "/client.d.ts" => {
             let asset = crate::web::asset(&path).expect("routed above");
@@ -1058,7 +1060,10 @@ pub(super) async fn shard_reports(core: &IngestCore) -> Vec<ShardReport> {
         .into_iter()
         .filter_map(|(_, answer)| match answer {
             Answer::Stats(report) => Some(*report),
-            Answer::Channels(_) | Answer::StoppedAccepting => None,
+            Answer::Channels(_)
+            | Answer::StoppedAccepting
+            | Answer::Presence(_)
+            | Answer::PresenceAll(_) => None,
         })
         .collect()
 }
@@ -1277,6 +1282,72 @@ fn history(core: &IngestCore, query: &str, caller: &Caller) -> HttpResponse {
         body.extend_from_slice(message);
     }
     body.extend_from_slice(b"]}");
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a static response is valid")
+}
+
+/// `GET /v1/presence?channel=X[&members=false][&tenant=T]`: who is subscribed to one channel
+/// of a presence namespace, over every shard (and node); see [`super::presence`].
+async fn presence(core: &IngestCore, query: &str, caller: &Caller) -> HttpResponse {
+    let mut channel = None;
+    let mut tenant = None;
+    let mut members = true;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let bad = |message: String| error(StatusCode::BAD_REQUEST, "bad_request", message);
+        match &*key {
+            "channel" => channel = Some(value.into_owned()),
+            "tenant" => tenant = Some(value.into_owned()),
+            "members" => match &*value {
+                "true" => members = true,
+                "false" => members = false,
+                _ => return bad(format!("members={value:?} is neither true nor false")),
+            },
+            other => {
+                let shown: String = other.chars().take(32).collect();
+                return bad(format!(
+                    "unknown parameter {shown:?}: take channel, members, tenant"
+                ));
+            }
+        }
+    }
+    let Some(name) = channel else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "missing parameter `channel`",
+        );
+    };
+    let scope = tenant_of(caller, tenant.as_deref()).and_then(|scope| {
+        check_name(core, &name, " (presence is per channel: no wildcards)")?;
+        Ok(scope)
+    });
+    let full = match scope {
+        Ok(Some(tenant)) => channel::scoped(&tenant, &name),
+        Ok(None) => name.clone(),
+        Err((status, code, message)) => return error(status, code, message),
+    };
+    if channel::is_user_stream(&name)
+        || core.config.presence_of(&full) == crate::config::PresenceMode::Off
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "presence_disabled",
+            format!("{name:?} is in no namespace with presence = true"),
+        );
+    }
+    let totals = core.presence(full.as_str().into()).await;
+    let view = crate::ws::command::PresenceView {
+        channel: &full,
+        connections: totals.connections,
+        users: totals.users.len(),
+        members: members.then_some(&totals.members[..]),
+        truncated: members && totals.truncated,
+    };
+    let mut body = Vec::with_capacity(128 + 64 * totals.members.len());
+    crate::ws::command::presence_json(None, channel::split_scope(&full).0, &view, &mut body);
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")

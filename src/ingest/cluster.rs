@@ -32,8 +32,8 @@ use super::history::Unnumbered;
 use super::lanes::{Batch, BatchOutcome, Job};
 use super::{IngestCore, PublishError};
 use crate::cluster::{
-    self, BatchEntry, BatchRequest, FromCluster, Health, NodeInfo, Numbered, PublishFailure,
-    PublishRequest, Requests, ToCluster, UserActEvent,
+    self, BatchEntry, BatchRequest, FromCluster, Health, NodeInfo, Numbered, PresenceDiffEvent,
+    PublishFailure, PublishRequest, Requests, ToCluster, UserActEvent,
 };
 use crate::msg::{ToShard, UserAct};
 use crate::ws::command;
@@ -58,6 +58,9 @@ enum Waiting {
     },
 }
 
+/// Other nodes' presence entries of one channel (JSON), or why there are none.
+type PresenceEntries = Result<Vec<String>, String>;
+
 /// The ingest core's cluster state.
 pub struct ClusterLink {
     requests: Requests,
@@ -81,6 +84,10 @@ pub struct ClusterLink {
     outcome_unknown_total: Cell<u64>,
     unavailable_total: Cell<u64>,
     nodes: RefCell<Vec<NodeInfo>>,
+    /// This node's name in the presence keys and diffs (`sys_stats::node_token`).
+    node: Arc<str>,
+    /// Presence reads handed to the bridge, by token: every other node's entries of a channel.
+    presence_reads: RefCell<HashMap<u64, oneshot::Sender<PresenceEntries>>>,
 }
 
 /// `cluster` in `/v1/stats`.
@@ -104,7 +111,7 @@ pub struct ClusterStats {
 }
 
 impl ClusterLink {
-    pub fn new(requests: Requests) -> ClusterLink {
+    pub fn new(requests: Requests, node: Arc<str>) -> ClusterLink {
         ClusterLink {
             requests,
             pending: RefCell::new(HashMap::new()),
@@ -118,7 +125,69 @@ impl ClusterLink {
             outcome_unknown_total: Cell::new(0),
             unavailable_total: Cell::new(0),
             nodes: RefCell::new(Vec::new()),
+            node,
+            presence_reads: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Hands this node's presence entries to the bridge (dropped when its queue is full: the
+    /// next refresh brings them again).
+    pub(super) fn write_presence(&self, entries: Vec<(Arc<str>, String)>) {
+        let _ = self.requests.try_send(ToCluster::PresenceEntries(entries));
+    }
+
+    /// Hands one shard's joins and leaves to the bridge, for the other nodes' diffs.
+    pub(super) fn share_changes(&self, changes: Vec<crate::msg::PresenceChange>) {
+        let diff = PresenceDiffEvent {
+            node: self.node.clone(),
+            changes,
+        };
+        if self
+            .requests
+            .try_send(ToCluster::PresenceDiff(diff))
+            .is_err()
+        {
+            tracing::debug!("presence diff not shared: the bridge's queue is full");
+        }
+    }
+
+    /// Every other live node's entry for `channel` (a full name), as JSON: at most
+    /// `timeout` later, or an error saying why none came.
+    pub(super) async fn read_presence(
+        &self,
+        channel: Arc<str>,
+        timeout: Duration,
+    ) -> PresenceEntries {
+        let nodes: Vec<String> = self
+            .nodes
+            .borrow()
+            .iter()
+            .filter(|info| *info.node != *self.node)
+            .map(|info| info.node.clone())
+            .collect();
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let token = self.token();
+        let (done, answer) = oneshot::channel();
+        self.presence_reads.borrow_mut().insert(token, done);
+        let request = ToCluster::ReadPresence {
+            token,
+            channel,
+            nodes,
+        };
+        if self.requests.try_send(request).is_err() {
+            self.presence_reads.borrow_mut().remove(&token);
+            return Err("the bridge's queue is full".into());
+        }
+        let answered = glommio::timer::timeout(timeout, async {
+            Ok(answer
+                .await
+                .unwrap_or_else(|_| Err("the bridge dropped the read".into())))
+        })
+        .await;
+        self.presence_reads.borrow_mut().remove(&token);
+        answered.unwrap_or_else(|_| Err("Redis did not answer within redis_timeout_ms".into()))
     }
 
     fn token(&self) -> u64 {
@@ -366,6 +435,16 @@ impl IngestCore {
                 self.lanes.wake();
             }
             FromCluster::Nodes(nodes) => *link.nodes.borrow_mut() = nodes,
+            FromCluster::Presence { token, result } => {
+                if let Some(done) = link.presence_reads.borrow_mut().remove(&token) {
+                    let _ = done.send(result);
+                }
+            }
+            FromCluster::PresenceDiff(PresenceDiffEvent { node, changes }) => {
+                if *node != *link.node {
+                    self.diffs.merge(changes, Some(&node));
+                }
+            }
             FromCluster::UserAct(UserActEvent { stream, act }) => {
                 self.deliver_user_act(stream, act).await;
             }

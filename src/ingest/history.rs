@@ -847,6 +847,8 @@ mod tests {
                 history_age_s: None,
                 slow_consumer: None,
                 conflate_key: None,
+                presence: false,
+                join_leave: false,
             }],
             ..Config::default()
         });

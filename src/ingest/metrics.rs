@@ -50,7 +50,7 @@ type ShardFamily = (
     fn(&ShardStats) -> u64,
 );
 
-const SHARD_FAMILIES: [ShardFamily; 13] = [
+const SHARD_FAMILIES: [ShardFamily; 15] = [
     (
         "corecast_connections",
         "Open WebSocket connections.",
@@ -62,6 +62,18 @@ const SHARD_FAMILIES: [ShardFamily; 13] = [
         "Users with a connection on the shard (a user on two shards counts on each).",
         MetricType::Gauge,
         |s| s.users as u64,
+    ),
+    (
+        "corecast_presence_channels",
+        "Presence channels with a member on the shard.",
+        MetricType::Gauge,
+        |s| s.presence_channels as u64,
+    ),
+    (
+        "corecast_presence_members",
+        "Presence members on the shard (a connection in two channels counts twice).",
+        MetricType::Gauge,
+        |s| s.presence_members as u64,
     ),
     (
         "corecast_subscriptions",
@@ -265,6 +277,13 @@ impl Collector for Snapshot {
         )?;
         overloaded
             .encode_counter::<NoLabelSet, _, u64>(&self.ingest.overloaded_refused_total, None)?;
+        let mut diffs = encoder.encode_descriptor(
+            "corecast_presence_diffs",
+            "presence_diff frames handed to shards (one per channel, tick and shard routed).",
+            None,
+            MetricType::Counter,
+        )?;
+        diffs.encode_counter::<NoLabelSet, _, u64>(&self.ingest.presence_diffs_total, None)?;
         for (name, help, metric_type, field) in API_FAMILIES {
             let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
             match metric_type {
@@ -435,6 +454,7 @@ mod tests {
                 fanout_untracked_total: 0,
                 tenant_publishes_refused_total: 4,
                 overloaded_refused_total: 8,
+                presence_diffs_total: 0,
             },
             api: ApiStats {
                 connections: 3,
@@ -520,6 +540,7 @@ mod tests {
                 fanout_untracked_total: 0,
                 tenant_publishes_refused_total: 0,
                 overloaded_refused_total: 0,
+                presence_diffs_total: 0,
             },
             api: ApiStats::default(),
             fanout: FanoutLatency::default().buckets(),

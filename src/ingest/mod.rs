@@ -32,6 +32,7 @@
 //! only: [`lanes`] (the work waiting, by priority), [`sequencer`] (epoch, seq, offsets, history,
 //! encode-once, recoveries), [`routes`] (which shards subscribe to what), [`fanout`] (the reports
 //! awaited and the overall fan-out latency), [`queries`] (questions to every shard),
+//! [`presence`] (presence answers and the batched join/leave diffs),
 //! [`tenants`] (publish limits), [`admission`] (connection limits), [`cluster`] (cluster mode's
 //! link) and [`api::Plane`] (the control plane's accounting). What remains in `IngestCore` is
 //! the wiring between them: the shards' queues, the tasks that drain the lanes and the inboxes,
@@ -46,6 +47,7 @@ pub mod fanout;
 pub mod history;
 pub mod lanes;
 pub mod metrics;
+pub mod presence;
 pub mod queries;
 pub mod routes;
 pub mod sequencer;
@@ -264,6 +266,10 @@ pub struct IngestCore {
     fanout: Fanout,
     /// Questions out to every shard.
     queries: Queries,
+    /// Joins and leaves waiting for the next `presence_diff` tick.
+    diffs: presence::Diffs,
+    /// `presence` commands being answered, at most [`presence::PRESENCE_ASKS_MAX`].
+    presence_asks: Cell<usize>,
     /// Cluster mode's state; `None` on a single node.
     cluster: Option<cluster::ClusterLink>,
     /// Connections counted against the limits no shard can keep alone.
@@ -303,6 +309,8 @@ pub struct IngestStats {
     /// Publishes refused `overloaded`: the lanes were full, or `fanout_queued_max` publishes
     /// were held for fan-out (a batch counts each of its messages).
     pub overloaded_refused_total: u64,
+    /// `presence_diff` frames handed to shards (one per channel, tick and shard routed).
+    pub presence_diffs_total: u64,
 }
 
 /// Whether the ingest core was told to stop, and the wake-up of [`Ingest::run`] when it is.
@@ -350,7 +358,11 @@ impl IngestCore {
             routes: Routes::default(),
             fanout: Fanout::new(settings.queue_items_max),
             queries: Queries::default(),
-            cluster: cluster.map(cluster::ClusterLink::new),
+            diffs: presence::Diffs::default(),
+            presence_asks: Cell::new(0),
+            cluster: cluster.map(|requests| {
+                cluster::ClusterLink::new(requests, sys_stats::node_token(&config).into())
+            }),
             admission: RefCell::default(),
             tenants: TenantLimits::new(settings.tenant_publishes_per_s),
             overloaded_refused_total: Cell::new(0),
@@ -386,6 +398,7 @@ impl IngestCore {
             fanout_untracked_total: self.fanout.untracked_total(),
             tenant_publishes_refused_total: self.tenants.refused_total(),
             overloaded_refused_total: self.overloaded_refused_total.get(),
+            presence_diffs_total: self.diffs.sent_total(),
         }
     }
 
@@ -573,6 +586,157 @@ impl IngestCore {
     /// Asks every shard for `kind` and gathers the answers, in shard order.
     pub async fn query(&self, kind: QueryKind) -> Vec<(ShardId, Answer)> {
         self.queries.ask(&self.shards, kind).await
+    }
+
+    /// Who is subscribed to `channel` (a full name) over every shard (and, in cluster mode,
+    /// every node): exact counts, at most `presence_members_max` members.
+    pub async fn presence(&self, channel: Arc<str>) -> presence::Totals {
+        let members_max = self.config.presence_members_max;
+        let answers = self.query(QueryKind::Presence(channel.clone())).await;
+        let mut totals = presence::Totals::of_answers(answers, members_max);
+        if let Some(link) = &self.cluster {
+            match link
+                .read_presence(channel, self.settings.redis_timeout)
+                .await
+            {
+                Ok(entries) => {
+                    for entry in entries {
+                        match serde_json::from_str::<crate::msg::PresenceCount>(&entry) {
+                            Ok(count) => totals.add(count, members_max),
+                            Err(err) => {
+                                tracing::warn!(error = %err, "ignoring a malformed presence entry")
+                            }
+                        }
+                    }
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "presence without the other nodes' members");
+                }
+            }
+        }
+        totals
+    }
+
+    /// Cluster mode: writes this node's members of every presence channel to Redis every
+    /// second, each entry expiring in `cluster::NODE_TTL_S` (see [`crate::cluster`]).
+    async fn run_presence_refresh(self: Rc<Self>) {
+        let members_max = self.config.presence_members_max;
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            let Some(link) = &self.cluster else { return };
+            let mut channels: hashbrown::HashMap<Arc<str>, presence::Totals> =
+                hashbrown::HashMap::new();
+            for (_, answer) in self.query(QueryKind::PresenceAll).await {
+                if let Answer::PresenceAll(counts) = answer {
+                    for (channel, count) in counts {
+                        channels.entry(channel).or_default().add(count, members_max);
+                    }
+                }
+            }
+            let entries = channels
+                .into_iter()
+                .map(|(channel, totals)| {
+                    let count = crate::msg::PresenceCount {
+                        connections: totals.connections,
+                        users: totals.users.into_iter().collect(),
+                        members: totals.members,
+                    };
+                    let text = serde_json::to_string(&count).expect("a presence count serializes");
+                    (channel, text)
+                })
+                .collect();
+            link.write_presence(entries);
+        }
+    }
+
+    /// Answers a connection's `presence` command (checked by its shard) on a task of its
+    /// own, so that the inbox drain never waits for the shards' answers.
+    fn answer_presence(
+        self: &Rc<Self>,
+        shard: ShardId,
+        conn: crate::msg::ConnId,
+        id: Option<sonic_rs::Value>,
+        channel: Box<str>,
+    ) {
+        let asks = self.presence_asks.get();
+        if asks >= presence::PRESENCE_ASKS_MAX {
+            let frame = ErrorReply::new(
+                id,
+                ErrorCode::RateLimited,
+                format!(
+                    "{} presence questions are being answered, the most at once; retry later",
+                    presence::PRESENCE_ASKS_MAX
+                ),
+            )
+            .frame();
+            let core = self.clone();
+            glommio::spawn_local(async move {
+                core.shards[shard]
+                    .push(ToShard::Reply { conn, frame })
+                    .await;
+                core.shards[shard].wake();
+            })
+            .detach();
+            return;
+        }
+        self.presence_asks.set(asks + 1);
+        let core = self.clone();
+        glommio::spawn_local(async move {
+            let totals = core.presence(channel.as_ref().into()).await;
+            let view = command::PresenceView {
+                channel: &channel,
+                connections: totals.connections,
+                users: totals.users.len(),
+                members: Some(&totals.members),
+                truncated: totals.truncated,
+            };
+            let frame = command::presence_frame(&id, &view);
+            core.shards[shard]
+                .push(ToShard::Reply { conn, frame })
+                .await;
+            core.shards[shard].wake();
+            core.presence_asks.set(core.presence_asks.get() - 1);
+        })
+        .detach();
+    }
+
+    /// Every `presence_diff_interval_ms`: one `presence_diff` frame per channel whose members
+    /// changed, encoded once and handed to every shard routed for the channel.
+    async fn run_presence_diffs(self: Rc<Self>) {
+        let interval = Duration::from_millis(self.config.presence_diff_interval_ms);
+        loop {
+            glommio::timer::sleep(interval).await;
+            self.send_diffs().await;
+        }
+    }
+
+    async fn send_diffs(&self) {
+        let mut touched = vec![false; self.shards.len()];
+        for diff in self.diffs.take(self.config.presence_members_max) {
+            let frame = command::presence_diff_frame(
+                &diff.channel,
+                &diff.joined,
+                &diff.left,
+                diff.truncated,
+            );
+            let matched = self.routes.take_matches(&diff.channel);
+            self.diffs.count_sent(matched.len());
+            for &shard in &matched {
+                self.shards[shard]
+                    .push(ToShard::PresenceDiff {
+                        channel: diff.channel.clone(),
+                        frame: frame.clone(),
+                    })
+                    .await;
+                touched[shard] = true;
+            }
+            self.routes.give_back(matched);
+        }
+        for (shard, touched) in touched.into_iter().enumerate() {
+            if touched {
+                self.shards[shard].wake();
+            }
+        }
     }
 
     /// Sequences one job: offset, encode once, keep in history, route, reply. In cluster mode
@@ -806,7 +970,7 @@ impl IngestCore {
     }
 
     /// Handles one message from a shard (or the signal thread).
-    async fn handle(&self, message: ToIngest) {
+    async fn handle(self: &Rc<Self>, message: ToIngest) {
         match message {
             ToIngest::Publish {
                 shard,
@@ -900,6 +1064,22 @@ impl IngestCore {
                 self.shards[shard].wake();
             }
             ToIngest::Leave(peer) => self.admission.borrow_mut().leave(&peer),
+            ToIngest::Presence {
+                shard,
+                conn,
+                id,
+                channel,
+            } => self.answer_presence(shard, conn, id, channel),
+            ToIngest::PresenceChanges { shard, changes } => {
+                assert!(
+                    shard < self.shards.len(),
+                    "changes come from existing shards"
+                );
+                if let Some(link) = &self.cluster {
+                    link.share_changes(changes.clone());
+                }
+                self.diffs.merge(changes, None);
+            }
             ToIngest::Fanout { shard, reports } => {
                 assert!(
                     shard < self.shards.len(),
@@ -987,6 +1167,22 @@ impl Ingest {
         }
         if core.config.sys_stats_interval_ms > 0 {
             tasks.push(glommio::spawn_local(sys_stats::run(core.clone())).detach());
+        }
+        if core
+            .config
+            .namespaces
+            .iter()
+            .any(|namespace| namespace.join_leave)
+        {
+            tasks.push(glommio::spawn_local(core.clone().run_presence_diffs()).detach());
+        }
+        let presence = core
+            .config
+            .namespaces
+            .iter()
+            .any(|namespace| namespace.presence);
+        if presence && core.cluster.is_some() {
+            tasks.push(glommio::spawn_local(core.clone().run_presence_refresh()).detach());
         }
         Ingest { core, tasks }
     }

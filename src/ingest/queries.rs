@@ -1,5 +1,5 @@
-//! Questions to every shard (`/v1/stats`, `/v1/channels`, the stop protocol's "stop
-//! accepting") and the gathering of their answers.
+//! Questions to every shard (`/v1/stats`, `/v1/channels`, `/v1/presence`, the stop
+//! protocol's "stop accepting") and the gathering of their answers.
 //!
 //! A question goes out to every shard's queue, numbered; the answers come back one per shard
 //! through the ingest core's inboxes, and the question is done when every shard has answered
@@ -51,7 +51,12 @@ impl Queries {
             },
         );
         for shard in shards {
-            shard.push(ToShard::Query { query, kind }).await;
+            shard
+                .push(ToShard::Query {
+                    query,
+                    kind: kind.clone(),
+                })
+                .await;
             shard.wake();
         }
         let answered = glommio::timer::timeout(QUERY_TIMEOUT, async {

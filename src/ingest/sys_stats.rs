@@ -26,6 +26,9 @@ struct ShardTick {
     connections: usize,
     /// Users with a connection on the shard.
     users: usize,
+    /// Presence channels with a member on the shard, and their members.
+    presence_channels: usize,
+    presence_members: usize,
     /// Messages handed to connections per second over the tick.
     deliveries_per_s: f64,
     slow_consumer_closes: u64,
@@ -127,6 +130,8 @@ async fn tick(core: &IngestCore, previous: &mut Previous) -> Tick {
             shard: stats.shard,
             connections: stats.connections,
             users: stats.users,
+            presence_channels: stats.presence_channels,
+            presence_members: stats.presence_members,
             deliveries_per_s: rate(delivered, before),
             slow_consumer_closes: stats.slow_consumer_closes,
             rate_limit_closes: stats.rate_limit_closes,

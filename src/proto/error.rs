@@ -17,6 +17,8 @@ pub enum ErrorCode {
     TooManySubscriptions,
     RateLimited,
     Internal,
+    /// `presence` for a channel whose namespace has no `presence = true`.
+    PresenceDisabled,
     /// Cluster mode: the publish was certainly not published (Redis unreachable or stalled).
     ClusterUnavailable,
     /// Cluster mode: the publish was sent to Redis, which did not answer in time; it may or

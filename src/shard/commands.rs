@@ -1,5 +1,5 @@
 //! The shard's answers to a connection's commands: `subscribe` (and the recovery that answers
-//! one with `since`), `refresh`, `ack`, `unsubscribe` and `publish`.
+//! one with `since`), `refresh`, `ack`, `unsubscribe`, `publish` and `presence`.
 //!
 //! Commands keep no state of their own: each checks its arguments against the settings and the
 //! connection's grant, then acts through the owners that hold the state (the interest and
@@ -120,6 +120,7 @@ impl ShardCore {
         }
         subscriptions.push(Subscription::new(pattern));
         drop(subscriptions);
+        self.presence_join(handle, pattern);
         let Some(since) = since else {
             let waiter = Waiter::Reply(id.clone());
             if self
@@ -385,6 +386,54 @@ impl ShardCore {
         Ok(None)
     }
 
+    /// The `presence` command: checked here (an exact channel of a presence namespace that a
+    /// subscription of the connection matches), answered by the ingest core, which asks every
+    /// shard (and node) and replies.
+    pub fn presence_command(
+        &self,
+        handle: &ConnHandle,
+        channel: &str,
+        id: Option<Value>,
+    ) -> Result<Option<Bytes>, ErrorReply> {
+        command::check_channel(channel, self.settings.channel_bytes_max, &id)?;
+        let full = handle.full_name(channel);
+        if channel::is_user_stream(channel)
+            || self.config.presence_of(&full) == crate::config::PresenceMode::Off
+        {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::PresenceDisabled,
+                format!("{channel:?} is in no namespace with presence = true"),
+            ));
+        }
+        let subscribed = handle
+            .subscriptions
+            .borrow()
+            .iter()
+            .any(|subscription| channel::pattern_matches(&subscription.pattern, &full));
+        if !subscribed {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::NotSubscribed,
+                format!("no subscription of this connection matches {channel:?}"),
+            ));
+        }
+        if self.forwarder.backlog_len() >= self.settings.queue_items_max {
+            return Err(ErrorReply::new(
+                id,
+                ErrorCode::Internal,
+                "the server is overloaded; retry later",
+            ));
+        }
+        self.forwarder.send(ToIngest::Presence {
+            shard: self.id,
+            conn: handle.id,
+            id,
+            channel: full.into(),
+        });
+        Ok(None)
+    }
+
     /// `subscribed` with `"server":true` for a live server-side subscription.
     pub(super) fn server_subscribed_frame(&self, pattern: &str) -> Bytes {
         command::server_subscribed_frame(pattern, &self.interest.epoch(), self.interest.position())
@@ -419,6 +468,7 @@ impl ShardCore {
             .subscriptions
             .borrow_mut()
             .push(Subscription::new(pattern));
+        self.presence_join(handle, pattern);
         if self
             .interest
             .announce(pattern, handle.id, Waiter::Server, &self.forwarder)
@@ -449,6 +499,7 @@ impl ShardCore {
         };
         subscriptions.swap_remove(at);
         drop(subscriptions);
+        self.presence.leave(pattern, handle.id);
         self.interest.unroute(pattern, handle.id);
         self.interest.withdraw(pattern, &self.forwarder);
         true

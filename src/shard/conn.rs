@@ -778,6 +778,7 @@ fn handle_command(shard: &ShardCore, handle: &Rc<ConnHandle>, text: &str) {
             id,
         }) => shard.ack(handle, &channel, offset, id),
         Ok(Command::Refresh { token, id }) => shard.refresh(handle, &token, id),
+        Ok(Command::Presence { channel, id }) => shard.presence_command(handle, &channel, id),
         Ok(Command::Unsubscribe { channel, id }) => shard.unsubscribe(handle, &channel, id),
         Ok(Command::Publish { channel, data, id }) => {
             shard.client_publish(handle, &channel, data, id)

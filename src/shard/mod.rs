@@ -16,6 +16,8 @@
 //!   of admitted connections.
 //! - [`stats::Stats`]: the event counters, per shard and per namespace.
 //! - [`users::Users`]: the connections of each user, for the control plane's acts on a user.
+//! - [`presence::Presence`]: the members of presence channels, and their joins and leaves
+//!   since the last diff, sent to the ingest core once per `presence_diff_interval_ms`.
 //!
 //! The commands a connection sends ([`commands`]) have no state of their own and act through
 //! those owners; so do the task loops and the dispatch of the ingest core's messages, here.
@@ -39,6 +41,7 @@ pub mod conns;
 pub mod fanout;
 pub mod forward;
 pub mod interest;
+pub mod presence;
 pub mod send_ring;
 pub mod settings;
 pub mod stats;
@@ -55,8 +58,9 @@ use futures_rustls::TlsAcceptor;
 
 use crate::channel;
 use crate::config::Config;
+use crate::config::PresenceMode;
 use crate::msg::{
-    Answer, ConnId, QueryKind, ShardId, ShardReport, ShardStats, ToIngest, ToShard, UserAct,
+    Answer, ConnId, Member, QueryKind, ShardId, ShardReport, ShardStats, ToIngest, ToShard, UserAct,
 };
 use crate::net::auth::Verifier;
 use crate::net::tls::Transport;
@@ -75,6 +79,7 @@ use conns::Conns;
 use fanout::Fanout;
 use forward::Forwarder;
 use interest::{Interest, Waiter};
+use presence::Presence;
 use settings::Settings;
 use stats::Stats;
 use users::Users;
@@ -122,6 +127,8 @@ pub struct ShardCore {
     counters: Stats,
     /// The connections of each user.
     users: Users,
+    /// The members of presence channels here.
+    presence: Presence,
     /// Every connection reads into this buffer; only partial frames are copied out.
     pub read_buf: RefCell<Vec<u8>>,
     /// Where a connection's pending frames are coalesced into one write.
@@ -160,6 +167,7 @@ impl ShardCore {
             admission: Admission::default(),
             counters: Stats::new(id, settings.namespaces_len),
             users: Users::default(),
+            presence: Presence::default(),
             read_buf: RefCell::new(vec![0; READ_BUF_BYTES]),
             write_buf: RefCell::new(Vec::with_capacity(64 * 1024)),
             accepting: Cell::new(true),
@@ -208,6 +216,7 @@ impl ShardCore {
         stats.users = self.users.count();
         stats.subscriptions = self.interest.subscriptions_len();
         stats.ingest_queue_len = self.forwarder.queue_len();
+        (stats.presence_channels, stats.presence_members) = self.presence.figures();
         self.conns.each(|handle| {
             let (frames, bytes) = handle.outbox_len();
             stats.outbox_frames += frames;
@@ -305,6 +314,7 @@ impl ShardCore {
                 .subscriptions
                 .borrow_mut()
                 .push(Subscription::new(&pattern));
+            self.presence_join(&handle, &pattern);
             if !self
                 .interest
                 .announce(&pattern, id, Waiter::Hello, &self.forwarder)
@@ -361,6 +371,7 @@ impl ShardCore {
     pub fn remove_conn(&self, handle: &ConnHandle) {
         let subscriptions = std::mem::take(&mut *handle.subscriptions.borrow_mut());
         for subscription in &subscriptions {
+            self.presence.leave(&subscription.pattern, handle.id);
             self.interest.unroute(&subscription.pattern, handle.id);
             self.interest
                 .withdraw(&subscription.pattern, &self.forwarder);
@@ -432,6 +443,10 @@ impl ShardCore {
                 self.fanout
                     .gap(&channel, frame, &self.interest, &self.conns, &self.counters)
             }
+            ToShard::PresenceDiff { channel, frame } => {
+                self.fanout
+                    .gap(&channel, frame, &self.interest, &self.conns, &self.counters)
+            }
             ToShard::Epoch(epoch) => self.new_epoch(epoch),
             ToShard::User { stream, act } => self.user_act(&stream, &act),
             ToShard::Admitted { ticket, verdict } => {
@@ -447,6 +462,13 @@ impl ShardCore {
                         namespaces: self.counters.namespaces(),
                     })),
                     QueryKind::Channels => Answer::Channels(self.interest.patterns()),
+                    QueryKind::Presence(channel) => Answer::Presence(
+                        self.presence
+                            .count(&channel, self.settings.presence_members_max),
+                    ),
+                    QueryKind::PresenceAll => Answer::PresenceAll(
+                        self.presence.count_all(self.settings.presence_members_max),
+                    ),
                     QueryKind::StopAccepting => {
                         self.accepting.set(false);
                         Answer::StoppedAccepting
@@ -487,6 +509,45 @@ impl ShardCore {
             inbox.release();
             glommio::yield_if_needed().await;
         }
+    }
+
+    /// Sends the ingest core the joins and leaves of `join_leave` channels every
+    /// `presence_diff_interval_ms`, in one message, when there were any: a storm of joins costs
+    /// one message per interval, not one per join.
+    async fn run_presence(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(self.settings.presence_diff_interval).await;
+            let changes = self.presence.take_changes();
+            if !changes.is_empty() {
+                self.forwarder.send(ToIngest::PresenceChanges {
+                    shard: self.id,
+                    changes,
+                });
+            }
+        }
+    }
+
+    /// Counts a new subscription to `pattern` (a full name) in as a presence member when it
+    /// names one channel of a presence namespace: the one namespace match a subscription
+    /// costs; nothing is read per delivery.
+    fn presence_join(&self, handle: &ConnHandle, pattern: &str) {
+        if channel::is_pattern(pattern) || channel::is_user_stream(channel::visible(pattern)) {
+            return;
+        }
+        let mode = self.config.presence_of(pattern);
+        if mode == PresenceMode::Off {
+            return;
+        }
+        self.presence.join(pattern, mode, handle.id, || Member {
+            user: handle.user.clone(),
+            conn_id: handle.name().to_string().into(),
+            info: handle
+                .grant
+                .borrow()
+                .as_ref()
+                .and_then(|grant| grant.info.as_deref())
+                .and_then(|info| serde_json::value::RawValue::from_string(info.into()).ok()),
+        });
     }
 
     /// Forwards what found the ingest core's queue full, waiting for space.
@@ -552,6 +613,9 @@ impl Shard {
         ];
         if core.fanout.batching() {
             tasks.push(glommio::spawn_local(core.clone().run_batcher()).detach());
+        }
+        if core.settings.join_leave {
+            tasks.push(glommio::spawn_local(core.clone().run_presence()).detach());
         }
         Shard { core, tasks }
     }

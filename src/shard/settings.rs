@@ -40,6 +40,12 @@ pub struct Settings {
     pub subscriptions_per_conn_max: usize,
     /// `client_publish`: the patterns a connection without a token may publish to.
     pub client_publish: Vec<String>,
+    /// `presence_members_max`: members one presence answer lists at most.
+    pub presence_members_max: usize,
+    /// `presence_diff_interval_ms`: how often the joins and leaves go to the ingest core.
+    pub presence_diff_interval: Duration,
+    /// Some namespace has `join_leave`: the shard gathers joins and leaves for diffs.
+    pub join_leave: bool,
     /// How many namespaces the shard counts: one per `[[namespaces]]` table, and the default.
     pub namespaces_len: usize,
 }
@@ -60,6 +66,12 @@ impl Settings {
             channel_bytes_max: config.channel_bytes_max,
             subscriptions_per_conn_max: config.subscriptions_per_conn_max,
             client_publish: config.client_publish.clone(),
+            presence_members_max: config.presence_members_max,
+            presence_diff_interval: Duration::from_millis(config.presence_diff_interval_ms),
+            join_leave: config
+                .namespaces
+                .iter()
+                .any(|namespace| namespace.join_leave),
             namespaces_len: config.namespaces.len() + 1,
         }
     }

@@ -52,6 +52,11 @@ pub enum Command<'a> {
         offset: u64,
         id: Option<Value>,
     },
+    /// Who is subscribed to one channel (a presence namespace's, by its exact name).
+    Presence {
+        channel: Cow<'a, str>,
+        id: Option<Value>,
+    },
     /// A new token for the connection (auth = "jwt").
     Refresh {
         token: Cow<'a, str>,
@@ -265,6 +270,10 @@ pub fn parse(text: &str, depth_max: usize) -> Result<Command<'_>, ErrorReply> {
             channel: channel(&id)?,
             id,
         }),
+        "presence" => Ok(Command::Presence {
+            channel: channel(&id)?,
+            id,
+        }),
         "ping" => Ok(Command::Ping { id }),
         "get_stats" => Ok(Command::GetStats { id }),
         "publish" => {
@@ -336,6 +345,102 @@ pub fn json_frame(value: &impl Serialize) -> Bytes {
     text_frame_with(REPLY_BYTES_HINT, |buf| {
         sonic_rs::to_writer(bytes::BufMut::writer(buf), value)
             .expect("serializing reply structs to memory cannot fail")
+    })
+    .0
+}
+
+/// One channel's presence as answered (PROTOCOL.md, "Presence"): exact counts and at most
+/// `presence_members_max` members, `None` when the caller asked for the counts alone.
+#[derive(Debug)]
+pub struct PresenceView<'a> {
+    /// The channel's full name; written as its clients name it.
+    pub channel: &'a str,
+    pub connections: usize,
+    pub users: usize,
+    pub members: Option<&'a [std::sync::Arc<crate::msg::Member>]>,
+    pub truncated: bool,
+}
+
+/// The presence answer's JSON: `{"type":"presence","id":..}` first for the socket command
+/// (`reply`: the command's `id`), `"tenant"` first for a tenant's channel on the control plane
+/// (`tenant`). serde_json, not sonic-rs: a member's `info` is spliced in as the raw JSON it is
+/// kept as.
+pub fn presence_json(
+    reply: Option<&Option<Value>>,
+    tenant: Option<&str>,
+    view: &PresenceView<'_>,
+    out: &mut impl std::io::Write,
+) {
+    #[derive(Serialize)]
+    struct Presence<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        r#type: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Box<serde_json::value::RawValue>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tenant: Option<&'a str>,
+        channel: &'a str,
+        connections: usize,
+        users: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        members: Option<&'a [std::sync::Arc<crate::msg::Member>]>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    }
+    // The id is a sonic-rs value (a number or a short string, checked), written as its text.
+    let id = reply.and_then(Option::as_ref).map(|id| {
+        let text = sonic_rs::to_string(id).expect("an id serializes");
+        serde_json::value::RawValue::from_string(text).expect("an id is JSON")
+    });
+    let presence = Presence {
+        r#type: reply.map(|_| "presence"),
+        id,
+        tenant,
+        channel: channel::visible(view.channel),
+        connections: view.connections,
+        users: view.users,
+        members: view.members,
+        truncated: view.truncated,
+    };
+    serde_json::to_writer(out, &presence).expect("writing presence to memory cannot fail");
+}
+
+/// The `presence` command's reply.
+pub fn presence_frame(id: &Option<Value>, view: &PresenceView<'_>) -> Bytes {
+    text_frame_with(REPLY_BYTES_HINT, |buf| {
+        presence_json(Some(id), None, view, &mut bytes::BufMut::writer(buf))
+    })
+    .0
+}
+
+/// `{"type":"presence_diff","channel":..,"joined":[..],"left":[..]}`, with `"truncated":true`
+/// when the interval had more joins and leaves than `presence_members_max` (the lists then
+/// hold that many together; the watcher re-reads the members with `presence`).
+pub fn presence_diff_frame(
+    channel: &str,
+    joined: &[std::sync::Arc<crate::msg::Member>],
+    left: &[std::sync::Arc<crate::msg::Member>],
+    truncated: bool,
+) -> Bytes {
+    #[derive(Serialize)]
+    struct Diff<'a> {
+        r#type: &'static str,
+        channel: &'a str,
+        joined: &'a [std::sync::Arc<crate::msg::Member>],
+        left: &'a [std::sync::Arc<crate::msg::Member>],
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    }
+    let diff = Diff {
+        r#type: "presence_diff",
+        channel: channel::visible(channel),
+        joined,
+        left,
+        truncated,
+    };
+    text_frame_with(REPLY_BYTES_HINT, |buf| {
+        serde_json::to_writer(bytes::BufMut::writer(buf), &diff)
+            .expect("writing a diff to memory cannot fail")
     })
     .0
 }

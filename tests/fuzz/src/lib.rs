@@ -536,6 +536,21 @@ pub fn check_command(data: &[u8]) {
             ("unsubscribe", Some(&**channel), id, reply)
         }
         Command::Ping { id } => ("ping", None, id, command::pong_reply_frame(id, 1)),
+        Command::Presence { channel, id } => {
+            let view = command::PresenceView {
+                channel,
+                connections: 0,
+                users: 0,
+                members: Some(&[]),
+                truncated: false,
+            };
+            (
+                "presence",
+                Some(&**channel),
+                id,
+                command::presence_frame(id, &view),
+            )
+        }
         Command::GetStats { id } => {
             let acks = [(Box::from("a.b"), 1)];
             let stats = Default::default();
