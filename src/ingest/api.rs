@@ -441,6 +441,36 @@ fn tenant_of(caller: &Caller, asked: Option<&str>) -> Result<Option<Box<str>>, R
     }
 }
 
+/// The channel a query names (`?channel=`, one exact name, as `what` is kept per channel) and
+/// its full name in the tenant the caller acts in: 400 without one or for a bad name, 403 for a
+/// tenant the caller's key may not name.
+fn query_channel(
+    core: &IngestCore,
+    caller: &Caller,
+    channel: Option<String>,
+    tenant: Option<String>,
+    what: &str,
+) -> Result<(String, String), Refusal> {
+    let Some(name) = channel else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "missing parameter `channel`".into(),
+        ));
+    };
+    let scope = tenant_of(caller, tenant.as_deref())?;
+    check_name(
+        core,
+        &name,
+        &format!(" ({what} is per channel: no wildcards)"),
+    )?;
+    let full = match scope {
+        Some(tenant) => channel::scoped(&tenant, &name),
+        None => name.clone(),
+    };
+    Ok((name, full))
+}
+
 /// Checks a channel name from a request against the contract and `channel_bytes_max`.
 fn check_name(core: &IngestCore, name: &str, what: &str) -> Result<(), Refusal> {
     let shown: String = name.chars().take(64).collect();
@@ -1239,20 +1269,8 @@ fn history(core: &IngestCore, query: &str, caller: &Caller) -> HttpResponse {
             }
         }
     }
-    let Some(name) = channel else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "missing parameter `channel`",
-        );
-    };
-    let scope = tenant_of(caller, tenant.as_deref()).and_then(|scope| {
-        check_name(core, &name, " (history is per channel: no wildcards)")?;
-        Ok(scope)
-    });
-    let full = match scope {
-        Ok(Some(tenant)) => channel::scoped(&tenant, &name),
-        Ok(None) => name.clone(),
+    let (name, full) = match query_channel(core, caller, channel, tenant, "history") {
+        Ok(named) => named,
         Err((status, code, message)) => return error(status, code, message),
     };
     let page = core.history_page(&full, since, limit);
@@ -1313,20 +1331,8 @@ async fn presence(core: &IngestCore, query: &str, caller: &Caller) -> HttpRespon
             }
         }
     }
-    let Some(name) = channel else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "missing parameter `channel`",
-        );
-    };
-    let scope = tenant_of(caller, tenant.as_deref()).and_then(|scope| {
-        check_name(core, &name, " (presence is per channel: no wildcards)")?;
-        Ok(scope)
-    });
-    let full = match scope {
-        Ok(Some(tenant)) => channel::scoped(&tenant, &name),
-        Ok(None) => name.clone(),
+    let (name, full) = match query_channel(core, caller, channel, tenant, "presence") {
+        Ok(named) => named,
         Err((status, code, message)) => return error(status, code, message),
     };
     if channel::is_user_stream(&name)

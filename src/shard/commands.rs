@@ -68,6 +68,19 @@ fn live_from(handle: &ConnHandle, pattern: &str) -> Option<u64> {
 }
 
 impl ShardCore {
+    /// `internal` "overloaded" while what the shard has for the ingest core waits in its
+    /// backlog past `queue_items_max`: a command that needs the ingest core is refused then.
+    fn check_backlog(&self, id: &Option<Value>) -> Result<(), ErrorReply> {
+        if self.forwarder.backlog_len() >= self.settings.queue_items_max {
+            return Err(ErrorReply::new(
+                id.clone(),
+                ErrorCode::Internal,
+                "the server is overloaded; retry later",
+            ));
+        }
+        Ok(())
+    }
+
     /// `subscribed` for a live subscription, as of the shard's position now.
     pub(super) fn subscribed_frame(&self, pattern: &str, id: &Option<Value>) -> Bytes {
         command::subscribed_frame(
@@ -111,12 +124,8 @@ impl ShardCore {
             ));
         }
         let mut subscriptions = handle.subscriptions.borrow_mut();
-        if since.is_some() && self.forwarder.backlog_len() >= settings.queue_items_max {
-            return Err(ErrorReply::new(
-                id,
-                ErrorCode::Internal,
-                "the server is overloaded; retry later",
-            ));
+        if since.is_some() {
+            self.check_backlog(&id)?;
         }
         subscriptions.push(Subscription::new(pattern));
         drop(subscriptions);
@@ -158,13 +167,7 @@ impl ShardCore {
         since: Since,
         id: Option<Value>,
     ) -> Result<Option<Bytes>, ErrorReply> {
-        if self.forwarder.backlog_len() >= self.settings.queue_items_max {
-            return Err(ErrorReply::new(
-                id,
-                ErrorCode::Internal,
-                "the server is overloaded; retry later",
-            ));
-        }
+        self.check_backlog(&id)?;
         self.forwarder.send(ToIngest::Recover {
             shard: self.id,
             conn: handle.id,
@@ -369,13 +372,7 @@ impl ShardCore {
                 format!("publishing to {channel:?} is not granted to this connection"),
             ));
         }
-        if self.forwarder.backlog_len() >= settings.queue_items_max {
-            return Err(ErrorReply::new(
-                id,
-                ErrorCode::Internal,
-                "the server is overloaded; retry later",
-            ));
-        }
+        self.check_backlog(&id)?;
         self.forwarder.send(ToIngest::Publish {
             shard: self.id,
             conn: handle.id,
@@ -418,13 +415,7 @@ impl ShardCore {
                 format!("no subscription of this connection matches {channel:?}"),
             ));
         }
-        if self.forwarder.backlog_len() >= self.settings.queue_items_max {
-            return Err(ErrorReply::new(
-                id,
-                ErrorCode::Internal,
-                "the server is overloaded; retry later",
-            ));
-        }
+        self.check_backlog(&id)?;
         self.forwarder.send(ToIngest::Presence {
             shard: self.id,
             conn: handle.id,
