@@ -138,14 +138,18 @@ redis.call('PUBLISH', KEYS[5], '{"e":"' .. epoch .. '","s":' .. seq .. ',"o":' .
 return {epoch, seq, offset}
 "#;
 
-/// Starts a new epoch (`ARGV[2]`) in place of `ARGV[1]`, with the seq, the offsets and the log
-/// emptied, as a Redis that lost its data does; a node asks when Redis holds less than it has
-/// seen of the epoch. Only if the epoch is still `ARGV[1]`: every node that sees the loss asks,
-/// and the first one's epoch is everyone's. Answers the epoch and seq now.
+/// Starts a new epoch (`ARGV[3]`) in place of `ARGV[1]`, with the seq, the offsets and the log
+/// emptied, as a Redis that lost its data does, if Redis's seq of epoch `ARGV[1]` is below
+/// `ARGV[2]`, the last seq a node took of it. The check is here, atomic, and after the node
+/// read its own: every seq a node took was Redis's once, and Redis's only grows, so it is
+/// below only if Redis lost messages (a position the node saw earlier may be below its later
+/// seq, and is no proof). Every node that sees the loss asks; the first one's epoch is
+/// everyone's. Answers the epoch and seq now.
 /// KEYS: epoch, seq, offsets, log.
 pub const RESET_SCRIPT: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2])
+if redis.call('GET', KEYS[1]) == ARGV[1]
+  and tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[1], ARGV[3])
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 end
 return {redis.call('GET', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0')}
@@ -288,11 +292,12 @@ pub enum ToCluster {
     },
     /// A user act for every node, this one included (see [`UserActEvent`]).
     UserAct(UserActEvent),
-    /// Redis holds less than this node has seen of `epoch` (a replica that lagged was
-    /// promoted, or Redis restarted from an older save): start a new epoch, unless another
-    /// node did already ([`RESET_SCRIPT`]).
+    /// Redis may hold less than this node has seen of `epoch` (`seq`, the last it took): if
+    /// it does (a replica that lagged was promoted, or Redis restarted from an older save),
+    /// start a new epoch, unless another node did already ([`RESET_SCRIPT`]).
     Reset {
         epoch: Box<str>,
+        seq: u64,
     },
     /// This node's members of every presence channel it has members in, as JSON, to be
     /// written with an expiry of [`NODE_TTL_S`].
@@ -1344,7 +1349,7 @@ impl CommandThread {
                     }),
                     Inbound::Request(ToCluster::Presence { connections: now }) => connections = now,
                     Inbound::Request(ToCluster::UserAct(act)) => acts.push(act),
-                    Inbound::Request(ToCluster::Reset { epoch }) => resets.push(epoch),
+                    Inbound::Request(ToCluster::Reset { epoch, seq }) => resets.push((epoch, seq)),
                     Inbound::Request(ToCluster::PresenceEntries(entries)) => {
                         presence_work.entries = Some(entries)
                     }
@@ -1449,16 +1454,16 @@ impl CommandThread {
         }
     }
 
-    /// Runs [`RESET_SCRIPT`] for each epoch asked (one, in practice) and tells the ingest core
+    /// Runs [`RESET_SCRIPT`] for each reset asked (one, in practice) and tells the ingest core
     /// where the cluster is now. A reset asked while Redis is unreachable is dropped: the node
     /// asks again when it sees the loss again, at its next connect.
     fn reset(
         &self,
         redis: &mut redis::Connection,
         deadline: Instant,
-        resets: &[Box<str>],
+        resets: &[(Box<str>, u64)],
     ) -> redis::RedisResult<()> {
-        for epoch in resets {
+        for (epoch, node_seq) in resets {
             budget(redis, deadline)?;
             let (now, seq): (String, u64) = redis::Script::new(RESET_SCRIPT)
                 .key(EPOCH_KEY)
@@ -1466,6 +1471,7 @@ impl CommandThread {
                 .key(OFFSETS_KEY)
                 .key(LOG_KEY)
                 .arg(&**epoch)
+                .arg(*node_seq)
                 .arg(&*crate::clock::new_epoch())
                 .invoke(redis)?;
             tell(

@@ -473,26 +473,31 @@ impl IngestCore {
         }
     }
 
-    /// Redis's `seq` of this node's `epoch` is below the last message this node took: Redis
-    /// lost messages (a replica that lagged was promoted, or it restarted from an older save),
-    /// and would number new ones with seqs and offsets clients have already seen. The epoch
-    /// is over: the bridge starts a new one unless another node did, every node adopts it,
-    /// and every client learns with `recovered:false` that its positions are void.
+    /// Redis's `seq` of this node's `epoch`, as read at a connect, is below the last message
+    /// this node took: Redis may have lost messages (a replica that lagged was promoted, or it
+    /// restarted from an older save), and would then number new ones with seqs and offsets
+    /// clients have already seen. Or the position is merely older than this node's last
+    /// message (it was read on another connection before the node took more): the bridge's
+    /// [`RESET_SCRIPT`] checks again, atomically, against the node's last seq now. If Redis
+    /// lost them the epoch is over: the bridge starts a new one unless another node did,
+    /// every node adopts it, and every client learns with `recovered:false` that its
+    /// positions are void.
     fn check_lost(&self, epoch: &str, seq: u64) {
         let link = self.link();
         let Some(last) = link.last_seq.get().filter(|last| seq < *last) else {
             return;
         };
-        tracing::error!(
+        tracing::warn!(
             epoch,
             redis_seq = seq,
             node_seq = last,
-            "Redis holds less than this node has seen: it lost messages; starting a new epoch"
+            "Redis's seq is below this node's: checking whether Redis lost messages"
         );
         if link
             .requests
             .try_send(ToCluster::Reset {
                 epoch: epoch.into(),
+                seq: last,
             })
             .is_err()
         {

@@ -67,6 +67,27 @@ fn live_from(handle: &ConnHandle, pattern: &str) -> Option<u64> {
         .filter(|&from| from != Subscription::PENDING)
 }
 
+/// `not_subscribed` unless a subscription of the connection matches the channel of full name
+/// `full`.
+fn check_matched(handle: &ConnHandle, full: &str, id: &Option<Value>) -> Result<(), ErrorReply> {
+    let matched = handle
+        .subscriptions
+        .borrow()
+        .iter()
+        .any(|subscription| channel::pattern_matches(&subscription.pattern, full));
+    if matched {
+        return Ok(());
+    }
+    Err(ErrorReply::new(
+        id.clone(),
+        ErrorCode::NotSubscribed,
+        format!(
+            "no subscription of this connection matches {:?}",
+            channel::visible(full)
+        ),
+    ))
+}
+
 impl ShardCore {
     /// `internal` "overloaded" while what the shard has for the ingest core waits in its
     /// backlog past `queue_items_max`: a command that needs the ingest core is refused then.
@@ -265,18 +286,7 @@ impl ShardCore {
         }
         let full = handle.full_name(channel);
         let channel = &*full;
-        let subscribed = handle
-            .subscriptions
-            .borrow()
-            .iter()
-            .any(|subscription| channel::pattern_matches(&subscription.pattern, channel));
-        if !subscribed {
-            return Err(ErrorReply::new(
-                id,
-                ErrorCode::NotSubscribed,
-                format!("no subscription of this connection matches {channel:?}"),
-            ));
-        }
+        check_matched(handle, channel, &id)?;
         let mut acks = handle.acks.borrow_mut();
         match acks.iter().position(|(acked, _)| **acked == *channel) {
             Some(at) => acks[at].1 = acks[at].1.max(offset),
@@ -403,18 +413,7 @@ impl ShardCore {
                 format!("{channel:?} is in no namespace with presence = true"),
             ));
         }
-        let subscribed = handle
-            .subscriptions
-            .borrow()
-            .iter()
-            .any(|subscription| channel::pattern_matches(&subscription.pattern, &full));
-        if !subscribed {
-            return Err(ErrorReply::new(
-                id,
-                ErrorCode::NotSubscribed,
-                format!("no subscription of this connection matches {channel:?}"),
-            ));
-        }
+        check_matched(handle, &full, &id)?;
         self.check_backlog(&id)?;
         self.forwarder.send(ToIngest::Presence {
             shard: self.id,
