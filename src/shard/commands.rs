@@ -166,13 +166,7 @@ impl ShardCore {
         // takes the snapshot of history that `Recovered` carries.
         self.interest
             .announce(pattern, handle.id, Waiter::Recovery, &self.forwarder);
-        self.forwarder.send(ToIngest::Recover {
-            shard: self.id,
-            conn: handle.id,
-            id,
-            pattern: pattern.into(),
-            since,
-        });
+        self.ask_recovery(handle, pattern, since, id);
         Ok(None)
     }
 
@@ -189,6 +183,12 @@ impl ShardCore {
         id: Option<Value>,
     ) -> Result<Option<Bytes>, ErrorReply> {
         self.check_backlog(&id)?;
+        self.ask_recovery(handle, pattern, since, id);
+        Ok(None)
+    }
+
+    /// Asks the ingest core for what `pattern` missed after `since`, answered by `Recovered`.
+    fn ask_recovery(&self, handle: &ConnHandle, pattern: &str, since: Since, id: Option<Value>) {
         self.forwarder.send(ToIngest::Recover {
             shard: self.id,
             conn: handle.id,
@@ -196,7 +196,6 @@ impl ShardCore {
             pattern: pattern.into(),
             since,
         });
-        Ok(None)
     }
 
     /// The ingest core's answer to a `subscribe` with `since`: the subscription goes live, and
